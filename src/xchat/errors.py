@@ -1,0 +1,122 @@
+"""The one exception hierarchy of XChat.
+
+Every bad input anywhere in the system ends as a subclass of :class:`XChatError`.
+Library exceptions (``cryptography``, ``struct``, ``json``, ``sqlite3``, ``httpx``,
+``websockets``) are translated at the boundary where they occur, so callers never see a
+foreign traceback and never need to know which library is underneath.
+
+Crypto errors are deliberately coarse where detail would help an attacker: every AEAD
+or MAC failure is :class:`DecryptionError`, whatever check failed (cf. pyca's Fernet).
+"""
+
+from __future__ import annotations
+
+
+class XChatError(Exception):
+    """Base of every error XChat raises on purpose."""
+
+
+# --- crypto and wire formats -------------------------------------------------------------
+
+
+class CryptoError(XChatError):
+    """A cryptographic operation refused its input."""
+
+
+class DecodeError(CryptoError):
+    """Bytes do not parse as the structure they claim to be (truncated, trailing data, bad
+    lengths, bad key encoding)."""
+
+
+class UnsupportedVersion(DecodeError):
+    """A structure carries a version or type byte this implementation does not speak."""
+
+
+class TooLarge(DecodeError):
+    """An input exceeds a documented size limit."""
+
+
+class InvalidSignature(CryptoError):
+    """A signature does not verify under the key it claims."""
+
+
+class DecryptionError(CryptoError):
+    """Authenticated decryption failed (tampered, wrong key, or not for us). Opaque on
+    purpose."""
+
+
+class DuplicateMessage(CryptoError):
+    """A message whose key was already used: a replay or a redelivery."""
+
+
+class TooManySkipped(CryptoError):
+    """A message claims a counter further ahead than the skipped-key window allows."""
+
+
+class UntrustedIdentity(CryptoError):
+    """The peer's identity is not the one expected (changed, or mismatched certificate)."""
+
+
+class InvalidCertificate(CryptoError):
+    """A sender certificate is malformed, forged, or issued for someone else."""
+
+
+class ExpiredCertificate(InvalidCertificate):
+    """A sender certificate that was valid but has expired."""
+
+
+class InvalidAddress(DecodeError):
+    """A string is not a valid XChat address (bad checksum, prefix or length)."""
+
+
+class InvalidMnemonic(DecodeError):
+    """A recovery phrase has unknown words or a bad checksum."""
+
+
+class InvalidProofOfWork(CryptoError):
+    """A proof-of-work stamp does not meet the required difficulty."""
+
+
+class ProtocolError(XChatError):
+    """A peer or server broke the protocol (an unexpected frame, a bad state transition)."""
+
+
+# --- server / API ------------------------------------------------------------------------
+
+
+class ApiError(XChatError):
+    """An error with an HTTP status, raised by the server's handlers and reconstructed
+    by the client from the server's response."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+# --- client ------------------------------------------------------------------------------
+
+
+class ClientError(XChatError):
+    """A client-side failure a user can act on."""
+
+
+class ServerUnreachable(ClientError):
+    """The server could not be reached."""
+
+
+class ProfileError(ClientError):
+    """The profile directory is missing, corrupt, or not initialised."""
+
+
+class ProfileLocked(ProfileError):
+    """The profile is in use by another process, or its key is unavailable/wrong."""
+
+
+class UnknownContact(ClientError):
+    """A handle or address that does not resolve to an account."""
+
+
+class IdentityChanged(ClientError):
+    """A verified contact's identity key changed; sending is blocked until re-verified."""
