@@ -1,0 +1,188 @@
+"""Thin async wrapper over the server's HTTP control plane (CONTRACT §4).
+
+Every call maps failures at this boundary: a connection/timeout problem becomes
+:class:`ServerUnreachable`, a non-2xx response becomes :class:`ApiError` with the server's
+``{"error": ...}`` message and ``Retry-After`` seconds, and a malformed response body
+becomes :class:`ProtocolError`. No ``httpx`` exception escapes.
+
+Authenticated calls use a bearer token; if the server answers 401 and a ``reauth``
+callback is set, the wrapper fetches a fresh token once and retries (tokens live 1 h).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from xchat.errors import ApiError, ProtocolError, ServerUnreachable
+
+API = "/api/v1"
+DEFAULT_TIMEOUT = 30.0
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(value: object, what: str = "value") -> bytes:
+    """Decode a standard-base64 field from a server response; ProtocolError if bad."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"server sent a non-string {what}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"server sent invalid base64 in {what}") from None
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+class Api:
+    """One HTTP connection pool to one server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.reauth: Callable[[], Awaitable[str]] | None = None
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def request(
+        self, method: str, path: str, *, auth: bool = False, json: Any = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON body (or None for an empty body)."""
+        resp = await self._send(method, path, auth=auth, json=json, params=params)
+        if resp.status_code == 401 and auth and self.reauth is not None:
+            self.token = await self.reauth()
+            resp = await self._send(method, path, auth=auth, json=json, params=params)
+        if resp.status_code >= 400:
+            raise _api_error(resp)
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise ProtocolError(f"server sent a non-JSON response to {method} {path}") from None
+
+    async def _send(
+        self, method: str, path: str, *, auth: bool, json: Any, params: dict[str, Any] | None
+    ) -> httpx.Response:
+        headers = {}
+        if auth:
+            if self.token is None and self.reauth is not None:
+                self.token = await self.reauth()
+            if self.token is not None:
+                headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            return await self._http.request(method, path, json=json, params=params,
+                                            headers=headers)
+        except httpx.TimeoutException:
+            raise ServerUnreachable(f"server {self.base_url} timed out") from None
+        except (httpx.TransportError, OSError) as exc:
+            raise ServerUnreachable(
+                f"cannot reach server {self.base_url} ({type(exc).__name__})"
+            ) from None
+        except httpx.HTTPError as exc:  # pragma: no cover - e.g. invalid URL
+            raise ServerUnreachable(f"cannot reach server {self.base_url}: {exc}") from None
+
+    # --- endpoints (CONTRACT §4) --------------------------------------------------------
+
+    async def healthz(self) -> dict[str, Any]:
+        return _obj(await self.request("GET", "/healthz"))
+
+    async def server_info(self) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/server"))
+
+    async def challenge(self) -> dict[str, Any]:
+        return _obj(await self.request("POST", f"{API}/challenge"))
+
+    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        return _obj(await self.request("POST", f"{API}/accounts", json=body))
+
+    async def auth(self, body: dict[str, Any]) -> dict[str, Any]:
+        return _obj(await self.request("POST", f"{API}/auth", json=body))
+
+    async def set_handle(self, handle: str) -> None:
+        await self.request("PUT", f"{API}/handle", auth=True, json={"handle": handle})
+
+    async def lookup_handle(self, handle: str) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/handles/{handle}"))
+
+    async def lookup_address(self, address: str) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/accounts/{address}"))
+
+    async def put_keys(self, upload: dict[str, Any]) -> None:
+        await self.request("PUT", f"{API}/keys", auth=True, json=upload)
+
+    async def key_count(self) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/keys/count", auth=True))
+
+    async def bundles(self, address: str) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/bundles/{address}", auth=True))
+
+    async def put_delivery_token_hash(self, token_hash: bytes) -> None:
+        await self.request(
+            "PUT", f"{API}/delivery-token", auth=True, json={"token_hash": b64e(token_hash)}
+        )
+
+    async def sender_certificate(self) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/sender-certificate", auth=True))
+
+    async def send_messages(self, destinations: list[dict[str, Any]]) -> None:
+        """Sealed-sender send: deliberately WITHOUT the Authorization header."""
+        await self.request("POST", f"{API}/messages", json={"destinations": destinations})
+
+    async def fetch_messages(self, limit: int = 100) -> dict[str, Any]:
+        return _obj(
+            await self.request("GET", f"{API}/messages", auth=True, params={"limit": limit})
+        )
+
+    async def ack_messages(self, ids: list[bytes]) -> None:
+        await self.request(
+            "POST", f"{API}/messages/ack", auth=True, json={"ids": [b64e(i) for i in ids]}
+        )
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError("server sent an unexpected response shape")
+    return value
+
+
+def _api_error(resp: httpx.Response) -> ApiError:
+    message = f"HTTP {resp.status_code}"
+    try:
+        body = resp.json()
+        if isinstance(body, dict):
+            err = body.get("error", body.get("detail"))
+            if isinstance(err, str) and err:
+                message = err
+    except ValueError:
+        pass
+    retry: float | None = None
+    ra = resp.headers.get("Retry-After")
+    if ra is not None:
+        try:
+            retry = max(0.0, float(ra))
+        except ValueError:
+            retry = None
+    return ApiError(resp.status_code, message, retry)

@@ -1,0 +1,157 @@
+"""The end-to-end message content format (docs/protocol/client.md §2).
+
+This is the plaintext inside the Double Ratchet: a UTF-8 JSON object, so later content
+types (groups, files, calls) can be added without a new wire format. The server never
+sees it.
+
+    {"v": 1, "id": "<32 hex>", "type": "text" | "receipt" | "profile", "ts": <ms>,
+     "text": str?, "reply_to": "<32 hex>"?, "receipt_for": ["<32 hex>", ...]?,
+     "sender": {"handle": str | null, "delivery_token": "<b64 16 bytes>"}?}
+
+Unknown keys are ignored (forward compatibility); an unknown ``v`` is
+:class:`UnsupportedVersion`; an unknown ``type`` is kept as-is so the caller can skip it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from xchat.errors import DecodeError, TooLarge, UnsupportedVersion
+
+CONTENT_VERSION = 1
+MAX_CONTENT_BYTES = 64 * 1024  # plaintext JSON; text messages are far smaller
+MAX_TEXT_CHARS = 16 * 1024
+MAX_RECEIPT_IDS = 256
+TYPES = ("text", "receipt", "profile")
+
+_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_message_id() -> str:
+    """A fresh 128-bit content id (hex), chosen by the sender."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class SenderInfo:
+    """What a sender tells a contact about itself, inside E2EE content (§3)."""
+
+    handle: str | None
+    delivery_token: bytes | None
+
+
+@dataclass(frozen=True)
+class Content:
+    id: str
+    type: str
+    ts: int
+    text: str | None = None
+    reply_to: str | None = None
+    receipt_for: tuple[str, ...] = field(default_factory=tuple)
+    sender: SenderInfo | None = None
+
+    def encode(self) -> bytes:
+        obj: dict[str, Any] = {"v": CONTENT_VERSION, "id": self.id, "type": self.type,
+                               "ts": self.ts}
+        if self.text is not None:
+            obj["text"] = self.text
+        if self.reply_to is not None:
+            obj["reply_to"] = self.reply_to
+        if self.receipt_for:
+            obj["receipt_for"] = list(self.receipt_for)
+        if self.sender is not None:
+            obj["sender"] = {
+                "handle": self.sender.handle,
+                "delivery_token": (
+                    base64.b64encode(self.sender.delivery_token).decode()
+                    if self.sender.delivery_token is not None
+                    else None
+                ),
+            }
+        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(data) > MAX_CONTENT_BYTES:
+            raise TooLarge(f"message content is larger than {MAX_CONTENT_BYTES} bytes")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> Content:
+        if len(data) > MAX_CONTENT_BYTES:
+            raise TooLarge("message content too large")
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise DecodeError("message content is not UTF-8 JSON") from None
+        if not isinstance(obj, dict):
+            raise DecodeError("message content is not a JSON object")
+        if obj.get("v") != CONTENT_VERSION:
+            raise UnsupportedVersion(f"unsupported content version {obj.get('v')!r}")
+        msg_id = obj.get("id")
+        ctype = obj.get("type")
+        ts = obj.get("ts")
+        if not isinstance(msg_id, str) or not _ID_RE.match(msg_id):
+            raise DecodeError("content id must be 32 lower-case hex digits")
+        if not isinstance(ctype, str) or not isinstance(ts, int) or isinstance(ts, bool):
+            raise DecodeError("content type/ts missing")
+        text = obj.get("text")
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
+            raise DecodeError("content text invalid")
+        reply_to = obj.get("reply_to")
+        if reply_to is not None and (not isinstance(reply_to, str) or not _ID_RE.match(reply_to)):
+            raise DecodeError("content reply_to invalid")
+        rf = obj.get("receipt_for", [])
+        if (
+            not isinstance(rf, list)
+            or len(rf) > MAX_RECEIPT_IDS
+            or not all(isinstance(i, str) and _ID_RE.match(i) for i in rf)
+        ):
+            raise DecodeError("content receipt_for invalid")
+        return cls(
+            id=msg_id,
+            type=ctype,
+            ts=ts,
+            text=text,
+            reply_to=reply_to,
+            receipt_for=tuple(rf),
+            sender=_decode_sender(obj.get("sender")),
+        )
+
+
+def _decode_sender(s: object) -> SenderInfo | None:
+    if s is None:
+        return None
+    if not isinstance(s, dict):
+        raise DecodeError("content sender invalid")
+    handle = s.get("handle")
+    if handle is not None and (not isinstance(handle, str) or len(handle) > 64):
+        raise DecodeError("content sender handle invalid")
+    tok = s.get("delivery_token")
+    token: bytes | None = None
+    if tok is not None:
+        if not isinstance(tok, str):
+            raise DecodeError("content delivery token invalid")
+        try:
+            token = base64.b64decode(tok, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecodeError("content delivery token invalid") from None
+        if len(token) != 16:
+            raise DecodeError("content delivery token must be 16 bytes")
+    return SenderInfo(handle=handle, delivery_token=token)
+
+
+def text_message(text: str, now_ms: int, *, reply_to: str | None = None,
+                 sender: SenderInfo | None = None) -> Content:
+    if len(text) > MAX_TEXT_CHARS:
+        raise TooLarge(f"text is longer than {MAX_TEXT_CHARS} characters")
+    return Content(id=new_message_id(), type="text", ts=now_ms, text=text, reply_to=reply_to,
+                   sender=sender)
+
+
+def receipt(ids: list[str], now_ms: int, *, sender: SenderInfo | None = None) -> Content:
+    return Content(id=new_message_id(), type="receipt", ts=now_ms, receipt_for=tuple(ids),
+                   sender=sender)

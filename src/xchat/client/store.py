@@ -1,0 +1,367 @@
+"""The local store: one SQLite file per profile (docs/protocol/client.md §7).
+
+Secret columns (identity seed, prekey private keys, ratchet state, delivery tokens,
+message bodies) are sealed with AES-256-GCM under the 32-byte profile key:
+
+    sealed = nonce(12) || AES-256-GCM(profile_key, nonce, plaintext, aad)
+    aad    = b"XChat-v1-store|" || table || b"|" || column || b"|" || row_key
+
+``row_key`` is the row's natural primary key as text, so a sealed value copied into
+another row or column fails to open (:class:`DecryptionError`). Non-secret routing
+metadata (peer addresses, handles, timestamps, delivery status) stays in the clear so it
+can be indexed; the file is 0600 inside a 0700 directory.
+
+The store is synchronous ``sqlite3`` in WAL mode: every call is a few hundred
+microseconds, well below the cost of a network round trip, so the async client calls it
+directly instead of hopping to a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from xchat.errors import DecryptionError, ProfileError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL           -- sealed
+);
+CREATE TABLE IF NOT EXISTS prekeys (
+    kind        TEXT NOT NULL,    -- 'signed' | 'kem_last_resort' | 'ec' | 'kem'
+    id          INTEGER NOT NULL,
+    private     BLOB NOT NULL,    -- sealed
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    address     TEXT NOT NULL,
+    device_id   INTEGER NOT NULL,
+    state       BLOB NOT NULL,    -- sealed
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (address, device_id)
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    address         TEXT PRIMARY KEY,
+    handle          TEXT,
+    identity_key    BLOB,         -- public; compared on every session/prekey message
+    delivery_token  BLOB,         -- sealed
+    verified        INTEGER NOT NULL DEFAULT 0,
+    identity_changed INTEGER NOT NULL DEFAULT 0,
+    token_shared    INTEGER NOT NULL DEFAULT 0,
+    added_ms        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY, -- 128-bit hex, chosen by the sender
+    peer        TEXT NOT NULL,
+    direction   TEXT NOT NULL,    -- 'in' | 'out'
+    ts_ms       INTEGER NOT NULL, -- sender's timestamp
+    stored_ms   INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    status      TEXT NOT NULL,    -- out: 'sent' | 'delivered'; in: 'received'
+    body        BLOB NOT NULL     -- sealed JSON content
+);
+CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
+CREATE TABLE IF NOT EXISTS seen (
+    id          TEXT PRIMARY KEY, -- content ids already processed (receipts, profiles)
+    seen_ms     INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ContactRecord:
+    address: str
+    handle: str | None
+    identity_key: bytes | None
+    delivery_token: bytes | None
+    verified: bool
+    identity_changed: bool
+    token_shared: bool
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: str
+    peer: str
+    direction: str
+    ts_ms: int
+    status: str
+    body: bytes
+
+
+class Store:
+    """Sealed SQLite store for one profile."""
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes) -> None:
+        if len(key) != 32:
+            raise ProfileError("profile key must be 32 bytes")
+        self._aead = AESGCM(key)
+        p = Path(path)
+        new = not p.exists()
+        try:
+            if new:
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise ProfileError(f"local store {p} is unusable: {exc}") from None
+        self._seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM messages") or 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit (e.g. ratchet state + message row, before the server ack)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- sealing ------------------------------------------------------------------------
+
+    def seal(self, table: str, column: str, row_key: str, plaintext: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, _aad(table, column, row_key))
+
+    def unseal(self, table: str, column: str, row_key: str, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], _aad(table, column, row_key))
+        except (InvalidTag, ValueError):
+            raise DecryptionError("a sealed store value failed to open") from None
+
+    def _scalar(self, sql: str, *args: object) -> int | None:
+        row = self._db.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    # --- meta (small secrets and settings) ----------------------------------------------
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            (key, self.seal("meta", "value", key, value)),
+        )
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else self.unseal("meta", "value", key, row[0])
+
+    # --- prekeys ------------------------------------------------------------------------
+
+    def put_prekey(self, kind: str, key_id: int, private: bytes, now_ms: int) -> None:
+        rk = f"{kind}:{key_id}"
+        self._db.execute(
+            "INSERT OR REPLACE INTO prekeys (kind, id, private, created_ms) VALUES (?, ?, ?, ?)",
+            (kind, key_id, self.seal("prekeys", "private", rk, private), now_ms),
+        )
+
+    def get_prekey(self, kind: str, key_id: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT private FROM prekeys WHERE kind = ? AND id = ?", (kind, key_id)
+        ).fetchone()
+        return None if row is None else self.unseal("prekeys", "private", f"{kind}:{key_id}", row[0])
+
+    def delete_prekey(self, kind: str, key_id: int) -> None:
+        self._db.execute("DELETE FROM prekeys WHERE kind = ? AND id = ?", (kind, key_id))
+
+    def max_prekey_id(self, kind: str) -> int:
+        return self._scalar("SELECT COALESCE(MAX(id), 0) FROM prekeys WHERE kind = ?", kind) or 0
+
+    def delete_prekeys(self, kind: str) -> None:
+        self._db.execute("DELETE FROM prekeys WHERE kind = ?", (kind,))
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def put_session(self, address: str, device_id: int, state: bytes, now_ms: int) -> None:
+        rk = f"{address}:{device_id}"
+        self._db.execute(
+            "INSERT OR REPLACE INTO sessions (address, device_id, state, updated_ms) "
+            "VALUES (?, ?, ?, ?)",
+            (address, device_id, self.seal("sessions", "state", rk, state), now_ms),
+        )
+
+    def get_session(self, address: str, device_id: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT state FROM sessions WHERE address = ? AND device_id = ?", (address, device_id)
+        ).fetchone()
+        if row is None:
+            return None
+        return self.unseal("sessions", "state", f"{address}:{device_id}", row[0])
+
+    def session_devices(self, address: str) -> list[int]:
+        rows = self._db.execute(
+            "SELECT device_id FROM sessions WHERE address = ? ORDER BY device_id", (address,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def delete_sessions(self, address: str) -> None:
+        self._db.execute("DELETE FROM sessions WHERE address = ?", (address,))
+
+    # --- contacts -----------------------------------------------------------------------
+
+    def get_contact(self, address: str) -> ContactRecord | None:
+        row = self._db.execute(
+            "SELECT address, handle, identity_key, delivery_token, verified, identity_changed, "
+            "token_shared FROM contacts WHERE address = ?",
+            (address,),
+        ).fetchone()
+        return None if row is None else self._contact(row)
+
+    def contact_by_handle(self, handle: str) -> ContactRecord | None:
+        row = self._db.execute(
+            "SELECT address, handle, identity_key, delivery_token, verified, identity_changed, "
+            "token_shared FROM contacts WHERE handle = ?",
+            (handle.lower(),),
+        ).fetchone()
+        return None if row is None else self._contact(row)
+
+    def list_contacts(self) -> list[ContactRecord]:
+        rows = self._db.execute(
+            "SELECT address, handle, identity_key, delivery_token, verified, identity_changed, "
+            "token_shared FROM contacts ORDER BY COALESCE(handle, address)"
+        ).fetchall()
+        return [self._contact(r) for r in rows]
+
+    def _contact(self, row: tuple[object, ...]) -> ContactRecord:
+        address = str(row[0])
+        token = row[3]
+        return ContactRecord(
+            address=address,
+            handle=row[1] if isinstance(row[1], str) else None,
+            identity_key=row[2] if isinstance(row[2], bytes) else None,
+            delivery_token=(
+                self.unseal("contacts", "delivery_token", address, token)
+                if isinstance(token, bytes)
+                else None
+            ),
+            verified=bool(row[4]),
+            identity_changed=bool(row[5]),
+            token_shared=bool(row[6]),
+        )
+
+    def ensure_contact(self, address: str, now_ms: int) -> ContactRecord:
+        self._db.execute(
+            "INSERT OR IGNORE INTO contacts (address, added_ms) VALUES (?, ?)", (address, now_ms)
+        )
+        c = self.get_contact(address)
+        assert c is not None
+        return c
+
+    def update_contact(
+        self,
+        address: str,
+        *,
+        handle: str | None = None,
+        identity_key: bytes | None = None,
+        delivery_token: bytes | None = None,
+        verified: bool | None = None,
+        identity_changed: bool | None = None,
+        token_shared: bool | None = None,
+    ) -> None:
+        """Set the given fields of an existing contact (None = leave unchanged)."""
+        sets: list[str] = []
+        args: list[object] = []
+        if handle is not None:
+            sets.append("handle = ?")
+            args.append(handle.lower())
+        if identity_key is not None:
+            sets.append("identity_key = ?")
+            args.append(identity_key)
+        if delivery_token is not None:
+            sets.append("delivery_token = ?")
+            args.append(self.seal("contacts", "delivery_token", address, delivery_token))
+        for name, flag in (
+            ("verified", verified),
+            ("identity_changed", identity_changed),
+            ("token_shared", token_shared),
+        ):
+            if flag is not None:
+                sets.append(f"{name} = ?")
+                args.append(int(flag))
+        if sets:
+            args.append(address)
+            self._db.execute(f"UPDATE contacts SET {', '.join(sets)} WHERE address = ?", args)
+
+    # --- messages -----------------------------------------------------------------------
+
+    def has_message(self, msg_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is not None
+
+    def add_message(
+        self, msg_id: str, peer: str, direction: str, ts_ms: int, status: str, body: bytes,
+        now_ms: int,
+    ) -> bool:
+        """Insert a message; False (and no change) if this id is already stored (dedup)."""
+        self._seq += 1
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO messages (id, peer, direction, ts_ms, stored_ms, seq, status, "
+            "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg_id, peer, direction, ts_ms, now_ms, self._seq, status,
+             self.seal("messages", "body", msg_id, body)),
+        )
+        return cur.rowcount == 1
+
+    def set_message_status(self, msg_id: str, status: str) -> bool:
+        cur = self._db.execute(
+            "UPDATE messages SET status = ? WHERE id = ? AND direction = 'out'", (status, msg_id)
+        )
+        return cur.rowcount == 1
+
+    def get_message(self, msg_id: str) -> MessageRecord | None:
+        row = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE id = ?", (msg_id,)
+        ).fetchone()
+        return None if row is None else self._message(row)
+
+    def history(self, peer: str, limit: int = 100) -> list[MessageRecord]:
+        """The last ``limit`` messages with ``peer``, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE peer = ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (peer, limit),
+        ).fetchall()
+        return [self._message(r) for r in reversed(rows)]
+
+    def _message(self, row: tuple[object, ...]) -> MessageRecord:
+        msg_id = str(row[0])
+        body = row[5]
+        assert isinstance(body, bytes)
+        return MessageRecord(
+            id=msg_id,
+            peer=str(row[1]),
+            direction=str(row[2]),
+            ts_ms=int(str(row[3])),
+            status=str(row[4]),
+            body=self.unseal("messages", "body", msg_id, body),
+        )
+
+    # --- dedup of non-message content ---------------------------------------------------
+
+    def mark_seen(self, content_id: str, now_ms: int) -> bool:
+        """Record a processed content id; False if it had been seen before."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO seen (id, seen_ms) VALUES (?, ?)", (content_id, now_ms)
+        )
+        return cur.rowcount == 1
+
+
+def _aad(table: str, column: str, row_key: str) -> bytes:
+    return b"XChat-v1-store|" + f"{table}|{column}|{row_key}".encode()

@@ -1,0 +1,164 @@
+"""The relay's storage interface (docs/protocol/wire.md §8).
+
+Handlers talk only to :class:`Store`; ``sqlite.py`` is the one-machine backend, a
+PostgreSQL backend can implement the same methods later. Every write method returns only
+after its transaction is durably committed (group commit: many callers share one commit).
+
+What is stored, deliberately: accounts (address, identity key, optional handle, the hash of
+the delivery token), devices, prekeys, and per-device mailbox rows of
+``(device, seq, envelope_id, ts_ms, expires_ms, content)``. A mailbox row never names a
+sender: the relay keeps no social graph.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """One device of an account. ``ref`` is the store-wide device key; ``epoch`` changes
+    when the device is re-registered or revoked, which invalidates its old tokens."""
+
+    ref: int
+    address: str
+    device_id: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    address: str
+    identity_key: bytes
+    handle: str | None
+    token_hash: bytes | None
+    devices: tuple[DeviceRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedKey:
+    """A prekey as uploaded: id, encoded public key, signature (empty for one-time EC)."""
+
+    id: int
+    key: bytes
+    signature: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class PreKeySet:
+    """A PreKeyUpload after validation (CONTRACT §4 ``PUT /keys``); ``None`` = unchanged."""
+
+    signed_prekey: SignedKey | None = None
+    kem_last_resort: SignedKey | None = None
+    one_time_ec: tuple[SignedKey, ...] = ()
+    one_time_kem: tuple[SignedKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BundleDevice:
+    """One device's bundle as handed out by :meth:`Store.take_bundle`; the one-time keys in
+    it have been removed from the store in the same transaction."""
+
+    device: DeviceRecord
+    signed_prekey: SignedKey | None
+    kem_prekey: SignedKey | None
+    kem_last_resort: bool
+    one_time_ec: SignedKey | None
+    ec_left: int
+    kem_left: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewEnvelope:
+    device_ref: int
+    envelope_id: bytes
+    ts_ms: int
+    expires_ms: int
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvelope:
+    seq: int
+    envelope_id: bytes
+    ts_ms: int
+    content: bytes
+
+
+class HandleTaken(Exception):
+    """Internal signal from a store: the handle (or a confusable of it) is in use."""
+
+
+class Store(abc.ABC):
+    """Durable state of the relay. Async methods; implementations batch internally."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema and load caches."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # --- directory ---
+
+    @abc.abstractmethod
+    def get_account(self, address: str) -> AccountRecord | None:
+        """Cached lookup (no I/O)."""
+
+    @abc.abstractmethod
+    def get_account_by_handle(self, handle: str) -> AccountRecord | None: ...
+
+    @abc.abstractmethod
+    def get_device(self, ref: int) -> DeviceRecord | None: ...
+
+    @abc.abstractmethod
+    async def register(
+        self, address: str, identity_key: bytes, keys: PreKeySet, now_ms: int
+    ) -> DeviceRecord:
+        """Create the account with device 1, or (restore) keep it, bump device 1's epoch
+        and replace its prekeys. Mail stays queued."""
+
+    @abc.abstractmethod
+    async def set_handle(self, address: str, handle: str | None, skeleton: str | None) -> None:
+        """Raises :class:`HandleTaken` if another account holds the handle or skeleton."""
+
+    @abc.abstractmethod
+    async def set_token_hash(self, address: str, token_hash: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def put_prekeys(self, device_ref: int, keys: PreKeySet) -> tuple[int, int]:
+        """Store keys (one-time lists appended, duplicates by id ignored); return the
+        one-time counts ``(ec, kem)`` after the upload."""
+
+    @abc.abstractmethod
+    async def count_prekeys(self, device_ref: int) -> tuple[int, int]: ...
+
+    @abc.abstractmethod
+    async def take_bundle(self, address: str) -> list[BundleDevice]:
+        """Hand out one prekey bundle per device, consuming one-time keys exactly once."""
+
+    # --- mailbox ---
+
+    @abc.abstractmethod
+    async def enqueue(self, envelopes: list[NewEnvelope]) -> list[int | None]:
+        """Durably store envelopes; return each one's queue seq, or ``None`` when
+        ``(device, envelope_id)`` was already queued (idempotent retry)."""
+
+    @abc.abstractmethod
+    async def fetch(
+        self, device_ref: int, after_seq: int, limit: int, now_ms: int
+    ) -> list[StoredEnvelope]:
+        """Unexpired envelopes of one device with seq > ``after_seq``, in queue order."""
+
+    @abc.abstractmethod
+    async def ack(self, device_ref: int, envelope_ids: list[bytes]) -> int:
+        """Delete these envelopes of this device (others' ids are simply not found)."""
+
+    @abc.abstractmethod
+    def ack_nowait(self, device_ref: int, envelope_ids: list[bytes]) -> None:
+        """Queue a delete for the next group commit without waiting for it (hot path)."""
+
+    @abc.abstractmethod
+    async def sweep_expired(self, now_ms: int) -> int:
+        """Delete expired envelopes; return how many."""
