@@ -53,6 +53,16 @@ class TooManySkipped(CryptoError):
     """A message claims a counter further ahead than the skipped-key window allows."""
 
 
+class UnknownSenderKey(CryptoError):
+    """A group message under a sender key we have not (yet) received: the caller may keep it
+    until the sender's key distribution message arrives."""
+
+
+class UnknownPreKey(CryptoError):
+    """A PreKey message names a prekey id this device does not hold (already used, rotated
+    away, or never issued)."""
+
+
 class UntrustedIdentity(CryptoError):
     """The peer's identity is not the one expected (changed, or mismatched certificate)."""
 
@@ -79,6 +89,11 @@ class InvalidProofOfWork(CryptoError):
 
 class ProtocolError(XChatError):
     """A peer or server broke the protocol (an unexpected frame, a bad state transition)."""
+
+
+class UnauthorizedGroupChange(ProtocolError):
+    """A group update by someone the group state does not allow to make it (not an admin,
+    not a member), or one that would break a group invariant."""
 
 
 # --- server / API ------------------------------------------------------------------------

@@ -66,7 +66,12 @@ class Api:
     # --- plumbing -----------------------------------------------------------------------
 
     async def request(
-        self, method: str, path: str, *, auth: bool = False, json: Any = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: bool = False,
+        json: Any = None,
         params: dict[str, Any] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON body (or None for an empty body)."""
@@ -93,8 +98,7 @@ class Api:
             if self.token is not None:
                 headers["Authorization"] = f"Bearer {self.token}"
         try:
-            return await self._http.request(method, path, json=json, params=params,
-                                            headers=headers)
+            return await self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.TimeoutException:
             raise ServerUnreachable(f"server {self.base_url} timed out") from None
         except (httpx.TransportError, OSError) as exc:

@@ -4,7 +4,7 @@ This is the plaintext inside the Double Ratchet: a UTF-8 JSON object, so later c
 types (groups, files, calls) can be added without a new wire format. The server never
 sees it.
 
-    {"v": 1, "id": "<32 hex>", "type": "text" | "receipt" | "profile", "ts": <ms>,
+    {"v": 1, "id": "<32 hex>", "type": "text" | "receipt" | "profile" | "reset", "ts": <ms>,
      "text": str?, "reply_to": "<32 hex>"?, "receipt_for": ["<32 hex>", ...]?,
      "sender": {"handle": str | null, "delivery_token": "<b64 16 bytes>"}?}
 
@@ -28,7 +28,7 @@ CONTENT_VERSION = 1
 MAX_CONTENT_BYTES = 64 * 1024  # plaintext JSON; text messages are far smaller
 MAX_TEXT_CHARS = 16 * 1024
 MAX_RECEIPT_IDS = 256
-TYPES = ("text", "receipt", "profile")
+TYPES = ("text", "receipt", "profile", "reset")
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -57,8 +57,12 @@ class Content:
     sender: SenderInfo | None = None
 
     def encode(self) -> bytes:
-        obj: dict[str, Any] = {"v": CONTENT_VERSION, "id": self.id, "type": self.type,
-                               "ts": self.ts}
+        obj: dict[str, Any] = {
+            "v": CONTENT_VERSION,
+            "id": self.id,
+            "type": self.type,
+            "ts": self.ts,
+        }
         if self.text is not None:
             obj["text"] = self.text
         if self.reply_to is not None:
@@ -144,14 +148,17 @@ def _decode_sender(s: object) -> SenderInfo | None:
     return SenderInfo(handle=handle, delivery_token=token)
 
 
-def text_message(text: str, now_ms: int, *, reply_to: str | None = None,
-                 sender: SenderInfo | None = None) -> Content:
+def text_message(
+    text: str, now_ms: int, *, reply_to: str | None = None, sender: SenderInfo | None = None
+) -> Content:
     if len(text) > MAX_TEXT_CHARS:
         raise TooLarge(f"text is longer than {MAX_TEXT_CHARS} characters")
-    return Content(id=new_message_id(), type="text", ts=now_ms, text=text, reply_to=reply_to,
-                   sender=sender)
+    return Content(
+        id=new_message_id(), type="text", ts=now_ms, text=text, reply_to=reply_to, sender=sender
+    )
 
 
 def receipt(ids: list[str], now_ms: int, *, sender: SenderInfo | None = None) -> Content:
-    return Content(id=new_message_id(), type="receipt", ts=now_ms, receipt_for=tuple(ids),
-                   sender=sender)
+    return Content(
+        id=new_message_id(), type="receipt", ts=now_ms, receipt_for=tuple(ids), sender=sender
+    )

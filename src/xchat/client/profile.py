@@ -278,7 +278,7 @@ def _keyring_set(user: str, key: bytes) -> bool:
         return False
     try:
         kr.set_password(KEYRING_SERVICE, user, key.hex())
-        return kr.get_password(KEYRING_SERVICE, user) == key.hex()
+        return bool(kr.get_password(KEYRING_SERVICE, user) == key.hex())
     except Exception:
         return False
 

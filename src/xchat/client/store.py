@@ -177,7 +177,9 @@ class Store:
         row = self._db.execute(
             "SELECT private FROM prekeys WHERE kind = ? AND id = ?", (kind, key_id)
         ).fetchone()
-        return None if row is None else self.unseal("prekeys", "private", f"{kind}:{key_id}", row[0])
+        return (
+            None if row is None else self.unseal("prekeys", "private", f"{kind}:{key_id}", row[0])
+        )
 
     def delete_prekey(self, kind: str, key_id: int) -> None:
         self._db.execute("DELETE FROM prekeys WHERE kind = ? AND id = ?", (kind, key_id))
@@ -300,13 +302,25 @@ class Store:
             args.append(address)
             self._db.execute(f"UPDATE contacts SET {', '.join(sets)} WHERE address = ?", args)
 
+    def clear_handle(self, address: str) -> None:
+        self._db.execute("UPDATE contacts SET handle = NULL WHERE address = ?", (address,))
+
     # --- messages -----------------------------------------------------------------------
 
     def has_message(self, msg_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone()
+            is not None
+        )
 
     def add_message(
-        self, msg_id: str, peer: str, direction: str, ts_ms: int, status: str, body: bytes,
+        self,
+        msg_id: str,
+        peer: str,
+        direction: str,
+        ts_ms: int,
+        status: str,
+        body: bytes,
         now_ms: int,
     ) -> bool:
         """Insert a message; False (and no change) if this id is already stored (dedup)."""
@@ -314,8 +328,16 @@ class Store:
         cur = self._db.execute(
             "INSERT OR IGNORE INTO messages (id, peer, direction, ts_ms, stored_ms, seq, status, "
             "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (msg_id, peer, direction, ts_ms, now_ms, self._seq, status,
-             self.seal("messages", "body", msg_id, body)),
+            (
+                msg_id,
+                peer,
+                direction,
+                ts_ms,
+                now_ms,
+                self._seq,
+                status,
+                self.seal("messages", "body", msg_id, body),
+            ),
         )
         return cur.rowcount == 1
 
@@ -330,6 +352,15 @@ class Store:
             "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE id = ?", (msg_id,)
         ).fetchone()
         return None if row is None else self._message(row)
+
+    def undelivered(self, peer: str, limit: int) -> list[MessageRecord]:
+        """Our last ``limit`` messages to ``peer`` without a delivery receipt, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE peer = ? "
+            "AND direction = 'out' AND status != 'delivered' ORDER BY seq DESC LIMIT ?",
+            (peer, limit),
+        ).fetchall()
+        return [self._message(r) for r in reversed(rows)]
 
     def history(self, peer: str, limit: int = 100) -> list[MessageRecord]:
         """The last ``limit`` messages with ``peer``, oldest first."""

@@ -40,6 +40,8 @@ def issue_sender_certificate(
     server_key: Ed25519PrivateKey, identity: IdentityPublicKey, device_id: int, expires_ms: int
 ) -> bytes:
     """Sign a certificate for ``identity``/``device_id`` valid until ``expires_ms``."""
+    if not 0 <= device_id <= 0xFFFFFFFF or not 0 <= expires_ms <= 0xFFFFFFFFFFFFFFFF:
+        raise InvalidCertificate("device id or expiry out of range")
     unsigned = bytes([CERTIFICATE_VERSION]) + identity.encode() + _BODY.pack(device_id, expires_ms)
     return unsigned + server_key.sign(LABEL_SENDER_CERT + unsigned)
 

@@ -76,6 +76,8 @@ def pad(data: bytes) -> bytes:
 def unpad(padded: bytes) -> bytes:
     """Inverse of :func:`pad`; DecodeError unless ``padded`` is exactly what pad produces."""
     n = len(padded)
+    if n > MAX_PADDED_LEN:
+        raise TooLarge("padded message exceeds the largest bucket")
     i = bisect_left(BUCKETS, n)
     if i == len(BUCKETS) or BUCKETS[i] != n:
         raise DecodeError("padded message has a length that is not a bucket size")

@@ -48,6 +48,8 @@ def stamp_ok(challenge: bytes, resource: bytes, nonce: int, bits: int) -> bool:
     """True when ``nonce`` is a valid stamp of at least ``bits`` bits."""
     if not 0 <= nonce <= _MAX_NONCE or not 0 <= bits <= 256:
         return False
+    if len(challenge) > 0xFFFF or len(resource) > 0xFFFF:
+        return False
     digest = hashlib.sha256(_prefix(challenge, resource) + _NONCE.pack(nonce)).digest()
     return leading_zero_bits(digest) >= bits
 

@@ -60,12 +60,13 @@ def prekey_signature_message(encoded_key: bytes) -> bytes:
     return C.PREKEY_SIGNATURE_LABEL + encoded_key
 
 
-def _check_id(prekey_id: int) -> int:
-    if isinstance(prekey_id, bool) or not isinstance(prekey_id, int):
-        raise DecodeError("prekey id must be an integer")
-    if not 0 <= prekey_id <= C.MAX_PREKEY_ID:
-        raise DecodeError("prekey id out of u32 range")
-    return prekey_id
+def _check_id(value: object) -> int:
+    """A u32 id (prekey or device); rejects bools, floats and strings from JSON."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError("id must be an integer")
+    if not 0 <= value <= C.MAX_PREKEY_ID:
+        raise DecodeError("id out of u32 range")
+    return value
 
 
 def _x25519_from_rng(rng: Rng) -> X25519PrivateKey:
@@ -125,7 +126,11 @@ class SignedPreKeyRecord:
 
     def to_public_json(self) -> dict[str, Any]:
         """``{"id", "key", "signature"}`` as in PreKeyUpload (CONTRACT §4)."""
-        return {"id": self.id, "key": _b64(encode_x25519(self.public)), "signature": _b64(self.signature)}
+        return {
+            "id": self.id,
+            "key": _b64(encode_x25519(self.public)),
+            "signature": _b64(self.signature),
+        }
 
     def to_bytes(self) -> bytes:
         """``0x01 || 0x01 || id u32 || created_ms u64 || private(32) || signature(64)``."""
@@ -256,7 +261,9 @@ def generate_one_time_prekeys(
     start_id: int, count: int, rng: Rng = os.urandom
 ) -> list[OneTimePreKeyRecord]:
     """``count`` one-time curve prekeys with ids ``start_id, start_id+1, ...`` (mod 2^32)."""
-    return [OneTimePreKeyRecord.generate((start_id + i) & C.MAX_PREKEY_ID, rng) for i in range(count)]
+    return [
+        OneTimePreKeyRecord.generate((start_id + i) & C.MAX_PREKEY_ID, rng) for i in range(count)
+    ]
 
 
 def generate_kem_prekeys(
@@ -264,7 +271,9 @@ def generate_kem_prekeys(
 ) -> list[KemPreKeyRecord]:
     """``count`` signed one-time ML-KEM-1024 prekeys."""
     return [
-        KemPreKeyRecord.generate(identity, (start_id + i) & C.MAX_PREKEY_ID, last_resort=False, rng=rng)
+        KemPreKeyRecord.generate(
+            identity, (start_id + i) & C.MAX_PREKEY_ID, last_resort=False, rng=rng
+        )
         for i in range(count)
     ]
 
@@ -281,16 +290,12 @@ def prekey_upload(
     if signed_prekey is not None:
         body["signed_prekey"] = signed_prekey.to_public_json()
     if kem_last_resort is not None:
-        if not kem_last_resort.last_resort:
-            raise ValueError("kem_last_resort must be a last-resort KEM prekey")
         body["kem_last_resort"] = kem_last_resort.to_public_json()
     ec = [k.to_public_json() for k in one_time_ec]
     kem = [k.to_public_json() for k in one_time_kem]
     if ec:
         body["one_time_ec"] = ec
     if kem:
-        if any(k.get("id") is None for k in kem):  # pragma: no cover - defensive
-            raise ValueError("bad KEM prekey")
         body["one_time_kem"] = kem
     return body
 
@@ -426,27 +431,31 @@ class PreKeyBundle:
         """
         device = _obj(device, "bundle")
         if identity_key is None:
-            identity_key = IdentityPublicKey.decode(_unb64(device.get("identity_key"), "identity_key"))
+            identity_key = IdentityPublicKey.decode(
+                _unb64(device.get("identity_key"), "identity_key")
+            )
         spk = _obj(device.get("signed_prekey"), "signed_prekey")
         kem = _obj(device.get("kem_prekey"), "kem_prekey")
         last_resort = kem.get("last_resort", False)
         if not isinstance(last_resort, bool):
             raise DecodeError("kem_prekey.last_resort must be a boolean")
+        kem_key = decode_mlkem1024(_unb64(kem.get("key"), "kem_prekey.key"))
+        mlkem_public_from_bytes(kem_key)  # FIPS 203 §7.2 input check, before anyone uses it
         otk_raw = device.get("one_time_ec")
         otk_id: int | None = None
         otk_key: bytes | None = None
         if otk_raw is not None:
             otk = _obj(otk_raw, "one_time_ec")
-            otk_id = _check_id(otk.get("id"))  # type: ignore[arg-type]
+            otk_id = _check_id(otk.get("id"))
             otk_key = decode_x25519(_unb64(otk.get("key"), "one_time_ec.key"))
         return cls(
             identity_key=identity_key,
-            device_id=_check_id(device.get("device_id")),  # type: ignore[arg-type]
-            signed_prekey_id=_check_id(spk.get("id")),  # type: ignore[arg-type]
+            device_id=_check_id(device.get("device_id")),
+            signed_prekey_id=_check_id(spk.get("id")),
             signed_prekey=decode_x25519(_unb64(spk.get("key"), "signed_prekey.key")),
             signed_prekey_signature=_sig(spk.get("signature"), "signed_prekey.signature"),
-            kem_prekey_id=_check_id(kem.get("id")),  # type: ignore[arg-type]
-            kem_prekey=decode_mlkem1024(_unb64(kem.get("key"), "kem_prekey.key")),
+            kem_prekey_id=_check_id(kem.get("id")),
+            kem_prekey=kem_key,
             kem_prekey_signature=_sig(kem.get("signature"), "kem_prekey.signature"),
             kem_last_resort=last_resort,
             one_time_prekey_id=otk_id,
@@ -457,7 +466,10 @@ class PreKeyBundle:
         """The device entry of CONTRACT §4 bundle JSON, plus ``"identity_key"``."""
         one_time: dict[str, Any] | None = None
         if self.one_time_prekey_id is not None and self.one_time_prekey is not None:
-            one_time = {"id": self.one_time_prekey_id, "key": _b64(encode_x25519(self.one_time_prekey))}
+            one_time = {
+                "id": self.one_time_prekey_id,
+                "key": _b64(encode_x25519(self.one_time_prekey)),
+            }
         return {
             "identity_key": _b64(self.identity_key.encode()),
             "device_id": self.device_id,

@@ -1,0 +1,327 @@
+"""Run the whole benchmark suite, compare against the peers, update BENCHMARKS.md and plots.
+
+Why one runner: the headline claims are ratios between benchmarks (relay vs Synapse, relay
+vs a bare forwarder), which only mean something when all of them ran on the same machine
+in the same session. Each benchmark is a separate script run as a subprocess (so one
+crashing does not take the rest down) that writes bench/results/<name>.json; this runner
+collects those files, computes the ratios against their targets, and rewrites only its
+own marked sections of BENCHMARKS.md (`<!-- bench:NAME -->` ... `<!-- /bench:NAME -->`).
+
+Exit status: 0 if every benchmark that was present ran and produced fresh results, 1 if
+any failed (the others still ran and were written up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import common
+
+#: (result name, script). Synapse runs before the relay so its max rate is known first.
+BENCHMARKS: tuple[tuple[str, str], ...] = (
+    ("crypto", "crypto_bench.py"),
+    ("group", "group_bench.py"),
+    ("forwarder", "forwarder_bench.py"),
+    ("synapse", "synapse_bench.py"),
+    ("relay", "relay_bench.py"),
+)
+
+TITLES = {
+    "crypto": "Crypto core vs vodozemac (Olm)",
+    "group": "Groups vs vodozemac (Megolm)",
+    "forwarder": "Raw floor: bare websockets forwarder",
+    "synapse": "Peer: Matrix Synapse",
+    "relay": "XChat relay",
+}
+
+MSGS_KEYS = ("msgs_per_s", "throughput_msgs_per_s", "throughput.msgs_per_s", "msgs_per_sec")
+P99_KEYS = ("p99_ms", "latency.p99_ms", "latency_p99_ms")
+
+
+@dataclass
+class Outcome:
+    name: str
+    script: str
+    status: str  # ok | failed | missing | timeout | no-results | not-run
+    seconds: float = 0.0
+    detail: str = ""
+
+
+# --------------------------------------------------------------------------- running
+
+
+def result_file(name: str, script: str, results_dir: Path) -> Path:
+    """results/<name>.json, or results/<script stem>.json if a script named it that way."""
+    primary = results_dir / f"{name}.json"
+    alt = results_dir / f"{Path(script).stem}.json"
+    return alt if alt.exists() and not primary.exists() else primary
+
+
+def run_one(
+    name: str, script: str, quick: bool, timeout: float, results_dir: Path, bench_dir: Path
+) -> Outcome:
+    path = bench_dir / script
+    if not path.exists():
+        return Outcome(name, script, "missing", detail=f"{script} not present")
+    log = results_dir / f"{name}.log"
+    cmd = [sys.executable, str(path), *(["--quick"] if quick else [])]
+    print(f"== {name}: {' '.join(cmd[1:])} (log: {log})", flush=True)
+    t0 = time.time()
+    try:
+        with log.open("w") as fh:
+            rc = subprocess.run(
+                cmd, cwd=bench_dir.parent, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
+            ).returncode
+    except subprocess.TimeoutExpired:
+        return Outcome(name, script, "timeout", time.time() - t0, f"killed after {timeout:.0f} s")
+    secs = time.time() - t0
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    if rc != 0:
+        print(f"   FAILED rc={rc}\n{tail}", flush=True)
+        return Outcome(name, script, "failed", secs, f"exit code {rc}: {tail.splitlines()[-1:]}")
+    res = result_file(name, script, results_dir)
+    if not res.exists() or res.stat().st_mtime < t0 - 1:
+        return Outcome(name, script, "no-results", secs, f"{res.name} not written")
+    print(f"   ok in {secs:.0f} s", flush=True)
+    return Outcome(name, script, "ok", secs)
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+def relay_p99_at(relay: Mapping[str, Any], rate: float) -> tuple[float | None, str]:
+    """Relay p99 at an offered load of `rate` msgs/s, and how it was obtained."""
+    curve = relay.get("curve")
+    pts = []
+    for row in curve if isinstance(curve, list) else []:
+        if isinstance(row, Mapping) and not row.get("closed_loop"):
+            off = row.get("offered")
+            p99 = row.get("p99_ms", row.get("p99"))
+            if isinstance(off, (int, float)) and isinstance(p99, (int, float)):
+                pts.append((float(off), float(p99)))
+    if pts:
+        how = "interpolated on relay curve"
+        if rate < min(p[0] for p in pts):
+            how = f"relay's lowest measured load ({min(p[0] for p in pts):,.0f} msgs/s)"
+        return common.interpolate(pts, rate), how
+    p99 = common.get_metric(relay, *P99_KEYS)
+    return p99, "relay p99 at its own max (no curve): an upper bound"
+
+
+def compute_ratios(docs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The three headline ratios with their targets; value None when an input is missing."""
+    relay, syn, fwd = docs.get("relay"), docs.get("synapse"), docs.get("forwarder")
+    r_msgs = common.get_metric(relay, *MSGS_KEYS) if relay else None
+    s_msgs = common.get_metric(syn, *MSGS_KEYS) if syn else None
+    s_p99 = common.get_metric(syn, "p99_ms") if syn else None
+    f_msgs = common.get_metric(fwd, "msgs_per_s") if fwd else None
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, target: str, ok: bool | None, how: str) -> None:
+        out.append({"ratio": name, "value": value, "target": target, "met": ok, "how": how})
+
+    v = r_msgs / s_msgs if r_msgs and s_msgs else None
+    add(
+        "relay msgs/s ÷ Synapse msgs/s",
+        v,
+        "≥ 150×",
+        None if v is None else v >= 150,
+        f"{common.fmt_num(r_msgs)} ÷ {common.fmt_num(s_msgs)}",
+    )
+    r_p99, how = relay_p99_at(relay, s_msgs) if relay and s_msgs else (None, "inputs missing")
+    v = r_p99 / s_p99 if r_p99 is not None and s_p99 else None
+    add(
+        "relay p99 at Synapse's max load ÷ Synapse p99",
+        v,
+        "≤ 1/20 (0.05)",
+        None if v is None else v <= 0.05,
+        f"{common.fmt_num(r_p99)} ms ({how}) ÷ {common.fmt_num(s_p99)} ms",
+    )
+    v = r_msgs / f_msgs if r_msgs and f_msgs else None
+    add(
+        "relay msgs/s ÷ bare forwarder (4-frame) msgs/s",
+        v,
+        "≥ 50 %",
+        None if v is None else v >= 0.5,
+        f"{common.fmt_num(r_msgs)} ÷ {common.fmt_num(f_msgs)}",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _comparison_rows(doc: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows for peer comparisons shaped {"xchat": {"median"}, "<peer>": {"median"}, "ratio"}."""
+    rows = []
+    for key, val in doc.items():
+        if not (isinstance(val, Mapping) and isinstance(val.get("xchat"), Mapping)):
+            continue
+        peers = [k for k, v in val.items() if k != "xchat" and isinstance(v, Mapping)]
+        peer = peers[0] if peers else None
+        x = val["xchat"].get("median")
+        p = val[peer].get("median") if peer else None
+        rows.append(
+            [
+                key,
+                val.get("unit", ""),
+                x,
+                val["xchat"].get("spread_pct"),
+                f"{peer}: {common.fmt_num(p)}" if peer else "—",
+                val.get("ratio"),
+            ]
+        )
+    return rows
+
+
+def render_doc(name: str, doc: Mapping[str, Any]) -> str:
+    """Markdown body for one benchmark: its own `markdown` if given, else generic tables."""
+    if isinstance(doc.get("markdown"), str):
+        return str(doc["markdown"])
+    parts: list[str] = []
+    if doc.get("command"):
+        parts.append(f"Command: `{doc['command']}`")
+    summary = doc.get("summary")
+    if isinstance(summary, Mapping) and summary:
+        parts.append(common.md_table(["metric", "value"], summary.items()))
+    rows = _comparison_rows(doc)
+    if rows:
+        headers = ["workload", "unit", "xchat (median)", "± %", "peer (median)", "ratio"]
+        parts.append(common.md_table(headers, rows))
+    curve = doc.get("curve")
+    if isinstance(curve, list) and curve:
+        crow = [
+            [
+                c.get("offered"),
+                c.get("achieved"),
+                c.get("p50_ms", c.get("p50")),
+                c.get("p99_ms", c.get("p99")),
+                "closed-loop max" if c.get("closed_loop") else "",
+            ]
+            for c in curve
+            if isinstance(c, Mapping)
+        ]
+        parts.append(
+            "Load curve:\n\n"
+            + common.md_table(["offered msgs/s", "achieved msgs/s", "p50 ms", "p99 ms", ""], crow)
+        )
+    if not parts:
+        scalars = [(k, v) for k, v in doc.items() if isinstance(v, (int, float, str))]
+        parts.append(common.md_table(["key", "value"], scalars[:30]))
+    notes = doc.get("notes")
+    if isinstance(notes, list):
+        parts.append("\n".join(f"- {n}" for n in notes))
+    return "\n\n".join(parts)
+
+
+def render_header(args: argparse.Namespace, outcomes: list[Outcome]) -> str:
+    cmd = "python bench/run_all.py" + (" --quick" if args.quick else "")
+    rows = [[o.name, o.script, o.status, round(o.seconds), o.detail] for o in outcomes]
+    return "\n\n".join(
+        [
+            f"Last run: `{cmd}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            f"Machine: {common.machine_line(common.machine_info())}.",
+            common.md_table(["benchmark", "script", "status", "seconds", "detail"], rows),
+        ]
+    )
+
+
+def render_ratios(ratios: list[dict[str, Any]]) -> str:
+    def met(m: bool | None) -> str:
+        return "n/a" if m is None else ("yes" if m else "**no**")
+
+    rows = [[r["ratio"], r["value"], r["target"], met(r["met"]), r["how"]] for r in ratios]
+    return common.md_table(["ratio", "value", "target", "met", "inputs"], rows)
+
+
+def render_plots(pngs: list[Path], md_path: Path) -> str:
+    if not pngs:
+        return "No plots (no curve data, or matplotlib missing)."
+    base = md_path.resolve().parent
+    rel = [Path(os.path.relpath(p.resolve(), base)) for p in pngs if p.exists()]
+    return "\n\n".join(f"![{p.stem}]({p.as_posix()})" for p in rel)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
+    ap.add_argument("--only", default="", help="comma-separated names (crypto,group,...)")
+    ap.add_argument("--skip", default="", help="comma-separated names to leave out")
+    ap.add_argument("--no-run", action="store_true", help="only re-read existing JSON")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
+    ap.add_argument("--markdown", type=Path, default=common.ROOT / "BENCHMARKS.md")
+    ap.add_argument("--results", type=Path, default=common.RESULTS_DIR)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    only = {s for s in args.only.split(",") if s}
+    skip = {s for s in args.skip.split(",") if s}
+    timeout = args.timeout or (900.0 if args.quick else 3600.0)
+    args.results.mkdir(parents=True, exist_ok=True)
+    outcomes: list[Outcome] = []
+    docs: dict[str, dict[str, Any]] = {}
+    for name, script in BENCHMARKS:
+        if (only and name not in only) or name in skip:
+            continue
+        if args.no_run:
+            o = Outcome(name, script, "not-run", detail="--no-run: existing results")
+        else:
+            o = run_one(name, script, args.quick, timeout, args.results, common.BENCH_DIR)
+        outcomes.append(o)
+        doc = common.read_json(result_file(name, script, args.results))
+        if doc is not None and o.status in ("ok", "not-run"):
+            docs[name] = doc
+        elif o.status == "not-run":
+            o.status, o.detail = "no-results", "no results file"
+    ratios = compute_ratios(docs)
+    pngs: list[Path] = []
+    if not args.no_plots:
+        try:
+            import plots
+
+            pngs = plots.make_plots(args.results)
+        except ImportError as e:
+            print(f"plots skipped: {e}", file=sys.stderr)
+    md = args.markdown
+    common.write_section(md, "header", render_header(args, outcomes))
+    common.write_section(md, "ratios", render_ratios(ratios))
+    for o in outcomes:
+        title = f"### {TITLES.get(o.name, o.name)}\n\n"
+        if o.name in docs:
+            body = render_doc(o.name, docs[o.name])
+        else:
+            body = f"Not available this run: {o.status} ({o.detail})."
+        common.write_section(md, o.name, title + body)
+    common.write_section(md, "plots", render_plots(pngs, md))
+    summary = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+        "machine": common.machine_info(),
+        "outcomes": [o.__dict__ for o in outcomes],
+        "ratios": ratios,
+    }
+    common.write_json("summary", summary, args.results)
+    print(render_ratios(ratios))
+    benign = ("ok", "missing", "not-run") + (("no-results",) if args.no_run else ())
+    failed = [o for o in outcomes if o.status not in benign]
+    for o in failed:
+        print(f"FAILED: {o.name}: {o.status} {o.detail}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

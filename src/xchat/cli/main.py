@@ -1,0 +1,504 @@
+"""The ``xchat`` command (docs/client-readme.md).
+
+A thin layer over :class:`xchat.client.Client`. Command names, options and ``--json``
+keys are a stable interface for scripts. Every failure ends as one line on stderr,
+``xchat: error: ...``, and a non-zero exit status (table in :data:`EXIT_CODES`); never a
+traceback. Peer text is escaped before it reaches the terminal (:mod:`.output`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from xchat import __version__
+from xchat.cli.output import escape_terminal, fmt_time, print_json, warn, who
+from xchat.client import events as ev
+from xchat.client.client import Client
+from xchat.client.profile import PROFILE_FILE, default_home
+from xchat.errors import (
+    ApiError,
+    IdentityChanged,
+    InvalidMnemonic,
+    ProfileError,
+    ProfileLocked,
+    ServerUnreachable,
+    UnknownContact,
+    XChatError,
+)
+from xchat.server.cli import serve_command
+
+T = TypeVar("T")
+
+# Exit statuses (stable; documented in docs/client-readme.md).
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_RATE_LIMITED = 4
+EXIT_PROFILE_LOCKED = 5
+EXIT_IDENTITY_CHANGED = 6
+EXIT_UNKNOWN_CONTACT = 7
+EXIT_BAD_PHRASE = 8
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: list[tuple[type[XChatError], int]] = [
+    (ServerUnreachable, EXIT_UNREACHABLE),
+    (ProfileLocked, EXIT_PROFILE_LOCKED),
+    (IdentityChanged, EXIT_IDENTITY_CHANGED),
+    (UnknownContact, EXIT_UNKNOWN_CONTACT),
+    (InvalidMnemonic, EXIT_BAD_PHRASE),
+]
+
+
+def error_line(exc: XChatError) -> tuple[str, int]:
+    """The one-line message and exit status for an error."""
+    if isinstance(exc, ApiError):
+        if exc.status == 429:
+            wait = f"; try again in {exc.retry_after:.0f} s" if exc.retry_after else ""
+            return f"rate limited by the server{wait}", EXIT_RATE_LIMITED
+        return f"server refused the request: {exc.message} (HTTP {exc.status})", EXIT_ERROR
+    if isinstance(exc, InvalidMnemonic):
+        return f"wrong recovery phrase: {exc}", EXIT_BAD_PHRASE
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return str(exc), code
+    return str(exc) or type(exc).__name__, EXIT_ERROR
+
+
+# --- plumbing --------------------------------------------------------------------------------
+
+
+class Ctx:
+    def __init__(self, profile: Path, passphrase: bool) -> None:
+        self.profile = profile
+        self.passphrase_flag = passphrase
+
+    def passphrase(self, *, creating: bool = False) -> str | None:
+        """The profile passphrase: from XCHAT_PASSPHRASE or a hidden prompt, when the
+        profile uses one (or ``--passphrase`` was given)."""
+        needed = self.passphrase_flag
+        if not creating:
+            try:
+                cfg = json.loads((self.profile / PROFILE_FILE).read_text())
+                needed = needed or cfg.get("key_source") == "passphrase"
+            except (OSError, ValueError, AttributeError):
+                pass
+        if not needed:
+            return None
+        env = os.environ.get("XCHAT_PASSPHRASE")
+        if env is not None:
+            return env
+        if not sys.stdin.isatty():
+            raise ProfileLocked("this profile needs a passphrase (set XCHAT_PASSPHRASE)")
+        return str(
+            click.prompt(
+                "Profile passphrase", hide_input=True, confirmation_prompt=creating, err=True
+            )
+        )
+
+    def client(self, *, creating: bool = False) -> Client:
+        return Client(self.profile, passphrase=self.passphrase(creating=creating))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _print_identity_warning(e: ev.Event) -> None:
+    if isinstance(e, ev.IdentityChangedEvent):
+        name = who(e.address, e.handle)
+        verified = (
+            " (it was verified: sending is blocked until you re-verify)" if (e.was_verified) else ""
+        )
+        warn(f"the identity key of {name} changed{verified}; run `xchat verify {name}`")
+
+
+def _progress_printer() -> Callable[[int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(tries: int) -> None:
+        sys.stderr.write(f"\rsolving proof of work… {tries:,} tries")
+        sys.stderr.flush()
+
+    return progress
+
+
+# --- the command group -----------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--profile",
+    "profile",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Profile directory (default: $XCHAT_HOME or ~/.xchat).",
+)
+@click.option(
+    "--passphrase",
+    is_flag=True,
+    help="Protect/unlock the profile key with a passphrase "
+    "(read from $XCHAT_PASSPHRASE or prompted).",
+)
+@click.version_option(version=__version__, prog_name="xchat")
+@click.pass_context
+def cli(ctx: click.Context, profile: str | None, passphrase: bool) -> None:
+    """XChat: end-to-end encrypted messaging."""
+    ctx.obj = Ctx(Path(profile).expanduser() if profile else default_home(), passphrase)
+
+
+@cli.group()
+def account() -> None:
+    """Create or restore the account of this profile."""
+
+
+def _print_account(info: Any, as_json: bool, phrase: str | None) -> None:
+    if as_json:
+        print_json(
+            {
+                "address": info.address,
+                "handle": info.handle,
+                "recovery_phrase": phrase,
+                "server": info.server,
+            }
+        )
+        return
+    click.echo(f"address: {info.address}")
+    click.echo(f"handle:  {'@' + info.handle if info.handle else '(none)'}")
+    click.echo(f"server:  {info.server}")
+    if phrase:
+        click.echo("")
+        click.echo("Recovery phrase (shown only once; write it down, keep it secret):")
+        words = phrase.split()
+        for i in range(0, len(words), 6):
+            click.echo(
+                "  " + " ".join(f"{i + j + 1:2d}.{w}" for j, w in enumerate(words[i : i + 6]))
+            )
+
+
+@account.command("create")
+@click.option("--server", required=True, help="Server URL, e.g. http://127.0.0.1:8080")
+@click.option("--handle", default=None, help="Public @handle to register (optional).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_obj
+def account_create(obj: Ctx, server: str, handle: str | None, as_json: bool) -> None:
+    """Create a new identity and register it on SERVER."""
+
+    async def go() -> None:
+        async with obj.client(creating=True) as c:
+            info = await c.create_account(server, handle, progress=_progress_printer())
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        _print_account(info, as_json, info.recovery_phrase)
+
+    run(go())
+
+
+@account.command("restore")
+@click.option("--server", required=True, help="Server URL the account is registered on.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_obj
+def account_restore(obj: Ctx, server: str, as_json: bool) -> None:
+    """Restore the account of a recovery phrase read from stdin (same address)."""
+    if sys.stdin.isatty():
+        phrase = click.prompt("Recovery phrase", hide_input=True, err=True)
+    else:
+        phrase = sys.stdin.read()
+
+    async def go() -> None:
+        async with obj.client(creating=True) as c:
+            info = await c.restore_account(server, phrase, progress=_progress_printer())
+        _print_account(info, as_json, None)
+
+    run(go())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def whoami(obj: Ctx, as_json: bool) -> None:
+    """Show this profile's address, handle, server and device."""
+    c = obj.client()
+    try:
+        info = c.whoami()
+    finally:
+        run(c.close())
+    if as_json:
+        print_json(
+            {
+                "address": info.address,
+                "handle": info.handle,
+                "server": info.server,
+                "device_id": info.device_id,
+            }
+        )
+    else:
+        click.echo(f"address:   {info.address}")
+        click.echo(f"handle:    {'@' + info.handle if info.handle else '(none)'}")
+        click.echo(f"server:    {info.server}")
+        click.echo(f"device_id: {info.device_id}")
+
+
+@cli.command()
+@click.argument("to")
+@click.argument("text")
+@click.option("--reply-to", default=None, help="Id of the message this replies to.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def send(obj: Ctx, to: str, text: str, reply_to: str | None, as_json: bool) -> None:
+    """Send TEXT to TO (@handle or address). Exits 0 once the server has it."""
+
+    async def go() -> None:
+        async with obj.client() as c:
+            c.on_event(_print_identity_warning)
+            msg_id = await c.send_text(to, text, reply_to=reply_to)
+            contact = await c.contact(to)
+        if as_json:
+            print_json({"id": msg_id, "to": contact.address, "handle": contact.handle})
+        else:
+            click.echo(msg_id)
+
+    run(go())
+
+
+def _message_json(m: ev.MessageReceived) -> dict[str, Any]:
+    return {
+        "type": "text",
+        "id": m.id,
+        "from": m.sender,
+        "handle": m.handle,
+        "text": m.text,
+        "ts": m.ts_ms,
+        "reply_to": m.reply_to,
+    }
+
+
+def _print_message(m: ev.MessageReceived) -> None:
+    text = escape_terminal(m.text, keep_newlines=True)
+    click.echo(f"[{fmt_time(m.ts_ms)}] {who(m.sender, m.handle)}: {text}")
+
+
+@cli.command()
+@click.option(
+    "--wait",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Keep receiving this many seconds after the queue is drained.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message per line.")
+@click.pass_obj
+def recv(obj: Ctx, wait: float, as_json: bool) -> None:
+    """Receive, decrypt and store queued messages, and print them."""
+
+    def show(e: ev.Event) -> None:
+        if isinstance(e, ev.MessageReceived):
+            if as_json:
+                print_json(_message_json(e))
+            else:
+                _print_message(e)
+        elif isinstance(e, ev.DecryptionFailed):
+            warn(f"dropped an undecryptable message ({escape_terminal(e.reason)})")
+        else:
+            _print_identity_warning(e)
+
+    async def go() -> None:
+        async with obj.client() as c:
+            c.on_event(show)
+            await c.receive(wait=max(0.0, wait))
+
+    run(go())
+
+
+@cli.command()
+@click.argument("to")
+@click.pass_obj
+def chat(obj: Ctx, to: str) -> None:
+    """Interactive chat with TO: incoming messages live, typed lines are sent."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def reader() -> None:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+
+        async with obj.client() as c:
+            contact = await c.contact(to)
+
+            def show(e: ev.Event) -> None:
+                if isinstance(e, ev.MessageReceived):
+                    _print_message(e)
+                elif isinstance(e, ev.ReceiptReceived) and e.sender == contact.address:
+                    pass
+                else:
+                    _print_identity_warning(e)
+
+            c.on_event(show)
+            await c.start()
+            name = who(contact.address, contact.handle)
+            click.echo(
+                f"chatting with {name}; type a line and press Enter (Ctrl-D to quit)", err=True
+            )
+            threading.Thread(target=reader, daemon=True).start()
+            while (line := await lines.get()) is not None:
+                if line.strip():
+                    await c.send_text(contact.address, line)
+
+    run(go())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def contacts(obj: Ctx, as_json: bool) -> None:
+    """List contacts."""
+    c = obj.client()
+    try:
+        rows = c.contacts()
+    finally:
+        run(c.close())
+    for r in rows:
+        if as_json:
+            print_json(
+                {
+                    "address": r.address,
+                    "handle": r.handle,
+                    "verified": r.verified,
+                    "identity_changed": r.identity_changed,
+                }
+            )
+        else:
+            flags = (" [verified]" if r.verified else "") + (
+                " [IDENTITY CHANGED]" if r.identity_changed else ""
+            )
+            handle = "@" + escape_terminal(r.handle) if r.handle else "-"
+            click.echo(f"{handle:20s} {r.address}{flags}")
+
+
+@cli.command()
+@click.argument("to")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
+    """Show the stored conversation with TO."""
+    c = obj.client()
+    try:
+        contact = c.find_contact(to)
+        if contact is None:
+            raise UnknownContact(f"no conversation with {to!r}")
+        items = c.history(contact, limit)
+        me = c.address
+    finally:
+        run(c.close())
+    for m in items:
+        if as_json:
+            print_json(
+                {
+                    "id": m.id,
+                    "direction": m.direction,
+                    "from": m.peer if m.direction == "in" else me,
+                    "to": me if m.direction == "in" else m.peer,
+                    "handle": contact.handle,
+                    "text": m.text,
+                    "ts": m.ts_ms,
+                    "status": m.status,
+                    "reply_to": m.reply_to,
+                }
+            )
+        else:
+            arrow = who(contact.address, contact.handle) if m.direction == "in" else "me"
+            status = f" ({m.status})" if m.direction == "out" else ""
+            text = escape_terminal(m.text or "", keep_newlines=True)
+            click.echo(f"[{fmt_time(m.ts_ms)}] {arrow}: {text}{status}")
+
+
+@cli.command()
+@click.argument("to")
+@click.option(
+    "--mark-verified", is_flag=True, help="Record that you compared the safety number in person."
+)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify(obj: Ctx, to: str, mark_verified: bool, as_json: bool) -> None:
+    """Show the safety number with TO (and a QR code to scan)."""
+    import segno
+
+    async def go() -> None:
+        async with obj.client() as c:
+            c.on_event(_print_identity_warning)
+            contact = await c.resolve(to)
+            digits, qr = c.safety_number(contact)
+            if mark_verified:
+                c.mark_verified(contact)
+        if as_json:
+            print_json(
+                {
+                    "address": contact.address,
+                    "handle": contact.handle,
+                    "safety_number": digits,
+                    "verified": mark_verified or contact.verified,
+                }
+            )
+            return
+        click.echo(f"Safety number with {who(contact.address, contact.handle)}:")
+        groups = digits.split()
+        for i in range(0, len(groups), 4):
+            click.echo("  " + " ".join(groups[i : i + 4]))
+        click.echo("")
+        segno.make(qr, error="m").terminal(out=sys.stdout, compact=True)
+        if mark_verified:
+            click.echo(f"{who(contact.address, contact.handle)} is now marked as verified.")
+        else:
+            click.echo("Compare this number in person, then run with --mark-verified.")
+
+    run(go())
+
+
+# --- `xchat serve` (server stream) -----------------------------------------------------------
+cli.add_command(serve_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI with one error handler around everything."""
+    try:
+        cli.main(args=argv, prog_name="xchat", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.stderr.write("xchat: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except XChatError as exc:
+        message, code = error_line(exc)
+        sys.stderr.write(f"xchat: error: {escape_terminal(message)}\n")
+        sys.exit(code)
+    except KeyboardInterrupt:
+        sys.stderr.write("xchat: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        sys.exit(EXIT_ERROR)
+    except ProfileError as exc:  # pragma: no cover - subclass of XChatError, kept explicit
+        sys.stderr.write(f"xchat: error: {exc}\n")
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:  # a bug: still one line, never a traceback
+        if os.environ.get("XCHAT_DEBUG"):
+            raise
+        sys.stderr.write(f"xchat: error: internal error ({type(exc).__name__}: {exc})\n")
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

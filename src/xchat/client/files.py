@@ -1,0 +1,745 @@
+"""Encrypted files of any size: encrypt-and-upload, download-and-decrypt (files.md).
+
+Sending (§2–§5): strip image metadata (§8, unless asked not to), pick a fresh 32-byte key,
+encrypt the file with :mod:`xchat.crypto.attachment` (STREAM chunks, Padmé-padded) while
+streaming it to the relay's blob store, then return a :class:`FileManifest` — blob id,
+key, ciphertext digest, name, size, content type, chunk size — which travels inside the
+end-to-end encrypted message. The relay sees an opaque blob id and a padded size only.
+
+Receiving: stream the blob back, authenticate every chunk as it arrives, write plaintext
+to a hidden ``.part`` file in the downloads directory, check the digest at the end, and
+only then move it to a sanitised, never-overwriting name (§9). Any failure deletes the
+partial file.
+
+Both directions run in constant memory (one chunk plus one I/O buffer) and survive a
+broken connection: uploads resume from the server's confirmed offset (``HEAD``),
+downloads with ``Range`` from the last byte received, with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import mimetypes
+import os
+import re
+import secrets
+import tempfile
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeGuard
+
+import httpx
+
+from xchat.client.metadata import detect_image, strip_file
+from xchat.crypto.attachment import (
+    DIGEST_LEN,
+    KEY_LEN,
+    MAX_ATTACHMENT_LEN,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    AttachmentDecryptor,
+    AttachmentEncryptor,
+    ciphertext_length,
+    generate_key,
+)
+from xchat.crypto.keys import Rng
+from xchat.crypto.padding import padme_size
+from xchat.errors import (
+    ApiError,
+    ClientError,
+    DecodeError,
+    DecryptionError,
+    ProtocolError,
+    ServerUnreachable,
+    TooLarge,
+)
+
+BLOBS: Final = "/api/v1/blobs"
+#: Plaintext bytes per STREAM chunk for files (files.md §3): 256 KiB keeps the per-chunk
+#: Python overhead negligible while a reader still buffers < 1 MiB.
+FILE_CHUNK_SIZE: Final = 256 * 1024
+#: Ciphertext bytes handed to the HTTP layer per write.
+SEND_PIECE: Final = 1024 * 1024
+#: Manifest limits (§2): the name is sanitised on receipt, these only bound the JSON.
+MAX_NAME_CHARS: Final = 1024
+MAX_CONTENT_TYPE_CHARS: Final = 127
+DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
+#: File names are cut to this many UTF-8 bytes, leaving room for " (999)" under 255 (§9).
+MAX_NAME_BYTES: Final = 240
+DEFAULT_RETRIES: Final = 8
+
+_BLOB_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
+_CTYPE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
+_WIN_RESERVED: Final = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+    | {"com¹", "com²", "com³", "lpt¹", "lpt²", "lpt³", "conin$", "conout$"}
+)
+_BAD_CHARS: Final = frozenset('/\\:*?"<>|')
+
+Progress = Callable[[int, int], None]
+
+
+# --- the manifest (files.md §2) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileManifest:
+    """What the recipient needs to fetch and decrypt a file; sent only inside E2EE content
+    as ``{"type": "file", "file": manifest.to_json()}``."""
+
+    blob_id: str
+    key: bytes
+    digest: bytes
+    name: str
+    size: int
+    content_type: str
+    chunk_size: int
+
+    @property
+    def blob_size(self) -> int:
+        """Bytes the blob holds: ciphertext of the Padmé-padded plaintext (§3)."""
+        return ciphertext_length(padme_size(self.size), self.chunk_size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "blob": self.blob_id,
+            "key": base64.b64encode(self.key).decode("ascii"),
+            "digest": base64.b64encode(self.digest).decode("ascii"),
+            "name": self.name,
+            "size": self.size,
+            "content_type": self.content_type,
+            "chunk_size": self.chunk_size,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> FileManifest:
+        """Validate a received manifest; DecodeError for anything malformed."""
+        if not isinstance(obj, dict):
+            raise DecodeError("file manifest is not an object")
+        blob = obj.get("blob")
+        name = obj.get("name")
+        size = obj.get("size")
+        ctype = obj.get("content_type", DEFAULT_CONTENT_TYPE)
+        chunk = obj.get("chunk_size")
+        if not isinstance(blob, str) or not _BLOB_ID_RE.match(blob):
+            raise DecodeError("file manifest blob id invalid")
+        if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+            raise DecodeError("file manifest name invalid")
+        if not _is_int(size) or not 0 <= size <= MAX_ATTACHMENT_LEN:
+            raise DecodeError("file manifest size invalid")
+        if not _is_int(chunk) or not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
+            raise DecodeError("file manifest chunk size invalid")
+        if not isinstance(ctype, str) or len(ctype) > MAX_CONTENT_TYPE_CHARS:
+            raise DecodeError("file manifest content type invalid")
+        key = _b64field(obj.get("key"), KEY_LEN, "key")
+        digest = _b64field(obj.get("digest"), DIGEST_LEN, "digest")
+        return cls(blob, key, digest, name, size, clean_content_type(ctype), chunk)
+
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _b64field(v: object, length: int, what: str) -> bytes:
+    if not isinstance(v, str):
+        raise DecodeError(f"file manifest {what} missing")
+    try:
+        raw = base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError(f"file manifest {what} is not base64") from None
+    if len(raw) != length:
+        raise DecodeError(f"file manifest {what} must be {length} bytes")
+    return raw
+
+
+def clean_content_type(ctype: str) -> str:
+    """A MIME type if it is plainly one (lower-case type/subtype, no parameters), else
+    ``application/octet-stream``: peers' content types are untrusted text."""
+    c = ctype.strip().lower()
+    return c if _CTYPE_RE.match(c) else DEFAULT_CONTENT_TYPE
+
+
+# --- file names (files.md §9) -------------------------------------------------------------
+
+
+def safe_filename(name: str) -> str:
+    """Neutralise a peer-supplied file name so it can only name a plain file inside the
+    downloads directory: last path component only, no control/format characters (NUL,
+    newlines, bidi overrides), no Windows-reserved characters or device names, no leading
+    dots or trailing dots/spaces, at most :data:`MAX_NAME_BYTES` UTF-8 bytes (extension
+    kept), never empty."""
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    out = []
+    for ch in name:
+        cat = unicodedata.category(ch)
+        if cat[0] == "C" or ch in _BAD_CHARS:  # Cc, Cf, Cs, Co, Cn
+            out.append("_")
+        else:
+            out.append(ch)
+    name = "".join(out).strip().lstrip(".").rstrip(". ")
+    if name.split(".")[0].strip().lower() in _WIN_RESERVED:
+        name = "_" + name
+    name = _truncate_utf8(name, MAX_NAME_BYTES)
+    return name or "file"
+
+
+def _truncate_utf8(name: str, limit: int) -> str:
+    raw = name.encode("utf-8")
+    if len(raw) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    ext_raw = (dot + ext).encode("utf-8") if dot and 0 < len(ext.encode("utf-8")) <= 16 else b""
+    if not ext_raw:
+        stem = name
+    keep = stem.encode("utf-8")[: limit - len(ext_raw)].decode("utf-8", "ignore")
+    return keep.rstrip(". ") + ext_raw.decode("utf-8")
+
+
+def _reserve(directory: Path, name: str) -> Path:
+    """Create an empty file named ``name`` (or ``stem (n).ext``) that did not exist, and
+    return its path: the final name is claimed atomically, so nothing is overwritten."""
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        stem, dot, ext = name, "", ""
+    for n in range(0, 10_000):
+        candidate = name if n == 0 else f"{stem} ({n}){dot}{ext}"
+        path = directory / candidate
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise ClientError(f"too many files named {name!r} in {directory}")
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+
+class BlobClient:
+    """The blob API over one httpx pool (files.md §4), with retry/backoff for transfers.
+
+    ``token``/``reauth`` authenticate uploads only; downloads are sent without any
+    ``Authorization`` header so the relay cannot tell who fetches a blob.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        reauth: Callable[[], Awaitable[str]] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 60.0,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = 0.25,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.reauth = reauth
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+            trust_env=False,
+        )
+
+    @classmethod
+    def from_api(cls, api: Any, **kwargs: Any) -> BlobClient:
+        """Share the base URL and token (and re-auth callback) of a client ``Api``."""
+        client = cls(api.base_url, token=api.token, reauth=api.reauth, **kwargs)
+        client._api = api
+        return client
+
+    _api: Any = None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> BlobClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _auth_headers(self, renew: bool = False) -> dict[str, str]:
+        if self._api is not None and not renew:
+            self.token = self._api.token
+        if (renew or self.token is None) and self.reauth is not None:
+            self.token = await self.reauth()
+            if self._api is not None:
+                self._api.token = self.token
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def _request(
+        self, method: str, url: str, *, auth: bool = False, **kw: Any
+    ) -> httpx.Response:
+        for renew in (False, True):
+            headers = dict(kw.pop("headers", {}))
+            if auth:
+                headers.update(await self._auth_headers(renew))
+            resp = await _call(self._http.request(method, url, headers=headers, **kw))
+            retry = kw.get("content") is None  # a streamed body cannot be replayed
+            if resp.status_code == 401 and auth and retry and not renew and self.reauth:
+                kw["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+                continue
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create(self, size: int) -> str:
+        """``POST /api/v1/blobs``; the new blob's id."""
+        resp = await self._request("POST", BLOBS, auth=True, json={"size": size})
+        _raise_for(resp)
+        blob_id = _json(resp).get("id")
+        if not isinstance(blob_id, str) or not _BLOB_ID_RE.match(blob_id):
+            raise ProtocolError("server sent an invalid blob id")
+        return blob_id
+
+    async def offset(self, blob_id: str) -> int:
+        """``HEAD``: the server's confirmed offset of a blob."""
+        resp = await self._request("HEAD", f"{BLOBS}/{blob_id}")
+        _raise_for(resp)
+        try:
+            return int(resp.headers["Upload-Offset"])
+        except (KeyError, ValueError):
+            raise ProtocolError("server sent no Upload-Offset") from None
+
+    async def upload(
+        self,
+        blob_id: str,
+        total: int,
+        pieces: Callable[[int], AsyncIterator[bytes]],
+        progress: Progress | None = None,
+    ) -> None:
+        """Upload ``total`` bytes; ``pieces(skip)`` yields the blob's bytes from ``skip``.
+        After a broken connection ask the server's offset and continue (files.md §5)."""
+        failures = 0
+        confirmed = await self._retrying(lambda: self.offset(blob_id))
+        while confirmed < total:
+            sent_before = confirmed
+            headers = {
+                "Upload-Offset": str(confirmed),
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(total - confirmed),
+            }
+            body = _counting(pieces(confirmed), confirmed, total, progress)
+            try:
+                resp = await self._request(
+                    "PATCH", f"{BLOBS}/{blob_id}", auth=True, headers=headers, content=body
+                )
+                if resp.status_code == 401 and self.reauth is not None:
+                    await self._auth_headers(renew=True)
+                    raise ServerUnreachable("token expired during upload")
+                if resp.status_code == 409 or resp.status_code >= 500:
+                    raise ServerUnreachable(f"upload interrupted (HTTP {resp.status_code})")
+                _raise_for(resp)
+            except ServerUnreachable:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                await asyncio.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
+            confirmed = await self._retrying(lambda: self.offset(blob_id))
+            if confirmed > sent_before:
+                failures = 0
+            if progress is not None:
+                progress(confirmed, total)
+
+    async def _retrying(self, op: Callable[[], Awaitable[int]]) -> int:
+        failures = 0
+        while True:
+            try:
+                return await op()
+            except ServerUnreachable:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                await asyncio.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
+
+    async def download(
+        self, blob_id: str, total: int, sink: Callable[[bytes], None], progress: Progress | None
+    ) -> None:
+        """Stream the blob into ``sink``; on a broken connection continue with ``Range``
+        from the bytes already received. ProtocolError if the server sends more or other
+        than ``total`` bytes."""
+        received = 0
+        failures = 0
+        while True:
+            before = received
+            try:
+                received = await self._download_once(blob_id, received, total, sink, progress)
+                if received == total:
+                    return
+                raise ServerUnreachable("download ended early")
+            except ServerUnreachable:
+                if received > before:
+                    failures = 0
+                failures += 1
+                if failures > self.retries:
+                    raise
+                await asyncio.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
+
+    async def _download_once(
+        self,
+        blob_id: str,
+        start: int,
+        total: int,
+        sink: Callable[[bytes], None],
+        progress: Progress | None,
+    ) -> int:
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        received = start
+        try:
+            async with self._http.stream("GET", f"{BLOBS}/{blob_id}", headers=headers) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    if resp.status_code >= 500:
+                        raise ServerUnreachable(f"download failed (HTTP {resp.status_code})")
+                    _raise_for(resp)
+                expected = 206 if start else 200
+                if resp.status_code != expected:
+                    raise ProtocolError(f"server answered {resp.status_code} to a download")
+                async for piece in resp.aiter_raw():
+                    if received + len(piece) > total:
+                        raise DecryptionError("blob is longer than its manifest says")
+                    sink(piece)
+                    received += len(piece)
+                    if progress is not None:
+                        progress(received, total)
+        except httpx.TimeoutException:
+            raise ServerUnreachable("download timed out") from None
+        except (httpx.TransportError, OSError) as exc:
+            if received > start:
+                return received
+            raise ServerUnreachable(f"download failed ({type(exc).__name__})") from None
+        return received
+
+
+async def _call(coro: Awaitable[httpx.Response]) -> httpx.Response:
+    try:
+        return await coro
+    except httpx.TimeoutException:
+        raise ServerUnreachable("server timed out") from None
+    except (httpx.TransportError, OSError) as exc:
+        raise ServerUnreachable(f"cannot reach server ({type(exc).__name__})") from None
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    message = f"HTTP {resp.status_code}"
+    with contextlib.suppress(ValueError, httpx.ResponseNotRead):
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            message = body["error"]
+    retry = resp.headers.get("Retry-After")
+    try:
+        retry_after = float(retry) if retry is not None else None
+    except ValueError:
+        retry_after = None
+    raise ApiError(resp.status_code, message, retry_after)
+
+
+def _json(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        raise ProtocolError("server sent a non-JSON response") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("server sent an unexpected response shape")
+    return body
+
+
+async def _counting(
+    source: AsyncIterator[bytes], start: int, total: int, progress: Progress | None
+) -> AsyncIterator[bytes]:
+    done = start
+    async for piece in source:
+        yield piece
+        done += len(piece)
+        if progress is not None:
+            progress(done, total)
+
+
+# --- encryption source --------------------------------------------------------------------
+
+
+class _CipherSource:
+    """Regenerates the blob (encrypted, padded file) from any offset. Encryption is
+    deterministic given the key (nonces derive from the chunk index), so a resumed upload
+    re-encrypts from the start and skips what the server already has: CPU, not memory."""
+
+    def __init__(self, path: Path, key: bytes, chunk_size: int, size: int) -> None:
+        self.path = path
+        self.key = key
+        self.chunk_size = chunk_size
+        self.size = size
+        st = path.stat()
+        self._stamp = (st.st_size, st.st_mtime_ns)
+        self.digest: bytes | None = None
+
+    def _plain_chunks(self) -> Iterator[tuple[bytes, bool]]:
+        padded = padme_size(self.size)
+        cs = self.chunk_size
+        n_full, rem = divmod(padded, cs)
+        n_nonfinal = n_full - 1 if rem == 0 and n_full > 0 else n_full
+        st = self.path.stat()
+        if (st.st_size, st.st_mtime_ns) != self._stamp:
+            raise ClientError(f"{self.path} changed while it was being sent")
+        with open(self.path, "rb") as fh:
+            left = self.size
+
+            def take(n: int) -> bytes:
+                nonlocal left
+                data = fh.read(min(n, left)) if left > 0 else b""
+                if len(data) < min(n, left):
+                    raise ClientError(f"{self.path} shrank while it was being sent")
+                left -= len(data)
+                return data + bytes(n - len(data))
+
+            for _ in range(n_nonfinal):
+                yield take(cs), False
+            yield take(padded - n_nonfinal * cs), True
+
+    def ciphertext(self, skip: int) -> Iterator[bytes]:
+        """The blob's bytes from ``skip``, in pieces of about :data:`SEND_PIECE`."""
+        enc = AttachmentEncryptor(self.key, self.chunk_size)
+        pos = 0
+        out = bytearray()
+        for data, final in self._plain_chunks():
+            ct = enc.encrypt_chunk(data, final)
+            end = pos + len(ct)
+            if end > skip:
+                out += ct[max(0, skip - pos) :] if pos < skip else ct
+            pos = end
+            if len(out) >= SEND_PIECE:
+                yield bytes(out)
+                out.clear()
+        self.digest = enc.digest
+        if out:
+            yield bytes(out)
+
+    async def pieces(self, skip: int) -> AsyncIterator[bytes]:
+        for piece in self.ciphertext(skip):
+            yield piece
+            await asyncio.sleep(0)
+
+    def final_digest(self) -> bytes:
+        """The ciphertext digest; recomputed if the last upload pass ended early."""
+        if self.digest is None:
+            for _ in self.ciphertext(1 << 62):
+                pass
+        assert self.digest is not None
+        return self.digest
+
+
+# --- the two directions -------------------------------------------------------------------
+
+
+def guess_content_type(path: Path) -> str:
+    with open(path, "rb") as fh:
+        kind = detect_image(fh.read(12))
+    if kind is not None:
+        return kind
+    guessed, _ = mimetypes.guess_type(path.name)
+    return clean_content_type(guessed or DEFAULT_CONTENT_TYPE)
+
+
+async def send_file(
+    blobs: BlobClient,
+    path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    content_type: str | None = None,
+    keep_metadata: bool = False,
+    chunk_size: int = FILE_CHUNK_SIZE,
+    progress: Progress | None = None,
+    rng: Rng = os.urandom,
+) -> FileManifest:
+    """Encrypt ``path`` and upload it; return the manifest to send inside an E2EE message.
+
+    Images (JPEG/PNG/WebP) are stripped of metadata first into a private temporary file
+    unless ``keep_metadata``. ``progress(done, total)`` counts blob bytes sent.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise ClientError(f"{src} is not a readable file")
+    ctype = clean_content_type(content_type) if content_type else guess_content_type(src)
+    with contextlib.ExitStack() as stack:
+        if not keep_metadata and detect_image(src.open("rb").read(12)) is not None:
+            tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xchat-")))
+            stripped = tmpdir / "stripped"
+            with open(stripped, "wb") as out:
+                strip_file(src, out)
+            source_path = stripped
+        else:
+            source_path = src
+        size = source_path.stat().st_size
+        if size > MAX_ATTACHMENT_LEN:
+            raise TooLarge(f"files larger than {MAX_ATTACHMENT_LEN} bytes are not supported")
+        key = generate_key(rng)
+        source = _CipherSource(source_path, key, chunk_size, size)
+        total = ciphertext_length(padme_size(size), chunk_size)
+        blob_id = await blobs.create(total)
+        await blobs.upload(blob_id, total, source.pieces, progress)
+        digest = source.final_digest()
+    return FileManifest(
+        blob_id=blob_id,
+        key=key,
+        digest=digest,
+        name=name if name is not None else src.name,
+        size=size,
+        content_type=ctype,
+        chunk_size=chunk_size,
+    )
+
+
+class _PlainSink:
+    """Decrypts blob bytes as they arrive and writes the file's bytes (not the padding,
+    which must be zeros) to ``fh``."""
+
+    def __init__(self, manifest: FileManifest, fh: Any) -> None:
+        self.dec = AttachmentDecryptor(manifest.key, manifest.chunk_size)
+        self.fh = fh
+        self.left = manifest.size
+        self.piece = self.dec.ciphertext_chunk_size
+
+    def _write(self, plain: bytes) -> None:
+        if not plain:
+            return
+        keep = min(self.left, len(plain))
+        if keep:
+            self.fh.write(plain[:keep])
+            self.left -= keep
+        tail = plain[keep:]
+        if tail and tail.count(0) != len(tail):
+            raise DecodeError("attachment padding is not zero")
+
+    def feed(self, data: bytes) -> None:
+        for i in range(0, len(data), self.piece):
+            self._write(self.dec.update(data[i : i + self.piece]))
+
+    def finish(self, digest: bytes) -> None:
+        self._write(self.dec.finish(digest))
+        if self.left:
+            raise DecryptionError("attachment is shorter than its manifest says")
+
+
+async def receive_file(
+    blobs: BlobClient,
+    manifest: FileManifest,
+    downloads_dir: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+) -> Path:
+    """Download, verify and decrypt a file into ``downloads_dir``; return its path.
+
+    The plaintext goes to a hidden ``.part`` file first; a tampered chunk, a wrong digest
+    or a wrong length raises :class:`DecryptionError`/:class:`DecodeError` and the partial
+    file is deleted. The final name is :func:`safe_filename` of the manifest's name, with
+    `` (n)`` added on a collision; an existing file is never overwritten.
+    """
+    directory = Path(downloads_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    part = directory / f".xchat-{secrets.token_hex(8)}.part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb", buffering=1024 * 1024) as fh:
+            sink = _PlainSink(manifest, fh)
+            await blobs.download(manifest.blob_id, manifest.blob_size, sink.feed, progress)
+            sink.finish(manifest.digest)
+            fh.flush()
+            os.fsync(fh.fileno())
+        final = _reserve(directory, safe_filename(manifest.name))
+        os.replace(part, final)
+        return final
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        raise
+
+
+# --- message integration (files.md §2) ----------------------------------------------------
+
+#: The E2EE content type that carries a manifest: ``{"type": "file", "file": {...}}``.
+FILE_CONTENT_TYPE: Final = "file"
+
+
+def downloads_dir(profile_path: str | os.PathLike[str]) -> Path:
+    """Where received files go by default: ``<profile>/downloads``."""
+    return Path(profile_path) / "downloads"
+
+
+def manifest_from_content(obj: object) -> FileManifest | None:
+    """The manifest of a decoded content JSON object of type ``file``; ``None`` for other
+    types; DecodeError if a ``file`` content carries a bad manifest."""
+    if not isinstance(obj, dict) or obj.get("type") != FILE_CONTENT_TYPE:
+        return None
+    return FileManifest.from_json(obj.get("file"))
+
+
+async def send_manifest(client: Any, to: str, manifest: FileManifest) -> str:
+    """Send ``manifest`` to contact ``to`` inside an E2EE message; return the message id.
+
+    Uses ``client.send_file_manifest(to, manifest_json)`` when the client provides it;
+    otherwise builds the ``file`` content itself and hands it to the client's send path.
+    """
+    hook = getattr(client, "send_file_manifest", None)
+    if hook is not None:
+        return str(await hook(to, manifest.to_json()))
+    import time
+
+    from xchat.client import content as ct
+    from xchat.errors import IdentityChanged
+
+    c = await client.contact(to)
+    if c.verified and c.identity_changed:
+        raise IdentityChanged(
+            f"the identity of verified contact {c.handle or c.address} changed; "
+            "compare safety numbers and re-verify to continue"
+        )
+    sender = None if c.token_shared else client._own_sender_info()
+    msg = _file_content_class()(
+        id=ct.new_message_id(),
+        type=FILE_CONTENT_TYPE,
+        ts=time.time_ns() // 1_000_000,
+        sender=sender,
+        file=manifest.to_json(),
+    )
+    await client._send_content(c, msg, store_as_message=True)
+    return str(msg.id)
+
+
+def _file_content_class() -> Any:
+    """A :class:`~xchat.client.content.Content` that also encodes a ``file`` object (bridge
+    until ``content.py`` carries the field itself)."""
+    import json
+    from dataclasses import dataclass as _dc
+
+    from xchat.client import content as ct
+
+    @_dc(frozen=True)
+    class FileContent(ct.Content):
+        file: dict[str, Any] | None = None
+
+        def encode(self) -> bytes:
+            data = super().encode()
+            if self.file is None:
+                return data
+            obj = json.loads(data)
+            obj["file"] = self.file
+            out = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            if len(out) > ct.MAX_CONTENT_BYTES:
+                raise TooLarge("file message content too large")
+            return out
+
+    return FileContent

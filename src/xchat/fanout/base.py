@@ -1,0 +1,46 @@
+"""Routing of deliveries to the node that holds a device's socket (wire.md §8).
+
+On one machine (``local.py``) that is a dict lookup. With several nodes a Redis backend
+would publish to the node that registered the device; the interface stays the same.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Protocol
+
+
+class DeviceSocket(Protocol):
+    """What the fan-out needs from a live device connection (``server.realtime``)."""
+
+    def push(self, seq: int, envelope_id: bytes, ts_ms: int, content: bytes) -> None:
+        """Queue one envelope for delivery, in the order pushed."""
+
+    def push_frame(self, frame: bytes) -> None:
+        """Queue an already encoded server frame (KEYS_LOW, ...)."""
+
+    def replaced(self) -> None:
+        """A newer socket for the same device took over: close this one."""
+
+
+class Fanout(abc.ABC):
+    @abc.abstractmethod
+    def attach(self, device_ref: int, sock: DeviceSocket) -> None:
+        """Route this device's deliveries to ``sock``; the previous socket is replaced."""
+
+    @abc.abstractmethod
+    def detach(self, device_ref: int, sock: DeviceSocket) -> None:
+        """Stop routing to ``sock`` (no-op if another socket has replaced it)."""
+
+    @abc.abstractmethod
+    def deliver(self, device_ref: int, seq: int, envelope_id: bytes, ts_ms: int, content: bytes) -> bool:
+        """Push one committed envelope; False when the device has no socket (it stays
+        queued for a later fetch)."""
+
+    @abc.abstractmethod
+    def notify(self, device_ref: int, frame: bytes) -> bool:
+        """Push a control frame to the device if connected."""
+
+    @abc.abstractmethod
+    def connected(self) -> int:
+        """Number of attached device sockets (for metrics)."""

@@ -1,0 +1,170 @@
+"""FastAPI application factory of the relay (CONTRACT §4–5, wire.md §4, §6).
+
+Error policy: every error is JSON ``{"error": "<message>"}`` with a 4xx status; pydantic
+validation failures keep FastAPI's 422 (with the same ``error`` key); an unexpected
+exception is logged (type only) and answered with 500 ``{"error": "internal error"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from xchat import __version__
+from xchat.errors import ApiError, XChatError
+from xchat.server import blobs, directory, mailbox, realtime
+from xchat.server.config import ServerConfig
+from xchat.server.limits import ip_bucket
+from xchat.server.relay import Relay, error_body
+
+log = logging.getLogger("xchat.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _plain_json(send: Send, status: int, body: bytes, extra: list[Any] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class LimitsMiddleware:
+    """Per-IP-bucket request rate limit (429 + Retry-After) and the HTTP body size limit
+    (413), enforced before any handler or body parser runs (wire.md §6)."""
+
+    def __init__(self, app: ASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        relay = self.relay
+        client = scope.get("client")
+        wait = relay.ip_limiter.take(ip_bucket(client[0] if client else None))
+        if wait:
+            relay.metrics.inc("http_rate_limited_total")
+            retry = str(math.ceil(wait)).encode()
+            await _plain_json(send, 429, b'{"error":"rate limited"}', [(b"retry-after", retry)])
+            return
+        limit = relay.config.max_request
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await _plain_json(send, 413, _too_large_body(limit))
+                    return
+        total = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal total
+            msg = await receive()
+            if msg["type"] == "http.request":
+                total += len(msg.get("body", b""))
+                if total > limit:
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _plain_json(send, 413, _too_large_body(limit))
+
+
+def _too_large_body(limit: int) -> bytes:
+    return b'{"error":"request body larger than %d bytes"}' % limit
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """Build the ASGI app; the relay's store opens in the lifespan (before listening)."""
+    relay = Relay(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await relay.start()
+        log.info("relay started", extra={"pow_bits": config.pow_bits})
+        try:
+            yield
+        finally:
+            await relay.stop()
+            log.info("relay stopped")
+
+    app = FastAPI(title="XChat relay", version=__version__, lifespan=lifespan)
+    app.state.relay = relay
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(XChatError)
+    async def xchat_error(request: Request, exc: XChatError) -> JSONResponse:
+        return JSONResponse({"error": str(exc) or type(exc).__name__}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", extra={"error_type": type(exc).__name__})
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> str:
+        return relay.metrics.render()
+
+    app.include_router(directory.router)
+    app.include_router(mailbox.router)
+    app.include_router(realtime.router)
+    app.include_router(blobs.router)
+    app.add_middleware(LimitsMiddleware, relay=relay)
+    return app

@@ -1,0 +1,133 @@
+"""Server secrets, stateless challenges and bearer tokens (wire.md §3).
+
+Both challenges and tokens are HMAC-SHA256-authenticated byte strings, so the server keeps
+no session table. Challenges are single-use: a used one is remembered in memory until it
+expires (a restart forgets them, but they expire after ``challenge_ttl_seconds`` anyway).
+Tokens carry the device's ``epoch``; re-registering or revoking a device bumps the epoch so
+every older token of that device is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from xchat.errors import ApiError
+from xchat.storage.base import DeviceRecord, Store
+
+LABEL_CHALLENGE = b"XChat-v1-challenge"
+LABEL_TOKEN = b"XChat-v1-token"
+LABEL_REGISTER = b"XChat-v1-register"
+LABEL_AUTH = b"XChat-v1-auth"
+MAC_LEN = 16
+
+_CHALLENGE = struct.Struct(">BQ16s")  # version, expires_ms, random
+CHALLENGE_LEN = _CHALLENGE.size + MAC_LEN  # 41
+_TOKEN = struct.Struct(">BQIQ")  # version, device ref, epoch, expires_ms
+TOKEN_LEN = _TOKEN.size + MAC_LEN  # 37
+
+
+def _load_or_create(path: Path, make: int) -> bytes:
+    """Read a 32-byte secret file, creating it (mode 0600) on first start."""
+    if path.exists():
+        data = path.read_bytes()
+        if len(data) != make:
+            raise SystemExit(f"{path} is corrupt (expected {make} bytes)")
+        return data
+    data = os.urandom(make)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data
+
+
+class ServerSecrets:
+    """The HMAC key (challenges, tokens) and the Ed25519 certificate signing key."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.mac_key = _load_or_create(data_dir / "server_mac.key", 32)
+        seed = _load_or_create(data_dir / "server_signing.key", 32)
+        self.signing_key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.signing_public = self.signing_key.public_key().public_bytes_raw()
+
+    def mac(self, label: bytes, data: bytes) -> bytes:
+        return hmac.new(self.mac_key, label + data, hashlib.sha256).digest()[:MAC_LEN]
+
+
+class Challenges:
+    """``POST /challenge`` values: ``0x01 || expires_ms u64 || random 16 || mac 16``."""
+
+    def __init__(self, secrets: ServerSecrets, ttl_ms: int) -> None:
+        self.secrets = secrets
+        self.ttl_ms = ttl_ms
+        self._used: dict[bytes, int] = {}
+
+    def issue(self, now_ms: int) -> tuple[bytes, int]:
+        expires = now_ms + self.ttl_ms
+        body = _CHALLENGE.pack(1, expires, os.urandom(16))
+        return body + self.secrets.mac(LABEL_CHALLENGE, body), expires
+
+    def consume(self, challenge: bytes, now_ms: int) -> None:
+        """Accept a challenge once; ApiError 401 if forged, expired or already used."""
+        if len(challenge) != CHALLENGE_LEN:
+            raise ApiError(401, "invalid challenge")
+        body, mac = challenge[: _CHALLENGE.size], challenge[_CHALLENGE.size :]
+        if not hmac.compare_digest(mac, self.secrets.mac(LABEL_CHALLENGE, body)):
+            raise ApiError(401, "invalid challenge")
+        _, expires, _ = _CHALLENGE.unpack(body)
+        if expires <= now_ms:
+            raise ApiError(401, "challenge expired")
+        if challenge in self._used:
+            raise ApiError(401, "challenge already used")
+        if len(self._used) > 100_000:
+            self._used = {c: e for c, e in self._used.items() if e > now_ms}
+        self._used[challenge] = expires
+
+
+class Tokens:
+    """Bearer tokens: base64url(``0x01 || device ref u64 || epoch u32 || expires_ms u64 ||
+    mac 16``) without padding."""
+
+    def __init__(self, secrets: ServerSecrets, ttl_ms: int) -> None:
+        self.secrets = secrets
+        self.ttl_ms = ttl_ms
+
+    def issue(self, device: DeviceRecord, now_ms: int) -> tuple[str, int]:
+        expires = now_ms + self.ttl_ms
+        body = _TOKEN.pack(1, device.ref, device.epoch, expires)
+        raw = body + self.secrets.mac(LABEL_TOKEN, body)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"), expires
+
+    def verify(self, token: str, store: Store, now_ms: int) -> tuple[DeviceRecord, int]:
+        """Return the device and the token's expiry; ApiError 401 otherwise."""
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise ApiError(401, "invalid token") from None
+        if len(raw) != TOKEN_LEN:
+            raise ApiError(401, "invalid token")
+        body, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
+        if not hmac.compare_digest(mac, self.secrets.mac(LABEL_TOKEN, body)):
+            raise ApiError(401, "invalid token")
+        version, ref, epoch, expires = _TOKEN.unpack(body)
+        if version != 1:
+            raise ApiError(401, "invalid token")
+        if expires <= now_ms:
+            raise ApiError(401, "token expired")
+        device = store.get_device(ref)
+        if device is None or device.epoch != epoch:
+            raise ApiError(401, "device revoked or re-registered")
+        return device, expires
+
+    def from_header(self, header: str | None, store: Store, now_ms: int) -> tuple[DeviceRecord, int]:
+        if not header or not header.startswith("Bearer "):
+            raise ApiError(401, "missing bearer token")
+        return self.verify(header[7:].strip(), store, now_ms)

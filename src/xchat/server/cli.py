@@ -1,0 +1,42 @@
+"""``xchat serve`` (wire.md §9). The lead mounts :data:`serve_command` into the ``xchat``
+group; ``python -m xchat serve`` calls it directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from xchat.server.config import ServerConfig
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Interface to bind [XCHAT_HOST, 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="TCP port, 0 = any free [XCHAT_PORT, 8420].")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory [XCHAT_DATA, ./xchat-data].",
+)
+@click.option("--pow-bits", type=click.IntRange(0, 40), default=None, help="PoW difficulty.")
+@click.option("--ttl-days", type=float, default=None, help="Undelivered mail TTL [30].")
+@click.option(
+    "--log-ips/--no-log-ips", default=None, help="Log client IPs (off unless the operator asks)."
+)
+def serve_command(
+    host: str | None,
+    port: int | None,
+    data: Path | None,
+    pow_bits: int | None,
+    ttl_days: float | None,
+    log_ips: bool | None,
+) -> None:
+    """Run the XChat relay server."""
+    from xchat.server.serve import run_server
+
+    ttl = int(ttl_days * 86400) if ttl_days is not None else None
+    config = ServerConfig.from_env(
+        host=host, port=port, data=data, pow_bits=pow_bits, ttl_seconds=ttl, log_ips=log_ips
+    )
+    run_server(config)

@@ -1,0 +1,91 @@
+"""Relay configuration: defaults, ``XCHAT_*`` environment variables, CLI flags (wire.md §9).
+
+Precedence: CLI flag > environment variable > default. Every limit of the relay is here so
+tests and the benchmark can tune it without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_POW_BITS = 20  # measured: xchat.crypto.pow.solve does ~1.5 M hashes/s -> ~0.7 s
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8420
+    data: Path = Path("xchat-data")
+    pow_bits: int = DEFAULT_POW_BITS
+    log_ips: bool = False
+    log_level: str = "info"
+    # Mailbox
+    ttl_seconds: int = 30 * 24 * 3600
+    sweep_seconds: float = 600.0
+    # Tokens and challenges
+    token_ttl_seconds: int = 3600
+    challenge_ttl_seconds: int = 300
+    cert_ttl_seconds: int = 24 * 3600
+    # Limits
+    max_envelope: int = 256 * 1024
+    max_request: int = 1024 * 1024
+    max_fetch: int = 500
+    keys_low: int = 10
+    max_one_time_keys: int = 1000  # per upload list
+    ws_outbox_limit: int = 8 * 1024 * 1024  # bytes queued to a slow socket before 4408
+    # Rate limits (token buckets; rate per second, burst = bucket size)
+    rate_limits: bool = True
+    rate_ip_per_s: float = 20.0
+    rate_ip_burst: float = 100.0
+    rate_device_per_s: float = 20.0
+    rate_device_burst: float = 100.0
+    rate_send_per_s: float = 200.0  # envelopes per second per IP bucket
+    rate_send_burst: float = 1000.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Build from ``XCHAT_<FIELD>`` variables (``XCHAT_DATA``, ``XCHAT_TTL_SECONDS``,
+        ``XCHAT_TTL_DAYS``, ``XCHAT_RATE_LIMITS=0``, ...), then apply non-None overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("XCHAT_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, getattr(cls, f.name))
+        days = env.get("XCHAT_TTL_DAYS")
+        if days is not None and "ttl_seconds" not in values:
+            values["ttl_seconds"] = int(float(days) * 86400)
+        cfg = cls(**values)
+        return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+    def limits(self) -> dict[str, Any]:
+        """The limits published at ``GET /api/v1/server``."""
+        return {
+            "max_envelope": self.max_envelope,
+            "max_request": self.max_request,
+            "max_fetch": self.max_fetch,
+            "ttl_seconds": self.ttl_seconds,
+            "token_ttl_seconds": self.token_ttl_seconds,
+            "challenge_ttl_seconds": self.challenge_ttl_seconds,
+            "keys_low": self.keys_low,
+            "rate_limits": self.rate_limits,
+        }
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return raw
+    except ValueError:
+        raise SystemExit(f"invalid value for XCHAT_{name.upper()}: {raw!r}") from None

@@ -1,0 +1,84 @@
+"""HTTP mailbox: sealed-sender send, fetch for offline devices, ack/delete
+(CONTRACT §4, wire.md §4.4–4.5). The WebSocket path (``realtime.py``) shares
+:meth:`Relay.check_send` / :meth:`Relay.submit`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from xchat.crypto.keys import is_address, normalize_address
+from xchat.errors import ApiError
+from xchat.protocol.frames import PowAccess, TokenAccess
+from xchat.server import models as m
+from xchat.server.directory import current_device, relay_of
+from xchat.server.limits import ip_bucket
+from xchat.server.relay import Access, SendDest, now_ms
+from xchat.storage.base import DeviceRecord
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _dest(d: m.DestinationIn) -> SendDest:
+    if not is_address(d.address):
+        raise ApiError(400, "not a valid address")
+    access: Access = None
+    if d.delivery_token is not None:
+        access = TokenAccess(m.b64(d.delivery_token, "delivery_token", 16))
+    elif d.pow is not None:
+        access = PowAccess(m.b64(d.pow.challenge, "pow.challenge"), d.pow.nonce)
+    envelopes = [
+        (e.device_id, m.b64(e.id, "envelope id", 16), m.b64(e.content, "content"))
+        for e in d.envelopes
+    ]
+    return SendDest(normalize_address(d.address), access, envelopes)
+
+
+@router.post("/messages", response_model=m.Ok)
+async def send(body: m.SendIn, request: Request) -> m.Ok:
+    """Sealed-sender send: no Authorization; access per destination (wire.md §4.4)."""
+    relay = relay_of(request)
+    dests = [_dest(d) for d in body.destinations]
+    n = sum(len(d.envelopes) for d in dests)
+    wait = relay.send_limiter.take(ip_bucket(request.client.host if request.client else None), n)
+    if wait:
+        raise ApiError(429, "rate limited", retry_after=wait)
+    rows = relay.check_send(dests, now_ms())
+    await relay.submit(rows)
+    return m.Ok()
+
+
+@router.get("/messages", response_model=m.FetchOut)
+async def fetch(
+    request: Request,
+    limit: int = Query(default=100, ge=1, le=10_000),
+    device: DeviceRecord = Depends(current_device),
+) -> m.FetchOut:
+    relay = relay_of(request)
+    limit = min(limit, relay.config.max_fetch)
+    rows = await relay.store.fetch(device.ref, 0, limit + 1, now_ms())
+    return m.FetchOut(
+        envelopes=[
+            m.EnvelopeOut(id=m.enc(r.envelope_id), ts_ms=r.ts_ms, content=m.enc(r.content))
+            for r in rows[:limit]
+        ],
+        more=len(rows) > limit,
+    )
+
+
+@router.delete("/messages/{envelope_id}", response_model=m.AckOut)
+async def delete_one(
+    envelope_id: str, request: Request, device: DeviceRecord = Depends(current_device)
+) -> m.AckOut:
+    eid = m.b64url(envelope_id, "envelope id", 16)
+    deleted = await relay_of(request).store.ack(device.ref, [eid])
+    return m.AckOut(deleted=deleted)
+
+
+@router.post("/messages/ack", response_model=m.AckOut)
+async def ack(
+    body: m.AckIn, request: Request, device: DeviceRecord = Depends(current_device)
+) -> m.AckOut:
+    ids = [m.b64(i, "envelope id", 16) for i in body.ids]
+    deleted = await relay_of(request).store.ack(device.ref, ids) if ids else 0
+    return m.AckOut(deleted=deleted)

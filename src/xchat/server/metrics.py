@@ -1,0 +1,28 @@
+"""Prometheus text exposition of aggregate counters only (wire.md §9).
+
+No label ever carries an address, handle, device or IP: only totals.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.gauges: dict[str, Callable[[], float]] = {}
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def render(self) -> str:
+        lines = []
+        for name in sorted(self.counters):
+            lines.append(f"# TYPE xchat_{name} counter")
+            lines.append(f"xchat_{name} {self.counters[name]}")
+        for name in sorted(self.gauges):
+            lines.append(f"# TYPE xchat_{name} gauge")
+            lines.append(f"xchat_{name} {self.gauges[name]()}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,208 @@
+"""Pydantic bodies of the HTTP control plane (CONTRACT §4, wire.md §4) and b64 helpers.
+
+Models validate shape only (types, list lengths); byte fields stay base64 strings and are
+decoded by :func:`b64` in the handlers, which turns bad encodings into 400s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xchat.errors import ApiError
+
+MAX_LIST = 1000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def b64(value: str, what: str, length: int | None = None) -> bytes:
+    """Standard base64 (RFC 4648 §4, padded) → bytes; ApiError 400 on anything else."""
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ApiError(400, f"{what}: invalid base64") from None
+    if length is not None and len(raw) != length:
+        raise ApiError(400, f"{what}: expected {length} bytes, got {len(raw)}")
+    return raw
+
+
+def b64url(value: str, what: str, length: int | None = None) -> bytes:
+    """URL-safe base64, padding optional (used in URL paths)."""
+    try:
+        raw = base64.urlsafe_b64decode(value.encode("ascii") + b"=" * (-len(value) % 4))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ApiError(400, f"{what}: invalid base64url") from None
+    if length is not None and len(raw) != length:
+        raise ApiError(400, f"{what}: expected {length} bytes, got {len(raw)}")
+    return raw
+
+
+def enc(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# --- keys ---
+
+
+class SignedKeyModel(_Model):
+    id: int = Field(ge=0, le=0xFFFFFFFF)
+    key: str
+    signature: str
+
+
+class OneTimeKeyModel(_Model):
+    id: int = Field(ge=0, le=0xFFFFFFFF)
+    key: str
+
+
+class PreKeyUpload(_Model):
+    signed_prekey: SignedKeyModel | None = None
+    kem_last_resort: SignedKeyModel | None = None
+    one_time_ec: list[OneTimeKeyModel] = Field(default_factory=list, max_length=MAX_LIST)
+    one_time_kem: list[SignedKeyModel] = Field(default_factory=list, max_length=MAX_LIST)
+
+
+class KeyCount(_Model):
+    ec: int
+    kem: int
+
+
+class KemPreKeyOut(_Model):
+    id: int
+    key: str
+    signature: str
+    last_resort: bool
+
+
+class BundleDeviceOut(_Model):
+    device_id: int
+    signed_prekey: SignedKeyModel | None
+    kem_prekey: KemPreKeyOut | None
+    one_time_ec: OneTimeKeyModel | None
+
+
+class BundleOut(_Model):
+    address: str
+    identity_key: str
+    devices: list[BundleDeviceOut]
+
+
+# --- accounts and auth ---
+
+
+class ServerInfo(_Model):
+    protocol: int
+    signing_key: str
+    pow_bits: int
+    limits: dict[str, int | bool]
+
+
+class ChallengeOut(_Model):
+    challenge: str
+    expires_ms: int
+    pow_bits: int
+
+
+class RegisterIn(_Model):
+    identity_key: str
+    challenge: str
+    signature: str
+    pow_nonce: int = Field(default=0, ge=0, le=2**64 - 1)
+    handle: str | None = None
+    keys: PreKeyUpload
+
+
+class RegisterOut(_Model):
+    address: str
+    device_id: int
+    token: str
+    expires_ms: int
+
+
+class AuthIn(_Model):
+    address: str
+    device_id: int = Field(ge=0, le=0xFFFFFFFF)
+    challenge: str
+    signature: str
+
+
+class TokenOut(_Model):
+    token: str
+    expires_ms: int
+
+
+class HandleIn(_Model):
+    handle: str | None
+
+
+class AccountOut(_Model):
+    address: str
+    identity_key: str
+    handle: str | None
+    devices: list[int]
+
+
+class DeliveryTokenIn(_Model):
+    token_hash: str
+
+
+class CertificateOut(_Model):
+    certificate: str
+    expires_ms: int
+
+
+class Ok(_Model):
+    ok: bool = True
+
+
+# --- messages ---
+
+
+class EnvelopeIn(_Model):
+    device_id: int = Field(ge=0, le=0xFFFFFFFF)
+    id: str
+    content: str
+
+
+class PowIn(_Model):
+    challenge: str
+    nonce: int = Field(ge=0, le=2**64 - 1)
+
+
+class DestinationIn(_Model):
+    address: str
+    delivery_token: str | None = None
+    pow: PowIn | None = None
+    envelopes: list[EnvelopeIn] = Field(max_length=MAX_LIST)
+
+
+class SendIn(_Model):
+    destinations: list[DestinationIn] = Field(min_length=1, max_length=MAX_LIST)
+
+
+class EnvelopeOut(_Model):
+    id: str
+    ts_ms: int
+    content: str
+
+
+class FetchOut(_Model):
+    envelopes: list[EnvelopeOut]
+    more: bool
+
+
+class AckIn(_Model):
+    ids: list[str] = Field(max_length=MAX_LIST)
+
+
+class AckOut(_Model):
+    deleted: int
+
+
+class ErrorOut(_Model):
+    error: str

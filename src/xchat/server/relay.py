@@ -1,0 +1,195 @@
+"""The relay's shared state and the send path used by both HTTP and WebSocket (wire.md §4.4).
+
+A send is all-or-nothing: every destination is checked (address known → 404, access proof
+→ 401, device list → 409, sizes → 413) before anything is stored; then all envelopes go to
+the store in one group-commit operation, and only after the commit are they pushed to the
+connected recipient sockets (in commit order, hence per-device queue order) and the
+sender is told 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xchat.errors import ApiError
+from xchat.fanout.base import Fanout
+from xchat.fanout.local import LocalFanout
+from xchat.protocol.frames import PowAccess, TokenAccess
+from xchat.crypto.pow import stamp_ok
+from xchat.server.auth import Challenges, ServerSecrets, Tokens
+from xchat.server.config import ServerConfig
+from xchat.server.limits import RateLimiter
+from xchat.server.metrics import Metrics
+from xchat.storage.base import NewEnvelope
+from xchat.storage.sqlite import SqliteStore
+
+log = logging.getLogger("xchat.server")
+
+Access = TokenAccess | PowAccess | None
+
+
+class ApiErrorWithBody(ApiError):
+    """An ApiError whose JSON body carries extra fields (e.g. 409 ``devices``)."""
+
+    def __init__(self, status: int, message: str, body: dict[str, Any]) -> None:
+        super().__init__(status, message)
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True)
+class SendDest:
+    address: str
+    access: Access
+    envelopes: Sequence[tuple[int, bytes, bytes]]  # (device_id, envelope_id, content)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Relay:
+    """Everything a request handler needs, created once per server process."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.secrets = ServerSecrets(config.data)
+        self.store = SqliteStore(config.data / "xchat.db")
+        self.fanout: Fanout = LocalFanout()
+        self.metrics = Metrics()
+        self.challenges = Challenges(self.secrets, config.challenge_ttl_seconds * 1000)
+        self.tokens = Tokens(self.secrets, config.token_ttl_seconds * 1000)
+        on = config.rate_limits
+        self.ip_limiter = RateLimiter(config.rate_ip_per_s, config.rate_ip_burst, on)
+        self.device_limiter = RateLimiter(config.rate_device_per_s, config.rate_device_burst, on)
+        self.send_limiter = RateLimiter(config.rate_send_per_s, config.rate_send_burst, on)
+        self.ws_connections = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        m = self.metrics
+        m.gauges["ws_connections"] = lambda: float(self.ws_connections)
+        m.gauges["ws_device_sockets"] = lambda: float(self.fanout.connected())
+        m.gauges["store_transactions"] = lambda: float(self.store.stats.transactions)
+        m.gauges["store_operations"] = lambda: float(self.store.stats.operations)
+        m.gauges["envelopes_stored"] = lambda: float(self.store.stats.envelopes_stored)
+        m.gauges["envelopes_deleted"] = lambda: float(self.store.stats.envelopes_deleted)
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.store.close()
+
+    async def _sweep_loop(self) -> None:
+        """TTL expiry (wire.md §4.5): periodic delete; reads also filter expired rows."""
+        while True:
+            await asyncio.sleep(self.config.sweep_seconds)
+            try:
+                n = await self.store.sweep_expired(now_ms())
+                if n:
+                    self.metrics.inc("envelopes_expired_total", n)
+            except Exception:
+                log.exception("sweep failed")
+
+    # --- the send path ---
+
+    def check_send(self, dests: Sequence[SendDest], now: int) -> list[NewEnvelope]:
+        """Validate and authorize a send; return the rows to store or raise ApiError."""
+        cfg = self.config
+        if not dests:
+            raise ApiError(400, "no destinations")
+        rows: list[NewEnvelope] = []
+        seen: set[tuple[int, bytes]] = set()
+        expires = now + cfg.ttl_seconds * 1000
+        for dest in dests:
+            acct = self.store.get_account(dest.address)
+            if acct is None:
+                raise ApiError(404, "unknown address")
+            self._check_access(dest, acct.token_hash, now)
+            devices = {d.device_id: d.ref for d in acct.devices}
+            wanted = {e[0] for e in dest.envelopes}
+            if wanted != devices.keys():
+                raise ApiErrorWithBody(
+                    409,
+                    "device list mismatch",
+                    {"address": dest.address, "devices": sorted(devices)},
+                )
+            for device_id, envelope_id, content in dest.envelopes:
+                if len(content) > cfg.max_envelope:
+                    raise ApiError(413, f"envelope larger than {cfg.max_envelope} bytes")
+                if len(envelope_id) != 16:
+                    raise ApiError(400, "envelope id must be 16 bytes")
+                ref = devices[device_id]
+                if (ref, envelope_id) in seen:
+                    continue
+                seen.add((ref, envelope_id))
+                rows.append(NewEnvelope(ref, envelope_id, now, expires, content))
+        return rows
+
+    def _check_access(self, dest: SendDest, token_hash: bytes | None, now: int) -> None:
+        access = dest.access
+        if isinstance(access, TokenAccess):
+            digest = hashlib.sha256(access.token).digest()
+            if token_hash is None or not hmac.compare_digest(digest, token_hash):
+                raise ApiError(401, "invalid delivery token")
+            return
+        if isinstance(access, PowAccess):
+            if not stamp_ok(
+                access.challenge, dest.address.encode("ascii"), access.nonce, self.config.pow_bits
+            ):
+                raise ApiError(401, "proof of work does not meet the difficulty")
+            self.challenges.consume(access.challenge, now)
+            return
+        raise ApiError(401, "a delivery token or proof of work is required")
+
+    def submit(self, rows: list[NewEnvelope]) -> asyncio.Future[None]:
+        """Store ``rows`` (group commit), then push them to connected devices in commit
+        order. The returned future resolves after both."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        stored = self.store.enqueue_future(rows)
+
+        def after(fut: asyncio.Future[list[int | None]]) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                log.error("store failed", extra={"error_type": type(exc).__name__})
+                if not done.done():
+                    done.set_exception(ApiError(503, "storage unavailable"))
+                return
+            deliver = self.fanout.deliver
+            n = 0
+            for row, seq in zip(rows, fut.result(), strict=True):
+                if seq is not None:
+                    n += 1
+                    deliver(row.device_ref, seq, row.envelope_id, row.ts_ms, row.content)
+            self.metrics.inc("envelopes_accepted_total", n)
+            if not done.done():
+                done.set_result(None)
+
+        stored.add_done_callback(after)
+        return done
+
+
+def error_body(exc: ApiError) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": exc.message}
+    if isinstance(exc, ApiErrorWithBody):
+        body.update(exc.body)
+    return body
+
+
+def error_text(exc: ApiError) -> str:
+    """SEND_RESULT message: plain text, or JSON when the error carries extra fields."""
+    if isinstance(exc, ApiErrorWithBody):
+        return json.dumps(error_body(exc))
+    return exc.message

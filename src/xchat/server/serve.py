@@ -1,0 +1,75 @@
+"""Run the relay under uvicorn (wire.md §9).
+
+We bind the listening socket ourselves so ``--port 0`` works and so the ready line
+``xchat server listening on http://HOST:PORT`` is printed only once the socket accepts
+connections (after the store is open: uvicorn runs the lifespan before serving).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+
+import uvicorn
+
+from xchat.server.app import create_app
+from xchat.server.config import ServerConfig
+from xchat.server.logs import setup_logging
+
+
+def _ws_impl() -> str:
+    try:
+        if importlib.util.find_spec("uvicorn.protocols.websockets.websockets_sansio_impl"):
+            return "websockets-sansio"
+    except ImportError:
+        pass
+    return "websockets"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
+        super().__init__(config)
+        self.ready_line = ready_line
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            sys.stdout.write(self.ready_line + "\n")
+            sys.stdout.flush()
+
+
+def run_server(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    setup_logging(config.log_level)
+    sock = bind_socket(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    app = create_app(config)
+    uconfig = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        ws=_ws_impl(),
+        ws_max_size=2 * config.max_request,  # beyond this uvicorn closes with 1009
+        ws_per_message_deflate=False,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        backlog=4096,
+    )
+    server = _Server(uconfig, f"xchat server listening on http://{shown}:{port}")
+    server.run(sockets=[sock])

@@ -1,0 +1,487 @@
+"""SQLite backend of :class:`~xchat.storage.base.Store` with group commit (wire.md §8).
+
+One dedicated writer thread owns the connection. Callers on the event loop put operations
+on a queue (no thread hop per call); the thread drains everything pending, runs it in ONE
+transaction (runs of consecutive enqueues/acks become one ``executemany``), commits with
+``synchronous=FULL`` in WAL mode, and then resolves all the callers' futures with one
+``call_soon_threadsafe``. A send is acknowledged only after that commit.
+
+Reads go through the same queue, so they observe every write queued before them and the
+exactly-once hand-out of one-time prekeys needs no extra locking. The directory (accounts,
+devices, token hashes) is small and cached in memory, updated after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from xchat.storage.base import (
+    AccountRecord,
+    BundleDevice,
+    DeviceRecord,
+    HandleTaken,
+    NewEnvelope,
+    PreKeySet,
+    SignedKey,
+    Store,
+    StoredEnvelope,
+)
+from xchat.storage.migrations import migrate
+
+MAX_BATCH = 2048  # operations per transaction; bounds commit latency under overload
+
+_CALL, _ENQUEUE, _ACK = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    payload: Any
+    future: asyncio.Future[Any] | None
+    after_commit: Callable[[Any], None] | None = None
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Aggregate counters exported by /metrics."""
+
+    transactions: int = 0
+    operations: int = 0
+    envelopes_stored: int = 0
+    envelopes_deleted: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class SqliteStore(Store):
+    """Embedded one-machine store in ``<data>/xchat.db``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stats = StoreStats()
+        self._conn: sqlite3.Connection | None = None
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accounts: dict[str, AccountRecord] = {}
+        self._handles: dict[str, str] = {}
+        self._devices: dict[int, DeviceRecord] = {}
+        self._next_seq = 1
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open_sync)
+        self._thread = threading.Thread(target=self._run, name="xchat-store-writer", daemon=True)
+        self._thread.start()
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        os.chmod(self.path, 0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        migrate(conn)
+        for address, ik, handle, th in conn.execute(
+            "SELECT address, identity_key, handle, token_hash FROM accounts"
+        ):
+            self._accounts[address] = AccountRecord(address, ik, handle, th, ())
+            if handle:
+                self._handles[handle] = address
+        for ref, address, device_id, epoch in conn.execute(
+            "SELECT ref, address, device_id, epoch FROM devices ORDER BY address, device_id"
+        ):
+            self._cache_device(DeviceRecord(ref, address, device_id, epoch))
+        row = conn.execute("SELECT MAX(seq) FROM mailbox").fetchone()
+        self._next_seq = (row[0] or 0) + 1
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- cache ---
+
+    def _cache_device(self, dev: DeviceRecord) -> None:
+        self._devices[dev.ref] = dev
+        acct = self._accounts[dev.address]
+        others = tuple(d for d in acct.devices if d.ref != dev.ref)
+        devices = tuple(sorted((*others, dev), key=lambda d: d.device_id))
+        self._accounts[dev.address] = replace(acct, devices=devices)
+
+    def get_account(self, address: str) -> AccountRecord | None:
+        return self._accounts.get(address)
+
+    def get_account_by_handle(self, handle: str) -> AccountRecord | None:
+        address = self._handles.get(handle)
+        return self._accounts.get(address) if address else None
+
+    def get_device(self, ref: int) -> DeviceRecord | None:
+        return self._devices.get(ref)
+
+    # --- the writer thread ---
+
+    def _submit(
+        self,
+        kind: int,
+        payload: Any,
+        after_commit: Callable[[Any], None] | None = None,
+    ) -> asyncio.Future[Any]:
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put(_Op(kind, payload, fut, after_commit))
+        return fut
+
+    def _run(self) -> None:
+        q = self._queue
+        stop = False
+        while not stop:
+            first = q.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._execute(batch)
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._resolve, batch)
+            except RuntimeError:  # loop closed during shutdown
+                return
+
+    def _execute(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            i = 0
+            while i < len(batch):
+                kind = batch[i].kind
+                j = i + 1
+                if kind != _CALL:
+                    while j < len(batch) and batch[j].kind == kind:
+                        j += 1
+                run = batch[i:j]
+                if kind == _ENQUEUE:
+                    self._run_enqueue(conn, run)
+                elif kind == _ACK:
+                    self._run_ack(conn, run)
+                else:
+                    self._run_call(conn, run[0])
+                i = j
+            conn.execute("COMMIT")
+        except BaseException as exc:  # commit failed: nothing of this batch is durable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for op in batch:
+                op.error = exc
+        self.stats.transactions += 1
+        self.stats.operations += len(batch)
+
+    @staticmethod
+    def _run_call(conn: sqlite3.Connection, op: _Op) -> None:
+        conn.execute("SAVEPOINT op")
+        try:
+            op.result = op.payload(conn)
+            conn.execute("RELEASE op")
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            op.error = exc
+
+    def _run_enqueue(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
+        rows = []
+        seq = self._next_seq
+        for op in run:
+            seqs = []
+            for env in op.payload:
+                rows.append(
+                    (seq, env.device_ref, env.envelope_id, env.ts_ms, env.expires_ms, env.content)
+                )
+                seqs.append(seq)
+                seq += 1
+            op.result = seqs
+        self._next_seq = seq
+        before = conn.total_changes
+        conn.executemany(
+            "INSERT OR IGNORE INTO mailbox (seq, device_ref, envelope_id, ts_ms, expires_ms,"
+            " content) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        inserted = conn.total_changes - before
+        self.stats.envelopes_stored += inserted
+        if inserted == len(rows):
+            return
+        # Some (device, envelope_id) were already queued: find which (rare path).
+        for op in run:
+            out: list[int | None] = []
+            for env, s in zip(op.payload, op.result, strict=True):
+                got = conn.execute(
+                    "SELECT seq FROM mailbox WHERE device_ref = ? AND envelope_id = ?",
+                    (env.device_ref, env.envelope_id),
+                ).fetchone()
+                out.append(s if got is not None and got[0] == s else None)
+            op.result = out
+
+    def _run_ack(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
+        for op in run:
+            ref, ids = op.payload
+            before = conn.total_changes
+            conn.executemany(
+                "DELETE FROM mailbox WHERE device_ref = ? AND envelope_id = ?",
+                [(ref, eid) for eid in ids],
+            )
+            op.result = conn.total_changes - before
+            self.stats.envelopes_deleted += op.result
+
+    @staticmethod
+    def _resolve(batch: list[_Op]) -> None:
+        for op in batch:
+            if op.error is None and op.after_commit is not None:
+                op.after_commit(op.result)
+            fut = op.future
+            if fut is None or fut.done():
+                continue
+            if op.error is not None:
+                fut.set_exception(op.error)
+            else:
+                fut.set_result(op.result)
+
+    async def _call(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        after_commit: Callable[[Any], None] | None = None,
+    ) -> Any:
+        return await self._submit(_CALL, fn, after_commit)
+
+    # --- directory ---
+
+    async def register(
+        self, address: str, identity_key: bytes, keys: PreKeySet, now_ms: int
+    ) -> DeviceRecord:
+        def op(conn: sqlite3.Connection) -> tuple[AccountRecord, DeviceRecord]:
+            conn.execute(
+                "INSERT OR IGNORE INTO accounts (address, identity_key, created_ms)"
+                " VALUES (?, ?, ?)",
+                (address, identity_key, now_ms),
+            )
+            row = conn.execute(
+                "SELECT ref, epoch FROM devices WHERE address = ? AND device_id = 1", (address,)
+            ).fetchone()
+            if row is None:
+                cur = conn.execute(
+                    "INSERT INTO devices (address, device_id, epoch, created_ms)"
+                    " VALUES (?, 1, 1, ?)",
+                    (address, now_ms),
+                )
+                assert cur.lastrowid is not None
+                dev = DeviceRecord(cur.lastrowid, address, 1, 1)
+            else:
+                dev = DeviceRecord(row[0], address, 1, row[1] + 1)
+                conn.execute("UPDATE devices SET epoch = ? WHERE ref = ?", (dev.epoch, dev.ref))
+                conn.execute("DELETE FROM otk_ec WHERE device_ref = ?", (dev.ref,))
+                conn.execute("DELETE FROM otk_kem WHERE device_ref = ?", (dev.ref,))
+            _put_keys(conn, dev.ref, keys)
+            h, th = conn.execute(
+                "SELECT handle, token_hash FROM accounts WHERE address = ?", (address,)
+            ).fetchone()
+            return AccountRecord(address, identity_key, h, th, ()), dev
+
+        def cache(result: tuple[AccountRecord, DeviceRecord]) -> None:
+            acct, dev = result
+            old = self._accounts.get(address)
+            self._accounts[address] = replace(acct, devices=old.devices if old else ())
+            self._cache_device(dev)
+
+        result = await self._call(op, cache)
+        dev: DeviceRecord = result[1]
+        return dev
+
+    async def set_handle(self, address: str, handle: str | None, skeleton: str | None) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "UPDATE accounts SET handle = ?, skeleton = ? WHERE address = ?",
+                    (handle, skeleton, address),
+                )
+            except sqlite3.IntegrityError:
+                raise HandleTaken(handle) from None
+
+        def cache(_: None) -> None:
+            acct = self._accounts[address]
+            if acct.handle:
+                self._handles.pop(acct.handle, None)
+            if handle:
+                self._handles[handle] = address
+            self._accounts[address] = replace(acct, handle=handle)
+
+        await self._call(op, cache)
+
+    async def set_token_hash(self, address: str, token_hash: bytes) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE accounts SET token_hash = ? WHERE address = ?", (token_hash, address)
+            )
+
+        def cache(_: None) -> None:
+            self._accounts[address] = replace(self._accounts[address], token_hash=token_hash)
+
+        await self._call(op, cache)
+
+    async def put_prekeys(self, device_ref: int, keys: PreKeySet) -> tuple[int, int]:
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            _put_keys(conn, device_ref, keys)
+            return _count(conn, device_ref)
+
+        result: tuple[int, int] = await self._call(op)
+        return result
+
+    async def count_prekeys(self, device_ref: int) -> tuple[int, int]:
+        result: tuple[int, int] = await self._call(lambda conn: _count(conn, device_ref))
+        return result
+
+    async def take_bundle(self, address: str) -> list[BundleDevice]:
+        acct = self._accounts.get(address)
+        if acct is None:
+            return []
+        devices = acct.devices
+
+        def op(conn: sqlite3.Connection) -> list[BundleDevice]:
+            return [_take_one(conn, dev) for dev in devices]
+
+        result: list[BundleDevice] = await self._call(op)
+        return result
+
+    # --- mailbox ---
+
+    async def enqueue(self, envelopes: list[NewEnvelope]) -> list[int | None]:
+        if not envelopes:
+            return []
+        result: list[int | None] = await self._submit(_ENQUEUE, envelopes)
+        return result
+
+    def enqueue_future(self, envelopes: list[NewEnvelope]) -> asyncio.Future[list[int | None]]:
+        """Like :meth:`enqueue` but returns the future (lets a caller attach a callback
+        instead of spawning a task per send on the hot path)."""
+        return self._submit(_ENQUEUE, envelopes)
+
+    async def fetch(
+        self, device_ref: int, after_seq: int, limit: int, now_ms: int
+    ) -> list[StoredEnvelope]:
+        def op(conn: sqlite3.Connection) -> list[StoredEnvelope]:
+            return [
+                StoredEnvelope(*row)
+                for row in conn.execute(
+                    "SELECT seq, envelope_id, ts_ms, content FROM mailbox WHERE device_ref = ?"
+                    " AND seq > ? AND expires_ms > ? ORDER BY seq LIMIT ?",
+                    (device_ref, after_seq, now_ms, limit),
+                )
+            ]
+
+        result: list[StoredEnvelope] = await self._call(op)
+        return result
+
+    async def ack(self, device_ref: int, envelope_ids: list[bytes]) -> int:
+        result: int = await self._submit(_ACK, (device_ref, envelope_ids))
+        return result
+
+    def ack_nowait(self, device_ref: int, envelope_ids: list[bytes]) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(_Op(_ACK, (device_ref, envelope_ids), None))
+
+    async def sweep_expired(self, now_ms: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM mailbox WHERE expires_ms <= ?", (now_ms,)).rowcount
+
+        result: int = await self._call(op)
+        return result
+
+    async def queued_count(self) -> int:
+        """Total queued envelopes (for tests and metrics)."""
+        result: int = await self._call(
+            lambda conn: conn.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0]
+        )
+        return result
+
+
+def _put_keys(conn: sqlite3.Connection, ref: int, keys: PreKeySet) -> None:
+    if keys.signed_prekey is not None:
+        k = keys.signed_prekey
+        conn.execute(
+            "UPDATE devices SET spk_id = ?, spk_key = ?, spk_sig = ? WHERE ref = ?",
+            (k.id, k.key, k.signature, ref),
+        )
+    if keys.kem_last_resort is not None:
+        k = keys.kem_last_resort
+        conn.execute(
+            "UPDATE devices SET lr_id = ?, lr_key = ?, lr_sig = ? WHERE ref = ?",
+            (k.id, k.key, k.signature, ref),
+        )
+    conn.executemany(
+        "INSERT OR IGNORE INTO otk_ec (device_ref, id, key) VALUES (?, ?, ?)",
+        [(ref, k.id, k.key) for k in keys.one_time_ec],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO otk_kem (device_ref, id, key, sig) VALUES (?, ?, ?, ?)",
+        [(ref, k.id, k.key, k.signature) for k in keys.one_time_kem],
+    )
+
+
+def _count(conn: sqlite3.Connection, ref: int) -> tuple[int, int]:
+    ec = conn.execute("SELECT COUNT(*) FROM otk_ec WHERE device_ref = ?", (ref,)).fetchone()[0]
+    kem = conn.execute("SELECT COUNT(*) FROM otk_kem WHERE device_ref = ?", (ref,)).fetchone()[0]
+    return int(ec), int(kem)
+
+
+def _take_one(conn: sqlite3.Connection, dev: DeviceRecord) -> BundleDevice:
+    row = conn.execute(
+        "SELECT spk_id, spk_key, spk_sig, lr_id, lr_key, lr_sig FROM devices WHERE ref = ?",
+        (dev.ref,),
+    ).fetchone()
+    spk = SignedKey(row[0], row[1], row[2]) if row and row[1] is not None else None
+    last_resort = SignedKey(row[3], row[4], row[5]) if row and row[4] is not None else None
+    ec_row = conn.execute(
+        "DELETE FROM otk_ec WHERE device_ref = ? AND id = "
+        "(SELECT MIN(id) FROM otk_ec WHERE device_ref = ?) RETURNING id, key",
+        (dev.ref, dev.ref),
+    ).fetchone()
+    kem_row = conn.execute(
+        "DELETE FROM otk_kem WHERE device_ref = ? AND id = "
+        "(SELECT MIN(id) FROM otk_kem WHERE device_ref = ?) RETURNING id, key, sig",
+        (dev.ref, dev.ref),
+    ).fetchone()
+    ec_left, kem_left = _count(conn, dev.ref)
+    return BundleDevice(
+        device=dev,
+        signed_prekey=spk,
+        kem_prekey=SignedKey(*kem_row) if kem_row else last_resort,
+        kem_last_resort=kem_row is None,
+        one_time_ec=SignedKey(ec_row[0], ec_row[1]) if ec_row else None,
+        ec_left=ec_left,
+        kem_left=kem_left,
+    )

@@ -1,0 +1,152 @@
+"""Test helpers: a real relay process on loopback (CONTRACT §7).
+
+``running_server(tmp_path)`` starts ``python -m xchat serve --port 0`` as a subprocess, waits
+for its ready line and ``/healthz``, and kills it on exit. Keyword arguments become
+``XCHAT_*`` environment variables (``ttl_seconds=1`` → ``XCHAT_TTL_SECONDS=1``), so tests
+can shrink limits without code changes. Server logs go to ``<data_dir>/server.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+READY_PREFIX = "xchat server listening on "
+
+
+class ServerProcess:
+    """A running relay subprocess: ``url``, ``pid``, ``data_dir``; ``restart``, ``kill9``."""
+
+    def __init__(self, data_dir: Path, pow_bits: int, env: dict[str, str], port: int = 0) -> None:
+        self.data_dir = Path(data_dir)
+        self.pow_bits = pow_bits
+        self.env = env
+        self.url = ""
+        self.port = port
+        self._proc: subprocess.Popen[str] | None = None
+        self._log: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/api/v1/ws"
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        cmd = [
+            sys.executable,
+            "-m",
+            "xchat",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data_dir),
+            "--pow-bits",
+            str(self.pow_bits),
+        ]
+        self._log = open(self.data_dir / "server.log", "a")  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True
+        )
+        line = _readline_with_timeout(self._proc, timeout)
+        if not line.startswith(READY_PREFIX):
+            self.stop()
+            raise RuntimeError(f"server did not start: {line!r} (see {self.data_dir}/server.log)")
+        self.url = line[len(READY_PREFIX) :].strip()
+        self.port = int(self.url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server never became healthy")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), escalating to SIGKILL."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._cleanup()
+
+    def kill9(self) -> None:
+        """Crash the server (SIGKILL): nothing after the last commit survives."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._cleanup()
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same port and data directory."""
+        self.stop()
+        self.start()
+
+    def _cleanup(self) -> None:
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
+    out: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        out.append(proc.stdout.readline())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    return out[0] if out else ""
+
+
+def env_from_kwargs(kwargs: dict[str, Any]) -> dict[str, str]:
+    env = {}
+    for key, value in kwargs.items():
+        name = key.upper()
+        if not name.startswith("XCHAT_"):
+            name = "XCHAT_" + name
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        env[name] = str(value)
+    return env
+
+
+@contextmanager
+def running_server(data_dir: Path | str, pow_bits: int = 4, **env: Any) -> Iterator[ServerProcess]:
+    """Run a relay subprocess for the duration of the ``with`` block (CONTRACT §7)."""
+    server = ServerProcess(Path(data_dir), pow_bits, env_from_kwargs(env))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

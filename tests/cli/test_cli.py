@@ -1,0 +1,129 @@
+"""The real ``xchat`` command as a subprocess against a real relay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xchat.testing import ServerProcess, running_server
+
+SRC = Path(__file__).parents[2] / "src"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as s:
+        yield s
+
+
+def xchat(profile: Path, *args: str, stdin: str | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "XCHAT_NO_KEYRING": "1", **(env or {})}
+    full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "xchat", "--profile", str(profile), *args],
+        input=stdin, capture_output=True, text=True, env=full_env, timeout=60, check=False,
+    )
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stdout
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("xchat: error: ")
+    return lines[0]
+
+
+def test_conversation_through_the_command(server: ServerProcess, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    ha, hb = f"alice{os.getpid()}", f"bob{os.getpid()}"
+    acc = json.loads(ok(xchat(a, "account", "create", "--server", server.url, "--handle", ha,
+                              "--json")))
+    assert set(acc) >= {"address", "handle", "recovery_phrase", "server"}
+    assert acc["handle"] == ha and len(acc["recovery_phrase"].split()) == 24
+    ok(xchat(b, "account", "create", "--server", server.url, "--handle", hb))
+    me = json.loads(ok(xchat(a, "whoami", "--json")))
+    assert me == {"address": acc["address"], "handle": ha, "server": server.url,
+                  "device_id": 1}
+
+    msg_id = ok(xchat(a, "send", f"@{hb}", "hello \x1b[31mbob")).strip()
+    assert len(msg_id) == 32
+    lines = ok(xchat(b, "recv", "--json")).splitlines()
+    got = [json.loads(line) for line in lines]
+    assert len(got) == 1
+    assert got[0]["id"] == msg_id and got[0]["from"] == acc["address"]
+    assert got[0]["handle"] == ha and got[0]["text"] == "hello \x1b[31mbob"
+    assert isinstance(got[0]["ts"], int)
+
+    ok(xchat(b, "send", f"@{ha}", "evil \x1b]0;title\x07 reply"))
+    plain = ok(xchat(a, "recv"))
+    assert "\x1b" not in plain and "\x07" not in plain and "evil" in plain
+
+    hist = [json.loads(x) for x in ok(xchat(a, "history", f"@{hb}", "--json")).splitlines()]
+    assert [(h["direction"], h["text"]) for h in hist] == [
+        ("out", "hello \x1b[31mbob"),
+        ("in", "evil \x1b]0;title\x07 reply"),
+    ]
+    assert "\x1b" not in ok(xchat(a, "history", f"@{hb}"))
+
+    contacts = ok(xchat(a, "contacts"))
+    assert hb in contacts
+
+    v = ok(xchat(a, "verify", f"@{hb}"))
+    digits = [line for line in v.splitlines() if line.strip() and line.strip()[0].isdigit()]
+    groups = " ".join(digits).split()
+    assert len(groups) == 12 and all(len(g) == 5 and g.isdigit() for g in groups)
+    vb = ok(xchat(b, "verify", f"@{ha}", "--json"))
+    assert json.loads(vb)["safety_number"] == " ".join(groups)
+    ok(xchat(a, "verify", f"@{hb}", "--mark-verified"))
+    assert "[verified]" in ok(xchat(a, "contacts"))
+
+
+def test_error_lines(server: ServerProcess, tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    ok(xchat(a, "account", "create", "--server", server.url))
+    line = one_error_line(xchat(a, "send", "@no_such_handle_here", "hi"))
+    assert "unknown" in line
+
+    r = xchat(tmp_path / "x", "account", "create", "--server", "http://127.0.0.1:9")
+    assert "reach" in one_error_line(r)
+    assert r.returncode == 3
+
+    r = xchat(tmp_path / "r", "account", "restore", "--server", server.url,
+              stdin="abandon " * 23 + "zoo\n")
+    assert "recovery phrase" in one_error_line(r)
+
+    r = xchat(tmp_path / "none", "whoami")
+    assert "no account" in one_error_line(r)
+
+
+def test_restore_same_address(server: ServerProcess, tmp_path: Path) -> None:
+    acc = json.loads(ok(xchat(tmp_path / "orig", "account", "create", "--server", server.url,
+                              "--json")))
+    out = json.loads(ok(xchat(tmp_path / "new", "account", "restore", "--server", server.url,
+                              "--json", stdin=acc["recovery_phrase"] + "\n")))
+    assert out["address"] == acc["address"]
+    assert out["recovery_phrase"] is None
+
+
+def test_passphrase_profile(server: ServerProcess, tmp_path: Path) -> None:
+    p = tmp_path / "p"
+    ok(xchat(p, "--passphrase", "account", "create", "--server", server.url,
+             env={"XCHAT_PASSPHRASE": "right"}))
+    ok(xchat(p, "whoami", env={"XCHAT_PASSPHRASE": "right"}))
+    r = xchat(p, "whoami", env={"XCHAT_PASSPHRASE": "wrong"})
+    assert "passphrase" in one_error_line(r)
+    assert r.returncode == 5

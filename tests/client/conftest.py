@@ -1,0 +1,42 @@
+"""Shared fixtures: one real relay subprocess per test module (xchat.testing)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xchat.testing import ServerProcess, running_server
+
+_counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _no_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XCHAT_NO_KEYRING", "1")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    os.environ.setdefault("XCHAT_NO_KEYRING", "1")
+    with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as srv:
+        yield srv
+
+
+@pytest.fixture
+def handle() -> "HandleFactory":
+    return HandleFactory()
+
+
+class HandleFactory:
+    """Unique handles across tests sharing one server."""
+
+    def __call__(self, base: str) -> str:
+        return f"{base}{os.getpid() % 1000}x{next(_counter)}"
+
+
+def profile(tmp_path: Path, name: str) -> Path:
+    return tmp_path / name

@@ -1,0 +1,54 @@
+"""The E2EE content format (docs/protocol/client.md §2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xchat.client import content as ct
+from xchat.errors import DecodeError, TooLarge, UnsupportedVersion
+
+
+def test_round_trip_text_with_sender() -> None:
+    m = ct.text_message("hi ☃", 123, reply_to="ab" * 16,
+                        sender=ct.SenderInfo("alice", b"\x01" * 16))
+    assert ct.Content.decode(m.encode()) == m
+
+
+def test_receipt_round_trip() -> None:
+    r = ct.receipt(["01" * 16, "02" * 16], 5)
+    d = ct.Content.decode(r.encode())
+    assert d.type == "receipt" and d.receipt_for == ("01" * 16, "02" * 16)
+
+
+@pytest.mark.parametrize(
+    "obj, err",
+    [
+        ({"v": 2, "id": "00" * 16, "type": "text", "ts": 1}, UnsupportedVersion),
+        ({"v": 1, "id": "zz", "type": "text", "ts": 1}, DecodeError),
+        ({"v": 1, "id": "00" * 16, "type": "text", "ts": "1"}, DecodeError),
+        ({"v": 1, "id": "00" * 16, "type": "text", "ts": 1, "text": 5}, DecodeError),
+        ({"v": 1, "id": "00" * 16, "type": "receipt", "ts": 1, "receipt_for": ["x"]}, DecodeError),
+        ({"v": 1, "id": "00" * 16, "type": "text", "ts": 1,
+          "sender": {"delivery_token": "AAAA"}}, DecodeError),
+    ],
+)
+def test_bad_content_is_typed_error(obj: dict[str, object], err: type[Exception]) -> None:
+    with pytest.raises(err):
+        ct.Content.decode(json.dumps(obj).encode())
+
+
+def test_too_long_text() -> None:
+    with pytest.raises(TooLarge):
+        ct.text_message("x" * (ct.MAX_TEXT_CHARS + 1), 1)
+
+
+@given(st.binary(max_size=300))
+def test_decode_never_raises_foreign_errors(data: bytes) -> None:
+    try:
+        ct.Content.decode(data)
+    except DecodeError:
+        pass

@@ -1,0 +1,397 @@
+"""Encrypted files end to end through a real relay (docs/protocol/files.md).
+
+A small TCP proxy between client and relay can cut a connection after N bytes in either
+direction, which is how "the connection broke mid-upload / mid-download" is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from xchat.client import content as ct
+from xchat.client import files as xf
+from xchat.client.client import Client
+from xchat.crypto.attachment import TAG_LEN
+from xchat.errors import ApiError, DecodeError, DecryptionError
+from xchat.testing import ServerProcess, running_server
+
+CS = xf.FILE_CHUNK_SIZE
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    # max_request lifted: see tests/server/test_blobs_api.py (blob PATCH bodies are large).
+    with running_server(
+        tmp_path_factory.mktemp("relay"), pow_bits=2, rate_limits=False, max_request=16 << 30
+    ) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def profile(srv: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("alice")
+
+    async def go() -> None:
+        async with Client(path) as c:
+            await c.create_account(srv.url, use_keyring=False)
+
+    os.environ["XCHAT_NO_KEYRING"] = "1"
+    asyncio.run(go())
+    return path
+
+
+class FlakyProxy:
+    """Forwards TCP to the relay; ``cut(up=N)`` / ``cut(down=N)`` aborts the next
+    connection that carries more than N bytes in that direction (one shot)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cut_up: int | None = None
+        self.cut_down: int | None = None
+        self.cuts = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> FlakyProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+
+        def kill() -> None:
+            w.transport.abort()
+            uw.transport.abort()
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            n = 0
+            try:
+                while data := await src.read(65536):
+                    limit = self.cut_up if up else self.cut_down
+                    if limit is not None and n + len(data) > limit:
+                        dst.write(data[: limit - n])
+                        await dst.drain()
+                        if up:
+                            self.cut_up = None
+                        else:
+                            self.cut_down = None
+                        self.cuts += 1
+                        kill()
+                        return
+                    n += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            kill()
+
+        await asyncio.gather(pipe(r, uw, True), pipe(ur, w, False))
+
+
+async def _roundtrip(
+    profile: Path, src: Path, out: Path, *, url: str | None = None, **kw: object
+) -> tuple[xf.FileManifest, Path]:
+    async with Client(profile) as c:
+        base = url or c.api.base_url
+        async with xf.BlobClient(base, reauth=c.api.reauth, backoff=0.01) as blobs:
+            m = await xf.send_file(blobs, src, **kw)  # type: ignore[arg-type]
+            got = await xf.receive_file(blobs, m, out)
+    return m, got
+
+
+@pytest.mark.parametrize("size", [0, 1, CS - 1, CS, CS + 1, 3 * CS + 17])
+async def test_roundtrip_sizes(profile: Path, tmp_path: Path, size: int) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(size))
+    m, got = await _roundtrip(profile, src, tmp_path / "dl")
+    assert got.read_bytes() == src.read_bytes()
+    assert got.name == "data.bin" and m.size == size
+    assert m.content_type == "application/octet-stream"
+    assert os.listdir(tmp_path / "dl") == ["data.bin"]  # no .part left behind
+
+
+async def test_50mb_roundtrip_with_progress(profile: Path, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    block = os.urandom(1 << 20)
+    with open(src, "wb") as fh:
+        for i in range(50):
+            fh.write(block[i:] + block[:i])
+    seen: list[tuple[int, int]] = []
+    async with Client(profile) as c:
+        async with xf.BlobClient.from_api(c.api) as blobs:
+            m = await xf.send_file(blobs, src, progress=lambda d, t: seen.append((d, t)))
+            got = await xf.receive_file(blobs, m, tmp_path / "dl")
+    assert seen[-1] == (m.blob_size, m.blob_size)
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert _sha(got) == _sha(src)
+
+
+def _sha(p: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        while piece := fh.read(1 << 20):
+            h.update(piece)
+    return h.digest()
+
+
+async def test_resume_after_upload_connection_killed(
+    profile: Path, srv: ServerProcess, tmp_path: Path
+) -> None:
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(5 * 1024 * 1024 + 3))
+    async with FlakyProxy(srv.port) as proxy:
+        proxy.cut_up = 2 * 1024 * 1024
+        _, got = await _roundtrip(profile, src, tmp_path / "dl", url=proxy.url)
+        assert proxy.cuts == 1
+    assert got.read_bytes() == src.read_bytes()
+
+
+async def test_resume_after_download_connection_killed(
+    profile: Path, srv: ServerProcess, tmp_path: Path
+) -> None:
+    src = tmp_path / "down.bin"
+    src.write_bytes(os.urandom(4 * 1024 * 1024 + 5))
+    async with Client(profile) as c:
+        async with xf.BlobClient.from_api(c.api) as blobs:
+            m = await xf.send_file(blobs, src)
+    async with FlakyProxy(srv.port) as proxy, xf.BlobClient(proxy.url, backoff=0.01) as blobs:
+        proxy.cut_down = 1024 * 1024 + 12345
+        got = await xf.receive_file(blobs, m, tmp_path / "dl")
+        assert proxy.cuts == 1
+    assert got.read_bytes() == src.read_bytes()
+
+
+async def _upload_raw(profile: Path, data: bytes) -> str:
+    async def pieces(skip: int) -> AsyncIterator[bytes]:
+        yield data[skip:]
+
+    async with Client(profile) as c:
+        async with xf.BlobClient.from_api(c.api) as blobs:
+            blob = await blobs.create(len(data))
+            await blobs.upload(blob, len(data), pieces)
+    return blob
+
+
+def _encrypt(src: Path, chunk: int = 1024) -> tuple[bytes, bytes, bytes, int]:
+    key = os.urandom(32)
+    size = src.stat().st_size
+    source = xf._CipherSource(src, key, chunk, size)
+    blob = b"".join(source.ciphertext(0))
+    return key, blob, source.final_digest(), size
+
+
+def _tampered(blob: bytes, kind: str, chunk: int) -> bytes:
+    n = chunk + TAG_LEN
+    chunks = [blob[i : i + n] for i in range(0, len(blob), n)]
+    if kind == "flip":
+        b = bytearray(blob)
+        b[n + 5] ^= 1
+        return bytes(b)
+    if kind == "reorder":
+        chunks[0], chunks[1] = chunks[1], chunks[0]
+    elif kind == "duplicate":
+        chunks.insert(1, chunks[0])
+        chunks.pop()  # keep the length the manifest promises
+        chunks[-1] = chunks[-1]
+    elif kind == "truncate":  # drop the final chunk: the new last one was sealed non-final
+        chunks = chunks[:-1]
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("kind", ["flip", "reorder", "duplicate", "truncate"])
+@pytest.mark.parametrize("honest_digest", [True, False])
+async def test_tampered_blob_rejected_and_partial_discarded(
+    profile: Path, tmp_path: Path, kind: str, honest_digest: bool
+) -> None:
+    """With the honest digest the digest check fires; with a digest recomputed over the
+    tampered bytes (a malicious *sender*... or a forged manifest) chunk authentication
+    still refuses it."""
+    src = tmp_path / "t.bin"
+    src.write_bytes(os.urandom(5000))
+    key, blob, digest, size = _encrypt(src)
+    bad = _tampered(blob, kind, 1024)
+    blob_id = await _upload_raw(profile, bad)
+    m = xf.FileManifest(
+        blob_id,
+        key,
+        digest if honest_digest else hashlib.sha256(bad).digest(),
+        "t.bin",
+        size if kind != "truncate" else size - (5000 % 1024 or 1024) + 0,
+        "application/octet-stream",
+        1024,
+    )
+    if kind == "truncate":  # make the manifest describe the truncated length
+        m = xf.FileManifest(
+            blob_id, key, m.digest, "t.bin", _plain_len_for(len(bad), 1024), m.content_type, 1024
+        )
+    out = tmp_path / "dl"
+    async with Client(profile) as c:
+        async with xf.BlobClient(c.api.base_url) as blobs:
+            with pytest.raises((DecryptionError, DecodeError)):
+                await xf.receive_file(blobs, m, out)
+    assert os.listdir(out) == []
+
+
+def _plain_len_for(blob_len: int, chunk: int) -> int:
+    """A file size whose padded ciphertext length is ``blob_len`` (for the truncate case),
+    or the closest one; a mismatch is also refused, which is fine for the test."""
+    for size in range(blob_len, 0, -1):
+        if xf.ciphertext_length(xf.padme_size(size), chunk) == blob_len:
+            return size
+    return 0
+
+
+async def test_wrong_manifest_size_rejected(profile: Path, tmp_path: Path) -> None:
+    src = tmp_path / "s.bin"
+    src.write_bytes(os.urandom(3000))
+    key, blob, digest, size = _encrypt(src)
+    blob_id = await _upload_raw(profile, blob)
+    async with xf.BlobClient((await _base(profile))) as blobs:
+        for wrong in (size + 1, size - 1):
+            m = xf.FileManifest(blob_id, key, digest, "s.bin", wrong, "x/y", 1024)
+            with pytest.raises((DecryptionError, DecodeError, ApiError)):
+                await xf.receive_file(blobs, m, tmp_path / "dl")
+        ok = xf.FileManifest(blob_id, key, digest, "s.bin", size, "x/y", 1024)
+        assert (await xf.receive_file(blobs, ok, tmp_path / "dl")).read_bytes() == src.read_bytes()
+    assert os.listdir(tmp_path / "dl") == ["s.bin"]
+
+
+async def _base(profile: Path) -> str:
+    async with Client(profile) as c:
+        return c.api.base_url
+
+
+HOSTILE = {
+    "../../etc/passwd": "passwd",
+    "/abs/path/evil.sh": "evil.sh",
+    "..\\..\\windows\\system32\\x.dll": "x.dll",
+    "a\x00b.txt": "a_b.txt",
+    "line\nbreak\r.txt": "line_break_.txt",
+    "\x1b[31mred.txt": "_[31mred.txt",
+    "evil\u202etxt.exe": "evil_txt.exe",
+    "CON": "_CON",
+    "nul.txt": "_nul.txt",
+    "": "file",
+    ".": "file",
+    "..": "file",
+    "...hidden": "hidden",
+    "trailing. . ": "trailing",
+    'a<b>c:d"e|f?g*h': "a_b_c_d_e_f_g_h",
+}
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(HOSTILE.items()))
+def test_safe_filename(name: str, expected: str) -> None:
+    assert xf.safe_filename(name) == expected
+
+
+def test_long_names_cut_to_bytes_keeping_extension() -> None:
+    long = "é" * 300 + ".jpeg"
+    out = xf.safe_filename(long)
+    assert len(out.encode()) <= xf.MAX_NAME_BYTES and out.endswith(".jpeg")
+    out = xf.safe_filename("x" * 1000)
+    assert len(out.encode()) == xf.MAX_NAME_BYTES
+    out = xf.safe_filename("名" * 200 + "." + "e" * 40)  # over-long "extension" is not kept
+    assert len(out.encode()) <= xf.MAX_NAME_BYTES
+    out.encode().decode()  # never a split UTF-8 sequence
+
+
+async def test_hostile_names_saved_inside_downloads(profile: Path, tmp_path: Path) -> None:
+    src = tmp_path / "h.bin"
+    src.write_bytes(b"payload")
+    out = tmp_path / "dl"
+    (tmp_path / "passwd").write_bytes(b"must survive")
+    saved = []
+    async with Client(profile) as c:
+        async with xf.BlobClient.from_api(c.api) as blobs:
+            for name in ["../passwd", "../passwd", "/tmp/../passwd", "x" * 400 + ".txt", ""]:
+                m = await xf.send_file(blobs, src, name=name)
+                saved.append(await xf.receive_file(blobs, m, out))
+    assert [p.parent for p in saved] == [out] * 5
+    assert [p.name for p in saved[:3]] == ["passwd", "passwd (1)", "passwd (2)"]
+    assert saved[4].name == "file"
+    assert (tmp_path / "passwd").read_bytes() == b"must survive"
+    assert all(len(p.name.encode()) <= 255 for p in saved)
+
+
+async def test_collision_never_overwrites(profile: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dl"
+    out.mkdir()
+    (out / "photo.txt").write_bytes(b"old")
+    (out / "photo (1).txt").write_bytes(b"old1")
+    src = tmp_path / "photo.txt"
+    src.write_bytes(b"new")
+    _, got = await _roundtrip(profile, src, out)
+    assert got.name == "photo (2).txt" and got.read_bytes() == b"new"
+    assert (out / "photo.txt").read_bytes() == b"old"
+
+
+def _gps_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "SpyCam"
+    exif.get_ifd(0x8825).update({1: "N", 2: (48.0, 51.0, 29.0)})
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (5, 6, 7)).save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+async def test_exif_stripped_by_default_kept_on_request(profile: Path, tmp_path: Path) -> None:
+    src = tmp_path / "holiday.jpg"
+    src.write_bytes(_gps_jpeg())
+    m, got = await _roundtrip(profile, src, tmp_path / "dl")
+    assert m.content_type == "image/jpeg"
+    data = got.read_bytes()
+    assert b"Exif" not in data and b"SpyCam" not in data
+    assert not Image.open(io.BytesIO(data)).getexif()
+    assert m.size == len(data) < src.stat().st_size
+    _, kept = await _roundtrip(profile, src, tmp_path / "dl2", keep_metadata=True)
+    assert kept.read_bytes() == src.read_bytes()
+
+
+def test_manifest_json_roundtrip_and_validation() -> None:
+    m = xf.FileManifest("ab" * 16, b"k" * 32, b"d" * 32, "a.txt", 5, "text/plain", 1024)
+    obj = m.to_json()
+    assert set(obj) == {"blob", "key", "digest", "name", "size", "content_type", "chunk_size"}
+    assert xf.FileManifest.from_json(json.loads(json.dumps(obj))) == m
+    bad_values = [
+        ("blob", "../x"),
+        ("key", "AAAA"),
+        ("digest", 5),
+        ("size", -1),
+        ("size", True),
+        ("size", 1 << 40),
+        ("chunk_size", 1),
+        ("name", None),
+    ]
+    for field, value in bad_values:
+        with pytest.raises(DecodeError):
+            xf.FileManifest.from_json({**obj, field: value})
+    odd = xf.FileManifest.from_json({**obj, "content_type": "text/html; charset=\x1b"})
+    assert odd.content_type == "application/octet-stream"
+
+
+def test_file_content_carries_manifest() -> None:
+    m = xf.FileManifest("ab" * 16, b"k" * 32, b"d" * 32, "a.txt", 5, "text/plain", 1024)
+    cls = xf._file_content_class()
+    msg = cls(id=ct.new_message_id(), type="file", ts=1, file=m.to_json())
+    data = msg.encode()
+    assert ct.Content.decode(data).type == "file"  # old decoders skip it cleanly
+    assert xf.manifest_from_content(json.loads(data)) == m
+    assert xf.manifest_from_content({"type": "text"}) is None

@@ -1,0 +1,128 @@
+"""Local store sealing and profile key handling (docs/protocol/client.md §7)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xchat.client.profile import Profile
+from xchat.client.store import Store
+from xchat.errors import DecryptionError, ProfileError, ProfileLocked
+
+
+@pytest.fixture(autouse=True)
+def _no_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XCHAT_NO_KEYRING", "1")
+
+
+def _all_bytes(dirpath: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in dirpath.iterdir() if p.is_file())
+
+
+def test_secret_columns_are_not_plaintext_on_disk(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    body = b"the eagle lands at midnight " + os.urandom(4).hex().encode()
+    session_secret = os.urandom(48)
+    prekey_secret = os.urandom(32)
+    s = Store(tmp_path / "store.sqlite", key)
+    with s.transaction():
+        s.add_message("ab" * 16, "xc1peer", "in", 1, "received", body, 2)
+        s.put_session("xc1peer", 1, session_secret, 3)
+        s.put_prekey("ec", 7, prekey_secret, 4)
+        s.put_meta("identity_seed", b"S" * 32)
+        s.ensure_contact("xc1peer", 5)
+        s.update_contact("xc1peer", delivery_token=b"T" * 16)
+    s.close()
+    raw = _all_bytes(tmp_path)
+    assert b"xc1peer" in raw  # routing metadata is in the clear (documented)
+    for secret in (body, session_secret, prekey_secret, b"S" * 32, b"T" * 16):
+        assert secret not in raw
+    s = Store(tmp_path / "store.sqlite", key)
+    msg = s.get_message("ab" * 16)
+    assert msg is not None and msg.body == body
+    assert s.get_session("xc1peer", 1) == session_secret
+    assert s.get_prekey("ec", 7) == prekey_secret
+    c = s.get_contact("xc1peer")
+    assert c is not None and c.delivery_token == b"T" * 16
+    s.close()
+
+
+def test_wrong_store_key_fails_to_open(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite", os.urandom(32))
+    s.put_meta("x", b"secret")
+    s.close()
+    s = Store(tmp_path / "store.sqlite", os.urandom(32))
+    with pytest.raises(DecryptionError):
+        s.get_meta("x")
+    s.close()
+
+
+def test_sealed_value_bound_to_its_row(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite", os.urandom(32))
+    sealed = s.seal("sessions", "state", "a:1", b"state")
+    assert s.unseal("sessions", "state", "a:1", sealed) == b"state"
+    with pytest.raises(DecryptionError):
+        s.unseal("sessions", "state", "b:1", sealed)
+    with pytest.raises(DecryptionError):
+        s.unseal("messages", "body", "a:1", sealed)
+    s.close()
+
+
+def test_message_dedup_and_status(tmp_path: Path) -> None:
+    s = Store(tmp_path / "store.sqlite", os.urandom(32))
+    assert s.add_message("01" * 16, "p", "out", 1, "sent", b"x", 1)
+    assert not s.add_message("01" * 16, "p", "out", 1, "sent", b"y", 2)
+    assert s.set_message_status("01" * 16, "delivered")
+    assert [m.status for m in s.history("p")] == ["delivered"]
+    assert s.mark_seen("r1", 1) and not s.mark_seen("r1", 2)
+    s.close()
+
+
+def test_profile_key_file_fallback_is_0600(tmp_path: Path) -> None:
+    with Profile.open(tmp_path / "p") as p:
+        key = p.create_key(None)
+        p.save_config()
+        assert p.config.key_source == "file"
+        assert (p.path / "profile.key").stat().st_mode & 0o777 == 0o600
+    with Profile.open(tmp_path / "p") as p:
+        assert p.unlock() == key
+
+
+def test_passphrase_wrong_is_profile_locked(tmp_path: Path) -> None:
+    with Profile.open(tmp_path / "p") as p:
+        key = p.create_key("correct horse")
+        p.config.address = "xc1test"
+        p.save_config()
+    with Profile.open(tmp_path / "p") as p:
+        with pytest.raises(ProfileLocked):
+            p.unlock("wrong horse")
+        with pytest.raises(ProfileLocked):
+            p.unlock(None)
+        assert p.unlock("correct horse") == key
+
+
+def test_uninitialised_profile_unlock_is_profile_error(tmp_path: Path) -> None:
+    with Profile.open(tmp_path / "p") as p, pytest.raises(ProfileError):
+        p.unlock()
+
+
+def test_second_process_gets_profile_locked(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from xchat.client.profile import Profile\n"
+        "from xchat.errors import ProfileLocked\n"
+        "try:\n"
+        f"    Profile.open({str(tmp_path / 'p')!r})\n"
+        "except ProfileLocked:\n"
+        "    sys.exit(42)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+    with Profile.open(tmp_path / "p"):
+        r = subprocess.run([sys.executable, "-c", code], env=env, check=False)
+        assert r.returncode == 42
+    r = subprocess.run([sys.executable, "-c", code], env=env, check=False)
+    assert r.returncode == 0

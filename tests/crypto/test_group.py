@@ -1,0 +1,354 @@
+"""Group state, signed updates, convergence and key rotation (docs/protocol/groups.md §3–§6)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xchat.crypto.group import (
+    MAX_MEMBERS,
+    GroupHistory,
+    GroupOp,
+    GroupState,
+    GroupUpdate,
+    apply,
+    apply_round,
+    create_group,
+    key_plan,
+    propose,
+)
+from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey
+from xchat.crypto.sender_keys import SenderKeyRecord, SenderKeyState
+from xchat.errors import (
+    CryptoError,
+    DecodeError,
+    InvalidAddress,
+    InvalidSignature,
+    ProtocolError,
+    TooLarge,
+    UnauthorizedGroupChange,
+    UnknownSenderKey,
+    UnsupportedVersion,
+    XChatError,
+)
+
+
+def person(n: int) -> IdentityKeyPair:
+    return IdentityKeyPair.from_seed(hashlib.sha256(b"group-test-%d" % n).digest())
+
+
+ALICE, BOB, CAROL, DAVE, ERIN, FRANK = (person(i) for i in range(6))
+ADDR = {p.public.address(): p for p in (ALICE, BOB, CAROL, DAVE, ERIN, FRANK)}
+
+
+def fixed_rng(n: int) -> bytes:
+    return b"\x42" * n
+
+
+def new_group() -> tuple[GroupState, GroupUpdate]:
+    """Alice creates; Bob and Carol are members."""
+    return create_group(ALICE, "friends", [BOB.public, CAROL.public], fixed_rng)
+
+
+def a(p: IdentityKeyPair) -> str:
+    return p.public.address()
+
+
+def test_create_and_round_trips() -> None:
+    state, genesis = new_group()
+    assert state.version == 1 and state.name == "friends"
+    assert set(state.members) == {a(ALICE), a(BOB), a(CAROL)}
+    assert state.admins == {a(ALICE)}
+    assert state.identity(a(BOB)) == BOB.public
+    decoded = GroupUpdate.decode(genesis.encode())
+    assert decoded == genesis and decoded.digest == genesis.digest
+    assert apply(None, decoded) == state
+    assert GroupState.decode(state.encode()) == state
+    assert GroupHistory.from_genesis(decoded).state == state
+
+
+def test_admin_operations() -> None:
+    state, _ = new_group()
+    state, _ = propose(ALICE, state, [GroupOp.add(DAVE.public), GroupOp.rename("pals")])
+    state, _ = propose(ALICE, state, [GroupOp.promote(a(BOB))])
+    state, _ = propose(BOB, state, [GroupOp.remove(a(CAROL)), GroupOp.demote(a(ALICE))])
+    assert state.version == 4 and state.name == "pals"
+    assert set(state.members) == {a(ALICE), a(BOB), a(DAVE)}
+    assert state.admins == {a(BOB)}
+    assert GroupState.decode(state.encode()) == state
+
+
+def test_non_admin_and_non_member_rejected() -> None:
+    state, _ = new_group()
+    for author, ops in [
+        (BOB, [GroupOp.rename("mine")]),
+        (BOB, [GroupOp.add(DAVE.public)]),
+        (BOB, [GroupOp.remove(a(CAROL))]),
+        (BOB, [GroupOp.promote(a(BOB))]),
+        (BOB, [GroupOp.remove(a(BOB)), GroupOp.rename("bye")]),
+        (DAVE, [GroupOp.remove(a(DAVE))]),  # not a member
+        (DAVE, [GroupOp.rename("outsider")]),
+    ]:
+        update = GroupUpdate.sign(author, state.group_id, state.version, ops)
+        with pytest.raises(UnauthorizedGroupChange):
+            apply(state, GroupUpdate.decode(update.encode()))
+
+
+def test_member_may_leave_but_last_admin_must_hand_over() -> None:
+    state, _ = new_group()
+    left, _ = propose(BOB, state, [GroupOp.remove(a(BOB))])
+    assert a(BOB) not in left.members
+    with pytest.raises(UnauthorizedGroupChange):
+        propose(ALICE, state, [GroupOp.remove(a(ALICE))])
+    handed, _ = propose(ALICE, state, [GroupOp.promote(a(CAROL)), GroupOp.remove(a(ALICE))])
+    assert handed.admins == {a(CAROL)}
+
+
+def test_invalid_operations_rejected() -> None:
+    state, _ = new_group()
+    with pytest.raises(ProtocolError):
+        propose(ALICE, state, [GroupOp.promote(a(DAVE))])  # not a member
+    with pytest.raises(ProtocolError):
+        propose(ALICE, state, [GroupOp.create("again")])
+    with pytest.raises(ProtocolError):  # wrong parent version
+        apply(state, GroupUpdate.sign(ALICE, state.group_id, 7, [GroupOp.rename("x")]))
+    with pytest.raises(ProtocolError):  # another group
+        apply(state, GroupUpdate.sign(ALICE, b"\x01" * 16, 1, [GroupOp.rename("x")]))
+    with pytest.raises(ProtocolError):  # genesis must CREATE at version 0
+        apply(None, GroupUpdate.sign(ALICE, b"\x01" * 16, 0, [GroupOp.rename("x")]))
+    with pytest.raises(DecodeError):
+        GroupOp.rename("")
+    with pytest.raises(DecodeError):
+        GroupOp.rename("x" * 129)
+    with pytest.raises(InvalidAddress):
+        GroupOp.remove("xc1notanaddress")
+
+
+def test_signature_and_every_byte_flip() -> None:
+    state, _ = new_group()
+    update = GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename("renamed")]).encode()
+    forged = bytearray(update)
+    forged[-1] ^= 1
+    with pytest.raises(InvalidSignature):
+        GroupUpdate.decode(bytes(forged))
+    for position in range(len(update)):
+        tampered = bytearray(update)
+        tampered[position] ^= 0x01
+        with pytest.raises(CryptoError):
+            GroupUpdate.decode(bytes(tampered))
+    # an impostor's signature over Alice's update, with Alice named as author
+    impostor = bytes(update[:-64]) + BOB.sign(b"XChat-v1-group-update" + update[:-64])
+    with pytest.raises(InvalidSignature):
+        GroupUpdate.decode(impostor)
+
+
+def test_version_and_size_checks() -> None:
+    state, genesis = new_group()
+    raw = genesis.encode()
+    with pytest.raises(UnsupportedVersion):
+        GroupUpdate.decode(b"\x02" + raw[1:])
+    with pytest.raises(UnsupportedVersion):
+        GroupState.decode(b"\x02" + state.encode()[1:])
+    with pytest.raises(DecodeError):
+        GroupUpdate.decode(raw[:50])
+    with pytest.raises(TooLarge):
+        GroupUpdate.decode(b"\x01" * 200_000)
+
+
+def test_thousand_member_limit() -> None:
+    others = [IdentityKeyPair.from_seed(bytes([i >> 8, i & 255]) * 16).public for i in range(999)]
+    state, genesis = create_group(ALICE, "big", others)
+    assert len(state.members) == MAX_MEMBERS
+    assert apply(None, GroupUpdate.decode(genesis.encode())) == state
+    assert GroupState.decode(state.encode()) == state
+    with pytest.raises(TooLarge):
+        propose(ALICE, state, [GroupOp.add(DAVE.public)])
+    with pytest.raises(TooLarge):
+        create_group(ALICE, "too big", [*others, DAVE.public])
+    swapped, _ = propose(
+        ALICE, state, [GroupOp.remove(others[0].address()), GroupOp.add(DAVE.public)]
+    )
+    assert len(swapped.members) == MAX_MEMBERS
+
+
+def test_concurrent_round_is_rebased() -> None:
+    """Alice demotes Bob while Bob adds Dave, both against version 2: hash order decides,
+    and Bob's update is re-checked against the state it lands on."""
+    state, genesis = new_group()
+    state, promote = propose(ALICE, state, [GroupOp.promote(a(BOB))])
+    demote = GroupUpdate.sign(ALICE, state.group_id, 2, [GroupOp.demote(a(BOB))])
+    add = GroupUpdate.sign(BOB, state.group_id, 2, [GroupOp.add(DAVE.public)])
+    merged = apply_round(state, [add, demote])
+    assert merged.version == 3 and a(BOB) not in merged.admins
+    assert (a(DAVE) in merged.members) == (add.digest < demote.digest)
+    for order in ([promote, demote, add], [add, demote, promote], [demote, add, promote]):
+        history = GroupHistory.from_genesis(genesis)
+        for update in order:
+            history.add(update)
+        assert history.state == merged
+
+
+def test_round_of_only_invalid_updates_does_not_advance() -> None:
+    state, genesis = new_group()
+    history = GroupHistory.from_genesis(genesis)
+    bad = GroupUpdate.sign(BOB, state.group_id, 1, [GroupOp.rename("mine")])
+    assert history.add(bad) == state
+    held = GroupUpdate.sign(ALICE, state.group_id, 2, [GroupOp.rename("later")])
+    assert history.add(held) == state  # waits for round 1
+    good = GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.add(DAVE.public)])
+    head = history.add(good)
+    assert head.version == 3 and head.name == "later" and a(DAVE) in head.members
+    assert history.add(good) is head  # idempotent
+    assert [u.digest for u in history.updates()][-1] == held.digest
+
+
+def test_history_refusals() -> None:
+    state, genesis = new_group()
+    history = GroupHistory.from_genesis(genesis)
+    with pytest.raises(ProtocolError):
+        history.add(GroupUpdate.sign(ALICE, b"\x07" * 16, 1, [GroupOp.rename("x")]))
+    with pytest.raises(ProtocolError):
+        history.add(create_group(ALICE, "other", [], lambda n: state.group_id[:n])[1])
+
+
+PEOPLE = (ALICE, BOB, CAROL, DAVE, ERIN, FRANK)
+
+
+@st.composite
+def update_sets(draw: st.DrawFn) -> tuple[GroupUpdate, list[GroupUpdate]]:
+    """A genesis plus concurrent updates by random authors against random past versions,
+    built the way real devices would (each signed against a version that existed)."""
+    _, genesis = create_group(ALICE, "g", [BOB.public, CAROL.public], fixed_rng)
+    reference = GroupHistory.from_genesis(genesis)
+    reference.add(GroupUpdate.sign(ALICE, genesis.group_id, 1, [GroupOp.promote(a(BOB))]))
+    updates = list(reference.updates())
+    for _ in range(draw(st.integers(1, 10))):
+        parent = draw(st.integers(1, reference.state.version))
+        author = draw(st.sampled_from(PEOPLE))
+        target = draw(st.sampled_from(PEOPLE))
+        op = draw(
+            st.sampled_from(
+                [
+                    GroupOp.add(target.public),
+                    GroupOp.remove(a(target)),
+                    GroupOp.promote(a(target)),
+                    GroupOp.demote(a(target)),
+                    GroupOp.rename(f"n{draw(st.integers(0, 3))}"),
+                ]
+            )
+        )
+        update = GroupUpdate.sign(author, genesis.group_id, parent, [op])
+        reference.add(update)
+        updates.append(update)
+    return genesis, updates
+
+
+@settings(max_examples=60, deadline=None)
+@given(update_sets(), st.randoms(use_true_random=False))
+def test_convergence_under_permuted_delivery(
+    scenario: tuple[GroupUpdate, list[GroupUpdate]], rnd: object
+) -> None:
+    genesis, updates = scenario
+    heads = []
+    for _ in range(3):
+        order = list(updates) + updates[: len(updates) // 2]  # with redeliveries
+        rnd.shuffle(order)  # type: ignore[attr-defined]
+        history = GroupHistory.from_genesis(GroupUpdate.decode(genesis.encode()))
+        for update in order:
+            history.add(GroupUpdate.decode(update.encode()))
+        heads.append(history.state)
+    assert heads[0] == heads[1] == heads[2]
+    # the fold equals applying the rounds by hand
+    state = apply(None, genesis)
+    while True:
+        nxt = apply_round(state, updates)
+        if nxt is state:
+            break
+        state = nxt
+    assert heads[0] == state
+
+
+def test_key_plan_rules() -> None:
+    state, _ = new_group()
+    created = key_plan(None, state, a(ALICE))
+    assert created.rotate and created.send_key_to == {a(BOB), a(CAROL)}
+    added, _ = propose(ALICE, state, [GroupOp.add(DAVE.public)])
+    plan = key_plan(state, added, a(BOB))
+    assert not plan.rotate and plan.send_key_to == {a(DAVE)} and plan.added == {a(DAVE)}
+    joined = key_plan(state, added, a(DAVE))
+    assert joined.rotate and joined.send_key_to == {a(ALICE), a(BOB), a(CAROL)}
+    removed, _ = propose(ALICE, added, [GroupOp.remove(a(CAROL))])
+    for member in (ALICE, BOB, DAVE):
+        plan = key_plan(added, removed, a(member))
+        assert plan.rotate and plan.forget == {a(CAROL)}
+        assert plan.send_key_to == set(removed.members) - {a(member)}
+    gone = key_plan(added, removed, a(CAROL))
+    assert gone.left and not gone.send_key_to
+    renamed, _ = propose(ALICE, removed, [GroupOp.rename("quiet")])
+    quiet = key_plan(removed, renamed, a(BOB))
+    assert not quiet.rotate and not quiet.send_key_to and not quiet.forget
+
+
+def test_rotation_end_to_end() -> None:
+    """Following key_plan: a removed member reads nothing after its removal, a new member
+    nothing before its arrival."""
+    state, _ = new_group()
+    gid = state.group_id
+    chains = {a(p): SenderKeyState.generate(gid) for p in (ALICE, BOB, CAROL)}
+    inbox: dict[tuple[str, str], SenderKeyRecord] = {}
+
+    def distribute(sender: str, to: frozenset[str]) -> None:
+        for member in to:
+            record = inbox.setdefault((member, sender), SenderKeyRecord())
+            record.add(SenderKeyState.from_distribution(chains[sender].distribution_message()))
+
+    for address in chains:
+        distribute(address, key_plan(None, state, address).send_key_to)
+    before = chains[a(ALICE)].encrypt(b"before dave")
+    assert inbox[(a(CAROL), a(ALICE))].decrypt(before) == b"before dave"
+
+    grown, _ = propose(ALICE, state, [GroupOp.add(DAVE.public)])
+    chains[a(DAVE)] = SenderKeyState.generate(gid)
+    for address in grown.members:
+        plan = key_plan(state, grown, address)
+        if plan.rotate:
+            chains[address] = SenderKeyState.generate(gid)
+        distribute(address, plan.send_key_to)
+    with pytest.raises(CryptoError):
+        inbox[(a(DAVE), a(ALICE))].decrypt(before)
+
+    shrunk, _ = propose(ALICE, grown, [GroupOp.remove(a(CAROL))])
+    for address in shrunk.members:
+        plan = key_plan(grown, shrunk, address)
+        assert plan.rotate
+        chains[address] = SenderKeyState.generate(gid)
+        distribute(address, plan.send_key_to)
+    after = chains[a(ALICE)].encrypt(b"after carol")
+    with pytest.raises(UnknownSenderKey):
+        inbox[(a(CAROL), a(ALICE))].decrypt(after)
+    assert inbox[(a(DAVE), a(ALICE))].decrypt(after) == b"after carol"
+    assert inbox[(a(BOB), a(ALICE))].decrypt(after) == b"after carol"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=600))
+def test_parsers_raise_only_xchat_errors(data: bytes) -> None:
+    for parse in (GroupUpdate.decode, GroupState.decode):
+        with contextlib.suppress(XChatError):
+            parse(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_mutated_snapshots_raise_only_xchat_errors(data: st.DataObject) -> None:
+    state, _ = new_group()
+    raw = bytearray(state.encode())
+    position = data.draw(st.integers(0, len(raw) - 1))
+    raw[position] ^= data.draw(st.integers(1, 255))
+    with contextlib.suppress(XChatError):
+        decoded = GroupState.decode(bytes(raw))
+        assert isinstance(decoded.identity(next(iter(decoded.members))), IdentityPublicKey)

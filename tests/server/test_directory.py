@@ -1,0 +1,77 @@
+"""Prekey directory: upload checks, counts, exactly-once hand-out, KEYS_LOW (CONTRACT §4)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from _relay_helpers import b64, key_upload, recv_frame, recv_until_drained, register, unb64, ws_connect
+from xchat.crypto.keys import IdentityKeyPair
+from xchat.crypto.prekeys import bundles_from_response, generate_one_time_prekeys
+from xchat.protocol.frames import KeysLow
+from xchat.testing import ServerProcess
+
+
+def test_upload_count_and_bad_keys(client: httpx.Client) -> None:
+    acct = register(client, n_ec=2, n_kem=2)
+    assert client.get("/api/v1/keys/count", headers=acct.headers).json() == {"ec": 2, "kem": 2}
+    more = key_upload(acct.identity, n_ec=5, n_kem=1, start=10)
+    r = client.put("/api/v1/keys", json=more, headers=acct.headers)
+    assert r.status_code == 200 and r.json() == {"ec": 7, "kem": 3}
+    other = IdentityKeyPair.generate()
+    forged = key_upload(other, n_ec=0, n_kem=1, start=50)  # signed by someone else
+    r = client.put("/api/v1/keys", json=forged, headers=acct.headers)
+    assert r.status_code == 400 and "signature" in r.json()["error"]
+    bad_len = {"one_time_ec": [{"id": 1, "key": b64(b"\x05" + bytes(10))}]}
+    assert client.put("/api/v1/keys", json=bad_len, headers=acct.headers).status_code == 400
+    bad_type = {"one_time_ec": [{"id": 1, "key": b64(b"\x08" + bytes(32))}]}
+    assert client.put("/api/v1/keys", json=bad_type, headers=acct.headers).status_code == 400
+    assert client.get("/api/v1/keys/count", headers=acct.headers).json() == {"ec": 7, "kem": 3}
+
+
+def test_bundle_verifies_and_falls_back_to_last_resort(client: httpx.Client) -> None:
+    bob = register(client, n_ec=1, n_kem=1)
+    alice = register(client)
+    first = client.get(f"/api/v1/bundles/{bob.address}", headers=alice.headers).json()
+    dev = first["devices"][0]
+    assert dev["one_time_ec"] is not None and dev["kem_prekey"]["last_resort"] is False
+    bundles = bundles_from_response(first)
+    assert bundles and bundles[0].identity_key.encode() == unb64(first["identity_key"])
+    second = client.get(f"/api/v1/bundles/{bob.address}", headers=alice.headers).json()
+    dev = second["devices"][0]
+    assert dev["one_time_ec"] is None and dev["kem_prekey"]["last_resort"] is True
+    assert client.get(f"/api/v1/bundles/{bob.address}").status_code == 401  # auth required
+
+
+async def test_fifty_concurrent_fetches_get_distinct_keys(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url) as c:
+        bob = register(c, n_ec=50, n_kem=50)
+        fetcher = register(c)
+    async with httpx.AsyncClient(
+        base_url=server.url, limits=httpx.Limits(max_connections=50), timeout=20
+    ) as ac:
+        rs = await asyncio.gather(
+            *[ac.get(f"/api/v1/bundles/{bob.address}", headers=fetcher.headers) for _ in range(50)]
+        )
+    assert all(r.status_code == 200 for r in rs)
+    devs = [r.json()["devices"][0] for r in rs]
+    ec_ids = [d["one_time_ec"]["id"] for d in devs]
+    kem_ids = [d["kem_prekey"]["id"] for d in devs]
+    assert len(set(ec_ids)) == 50 and len(set(kem_ids)) == 50
+    assert not any(d["kem_prekey"]["last_resort"] for d in devs)
+
+
+async def test_keys_low_frame_and_count(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url) as c:
+        bob = register(c, n_ec=3, n_kem=3)
+        alice = register(c)
+        ws = await ws_connect(server.ws_url, bob.token)
+        assert await recv_until_drained(ws) == []
+        low = await recv_frame(ws)  # stock below the threshold at connect
+        assert low == KeysLow(3, 3)
+        c.get(f"/api/v1/bundles/{bob.address}", headers=alice.headers)
+        assert await recv_frame(ws) == KeysLow(2, 2)
+        await ws.close()
+        upload = {"one_time_ec": [k.to_public_json() for k in generate_one_time_prekeys(7, 4)]}
+        assert c.put("/api/v1/keys", json=upload, headers=bob.headers).json() == {"ec": 6, "kem": 2}
