@@ -7,7 +7,7 @@ DATA   ?= data
 PORT   ?= 8470
 APP_PORT ?= 8471
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap
+.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap os-packages
 
 bootstrap: $(STAMP)
 
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@bash scripts/run.sh "$(DATA)" "$(PORT)" "$(APP_PORT)"
 
-test: $(STAMP) lint typecheck pytest
+test: $(STAMP) os-packages lint typecheck pytest
+
+os-packages:
+	@bash scripts/os-packages.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -545,9 +545,13 @@ class _CipherSource:
 # --- the two directions -------------------------------------------------------------------
 
 
-def guess_content_type(path: Path) -> str:
+def _head(path: Path) -> bytes:
     with open(path, "rb") as fh:
-        kind = detect_image(fh.read(12))
+        return fh.read(12)
+
+
+def guess_content_type(path: Path) -> str:
+    kind = detect_image(_head(path))
     if kind is not None:
         return kind
     guessed, _ = mimetypes.guess_type(path.name)
@@ -575,7 +579,7 @@ async def send_file(
         raise ClientError(f"{src} is not a readable file")
     ctype = clean_content_type(content_type) if content_type else guess_content_type(src)
     with contextlib.ExitStack() as stack:
-        if not keep_metadata and detect_image(src.open("rb").read(12)) is not None:
+        if not keep_metadata and detect_image(_head(src)) is not None:
             tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="xchat-")))
             stripped = tmpdir / "stripped"
             with open(stripped, "wb") as out:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install the OS packages the test suite needs, non-interactively, only when missing.
+# chromium: the browser the web-app tests drive through Playwright (never `playwright install`).
+set -euo pipefail
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
+    echo "os-packages: need root to install: ${missing[*]} (web-app tests will be skipped)" >&2
+    exit 0
+  fi
+else SUDO=""; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
