@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve_forever())
         return 0
+    doc = common.new_result("forwarder", quick=args.quick)
     proc, url = start_server()
     modes: dict[str, Any] = {}
     try:
@@ -332,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    doc = common.new_result("forwarder", quick=args.quick)
     doc["params"] = {
         "pairs": args.pairs,
         "duration_s": args.duration,
@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ms": sat["p99_ms"],
         "server_cpu_util": sat["server_cpu_util"],
         "server_cpu_us_per_msg": sat["server_cpu_us_per_msg"],
+        "cpu_ms_per_msg": (
+            round(sat["server_cpu_us_per_msg"] / 1000, 4) if sat["server_cpu_us_per_msg"] else None
+        ),
         "bare_frames_per_s": bare["saturation"]["achieved"] if bare else None,
         "server_rss_mb": round(rss / 2**20, 1),
     }

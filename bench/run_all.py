@@ -44,6 +44,19 @@ TITLES = {
 
 MSGS_KEYS = ("msgs_per_s", "throughput_msgs_per_s", "throughput.msgs_per_s", "msgs_per_sec")
 P99_KEYS = ("p99_ms", "latency.p99_ms", "latency_p99_ms")
+CPU_MS_KEYS = ("cpu_ms_per_msg", "server_cpu_ms_per_msg")
+CPU_US_KEYS = ("cpu_us_per_msg", "server_cpu_us_per_msg")
+
+
+def cpu_ms_per_msg(doc: Mapping[str, Any] | None) -> float | None:
+    """Server CPU per message in ms, from either an ms or a µs field."""
+    if not doc:
+        return None
+    ms = common.get_metric(doc, *CPU_MS_KEYS)
+    if ms is not None:
+        return ms
+    us = common.get_metric(doc, *CPU_US_KEYS)
+    return us / 1000 if us is not None else None
 
 
 @dataclass
@@ -152,6 +165,25 @@ def compute_ratios(docs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
         "≥ 50 %",
         None if v is None else v >= 0.5,
         f"{common.fmt_num(r_msgs)} ÷ {common.fmt_num(f_msgs)}",
+    )
+    # CPU-normalised twins of the throughput ratios: server CPU per message barely moves
+    # when other work shares the cores, while msgs/s falls with the CPU share it gets.
+    r_cpu, s_cpu, f_cpu = cpu_ms_per_msg(relay), cpu_ms_per_msg(syn), cpu_ms_per_msg(fwd)
+    v = s_cpu / r_cpu if s_cpu and r_cpu else None
+    add(
+        "Synapse CPU/msg ÷ relay CPU/msg (CPU-normalised throughput)",
+        v,
+        "≥ 150×",
+        None if v is None else v >= 150,
+        f"{common.fmt_num(s_cpu)} ms ÷ {common.fmt_num(r_cpu)} ms",
+    )
+    v = f_cpu / r_cpu if f_cpu and r_cpu else None
+    add(
+        "forwarder CPU/msg ÷ relay CPU/msg (CPU-normalised)",
+        v,
+        "≥ 50 %",
+        None if v is None else v >= 0.5,
+        f"{common.fmt_num(f_cpu)} ms ÷ {common.fmt_num(r_cpu)} ms",
     )
     return out
 

@@ -487,8 +487,10 @@ async def measure(args: argparse.Namespace, sp: SynapseProcess) -> dict[str, Any
     }
 
 
-def build_result(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
-    doc = common.new_result("synapse", quick=args.quick)
+def build_result(
+    args: argparse.Namespace, m: dict[str, Any], doc: dict[str, Any]
+) -> dict[str, Any]:
+    """Fill `doc` (made by common.new_result before the run, so the start load is right)."""
     sat, points = m["saturation"], m["points"]
     curve = [
         {
@@ -575,6 +577,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    doc = common.new_result("synapse", quick=args.quick)
     try:
         py = ensure_synapse()
     except (subprocess.CalledProcessError, OSError) as e:
@@ -593,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     finally:
         sp.stop()
-    doc = build_result(args, m)
+    doc = build_result(args, m, doc)
     path = common.write_json("synapse", common.finish_result(doc))
     print(json.dumps(doc["summary"], indent=1))
     print(f"wrote {path.relative_to(common.ROOT)}")

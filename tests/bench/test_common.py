@@ -208,11 +208,17 @@ def test_ratios_met_and_missing() -> None:
         "synapse": {"summary": {"msgs_per_s": 60.0, "p99_ms": 100.0}},
         "forwarder": {"summary": {"msgs_per_s": 20000.0}},
     }
-    thr, p99, fwd = run_all.compute_ratios(docs)
+    thr, p99, fwd, _, _ = run_all.compute_ratios(docs)
     assert thr["value"] == pytest.approx(200) and thr["met"] is True
     assert p99["value"] == pytest.approx((1.0 + 10 / 950) / 100)
     assert p99["met"] is True
     assert fwd["value"] == pytest.approx(0.6) and fwd["met"] is True
+    docs["relay"]["summary"]["cpu_ms_per_msg"] = 0.05
+    docs["synapse"]["summary"]["cpu_ms_per_msg"] = 15.0
+    docs["forwarder"]["summary"]["server_cpu_us_per_msg"] = 40.0
+    cpu_syn, cpu_fwd = run_all.compute_ratios(docs)[3:]
+    assert cpu_syn["value"] == pytest.approx(300) and cpu_syn["met"] is True
+    assert cpu_fwd["value"] == pytest.approx(0.8) and cpu_fwd["met"] is True
     none = run_all.compute_ratios({})
     assert all(x["value"] is None and x["met"] is None for x in none)
 

@@ -22,13 +22,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield s
 
 
-def xchat(profile: Path, *args: str, stdin: str | None = None,
-          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def xchat(
+    profile: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "XCHAT_NO_KEYRING": "1", **(env or {})}
     full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
         [sys.executable, "-m", "xchat", "--profile", str(profile), *args],
-        input=stdin, capture_output=True, text=True, env=full_env, timeout=60, check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        check=False,
     )
 
 
@@ -50,14 +56,14 @@ def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
 def test_conversation_through_the_command(server: ServerProcess, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     ha, hb = f"alice{os.getpid()}", f"bob{os.getpid()}"
-    acc = json.loads(ok(xchat(a, "account", "create", "--server", server.url, "--handle", ha,
-                              "--json")))
+    acc = json.loads(
+        ok(xchat(a, "account", "create", "--server", server.url, "--handle", ha, "--json"))
+    )
     assert set(acc) >= {"address", "handle", "recovery_phrase", "server"}
     assert acc["handle"] == ha and len(acc["recovery_phrase"].split()) == 24
     ok(xchat(b, "account", "create", "--server", server.url, "--handle", hb))
     me = json.loads(ok(xchat(a, "whoami", "--json")))
-    assert me == {"address": acc["address"], "handle": ha, "server": server.url,
-                  "device_id": 1}
+    assert me == {"address": acc["address"], "handle": ha, "server": server.url, "device_id": 1}
 
     msg_id = ok(xchat(a, "send", f"@{hb}", "hello \x1b[31mbob")).strip()
     assert len(msg_id) == 32
@@ -102,8 +108,14 @@ def test_error_lines(server: ServerProcess, tmp_path: Path) -> None:
     assert "reach" in one_error_line(r)
     assert r.returncode == 3
 
-    r = xchat(tmp_path / "r", "account", "restore", "--server", server.url,
-              stdin="abandon " * 23 + "zoo\n")
+    r = xchat(
+        tmp_path / "r",
+        "account",
+        "restore",
+        "--server",
+        server.url,
+        stdin="abandon " * 23 + "zoo\n",
+    )
     assert "recovery phrase" in one_error_line(r)
 
     r = xchat(tmp_path / "none", "whoami")
@@ -111,19 +123,68 @@ def test_error_lines(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_restore_same_address(server: ServerProcess, tmp_path: Path) -> None:
-    acc = json.loads(ok(xchat(tmp_path / "orig", "account", "create", "--server", server.url,
-                              "--json")))
-    out = json.loads(ok(xchat(tmp_path / "new", "account", "restore", "--server", server.url,
-                              "--json", stdin=acc["recovery_phrase"] + "\n")))
+    acc = json.loads(
+        ok(xchat(tmp_path / "orig", "account", "create", "--server", server.url, "--json"))
+    )
+    out = json.loads(
+        ok(
+            xchat(
+                tmp_path / "new",
+                "account",
+                "restore",
+                "--server",
+                server.url,
+                "--json",
+                stdin=acc["recovery_phrase"] + "\n",
+            )
+        )
+    )
     assert out["address"] == acc["address"]
     assert out["recovery_phrase"] is None
 
 
 def test_passphrase_profile(server: ServerProcess, tmp_path: Path) -> None:
     p = tmp_path / "p"
-    ok(xchat(p, "--passphrase", "account", "create", "--server", server.url,
-             env={"XCHAT_PASSPHRASE": "right"}))
+    ok(
+        xchat(
+            p,
+            "--passphrase",
+            "account",
+            "create",
+            "--server",
+            server.url,
+            env={"XCHAT_PASSPHRASE": "right"},
+        )
+    )
     ok(xchat(p, "whoami", env={"XCHAT_PASSPHRASE": "right"}))
     r = xchat(p, "whoami", env={"XCHAT_PASSPHRASE": "wrong"})
     assert "passphrase" in one_error_line(r)
     assert r.returncode == 5
+
+
+def test_chat_and_profile_lock(server: ServerProcess, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    hb = f"chatbob{os.getpid()}"
+    ok(xchat(a, "account", "create", "--server", server.url))
+    ok(xchat(b, "account", "create", "--server", server.url, "--handle", hb))
+    env = {**os.environ, "XCHAT_NO_KEYRING": "1",
+           "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xchat", "--profile", str(a), "chat", f"@{hb}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdin is not None
+        assert "chatting with" in proc.stderr.readline()  # running: the profile is held
+        r = xchat(a, "whoami")
+        assert "in use" in one_error_line(r) and r.returncode == 5
+        proc.stdin.write("line one\nline two\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    texts = [json.loads(x)["text"] for x in ok(xchat(b, "recv", "--json")).splitlines()]
+    assert texts == ["line one", "line two"]

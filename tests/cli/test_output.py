@@ -22,3 +22,24 @@ def test_newlines_kept_only_when_asked() -> None:
     assert escape_terminal("a\nb") == "a\\x0ab"
     assert escape_terminal("a\nb", keep_newlines=True) == "a\n    b"
     assert escape_terminal("héllo ☃") == "héllo ☃"
+
+
+def test_error_line_mapping() -> None:
+    from xchat.cli.main import error_line
+    from xchat.errors import (
+        ApiError,
+        IdentityChanged,
+        InvalidMnemonic,
+        ProfileLocked,
+        ServerUnreachable,
+        UnknownContact,
+    )
+
+    msg, code = error_line(ApiError(429, "slow", retry_after=12))
+    assert code == 4 and "12 s" in msg
+    assert error_line(ServerUnreachable("x"))[1] == 3
+    assert error_line(ProfileLocked("x"))[1] == 5
+    assert error_line(IdentityChanged("x"))[1] == 6
+    assert error_line(UnknownContact("x"))[1] == 7
+    assert error_line(InvalidMnemonic("x"))[1] == 8
+    assert error_line(ApiError(409, "taken"))[1] == 1

@@ -27,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def handle() -> "HandleFactory":
+def handle() -> HandleFactory:
     return HandleFactory()
 
 

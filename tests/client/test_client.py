@@ -25,8 +25,9 @@ def _texts(events: list[ev.Event]) -> list[str]:
     return [e.text for e in events if isinstance(e, ev.MessageReceived)]
 
 
-async def test_two_profiles_converse_both_ways(server: ServerProcess, tmp_path: Path,
-                                               handle) -> None:
+async def test_two_profiles_converse_both_ways(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
     a, b = await _pair(server, tmp_path, handle)
     try:
         bob_handle = b.whoami().handle
@@ -81,8 +82,9 @@ async def test_unknown_handle(server: ServerProcess, tmp_path: Path, handle) -> 
         await a.close()
 
 
-async def test_interleaved_exactly_once_in_order(server: ServerProcess, tmp_path: Path,
-                                                 handle) -> None:
+async def test_interleaved_exactly_once_in_order(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
     """1,000 messages, two senders at once, both receiving live: each message arrives
     exactly once and in per-sender order."""
     a, b = await _pair(server, tmp_path, handle)
@@ -96,6 +98,7 @@ async def test_interleaved_exactly_once_in_order(server: ServerProcess, tmp_path
                 got[me].append(e)
                 if len(got[me]) == n:
                     done[me].set()
+
         return on
 
     a.on_event(collector(a.address))
@@ -109,8 +112,7 @@ async def test_interleaved_exactly_once_in_order(server: ServerProcess, tmp_path
                 await c.send_text(to, f"{tag}{i}")
 
         await asyncio.gather(sender(a, b.address, "a"), sender(b, a.address, "b"))
-        await asyncio.wait_for(asyncio.gather(done[a.address].wait(), done[b.address].wait()),
-                               60)
+        await asyncio.wait_for(asyncio.gather(done[a.address].wait(), done[b.address].wait()), 60)
         await asyncio.sleep(0.2)  # anything extra (a duplicate) would show up now
         assert [m.text for m in got[b.address]] == [f"a{i}" for i in range(n)]
         assert [m.text for m in got[a.address]] == [f"b{i}" for i in range(n)]
@@ -190,8 +192,9 @@ async def test_handle_pointing_elsewhere_is_an_identity_change(
         # Alice once verified someone else under Bob's handle.
         fake = "xc1qqukjys462lv6gpx393ks8vwtl6nv40nl5fy0775"
         a.store.ensure_contact(fake, 1)
-        a.store.update_contact(fake, handle=bob_handle, verified=True,
-                               identity_key=b"\x01" + b"\x00" * 64)
+        a.store.update_contact(
+            fake, handle=bob_handle, verified=True, identity_key=b"\x01" + b"\x00" * 64
+        )
         with pytest.raises(IdentityChanged):
             await a.send_text(f"@{bob_handle}", "x")
         assert a.find_contact(f"@{bob_handle}").address == b.address  # type: ignore[union-attr]
@@ -236,3 +239,43 @@ async def test_restored_account_same_address_and_receives(
         await b2.close()
     finally:
         await a.close()
+
+
+async def test_prekeys_restocked_on_keys_low(server: ServerProcess, tmp_path: Path,
+                                             handle) -> None:
+    a, b = await _pair(server, tmp_path, handle)
+    try:
+        assert await b.replenish_prekeys() == 0  # 100 of each: nothing to do
+        await b.start()
+        await asyncio.wait_for(b._recv.connected.wait(), 10)  # type: ignore[union-attr]
+        api = await a._authed()
+        for _ in range(95):  # each fetch hands out one one-time key of each kind
+            await api.bundles(b.address)
+        bapi = await b._authed()
+        for _ in range(200):  # KEYS_LOW -> background upload of 100 more
+            counts = await bapi.key_count()
+            if counts["ec"] >= 100 and counts["kem"] >= 100:
+                break
+            await asyncio.sleep(0.05)
+        assert counts["ec"] >= 100 and counts["kem"] >= 100
+        # A session started from one of the new keys works.
+        await b.stop()
+        await a.send_text(b.address, "fresh keys")
+        assert _texts(await b.receive()) == ["fresh keys"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_second_client_on_same_profile_is_locked(server: ServerProcess, tmp_path: Path,
+                                                       handle) -> None:
+    from xchat.errors import ProfileLocked
+
+    a = Client(tmp_path / "a")
+    try:
+        await a.create_account(server.url, handle("lock"))
+        with pytest.raises(ProfileLocked):
+            Client(tmp_path / "a")
+    finally:
+        await a.close()
+    Client(tmp_path / "a").profile.close()  # released on close

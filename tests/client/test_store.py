@@ -126,3 +126,43 @@ def test_second_process_gets_profile_locked(tmp_path: Path) -> None:
         assert r.returncode == 42
     r = subprocess.run([sys.executable, "-c", code], env=env, check=False)
     assert r.returncode == 0
+
+
+def test_profile_key_in_keyring_when_available(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import keyring
+    from keyring.backend import KeyringBackend
+
+    class MemoryKeyring(KeyringBackend):
+        priority = 10  # type: ignore[assignment]
+
+        def __init__(self) -> None:
+            self.data: dict[tuple[str, str], str] = {}
+
+        def get_password(self, service: str, username: str) -> str | None:
+            return self.data.get((service, username))
+
+        def set_password(self, service: str, username: str, password: str) -> None:
+            self.data[(service, username)] = password
+
+        def delete_password(self, service: str, username: str) -> None:
+            self.data.pop((service, username), None)
+
+    monkeypatch.delenv("XCHAT_NO_KEYRING")
+    previous = keyring.get_keyring()
+    kr = MemoryKeyring()
+    keyring.set_keyring(kr)
+    try:
+        with Profile.open(tmp_path / "p") as p:
+            key = p.create_key(None)
+            p.config.address = "xc1test"
+            p.save_config()
+            assert p.config.key_source == "keyring"
+            assert not (p.path / "profile.key").exists()
+        with Profile.open(tmp_path / "p") as p:
+            assert p.unlock() == key
+        kr.data.clear()  # keyring entry gone -> locked, not a crash
+        with Profile.open(tmp_path / "p") as p, pytest.raises(ProfileLocked):
+            p.unlock()
+    finally:
+        keyring.set_keyring(previous)

@@ -15,13 +15,14 @@ from xchat.crypto.group import (
     GroupOp,
     GroupState,
     GroupUpdate,
+    accept_welcome,
     apply,
     apply_round,
     create_group,
     key_plan,
     propose,
 )
-from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey
+from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey, decode_address
 from xchat.crypto.sender_keys import SenderKeyRecord, SenderKeyState
 from xchat.errors import (
     CryptoError,
@@ -352,3 +353,60 @@ def test_mutated_snapshots_raise_only_xchat_errors(data: st.DataObject) -> None:
     with contextlib.suppress(XChatError):
         decoded = GroupState.decode(bytes(raw))
         assert isinstance(decoded.identity(next(iter(decoded.members))), IdentityPublicKey)
+
+
+def test_history_persistence_round_trip() -> None:
+    state, genesis = new_group()
+    history = GroupHistory.from_genesis(genesis)
+    history.add(GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.add(DAVE.public)]))
+    history.add(GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename("both")]))
+    history.add(GroupUpdate.sign(ALICE, state.group_id, 5, [GroupOp.rename("held")]))
+    restored = GroupHistory.from_bytes(history.to_bytes())
+    assert restored.state == history.state and restored.state.version == 2
+    assert restored.to_bytes() == history.to_bytes()
+    raw = history.to_bytes()
+    for bad in (raw[:-1], raw + b"\0", b"\x02" + raw[1:], b""):
+        with pytest.raises(XChatError):
+            GroupHistory.from_bytes(bad)
+
+
+def test_welcome_checks() -> None:
+    state, _ = new_group()
+    grown, _ = propose(ALICE, state, [GroupOp.add(DAVE.public)])
+    history = accept_welcome(grown.encode(), a(ALICE), a(DAVE))
+    assert history.state == grown
+    follow = GroupUpdate.sign(ALICE, grown.group_id, grown.version, [GroupOp.rename("hi")])
+    assert history.add(follow).name == "hi"
+    with pytest.raises(UnauthorizedGroupChange):
+        accept_welcome(grown.encode(), a(BOB), a(DAVE))  # Bob is not an admin
+    with pytest.raises(UnauthorizedGroupChange):
+        accept_welcome(grown.encode(), a(ALICE), a(ERIN))  # Erin is not a member
+
+
+def test_known_answer_layout_and_hashes() -> None:
+    """Rebuild the genesis update, its hash and the epoch hash from groups.md §3.2/§5.2."""
+    state, genesis = new_group()
+    body = (
+        b"\x01"
+        + b"\x42" * 16
+        + (0).to_bytes(4, "big")
+        + ALICE.public.encode()
+        + (3).to_bytes(2, "big")
+        + b"\x01\x07friends"
+        + b"\x02"
+        + BOB.public.encode()
+        + b"\x02"
+        + CAROL.public.encode()
+    )
+    expected = body + ALICE.sign(b"XChat-v1-group-update" + body)
+    assert genesis.encode() == expected
+    digest = hashlib.sha256(b"XChat-v1-group-update-hash" + expected).digest()
+    assert genesis.digest == digest
+    assert state.epoch_hash == hashlib.sha256(b"XChat-v1-group-epoch" + bytes(32) + digest).digest()
+    remove = GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.remove(a(BOB))])
+    assert remove.encode()[88:-64] == b"\x03" + decode_address(a(BOB))
+    nxt = apply(state, remove)
+    assert (
+        nxt.epoch_hash
+        == hashlib.sha256(b"XChat-v1-group-epoch" + state.epoch_hash + remove.digest).digest()
+    )

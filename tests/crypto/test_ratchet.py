@@ -218,3 +218,24 @@ def test_serialization_round_trip_mid_conversation() -> None:
     for bad in (data[:10], data[:-1], b"\x08" + data[1:]):
         with pytest.raises(DecodeError):
             RatchetState.from_bytes(bad, AD)
+
+
+def test_golden_vector_pins_the_wire_format() -> None:
+    """Byte-exact output for pinned inputs: any change to KDF labels, header layout or AEAD
+    use breaks this on purpose (an interoperating implementation must reproduce it)."""
+    rng = rng_of(2024)
+    secret = rng(32)
+    spk = X25519PrivateKey.from_private_bytes(rng(32))
+    ad = bytes(range(130))
+    alice = RatchetState.init_alice(secret, ad, spk.public_key().public_bytes_raw(), rng)
+    bob = RatchetState.init_bob(secret, ad, spk)
+    m1 = alice.encrypt(b"golden vector 1")
+    assert m1.hex() == (
+        "01018f9098184aa361563a1c7beca13fd4204ede555448e257c2e8762f14d7675e2f0000000000000000"
+        "4b420d1e1bba329e2da664b262038b7a7d5e255685148e3af3f8579fbb3a8f"
+    )
+    assert bob.decrypt(m1, rng) == b"golden vector 1"
+    assert bob.encrypt(b"golden vector 2").hex() == (
+        "0101b0d6fd8563c1bcadaeeabb0bceb90c84dd138c30d67cb4e7def54453d92e68110000000000000000"
+        "e4948d5bf647b5b5a9ae16df21e92f90cc14621f3afad8ad196eb45c83bdfb"
+    )

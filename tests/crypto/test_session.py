@@ -392,7 +392,9 @@ class Conversation:
 
 ACTIONS = st.lists(
     st.tuples(
-        st.sampled_from(["send_a", "send_b", "deliver_b", "deliver_a", "drop", "replay"]),
+        st.sampled_from(
+            ["send_a", "send_b", "deliver_b", "deliver_a", "drop", "replay", "persist"]
+        ),
         st.integers(0, 1000),
     ),
     min_size=5,
@@ -418,6 +420,11 @@ def test_any_delivery_order_and_loss(seed: int, actions: list[tuple[str, int]]) 
             queue = conv.to_bob if arg % 2 else conv.to_alice
             if queue:
                 queue.pop(arg % len(queue))
+        elif action == "persist":  # store and reload one side mid-conversation
+            if arg % 2:
+                conv.alice = Session.from_bytes(conv.alice.to_bytes())
+            elif conv.bob is not None:
+                conv.bob = Session.from_bytes(conv.bob.to_bytes())
         else:
             conv.replay(arg)
     # everything still in flight arrives at the end, in reverse order

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -47,10 +48,8 @@ def test_round_trip(f: F.Frame) -> None:
 @settings(max_examples=500)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_decode_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(DecodeError):
         F.decode_frame(data)
-    except DecodeError:
-        pass
 
 
 @given(frame, st.data())
@@ -68,14 +67,21 @@ def test_truncation_and_trailing_bytes_are_rejected(f: F.Frame, data: st.DataObj
 
 
 def test_send_layout_is_byte_exact() -> None:
-    f = F.Send(7, (F.Destination("xc1abc", F.TokenAccess(b"T" * 16), (F.OutEnvelope(2, EID, b"hi"),)),))
+    f = F.Send(
+        7, (F.Destination("xc1abc", F.TokenAccess(b"T" * 16), (F.OutEnvelope(2, EID, b"hi"),)),)
+    )
     expected = (
         b"\x01"
         + struct.pack(">IH", 7, 1)
         + b"\x06xc1abc"
-        + b"\x01" + struct.pack(">H", 16) + b"T" * 16
+        + b"\x01"
+        + struct.pack(">H", 16)
+        + b"T" * 16
         + struct.pack(">H", 1)
-        + struct.pack(">I", 2) + EID + struct.pack(">I", 2) + b"hi"
+        + struct.pack(">I", 2)
+        + EID
+        + struct.pack(">I", 2)
+        + b"hi"
     )
     assert F.encode_frame(f) == expected
     assert F.decode_frame(expected) == f
@@ -85,8 +91,13 @@ def test_pow_access_layout() -> None:
     f = F.Send(1, (F.Destination("a", F.PowAccess(b"ch", 5), ()),))
     body = struct.pack(">H", 2) + b"ch" + struct.pack(">Q", 5)
     assert F.encode_frame(f) == (
-        b"\x01" + struct.pack(">IH", 1, 1) + b"\x01a" + b"\x02" + struct.pack(">H", len(body))
-        + body + struct.pack(">H", 0)
+        b"\x01"
+        + struct.pack(">IH", 1, 1)
+        + b"\x01a"
+        + b"\x02"
+        + struct.pack(">H", len(body))
+        + body
+        + struct.pack(">H", 0)
     )
 
 

@@ -42,7 +42,9 @@ class Account:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def key_upload(ik: IdentityKeyPair, n_ec: int = 3, n_kem: int = 3, start: int = 1) -> dict[str, Any]:
+def key_upload(
+    ik: IdentityKeyPair, n_ec: int = 3, n_kem: int = 3, start: int = 1
+) -> dict[str, Any]:
     return prekey_upload(
         signed_prekey=SignedPreKeyRecord.generate(ik, 1),
         kem_last_resort=KemPreKeyRecord.generate(ik, 100_000, last_resort=True),
@@ -69,7 +71,8 @@ def register_body(
     nonce = solve(ch, ik.public.encode(), bits)
     if not valid_pow:
         nonce = next(
-            n for n in range(nonce + 1, nonce + 10_000)
+            n
+            for n in range(nonce + 1, nonce + 10_000)
             if hashlib.sha256(b"").digest() and not _ok(ch, ik, n, bits)
         )
     return {
@@ -119,8 +122,7 @@ def send_body(to: Account, contents: list[bytes], token: bytes | None = None) ->
                 "address": to.address,
                 "delivery_token": b64(token if token is not None else to.delivery_token),
                 "envelopes": [
-                    {"device_id": 1, "id": b64(os.urandom(16)), "content": b64(c)}
-                    for c in contents
+                    {"device_id": 1, "id": b64(os.urandom(16)), "content": b64(c)} for c in contents
                 ],
             }
         ]

@@ -6,8 +6,8 @@ import base64
 
 import httpx
 import pytest
-
 from _relay_helpers import b64, get_challenge, register, register_body, unb64
+
 from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.server.auth import ServerSecrets, Tokens
@@ -70,7 +70,9 @@ def test_auth_flow_and_failures(client: httpx.Client) -> None:
     assert client.get("/api/v1/keys/count", headers={"Authorization": f"Bearer {token}"}).json()
     assert client.post("/api/v1/auth", json=body).status_code == 401  # challenge single-use
     ch2, _ = get_challenge(client)
-    wrong = dict(body, challenge=b64(ch2), signature=b64(acct.identity.sign(b"XChat-v1-register" + ch2)))
+    wrong = dict(
+        body, challenge=b64(ch2), signature=b64(acct.identity.sign(b"XChat-v1-register" + ch2))
+    )
     assert client.post("/api/v1/auth", json=wrong).status_code == 401
     forged = dict(body, challenge=b64(bytes(41)))
     assert client.post("/api/v1/auth", json=forged).status_code == 401

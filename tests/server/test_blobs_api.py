@@ -57,9 +57,7 @@ def _token(http: httpx.Client, ident: IdentityKeyPair) -> str:
 
 
 @pytest.fixture(scope="module")
-def http(
-    srv: ServerProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
+def http(srv: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     ident = _account(srv.url, tmp_path_factory.mktemp("alice"))
     with httpx.Client(base_url=srv.url, timeout=30) as h:
         h.headers["Authorization"] = "Bearer " + _token(h, ident)

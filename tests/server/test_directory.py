@@ -5,8 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from _relay_helpers import (
+    b64,
+    key_upload,
+    recv_frame,
+    recv_until_drained,
+    register,
+    unb64,
+    ws_connect,
+)
 
-from _relay_helpers import b64, key_upload, recv_frame, recv_until_drained, register, unb64, ws_connect
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.crypto.prekeys import bundles_from_response, generate_one_time_prekeys
 from xchat.protocol.frames import KeysLow

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from _relay_helpers import (
     b64,
     close_code,
@@ -21,6 +20,7 @@ from _relay_helpers import (
     unb64,
     ws_connect,
 )
+
 from xchat.crypto.pow import solve, stamp_ok
 from xchat.protocol import frames as F
 from xchat.testing import ServerProcess, running_server
@@ -38,7 +38,9 @@ def test_http_send_fetch_ack(client: httpx.Client) -> None:
     first = j["envelopes"][0]["id"]
     url_id = base64.urlsafe_b64encode(unb64(first)).decode().rstrip("=")
     assert client.delete(f"/api/v1/messages/{url_id}", headers=bob.headers).json() == {"deleted": 1}
-    r = client.post("/api/v1/messages/ack", json={"ids": [e["id"] for e in j["envelopes"]]}, headers=bob.headers)
+    r = client.post(
+        "/api/v1/messages/ack", json={"ids": [e["id"] for e in j["envelopes"]]}, headers=bob.headers
+    )
     assert r.json() == {"deleted": 2}
     assert client.get("/api/v1/messages", headers=bob.headers).json()["envelopes"] == []
 
@@ -46,8 +48,16 @@ def test_http_send_fetch_ack(client: httpx.Client) -> None:
 def test_access_errors(client: httpx.Client) -> None:
     bob = register(client)
     no_token = register(client, delivery_token=False)
-    assert client.post("/api/v1/messages", json=send_body(bob, [b"x"], os.urandom(16))).status_code == 401
-    assert client.post("/api/v1/messages", json=send_body(no_token, [b"x"], os.urandom(16))).status_code == 401
+    assert (
+        client.post("/api/v1/messages", json=send_body(bob, [b"x"], os.urandom(16))).status_code
+        == 401
+    )
+    assert (
+        client.post(
+            "/api/v1/messages", json=send_body(no_token, [b"x"], os.urandom(16))
+        ).status_code
+        == 401
+    )
     body = send_body(bob, [b"x"])
     del body["destinations"][0]["delivery_token"]
     assert client.post("/api/v1/messages", json=body).status_code == 401
@@ -85,7 +95,9 @@ def test_device_cannot_touch_another_queue(client: httpx.Client) -> None:
     client.post("/api/v1/messages", json=send_body(bob, [b"secret"]))
     assert client.get("/api/v1/messages", headers=eve.headers).json()["envelopes"] == []
     eid = client.get("/api/v1/messages", headers=bob.headers).json()["envelopes"][0]["id"]
-    assert client.post("/api/v1/messages/ack", json={"ids": [eid]}, headers=eve.headers).json() == {"deleted": 0}
+    assert client.post("/api/v1/messages/ack", json={"ids": [eid]}, headers=eve.headers).json() == {
+        "deleted": 0
+    }
     assert len(client.get("/api/v1/messages", headers=bob.headers).json()["envelopes"]) == 1
 
 
@@ -99,8 +111,16 @@ async def test_ws_delivery_order_backlog_live_and_ack(server: ServerProcess) -> 
         backlog = await recv_until_drained(rx)
         assert [e.content for e in backlog] == [b"old%d" % i for i in range(5)]
         sends = [
-            F.Send(i, (F.Destination(bob.address, F.TokenAccess(bob.delivery_token),
-                        (F.OutEnvelope(1, os.urandom(16), b"new%d" % i),)),))
+            F.Send(
+                i,
+                (
+                    F.Destination(
+                        bob.address,
+                        F.TokenAccess(bob.delivery_token),
+                        (F.OutEnvelope(1, os.urandom(16), b"new%d" % i),),
+                    ),
+                ),
+            )
             for i in range(50)
         ]
         for s in sends:
@@ -135,8 +155,14 @@ async def test_ws_send_errors_and_replacement(server: ServerProcess) -> None:
             (F.Destination(bob.address, F.TokenAccess(os.urandom(16)), env), 401),
             (F.Destination(bob.address, None, env), 401),
             (F.Destination("xc1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq", None, env), 404),
-            (F.Destination(bob.address, F.TokenAccess(bob.delivery_token),
-                           (F.OutEnvelope(3, os.urandom(16), b"x"),)), 409),
+            (
+                F.Destination(
+                    bob.address,
+                    F.TokenAccess(bob.delivery_token),
+                    (F.OutEnvelope(3, os.urandom(16), b"x"),),
+                ),
+                409,
+            ),
         ]
         for i, (dest, status) in enumerate(cases):
             await s.send(F.encode_frame(F.Send(i, (dest,))))
@@ -154,8 +180,10 @@ async def test_ws_send_errors_and_replacement(server: ServerProcess) -> None:
 
 
 def test_ttl_expiry(tmp_path: Path) -> None:
-    with running_server(tmp_path, ttl_seconds=1, sweep_seconds=0.3, rate_limits=False) as srv, \
-            httpx.Client(base_url=srv.url) as c:
+    with (
+        running_server(tmp_path, ttl_seconds=1, sweep_seconds=0.3, rate_limits=False) as srv,
+        httpx.Client(base_url=srv.url) as c,
+    ):
         bob = register(c)
         c.post("/api/v1/messages", json=send_body(bob, [b"soon gone"]))
         assert len(c.get("/api/v1/messages", headers=bob.headers).json()["envelopes"]) == 1
@@ -169,7 +197,9 @@ def test_acknowledged_sends_survive_kill9(tmp_path: Path) -> None:
         with httpx.Client(base_url=srv.url) as c:
             bob = register(c)
             for i in range(20):
-                assert c.post("/api/v1/messages", json=send_body(bob, [b"m%d" % i])).status_code == 200
+                assert (
+                    c.post("/api/v1/messages", json=send_body(bob, [b"m%d" % i])).status_code == 200
+                )
         srv.kill9()
         srv.start()
         with httpx.Client(base_url=srv.url) as c:

@@ -67,6 +67,7 @@ TOKEN_REFRESH_MARGIN_MS = 60 * 1000
 DRAIN_TIMEOUT = 30.0
 SEND_ATTEMPTS = 4
 MAX_RATE_WAIT = 2.0  # seconds of Retry-After the SDK waits out by itself
+RECEIPT_DELAY = 0.05  # seconds receipts for one sender are collected before sending
 RESEND_LIMIT = 50  # undelivered messages re-sent after a peer's session reset
 SENDER_INFO_CONTENT_TYPE = 1  # sealed inner content type: a session message
 
@@ -119,6 +120,7 @@ class Client:
         self._send_lock = asyncio.Lock()
         self._resolved: dict[str, str] = {}
         self._reset_sent: set[str] = set()
+        self._pending_receipts: dict[str, list[str]] = {}
         try:
             if self.profile.initialised:
                 self._unlock()
@@ -283,6 +285,9 @@ class Client:
         if not isinstance(address, str) or not address_matches(address, identity.public):
             raise ProtocolError("server returned an address that does not match our identity")
         # Persist: key first, then the store, then the config that marks us initialised.
+        # Leftovers of an earlier, interrupted creation are sealed under a lost key.
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.profile.store_path) + suffix).unlink(missing_ok=True)
         key = self.profile.create_key(self._passphrase, use_keyring=use_keyring)
         store = Store(self.profile.store_path, key)
         with store.transaction():
@@ -544,9 +549,14 @@ class Client:
         for q in self._queues:
             q.put_nowait(event)
         for cb in list(self._listeners):
-            r = cb(event)
-            if r is not None:
-                await r
+            # A failing app callback must not stop the receive loop (the data is
+            # already stored and acknowledged): log it and go on.
+            try:
+                r = cb(event)
+                if r is not None:
+                    await r
+            except Exception:
+                log.exception("event callback failed for %s", type(event).__name__)
 
     # --- sending (client.md §3) ---------------------------------------------------------
 
@@ -673,7 +683,12 @@ class Client:
     async def start(self) -> ReceiveLoop:
         """Start the background receive loop (reconnects forever until :meth:`stop`)."""
         if self._recv is None:
-            self._recv = ReceiveLoop(ws_url(self.whoami().server), self._ws_token, self._on_frame)
+            self._recv = ReceiveLoop(
+                ws_url(self.whoami().server),
+                self._ws_token,
+                self._on_frame,
+                on_connection=self._on_connection,
+            )
             self._recv_task = asyncio.create_task(self._recv.run())
         return self._recv
 
@@ -717,6 +732,11 @@ class Client:
         while self._bg:
             await asyncio.gather(*list(self._bg), return_exceptions=True)
 
+    async def _on_connection(self, connected: bool) -> None:
+        await self._emit(ev.ConnectionChanged(connected))
+        if connected:
+            self._background(self.replenish_prekeys())
+
     async def _ws_token(self, force: bool) -> str:
         return await self._auth_token(force=force)
 
@@ -753,7 +773,10 @@ class Client:
         for e in events:
             await self._emit(e)
         for address, ids in receipts.items():
-            self._background(self._send_receipt(address, ids))
+            pending = self._pending_receipts.setdefault(address, [])
+            if not pending:
+                self._background(self._flush_receipts(address))
+            pending.extend(ids)
         for action, address in dict.fromkeys(followups):
             if action == "reset" and address not in self._reset_sent:
                 self._reset_sent.add(address)
@@ -878,6 +901,13 @@ class Client:
                 continue
             await self._send_content(c, msg, store_as_message=False)
             self.store.set_message_status(m.id, "sent")
+
+    async def _flush_receipts(self, address: str) -> None:
+        """Coalesce receipts: ids that arrive within RECEIPT_DELAY share one receipt."""
+        await asyncio.sleep(RECEIPT_DELAY)
+        ids = self._pending_receipts.pop(address, [])
+        if ids:
+            await self._send_receipt(address, ids)
 
     async def _send_receipt(self, address: str, ids: list[str]) -> None:
         c = self.store.get_contact(address)

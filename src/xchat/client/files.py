@@ -22,13 +22,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import inspect
 import mimetypes
 import os
 import re
 import secrets
 import tempfile
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeGuard
@@ -84,6 +85,10 @@ _WIN_RESERVED: Final = frozenset(
 _BAD_CHARS: Final = frozenset('/\\:*?"<>|')
 
 Progress = Callable[[int, int], None]
+#: Where downloaded bytes go: a plain callable, or one returning an awaitable.
+Sink = Callable[[bytes], object]
+#: Bytes handed to the worker thread per step (decrypt + write off the event loop).
+PIPELINE_BATCH: Final = 1024 * 1024
 
 
 # --- the manifest (files.md §2) ----------------------------------------------------------
@@ -320,11 +325,14 @@ class BlobClient:
         total: int,
         pieces: Callable[[int], AsyncIterator[bytes]],
         progress: Progress | None = None,
+        *,
+        offset: int | None = None,
     ) -> None:
         """Upload ``total`` bytes; ``pieces(skip)`` yields the blob's bytes from ``skip``.
-        After a broken connection ask the server's offset and continue (files.md §5)."""
+        ``offset`` is the known confirmed offset (0 for a fresh blob), else asked with
+        ``HEAD``. After a broken connection ask the server's offset and continue (§5)."""
         failures = 0
-        confirmed = await self._retrying(lambda: self.offset(blob_id))
+        confirmed = offset if offset is not None else await self._offset_retrying(blob_id)
         while confirmed < total:
             sent_before = confirmed
             headers = {
@@ -343,16 +351,23 @@ class BlobClient:
                 if resp.status_code == 409 or resp.status_code >= 500:
                     raise ServerUnreachable(f"upload interrupted (HTTP {resp.status_code})")
                 _raise_for(resp)
+                reported = _json(resp).get("upload_offset")
+                if not isinstance(reported, int) or not sent_before <= reported <= total:
+                    raise ProtocolError("server sent an invalid upload offset")
+                confirmed = reported
             except ServerUnreachable:
                 failures += 1
                 if failures > self.retries:
                     raise
                 await asyncio.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
-            confirmed = await self._retrying(lambda: self.offset(blob_id))
+                confirmed = await self._offset_retrying(blob_id)
             if confirmed > sent_before:
                 failures = 0
             if progress is not None:
                 progress(confirmed, total)
+
+    async def _offset_retrying(self, blob_id: str) -> int:
+        return await self._retrying(lambda: self.offset(blob_id))
 
     async def _retrying(self, op: Callable[[], Awaitable[int]]) -> int:
         failures = 0
@@ -366,7 +381,7 @@ class BlobClient:
                 await asyncio.sleep(min(self.backoff * 2 ** (failures - 1), 10.0))
 
     async def download(
-        self, blob_id: str, total: int, sink: Callable[[bytes], None], progress: Progress | None
+        self, blob_id: str, total: int, sink: Sink, progress: Progress | None
     ) -> None:
         """Stream the blob into ``sink``; on a broken connection continue with ``Range``
         from the bytes already received. ProtocolError if the server sends more or other
@@ -393,7 +408,7 @@ class BlobClient:
         blob_id: str,
         start: int,
         total: int,
-        sink: Callable[[bytes], None],
+        sink: Sink,
         progress: Progress | None,
     ) -> int:
         headers = {"Range": f"bytes={start}-"} if start else {}
@@ -408,10 +423,14 @@ class BlobClient:
                 expected = 206 if start else 200
                 if resp.status_code != expected:
                     raise ProtocolError(f"server answered {resp.status_code} to a download")
+                if _advertised_total(resp) not in (None, total):
+                    raise DecryptionError("blob size does not match the file manifest")
                 async for piece in resp.aiter_raw():
                     if received + len(piece) > total:
                         raise DecryptionError("blob is longer than its manifest says")
-                    sink(piece)
+                    pending = sink(piece)
+                    if inspect.isawaitable(pending):
+                        await pending
                     received += len(piece)
                     if progress is not None:
                         progress(received, total)
@@ -422,6 +441,16 @@ class BlobClient:
                 return received
             raise ServerUnreachable(f"download failed ({type(exc).__name__})") from None
         return received
+
+
+def _advertised_total(resp: httpx.Response) -> int | None:
+    """The blob's full length according to a download response, if it says."""
+    try:
+        if resp.status_code == 206:
+            return int(resp.headers["Content-Range"].rsplit("/", 1)[1])
+        return int(resp.headers["Content-Length"])
+    except (KeyError, ValueError, IndexError):
+        return None
 
 
 async def _call(coro: Awaitable[httpx.Response]) -> httpx.Response:
@@ -510,28 +539,35 @@ class _CipherSource:
                 yield take(cs), False
             yield take(padded - n_nonfinal * cs), True
 
-    def ciphertext(self, skip: int) -> Iterator[bytes]:
-        """The blob's bytes from ``skip``, in pieces of about :data:`SEND_PIECE`."""
+    def ciphertext(self, skip: int) -> Generator[bytes, None, None]:
+        """The blob's bytes from ``skip``, one encrypted chunk at a time."""
         enc = AttachmentEncryptor(self.key, self.chunk_size)
         pos = 0
-        out = bytearray()
         for data, final in self._plain_chunks():
             ct = enc.encrypt_chunk(data, final)
             end = pos + len(ct)
             if end > skip:
-                out += ct[max(0, skip - pos) :] if pos < skip else ct
+                yield ct[skip - pos :] if pos < skip else ct
             pos = end
-            if len(out) >= SEND_PIECE:
-                yield bytes(out)
-                out.clear()
         self.digest = enc.digest
-        if out:
-            yield bytes(out)
 
     async def pieces(self, skip: int) -> AsyncIterator[bytes]:
-        for piece in self.ciphertext(skip):
-            yield piece
-            await asyncio.sleep(0)
+        """:meth:`ciphertext` produced in a worker thread one chunk ahead of the sender, so
+        reading, hashing and encrypting overlap with the socket writes (constant memory:
+        at most two chunks in flight)."""
+        it = self.ciphertext(skip)
+        fut: asyncio.Future[bytes | None] = asyncio.ensure_future(
+            asyncio.to_thread(next, it, None)
+        )
+        try:
+            while (piece := await fut) is not None:
+                fut = asyncio.ensure_future(asyncio.to_thread(next, it, None))
+                yield piece
+        finally:
+            if not fut.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(fut)
+            it.close()
 
     def final_digest(self) -> bytes:
         """The ciphertext digest; recomputed if the last upload pass ended early."""
@@ -594,7 +630,7 @@ async def send_file(
         source = _CipherSource(source_path, key, chunk_size, size)
         total = ciphertext_length(padme_size(size), chunk_size)
         blob_id = await blobs.create(total)
-        await blobs.upload(blob_id, total, source.pieces, progress)
+        await blobs.upload(blob_id, total, source.pieces, progress, offset=0)
         digest = source.final_digest()
     return FileManifest(
         blob_id=blob_id,
@@ -638,6 +674,41 @@ class _PlainSink:
             raise DecryptionError("attachment is shorter than its manifest says")
 
 
+class _Pipelined:
+    """Runs a blocking sink (decrypt + write) in a worker thread, one batch behind the
+    network reads, so decryption overlaps with receiving. Memory: two batches."""
+
+    def __init__(self, fn: Callable[[bytes], None], batch: int = PIPELINE_BATCH) -> None:
+        self.fn = fn
+        self.batch = batch
+        self.buf = bytearray()
+        self.pending: asyncio.Future[None] | None = None
+
+    async def feed(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= self.batch:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if self.pending is not None:
+            await self.pending
+        chunk = bytes(self.buf)
+        self.buf.clear()
+        self.pending = asyncio.ensure_future(asyncio.to_thread(self.fn, chunk))
+
+    async def drain(self) -> None:
+        if self.buf:
+            await self._submit()
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await pending
+
+    async def abort(self) -> None:
+        if self.pending is not None:
+            with contextlib.suppress(BaseException):
+                await self.pending
+
+
 async def receive_file(
     blobs: BlobClient,
     manifest: FileManifest,
@@ -659,7 +730,13 @@ async def receive_file(
     try:
         with os.fdopen(fd, "wb", buffering=1024 * 1024) as fh:
             sink = _PlainSink(manifest, fh)
-            await blobs.download(manifest.blob_id, manifest.blob_size, sink.feed, progress)
+            pipe = _Pipelined(sink.feed)
+            try:
+                await blobs.download(manifest.blob_id, manifest.blob_size, pipe.feed, progress)
+                await pipe.drain()
+            except BaseException:
+                await pipe.abort()
+                raise
             sink.finish(manifest.digest)
             fh.flush()
             os.fsync(fh.fileno())

@@ -192,8 +192,10 @@ class ReceiveLoop:
         handler: FrameHandler,
         *,
         backoff: Backoff | None = None,
+        on_connection: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.url = url
+        self._on_connection = on_connection
         self._token_provider = token_provider  # arg: force a fresh token
         self._handler = handler
         self._backoff = backoff or Backoff()
@@ -238,6 +240,8 @@ class ReceiveLoop:
             self.connected.set()
             self._backoff.reset()
             try:
+                if self._on_connection is not None:
+                    await self._on_connection(True)
                 await self._pump(ws)
             except ConnectionClosed as exc:
                 err = _close_error(exc)
@@ -246,11 +250,18 @@ class ReceiveLoop:
                     force_token = True
             except (OSError, WebSocketException) as exc:
                 self.last_error = ServerUnreachable(f"connection lost ({type(exc).__name__})")
+            except XChatError as exc:
+                # The handler failed before acknowledging (e.g. the local store refused):
+                # drop the connection; the server redelivers the unacked envelopes.
+                log.warning("receive handler failed: %s", exc)
+                self.last_error = exc
             finally:
                 self._ws = None
                 self.connected.clear()
                 with contextlib.suppress(Exception):
                     await ws.close()
+                if self._on_connection is not None and not self._stopped:
+                    await self._on_connection(False)
             if not self._stopped:
                 await asyncio.sleep(self._backoff.next_delay())
 

@@ -74,6 +74,7 @@ _UPDATE_HEAD: Final = struct.Struct(f">B16sI{IDENTITY_KEY_LEN}sH")
 _STATE_HEAD: Final = struct.Struct(">B16sI32s")
 _U8: Final = struct.Struct(">B")
 _U16: Final = struct.Struct(">H")
+_U32: Final = struct.Struct(">I")
 #: Largest encoded update: head, CREATE with the longest name, MAX_MEMBERS ADDs, signature.
 MAX_UPDATE_LEN: Final = (
     _UPDATE_HEAD.size + 2 + MAX_NAME_BYTES + MAX_MEMBERS * (1 + IDENTITY_KEY_LEN) + SIGNATURE_LEN
@@ -229,13 +230,14 @@ class GroupUpdate:
             raise DecodeError("bad group operation count")
         author = IdentityPublicKey.decode(author_raw)
         body = data[:-SIGNATURE_LEN]
+        # signature first: a forgery costs one verify, not up to 1,000 key decodings
+        author.verify(data[-SIGNATURE_LEN:], LABEL_UPDATE_SIGNATURE + body)
         offset, ops = _UPDATE_HEAD.size, []
         for _ in range(n_ops):
             op, offset = _decode_op(body, offset)
             ops.append(op)
         if offset != len(body):
             raise DecodeError("trailing bytes in group update")
-        author.verify(data[-SIGNATURE_LEN:], LABEL_UPDATE_SIGNATURE + body)
         raw = bytes(data)
         return cls(group_id, parent_version, author, tuple(ops), raw, _update_hash(raw))
 
@@ -522,6 +524,65 @@ class GroupHistory:
             self._by_round[v][d] for v in sorted(self._by_round) for d in sorted(self._by_round[v])
         ]
 
+    def to_bytes(self) -> bytes:
+        """``0x01 || u32 len || base snapshot || u32 n || (u32 len || update)*`` (§5.4)."""
+        base = self.base.encode()
+        parts = [bytes([STATE_VERSION]), _U32.pack(len(base)), base]
+        held = self.updates()
+        parts.append(_U32.pack(len(held)))
+        for update in held:
+            parts.append(_U32.pack(len(update.raw)) + update.raw)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> GroupHistory:
+        """Inverse of :meth:`to_bytes`; every update's signature is checked again."""
+        if not data or data[0] != STATE_VERSION:
+            raise UnsupportedVersion("unknown group history version")
+        base, offset = _read_chunk(data, 1)
+        if len(data) - offset < 4:
+            raise DecodeError("group history truncated")
+        (count,) = _U32.unpack_from(data, offset)
+        offset += 4
+        history = cls(GroupState.decode(base))
+        for _ in range(count):
+            raw, offset = _read_chunk(data, offset)
+            update = GroupUpdate.decode(raw)
+            if update.group_id != history.base.group_id:
+                raise DecodeError("group history holds another group's update")
+            if update.parent_version < history.base.version:
+                raise DecodeError("group history holds an update before its base")
+            history._by_round.setdefault(update.parent_version, {})[update.digest] = update
+        if offset != len(data):
+            raise DecodeError("trailing bytes after group history")
+        history._fold()
+        return history
+
+
+def _read_chunk(data: bytes, offset: int) -> tuple[bytes, int]:
+    """``u32 len || bytes`` at ``offset``."""
+    if len(data) - offset < 4:
+        raise DecodeError("group history truncated")
+    (length,) = _U32.unpack_from(data, offset)
+    chunk = data[offset + 4 : offset + 4 + length]
+    if len(chunk) != length:
+        raise DecodeError("group history truncated")
+    return chunk, offset + 4 + length
+
+
+def accept_welcome(snapshot: bytes, sender_address: str, own_address: str) -> GroupHistory:
+    """Start a history from the snapshot an admin sent us when adding us (§5.3).
+
+    ``sender_address`` is the pairwise-authenticated sender of the welcome; it must be an
+    admin of the snapshot, and we must be a member (UnauthorizedGroupChange otherwise).
+    """
+    state = GroupState.decode(snapshot)
+    if sender_address not in state.admins:
+        raise UnauthorizedGroupChange("group welcome not sent by an admin of the group")
+    if own_address not in state.members:
+        raise UnauthorizedGroupChange("group welcome does not list us as a member")
+    return GroupHistory(state)
+
 
 # --- creating a group -------------------------------------------------------------------
 
@@ -598,6 +659,7 @@ __all__ = [
     "GroupUpdate",
     "KeyPlan",
     "OpType",
+    "accept_welcome",
     "apply",
     "apply_round",
     "create_group",

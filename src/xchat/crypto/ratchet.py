@@ -86,11 +86,6 @@ def message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
     return out[:32], out[32:]
 
 
-def _seal(message_key: bytes, plaintext: bytes, ad: bytes) -> bytes:
-    out = HKDFExpand(_SHA256, _MK_LEN, C.MESSAGE_KEYS_INFO).derive(message_key)
-    return AESGCM(out[:32]).encrypt(out[32:], plaintext, ad)
-
-
 def _open(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     out = HKDFExpand(_SHA256, _MK_LEN, C.MESSAGE_KEYS_INFO).derive(message_key)
     try:
@@ -102,6 +97,13 @@ def _open(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
 def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:  # all-zero output: low-order point
+        raise DecryptionError("invalid ratchet key") from None
+
+
+def _dh_key(private: X25519PrivateKey, public: X25519PublicKey) -> bytes:
+    try:
+        return private.exchange(public)
     except ValueError:  # all-zero output: low-order point
         raise DecryptionError("invalid ratchet key") from None
 
@@ -300,13 +302,14 @@ class RatchetState:
             _skip(self.ckr, old_dhr, self.nr, pn, new_skipped)
         if n > C.MAX_SKIP:
             raise TooManySkipped("message counter too far ahead")
-        rk, ckr = kdf_rk(self.rk, _dh(self.dhs, dh))
+        peer = X25519PublicKey.from_public_bytes(dh)  # parsed once, used for both DHs
+        rk, ckr = kdf_rk(self.rk, _dh_key(self.dhs, peer))
         ckr = _skip(ckr, dh, 0, n, new_skipped)
         ckr, mk = kdf_ck(ckr)
         plaintext = _open(mk, ciphertext, ad)
         # authenticated: now take the second half of the step and commit
         dhs, dhs_pub = _new_keypair(rng)
-        rk, cks = kdf_rk(rk, _dh(dhs, dh))
+        rk, cks = kdf_rk(rk, _dh_key(dhs, peer))
         if old_dhr is not None:
             self.previous_dhr.append(old_dhr)
             del self.previous_dhr[: -C.MAX_PREVIOUS_RATCHET_KEYS]

@@ -58,6 +58,9 @@ from xchat.errors import (
 
 #: Version byte of a sender-key message.
 MESSAGE_VERSION: Final = 0x01
+#: Proposed ``content_type`` for ``sealed.seal_multi`` when the content is a sender-key
+#: message (0x01 is a pairwise session message); groups.md §7.
+SEALED_CONTENT_TYPE: Final = 0x02
 #: Version byte of a sender-key distribution message.
 DISTRIBUTION_VERSION: Final = 0x01
 #: Version byte of a serialized :class:`SenderKeyState` / :class:`SenderKeyRecord`.

@@ -33,7 +33,9 @@ class Fanout(abc.ABC):
         """Stop routing to ``sock`` (no-op if another socket has replaced it)."""
 
     @abc.abstractmethod
-    def deliver(self, device_ref: int, seq: int, envelope_id: bytes, ts_ms: int, content: bytes) -> bool:
+    def deliver(
+        self, device_ref: int, seq: int, envelope_id: bytes, ts_ms: int, content: bytes
+    ) -> bool:
         """Push one committed envelope; False when the device has no socket (it stays
         queued for a later fetch)."""
 

@@ -19,7 +19,9 @@ class LocalFanout(Fanout):
         if self._sockets.get(device_ref) is sock:
             del self._sockets[device_ref]
 
-    def deliver(self, device_ref: int, seq: int, envelope_id: bytes, ts_ms: int, content: bytes) -> bool:
+    def deliver(
+        self, device_ref: int, seq: int, envelope_id: bytes, ts_ms: int, content: bytes
+    ) -> bool:
         sock = self._sockets.get(device_ref)
         if sock is None:
             return False

@@ -40,7 +40,9 @@ class _BodyTooLarge(Exception):
 
 async def _plain_json(send: Send, status: int, body: bytes, extra: list[Any] | None = None) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
     await send({"type": "http.response.body", "body": body})
 
 

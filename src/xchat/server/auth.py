@@ -127,7 +127,9 @@ class Tokens:
             raise ApiError(401, "device revoked or re-registered")
         return device, expires
 
-    def from_header(self, header: str | None, store: Store, now_ms: int) -> tuple[DeviceRecord, int]:
+    def from_header(
+        self, header: str | None, store: Store, now_ms: int
+    ) -> tuple[DeviceRecord, int]:
         if not header or not header.startswith("Bearer "):
             raise ApiError(401, "missing bearer token")
         return self.verify(header[7:].strip(), store, now_ms)

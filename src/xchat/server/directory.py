@@ -49,12 +49,13 @@ def current_device(request: Request) -> DeviceRecord:
     return device
 
 
+CURRENT_DEVICE = Depends(current_device)
+
+
 def normalize_handle(handle: str) -> str:
     h = handle.strip().lstrip("@").lower()
     if not HANDLE_RE.match(h):
-        raise ApiError(
-            400, "handle must be 3-32 chars of a-z, 0-9, _ and start with a letter"
-        )
+        raise ApiError(400, "handle must be 3-32 chars of a-z, 0-9, _ and start with a letter")
     return h
 
 
@@ -80,7 +81,9 @@ def _verify(identity: IdentityPublicKey, signature: bytes, message: bytes, what:
         raise ApiError(401, f"{what}: bad signature") from None
 
 
-def _signed(k: m.SignedKeyModel, identity: IdentityPublicKey, prefix: int, n: int, what: str) -> SignedKey:
+def _signed(
+    k: m.SignedKeyModel, identity: IdentityPublicKey, prefix: int, n: int, what: str
+) -> SignedKey:
     key = m.b64(k.key, f"{what}.key", n)
     if key[0] != prefix:
         raise ApiError(400, f"{what}.key: wrong key type byte")
@@ -160,7 +163,9 @@ async def register(body: m.RegisterIn, request: Request) -> m.RegisterOut:
     if handle is not None:
         await _set_handle(relay, address, handle)
     token, expires = relay.tokens.issue(device, now)
-    return m.RegisterOut(address=address, device_id=device.device_id, token=token, expires_ms=expires)
+    return m.RegisterOut(
+        address=address, device_id=device.device_id, token=token, expires_ms=expires
+    )
 
 
 @router.post("/auth", response_model=m.TokenOut)
@@ -190,7 +195,7 @@ async def _set_handle(relay: Relay, address: str, handle: str | None) -> None:
 
 @router.put("/handle", response_model=m.AccountOut)
 async def put_handle(
-    body: m.HandleIn, request: Request, device: DeviceRecord = Depends(current_device)
+    body: m.HandleIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.AccountOut:
     relay = relay_of(request)
     handle = normalize_handle(body.handle) if body.handle else None
@@ -224,7 +229,7 @@ async def get_account(address: str, request: Request) -> m.AccountOut:
 
 @router.put("/keys", response_model=m.KeyCount)
 async def put_keys(
-    body: m.PreKeyUpload, request: Request, device: DeviceRecord = Depends(current_device)
+    body: m.PreKeyUpload, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.KeyCount:
     relay = relay_of(request)
     acct = relay.store.get_account(device.address)
@@ -235,14 +240,14 @@ async def put_keys(
 
 
 @router.get("/keys/count", response_model=m.KeyCount)
-async def key_count(request: Request, device: DeviceRecord = Depends(current_device)) -> m.KeyCount:
+async def key_count(request: Request, device: DeviceRecord = CURRENT_DEVICE) -> m.KeyCount:
     ec, kem = await relay_of(request).store.count_prekeys(device.ref)
     return m.KeyCount(ec=ec, kem=kem)
 
 
 @router.get("/bundles/{address}", response_model=m.BundleOut)
 async def get_bundle(
-    address: str, request: Request, device: DeviceRecord = Depends(current_device)
+    address: str, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.BundleOut:
     relay = relay_of(request)
     acct = _lookup_address(relay, address)
@@ -280,7 +285,7 @@ async def get_bundle(
 
 @router.put("/delivery-token", response_model=m.Ok)
 async def put_delivery_token(
-    body: m.DeliveryTokenIn, request: Request, device: DeviceRecord = Depends(current_device)
+    body: m.DeliveryTokenIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.Ok:
     token_hash = m.b64(body.token_hash, "token_hash", 32)
     await relay_of(request).store.set_token_hash(device.address, token_hash)
@@ -289,7 +294,7 @@ async def put_delivery_token(
 
 @router.get("/sender-certificate", response_model=m.CertificateOut)
 async def sender_certificate(
-    request: Request, device: DeviceRecord = Depends(current_device)
+    request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.CertificateOut:
     relay = relay_of(request)
     acct = relay.store.get_account(device.address)

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
 from xchat.crypto.keys import is_address, normalize_address
 from xchat.errors import ApiError
 from xchat.protocol.frames import PowAccess, TokenAccess
 from xchat.server import models as m
-from xchat.server.directory import current_device, relay_of
+from xchat.server.directory import CURRENT_DEVICE, relay_of
 from xchat.server.limits import ip_bucket
 from xchat.server.relay import Access, SendDest, now_ms
 from xchat.storage.base import DeviceRecord
@@ -52,7 +52,7 @@ async def send(body: m.SendIn, request: Request) -> m.Ok:
 async def fetch(
     request: Request,
     limit: int = Query(default=100, ge=1, le=10_000),
-    device: DeviceRecord = Depends(current_device),
+    device: DeviceRecord = CURRENT_DEVICE,
 ) -> m.FetchOut:
     relay = relay_of(request)
     limit = min(limit, relay.config.max_fetch)
@@ -68,7 +68,7 @@ async def fetch(
 
 @router.delete("/messages/{envelope_id}", response_model=m.AckOut)
 async def delete_one(
-    envelope_id: str, request: Request, device: DeviceRecord = Depends(current_device)
+    envelope_id: str, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.AckOut:
     eid = m.b64url(envelope_id, "envelope id", 16)
     deleted = await relay_of(request).store.ack(device.ref, [eid])
@@ -76,9 +76,7 @@ async def delete_one(
 
 
 @router.post("/messages/ack", response_model=m.AckOut)
-async def ack(
-    body: m.AckIn, request: Request, device: DeviceRecord = Depends(current_device)
-) -> m.AckOut:
+async def ack(body: m.AckIn, request: Request, device: DeviceRecord = CURRENT_DEVICE) -> m.AckOut:
     ids = [m.b64(i, "envelope id", 16) for i in body.ids]
     deleted = await relay_of(request).store.ack(device.ref, ids) if ids else 0
     return m.AckOut(deleted=deleted)

@@ -14,6 +14,7 @@ DRAINED is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,8 +22,8 @@ from fastapi import APIRouter, WebSocket
 
 from xchat.errors import ApiError, DecodeError
 from xchat.protocol import frames as F
-from xchat.server.relay import Relay, SendDest, error_text, now_ms
 from xchat.server.limits import ip_bucket
+from xchat.server.relay import Relay, SendDest, error_text, now_ms
 from xchat.storage.base import DeviceRecord
 
 log = logging.getLogger("xchat.server.ws")
@@ -38,8 +39,8 @@ class DeviceConnection:
     """State of one accepted socket; implements :class:`xchat.fanout.base.DeviceSocket`."""
 
     __slots__ = (
-        "buffer",
         "bucket",
+        "buffer",
         "closed",
         "device",
         "expiry",
@@ -213,10 +214,8 @@ class DeviceConnection:
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    try:
+    with contextlib.suppress(Exception):  # already closed by the peer
         await ws.close(code, reason)
-    except Exception:  # already closed by the peer
-        pass
 
 
 @router.websocket("/api/v1/ws")

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from xchat.crypto.pow import stamp_ok
 from xchat.errors import ApiError
 from xchat.fanout.base import Fanout
 from xchat.fanout.local import LocalFanout
 from xchat.protocol.frames import PowAccess, TokenAccess
-from xchat.crypto.pow import stamp_ok
 from xchat.server.auth import Challenges, ServerSecrets, Tokens
 from xchat.server.config import ServerConfig
 from xchat.server.limits import RateLimiter

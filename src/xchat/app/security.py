@@ -1,0 +1,149 @@
+"""The local web app's front door: who may talk to the in-process client (docs/app-readme.md).
+
+The app serves one user's keys on a loopback port, so every other program on the machine
+and every web page the user visits is a potential attacker. This ASGI middleware runs in
+front of every route and enforces, in order:
+
+1. ``Host`` must be exactly ``127.0.0.1:PORT`` or ``localhost:PORT`` (DNS rebinding: a
+   hostile domain re-pointed at 127.0.0.1 still sends its own name) -> 403.
+2. ``Origin``, when present, must be exactly ``http://127.0.0.1:PORT`` or
+   ``http://localhost:PORT``; ``Sec-Fetch-Site``, when present, must be ``same-origin`` or
+   ``none`` -> 403. (Cross-site reads are also blocked by the absence of CORS headers.)
+3. ``/api/*`` needs the per-launch secret in ``X-XChat-Secret``, compared in constant time
+   with :func:`hmac.compare_digest` -> 401. The secret travels in the URL *fragment*, which
+   browsers never send to servers or in ``Referer``.
+4. ``/api/*`` accepts only GET (reads) and POST with ``Content-Type: application/json``
+   (writes): an HTML form cannot produce that without a CORS preflight, which we never
+   answer -> 405 / 415.
+
+Every response gets a strict CSP (no inline script, nothing from elsewhere),
+``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer``, ``nosniff``, COOP/CORP, and
+``Cache-Control: no-store``; any ``Access-Control-*`` header is stripped on the way out.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+SECRET_HEADER = "x-xchat-secret"
+SECRET_BYTES = 32
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
+    (b"cache-control", b"no-store"),
+]
+
+
+class Guard:
+    """ASGI middleware enforcing the rules in the module docstring."""
+
+    def __init__(self, app: ASGIApp, secret: str, port: int) -> None:
+        self.app = app
+        self._secret = secret.encode("ascii")
+        self.port = port
+        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+        self.origins = {f"http://{h}" for h in self.hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websockets here: events go over SSE
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4403})
+            return
+        headers = _headers(scope)
+        status, reason = self.check(scope["method"], scope["path"], headers, scope.get("client"))
+        if status:
+            await _deny(send, status, reason)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if not k.lower().startswith(b"access-control-")
+                    and k.lower() not in {h for h, _ in SECURITY_HEADERS}
+                ]
+                message["headers"] = kept + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
+
+    def check(
+        self, method: str, path: str, headers: dict[str, str], client: Any = None
+    ) -> tuple[int, str]:
+        """(0, "") if the request may pass, else (status, reason)."""
+        if client is not None and client[0] not in ("127.0.0.1", "::1"):
+            return 403, "loopback only"
+        if headers.get("host") not in self.hosts:
+            return 403, "bad Host header"
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.origins:
+            return 403, "foreign Origin"
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return 403, "cross-site request"
+        if not path.startswith("/api/"):
+            if method not in ("GET", "HEAD"):
+                return 405, "method not allowed"
+            return 0, ""
+        given = headers.get(SECRET_HEADER, "").encode("ascii", "replace")
+        if not hmac.compare_digest(given, self._secret):
+            return 401, "missing or wrong app secret"
+        if method == "GET":
+            return 0, ""
+        if method != "POST":
+            return 405, "method not allowed"
+        ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            return 415, "POST bodies must be application/json"
+        return 0, ""
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in scope.get("headers", []):
+        name = k.decode("latin-1").lower()
+        if name in out:  # a repeated security header is suspicious: make it fail closed
+            out[name] = "\x00duplicate"
+        else:
+            out[name] = v.decode("latin-1")
+    return out
+
+
+async def _deny(send: Send, status: int, reason: str) -> None:
+    body = json.dumps({"error": reason}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
