@@ -28,6 +28,8 @@ LABELS = {
     "synapse": "Matrix Synapse",
     "forwarder": "bare forwarder (4 frames/msg)",
     "group": "XChat groups",
+    "groups": "XChat groups",
+    "files": "XChat files (E2EE)",
     "crypto": "XChat crypto",
 }
 
@@ -45,11 +47,40 @@ def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _num(row: Mapping[str, Any], *keys: str) -> float | None:
+    """First numeric value among `keys`; a {"median": x} dict counts as x."""
     for k in keys:
         v = row.get(k)
+        if isinstance(v, Mapping):
+            v = v.get("median")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
     return None
+
+
+def load_points(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Load-curve rows of a doc: its `curve`, else top-level windows shaped like
+    {"msgs_per_s", "p50_ms", "p99_ms", "offered_rate"} (offered_rate None = closed loop).
+    """
+    rows = doc.get("curve")
+    if isinstance(rows, list) and any(isinstance(r, Mapping) and "offered" in r for r in rows):
+        return [r for r in rows if isinstance(r, Mapping)]
+    out: list[dict[str, Any]] = []
+    for val in doc.values():
+        if not isinstance(val, Mapping) or _num(val, "msgs_per_s") is None:
+            continue
+        if "offered_rate" not in val and "offered" not in val:
+            continue
+        offered = _num(val, "offered_rate", "offered")
+        out.append(
+            {
+                "offered": offered if offered is not None else val["msgs_per_s"],
+                "achieved": val["msgs_per_s"],
+                "p50_ms": val.get("p50_ms"),
+                "p99_ms": val.get("p99_ms"),
+                "closed_loop": offered is None,
+            }
+        )
+    return out
 
 
 def load_curves(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:
@@ -78,7 +109,7 @@ def load_curves(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[st
             series[label] = sorted(pts, key=lambda p: p["offered"])
 
     for name, doc in docs.items():
-        add(LABELS.get(name, name), doc.get("curve"))
+        add(LABELS.get(name, name), load_points(doc))
         extra = doc.get("extra_curves")
         if isinstance(extra, Mapping):
             for label, rows in extra.items():
@@ -87,14 +118,28 @@ def load_curves(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[st
 
 
 def grouped(
-    docs: Mapping[str, Mapping[str, Any]], key: str, x: Iterable[str], y: Iterable[str]
+    docs: Mapping[str, Mapping[str, Any]],
+    keys: str | Iterable[str],
+    x: Iterable[str],
+    y: Iterable[str],
 ) -> dict[str, list[tuple[float, float]]]:
-    """Series label -> sorted (x, y) from every doc's `key` list; row["series"] splits series."""
+    """Series label -> sorted (x, y) from every doc's list under the first of `keys` that
+    holds rows with both an x and a y field; row["series"] splits one file into series.
+    """
     xs, ys = tuple(x), tuple(y)
+    names = (keys,) if isinstance(keys, str) else tuple(keys)
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for name, doc in docs.items():
-        rows = doc.get(key)
-        for row in rows if isinstance(rows, list) else []:
+        rows: Any = []
+        for key in names:
+            cand = doc.get(key)
+            if isinstance(cand, list) and any(
+                isinstance(r, Mapping) and _num(r, *xs) is not None and _num(r, *ys) is not None
+                for r in cand
+            ):
+                rows = cand
+                break
+        for row in rows:
             if not isinstance(row, Mapping):
                 continue
             xv, yv = _num(row, *xs), _num(row, *ys)
@@ -204,20 +249,33 @@ def make_plots(results_dir: Path = common.RESULTS_DIR) -> list[Path]:
     sub = f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '')}".strip(", ")
     made = plot_load(load_curves(docs), results_dir, sub)
     rss = grouped(docs, "rss_curve", ["connections"], ["rss_mb"])
+    for name, doc in docs.items():  # relay_bench's single "idle" measurement: two points
+        idle = doc.get("idle")
+        if name not in rss and isinstance(idle, Mapping):
+            n, kib0, kib1 = (
+                _num(idle, k) for k in ("connections", "rss_before_kib", "rss_after_kib")
+            )
+            if n and kib0 and kib1:
+                rss[LABELS.get(name, name)] = [(0.0, kib0 / 1024), (n, kib1 / 1024)]
     made += plot_xy(
         rss,
         results_dir / "rss.png",
         ("Server RSS vs idle connections", "idle connections", "RSS MiB"),
         sub,
     )
-    group = grouped(docs, "group_curve", ["group_size"], ["ms_per_send"])
+    group = grouped(
+        docs,
+        ["group_curve", "group_send"],
+        ["group_size", "members"],
+        ["ms_per_send", "client_cpu_ms_per_message"],
+    )
     made += plot_xy(
         group,
         results_dir / "group.png",
         ("Group send cost vs group size", "group members", "ms per send"),
         sub,
     )
-    files = grouped(docs, "file_curve", ["size_bytes"], ["mb_per_s"])
+    files = grouped(docs, ["file_curve", "curve"], ["size_bytes"], ["mb_per_s", "mbps"])
     made += plot_xy(
         files,
         results_dir / "files.png",

@@ -169,22 +169,21 @@ def test_chat_and_profile_lock(server: ServerProcess, tmp_path: Path) -> None:
     ok(xchat(b, "account", "create", "--server", server.url, "--handle", hb))
     env = {**os.environ, "XCHAT_NO_KEYRING": "1",
            "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "xchat", "--profile", str(a), "chat", f"@{hb}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env,
-    )
-    try:
-        assert proc.stderr is not None and proc.stdin is not None
-        assert "chatting with" in proc.stderr.readline()  # running: the profile is held
-        r = xchat(a, "whoami")
-        assert "in use" in one_error_line(r) and r.returncode == 5
-        proc.stdin.write("line one\nline two\n")
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    ) as proc:
+        try:
+            assert proc.stderr is not None and proc.stdin is not None
+            assert "chatting with" in proc.stderr.readline()  # running: profile is held
+            r = xchat(a, "whoami")
+            assert "in use" in one_error_line(r) and r.returncode == 5
+            proc.stdin.write("line one\nline two\n")
+            proc.stdin.close()
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     texts = [json.loads(x)["text"] for x in ok(xchat(b, "recv", "--json")).splitlines()]
     assert texts == ["line one", "line two"]
