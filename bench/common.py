@@ -290,6 +290,46 @@ def get_metric(doc: Mapping[str, Any], *keys: str) -> float | None:
     return None
 
 
+# --------------------------------------------------------------------------- result shapes
+
+
+def num_field(row: Mapping[str, Any], *keys: str) -> float | None:
+    """First numeric value among `keys`; a {"median": x} dict counts as x."""
+    for k in keys:
+        v = row.get(k)
+        if isinstance(v, Mapping):
+            v = v.get("median")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+def load_points(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Load-curve rows of a doc: its `curve`, else top-level windows shaped like
+    {"msgs_per_s", "p50_ms", "p99_ms", "offered_rate"} (offered_rate None = closed loop).
+    """
+    rows = doc.get("curve")
+    if isinstance(rows, list) and any(isinstance(r, Mapping) and "offered" in r for r in rows):
+        return [r for r in rows if isinstance(r, Mapping)]
+    out: list[dict[str, Any]] = []
+    for val in doc.values():
+        if not isinstance(val, Mapping) or num_field(val, "msgs_per_s") is None:
+            continue
+        if "offered_rate" not in val and "offered" not in val:
+            continue
+        offered = num_field(val, "offered_rate", "offered")
+        out.append(
+            {
+                "offered": offered if offered is not None else val["msgs_per_s"],
+                "achieved": val["msgs_per_s"],
+                "p50_ms": val.get("p50_ms"),
+                "p99_ms": val.get("p99_ms"),
+                "closed_loop": offered is None,
+            }
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- markdown
 
 

@@ -13,7 +13,9 @@ Through a real relay process on loopback (``xchat.testing.running_server``) it m
 * peak RSS of the client (this process) and of the relay process.
 
 Throughput = file bytes / wall time of the whole round trip (upload then download, run
-one after the other). Results go to ``bench/results/files.json``.
+one after the other). Results go to ``bench/results/files.json``. Both the relay's blobs
+and the client's files live under ``$TMPDIR`` (``TMPDIR=/dev/shm`` takes the disk out of
+the measurement; ``workdir`` and the load average are recorded).
 """
 
 from __future__ import annotations
@@ -181,6 +183,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
         },
+        "workdir": tempfile.gettempdir(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "size_mb": args.size_mb,
         "chunk_size": xf.FILE_CHUNK_SIZE,
         **results,

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     doc["curve"] = main_mode["curve"]
     if four and bare:
-        doc["extra_curves"] = {"forwarder (bare, 1 frame)": bare["curve"]}
+        doc["extra_curves"] = {"forwarder (bare, 1 frame/msg)": bare["curve"]}
     doc["notes"] = [
         "Server and load generator are separate processes, each one uvloop event loop.",
         "msgs_per_s (four-frame) counts messages whose sender ack came back.",

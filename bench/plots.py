@@ -26,7 +26,7 @@ import common
 LABELS = {
     "relay": "XChat relay",
     "synapse": "Matrix Synapse",
-    "forwarder": "bare forwarder (4 frames/msg)",
+    "forwarder": "forwarder (4 frames/msg)",
     "group": "XChat groups",
     "groups": "XChat groups",
     "files": "XChat files (E2EE)",
@@ -46,41 +46,8 @@ def load_results(results_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _num(row: Mapping[str, Any], *keys: str) -> float | None:
-    """First numeric value among `keys`; a {"median": x} dict counts as x."""
-    for k in keys:
-        v = row.get(k)
-        if isinstance(v, Mapping):
-            v = v.get("median")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-    return None
-
-
-def load_points(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Load-curve rows of a doc: its `curve`, else top-level windows shaped like
-    {"msgs_per_s", "p50_ms", "p99_ms", "offered_rate"} (offered_rate None = closed loop).
-    """
-    rows = doc.get("curve")
-    if isinstance(rows, list) and any(isinstance(r, Mapping) and "offered" in r for r in rows):
-        return [r for r in rows if isinstance(r, Mapping)]
-    out: list[dict[str, Any]] = []
-    for val in doc.values():
-        if not isinstance(val, Mapping) or _num(val, "msgs_per_s") is None:
-            continue
-        if "offered_rate" not in val and "offered" not in val:
-            continue
-        offered = _num(val, "offered_rate", "offered")
-        out.append(
-            {
-                "offered": offered if offered is not None else val["msgs_per_s"],
-                "achieved": val["msgs_per_s"],
-                "p50_ms": val.get("p50_ms"),
-                "p99_ms": val.get("p99_ms"),
-                "closed_loop": offered is None,
-            }
-        )
-    return out
+_num = common.num_field
+load_points = common.load_points
 
 
 def load_curves(docs: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:
@@ -245,13 +212,14 @@ def make_plots(results_dir: Path = common.RESULTS_DIR) -> list[Path]:
     docs = load_results(results_dir)
     if not docs:
         return []
-    machine = next((d["machine"] for d in docs.values() if isinstance(d.get("machine"), dict)), {})
+    machines = [d["machine"] for d in docs.values() if isinstance(d.get("machine"), dict)]
+    machine = max(machines, key=len, default={})
     sub = f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '')}".strip(", ")
     made = plot_load(load_curves(docs), results_dir, sub)
     rss = grouped(docs, "rss_curve", ["connections"], ["rss_mb"])
     for name, doc in docs.items():  # relay_bench's single "idle" measurement: two points
         idle = doc.get("idle")
-        if name not in rss and isinstance(idle, Mapping):
+        if LABELS.get(name, name) not in rss and isinstance(idle, Mapping):
             n, kib0, kib1 = (
                 _num(idle, k) for k in ("connections", "rss_before_kib", "rss_after_kib")
             )

@@ -25,25 +25,28 @@ from typing import Any
 
 import common
 
-#: (result name, script). Synapse runs before the relay so its max rate is known first.
-BENCHMARKS: tuple[tuple[str, str], ...] = (
-    ("crypto", "crypto_bench.py"),
-    ("group", "group_bench.py"),
-    ("forwarder", "forwarder_bench.py"),
-    ("synapse", "synapse_bench.py"),
-    ("relay", "relay_bench.py"),
+#: (result name, script, other file names the script may use). Synapse runs before the
+#: relay so its max rate is known first.
+BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("crypto", "crypto_bench.py", ()),
+    ("group", "group_bench.py", ("groups",)),
+    ("files", "file_bench.py", ("file",)),
+    ("forwarder", "forwarder_bench.py", ()),
+    ("synapse", "synapse_bench.py", ()),
+    ("relay", "relay_bench.py", ()),
 )
 
 TITLES = {
     "crypto": "Crypto core vs vodozemac (Olm)",
     "group": "Groups vs vodozemac (Megolm)",
+    "files": "Encrypted file transfer",
     "forwarder": "Raw floor: bare websockets forwarder",
     "synapse": "Peer: Matrix Synapse",
     "relay": "XChat relay",
 }
 
-MSGS_KEYS = ("msgs_per_s", "throughput_msgs_per_s", "throughput.msgs_per_s", "msgs_per_sec")
-P99_KEYS = ("p99_ms", "latency.p99_ms", "latency_p99_ms")
+MSGS_KEYS = ("msgs_per_s", "max_load.msgs_per_s", "throughput_msgs_per_s", "msgs_per_sec")
+P99_KEYS = ("p99_ms", "max_load.p99_ms", "latency.p99_ms", "latency_p99_ms")
 CPU_MS_KEYS = ("cpu_ms_per_msg", "server_cpu_ms_per_msg")
 CPU_US_KEYS = ("cpu_us_per_msg", "server_cpu_us_per_msg")
 
@@ -71,15 +74,26 @@ class Outcome:
 # --------------------------------------------------------------------------- running
 
 
-def result_file(name: str, script: str, results_dir: Path) -> Path:
-    """results/<name>.json, or results/<script stem>.json if a script named it that way."""
+def result_file(name: str, script: str, results_dir: Path, alts: tuple[str, ...] = ()) -> Path:
+    """results/<name>.json, or the first existing alternative (<script stem>.json, alts)."""
     primary = results_dir / f"{name}.json"
-    alt = results_dir / f"{Path(script).stem}.json"
-    return alt if alt.exists() and not primary.exists() else primary
+    if primary.exists():
+        return primary
+    for stem in (*alts, Path(script).stem):
+        alt = results_dir / f"{stem}.json"
+        if alt.exists():
+            return alt
+    return primary
 
 
 def run_one(
-    name: str, script: str, quick: bool, timeout: float, results_dir: Path, bench_dir: Path
+    name: str,
+    script: str,
+    alts: tuple[str, ...],
+    quick: bool,
+    timeout: float,
+    results_dir: Path,
+    bench_dir: Path,
 ) -> Outcome:
     path = bench_dir / script
     if not path.exists():
@@ -100,7 +114,7 @@ def run_one(
     if rc != 0:
         print(f"   FAILED rc={rc}\n{tail}", flush=True)
         return Outcome(name, script, "failed", secs, f"exit code {rc}: {tail.splitlines()[-1:]}")
-    res = result_file(name, script, results_dir)
+    res = result_file(name, script, results_dir, alts)
     if not res.exists() or res.stat().st_mtime < t0 - 1:
         return Outcome(name, script, "no-results", secs, f"{res.name} not written")
     print(f"   ok in {secs:.0f} s", flush=True)
@@ -112,14 +126,13 @@ def run_one(
 
 def relay_p99_at(relay: Mapping[str, Any], rate: float) -> tuple[float | None, str]:
     """Relay p99 at an offered load of `rate` msgs/s, and how it was obtained."""
-    curve = relay.get("curve")
     pts = []
-    for row in curve if isinstance(curve, list) else []:
-        if isinstance(row, Mapping) and not row.get("closed_loop"):
-            off = row.get("offered")
-            p99 = row.get("p99_ms", row.get("p99"))
-            if isinstance(off, (int, float)) and isinstance(p99, (int, float)):
-                pts.append((float(off), float(p99)))
+    for row in common.load_points(relay):
+        if not row.get("closed_loop"):
+            off = common.num_field(row, "offered")
+            p99 = common.num_field(row, "p99_ms", "p99")
+            if off is not None and p99 is not None:
+                pts.append((off, p99))
     if pts:
         how = "interpolated on relay curve"
         if rate < min(p[0] for p in pts):
@@ -306,15 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
     docs: dict[str, dict[str, Any]] = {}
-    for name, script in BENCHMARKS:
+    stored: list[Outcome] = []  # not selected this run: their JSON still feeds the ratios
+    for name, script, alts in BENCHMARKS:
+        path = result_file(name, script, args.results, alts)
         if (only and name not in only) or name in skip:
+            doc = common.read_json(path)
+            if doc is not None:
+                docs[name] = doc
+                when = doc.get("finished_at") or doc.get("started_at") or "unknown time"
+                stored.append(Outcome(name, script, "stored", detail=f"{path.name} from {when}"))
             continue
         if args.no_run:
-            o = Outcome(name, script, "not-run", detail="--no-run: existing results")
+            o = Outcome(name, script, "not-run", detail=f"--no-run: stored {path.name}")
         else:
-            o = run_one(name, script, args.quick, timeout, args.results, common.BENCH_DIR)
+            o = run_one(name, script, alts, args.quick, timeout, args.results, common.BENCH_DIR)
+            path = result_file(name, script, args.results, alts)
         outcomes.append(o)
-        doc = common.read_json(result_file(name, script, args.results))
+        doc = common.read_json(path)
         if doc is not None and o.status in ("ok", "not-run"):
             docs[name] = doc
         elif o.status == "not-run":
@@ -329,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as e:
             print(f"plots skipped: {e}", file=sys.stderr)
     md = args.markdown
-    common.write_section(md, "header", render_header(args, outcomes))
+    common.write_section(md, "header", render_header(args, outcomes + stored))
     common.write_section(md, "ratios", render_ratios(ratios))
     for o in outcomes:
         title = f"### {TITLES.get(o.name, o.name)}\n\n"
@@ -343,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "quick": args.quick,
         "machine": common.machine_info(),
-        "outcomes": [o.__dict__ for o in outcomes],
+        "outcomes": [o.__dict__ for o in outcomes + stored],
         "ratios": ratios,
     }
     common.write_json("summary", summary, args.results)

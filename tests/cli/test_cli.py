@@ -167,11 +167,17 @@ def test_chat_and_profile_lock(server: ServerProcess, tmp_path: Path) -> None:
     hb = f"chatbob{os.getpid()}"
     ok(xchat(a, "account", "create", "--server", server.url))
     ok(xchat(b, "account", "create", "--server", server.url, "--handle", hb))
-    env = {**os.environ, "XCHAT_NO_KEYRING": "1",
-           "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "XCHAT_NO_KEYRING": "1",
+        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     with subprocess.Popen(
         [sys.executable, "-m", "xchat", "--profile", str(a), "chat", f"@{hb}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=env,
     ) as proc:
         try:

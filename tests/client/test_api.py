@@ -17,8 +17,9 @@ def _api(handler) -> Api:
 
 
 async def test_error_json_and_retry_after() -> None:
-    api = _api(lambda r: httpx.Response(429, json={"error": "slow down"},
-                                        headers={"Retry-After": "7"}))
+    api = _api(
+        lambda r: httpx.Response(429, json={"error": "slow down"}, headers={"Retry-After": "7"})
+    )
     with pytest.raises(ApiError) as info:
         await api.challenge()
     assert info.value.status == 429 and info.value.retry_after == 7.0

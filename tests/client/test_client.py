@@ -241,8 +241,7 @@ async def test_restored_account_same_address_and_receives(
         await a.close()
 
 
-async def test_prekeys_restocked_on_keys_low(server: ServerProcess, tmp_path: Path,
-                                             handle) -> None:
+async def test_prekeys_restocked_on_keys_low(server: ServerProcess, tmp_path: Path, handle) -> None:
     a, b = await _pair(server, tmp_path, handle)
     try:
         assert await b.replenish_prekeys() == 0  # 100 of each: nothing to do
@@ -267,8 +266,9 @@ async def test_prekeys_restocked_on_keys_low(server: ServerProcess, tmp_path: Pa
         await b.close()
 
 
-async def test_second_client_on_same_profile_is_locked(server: ServerProcess, tmp_path: Path,
-                                                       handle) -> None:
+async def test_second_client_on_same_profile_is_locked(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
     from xchat.errors import ProfileLocked
 
     a = Client(tmp_path / "a")

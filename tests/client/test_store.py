@@ -42,7 +42,7 @@ def test_secret_columns_are_not_plaintext_on_disk(tmp_path: Path) -> None:
     for secret in (body, session_secret, prekey_secret, b"S" * 32, b"T" * 16):
         assert secret not in raw
     s = Store(tmp_path / "store.sqlite", key)
-    msg = s.get_message("ab" * 16)
+    msg = s.get_message("xc1peer", "ab" * 16)
     assert msg is not None and msg.body == body
     assert s.get_session("xc1peer", 1) == session_secret
     assert s.get_prekey("ec", 7) == prekey_secret
@@ -76,9 +76,12 @@ def test_message_dedup_and_status(tmp_path: Path) -> None:
     s = Store(tmp_path / "store.sqlite", os.urandom(32))
     assert s.add_message("01" * 16, "p", "out", 1, "sent", b"x", 1)
     assert not s.add_message("01" * 16, "p", "out", 1, "sent", b"y", 2)
-    assert s.set_message_status("01" * 16, "delivered")
+    assert s.add_message("01" * 16, "q", "in", 1, "received", b"z", 2)  # other peer: fine
+    assert not s.set_message_status("q", "01" * 16, "delivered")  # not ours to mark
+    assert s.set_message_status("p", "01" * 16, "delivered")
     assert [m.status for m in s.history("p")] == ["delivered"]
-    assert s.mark_seen("r1", 1) and not s.mark_seen("r1", 2)
+    assert s.mark_seen("p", "r1", 1) and not s.mark_seen("p", "r1", 2)
+    assert s.mark_seen("q", "r1", 3)
     s.close()
 
 
@@ -128,8 +131,9 @@ def test_second_process_gets_profile_locked(tmp_path: Path) -> None:
     assert r.returncode == 0
 
 
-def test_profile_key_in_keyring_when_available(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profile_key_in_keyring_when_available(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import keyring
     from keyring.backend import KeyringBackend
 

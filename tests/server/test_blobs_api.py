@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -21,10 +22,8 @@ QUOTA = 64 * 1024 * 1024
 BIG_REQUEST = 16 * 1024**3
 
 
-def _server(tmp: Path, **env: object) -> ServerProcess:
-    return running_server(  # type: ignore[return-value]
-        tmp, pow_bits=2, rate_limits=False, max_request=BIG_REQUEST, **env
-    )
+def _server(tmp: Path, **env: object) -> AbstractContextManager[ServerProcess]:
+    return running_server(tmp, pow_bits=2, rate_limits=False, max_request=BIG_REQUEST, **env)
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +161,12 @@ def test_unknown_and_hostile_ids(srv: ServerProcess) -> None:
 
 
 def test_quota(http: httpx.Client) -> None:
-    used = 0
     assert http.post("/api/v1/blobs", json={"size": QUOTA + 1}).status_code == 413
     big = QUOTA // 2
     for _ in range(2):
         resp = http.post("/api/v1/blobs", json={"size": big})
         if resp.status_code == 413:
             break
-        used += big
     resp = http.post("/api/v1/blobs", json={"size": big})
     assert resp.status_code == 413
     assert "quota" in resp.json()["error"]

@@ -23,7 +23,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ class Client:
         self._resolved: dict[str, str] = {}
         self._reset_sent: set[str] = set()
         self._pending_receipts: dict[str, list[str]] = {}
+        self._rejected_claims: set[tuple[str, str]] = set()
         try:
             if self.profile.initialised:
                 self._unlock()
@@ -581,7 +582,7 @@ class Client:
             envelopes = await self._encrypt_for(c, msg, cert, store_as_message)
             await self._deliver(c, envelopes)
             if store_as_message:
-                self.store.set_message_status(msg.id, "sent")
+                self.store.set_message_status(c.address, msg.id, "sent")
 
     async def _encrypt_for(
         self, c: ContactRecord, msg: ct.Content, cert: bytes, store_as_message: bool
@@ -761,15 +762,18 @@ class Client:
 
     async def _on_deliver(self, frame: fr.Deliver, loop: ReceiveLoop) -> None:
         """Unseal -> decrypt -> dedupe -> store (one transaction) -> emit -> ACK -> receipts."""
-        events: list[ev.Event] = []
-        receipts: dict[str, list[str]] = {}
-        followups: list[tuple[str, str]] = []  # (action, address)
+        batch = _Batch()
+        events, receipts, followups = batch.events, batch.receipts, batch.followups
         t = now_ms()
         with self.store.transaction():
             for item in frame.envelopes:
-                self._process_envelope(item, t, events, receipts, followups)
+                self._process_envelope(item, t, batch)
         # Stored durably: only now may the server delete the envelopes.
         await loop.send_ack([d.envelope_id for d in frame.envelopes])
+        if batch.claims:
+            for sender, claimed in batch.claims.items():
+                await self._verify_handle_claim(sender, claimed)
+            events = [_with_handle(e, self.store) for e in events]
         for e in events:
             await self._emit(e)
         for address, ids in receipts.items():
@@ -788,10 +792,9 @@ class Client:
         self,
         item: fr.Delivered,
         t: int,
-        events: list[ev.Event],
-        receipts: dict[str, list[str]],
-        followups: list[tuple[str, str]],
+        batch: _Batch,
     ) -> None:
+        events, followups = batch.events, batch.followups
         env_id = item.envelope_id.hex()
         sender: str | None = None
         try:
@@ -837,8 +840,8 @@ class Client:
             events.append(ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender))
             return
         assert sender is not None
-        self._apply_content(sender, msg, result.plaintext, unsealed.device_id, t, events, receipts)
-        if msg.type == "reset" and self.store.mark_seen(msg.id, t):
+        self._apply_content(sender, msg, result.plaintext, unsealed.device_id, t, batch)
+        if msg.type == "reset" and self.store.mark_seen(sender, msg.id, t):
             # The peer lost its session (and our delivery token): share the token again
             # and re-send what it never confirmed; content ids make this idempotent.
             self.store.update_contact(sender, token_shared=False)
@@ -851,15 +854,18 @@ class Client:
         plaintext: bytes,
         device_id: int,
         t: int,
-        events: list[ev.Event],
-        receipts: dict[str, list[str]],
+        batch: _Batch,
     ) -> None:
-        if msg.sender is not None:
-            self.store.update_contact(
-                sender, handle=msg.sender.handle, delivery_token=msg.sender.delivery_token
-            )
+        events, receipts = batch.events, batch.receipts
         c = self.store.get_contact(sender)
         handle = c.handle if c is not None else None
+        if msg.sender is not None:
+            # The token is the sender's own business; a claimed handle is NOT trusted
+            # until the server confirms it names this address (client.md §3.2).
+            self.store.update_contact(sender, delivery_token=msg.sender.delivery_token)
+            claimed = (msg.sender.handle or "").lower()
+            if claimed and claimed != handle:
+                batch.claims[sender] = claimed
         if msg.type == "text":
             if not self.store.add_message(msg.id, sender, "in", msg.ts, "received", plaintext, t):
                 return  # duplicate content id (e.g. re-sent after a crash)
@@ -870,9 +876,11 @@ class Client:
                 )
             )
         elif msg.type == "receipt":
-            if not self.store.mark_seen(msg.id, t):
+            if not self.store.mark_seen(sender, msg.id, t):
                 return
-            ids = tuple(i for i in msg.receipt_for if self.store.set_message_status(i, "delivered"))
+            ids = tuple(
+                i for i in msg.receipt_for if self.store.set_message_status(sender, i, "delivered")
+            )
             # A receipt proves the contact decrypted a message carrying our sender info.
             self.store.update_contact(sender, token_shared=True)
             if ids:
@@ -900,7 +908,23 @@ class Client:
             except XChatError:
                 continue
             await self._send_content(c, msg, store_as_message=False)
-            self.store.set_message_status(m.id, "sent")
+            self.store.set_message_status(address, m.id, "sent")
+
+    async def _verify_handle_claim(self, sender: str, claimed: str) -> None:
+        """Adopt a handle a contact claims only if the server's directory agrees."""
+        if (sender, claimed) in self._rejected_claims:
+            return
+        try:
+            data = await self.api.lookup_handle(claimed)
+        except XChatError as exc:
+            log.info("cannot check handle claim %r: %s", claimed, exc)
+            return
+        c = self.store.get_contact(sender)
+        if data.get("address") != sender or c is None or c.identity_key is None:
+            self._rejected_claims.add((sender, claimed))
+            return
+        await self._check_handle(claimed, sender, IdentityPublicKey.decode(c.identity_key))
+        self.store.update_contact(sender, handle=claimed)
 
     async def _flush_receipts(self, address: str) -> None:
         """Coalesce receipts: ids that arrive within RECEIPT_DELAY share one receipt."""
@@ -921,6 +945,24 @@ class Client:
         for i in range(0, len(ids), ct.MAX_RECEIPT_IDS):
             r = ct.receipt(ids[i : i + ct.MAX_RECEIPT_IDS], now_ms(), sender=sender)
             await self._send_content(c, r, store_as_message=False)
+
+
+@dataclass
+class _Batch:
+    """What processing one DELIVER frame produced, acted on after the commit."""
+
+    events: list[ev.Event] = field(default_factory=list)
+    receipts: dict[str, list[str]] = field(default_factory=dict)
+    followups: list[tuple[str, str]] = field(default_factory=list)  # (action, address)
+    claims: dict[str, str] = field(default_factory=dict)  # address -> claimed handle
+
+
+def _with_handle(e: ev.Event, store: Store) -> ev.Event:
+    if isinstance(e, ev.MessageReceived):
+        c = store.get_contact(e.sender)
+        if c is not None and c.handle != e.handle:
+            return replace(e, handle=c.handle)
+    return e
 
 
 def _history_item(m: MessageRecord) -> HistoryItem:

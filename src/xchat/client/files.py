@@ -556,9 +556,7 @@ class _CipherSource:
         reading, hashing and encrypting overlap with the socket writes (constant memory:
         at most two chunks in flight)."""
         it = self.ciphertext(skip)
-        fut: asyncio.Future[bytes | None] = asyncio.ensure_future(
-            asyncio.to_thread(next, it, None)
-        )
+        fut: asyncio.Future[bytes | None] = asyncio.ensure_future(asyncio.to_thread(next, it, None))
         try:
             while (piece := await fut) is not None:
                 fut = asyncio.ensure_future(asyncio.to_thread(next, it, None))

@@ -63,19 +63,23 @@ CREATE TABLE IF NOT EXISTS contacts (
     added_ms        INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
-    id          TEXT PRIMARY KEY, -- 128-bit hex, chosen by the sender
+    id          TEXT NOT NULL,    -- 128-bit hex, chosen by the sender
     peer        TEXT NOT NULL,
     direction   TEXT NOT NULL,    -- 'in' | 'out'
     ts_ms       INTEGER NOT NULL, -- sender's timestamp
     stored_ms   INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
     status      TEXT NOT NULL,    -- out: 'sent' | 'delivered'; in: 'received'
-    body        BLOB NOT NULL     -- sealed JSON content
+    body        BLOB NOT NULL,    -- sealed JSON content
+    PRIMARY KEY (peer, id)        -- ids are unique per conversation: a peer cannot
+                                  -- suppress another peer's message by reusing its id
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
 CREATE TABLE IF NOT EXISTS seen (
-    id          TEXT PRIMARY KEY, -- content ids already processed (receipts, profiles)
-    seen_ms     INTEGER NOT NULL
+    peer        TEXT NOT NULL,
+    id          TEXT NOT NULL,    -- content ids already processed (receipts, resets)
+    seen_ms     INTEGER NOT NULL,
+    PRIMARY KEY (peer, id)
 );
 """
 
@@ -315,12 +319,6 @@ class Store:
 
     # --- messages -----------------------------------------------------------------------
 
-    def has_message(self, msg_id: str) -> bool:
-        return (
-            self._db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone()
-            is not None
-        )
-
     def add_message(
         self,
         msg_id: str,
@@ -344,20 +342,24 @@ class Store:
                 now_ms,
                 self._seq,
                 status,
-                self.seal("messages", "body", msg_id, body),
+                self.seal("messages", "body", f"{peer}:{msg_id}", body),
             ),
         )
         return cur.rowcount == 1
 
-    def set_message_status(self, msg_id: str, status: str) -> bool:
+    def set_message_status(self, peer: str, msg_id: str, status: str) -> bool:
+        """Update one of OUR messages to ``peer`` (receipts from others cannot touch it)."""
         cur = self._db.execute(
-            "UPDATE messages SET status = ? WHERE id = ? AND direction = 'out'", (status, msg_id)
+            "UPDATE messages SET status = ? WHERE peer = ? AND id = ? AND direction = 'out'",
+            (status, peer, msg_id),
         )
         return cur.rowcount == 1
 
-    def get_message(self, msg_id: str) -> MessageRecord | None:
+    def get_message(self, peer: str, msg_id: str) -> MessageRecord | None:
         row = self._db.execute(
-            "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE id = ?", (msg_id,)
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages "
+            "WHERE peer = ? AND id = ?",
+            (peer, msg_id),
         ).fetchone()
         return None if row is None else self._message(row)
 
@@ -389,15 +391,16 @@ class Store:
             direction=str(row[2]),
             ts_ms=int(str(row[3])),
             status=str(row[4]),
-            body=self.unseal("messages", "body", msg_id, body),
+            body=self.unseal("messages", "body", f"{row[1]}:{msg_id}", body),
         )
 
     # --- dedup of non-message content ---------------------------------------------------
 
-    def mark_seen(self, content_id: str, now_ms: int) -> bool:
-        """Record a processed content id; False if it had been seen before."""
+    def mark_seen(self, peer: str, content_id: str, now_ms: int) -> bool:
+        """Record a processed content id from ``peer``; False if seen before."""
         cur = self._db.execute(
-            "INSERT OR IGNORE INTO seen (id, seen_ms) VALUES (?, ?)", (content_id, now_ms)
+            "INSERT OR IGNORE INTO seen (peer, id, seen_ms) VALUES (?, ?, ?)",
+            (peer, content_id, now_ms),
         )
         return cur.rowcount == 1
 

@@ -223,11 +223,14 @@ class FilesystemBlobStore(BlobStore):
             self._busy.discard(blob_id)
 
     async def _append(self, info: BlobInfo, data: AsyncIterable[bytes]) -> BlobInfo:
+        """Writes and the final fsync run in a worker thread, so a slow disk never stalls
+        the relay's event loop (message traffic shares it)."""
         room = info.size - info.offset
         fd = os.open(self._file(info.id), os.O_WRONLY | os.O_APPEND)
         written = 0
         buf = bytearray()
         over = False
+        pending: asyncio.Future[int] | None = None
         try:
             async for piece in data:
                 if len(piece) > room - written - len(buf):
@@ -235,17 +238,27 @@ class FilesystemBlobStore(BlobStore):
                     over = True
                 buf += piece
                 if len(buf) >= WRITE_BUFFER:
-                    written += _write_all(fd, buf)
+                    chunk = bytes(buf)
                     buf.clear()
+                    pending = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, chunk))
+                    written += await pending
                 if over:
                     break
+            if buf:
+                chunk = bytes(buf)
+                buf.clear()
+                pending = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, chunk))
+                written += await pending
+            if info.offset + written == info.size:
+                await asyncio.to_thread(os.fsync, fd)
         finally:
             # Keep what arrived even if the stream broke: the client resumes after it.
             if buf:
-                written += _write_all(fd, buf)
-            if info.offset + written == info.size:
-                os.fsync(fd)
-            os.close(fd)
+                _write_all(fd, buf)
+            if pending is not None and not pending.done():
+                pending.add_done_callback(lambda _: os.close(fd))  # a write still running
+            else:
+                os.close(fd)
         if over:
             raise ApiError(413, f"upload runs past the declared blob size of {info.size}")
         return BlobInfo(

@@ -1,6 +1,6 @@
 // XChat web app: a view over the local `xchat app` process. Keys never reach this page.
 // Rules: every /api/ call carries the per-launch secret in X-XChat-Secret; peer-provided
-// text is only ever put into the DOM with textContent (no innerHTML anywhere).
+// text is only ever put into the DOM with textContent (no HTML-parsing sink anywhere).
 'use strict';
 
 (() => {
