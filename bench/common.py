@@ -255,10 +255,12 @@ def finish_result(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def write_json(name: str, data: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
-    """Write results/<name>.json atomically (tmp file + rename) so readers never see half."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = result_path(name, results_dir)
+def write_json(
+    name: str, data: Mapping[str, Any], results_dir: Path = RESULTS_DIR, out: Path | None = None
+) -> Path:
+    """Write results/<name>.json (or `out`) atomically: tmp file + rename, never half a file."""
+    path = out if out is not None else result_path(name, results_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
@@ -310,7 +312,7 @@ def load_points(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     rows = doc.get("curve")
     if isinstance(rows, list) and any(isinstance(r, Mapping) and "offered" in r for r in rows):
-        return [r for r in rows if isinstance(r, Mapping)]
+        return [dict(r) for r in rows if isinstance(r, Mapping)]
     out: list[dict[str, Any]] = []
     for val in doc.values():
         if not isinstance(val, Mapping) or num_field(val, "msgs_per_s") is None:

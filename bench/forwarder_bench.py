@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -250,7 +252,9 @@ async def measure_mode(args: argparse.Namespace, url: str, pid: int, ack: bool) 
         rates = args.rate or [round(sat["achieved"] * f, 1) for f in args.fractions]
         points = []
         for rate in rates:
-            pt = await run_window(lg, pid, lambda r=rate: lg.open_loop(args.duration, r), rate)
+            pt = await run_window(
+                lg, pid, functools.partial(lg.open_loop, args.duration, rate), rate
+            )
             print(
                 f"  offered {rate}: achieved {pt['achieved']}, "
                 f"p50 {pt['p50_ms']} p99 {pt['p99_ms']} ms"
@@ -302,6 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mode", choices=["four-frame", "bare", "both"], default="both")
     ap.add_argument("--rate", type=float, action="append", help="offered msgs/s (repeatable)")
     ap.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.25, 0.5, 0.75, 0.9])
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/forwarder.json")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -318,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve_forever())
         return 0
     doc = common.new_result("forwarder", quick=args.quick)
-    proc, url = start_server()
+    try:
+        proc, url = start_server()
+    except RuntimeError as e:
+        print(f"forwarder_bench: {e}", file=sys.stderr)
+        return 3
     modes: dict[str, Any] = {}
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -366,9 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         "msgs_per_s (four-frame) counts messages whose sender ack came back.",
         "If loadgen_cpu_util is near 1.0 the load generator, not the server, was the limit.",
     ]
-    path = common.write_json("forwarder", common.finish_result(doc))
+    path = common.write_json("forwarder", common.finish_result(doc), out=args.out)
     print(json.dumps(doc["summary"], indent=1))
-    print(f"wrote {path.relative_to(common.ROOT)}")
+    print(f"wrote {path}")
     return 0
 
 

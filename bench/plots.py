@@ -213,7 +213,7 @@ def make_plots(results_dir: Path = common.RESULTS_DIR) -> list[Path]:
     if not docs:
         return []
     machines = [d["machine"] for d in docs.values() if isinstance(d.get("machine"), dict)]
-    machine = max(machines, key=len, default={})
+    machine: dict[str, Any] = max(machines, key=len, default={})
     sub = f"{machine.get('cores', '?')} cores, {machine.get('cpu_model', '')}".strip(", ")
     made = plot_load(load_curves(docs), results_dir, sub)
     rss = grouped(docs, "rss_curve", ["connections"], ["rss_mb"])

@@ -1,64 +1,92 @@
-"""Relay benchmark: durable end-to-end throughput, delivery latency, idle socket memory.
+"""Relay benchmark: durable end-to-end throughput, latency vs offered load, server CPU per
+message, idle-socket memory, and (``--connections N``) how many sockets one process holds.
 
-    .venv/bin/python bench/relay_bench.py [--quick]
+    .venv/bin/python bench/relay_bench.py [--quick] [--connections 50000] [--profile]
 
-Starts a real server process (low PoW, rate limits off), registers 100 sender/recipient
-pairs; the recipients (one load process) hold authenticated sockets and ACK every DELIVER
-at once; the senders (another load process) send 256-byte envelopes over anonymous sockets
-with delivery tokens, each socket keeping a window of sends in flight. A message counts when
-the recipient has it: send -> durable group commit -> SEND_RESULT + DELIVER -> ACK -> delete.
-Latency = recipient receive time - sender send time (CLOCK_MONOTONIC is system-wide).
-Then: 10,000 idle WebSockets from several 127.0.0.x source addresses; server RSS delta / N.
-Writes bench/results/relay.json and prints a table.
+A real server process (``xchat serve``, PoW 1 bit, rate limits off) and 100 sender/recipient
+pairs. Two load processes: *recipients* hold 100 authenticated sockets and ACK every DELIVER
+at once; *senders* hold 100 anonymous sockets (sealed sender, delivery-token access) and
+send one 256-byte envelope per SEND. A message counts when its recipient has it:
+send → durable group commit → DELIVER (+ SEND_RESULT) → ACK → delete.
+
+- **Closed loop (max)**: each sender socket keeps ``--window`` SENDs in flight.
+- **Open loop (curve)**: one 1 ms ticker sends at a fixed offered rate, round-robin over the
+  sockets, with no in-flight limit (so a slow server cannot slow the schedule: no
+  coordinated omission); latency is measured from the *scheduled* send time.
+- Latency = recipient receive time − the send time stamped in the first 8 content bytes
+  (CLOCK_MONOTONIC is system-wide), for every message in the measurement window.
+- CPU: utime+stime of the server and of both load processes from /proc/<pid>/stat over the
+  window; ``server_cpu_us_per_msg`` = server CPU ÷ messages delivered in the window.
+
+The load generator speaks RFC 6455 itself over raw asyncio protocols (uvloop) so it costs
+less CPU than the server it measures; its client frames use the all-zero masking key (legal
+on the wire; the server still unmasks every byte). Then idle sockets (10,000, from several
+127.0.0.x source addresses) and the server's RSS per socket. Writes bench/results/relay.json
+(schema: docs/bench-readme.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.crypto.pow import solve
-from xchat.crypto.prekeys import KemPreKeyRecord, SignedPreKeyRecord, prekey_upload
-from xchat.protocol import frames as F
+from xchat.crypto.prekeys import (
+    KemPreKeyRecord,
+    SignedPreKeyRecord,
+    prekey_upload,
+)
 from xchat.testing import running_server
 
 PAIRS = 100
 CONTENT = 256
+PER_SOURCE_IP = 10_000  # sockets per 127.0.0.x source address (ephemeral ports ≈ 28k each)
+PER_LOAD_PROCESS = 15_000  # client sockets per load process (RLIMIT_NOFILE may be 20k)
 
 
-def raise_nofile() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1_000_000
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(target, 1_048_576), hard))
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for lim in (1_048_576, hard):
+        if lim == resource.RLIM_INFINITY:
+            lim = 1_048_576
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lim, max(lim, hard)))
+            return lim
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 def b64(b: bytes) -> str:
-    import base64
-
     return base64.b64encode(b).decode()
 
 
 def register(c: httpx.Client) -> dict[str, Any]:
     ik = IdentityKeyPair.generate()
     ch_j = c.post("/api/v1/challenge").json()
-    import base64
-
     ch = base64.b64decode(ch_j["challenge"])
     body = {
         "identity_key": b64(ik.public.encode()),
@@ -80,278 +108,720 @@ def register(c: httpx.Client) -> dict[str, Any]:
     return {"address": j["address"], "token": j["token"], "delivery_token": token}
 
 
-# --- recipients process ---------------------------------------------------------------
+# --- a minimal RFC 6455 client over a raw asyncio protocol --------------------------------
 
 
-def recipients_main(ws_url: str, tokens: list[str], ready: Any, stop: Any, out: Any) -> None:
-    import uvloop
+def client_frame(payload: bytes) -> bytes:
+    """A final binary client frame, masked with the all-zero key (payload unchanged)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x82, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x82, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x82, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + b"\x00\x00\x00\x00" + payload
 
-    uvloop.run(_recipients(ws_url, tokens, ready, stop, out))
 
+class WsClient(asyncio.Protocol):
+    """Opens with a handshake, then hands each complete server message to ``on_message``."""
 
-async def _recipients(ws_url: str, tokens: list[str], ready: Any, stop: Any, out: Any) -> None:
-    from websockets.asyncio.client import connect
+    def __init__(
+        self, host: str, token: str | None, on_message: Callable[[bytes], None] | None
+    ) -> None:
+        self.host = host
+        self.token = token
+        self.on_message = on_message
+        self.transport: Any = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.buf = b""
+        self.is_open = False
+        self.lost = False
+        self.on_batch: Callable[[], None] | None = None  # after each data_received
 
-    recs: list[tuple[int, int]] = []  # (recv_ns, latency_ns)
-    socks = [
-        await connect(
-            ws_url,
-            additional_headers={"Authorization": f"Bearer {t}"},
-            compression=None,
-            max_size=None,
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        auth = f"Authorization: Bearer {self.token}\r\n" if self.token else ""
+        transport.write(
+            (
+                f"GET /api/v1/ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
+            ).encode()
         )
-        for t in tokens
-    ]
 
-    async def run(ws: Any) -> None:
-        drained = False
-        async for raw in ws:
-            f = F.decode_frame(raw)
-            if isinstance(f, F.Deliver):
-                now = time.monotonic_ns()
-                for e in f.envelopes:
-                    recs.append((now, now - int.from_bytes(e.content[:8], "big")))
-                await ws.send(F.encode_frame(F.Ack(tuple(e.envelope_id for e in f.envelopes))))
-            elif isinstance(f, F.Drained) and not drained:
-                drained = True
-                counter[0] += 1
-                if counter[0] == len(socks):
-                    ready.set()
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.is_open:
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                self.buf = buf
+                return
+            if b" 101 " not in buf[: buf.find(b"\r\n")]:
+                self.opened.set_exception(RuntimeError(buf[:200].decode("latin-1")))
+                self.transport.close()
+                return
+            self.is_open = True
+            self.opened.set_result(None)
+            buf = buf[i + 4 :]
+        pos, n = 0, len(buf)
+        on_message = self.on_message
+        while n - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(buf[head : head + 2], "big")
+                head += 2
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(buf[head : head + 8], "big")
+                head += 8
+            end = head + length
+            if end > n:
+                break
+            if buf[pos] & 0x0F == 2 and on_message is not None:
+                on_message(buf[head:end])
+            pos = end
+        self.buf = buf[pos:] if pos < n else b""
+        if self.on_batch is not None:
+            self.on_batch()
 
-    counter = [0]
-    tasks = [asyncio.create_task(run(ws)) for ws in socks]
-    while not stop.is_set():
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # let in-flight deliveries land
-    for t in tasks:
-        t.cancel()
-    out.put(recs)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed before open"))
 
 
-# --- senders process ------------------------------------------------------------------
+async def ws_open(
+    host: str,
+    port: int,
+    token: str | None = None,
+    on_message: Callable[[bytes], None] | None = None,
+    local_addr: tuple[str, int] | None = None,
+) -> WsClient:
+    loop = asyncio.get_running_loop()
+    _t, proto = await loop.create_connection(
+        lambda: WsClient(f"{host}:{port}", token, on_message), host, port, local_addr=local_addr
+    )
+    await asyncio.wait_for(proto.opened, 30)
+    return proto
 
 
-def senders_main(
-    ws_url: str,
-    dests: list[dict[str, Any]],
-    window: int,
-    rate: float,
-    start_at: float,
-    duration: float,
-    out: Any,
-) -> None:
+# --- recipients process -------------------------------------------------------------------
+
+
+def recipients_main(host: str, port: int, tokens: list[str], conn: Any) -> None:
     import uvloop
 
-    uvloop.run(_senders(ws_url, dests, window, rate, start_at, duration, out))
+    uvloop.run(_recipients(host, port, tokens, conn))
 
 
-async def _senders(
-    ws_url: str,
-    dests: list[dict[str, Any]],
-    window: int,
-    rate: float,
-    start_at: float,
-    duration: float,
-    out: Any,
-) -> None:
-    from websockets.asyncio.client import connect
+async def _recipients(host: str, port: int, tokens: list[str], conn: Any) -> None:
+    recs: list[tuple[int, int]] = []  # (recv_ns, latency_ns)
+    drained = [0]
+    socks: list[WsClient] = []
+    unpack_item = struct.Struct(">16sQI").unpack_from
 
-    socks = [await connect(ws_url, compression=None, max_size=None) for _ in dests]
-    sent = [0]
-    errors = [0]
+    def make_handler(idx: int) -> Callable[[bytes], None]:
+        def on_message(m: bytes) -> None:
+            kind = m[0]
+            if kind == 0x11:
+                now = time.monotonic_ns()
+                n = int.from_bytes(m[1:3], "big")
+                pos = 3
+                ids = []
+                for _ in range(n):
+                    eid, _ts, ln = unpack_item(m, pos)
+                    pos += 28
+                    recs.append((now, now - int.from_bytes(m[pos : pos + 8], "big")))
+                    pos += ln
+                    ids.append(eid)
+                socks[idx].transport.write(
+                    client_frame(b"\x02" + n.to_bytes(2, "big") + b"".join(ids))
+                )
+            elif kind == 0x12:
+                drained[0] += 1
 
-    async def run(ws: Any, dest: dict[str, Any]) -> None:
-        addr = dest["address"].encode()
-        head = struct.pack(">H", 1) + bytes([len(addr)]) + addr + b"\x01\x00\x10"
-        head += dest["delivery_token"] + struct.pack(">HI", 1, 1)
-        pad = os.urandom(CONTENT - 8)
-        sem = asyncio.Semaphore(window)
-        interval = (len(dests) / rate) if rate else 0.0
+        return on_message
 
-        async def reader() -> None:
-            async for raw in ws:
-                if raw[0] == F.SEND_RESULT:
-                    if struct.unpack_from(">H", raw, 5)[0] != 200:
-                        errors[0] += 1
-                    sem.release()
+    for i, t in enumerate(tokens):
+        socks.append(await ws_open(host, port, t, make_handler(i)))
+    while drained[0] < len(socks):
+        await asyncio.sleep(0.01)
+    conn.send("ready")
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd = await loop.run_in_executor(None, conn.recv)
+        if cmd[0] == "count":
+            conn.send(len(recs))
+        elif cmd[0] == "collect":  # latencies (ns) of deliveries received in [t0, t1)
+            _, t0, t1 = cmd
+            conn.send([lat for (t, lat) in recs if t0 <= t < t1])
+            recs.clear()
+        elif cmd[0] == "stop":
+            conn.send("bye")
+            return
 
-        rt = asyncio.create_task(reader())
+
+# --- senders process ----------------------------------------------------------------------
+
+
+def senders_main(host: str, port: int, dests: list[dict[str, Any]], conn: Any) -> None:
+    import uvloop
+
+    uvloop.run(_senders(host, port, dests, conn))
+
+
+async def _senders(host: str, port: int, dests: list[dict[str, Any]], conn: Any) -> None:
+    state: dict[str, Any] = {"errors": 0, "sent": 0, "closed_loop": False, "end_ns": 0}
+    inflight = [0] * len(dests)
+    owed = [0] * len(dests)
+
+    def make_handler(idx: int) -> Callable[[bytes], None]:
+        def on_message(m: bytes) -> None:
+            if m[0] != 0x10:
+                return
+            if m[5:7] != b"\x00\xc8":
+                state["errors"] += 1
+            inflight[idx] -= 1
+            if state["closed_loop"]:
+                owed[idx] += 1
+
+        return on_message
+
+    def make_batch(idx: int) -> Callable[[], None]:
+        def on_batch() -> None:  # closed loop: one write per socket per read
+            k = owed[idx]
+            if not k:
+                return
+            owed[idx] = 0
+            now = time.monotonic_ns()
+            if now >= state["end_ns"]:
+                return
+            inflight[idx] += k
+            state["sent"] += k
+            socks[idx].transport.write(b"".join([frame(idx, now) for _ in range(k)]))
+
+        return on_batch
+
+    socks = [await ws_open(host, port, None, make_handler(i)) for i in range(len(dests))]
+    for i, sock in enumerate(socks):
+        sock.on_batch = make_batch(i)
+    heads = []
+    for d in dests:
+        addr = d["address"].encode()
+        head = b"\x00\x01" + bytes([len(addr)]) + addr + b"\x01\x00\x10" + d["delivery_token"]
+        heads.append(head + b"\x00\x01\x00\x00\x00\x01")  # n_env=1, device 1
+    pad = os.urandom(CONTENT - 8)
+    prefix = os.urandom(8)
+    counter = [0]
+    req = [0]
+    tail = CONTENT.to_bytes(4, "big")
+
+    def frame(i: int, stamp_ns: int) -> bytes:
+        counter[0] += 1
+        req[0] = (req[0] + 1) & 0xFFFFFFFF
+        body = b"".join(
+            (
+                b"\x01",
+                req[0].to_bytes(4, "big"),
+                heads[i],
+                prefix,
+                counter[0].to_bytes(8, "big"),
+                tail,
+                stamp_ns.to_bytes(8, "big"),
+                pad,
+            )
+        )
+        return client_frame(body)
+
+    conn.send("ready")
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd = await loop.run_in_executor(None, conn.recv)
+        if cmd[0] == "stop":
+            conn.send("bye")
+            return
+        _, rate, window, start_at, end_at = cmd
+        state.update(errors=0, sent=0)
+        owed[:] = [0] * len(owed)
+        n = len(socks)
+        end_ns = int(end_at * 1e9)
         while time.monotonic() < start_at:
             await asyncio.sleep(0.001)
-        end = start_at + duration
-        req = 0
-        next_t = time.monotonic()
-        while time.monotonic() < end:
-            await sem.acquire()
-            if interval:
-                next_t += interval
-                delay = next_t - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            req += 1
-            content = time.monotonic_ns().to_bytes(8, "big") + pad
-            frame = (
-                b"\x01"
-                + struct.pack(">I", req)
-                + head
-                + os.urandom(16)
-                + struct.pack(">I", CONTENT)
-                + content
+        if rate == 0:  # closed loop: keep `window` SENDs in flight per socket
+            state["end_ns"] = end_ns
+            state["closed_loop"] = True
+            now = time.monotonic_ns()
+            for i in range(n):
+                inflight[i] += window
+                state["sent"] += window
+                socks[i].transport.write(b"".join([frame(i, now) for _ in range(window)]))
+            await asyncio.sleep(max(0.0, end_at - time.monotonic()))
+            state["closed_loop"] = False
+        else:  # open loop: fixed schedule, 1 ms ticks, round-robin over sockets
+            interval_ns = 1e9 / rate
+            t0 = int(start_at * 1e9)
+            k = 0
+            rr = 0
+            while True:
+                now = time.monotonic_ns()
+                if now >= end_ns:
+                    break
+                due = int((now - t0) / interval_ns) + 1
+                per: dict[int, list[bytes]] = {}
+                while k < due:
+                    stamp = t0 + int(k * interval_ns)
+                    per.setdefault(rr, []).append(frame(rr, stamp))
+                    inflight[rr] += 1
+                    rr = (rr + 1) % n
+                    k += 1
+                for i, frames in per.items():
+                    socks[i].transport.write(b"".join(frames))
+                state["sent"] = k
+                await asyncio.sleep(0.001)
+        # wait (bounded) for outstanding SEND_RESULTs
+        deadline = time.monotonic() + 30
+        while sum(inflight) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        conn.send({"sent": state["sent"], "errors": state["errors"]})
+
+
+# --- load windows -------------------------------------------------------------------------
+
+
+class Load:
+    """The two load processes, kept running across windows."""
+
+    def __init__(self, srv: Any, accounts: list[dict[str, Any]]) -> None:
+        ctx = mp.get_context("spawn")
+        host, port = "127.0.0.1", srv.port
+        self.srv = srv
+        recipients = accounts[:PAIRS]
+        self.rconn, rchild = ctx.Pipe()
+        self.sconn, schild = ctx.Pipe()
+        self.rp = ctx.Process(
+            target=recipients_main, args=(host, port, [r["token"] for r in recipients], rchild)
+        )
+        self.sp = ctx.Process(target=senders_main, args=(host, port, recipients, schild))
+        self.rp.start()
+        self.sp.start()
+        assert self.rconn.recv() == "ready" and self.sconn.recv() == "ready"
+
+    def window(
+        self, rate: float, window: int, duration: float, warmup: float, profile: Path | None
+    ) -> dict[str, Any]:
+        delivered_before = self._ask(("count",))
+        start_at = time.monotonic() + 0.5
+        t0, t1 = start_at + warmup, start_at + warmup + duration
+        self.sconn.send(("run", rate, window, start_at, t1 + 0.05))
+        pids = {"server": self.srv.pid, "senders": self.sp.pid, "recipients": self.rp.pid}
+        spy = None
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        cpu0 = {k: common.proc_cpu_seconds(p) for k, p in pids.items()}
+        w0 = time.monotonic()
+        if profile is not None and shutil.which("py-spy", path=str(Path(sys.executable).parent)):
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(self.srv.pid),
+                    "--duration",
+                    str(int(duration)),
+                    "--rate",
+                    "250",
+                    "--threads",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
-            await ws.send(frame)
-            sent[0] += 1
-        await asyncio.sleep(0.3)
-        rt.cancel()
+        time.sleep(max(0.0, t1 - time.monotonic()))
+        cpu1 = {k: common.proc_cpu_seconds(p) for k, p in pids.items()}
+        wall = time.monotonic() - w0
+        sres = self.sconn.recv()
+        # let the tail land, then take latencies of what arrived inside [t0, t1)
+        deadline = time.monotonic() + 30
+        while self._ask(("count",)) - delivered_before < sres["sent"]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        lats = sorted(self._ask(("collect", int(t0 * 1e9), int(t1 * 1e9))))
+        if spy is not None:
+            spy.wait(60)
+        n = len(lats)
+        cpu = {k: cpu1[k] - cpu0[k] for k in pids}
 
-    await asyncio.gather(*[run(ws, d) for ws, d in zip(socks, dests, strict=True)])
-    out.put({"sent": sent[0], "errors": errors[0]})
+        def pct(p: float) -> float | None:
+            return round(common.percentile(lats, p) / 1e6, 3) if lats else None
 
+        return {
+            "offered": rate or None,
+            "closed_loop": rate == 0,
+            "window": window if rate == 0 else None,
+            "msgs_per_s": round(n / duration, 1),
+            "p50_ms": pct(50),
+            "p90_ms": pct(90),
+            "p99_ms": pct(99),
+            "max_ms": pct(100),
+            "delivered_in_window": n,
+            "sent_total": sres["sent"],
+            "send_errors": sres["errors"],
+            "server_cpu_util": round(cpu["server"] / wall, 3),
+            "server_cpu_us_per_msg": round(cpu["server"] / n * 1e6, 1) if n else None,
+            "senders_cpu_util": round(cpu["senders"] / wall, 3),
+            "recipients_cpu_util": round(cpu["recipients"] / wall, 3),
+            "loadgen_cpu_us_per_msg": (
+                round((cpu["senders"] + cpu["recipients"]) / n * 1e6, 1) if n else None
+            ),
+        }
 
-def load_run(
-    server: Any,
-    accounts: list[dict[str, Any]],
-    window: int,
-    rate: float,
-    duration: float,
-    warmup: float,
-) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    rq, sq = ctx.Queue(), ctx.Queue()
-    recipients = accounts[:PAIRS]
-    rp = ctx.Process(
-        target=recipients_main,
-        args=(server.ws_url, [r["token"] for r in recipients], ready, stop, rq),
-    )
-    rp.start()
-    ready.wait(60)
-    start_at = time.monotonic() + 2.0
-    sp = ctx.Process(
-        target=senders_main,
-        args=(server.ws_url, recipients, window, rate, start_at, warmup + duration, sq),
-    )
-    sp.start()
-    sres = sq.get(timeout=120)
-    stop.set()
-    recs = rq.get(timeout=120)
-    sp.join()
-    rp.join()
-    t0 = int((start_at + warmup) * 1e9)
-    t1 = int((start_at + warmup + duration) * 1e9)
-    window_recs = [lat for (t, lat) in recs if t0 <= t < t1]
-    lats = sorted(window_recs)
+    def _ask(self, cmd: tuple[Any, ...]) -> Any:
+        self.rconn.send(cmd)
+        return self.rconn.recv()
 
-    def pct(p: float) -> float:
-        return lats[min(len(lats) - 1, int(p * len(lats)))] / 1e6 if lats else float("nan")
-
-    return {
-        "msgs_per_s": len(window_recs) / duration,
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "delivered_total": len(recs),
-        "sent_total": sres["sent"],
-        "send_errors": sres["errors"],
-        "window": window,
-        "offered_rate": rate or None,
-    }
+    def close(self) -> None:
+        for c in (self.sconn, self.rconn):
+            c.send(("stop",))
+            c.recv()
+        self.sp.join(10)
+        self.rp.join(10)
 
 
-# --- idle connections -----------------------------------------------------------------
+# --- idle / many connections --------------------------------------------------------------
 
 
-def idle_main(ws_url: str, n: int, q: Any, hold: Any) -> None:
+def conns_main(port: int, n: int, first_ip: int, q: Any, hold: Any) -> None:
     import uvloop
 
     raise_nofile()
-    uvloop.run(_idle(ws_url, n, q, hold))
+    uvloop.run(_conns(port, n, first_ip, q, hold))
 
 
-async def _idle(ws_url: str, n: int, q: Any, hold: Any) -> None:
-    from websockets.asyncio.client import connect
+async def _conns(port: int, n: int, first_ip: int, q: Any, hold: Any) -> None:
+    socks: list[WsClient] = []
+    sem = asyncio.Semaphore(256)
+    failed = [0]
+    first_error: list[str] = []
 
-    socks = []
-    per_ip = 5000
-    for i in range(n):
-        src = f"127.0.0.{2 + i // per_ip}"
-        socks.append(
-            await connect(
-                ws_url, compression=None, local_addr=(src, 0), ping_interval=None, open_timeout=30
-            )
-        )
-    q.put(len(socks))
-    while not hold.is_set():
-        await asyncio.sleep(0.1)
-    for ws in socks:
-        ws.transport.abort()
+    async def one(i: int) -> None:
+        src = f"127.0.0.{first_ip + i // PER_SOURCE_IP}"
+        async with sem:
+            try:
+                socks.append(await ws_open("127.0.0.1", port, local_addr=(src, 0)))
+            except Exception as exc:
+                failed[0] += 1
+                if not first_error:
+                    first_error.append(repr(exc)[:200])
+
+    step = 1000
+    for k in range(0, n, step):
+        await asyncio.gather(*(one(i) for i in range(k, min(n, k + step))))
+        q.put(("progress", len(socks)))
+    q.put(("opened", len(socks), failed[0], first_error[0] if first_error else None))
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, hold.wait)
+    alive = sum(1 for s in socks if not s.lost)
+    for s in socks:
+        s.transport.abort()
+    q.put(("alive", alive))
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def idle_run(server: Any, n: int) -> dict[str, Any]:
+def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]:
+    """Open ``n`` idle anonymous sockets from 127.0.0.2.. (PER_SOURCE_IP each) in load
+    processes of PER_LOAD_PROCESS sockets; record server RSS at each checkpoint."""
     ctx = mp.get_context("spawn")
-    q, hold = ctx.Queue(), ctx.Event()
-    before = rss_kib(server.pid)
-    p = ctx.Process(target=idle_main, args=(server.ws_url, n, q, hold))
+    hold = ctx.Event()
+    rss0 = common.proc_rss_bytes(srv.pid)
+    procs = []
+    opened = failed = 0
+    errors: list[str] = []
+    rss_curve = [{"connections": 0, "rss_mb": round(rss0 / 2**20, 1)}]
     t = time.monotonic()
-    p.start()
-    opened = q.get(timeout=600)
+    done = 0
+    for start in range(0, n, PER_LOAD_PROCESS):
+        count = min(PER_LOAD_PROCESS, n - start)
+        q = ctx.Queue()
+        first_ip = 2 + start // PER_SOURCE_IP
+        p = ctx.Process(target=conns_main, args=(srv.port, count, first_ip, q, hold))
+        p.start()
+        procs.append((p, q))
+        while True:
+            msg = q.get(timeout=600)
+            if msg[0] == "progress":
+                total = done + msg[1]
+                if total in checkpoints:
+                    time.sleep(0.5)
+                    rss = common.proc_rss_bytes(srv.pid)
+                    rss_curve.append({"connections": total, "rss_mb": round(rss / 2**20, 1)})
+                continue
+            _, got, bad, err = msg
+            opened += got
+            failed += bad
+            if err:
+                errors.append(err)
+            done += got
+            break
     elapsed = time.monotonic() - t
     time.sleep(1.0)
-    after = rss_kib(server.pid)
+    rss1 = common.proc_rss_bytes(srv.pid)
+    gauge = server_gauge(srv, "ws_connections")
+    try:
+        r = httpx.get(srv.url + "/healthz", timeout=10)
+        healthy = r.status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    server_alive = os.path.exists(f"/proc/{srv.pid}")
     hold.set()
-    p.join()
+    alive = 0
+    for p, q in procs:
+        while True:
+            msg = q.get(timeout=120)
+            if msg[0] == "alive":
+                alive += msg[1]
+                break
+        p.join(30)
+    if rss_curve[-1]["connections"] != opened:
+        rss_curve.append({"connections": opened, "rss_mb": round(rss1 / 2**20, 1)})
     return {
+        "requested": n,
         "connections": opened,
-        "rss_before_kib": before,
-        "rss_after_kib": after,
-        "kib_per_connection": (after - before) / opened,
-        "open_seconds": elapsed,
+        "failed": failed,
+        "first_error": errors[0] if errors else None,
+        "server_ws_connections_gauge": gauge,
+        "still_open_at_end": alive,
+        "server_healthy_while_held": healthy and server_alive,
+        "rss_before_kib": rss0 // 1024,
+        "rss_after_kib": rss1 // 1024,
+        "kib_per_connection": round((rss1 - rss0) / 1024 / opened, 2) if opened else None,
+        "open_seconds": round(elapsed, 2),
+        "rss_curve": rss_curve,
     }
+
+
+def server_gauge(srv: Any, name: str) -> float | None:
+    try:
+        text = httpx.get(srv.url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"xchat_{name} "):
+            return float(line.split()[1])
+    return None
+
+
+def server_nofile(pid: int) -> int | None:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    return None
+
+
+# --- profile digest -----------------------------------------------------------------------
+
+
+def digest_profile(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Self-time and inclusive-time tops from py-spy's collapsed stacks (event-loop thread
+    and store writer thread separated)."""
+    by_thread: dict[str, dict[str, dict[str, int]]] = {}
+    totals: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        thread = "writer" if "xchat-store-writer" in frames[0] or "_run (xchat" in stack else "loop"
+        totals[thread] = totals.get(thread, 0) + count
+        d = by_thread.setdefault(thread, {"self": {}, "incl": {}})
+        leaf = frames[-1]
+        d["self"][leaf] = d["self"].get(leaf, 0) + count
+        for f in set(frames[1:]):
+            d["incl"][f] = d["incl"].get(f, 0) + count
+    out: dict[str, Any] = {"samples": totals}
+    for thread, d in by_thread.items():
+        tot = totals[thread]
+        for kind in ("self", "incl"):
+            ranked = sorted(d[kind].items(), key=lambda kv: -kv[1])[:top]
+            out[f"{thread}_{kind}"] = [[f, round(100 * c / tot, 1)] for f, c in ranked]
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="run the server under pyinstrument")
+    ap.add_argument("--profile", action="store_true", help="py-spy the server at max load")
+    ap.add_argument("--connections", type=int, default=0, help="also hold N sockets (50000)")
+    ap.add_argument("--window", type=int, default=8, help="closed-loop SENDs in flight/socket")
+    ap.add_argument("--duration", type=float, default=None)
+    ap.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for server")
+    ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--output", default=None, help="result name (default relay)")
     args = ap.parse_args()
     duration, warmup, idle_n = (3.0, 1.0, 1000) if args.quick else (8.0, 2.0, 10_000)
+    if args.duration:
+        duration = args.duration
+    fractions = [0.5] if args.quick else [0.1, 0.25, 0.5, 0.75, 0.9]
+    low_point = 50.0  # ≈ Synapse's max: the latency ratio is read here (bench-readme)
     raise_nofile()
     env: dict[str, Any] = {"rate_limits": False}
-    if args.profile:
-        env["XCHAT_PROFILE"] = "bench/results/relay_profile.html"
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "quick": args.quick}
+    for kv in args.server_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    doc = common.new_result(
+        "relay",
+        quick=args.quick,
+        params={
+            "pairs": PAIRS,
+            "payload_bytes": CONTENT,
+            "window": args.window,
+            "duration_s": duration,
+            "warmup_s": warmup,
+            "idle_connections": idle_n,
+            "server_env": env,
+        },
+    )
+    profile_path = common.RESULTS_DIR / "relay_profile.txt" if args.profile else None
     with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
-        with httpx.Client(base_url=srv.url, timeout=30) as c:
-            accounts = [register(c) for _ in range(2 * PAIRS)]
-        results["max_load"] = load_run(
-            srv, accounts, window=64, rate=0, duration=duration, warmup=warmup
+        doc["server_nofile_limit"] = server_nofile(srv.pid)
+        if not args.skip_load:
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                accounts = [register(c) for _ in range(PAIRS)]
+            load = Load(srv, accounts)
+            try:
+                mx = load.window(0, args.window, duration, warmup, profile_path)
+                print("max", json.dumps(mx), flush=True)
+                points = []
+                rates = [low_point] + [round(f * mx["msgs_per_s"]) for f in fractions]
+                for rate in rates:
+                    pt = load.window(rate, args.window, duration, warmup, None)
+                    print("open", json.dumps(pt), flush=True)
+                    points.append(pt)
+            finally:
+                load.close()
+            half = min(points, key=lambda p: abs(p["offered"] - mx["msgs_per_s"] / 2))
+            doc["max_load"] = mx
+            doc["half_load"] = half
+            doc["open_loop"] = points
+            doc["curve"] = [
+                {
+                    "offered": p["offered"],
+                    "achieved": p["msgs_per_s"],
+                    "p50_ms": p["p50_ms"],
+                    "p99_ms": p["p99_ms"],
+                }
+                for p in points
+            ] + [
+                {
+                    "offered": mx["msgs_per_s"],
+                    "achieved": mx["msgs_per_s"],
+                    "p50_ms": mx["p50_ms"],
+                    "p99_ms": mx["p99_ms"],
+                    "closed_loop": True,
+                }
+            ]
+            if profile_path is not None and profile_path.exists():
+                doc["profile"] = digest_profile(profile_path)
+        checkpoints = sorted({1000, 2500, 5000, 10_000, 20_000, 30_000, 40_000, 50_000})
+        idle = open_connections(srv, idle_n, [c for c in checkpoints if c <= idle_n])
+        doc["idle"] = idle
+        doc["rss_curve"] = idle["rss_curve"]
+        if args.connections:
+            doc["many"] = open_connections(
+                srv, args.connections, [c for c in checkpoints if c <= args.connections]
+            )
+    summary: dict[str, Any] = {}
+    if "max_load" in doc:
+        mx, half = doc["max_load"], doc["half_load"]
+        summary.update(
+            msgs_per_s=mx["msgs_per_s"],
+            p50_ms=mx["p50_ms"],
+            p99_ms=mx["p99_ms"],
+            half_load_offered=half["offered"],
+            half_load_p50_ms=half["p50_ms"],
+            half_load_p99_ms=half["p99_ms"],
+            cpu_ms_per_msg=(
+                round(mx["server_cpu_us_per_msg"] / 1000, 4)
+                if mx["server_cpu_us_per_msg"]
+                else None
+            ),
+            server_cpu_us_per_msg=mx["server_cpu_us_per_msg"],
+            loadgen_cpu_us_per_msg=mx["loadgen_cpu_us_per_msg"],
         )
-        half = results["max_load"]["msgs_per_s"] / 2
-        results["half_load"] = load_run(
-            srv, accounts, window=64, rate=half, duration=duration, warmup=warmup
+    summary["rss_kb_per_idle_socket"] = doc["idle"]["kib_per_connection"]
+    summary["idle_connections"] = doc["idle"]["connections"]
+    if "many" in doc:
+        summary["max_connections_held"] = doc["many"]["connections"]
+        summary["max_connections_rss_mb"] = round(doc["many"]["rss_after_kib"] / 1024, 1)
+    doc["summary"] = summary
+    doc["targets"] = {
+        "msgs_per_s": ">= 10000",
+        "half_load_p99_ms": "<= 25",
+        "rss_kb_per_idle_socket": "<= 16 (at 10,000)",
+        "max_connections_held": ">= 50000 in one process",
+    }
+    common.finish_result(doc)
+    path = common.write_json(args.output or "relay", doc)
+    print_table(doc, path)
+
+
+def print_table(doc: dict[str, Any], path: Path) -> None:
+    s = doc["summary"]
+
+    def f(x: Any, d: int = 1) -> str:
+        return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{d}f}"
+
+    rows = []
+    if "msgs_per_s" in s:
+        rows += [
+            ("durable end-to-end msgs/s (closed loop)", f(s["msgs_per_s"], 0), ">= 10000"),
+            ("p50 / p99 at max load (ms)", f"{f(s['p50_ms'])} / {f(s['p99_ms'])}", ""),
+            (
+                f"p50 / p99 at half load ({f(s['half_load_offered'], 0)}/s) (ms)",
+                f"{f(s['half_load_p50_ms'])} / {f(s['half_load_p99_ms'])}",
+                "p99 <= 25",
+            ),
+            ("server CPU µs per message (max load)", f(s["server_cpu_us_per_msg"]), ""),
+            ("load generator CPU µs per message", f(s["loadgen_cpu_us_per_msg"]), ""),
+        ]
+    rows.append(
+        (
+            f"KiB per idle WebSocket ({s['idle_connections']:,})",
+            f(s["rss_kb_per_idle_socket"]),
+            "<= 16",
         )
-        results["idle"] = idle_run(srv, idle_n)
-    out = Path(__file__).parent / "results" / "relay.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    m, h, i = results["max_load"], results["half_load"], results["idle"]
-    print(f"{'metric':<42}{'value':>14}{'target':>14}")
-    print(f"{'durable end-to-end msgs/s (max load)':<42}{m['msgs_per_s']:>14.0f}{'>= 10000':>14}")
-    print(f"{'p50 / p99 latency at max load (ms)':<42}{m['p50_ms']:>7.1f} /{m['p99_ms']:>5.1f}")
-    print(
-        f"{'p50 / p99 latency at half load (ms)':<42}{h['p50_ms']:>7.1f} /{h['p99_ms']:>5.1f}"
-        f"{'p99 <= 25':>14}"
     )
+    if "max_connections_held" in s:
+        rows.append(
+            (
+                f"sockets held by one process (of {doc['many']['requested']:,})",
+                f"{s['max_connections_held']:,}",
+                ">= 50000",
+            )
+        )
+    print(f"{'metric':<48}{'value':>16}{'target':>12}")
+    for name, val, target in rows:
+        print(f"{name:<48}{val:>16}{target:>12}")
+    for pt in doc.get("open_loop", []):
+        print(
+            f"  offered {pt['offered']:>8,.0f}/s -> {pt['msgs_per_s']:>8,.0f}/s  "
+            f"p50 {f(pt['p50_ms'])} ms  p99 {f(pt['p99_ms'])} ms  "
+            f"server {f(pt['server_cpu_us_per_msg'])} µs/msg"
+        )
     print(
-        f"{'KiB per idle WebSocket (' + str(i['connections']) + ')':<42}"
-        f"{i['kib_per_connection']:>14.1f}{'<= 16':>14}"
+        f"loadavg {doc['machine'].get('loadavg_at_start')} -> "
+        f"{doc['machine'].get('loadavg_at_end')}; results in {path}"
     )
-    print(f"send errors: {m['send_errors'] + h['send_errors']}; results in {out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ any failed (the others still ran and were written up).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +88,18 @@ def result_file(name: str, script: str, results_dir: Path, alts: tuple[str, ...]
     return primary
 
 
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the benchmark's process group, SIGKILL it if still there after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_one(
     name: str,
     script: str,
@@ -102,13 +116,19 @@ def run_one(
     cmd = [sys.executable, str(path), *(["--quick"] if quick else [])]
     print(f"== {name}: {' '.join(cmd[1:])} (log: {log})", flush=True)
     t0 = time.time()
-    try:
-        with log.open("w") as fh:
-            rc = subprocess.run(
-                cmd, cwd=bench_dir.parent, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
-            ).returncode
-    except subprocess.TimeoutExpired:
-        return Outcome(name, script, "timeout", time.time() - t0, f"killed after {timeout:.0f} s")
+    with log.open("w") as fh:
+        # Own session, so on timeout the whole group (incl. a server the script started)
+        # is ended, not just the script.
+        proc = subprocess.Popen(
+            cmd, cwd=bench_dir.parent, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _end_group(proc)
+            return Outcome(
+                name, script, "timeout", time.time() - t0, f"ended after {timeout:.0f} s"
+            )
     secs = time.time() - t0
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     if rc != 0:
@@ -234,6 +254,13 @@ def render_doc(name: str, doc: Mapping[str, Any]) -> str:
     parts: list[str] = []
     if doc.get("command"):
         parts.append(f"Command: `{doc['command']}`")
+    machine = doc.get("machine")
+    if isinstance(machine, Mapping):
+        start, end = machine.get("loadavg_at_start"), machine.get("loadavg_at_end")
+        when = doc.get("finished_at") or doc.get("started_at") or "?"
+        load = ", ".join(f"{label} {v[0]}" for label, v in (("start", start), ("end", end)) if v)
+        if load:
+            parts.append(f"Ran {when}; 1-min load avg on {machine.get('cores')} cores: {load}.")
     summary = doc.get("summary")
     if isinstance(summary, Mapping) and summary:
         parts.append(common.md_table(["metric", "value"], summary.items()))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -298,7 +299,9 @@ class Tracker:
     errors: int = 0
 
 
-async def receiver_loop(client: httpx.AsyncClient, p: Pair, tr: Tracker, stop: asyncio.Event):
+async def receiver_loop(
+    client: httpx.AsyncClient, p: Pair, tr: Tracker, stop: asyncio.Event
+) -> None:
     """Long-poll /sync and timestamp every message event the moment its response arrives."""
     while not stop.is_set():
         try:
@@ -353,7 +356,9 @@ class Window:
     end: float = 0.0
 
 
-async def closed_loop(client, pairs, tr, seq0: int, duration: float) -> Window:
+async def closed_loop(
+    client: httpx.AsyncClient, pairs: list[Pair], tr: Tracker, seq0: int, duration: float
+) -> Window:
     """Every sender keeps exactly one PUT in flight: the next starts when the last returns 200.
 
     This is the sustained max for `pairs` concurrent senders. Throughput counts only
@@ -383,7 +388,14 @@ async def drain(win: Window, tr: Tracker, timeout: float = 15.0) -> None:
     win.end = max((tr.seen_at.get(k, 0.0) for k in win.keys), default=time.perf_counter())
 
 
-async def open_loop(client, pairs, tr, seq0: int, duration: float, rate: float) -> Window:
+async def open_loop(
+    client: httpx.AsyncClient,
+    pairs: list[Pair],
+    tr: Tracker,
+    seq0: int,
+    duration: float,
+    rate: float,
+) -> Window:
     """Offered load: `rate` msgs/s in total, evenly spread over pairs, fired on schedule.
 
     Each send is its own task so a slow server cannot slow the schedule down (no
@@ -445,7 +457,12 @@ async def measure(args: argparse.Namespace, sp: SynapseProcess) -> dict[str, Any
         receivers = [asyncio.create_task(receiver_loop(client, p, tr, stop)) for p in pairs]
         seq = 0
 
-        async def window(run: Callable[[int], Awaitable[Window]], offered: float | None):
+        def open_at(s: int, rate: float) -> Awaitable[Window]:
+            return open_loop(client, pairs, tr, s, args.duration, rate)
+
+        async def window(
+            run: Callable[[int], Awaitable[Window]], offered: float | None
+        ) -> dict[str, Any]:
             nonlocal seq
             cpu0 = common.proc_cpu_seconds(sp.pid)
             win = await run(seq)
@@ -467,9 +484,7 @@ async def measure(args: argparse.Namespace, sp: SynapseProcess) -> dict[str, Any
             rates = [round(sat["achieved"] * f, 2) for f in args.fractions]
         for rate in rates:
             print(f"offered {rate} msgs/s for {args.duration:.0f} s...", flush=True)
-            pt = await window(
-                lambda s, r=rate: open_loop(client, pairs, tr, s, args.duration, r), rate
-            )
+            pt = await window(functools.partial(open_at, rate=rate), rate)
             pt["mode"] = "open-loop"
             print(f"  achieved {pt['achieved']}, p50 {pt['p50_ms']} p99 {pt['p99_ms']} ms")
             points.append(pt)
@@ -565,6 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[0.1, 0.5, 0.8, 1.0],
         help="offered loads as fractions of the measured max",
     )
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/synapse.json")
     ap.add_argument("--quick", action="store_true", help="short windows, fewer points")
     ap.add_argument("--start-timeout", type=float, default=120.0)
     args = ap.parse_args(argv)
@@ -597,9 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sp.stop()
     doc = build_result(args, m, doc)
-    path = common.write_json("synapse", common.finish_result(doc))
+    path = common.write_json("synapse", common.finish_result(doc), out=args.out)
     print(json.dumps(doc["summary"], indent=1))
-    print(f"wrote {path.relative_to(common.ROOT)}")
+    print(f"wrote {path}")
     return 0
 
 

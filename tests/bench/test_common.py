@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -273,3 +274,58 @@ def test_plot_data_readers_skip_bad_rows() -> None:
         "XChat relay": [(1000.0, 40.0)]
     }
     assert plots.grouped(docs, "file_curve", ["size_bytes"], ["mb_per_s"]) == {}
+
+
+# --------------------------------------------------------------------------- run_all runner
+
+
+def _script(bench: Path, name: str, body: str) -> None:
+    (bench / name).write_text("import json, os, subprocess, sys, time\n" + body + "\n")
+
+
+def test_run_one_statuses(tmp_path: Path) -> None:
+    bench, results = tmp_path / "bench", tmp_path / "results"
+    bench.mkdir()
+    results.mkdir()
+    _script(bench, "good.py", f"open({str(results / 'good.json')!r}, 'w').write('{{}}')")
+    _script(bench, "bad.py", "print('boom'); sys.exit(2)")
+    _script(bench, "silent.py", "pass")
+
+    def run(script: str) -> str:
+        name = script.removesuffix(".py")
+        o = run_all.run_one(name, script, (), True, 30, results, bench)
+        return str(o.status)
+
+    assert run("good.py") == "ok"
+    assert run("bad.py") == "failed"
+    assert run("silent.py") == "no-results"
+    assert run("absent.py") == "missing"
+    assert "boom" in (results / "bad.log").read_text()
+
+
+def test_run_one_timeout_ends_the_whole_group(tmp_path: Path) -> None:
+    bench, results = tmp_path / "bench", tmp_path / "results"
+    bench.mkdir()
+    results.mkdir()
+    pidfile = tmp_path / "child.pid"
+    _script(
+        bench,
+        "hang.py",
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(60)",
+    )
+    o = run_all.run_one("hang", "hang.py", (), False, 2, results, bench)
+    assert o.status == "timeout"
+    child = int(pidfile.read_text())
+    # The grandchild got SIGTERM with its group; it may linger a moment as a zombie.
+    for _ in range(50):
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("grandchild still running after timeout")

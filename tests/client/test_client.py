@@ -125,7 +125,10 @@ async def test_interleaved_exactly_once_in_order(
 async def test_server_restart_mid_conversation_loses_nothing(
     server: ServerProcess, tmp_path: Path, handle
 ) -> None:
-    a, b = await _pair(server, tmp_path, handle)
+    a = Client(tmp_path / "a", reconnect_cap=0.5)
+    b = Client(tmp_path / "b", reconnect_cap=0.5)
+    await a.create_account(server.url, handle("alice"))
+    await b.create_account(server.url, handle("bob"))
     got: list[str] = []
     b.on_event(lambda e: got.append(e.text) if isinstance(e, ev.MessageReceived) else None)
     try:
@@ -279,3 +282,63 @@ async def test_second_client_on_same_profile_is_locked(
     finally:
         await a.close()
     Client(tmp_path / "a").profile.close()  # released on close
+
+
+async def test_claimed_handle_is_not_trusted(server: ServerProcess, tmp_path: Path, handle) -> None:
+    from xchat.client import content as ct
+
+    a, b = await _pair(server, tmp_path, handle)
+    mallory = Client(tmp_path / "m")
+    try:
+        await mallory.create_account(server.url, handle("mallory"))
+        bob_handle = b.whoami().handle
+        real = mallory._own_sender_info()
+        mallory._own_sender_info = lambda: ct.SenderInfo(bob_handle, real.delivery_token)  # type: ignore[method-assign]
+        await mallory.send_text(a.address, "I am bob, send money")
+        got = [e for e in await a.receive() if isinstance(e, ev.MessageReceived)]
+        assert got[0].text == "I am bob, send money" and got[0].handle is None
+        assert a.find_contact(f"@{bob_handle}") is None
+        # An honest claim is adopted once the directory confirms it.
+        await b.send_text(a.address, "really bob")
+        got = [e for e in await a.receive() if isinstance(e, ev.MessageReceived)]
+        assert got[0].handle == bob_handle
+        assert a.find_contact(f"@{bob_handle}").address == b.address  # type: ignore[union-attr]
+    finally:
+        await mallory.close()
+        await a.close()
+        await b.close()
+
+
+async def test_events_async_iterator(server: ServerProcess, tmp_path: Path, handle) -> None:
+    a, b = await _pair(server, tmp_path, handle)
+    try:
+        await b.start()
+
+        async def first_message() -> ev.MessageReceived:
+            async for e in b.events():
+                if isinstance(e, ev.MessageReceived):
+                    return e
+            raise AssertionError("iterator ended")
+
+        waiter = asyncio.create_task(first_message())
+        await asyncio.sleep(0)  # let the iterator subscribe
+        await a.send_text(b.address, "live")
+        got = await asyncio.wait_for(waiter, 30)
+        assert got.text == "live" and got.sender == a.address
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_file_message_carries_manifest(server: ServerProcess, tmp_path: Path, handle) -> None:
+    a, b = await _pair(server, tmp_path, handle)
+    manifest = {"blob": "abc", "name": "cat.jpg", "size": 12}
+    try:
+        mid = await a.send_file_manifest(b.address, manifest)
+        got = [e for e in await b.receive() if isinstance(e, ev.MessageReceived)]
+        assert got[0].id == mid and got[0].file == manifest
+        hist = b.history(b.find_contact(a.address))  # type: ignore[arg-type]
+        assert hist[0].file == manifest
+    finally:
+        await a.close()
+        await b.close()

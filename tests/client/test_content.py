@@ -60,3 +60,11 @@ def test_too_long_text() -> None:
 def test_decode_never_raises_foreign_errors(data: bytes) -> None:
     with contextlib.suppress(DecodeError):
         ct.Content.decode(data)
+
+
+def test_file_object_round_trip_and_type_check() -> None:
+    m = ct.Content(id="cd" * 16, type="file", ts=1, file={"blob": "x", "size": 3})
+    assert ct.Content.decode(m.encode()).file == {"blob": "x", "size": 3}
+    bad = {"v": 1, "id": "00" * 16, "type": "file", "ts": 1, "file": [1]}
+    with pytest.raises(DecodeError):
+        ct.Content.decode(json.dumps(bad).encode())

@@ -24,8 +24,8 @@ API (all JSON; reads are GET, writes are POST with ``application/json``)::
     GET  /api/address.svg                QR code of our own address
     POST /api/contacts/verify            {address, verified}
     POST /api/files/send                 {to, name, content_type, data: b64}
-    POST /api/files/fetch                {message_id}   -> download + decrypt locally
-    GET  /api/files/{message_id}         the decrypted bytes (attachment / image)
+    POST /api/files/fetch                {peer, message_id} -> download + decrypt locally
+    GET  /api/files/{message_id}?peer=A  the decrypted bytes (attachment / image)
     GET  /api/groups, POST /api/groups/* only when the Client has a group API
 
 Errors are ``{"error": "..."}`` with 400/404/409/413/501/502/503.
@@ -39,6 +39,7 @@ import binascii
 import contextlib
 import io
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -69,6 +70,8 @@ from xchat.errors import (
     UnknownContact,
     XChatError,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_FILE_BYTES = 25 * 1024 * 1024  # per upload from the page (base64 inside JSON)
@@ -256,6 +259,11 @@ def route(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         except XChatError as exc:
             return JSONResponse({"error": _message_for(exc)}, status_code=_status_for(exc))
+        except Exception as exc:  # a bug: log it here, tell the page only its type
+            log.exception("internal error in %s", request.url.path)
+            return JSONResponse(
+                {"error": f"internal error ({type(exc).__name__})"}, status_code=500
+            )
 
     return endpoint
 
@@ -464,7 +472,9 @@ async def resolve_contact(request: Request, st: AppState) -> Response:
     to = _str(data, "to", limit=128).strip()
     if not to.startswith("@") and not to.startswith("xc1"):
         to = "@" + to
-    c = await st.client.contact(to)
+    # Always ask the server (not the per-session cache): the user explicitly typed a name,
+    # and a handle that now points at someone else must raise the identity warning.
+    c = await st.client.resolve(to)
     return JSONResponse({"contact": contact_json(st, c)})
 
 
@@ -594,10 +604,10 @@ async def send_file(request: Request, st: AppState) -> Response:
     return JSONResponse({"id": msg_id, "transfer": transfer})
 
 
-def _file_message(st: AppState, message_id: str) -> Any:
+def _file_message(st: AppState, peer: str, message_id: str) -> Any:
     from xchat.client import files as xf
 
-    m = st.client.store.get_message(message_id)
+    m = st.client.store.get_message(peer, message_id)
     if m is None:
         raise HttpError(404, "no such message")
     try:
@@ -616,20 +626,22 @@ async def fetch_file(request: Request, st: AppState) -> Response:
     _require_account(st)
     data = await read_json(request)
     message_id = _str(data, "message_id", limit=64)
-    man = _file_message(st, message_id)
-    path = st.downloads.get(message_id)
+    peer = _str(data, "peer", limit=128)
+    man = _file_message(st, peer, message_id)
+    key = f"{peer}/{message_id}"
+    path = st.downloads.get(key)
     if path is None or not path.exists():
         target = xf.downloads_dir(st.client.profile.path)
         async with xf.BlobClient(st.client.api.base_url) as blobs:
             path = await xf.receive_file(
                 blobs, man, target, progress=_progress(st, message_id, "down")
             )
-        st.downloads[message_id] = path
+        st.downloads[key] = path
     with open(path, "rb") as fh:
         image = detect_image(fh.read(16))
     return JSONResponse(
         {
-            "url": f"/api/files/{message_id}",
+            "url": f"/api/files/{message_id}?peer={quote(peer)}",
             "name": path.name,
             "size": man.size,
             "image": image,
@@ -642,7 +654,7 @@ async def file_content(request: Request, st: AppState) -> Response:
 
     _require_account(st)
     message_id = request.path_params["message_id"]
-    path = st.downloads.get(message_id)
+    path = st.downloads.get(f"{request.query_params.get('peer', '')}/{message_id}")
     if path is None or not path.exists():
         raise HttpError(404, "fetch the file first")
     with open(path, "rb") as fh:

@@ -273,19 +273,27 @@ def send(obj: Ctx, to: str, text: str, reply_to: str | None, as_json: bool) -> N
 
 def _message_json(m: ev.MessageReceived) -> dict[str, Any]:
     return {
-        "type": "text",
+        "type": "file" if m.file is not None else "text",
         "id": m.id,
         "from": m.sender,
         "handle": m.handle,
         "text": m.text,
         "ts": m.ts_ms,
         "reply_to": m.reply_to,
+        **({"file": m.file} if m.file is not None else {}),
     }
+
+
+def _file_note(file: dict[str, Any] | None) -> str:
+    if file is None:
+        return ""
+    name = escape_terminal(str(file.get("name", "file")))
+    return f" [file: {name}, {file.get('size', '?')} bytes; `xchat file get` to fetch]"
 
 
 def _print_message(m: ev.MessageReceived) -> None:
     text = escape_terminal(m.text, keep_newlines=True)
-    click.echo(f"[{fmt_time(m.ts_ms)}] {who(m.sender, m.handle)}: {text}")
+    click.echo(f"[{fmt_time(m.ts_ms)}] {who(m.sender, m.handle)}: {text}{_file_note(m.file)}")
 
 
 @cli.command()
@@ -417,13 +425,14 @@ def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
                     "ts": m.ts_ms,
                     "status": m.status,
                     "reply_to": m.reply_to,
+                    **({"file": m.file} if m.file is not None else {}),
                 }
             )
         else:
             arrow = who(contact.address, contact.handle) if m.direction == "in" else "me"
             status = f" ({m.status})" if m.direction == "out" else ""
             text = escape_terminal(m.text or "", keep_newlines=True)
-            click.echo(f"[{fmt_time(m.ts_ms)}] {arrow}: {text}{status}")
+            click.echo(f"[{fmt_time(m.ts_ms)}] {arrow}: {text}{_file_note(m.file)}{status}")
 
 
 @cli.command()

@@ -33,7 +33,7 @@ from xchat.client import events as ev
 from xchat.client.api import Api, b64d, b64e
 from xchat.client.profile import Profile, default_home
 from xchat.client.store import ContactRecord, MessageRecord, Store
-from xchat.client.transport import Backoff, ReceiveLoop, SendChannel, ws_url
+from xchat.client.transport import BACKOFF_CAP, Backoff, ReceiveLoop, SendChannel, ws_url
 from xchat.crypto import pow as xpow
 from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey, address_matches, is_address
@@ -69,7 +69,7 @@ SEND_ATTEMPTS = 4
 MAX_RATE_WAIT = 2.0  # seconds of Retry-After the SDK waits out by itself
 RECEIPT_DELAY = 0.05  # seconds receipts for one sender are collected before sending
 RESEND_LIMIT = 50  # undelivered messages re-sent after a peer's session reset
-SENDER_INFO_CONTENT_TYPE = 1  # sealed inner content type: a session message
+STORED_TYPES = ("text", "file")  # kept in history and acknowledged by receipt
 
 ProgressCallback = Callable[[int], None]
 
@@ -96,16 +96,22 @@ class HistoryItem:
     ts_ms: int
     status: str
     reply_to: str | None
+    file: dict[str, Any] | None = None
 
 
 class Client:
     """One device's client. Opening takes the profile lock (ProfileLocked if taken)."""
 
     def __init__(
-        self, profile_dir: str | os.PathLike[str] | None = None, *, passphrase: str | None = None
+        self,
+        profile_dir: str | os.PathLike[str] | None = None,
+        *,
+        passphrase: str | None = None,
+        reconnect_cap: float = BACKOFF_CAP,
     ) -> None:
         self.profile = Profile.open(profile_dir if profile_dir is not None else default_home())
         self._passphrase = passphrase
+        self._reconnect_cap = reconnect_cap  # longest pause between reconnect attempts
         self._store: Store | None = None
         self._identity: IdentityKeyPair | None = None
         self._api: Api | None = None
@@ -122,6 +128,7 @@ class Client:
         self._reset_sent: set[str] = set()
         self._pending_receipts: dict[str, list[str]] = {}
         self._rejected_claims: set[tuple[str, str]] = set()
+        self._addresses: dict[bytes, str] = {}
         try:
             if self.profile.initialised:
                 self._unlock()
@@ -563,16 +570,37 @@ class Client:
 
     async def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> str:
         """Encrypt, seal and send a text; returns the message id once the server acked."""
+        c = await self._sendable_contact(to)
+        sender = None if c.token_shared else self._own_sender_info()
+        msg = ct.text_message(text, now_ms(), reply_to=reply_to, sender=sender)
+        await self._send_content(c, msg, store_as_message=True)
+        return msg.id
+
+    async def send_file_manifest(
+        self, to: str, manifest: dict[str, Any], *, text: str | None = None
+    ) -> str:
+        """Send a file message (content type "file", files.md) carrying ``manifest``."""
+        c = await self._sendable_contact(to)
+        sender = None if c.token_shared else self._own_sender_info()
+        msg = ct.Content(
+            id=ct.new_message_id(),
+            type="file",
+            ts=now_ms(),
+            text=text,
+            sender=sender,
+            file=manifest,
+        )
+        await self._send_content(c, msg, store_as_message=True)
+        return msg.id
+
+    async def _sendable_contact(self, to: str) -> ContactRecord:
         c = await self.contact(to)
         if c.verified and c.identity_changed:
             raise IdentityChanged(
                 f"the identity of verified contact {c.handle or c.address} changed; "
                 "compare safety numbers and run `xchat verify --mark-verified` to continue"
             )
-        sender = None if c.token_shared else self._own_sender_info()
-        msg = ct.text_message(text, now_ms(), reply_to=reply_to, sender=sender)
-        await self._send_content(c, msg, store_as_message=True)
-        return msg.id
+        return c
 
     async def _send_content(
         self, c: ContactRecord, msg: ct.Content, *, store_as_message: bool
@@ -580,7 +608,12 @@ class Client:
         async with self._send_lock:
             cert = await self._sender_certificate()
             envelopes = await self._encrypt_for(c, msg, cert, store_as_message)
-            await self._deliver(c, envelopes)
+            try:
+                await self._deliver(c, envelopes)
+            except BaseException:
+                if store_as_message:
+                    self.store.set_message_status(c.address, msg.id, "failed")
+                raise
             if store_as_message:
                 self.store.set_message_status(c.address, msg.id, "sent")
 
@@ -688,6 +721,7 @@ class Client:
                 ws_url(self.whoami().server),
                 self._ws_token,
                 self._on_frame,
+                backoff=Backoff(cap=self._reconnect_cap),
                 on_connection=self._on_connection,
             )
             self._recv_task = asyncio.create_task(self._recv.run())
@@ -707,10 +741,17 @@ class Client:
         """Connect, process everything queued (until DRAINED), keep receiving for ``wait``
         seconds, then disconnect. Returns the events seen. Errors on the first connection
         (unreachable, unauthorised) are raised."""
+        if self._recv is not None:
+            raise ClientError("this client is already receiving (start() is running)")
         seen: list[ev.Event] = []
         self.on_event(seen.append)
         try:
-            loop = ReceiveLoop(ws_url(self.whoami().server), self._ws_token, self._on_frame)
+            loop = ReceiveLoop(
+                ws_url(self.whoami().server),
+                self._ws_token,
+                self._on_frame,
+                backoff=Backoff(cap=self._reconnect_cap),
+            )
             self._recv = loop
             task = asyncio.create_task(loop.run(fail_fast=True))
             self._recv_task = task
@@ -798,15 +839,18 @@ class Client:
         env_id = item.envelope_id.hex()
         sender: str | None = None
         try:
+            # The certificate must have been valid when the server ACCEPTED the envelope
+            # (its DELIVER timestamp), not now: mail may wait in the queue for days while
+            # certificates live 24 h (as Signal checks against the server timestamp).
             unsealed = e2e.unseal(
                 self.identity,
                 item.content,
                 self._server_signing_key(),
-                t,
+                item.ts_ms or t,
                 self.profile.config.device_id or 1,
             )
-            sender = unsealed.sender_address
             peer = unsealed.sender
+            sender = self._address_of(peer)
             c = self.store.ensure_contact(sender, t)
             if c.identity_key is not None and c.identity_key != peer.encode():
                 # Unreachable for an honest server (address = hash of key); treat as change.
@@ -866,13 +910,20 @@ class Client:
             claimed = (msg.sender.handle or "").lower()
             if claimed and claimed != handle:
                 batch.claims[sender] = claimed
-        if msg.type == "text":
+        if msg.type in STORED_TYPES:
             if not self.store.add_message(msg.id, sender, "in", msg.ts, "received", plaintext, t):
                 return  # duplicate content id (e.g. re-sent after a crash)
             receipts.setdefault(sender, []).append(msg.id)
             events.append(
                 ev.MessageReceived(
-                    msg.id, sender, handle, msg.text or "", msg.ts, msg.reply_to, device_id
+                    msg.id,
+                    sender,
+                    handle,
+                    msg.text or "",
+                    msg.ts,
+                    msg.reply_to,
+                    device_id,
+                    msg.file,
                 )
             )
         elif msg.type == "receipt":
@@ -909,6 +960,17 @@ class Client:
                 continue
             await self._send_content(c, msg, store_as_message=False)
             self.store.set_message_status(address, m.id, "sent")
+
+    def _address_of(self, identity: IdentityPublicKey) -> str:
+        """``identity.address()`` memoised: bech32m encoding is a measurable share of
+        the per-message receive cost."""
+        raw = identity.encode()
+        address = self._addresses.get(raw)
+        if address is None:
+            if len(self._addresses) > 4096:
+                self._addresses.clear()
+            address = self._addresses[raw] = identity.address()
+        return address
 
     async def _verify_handle_claim(self, sender: str, claimed: str) -> None:
         """Adopt a handle a contact claims only if the server's directory agrees."""
@@ -968,10 +1030,10 @@ def _with_handle(e: ev.Event, store: Store) -> ev.Event:
 def _history_item(m: MessageRecord) -> HistoryItem:
     try:
         c = ct.Content.decode(m.body)
-        text, reply_to = c.text, c.reply_to
+        text, reply_to, file = c.text, c.reply_to, c.file
     except XChatError:
-        text, reply_to = None, None
-    return HistoryItem(m.id, m.direction, m.peer, text, m.ts_ms, m.status, reply_to)
+        text, reply_to, file = None, None, None
+    return HistoryItem(m.id, m.direction, m.peer, text, m.ts_ms, m.status, reply_to, file)
 
 
 def _int(value: object, what: str) -> int:

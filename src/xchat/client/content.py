@@ -28,7 +28,7 @@ CONTENT_VERSION = 1
 MAX_CONTENT_BYTES = 64 * 1024  # plaintext JSON; text messages are far smaller
 MAX_TEXT_CHARS = 16 * 1024
 MAX_RECEIPT_IDS = 256
-TYPES = ("text", "receipt", "profile", "reset")
+TYPES = ("text", "file", "receipt", "profile", "reset")
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -55,6 +55,9 @@ class Content:
     reply_to: str | None = None
     receipt_for: tuple[str, ...] = field(default_factory=tuple)
     sender: SenderInfo | None = None
+    #: type "file": the attachment manifest (docs/protocol/files.md), validated by
+    #: ``xchat.client.files``; carried here as an opaque JSON object.
+    file: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -69,6 +72,8 @@ class Content:
             obj["reply_to"] = self.reply_to
         if self.receipt_for:
             obj["receipt_for"] = list(self.receipt_for)
+        if self.file is not None:
+            obj["file"] = self.file
         if self.sender is not None:
             obj["sender"] = {
                 "handle": self.sender.handle,
@@ -115,6 +120,9 @@ class Content:
             or not all(isinstance(i, str) and _ID_RE.match(i) for i in rf)
         ):
             raise DecodeError("content receipt_for invalid")
+        file = obj.get("file")
+        if file is not None and not isinstance(file, dict):
+            raise DecodeError("content file must be a JSON object")
         return cls(
             id=msg_id,
             type=ctype,
@@ -123,6 +131,7 @@ class Content:
             reply_to=reply_to,
             receipt_for=tuple(rf),
             sender=_decode_sender(obj.get("sender")),
+            file=file,
         )
 
 

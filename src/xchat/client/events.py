@@ -7,6 +7,7 @@ Frozen dataclasses, delivered in order to every subscriber (an async iterator fr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class MessageReceived:
     ts_ms: int
     reply_to: str | None = None
     device_id: int = 1
+    #: for a file message: the manifest object (docs/protocol/files.md); else None
+    file: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

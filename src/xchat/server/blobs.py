@@ -21,7 +21,6 @@ and account store) and keeps its :class:`FilesystemBlobStore` at
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
@@ -231,4 +230,3 @@ async def close_blob_store(app_state: Any) -> None:
     st: _BlobState | None = getattr(app_state, "blob_state", None)
     if st is not None:
         await st.store.close()
-        await asyncio.sleep(0)

@@ -37,6 +37,8 @@ class ServerConfig:
     keys_low: int = 10
     max_one_time_keys: int = 1000  # per upload list
     ws_outbox_limit: int = 8 * 1024 * 1024  # bytes queued to a slow socket before 4408
+    ws_fast: bool = True  # serve /api/v1/ws by the same-port fast path (wsfast.py)
+    ws_ping_seconds: float = 30.0  # fast path keepalive interval (0 = off)
     # Rate limits (token buckets; rate per second, burst = bucket size)
     rate_limits: bool = True
     rate_ip_per_s: float = 20.0

@@ -1,14 +1,19 @@
-"""WebSocket data plane ``/api/v1/ws`` (CONTRACT §5, wire.md §5).
+"""WebSocket data plane ``/api/v1/ws`` (CONTRACT §5, wire.md §5): the per-socket logic.
+
+:class:`DeviceConnection` is transport-agnostic: it decodes client frames, runs the send
+path, queues outgoing frames and coalesces them. Two transports drive it:
+
+- ``xchat.server.wsfast`` (the one ``xchat serve`` uses): a raw asyncio protocol on the
+  same port as the HTTP API; frames are handled synchronously in ``data_received`` and
+  output is written with one ``transport.write`` per socket per event-loop pass.
+- :class:`AsgiConnection` below: the Starlette route, kept for any other ASGI server and
+  for in-process use; output goes through an on-demand flush task.
 
 One socket per device when authenticated (a newer one replaces the older: close 4409);
-anonymous sockets may only SEND (sealed sender). Outgoing data is coalesced: everything
-queued while a write is in flight goes out as few DELIVER frames as possible, written by an
-on-demand flush task (no task per idle socket). ACKs are queued to the store's next group
-commit without waiting.
-
-Per-device order: deliveries are pushed in commit order; while the backlog present at
-connect time is being read, live pushes are buffered and de-duplicated by queue seq, then
-DRAINED is sent.
+anonymous sockets may only SEND (sealed sender). ACKs are queued to the store's next group
+commit without waiting. Per-device order: deliveries are pushed in commit order; while the
+backlog present at connect time is being read, live pushes are buffered and de-duplicated
+by queue seq, then DRAINED is sent.
 """
 
 from __future__ import annotations
@@ -36,34 +41,88 @@ _MAX_DELIVER_ITEMS = 0xFFFF
 
 
 class DeviceConnection:
-    """State of one accepted socket; implements :class:`xchat.fanout.base.DeviceSocket`."""
+    """State of one accepted socket; implements :class:`xchat.fanout.base.DeviceSocket`.
+
+    Subclasses provide the transport: :meth:`_schedule_flush`, :meth:`pending_bytes`,
+    :meth:`close_soon`.
+    """
 
     __slots__ = (
+        "backlog",
         "bucket",
         "buffer",
         "closed",
         "device",
         "expiry",
-        "flushing",
+        "live",
         "loading",
         "out",
         "out_bytes",
         "relay",
-        "ws",
     )
 
-    def __init__(self, ws: WebSocket, relay: Relay, device: DeviceRecord | None) -> None:
-        self.ws = ws
+    def __init__(self, relay: Relay, device: DeviceRecord | None, host: str | None) -> None:
         self.relay = relay
         self.device = device
-        self.bucket = ip_bucket(ws.client.host if ws.client else None)
+        self.bucket = ip_bucket(host) if relay.send_limiter.enabled else ""
         self.out: list[Any] = []  # bytes (a frame) or (envelope_id, ts_ms, content)
         self.out_bytes = 0
-        self.flushing = False
         self.loading = device is not None
         self.buffer: list[tuple[int, bytes, int, bytes]] = []
         self.closed = False
         self.expiry: asyncio.TimerHandle | None = None
+        self.backlog: asyncio.Task[None] | None = None
+        self.live = False
+
+    # --- transport hooks ---
+
+    def _schedule_flush(self) -> None:
+        raise NotImplementedError
+
+    def pending_bytes(self) -> int:
+        """Bytes queued towards the peer and not yet written to the socket."""
+        return self.out_bytes
+
+    def close_soon(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    # --- lifecycle ---
+
+    def start(self, expires_ms: int) -> None:
+        """Register the socket (after the upgrade and auth)."""
+        relay = self.relay
+        relay.ws_connections += 1
+        self.live = True
+        device = self.device
+        if device is None:
+            return
+        loop = asyncio.get_running_loop()
+        relay.fanout.attach(device.ref, self)
+        self.expiry = loop.call_later(
+            max(0.0, (expires_ms - now_ms()) / 1000),
+            self.close_soon,
+            F.CLOSE_UNAUTHORIZED,
+            "token expired",
+        )
+        self.backlog = loop.create_task(self.load_backlog())
+
+    def finish(self) -> None:
+        """Unregister the socket (idempotent)."""
+        self.closed = True
+        if not self.live:
+            return
+        self.live = False
+        relay = self.relay
+        relay.ws_connections -= 1
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if self.device is not None:
+            relay.fanout.detach(self.device.ref, self)
+        if self.backlog is not None and not self.backlog.done():
+            self.backlog.cancel()
+        self.backlog = None
+        self.out = []
 
     # --- DeviceSocket ---
 
@@ -86,24 +145,17 @@ class DeviceConnection:
             return
         self.out.append(item)
         self.out_bytes += size
-        if self.out_bytes > self.relay.config.ws_outbox_limit and not self.loading:
+        if not self.loading and self.pending_bytes() > self.relay.config.ws_outbox_limit:
             # The reader is too slow; mail stays queued and is re-sent after reconnect.
             self.close_soon(F.CLOSE_TIMEOUT, "receiver too slow")
             return
-        if not self.flushing:
-            self.flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+        if len(self.out) == 1:
+            self._schedule_flush()
 
-    async def _flush(self) -> None:
-        try:
-            while self.out and not self.closed:
-                items, self.out, self.out_bytes = self.out, [], 0
-                for frame in self._frames(items):
-                    await self.ws.send_bytes(frame)
-        except Exception:  # peer vanished mid-write
-            self.closed = True
-        finally:
-            self.flushing = False
+    def take_frames(self) -> list[bytes]:
+        """Everything queued, as wire frames (envelope runs coalesced into DELIVERs)."""
+        items, self.out, self.out_bytes = self.out, [], 0
+        return self._frames(items)
 
     def _frames(self, items: list[Any]) -> list[bytes]:
         """Coalesce runs of envelopes into DELIVER frames under the frame size limit."""
@@ -112,7 +164,7 @@ class DeviceConnection:
         size = 0
         limit = self.relay.config.max_request
         for item in items:
-            if isinstance(item, bytes):
+            if item.__class__ is bytes:
                 if run:
                     frames.append(F.encode_deliver(run))
                     run, size = [], 0
@@ -126,21 +178,7 @@ class DeviceConnection:
             size += n
         if run:
             frames.append(F.encode_deliver(run))
-        if frames and self.device is not None:
-            self.relay.metrics.inc("ws_frames_sent_total", len(frames))
         return frames
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close from the receive loop (waits for the close frame to be written)."""
-        if not self.closed:
-            self.closed = True
-            await _close(self.ws, code, reason)
-
-    def close_soon(self, code: int, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        asyncio.get_running_loop().create_task(_close(self.ws, code, reason))
 
     # --- backlog ---
 
@@ -158,7 +196,8 @@ class DeviceConnection:
                     last = rows[-1].seq
                 if len(rows) < BACKLOG_PAGE:
                     break
-                while self.out_bytes > self.relay.config.ws_outbox_limit // 2 and not self.closed:
+                half = self.relay.config.ws_outbox_limit // 2
+                while self.pending_bytes() > half and not self.closed:
                     await asyncio.sleep(0.005)
             self.loading = False
             for seq, eid, ts, content in self.buffer:
@@ -170,11 +209,33 @@ class DeviceConnection:
             low = self.relay.config.keys_low
             if ec < low or kem < low:
                 self.push_frame(F.encode_frame(F.KeysLow(ec, kem)))
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("backlog load failed")
             self.close_soon(1011, "internal error")
 
     # --- input ---
+
+    def handle_message(self, data: bytes) -> tuple[int, str] | None:
+        """Process one binary client message; return ``(close_code, reason)`` to close."""
+        max_request = self.relay.config.max_request
+        if len(data) > max_request:
+            return F.CLOSE_TOO_LARGE, f"frame larger than {max_request} bytes"
+        try:
+            frame = F.decode_frame(data)
+        except DecodeError as exc:
+            return F.CLOSE_MALFORMED, str(exc)[:120]
+        cls = frame.__class__
+        if cls is F.Send:
+            self.receive_send(frame)  # type: ignore[arg-type]
+        elif cls is F.Ack:
+            if self.device is None:
+                return F.CLOSE_FORBIDDEN, "ACK needs an authenticated socket"
+            self.receive_ack(frame)  # type: ignore[arg-type]
+        else:
+            return F.CLOSE_MALFORMED, "server-to-client frame sent by client"
+        return None
 
     def receive_send(self, frame: F.Send) -> None:
         relay = self.relay
@@ -187,30 +248,71 @@ class DeviceConnection:
                 envs = [(e.device_id, e.envelope_id, e.content) for e in d.envelopes]
                 n += len(envs)
                 dests.append(SendDest(address, d.access, envs))
-            wait = relay.send_limiter.take(self.bucket, n)
-            if wait:
-                raise ApiError(429, "rate limited", retry_after=wait)
+            if relay.send_limiter.enabled:
+                wait = relay.send_limiter.take(self.bucket, n)
+                if wait:
+                    raise ApiError(429, "rate limited", retry_after=wait)
             rows = relay.check_send(dests, now_ms())
         except ApiError as exc:
             retry = int((exc.retry_after or 0) * 1000)
             relay.metrics.inc("sends_rejected_total")
             self.push_frame(F.encode_send_result(req_id, exc.status, retry, error_text(exc)))
             return
-        fut = relay.submit(rows)
 
-        def done(f: asyncio.Future[None]) -> None:
-            if f.cancelled() or f.exception() is not None:
-                self.push_frame(F.encode_send_result(req_id, 503, 1000, "storage unavailable"))
-            else:
+        def finished(ok: bool) -> None:
+            if ok:
                 self.push_frame(F.encode_send_result(req_id, 200))
+            else:
+                self.push_frame(F.encode_send_result(req_id, 503, 1000, "storage unavailable"))
 
-        fut.add_done_callback(done)
+        relay.submit_cb(rows, finished)
 
     def receive_ack(self, frame: F.Ack) -> None:
         assert self.device is not None
         if frame.envelope_ids:
             self.relay.store.ack_nowait(self.device.ref, list(frame.envelope_ids))
             self.relay.metrics.inc("envelopes_acked_total", len(frame.envelope_ids))
+
+
+# --- the Starlette/ASGI transport ---------------------------------------------------------
+
+
+class AsgiConnection(DeviceConnection):
+    """A socket served through Starlette: output written by an on-demand flush task."""
+
+    __slots__ = ("flushing", "ws")
+
+    def __init__(self, ws: WebSocket, relay: Relay, device: DeviceRecord | None) -> None:
+        super().__init__(relay, device, ws.client.host if ws.client else None)
+        self.ws = ws
+        self.flushing = False
+
+    def _schedule_flush(self) -> None:
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self.out and not self.closed:
+                for frame in self.take_frames():
+                    await self.ws.send_bytes(frame)
+        except Exception:  # peer vanished mid-write
+            self.closed = True
+        finally:
+            self.flushing = False
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close from the receive loop (waits for the close frame to be written)."""
+        if not self.closed:
+            self.closed = True
+            await _close(self.ws, code, reason)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.get_running_loop().create_task(_close(self.ws, code, reason))
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
@@ -231,34 +333,15 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         except ApiError as exc:
             await _close(ws, F.CLOSE_UNAUTHORIZED, exc.message)
             return
-    conn = DeviceConnection(ws, relay, device)
-    relay.ws_connections += 1
-    loop = asyncio.get_running_loop()
-    backlog: asyncio.Task[None] | None = None
-    if device is not None:
-        relay.fanout.attach(device.ref, conn)
-        conn.expiry = loop.call_later(
-            max(0.0, (expires - now_ms()) / 1000),
-            conn.close_soon,
-            F.CLOSE_UNAUTHORIZED,
-            "token expired",
-        )
-        backlog = loop.create_task(conn.load_backlog())
+    conn = AsgiConnection(ws, relay, device)
+    conn.start(expires)
     try:
-        await _receive_loop(ws, conn, relay)
+        await _receive_loop(ws, conn)
     finally:
-        conn.closed = True
-        relay.ws_connections -= 1
-        if conn.expiry is not None:
-            conn.expiry.cancel()
-        if device is not None:
-            relay.fanout.detach(device.ref, conn)
-        if backlog is not None and not backlog.done():
-            backlog.cancel()
+        conn.finish()
 
 
-async def _receive_loop(ws: WebSocket, conn: DeviceConnection, relay: Relay) -> None:
-    max_request = relay.config.max_request
+async def _receive_loop(ws: WebSocket, conn: AsgiConnection) -> None:
     while True:
         msg = await ws.receive()
         if msg["type"] == "websocket.disconnect":
@@ -266,19 +349,8 @@ async def _receive_loop(ws: WebSocket, conn: DeviceConnection, relay: Relay) -> 
         data = msg.get("bytes")
         if data is None:
             return await conn.close(F.CLOSE_MALFORMED, "text frames are not accepted")
-        if len(data) > max_request:
-            return await conn.close(F.CLOSE_TOO_LARGE, f"frame larger than {max_request} bytes")
-        try:
-            frame = F.decode_frame(data)
-        except DecodeError as exc:
-            return await conn.close(F.CLOSE_MALFORMED, str(exc)[:120])
-        if isinstance(frame, F.Send):
-            conn.receive_send(frame)
-        elif isinstance(frame, F.Ack):
-            if conn.device is None:
-                return await conn.close(F.CLOSE_FORBIDDEN, "ACK needs an authenticated socket")
-            conn.receive_ack(frame)
-        else:
-            return await conn.close(F.CLOSE_MALFORMED, "server-to-client frame sent by client")
+        verdict = conn.handle_message(data)
+        if verdict is not None:
+            return await conn.close(*verdict)
         if conn.closed:
             return

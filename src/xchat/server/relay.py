@@ -15,7 +15,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,32 +153,41 @@ class Relay:
 
     def submit(self, rows: list[NewEnvelope]) -> asyncio.Future[None]:
         """Store ``rows`` (group commit), then push them to connected devices in commit
-        order. The returned future resolves after both."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        stored = self.store.enqueue_future(rows)
+        order. The returned future resolves after both (HTTP path)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def after(fut: asyncio.Future[list[int | None]]) -> None:
-            if fut.cancelled():
+        def finished(ok: bool) -> None:
+            if done.done():
                 return
-            exc = fut.exception()
-            if exc is not None:
+            if ok:
+                done.set_result(None)
+            else:
+                done.set_exception(ApiError(503, "storage unavailable"))
+
+        self.submit_cb(rows, finished)
+        return done
+
+    def submit_cb(self, rows: list[NewEnvelope], finished: Callable[[bool], None]) -> None:
+        """Hot path (WebSocket SEND): like :meth:`submit` but ``finished(ok)`` is called on
+        the event loop right after the commit, deliveries already pushed. No future/task
+        per send: one callback per operation inside the store's per-batch resolution."""
+        deliver = self.fanout.deliver
+        metrics = self.metrics
+
+        def after(seqs: list[int | None] | None, exc: BaseException | None) -> None:
+            if exc is not None or seqs is None:
                 log.error("store failed", extra={"error_type": type(exc).__name__})
-                if not done.done():
-                    done.set_exception(ApiError(503, "storage unavailable"))
+                finished(False)
                 return
-            deliver = self.fanout.deliver
             n = 0
-            for row, seq in zip(rows, fut.result(), strict=True):
+            for row, seq in zip(rows, seqs, strict=True):
                 if seq is not None:
                     n += 1
                     deliver(row.device_ref, seq, row.envelope_id, row.ts_ms, row.content)
-            self.metrics.inc("envelopes_accepted_total", n)
-            if not done.done():
-                done.set_result(None)
+            metrics.inc("envelopes_accepted_total", n)
+            finished(True)
 
-        stored.add_done_callback(after)
-        return done
+        self.store.enqueue_cb(rows, after)
 
 
 def error_body(exc: ApiError) -> dict[str, Any]:

@@ -8,14 +8,17 @@ connections (after the store is open: uvicorn runs the lifespan before serving).
 from __future__ import annotations
 
 import importlib.util
+import resource
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 
 from xchat.server.app import create_app
 from xchat.server.config import ServerConfig
 from xchat.server.logs import setup_logging
+from xchat.server.wsfast import protocol_class
 
 
 def _ws_impl() -> str:
@@ -25,6 +28,24 @@ def _ws_impl() -> str:
     except ImportError:
         pass
     return "websockets"
+
+
+def raise_nofile_limit(want: int = 1_048_576) -> int:
+    """Raise RLIMIT_NOFILE as far as allowed: every WebSocket is a descriptor and the usual
+    soft limit (1024) would cap the relay far below its 50,000-socket target. The hard limit
+    is raised too when the process may (CAP_SYS_RESOURCE); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for new_soft, new_hard in ((want, want), (hard, hard)):
+        if new_hard == resource.RLIM_INFINITY:
+            new_soft = new_hard = want
+        if new_soft <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, max(new_hard, new_soft)))
+            return new_soft
+        except (ValueError, OSError):
+            continue
+    return soft
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -52,14 +73,18 @@ class _Server(uvicorn.Server):
 def run_server(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM."""
     setup_logging(config.log_level)
+    raise_nofile_limit()
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     app = create_app(config)
+    http: Any = "httptools"
+    if config.ws_fast:  # /api/v1/ws upgrades bypass ASGI (wire.md §5.1)
+        http = protocol_class(app.state.relay, config.ws_ping_seconds)
     uconfig = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=http,
         ws=_ws_impl(),
         ws_max_size=2 * config.max_request,  # beyond this uvicorn closes with 1009
         ws_per_message_deflate=False,

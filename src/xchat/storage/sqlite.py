@@ -49,6 +49,9 @@ class _Op:
     after_commit: Callable[[Any], None] | None = None
     result: Any = None
     error: BaseException | None = None
+    #: Hot-path alternative to ``future``: called as ``callback(result, error)`` on the
+    #: event loop right after the commit (no future, no extra loop iteration per op).
+    callback: Callable[[Any, BaseException | None], None] | None = None
 
 
 @dataclass(slots=True)
@@ -263,6 +266,10 @@ class SqliteStore(Store):
         for op in batch:
             if op.error is None and op.after_commit is not None:
                 op.after_commit(op.result)
+            cb = op.callback
+            if cb is not None:
+                cb(op.result, op.error)
+                continue
             fut = op.future
             if fut is None or fut.done():
                 continue
@@ -388,6 +395,17 @@ class SqliteStore(Store):
         """Like :meth:`enqueue` but returns the future (lets a caller attach a callback
         instead of spawning a task per send on the hot path)."""
         return self._submit(_ENQUEUE, envelopes)
+
+    def enqueue_cb(
+        self,
+        envelopes: list[NewEnvelope],
+        callback: Callable[[list[int | None] | None, BaseException | None], None],
+    ) -> None:
+        """Hot path of the WebSocket SEND: like :meth:`enqueue`, but ``callback(seqs,
+        error)`` runs on the event loop after the group commit; no future is created."""
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        self._queue.put(_Op(_ENQUEUE, envelopes, None, None, None, None, callback))
 
     async def fetch(
         self, device_ref: int, after_seq: int, limit: int, now_ms: int

@@ -132,7 +132,7 @@
     if (!m) return 'No messages yet';
     const who = m.direction === 'out' ? 'You: ' : '';
     if (m.kind === 'text') return who + m.text;
-    if (m.kind === 'file') return `${who}📎 ${m.file.name}`;
+    if (m.kind === 'file') return `${who}${m.file.name} (file)`;
     return `${who}(unsupported message)`;
   }
 
@@ -446,10 +446,10 @@
     if (url) {
       frag.append(el('img', { src: url, alt: `Image: ${f.name}` }));
     } else if (f.image && f.size <= 10 * 1024 * 1024) {
-      queuePreview(m.id);
+      queuePreview(m);
     }
     frag.append(
-      el('span', { class: 'file-name', text: `📎 ${f.name}` }),
+      el('span', { class: 'file-name', text: f.name }),
       el('span', { class: 'small', text: fmtSize(f.size) }),
       el('button', { type: 'button', class: 'small-btn', 'aria-label': `Save ${f.name}`, onclick: () => saveFile(m) }, 'Save'),
     );
@@ -457,11 +457,12 @@
   }
 
   const previewQueue = new Set();
-  async function queuePreview(id) {
+  async function queuePreview(m) {
+    const id = m.id;
     if (previewQueue.has(id)) return;
     previewQueue.add(id);
     try {
-      const info = await post('/api/files/fetch', { message_id: id });
+      const info = await post('/api/files/fetch', { peer: m.peer, message_id: id });
       if (info.image) {
         const blob = await get(info.url);
         const typed = new Blob([blob], { type: info.image });
@@ -475,7 +476,7 @@
 
   async function saveFile(m) {
     try {
-      const info = await post('/api/files/fetch', { message_id: m.id });
+      const info = await post('/api/files/fetch', { peer: m.peer, message_id: m.id });
       const blob = await get(info.url);
       const url = URL.createObjectURL(new Blob([blob], { type: 'application/octet-stream' }));
       const a = el('a', { href: url, download: info.name });

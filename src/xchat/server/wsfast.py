@@ -1,0 +1,392 @@
+"""Same-port fast path for the WebSocket data plane ``/api/v1/ws`` (wire.md §5.1).
+
+Why: serving the data plane through uvicorn → ASGI → Starlette costs a task, several
+futures and message dicts per frame and ~25–30 KiB per idle socket. Here the first request
+on each TCP connection is sniffed: a WebSocket upgrade for ``/api/v1/ws`` is completed with
+the ``websockets`` sans-I/O handshake and the connection is switched to
+:class:`FastConnection`, a plain asyncio protocol with a small RFC 6455 frame parser;
+everything else is handed, bytes included, to uvicorn's own httptools protocol (so the HTTP
+API, and a plain ``GET /api/v1/ws``, behave exactly as before).
+
+Per frame there is no task, no future and no ASGI message: ``data_received`` unmasks and
+handles the frames synchronously; outgoing frames are queued and written with one
+``transport.write`` per socket per event-loop pass (:class:`Hub`), so a group commit that
+delivers to many sockets costs one write each. No compression is ever negotiated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+from websockets.speedups import apply_mask
+
+from xchat.errors import ApiError
+from xchat.protocol import frames as F
+from xchat.server.realtime import DeviceConnection
+from xchat.server.relay import Relay, now_ms
+from xchat.storage.base import DeviceRecord
+
+log = logging.getLogger("xchat.server.ws")
+
+WS_PATH = b"GET /api/v1/ws"
+MAX_HEAD = 16 * 1024  # bytes of request head we buffer before giving up on the fast path
+CLOSE_TIMEOUT = 5.0  # seconds we wait for the peer's close frame before aborting TCP
+
+_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
+_PROTOCOL_ERROR, _TOO_BIG, _SHUTDOWN = 1002, 1009, 1001
+
+
+def ws_header(n: int, opcode: int = _OP_BINARY) -> bytes:
+    """Header of one unmasked, final server frame with an ``n``-byte payload (RFC 6455 §5.2)."""
+    b0 = 0x80 | opcode
+    if n < 126:
+        return bytes((b0, n))
+    if n < 65536:
+        return bytes((b0, 126)) + n.to_bytes(2, "big")
+    return bytes((b0, 127)) + n.to_bytes(8, "big")
+
+
+def _close_payload(code: int, reason: str) -> bytes:
+    raw = reason.encode("utf-8")[:120]
+    return code.to_bytes(2, "big") + raw
+
+
+class Hub:
+    """Per-process state shared by fast sockets: the write coalescer and the keepalive."""
+
+    __slots__ = ("conns", "dirty", "loop", "ping_interval", "scheduled", "tick", "timer")
+
+    def __init__(self, ping_interval: float) -> None:
+        self.dirty: list[FastConnection] = []
+        self.scheduled = False
+        self.conns: set[FastConnection] = set()
+        self.tick = 0
+        self.ping_interval = ping_interval
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def mark_dirty(self, conn: FastConnection) -> None:
+        self.dirty.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            assert self.loop is not None
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            conn.flush()
+
+    def add(self, conn: FastConnection) -> None:
+        self.conns.add(conn)
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        if self.timer is None and self.ping_interval > 0:
+            self.timer = self.loop.call_later(self.ping_interval, self.keepalive)
+
+    def keepalive(self) -> None:
+        """Every interval: ping sockets silent for a whole interval, drop those silent for
+        three (a dead peer would otherwise hold its device slot until TCP gives up)."""
+        self.tick += 1
+        tick = self.tick
+        ping = ws_header(0, _OP_PING)
+        for conn in list(self.conns):
+            if conn.seen >= tick - 1:
+                continue
+            if conn.seen < tick - 3:
+                conn.transport.abort()
+            elif not conn.closed:
+                conn.transport.write(ping)
+        assert self.loop is not None
+        self.timer = self.loop.call_later(self.ping_interval, self.keepalive)
+
+
+class FastConnection(DeviceConnection, asyncio.Protocol):
+    """One upgraded socket: RFC 6455 framing over a raw asyncio transport."""
+
+    __slots__ = ("closer", "frag", "hub", "need", "rbuf", "seen", "server_state", "transport")
+
+    def __init__(
+        self,
+        relay: Relay,
+        hub: Hub,
+        transport: asyncio.Transport,
+        device: DeviceRecord | None,
+        server_state: Any,
+    ) -> None:
+        peer = transport.get_extra_info("peername")
+        super().__init__(relay, device, peer[0] if peer else None)
+        self.hub = hub
+        self.transport = transport
+        self.rbuf: bytearray | None = None
+        self.need = 0
+        self.frag: bytearray | None = None
+        self.seen = hub.tick
+        self.closer: asyncio.TimerHandle | None = None
+        self.server_state = server_state
+
+    # --- transport hooks (DeviceConnection) ---
+
+    def _schedule_flush(self) -> None:
+        self.hub.mark_dirty(self)
+
+    def pending_bytes(self) -> int:
+        return self.out_bytes + self.transport.get_write_buffer_size()
+
+    def flush(self) -> None:
+        if self.closed or not self.out:
+            return
+        frames = self.take_frames()
+        parts: list[bytes] = []
+        for frame in frames:
+            parts.append(ws_header(len(frame)))
+            parts.append(frame)
+        self.transport.write(b"".join(parts))
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Send a close frame (after what is already queued, unless the peer is too slow),
+        unregister, and wait up to CLOSE_TIMEOUT for the peer's close frame."""
+        if self.closed:
+            return
+        if code != F.CLOSE_TIMEOUT and self.out:
+            self.flush()
+        self._send_close(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self.finish()
+        self.hub.conns.discard(self)
+        payload = _close_payload(code, reason)
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.write(ws_header(len(payload), _OP_CLOSE) + payload)
+        loop = asyncio.get_running_loop()
+        self.closer = loop.call_later(CLOSE_TIMEOUT, transport.abort)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn on graceful shutdown (it tracks us in its connection set)."""
+        self.close_soon(_SHUTDOWN, "server shutting down")
+
+    # --- asyncio.Protocol ---
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish()
+        self.hub.conns.discard(self)
+        if self.closer is not None:
+            self.closer.cancel()
+            self.closer = None
+        self.server_state.connections.discard(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close
+
+    def data_received(self, data: bytes) -> None:
+        self.seen = self.hub.tick
+        rbuf = self.rbuf
+        if rbuf is not None:
+            rbuf += data
+            if len(rbuf) < self.need:
+                return
+            data = bytes(rbuf)
+            self.rbuf = None
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        need = 0  # bytes (from pos) needed before the partial frame at pos can be parsed
+        limit = 2 * self.relay.config.max_request
+        while n - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            head = pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(data[head : head + 2], "big")
+                head += 2
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[head : head + 8], "big")
+                head += 8
+            if not b1 & 0x80 or b0 & 0x70:
+                self._fail(_PROTOCOL_ERROR, "unmasked frame or reserved bits set")
+                return
+            if length > limit:
+                self._fail(_TOO_BIG, "frame too big")
+                return
+            end = head + 4 + length
+            if end > n:
+                need = end - pos
+                break
+            payload = apply_mask(data[head + 4 : end], data[head : head + 4])
+            pos = end
+            if self.closed:  # closing: discard everything but the peer's close frame
+                if b0 & 0x0F == _OP_CLOSE:
+                    self.transport.close()
+                    return
+                continue
+            if not self._frame(b0, payload, limit):
+                return
+        self.need = need
+        if pos < n:
+            self.rbuf = bytearray(data[pos:])
+
+    def _frame(self, b0: int, payload: bytes, limit: int) -> bool:
+        """Handle one complete frame; False when the socket is being closed."""
+        opcode = b0 & 0x0F
+        fin = b0 & 0x80
+        if opcode == _OP_BINARY and fin and self.frag is None:
+            verdict = self.handle_message(payload)
+        elif opcode >= 8:
+            if not fin or len(payload) > 125:
+                return self._fail(_PROTOCOL_ERROR, "bad control frame")
+            if opcode == _OP_PING:
+                self.transport.write(ws_header(len(payload), _OP_PONG) + payload)
+                return True
+            if opcode == _OP_PONG:
+                return True
+            if opcode == _OP_CLOSE:
+                # Echo the peer's close (RFC 6455 §5.5.1), then close TCP (server side).
+                self.finish()
+                self.hub.conns.discard(self)
+                self.transport.write(ws_header(len(payload), _OP_CLOSE) + payload)
+                self.transport.close()
+                return False
+            return self._fail(_PROTOCOL_ERROR, "unknown opcode")
+        elif opcode == _OP_TEXT:
+            verdict = F.CLOSE_MALFORMED, "text frames are not accepted"
+        elif opcode == _OP_BINARY and self.frag is None:  # first fragment
+            self.frag = bytearray(payload)
+            return True
+        elif opcode == _OP_CONT and self.frag is not None:
+            self.frag += payload
+            if len(self.frag) > limit:
+                return self._fail(_TOO_BIG, "message too big")
+            if not fin:
+                return True
+            message, self.frag = bytes(self.frag), None
+            verdict = self.handle_message(message)
+        else:
+            return self._fail(_PROTOCOL_ERROR, "unexpected frame")
+        if verdict is not None:
+            self.close_soon(*verdict)
+            return False
+        return not self.closed
+
+    def _fail(self, code: int, reason: str) -> bool:
+        self._send_close(code, reason)
+        return False
+
+
+class RelayHttpProtocol(asyncio.Protocol):
+    """uvicorn ``http`` protocol class: routes each new TCP connection either to the fast
+    WebSocket path or to uvicorn's :class:`HttpToolsProtocol` (see module docstring).
+
+    Use :func:`protocol_class` to bind it to a relay."""
+
+    relay: ClassVar[Relay]
+    hub: ClassVar[Hub]
+    __slots__ = ("args", "buf", "transport")
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.args = (config, server_state, app_state, _loop)
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        k = min(len(buf), len(WS_PATH))
+        if buf[:k] != WS_PATH[:k]:
+            self._to_http(buf)
+            return None
+        if len(buf) <= len(WS_PATH):
+            self.buf = buf
+            return
+        if buf[len(WS_PATH)] not in b" ?":
+            return self._to_http(buf)
+        if b"\r\n\r\n" not in buf:
+            if len(buf) > MAX_HEAD:
+                return self._to_http(buf)
+            self.buf = buf
+            return
+        self.buf = b""
+        self._upgrade(buf)
+        return None
+
+    def _to_http(self, buf: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.buf = b""
+        inner = HttpToolsProtocol(*self.args)
+        inner.connection_made(transport)
+        transport.set_protocol(inner)
+        inner.data_received(buf)
+
+    def _upgrade(self, buf: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        split = buf.index(b"\r\n\r\n") + 4
+        hs = ServerProtocol(max_size=None)
+        hs.receive_data(buf[:split])
+        events = hs.events_received()
+        if len(events) != 1 or not isinstance(events[0], Request):
+            return self._to_http(buf)
+        request = events[0]
+        if "websocket" not in request.headers.get("Upgrade", "").lower():
+            return self._to_http(buf)  # plain GET: let the ASGI app answer it
+        response = hs.accept(request)
+        hs.send_response(response)
+        for chunk in hs.data_to_send():
+            if chunk:
+                transport.write(chunk)
+        if response.status_code != 101:
+            transport.close()
+            return
+        relay = self.relay
+        device: DeviceRecord | None = None
+        expires = 0
+        error: str | None = None
+        header = request.headers.get("Authorization")
+        if header is not None:
+            try:
+                device, expires = relay.tokens.from_header(header, relay.store, now_ms())
+            except ApiError as exc:
+                error = exc.message
+        server_state = self.args[1]
+        conn = FastConnection(relay, self.hub, transport, device, server_state)
+        transport.set_protocol(conn)
+        server_state.connections.add(conn)
+        self.hub.add(conn)
+        if error is not None:
+            conn._send_close(F.CLOSE_UNAUTHORIZED, error)
+            return
+        conn.start(expires)
+        if split < len(buf):  # frames pipelined behind the handshake (RFC 6455 forbids it)
+            conn.data_received(buf[split:])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+def protocol_class(relay: Relay, ping_interval: float) -> type[RelayHttpProtocol]:
+    """A :class:`RelayHttpProtocol` subclass bound to ``relay`` (pass as uvicorn ``http``)."""
+    hub = Hub(ping_interval)
+    return type("BoundRelayHttpProtocol", (RelayHttpProtocol,), {"relay": relay, "hub": hub})
