@@ -220,7 +220,7 @@ def recipients_main(host: str, port: int, tokens: list[str], conn: Any) -> None:
 
 
 async def _recipients(host: str, port: int, tokens: list[str], conn: Any) -> None:
-    recs: list[tuple[int, int]] = []  # (recv_ns, latency_ns)
+    recs: list[tuple[int, int, int]] = []  # (recv_ns, latency_ns, from_actual_send_ns)
     drained = [0]
     socks: list[WsClient] = []
     unpack_item = struct.Struct(">16sQI").unpack_from
@@ -236,7 +236,13 @@ async def _recipients(host: str, port: int, tokens: list[str], conn: Any) -> Non
                 for _ in range(n):
                     eid, _ts, ln = unpack_item(m, pos)
                     pos += 28
-                    recs.append((now, now - int.from_bytes(m[pos : pos + 8], "big")))
+                    recs.append(
+                        (
+                            now,
+                            now - int.from_bytes(m[pos : pos + 8], "big"),
+                            now - int.from_bytes(m[pos + 8 : pos + 16], "big"),
+                        )
+                    )
                     pos += ln
                     ids.append(eid)
                 socks[idx].transport.write(
@@ -259,7 +265,7 @@ async def _recipients(host: str, port: int, tokens: list[str], conn: Any) -> Non
             conn.send(len(recs))
         elif cmd[0] == "collect":  # latencies (ns) of deliveries received in [t0, t1)
             _, t0, t1 = cmd
-            conn.send([lat for (t, lat) in recs if t0 <= t < t1])
+            conn.send([(lat, lat2) for (t, lat, lat2) in recs if t0 <= t < t1])
             recs.clear()
         elif cmd[0] == "stop":
             conn.send("bye")
@@ -315,7 +321,7 @@ async def _senders(host: str, port: int, dests: list[dict[str, Any]], conn: Any)
         addr = d["address"].encode()
         head = b"\x00\x01" + bytes([len(addr)]) + addr + b"\x01\x00\x10" + d["delivery_token"]
         heads.append(head + b"\x00\x01\x00\x00\x00\x01")  # n_env=1, device 1
-    pad = os.urandom(CONTENT - 8)
+    pad = os.urandom(CONTENT - 16)
     prefix = os.urandom(8)
     counter = [0]
     req = [0]
@@ -333,6 +339,7 @@ async def _senders(host: str, port: int, dests: list[dict[str, Any]], conn: Any)
                 counter[0].to_bytes(8, "big"),
                 tail,
                 stamp_ns.to_bytes(8, "big"),
+                time.monotonic_ns().to_bytes(8, "big"),
                 pad,
             )
         )
@@ -453,7 +460,9 @@ class Load:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        lats = sorted(self._ask(("collect", int(t0 * 1e9), int(t1 * 1e9))))
+        pairs = self._ask(("collect", int(t0 * 1e9), int(t1 * 1e9)))
+        lats = sorted(p[0] for p in pairs)
+        lats_actual = sorted(p[1] for p in pairs)
         if spy is not None:
             spy.wait(60)
         n = len(lats)
@@ -471,6 +480,13 @@ class Load:
             "p90_ms": pct(90),
             "p99_ms": pct(99),
             "max_ms": pct(100),
+            # from the actual send instead of the schedule: the gap is load-generator lag
+            "p50_from_send_ms": (
+                round(common.percentile(lats_actual, 50) / 1e6, 3) if lats_actual else None
+            ),
+            "p99_from_send_ms": (
+                round(common.percentile(lats_actual, 99) / 1e6, 3) if lats_actual else None
+            ),
             "delivered_in_window": n,
             "sent_total": sres["sent"],
             "send_errors": sres["errors"],
