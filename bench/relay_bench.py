@@ -429,6 +429,7 @@ class Load:
         spy = None
         time.sleep(max(0.0, t0 - time.monotonic()))
         cpu0 = {k: common.proc_cpu_seconds(p) for k, p in pids.items()}
+        th0 = thread_cpu(self.srv.pid)
         w0 = time.monotonic()
         if profile is not None and shutil.which("py-spy", path=str(Path(sys.executable).parent)):
             spy = subprocess.Popen(
@@ -452,6 +453,7 @@ class Load:
             )
         time.sleep(max(0.0, t1 - time.monotonic()))
         cpu1 = {k: common.proc_cpu_seconds(p) for k, p in pids.items()}
+        th1 = thread_cpu(self.srv.pid)
         wall = time.monotonic() - w0
         sres = self.sconn.recv()
         # let the tail land, then take latencies of what arrived inside [t0, t1)
@@ -465,6 +467,7 @@ class Load:
         lats_actual = sorted(p[1] for p in pairs)
         if spy is not None:
             spy.wait(60)
+        store = server_summaries(self.srv)
         n = len(lats)
         cpu = {k: cpu1[k] - cpu0[k] for k in pids}
 
@@ -492,8 +495,17 @@ class Load:
             "send_errors": sres["errors"],
             "server_cpu_util": round(cpu["server"] / wall, 3),
             "server_cpu_us_per_msg": round(cpu["server"] / n * 1e6, 1) if n else None,
+            "server_thread_us_per_msg": (
+                {k: round((v - th0.get(k, 0.0)) / n * 1e6, 1) for k, v in th1.items()}
+                if n
+                else None
+            ),
             "senders_cpu_util": round(cpu["senders"] / wall, 3),
             "recipients_cpu_util": round(cpu["recipients"] / wall, 3),
+            "store_commit_ms_p50": store.get("store_commit_seconds_0.5"),
+            "store_commit_ms_p99": store.get("store_commit_seconds_0.99"),
+            "store_batch_ops_p50": store.get("store_batch_ops_0.5"),
+            "store_batch_ops_p99": store.get("store_batch_ops_0.99"),
             "loadgen_cpu_us_per_msg": (
                 round((cpu["senders"] + cpu["recipients"]) / n * 1e6, 1) if n else None
             ),
@@ -556,6 +568,7 @@ def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]
     ctx = mp.get_context("spawn")
     hold = ctx.Event()
     rss0 = common.proc_rss_bytes(srv.pid)
+    kmem0 = tcp_kernel_mem_kib()
     procs = []
     opened = failed = 0
     errors: list[str] = []
@@ -588,6 +601,7 @@ def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]
     elapsed = time.monotonic() - t
     time.sleep(1.0)
     rss1 = common.proc_rss_bytes(srv.pid)
+    kmem1 = tcp_kernel_mem_kib()
     gauge = server_gauge(srv, "ws_connections")
     try:
         r = httpx.get(srv.url + "/healthz", timeout=10)
@@ -618,8 +632,22 @@ def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]
         "rss_after_kib": rss1 // 1024,
         "kib_per_connection": round((rss1 - rss0) / 1024 / opened, 2) if opened else None,
         "open_seconds": round(elapsed, 2),
+        # both ends of every socket are on this machine: client and server side together
+        "tcp_kernel_mem_delta_kib": (
+            kmem1 - kmem0 if kmem0 is not None and kmem1 is not None else None
+        ),
         "rss_curve": rss_curve,
     }
+
+
+def tcp_kernel_mem_kib() -> int | None:
+    """Kernel memory of all TCP sockets (pages in /proc/net/sockstat), in KiB: not part of
+    any process's RSS, reported next to it for completeness."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            parts = line.split()
+            return int(parts[parts.index("mem") + 1]) * resource.getpagesize() // 1024
+    return None
 
 
 def server_gauge(srv: Any, name: str) -> float | None:
@@ -631,6 +659,38 @@ def server_gauge(srv: Any, name: str) -> float | None:
         if line.startswith(f"xchat_{name} "):
             return float(line.split()[1])
     return None
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per OS thread name of a process (/proc/<pid>/task/*/stat)."""
+    out: dict[str, float] = {}
+    tick = common.clock_ticks()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def server_summaries(srv: Any) -> dict[str, float]:
+    """Quantiles of the store's recent group commits from /metrics (commit time in ms)."""
+    out: dict[str, float] = {}
+    try:
+        text = httpx.get(srv.url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for line in text.splitlines():
+        for name in ("store_commit_seconds", "store_batch_ops"):
+            prefix = f'xchat_{name}{{quantile="'
+            if line.startswith(prefix):
+                q = line[len(prefix) :].split('"', 1)[0]
+                v = float(line.rsplit(" ", 1)[1])
+                out[f"{name}_{q}"] = round(v * 1000, 2) if "seconds" in name else v
+    return out
 
 
 def server_nofile(pid: int) -> int | None:
@@ -709,7 +769,6 @@ def main() -> None:
     )
     profile_path = common.RESULTS_DIR / "relay_profile.txt" if args.profile else None
     with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
-        doc["server_nofile_limit"] = server_nofile(srv.pid)
         if not args.skip_load:
             with httpx.Client(base_url=srv.url, timeout=30) as c:
                 accounts = [register(c) for _ in range(PAIRS)]
@@ -748,11 +807,16 @@ def main() -> None:
             ]
             if profile_path is not None and profile_path.exists():
                 doc["profile"] = digest_profile(profile_path)
-        checkpoints = sorted({1000, 2500, 5000, 10_000, 20_000, 30_000, 40_000, 50_000})
+    # Memory on a fresh server: after the load windows freed memory would be reused by new
+    # sockets and hide their real cost.
+    checkpoints = sorted({1000, 2500, 5000, 10_000, 20_000, 30_000, 40_000, 50_000})
+    with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
+        doc["server_nofile_limit"] = server_nofile(srv.pid)
         idle = open_connections(srv, idle_n, [c for c in checkpoints if c <= idle_n])
         doc["idle"] = idle
         doc["rss_curve"] = idle["rss_curve"]
-        if args.connections:
+    if args.connections:
+        with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
             doc["many"] = open_connections(
                 srv, args.connections, [c for c in checkpoints if c <= args.connections]
             )

@@ -8,6 +8,7 @@ request leaving 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from _app_helpers import AppProcess
+from _app_helpers import AppProcess, start_app
 
 TIMEOUT_MS = 15_000
 
@@ -277,3 +278,38 @@ def test_page_without_secret_shows_how_to_open_it(
         assert "xchat app" in page.inner_text("#view-locked")
     finally:
         ctx.close()
+
+
+def test_restore_from_phrase_in_the_browser(
+    browser: Any, relay: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A CLI-created account restored in a fresh ``xchat app`` profile keeps its address."""
+    created = subprocess.run(
+        [*cli_base(tmp_path / "cli"), "account", "create", "--server", relay.url, "--json"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    info = json.loads(created.stdout)
+    app = start_app(tmp_path / "restored", relay.url)
+    ctx = browser.new_context(viewport={"width": 800, "height": 800})
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app.url)
+        page.click("#tab-restore")
+        page.fill("#restore-phrase", " ".join(["abandon"] * 24))  # bad checksum
+        page.click("#btn-restore")
+        page.wait_for_selector("#onboarding-error:has-text('recovery phrase')")
+        page.screenshot(path=str(artifacts / "13-restore-error.png"))
+        page.fill("#restore-phrase", info["recovery_phrase"].upper())
+        page.click("#btn-restore")
+        page.wait_for_selector("#view-app", state="visible")
+        page.click("#btn-settings")
+        page.wait_for_selector("#dlg-settings[open]")
+        assert page.inner_text("#set-address") == info["address"]
+    finally:
+        ctx.close()
+        app.stop()

@@ -146,3 +146,55 @@ def test_encode_rejects_out_of_range() -> None:
         F.encode_frame(F.SendResult(2**32, 200))
     with pytest.raises(DecodeError):
         F.encode_frame(F.Send(1, (F.Destination("a", F.TokenAccess(b"x"), ()),)))
+
+
+# --- decode_send: the relay's object-free SEND decoder must agree with decode_frame ---------
+
+
+def _as_items(f: F.Send) -> tuple[int, list[F.SendItem]]:
+    return f.req_id, [
+        (d.address, d.access, [(e.device_id, e.envelope_id, e.content) for e in d.envelopes])
+        for d in f.destinations
+    ]
+
+
+@given(st.builds(F.Send, u32, st.lists(destination, max_size=3).map(tuple)))
+def test_decode_send_matches_decode_frame(f: F.Send) -> None:
+    data = F.encode_frame(f)
+    assert F.decode_send(data) == _as_items(f)
+
+
+def _outcome(fn: object, data: bytes) -> object:
+    try:
+        out = fn(data)  # type: ignore[operator]
+    except DecodeError:
+        return "error"
+    return _as_items(out) if isinstance(out, F.Send) else out
+
+
+@settings(max_examples=300)
+@given(
+    st.builds(F.Send, u32, st.lists(destination, min_size=1, max_size=2).map(tuple)),
+    st.data(),
+)
+def test_decode_send_rejects_exactly_what_decode_frame_rejects(
+    f: F.Send, data: st.DataObject
+) -> None:
+    raw = bytearray(F.encode_frame(f))
+    # mutate: truncate, extend, or flip a byte (after the type byte)
+    how = data.draw(st.sampled_from(["cut", "grow", "flip"]))
+    if how == "cut":
+        raw = raw[: data.draw(st.integers(1, len(raw)))]
+    elif how == "grow":
+        raw += data.draw(st.binary(min_size=1, max_size=4))
+    elif len(raw) > 1:
+        i = data.draw(st.integers(1, len(raw) - 1))
+        raw[i] ^= data.draw(st.integers(1, 255))
+    blob = bytes(raw)
+    assert _outcome(F.decode_send, blob) == _outcome(F.decode_frame, blob)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x02\x00\x00", b"\x01", b"\x01\x00\x00\x00\x01\x00"])
+def test_decode_send_short_or_wrong_type(blob: bytes) -> None:
+    with pytest.raises(DecodeError):
+        F.decode_send(blob)

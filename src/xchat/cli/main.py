@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from xchat import __version__
+from xchat.app.cli import app_command
 from xchat.cli.files import file_group
 from xchat.cli.output import escape_terminal, fmt_time, print_json, warn, who
 from xchat.client import events as ev
@@ -487,6 +488,7 @@ def verify(obj: Ctx, to: str, mark_verified: bool, as_json: bool) -> None:
 # --- `xchat serve` (server stream) -----------------------------------------------------------
 cli.add_command(serve_command)
 cli.add_command(file_group)
+cli.add_command(app_command)
 
 
 def main(argv: list[str] | None = None) -> None:

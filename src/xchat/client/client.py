@@ -759,8 +759,8 @@ class Client:
             done, _ = await asyncio.wait(
                 {task, drained}, timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
             )
+            drained.cancel()
             if task in done:
-                drained.cancel()
                 task.result()  # raises the connection error
             if wait > 0:
                 await asyncio.sleep(wait)

@@ -336,6 +336,68 @@ def _decode_body(kind: int, r: _Reader) -> Frame:
     raise UnsupportedVersion(f"unknown frame type 0x{kind:02x}")
 
 
+#: One SEND destination as plain tuples: ``(address, access, ((device_id, envelope_id,
+#: content), ...))`` — the shape :func:`decode_send` returns for the server's hot path.
+SendItem = tuple[str, Access, list[tuple[int, bytes, bytes]]]
+
+_SEND_HEAD = struct.Struct(">IH")
+
+
+def decode_send(data: bytes) -> tuple[int, list[SendItem]]:
+    """Decode a SEND frame (type byte included) to ``(req_id, destinations)`` without
+    building frame objects: the relay's hot path (wire.md §5). Accepts and rejects exactly
+    what :func:`decode_frame` does for type 0x01, with the same :class:`DecodeError`s."""
+    if data[:1] != b"\x01":
+        raise DecodeError("not a SEND frame")
+    n = len(data)
+    if n < 7:
+        raise DecodeError("truncated frame")
+    req_id, n_dest = _SEND_HEAD.unpack_from(data, 1)
+    pos = 7
+    dests: list[SendItem] = []
+    env_head = _ENV_HEAD.unpack_from
+    for _ in range(n_dest):
+        if pos >= n:
+            raise DecodeError("truncated frame")
+        alen = data[pos]
+        end = pos + 1 + alen
+        if end + 3 > n:
+            raise DecodeError("truncated frame")
+        raw = data[pos + 1 : end]
+        if not raw or not raw.isascii() or not raw.isalnum():
+            raise DecodeError("address must be non-empty alphanumeric ASCII")
+        kind = data[end]
+        blen = (data[end + 1] << 8) | data[end + 2]
+        pos = end + 3 + blen
+        if pos > n:
+            raise DecodeError("truncated frame")
+        access: Access
+        if kind == ACCESS_TOKEN and blen == DELIVERY_TOKEN_LEN:
+            access = TokenAccess(data[end + 3 : pos])
+        else:
+            r = _Reader(data[end:pos])
+            access = _decode_access(r)
+        if pos + 2 > n:
+            raise DecodeError("truncated frame")
+        n_env = (data[pos] << 8) | data[pos + 1]
+        pos += 2
+        envs: list[tuple[int, bytes, bytes]] = []
+        for _ in range(n_env):
+            if pos + 24 > n:
+                raise DecodeError("truncated frame")
+            device_id, envelope_id, clen = env_head(data, pos)
+            pos += 24
+            end = pos + clen
+            if end > n:
+                raise DecodeError("truncated frame")
+            envs.append((device_id, envelope_id, data[pos:end]))
+            pos = end
+        dests.append((raw.decode("ascii"), access, envs))
+    if pos != n:
+        raise DecodeError("trailing bytes after frame")
+    return req_id, dests
+
+
 def decode_frame(data: bytes) -> Frame:
     """Decode one frame (CONTRACT §5). Raises :class:`DecodeError` on any malformed input:
     empty data, unknown type, truncation, bad counts or trailing bytes."""

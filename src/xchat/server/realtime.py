@@ -28,7 +28,7 @@ from fastapi import APIRouter, WebSocket
 from xchat.errors import ApiError, DecodeError
 from xchat.protocol import frames as F
 from xchat.server.limits import ip_bucket
-from xchat.server.relay import Relay, SendDest, error_text, now_ms
+from xchat.server.relay import Relay, error_text, now_ms
 from xchat.storage.base import DeviceRecord
 
 log = logging.getLogger("xchat.server.ws")
@@ -223,33 +223,28 @@ class DeviceConnection:
         if len(data) > max_request:
             return F.CLOSE_TOO_LARGE, f"frame larger than {max_request} bytes"
         try:
+            if data[:1] == b"\x01":  # SEND: decoded straight to tuples (hot path)
+                req_id, dests = F.decode_send(data)
+                self.receive_send(req_id, dests)
+                return None
             frame = F.decode_frame(data)
         except DecodeError as exc:
             return F.CLOSE_MALFORMED, str(exc)[:120]
-        cls = frame.__class__
-        if cls is F.Send:
-            self.receive_send(frame)  # type: ignore[arg-type]
-        elif cls is F.Ack:
+        if frame.__class__ is F.Ack:
             if self.device is None:
                 return F.CLOSE_FORBIDDEN, "ACK needs an authenticated socket"
-            self.receive_ack(frame)  # type: ignore[arg-type]
-        else:
-            return F.CLOSE_MALFORMED, "server-to-client frame sent by client"
-        return None
+            self.receive_ack(frame)
+            return None
+        return F.CLOSE_MALFORMED, "server-to-client frame sent by client"
 
-    def receive_send(self, frame: F.Send) -> None:
+    def receive_send(self, req_id: int, dests: list[F.SendItem]) -> None:
         relay = self.relay
-        req_id = frame.req_id
         try:
-            dests = []
-            n = 0
-            for d in frame.destinations:
-                address = d.address if d.address.islower() else d.address.lower()
-                envs = [(e.device_id, e.envelope_id, e.content) for e in d.envelopes]
-                n += len(envs)
-                dests.append(SendDest(address, d.access, envs))
+            for i, (address, access, envs) in enumerate(dests):
+                if not address.islower():
+                    dests[i] = (address.lower(), access, envs)
             if relay.send_limiter.enabled:
-                wait = relay.send_limiter.take(self.bucket, n)
+                wait = relay.send_limiter.take(self.bucket, sum(len(d[2]) for d in dests))
                 if wait:
                     raise ApiError(429, "rate limited", retry_after=wait)
             rows = relay.check_send(dests, now_ms())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,9 @@ class BundleDevice:
     kem_left: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewEnvelope:
+class NewEnvelope(NamedTuple):
+    """A mailbox row to store (a NamedTuple: built once per envelope on the hot path)."""
+
     device_ref: int
     envelope_id: bytes
     ts_ms: int

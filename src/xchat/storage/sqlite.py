@@ -18,6 +18,8 @@ import os
 import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +38,8 @@ from xchat.storage.base import (
 )
 from xchat.storage.migrations import migrate
 
-MAX_BATCH = 2048  # operations per transaction; bounds commit latency under overload
+MAX_BATCH = 2048  # ~operations per transaction (whole hand-overs); bounds commit latency
+CHECKPOINT_SECONDS = 0.25  # how often the checkpointer thread copies the WAL into the db
 
 _CALL, _ENQUEUE, _ACK = 0, 1, 2
 
@@ -63,6 +66,9 @@ class StoreStats:
     envelopes_stored: int = 0
     envelopes_deleted: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    #: (ops, seconds) of the most recent transactions: batch size and BEGIN→COMMIT time
+    #: including the fsync; exported as quantiles by /metrics (wire.md §9).
+    recent: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=2048))
 
 
 class SqliteStore(Store):
@@ -72,8 +78,13 @@ class SqliteStore(Store):
         self.path = path
         self.stats = StoreStats()
         self._conn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        # The loop thread collects operations in _pending and hands them to the writer
+        # thread as ONE list per event-loop pass (one thread wake-up per pass, not per op).
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        self._pending: list[_Op] = []
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accounts: dict[str, AccountRecord] = {}
         self._handles: dict[str, str] = {}
@@ -87,6 +98,28 @@ class SqliteStore(Store):
         await asyncio.to_thread(self._open_sync)
         self._thread = threading.Thread(target=self._run, name="xchat-store-writer", daemon=True)
         self._thread.start()
+        self._stop_checkpoints.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="xchat-store-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """WAL checkpoints off the commit path (wire.md §7): the writer connection has
+        ``wal_autocheckpoint=0``, so no commit ever pays for copying the WAL into the
+        database file and fsyncing it; this thread does a PASSIVE checkpoint (never blocks
+        the writer) every CHECKPOINT_SECONDS with its own connection."""
+        _name_os_thread(b"xchat-ckpt")
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            while not self._stop_checkpoints.wait(CHECKPOINT_SECONDS):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    continue
+        finally:
+            conn.close()
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +128,7 @@ class SqliteStore(Store):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint_loop
         migrate(conn)
         for address, ik, handle, th in conn.execute(
             "SELECT address, identity_key, handle, token_hash FROM accounts"
@@ -111,7 +145,12 @@ class SqliteStore(Store):
         self._conn = conn
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         if self._thread is not None:
+            self._hand_over()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
@@ -149,17 +188,31 @@ class SqliteStore(Store):
         if self._thread is None or self._loop is None:
             raise RuntimeError("store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Op(kind, payload, fut, after_commit))
+        self._put(_Op(kind, payload, fut, after_commit))
         return fut
 
+    def _put(self, op: _Op) -> None:
+        """Queue an operation (event-loop thread only); handed over at the end of the pass."""
+        pending = self._pending
+        pending.append(op)
+        if len(pending) == 1:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._queue.put(batch)
+
     def _run(self) -> None:
+        _name_os_thread(b"xchat-writer")
         q = self._queue
         stop = False
         while not stop:
             first = q.get()
             if first is None:
                 break
-            batch = [first]
+            batch = first
             while len(batch) < MAX_BATCH:
                 try:
                     item = q.get_nowait()
@@ -168,8 +221,10 @@ class SqliteStore(Store):
                 if item is None:
                     stop = True
                     break
-                batch.append(item)
+                batch.extend(item)
+            t0 = time.perf_counter()
             self._execute(batch)
+            self.stats.recent.append((len(batch), time.perf_counter() - t0))
             assert self._loop is not None
             try:
                 self._loop.call_soon_threadsafe(self._resolve, batch)
@@ -251,15 +306,23 @@ class SqliteStore(Store):
             op.result = out
 
     def _run_ack(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
+        """Deletes: fire-and-forget ACKs (no future) share one ``executemany``; awaited
+        ones (HTTP, which report a count) get their own."""
+        sql = "DELETE FROM mailbox WHERE device_ref = ? AND envelope_id = ?"
+        shared: list[tuple[int, bytes]] = []
         for op in run:
             ref, ids = op.payload
+            if op.future is None and op.callback is None:
+                shared.extend([(ref, eid) for eid in ids])
+                continue
             before = conn.total_changes
-            conn.executemany(
-                "DELETE FROM mailbox WHERE device_ref = ? AND envelope_id = ?",
-                [(ref, eid) for eid in ids],
-            )
+            conn.executemany(sql, [(ref, eid) for eid in ids])
             op.result = conn.total_changes - before
             self.stats.envelopes_deleted += op.result
+        if shared:
+            before = conn.total_changes
+            conn.executemany(sql, shared)
+            self.stats.envelopes_deleted += conn.total_changes - before
 
     @staticmethod
     def _resolve(batch: list[_Op]) -> None:
@@ -405,7 +468,7 @@ class SqliteStore(Store):
         error)`` runs on the event loop after the group commit; no future is created."""
         if self._thread is None:
             raise RuntimeError("store is not open")
-        self._queue.put(_Op(_ENQUEUE, envelopes, None, None, None, None, callback))
+        self._put(_Op(_ENQUEUE, envelopes, None, None, None, None, callback))
 
     async def fetch(
         self, device_ref: int, after_seq: int, limit: int, now_ms: int
@@ -430,7 +493,7 @@ class SqliteStore(Store):
     def ack_nowait(self, device_ref: int, envelope_ids: list[bytes]) -> None:
         if self._thread is None:
             return
-        self._queue.put(_Op(_ACK, (device_ref, envelope_ids), None))
+        self._put(_Op(_ACK, (device_ref, envelope_ids), None))
 
     async def sweep_expired(self, now_ms: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -445,6 +508,18 @@ class SqliteStore(Store):
             lambda conn: conn.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0]
         )
         return result
+
+
+def _name_os_thread(name: bytes) -> None:
+    """Best effort: name the OS thread (Linux ``comm``) so per-thread CPU in
+    /proc/<pid>/task and profilers can tell the writer from the event loop."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _put_keys(conn: sqlite3.Connection, ref: int, keys: PreKeySet) -> None:

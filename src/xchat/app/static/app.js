@@ -292,8 +292,16 @@
   function enterApp() {
     showOnly('view-app');
     show($('btn-newgroup'), Boolean(state.features.groups));
+    renderWhoami();
     refreshConversations();
     $('newchat-input').focus();
+  }
+
+  function renderWhoami() {
+    const me = state.account;
+    $('whoami').textContent = me && me.handle
+      ? `You are @${me.handle}. Friends can reach you by that handle.`
+      : 'You have no handle yet: set one in Settings so friends can find you.';
   }
 
   function setConn(connected) {
@@ -363,24 +371,25 @@
     (btn && document.querySelector(`.conv-item[data-address="${CSS.escape(btn.dataset.address)}"]`) || $('newchat-input')).focus();
   });
 
+  let loadGen = 0;
   async function loadMessages(scrollToEnd) {
     const address = state.current;
     if (!address) return;
+    const gen = ++loadGen;  // only the newest request may render (responses can cross)
     let r;
     try { r = await get(`/api/messages?peer=${encodeURIComponent(address)}`); } catch (e) {
       $('composer-error').textContent = e.message; return;
     }
-    if (state.current !== address) return;
+    if (state.current !== address || gen !== loadGen) return;
     state.contact = r.contact;
     state.messages = r.messages;
     renderHeader();
     renderMessages(scrollToEnd);
     const last = r.messages[r.messages.length - 1];
     const conv = state.convs.find((c) => c.address === address);
-    if (last && conv && conv.unread) {
+    if (last && last.direction === 'in' && document.visibilityState === 'visible') {
       await post('/api/conversations/read', { peer: address }).catch(() => {});
-      conv.unread = 0;
-      renderConversations();
+      if (conv && conv.unread) { conv.unread = 0; renderConversations(); }
     }
   }
 
@@ -509,6 +518,11 @@
     $('composer-error').textContent = '';
     const btn = $('btn-send');
     btn.disabled = true;
+    // Show it at once as "Sending…"; the reload after the server's ack replaces it.
+    const pending = renderMessage({ id: '', peer: state.current, direction: 'out', ts_ms: Date.now(), status: 'sending', kind: 'text', text, file: null });
+    pending.classList.add('pending');
+    $('messages').append(pending);
+    $('messages').scrollTop = $('messages').scrollHeight;
     try {
       await post('/api/messages/send', { to: state.current, text });
       input.value = '';
@@ -516,6 +530,7 @@
       await loadMessages(true);
       refreshConversations();
     } catch (err) {
+      pending.remove();
       $('composer-error').textContent = err.status === 409 && state.contact && state.contact.identity_changed
         ? 'Not sent: the safety number changed. Compare it and mark it verified first.'
         : `Not sent: ${err.message}`;
@@ -659,6 +674,7 @@
       const r = await post('/api/account/handle', { handle });
       state.account = r.account;
       $('handle-status').textContent = `Saved: you are @${r.account.handle}`;
+      renderWhoami();
     } catch (err) { $('handle-status').textContent = err.message; }
   });
   for (const r of document.querySelectorAll('input[name="theme"]')) {
@@ -688,6 +704,10 @@
   $('btn-members-close').addEventListener('click', () => $('dlg-members').close());
 
   // --- live events (Server-Sent Events over fetch, so the secret stays in a header) ------
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && state.current) loadMessages(false).then(refreshSoon);
+  });
+
   let backoff = 500;
   async function connectEvents() {
     try {

@@ -1,0 +1,6 @@
+"""atheris target for decoder ``group_update`` (fuzz/xchat_decoders.py)."""
+
+from _target import main
+
+if __name__ == "__main__":
+    main("group_update")

@@ -1,0 +1,6 @@
+"""atheris target for decoder ``session_respond`` (fuzz/xchat_decoders.py)."""
+
+from _target import main
+
+if __name__ == "__main__":
+    main("session_respond")

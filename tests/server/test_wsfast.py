@@ -1,0 +1,209 @@
+"""The same-port WebSocket fast path (wire.md §5.1): RFC 6455 framing details a library
+client never exercises (fragments, pings, pipelining, chunked frames, protocol errors),
+HTTP routing around it, keepalive, graceful shutdown, and the ASGI fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from pathlib import Path
+
+import httpx
+import pytest
+from _relay_helpers import Account, recv_frame, recv_until_drained, register, ws_connect
+
+from xchat.protocol import frames as F
+from xchat.server.serve import raise_nofile_limit
+from xchat.testing import ServerProcess, running_server
+
+MASK = b"\x11\x22\x33\x44"
+HANDSHAKE = (
+    b"GET /api/v1/ws%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+)
+
+
+def cframe(payload: bytes, opcode: int = 2, fin: bool = True, masked: bool = True) -> bytes:
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    mbit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, mbit | n))
+    elif n < 65536:
+        head = bytes((b0, mbit | 126)) + struct.pack(">H", n)
+    else:
+        head = bytes((b0, mbit | 127)) + struct.pack(">Q", n)
+    if not masked:
+        return head + payload
+    body = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return head + MASK + body
+
+
+async def raw_open(
+    srv: ServerProcess, query: bytes = b"", token: str | None = None, extra: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+    auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    w.write(HANDSHAKE % (query, auth) + extra)
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert b" 101 " in head.split(b"\r\n", 1)[0], head
+    return r, w
+
+
+async def read_frame(r: asyncio.StreamReader, timeout: float = 5.0) -> tuple[int, bytes]:
+    b0, b1 = await asyncio.wait_for(r.readexactly(2), timeout)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", await r.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", await r.readexactly(8))[0]
+    return b0 & 0x0F, await r.readexactly(n)
+
+
+def send_frame(to: Account, req_id: int, content: bytes) -> bytes:
+    dest = F.Destination(
+        to.address,
+        F.TokenAccess(to.delivery_token),
+        (F.OutEnvelope(1, os.urandom(16), content),),
+    )
+    return F.encode_frame(F.Send(req_id, (dest,)))
+
+
+def result_of(payload: bytes) -> tuple[int, int]:
+    f = F.decode_frame(payload)
+    assert isinstance(f, F.SendResult)
+    return f.req_id, f.status
+
+
+@pytest.fixture(scope="module")
+def bob(server: ServerProcess) -> Account:
+    with httpx.Client(base_url=server.url) as c:
+        return register(c)
+
+
+async def test_fragments_with_ping_in_between(server: ServerProcess, bob: Account) -> None:
+    r, w = await raw_open(server)
+    data = send_frame(bob, 7, b"fragmented")
+    w.write(cframe(data[:5], opcode=2, fin=False))
+    w.write(cframe(b"hi", opcode=9))  # control frames may interleave
+    w.write(cframe(data[5:20], opcode=0, fin=False))
+    w.write(cframe(data[20:], opcode=0, fin=True))
+    assert await read_frame(r) == (10, b"hi")  # pong echoes the ping payload
+    op, payload = await read_frame(r)
+    assert op == 2 and result_of(payload) == (7, 200)
+    w.close()
+
+
+async def test_large_frame_in_small_chunks_and_pipelining(
+    server: ServerProcess, bob: Account
+) -> None:
+    first = cframe(send_frame(bob, 1, b"pipelined behind the handshake"))
+    r, w = await raw_open(server, extra=first)
+    assert result_of((await read_frame(r))[1]) == (1, 200)
+    big = cframe(send_frame(bob, 2, os.urandom(100_000)))
+    for i in range(0, len(big), 1000):
+        w.write(big[i : i + 1000])
+        await w.drain()
+    assert result_of((await read_frame(r))[1]) == (2, 200)
+    w.close()
+
+
+async def test_close_handshake_is_echoed(server: ServerProcess) -> None:
+    r, w = await raw_open(server, query=b"?v=1")
+    w.write(cframe(struct.pack(">H", 1000) + b"bye", opcode=8))
+    assert await read_frame(r) == (8, struct.pack(">H", 1000) + b"bye")
+    assert await asyncio.wait_for(r.read(), 5) == b""  # the server closes TCP
+    w.close()
+
+
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        (cframe(b"\x02\x00\x00", masked=False), 1002),  # client frames must be masked
+        (bytes((0xC2, 0x83)) + MASK + b"abc", 1002),  # RSV1 set, no extension negotiated
+        (cframe(b"x" * 200, opcode=9), 1002),  # control frame > 125 bytes
+        (cframe(b"", opcode=3), 1002),  # unknown opcode
+        (cframe(b"x", opcode=0), 1002),  # continuation without a start
+        (bytes((0x82, 0xFF)) + struct.pack(">Q", 10**9) + MASK, 1009),  # > 2 x max_request
+        (cframe(b"text", opcode=1), F.CLOSE_MALFORMED),
+    ],
+)
+async def test_protocol_errors_close_with_code(
+    server: ServerProcess, frame: bytes, code: int
+) -> None:
+    r, w = await raw_open(server)
+    w.write(frame)
+    op, payload = await read_frame(r)
+    assert op == 8 and struct.unpack(">H", payload[:2])[0] == code
+    w.close()
+
+
+async def test_bad_token_accepts_then_closes_4401(server: ServerProcess) -> None:
+    r, w = await raw_open(server, token="not-a-token")
+    op, payload = await read_frame(r)
+    assert op == 8 and struct.unpack(">H", payload[:2])[0] == F.CLOSE_UNAUTHORIZED
+    w.close()
+
+
+def test_http_routing_around_the_fast_path(server: ServerProcess) -> None:
+    with httpx.Client(base_url=server.url) as c:  # one keep-alive connection
+        assert c.get("/api/v1/ws").status_code in (400, 403, 404, 405, 426)
+        assert c.get("/api/v1/wsx").status_code == 404
+        assert c.get("/healthz").json() == {"status": "ok"}
+
+
+async def test_bad_upgrade_is_refused(server: ServerProcess) -> None:
+    r, w = await asyncio.open_connection("127.0.0.1", server.port)
+    w.write(HANDSHAKE.replace(b"Version: 13", b"Version: 8") % (b"", b""))
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert b" 426 " in head.split(b"\r\n", 1)[0] or b" 400 " in head.split(b"\r\n", 1)[0]
+    w.close()
+
+
+def test_raise_nofile_limit_never_lowers() -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert raise_nofile_limit() >= before
+
+
+async def test_keepalive_pings_then_drops_a_silent_peer(tmp_path: Path) -> None:
+    with running_server(tmp_path, rate_limits=False, ws_ping_seconds=0.2) as srv:
+        r, w = await raw_open(srv)
+        op, _ = await read_frame(r)
+        assert op == 9  # ping
+        while True:  # never answered: dropped after a few intervals
+            chunk = await asyncio.wait_for(r.read(1024), 10)
+            if not chunk:
+                break
+        w.close()
+
+
+async def test_graceful_shutdown_closes_fast_sockets(tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    with running_server(tmp_path, rate_limits=False) as srv:
+        ws = await ws_connect(srv.ws_url)
+        await asyncio.to_thread(srv.stop)
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+
+async def test_asgi_route_still_serves_the_data_plane(tmp_path: Path) -> None:
+    with running_server(tmp_path, rate_limits=False, ws_fast=False) as srv:
+        with httpx.Client(base_url=srv.url) as c:
+            carol = register(c)
+        rx = await ws_connect(srv.ws_url, carol.token)
+        assert await recv_until_drained(rx) == []
+        tx = await ws_connect(srv.ws_url)
+        await tx.send(send_frame(carol, 3, b"via starlette"))
+        res = await recv_frame(tx)
+        assert (res.req_id, res.status) == (3, 200)
+        f = await recv_frame(rx)
+        while isinstance(f, F.KeysLow):
+            f = await recv_frame(rx)
+        assert isinstance(f, F.Deliver) and f.envelopes[0].content == b"via starlette"
+        await tx.close()
+        await rx.close()
