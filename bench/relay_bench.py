@@ -502,6 +502,8 @@ class Load:
             ),
             "senders_cpu_util": round(cpu["senders"] / wall, 3),
             "recipients_cpu_util": round(cpu["recipients"] / wall, 3),
+            "store_txn_ms_p50": store.get("store_transaction_seconds_0.5"),
+            "store_txn_ms_p99": store.get("store_transaction_seconds_0.99"),
             "store_commit_ms_p50": store.get("store_commit_seconds_0.5"),
             "store_commit_ms_p99": store.get("store_commit_seconds_0.99"),
             "store_batch_ops_p50": store.get("store_batch_ops_0.5"),
@@ -684,7 +686,7 @@ def server_summaries(srv: Any) -> dict[str, float]:
     except httpx.HTTPError:
         return out
     for line in text.splitlines():
-        for name in ("store_commit_seconds", "store_batch_ops"):
+        for name in ("store_transaction_seconds", "store_commit_seconds", "store_batch_ops"):
             prefix = f'xchat_{name}{{quantile="'
             if line.startswith(prefix):
                 q = line[len(prefix) :].split('"', 1)[0]

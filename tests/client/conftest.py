@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -36,7 +35,3 @@ class HandleFactory:
 
     def __call__(self, base: str) -> str:
         return f"{base}{os.getpid() % 1000}x{next(_counter)}"
-
-
-def profile(tmp_path: Path, name: str) -> Path:
-    return tmp_path / name

@@ -24,6 +24,7 @@ import pytest
 import schemathesis
 from _rel_helpers import register
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -32,7 +33,10 @@ from schemathesis.checks import (
 
 from xchat.testing import ServerProcess, running_server
 
-EXAMPLES = int(os.environ.get("XCHAT_API_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("XCHAT_API_EXAMPLES", "12"))
+
+# The blob PATCH body is raw bytes under the tus-style media type (files.md §4).
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +91,21 @@ def _operation(api_schema: Any, label: str) -> Any:
     raise AssertionError(f"{label} missing from the live /openapi.json")
 
 
+@pytest.mark.parametrize("mode", ["positive", "negative"])
 @pytest.mark.parametrize("label", OPERATIONS)
-def test_api_conforms(label: str, api_schema: Any, relay: ServerProcess, token: str) -> None:
+def test_api_conforms(
+    label: str, mode: str, api_schema: Any, relay: ServerProcess, token: str
+) -> None:
     op = _operation(api_schema, label)
     headers = {"Authorization": f"Bearer {token}"}
+    strategy = op.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
 
     @SETTINGS
-    @given(op.as_strategy())
+    @given(strategy)
     def run(case: Any) -> None:
         case.call_and_validate(base_url=relay.url, headers=headers, checks=CHECKS)
 
-    run()
+    try:
+        run()
+    except Unsatisfiable:
+        pytest.skip("every input of this operation is valid (nothing to make negative)")

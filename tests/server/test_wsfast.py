@@ -207,3 +207,24 @@ async def test_asgi_route_still_serves_the_data_plane(tmp_path: Path) -> None:
         assert isinstance(f, F.Deliver) and f.envelopes[0].content == b"via starlette"
         await tx.close()
         await rx.close()
+
+
+async def test_slow_receiver_is_closed_4408(tmp_path: Path) -> None:
+    with running_server(tmp_path, rate_limits=False, ws_outbox_limit=65536) as srv:
+        with httpx.Client(base_url=srv.url) as c:
+            dave = register(c)
+        r, w = await raw_open(srv, token=dave.token)  # never reads while mail piles up
+        tx = await ws_connect(srv.ws_url)
+        for i in range(300):  # ~19 MB: more than loopback socket buffers hold
+            await tx.send(send_frame(dave, i, os.urandom(65000)))
+        for _ in range(300):
+            await recv_frame(tx, timeout=30)
+        code = None
+        while True:  # drain what was written before the close frame
+            op, payload = await read_frame(r, timeout=30)
+            if op == 8:
+                code = struct.unpack(">H", payload[:2])[0]
+                break
+        assert code == F.CLOSE_TIMEOUT
+        w.close()
+        await tx.close()

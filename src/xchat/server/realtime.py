@@ -145,7 +145,7 @@ class DeviceConnection:
             return
         self.out.append(item)
         self.out_bytes += size
-        if not self.loading and self.pending_bytes() > self.relay.config.ws_outbox_limit:
+        if self.out_bytes > self.relay.config.ws_outbox_limit and not self.loading:
             # The reader is too slow; mail stays queued and is re-sent after reconnect.
             self.close_soon(F.CLOSE_TIMEOUT, "receiver too slow")
             return

@@ -81,8 +81,9 @@ class Relay:
         m.gauges["envelopes_stored"] = lambda: float(self.store.stats.envelopes_stored)
         m.gauges["envelopes_deleted"] = lambda: float(self.store.stats.envelopes_deleted)
         recent = self.store.stats.recent
-        m.summaries["store_commit_seconds"] = lambda: [t for _, t in list(recent)]
-        m.summaries["store_batch_ops"] = lambda: [float(n) for n, _ in list(recent)]
+        m.summaries["store_transaction_seconds"] = lambda: [r[1] for r in list(recent)]
+        m.summaries["store_commit_seconds"] = lambda: [r[2] for r in list(recent)]
+        m.summaries["store_batch_ops"] = lambda: [float(r[0]) for r in list(recent)]
 
     async def start(self) -> None:
         await self.store.open()

@@ -74,6 +74,8 @@ def run_server(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM."""
     setup_logging(config.log_level)
     raise_nofile_limit()
+    if config.gil_switch_ms > 0:
+        sys.setswitchinterval(config.gil_switch_ms / 1000)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

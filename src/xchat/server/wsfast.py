@@ -142,12 +142,19 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
     def flush(self) -> None:
         if self.closed or not self.out:
             return
-        frames = self.take_frames()
         parts: list[bytes] = []
-        for frame in frames:
-            parts.append(ws_header(len(frame)))
+        for frame in self.take_frames():
+            n = len(frame)
+            parts.append(bytes((0x82, n)) if n < 126 else ws_header(n))
             parts.append(frame)
-        self.transport.write(b"".join(parts))
+        transport = self.transport
+        transport.write(b"".join(parts))
+        if (
+            transport.get_write_buffer_size() > self.relay.config.ws_outbox_limit
+            and not self.loading
+        ):
+            # The reader is too slow; mail stays queued and is re-sent after reconnect.
+            self.close_soon(F.CLOSE_TIMEOUT, "receiver too slow")
 
     def close_soon(self, code: int, reason: str) -> None:
         """Send a close frame (after what is already queued, unless the peer is too slow),
