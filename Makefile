@@ -7,7 +7,7 @@ DATA   ?= data
 PORT   ?= 8470
 APP_PORT ?= 8471
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap os-packages
+.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap os-packages fuzz soak
 
 bootstrap: $(STAMP)
 
@@ -26,14 +26,20 @@ os-packages:
 	@bash scripts/os-packages.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+
+fuzz: $(STAMP)
+	bash fuzz/run.sh
+
+soak: $(STAMP)
+	$(BIN)/pytest -q -m slow -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

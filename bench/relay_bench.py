@@ -65,6 +65,7 @@ PAIRS = 100
 CONTENT = 256
 PER_SOURCE_IP = 10_000  # sockets per 127.0.0.x source address (ephemeral ports ≈ 28k each)
 PER_LOAD_PROCESS = 15_000  # client sockets per load process (RLIMIT_NOFILE may be 20k)
+MAX_FAILURES = 256  # per load process: after this many failed opens, stop trying
 
 
 def raise_nofile() -> int:
@@ -206,7 +207,7 @@ async def ws_open(
     _t, proto = await loop.create_connection(
         lambda: WsClient(f"{host}:{port}", token, on_message), host, port, local_addr=local_addr
     )
-    await asyncio.wait_for(proto.opened, 30)
+    await asyncio.wait_for(proto.opened, 15)
     return proto
 
 
@@ -430,6 +431,7 @@ class Load:
         time.sleep(max(0.0, t0 - time.monotonic()))
         cpu0 = {k: common.proc_cpu_seconds(p) for k, p in pids.items()}
         th0 = thread_cpu(self.srv.pid)
+        rq0 = thread_runq_wait(self.srv.pid)
         w0 = time.monotonic()
         if profile is not None and shutil.which("py-spy", path=str(Path(sys.executable).parent)):
             spy = subprocess.Popen(
@@ -443,6 +445,7 @@ class Load:
                     "--rate",
                     "250",
                     "--threads",
+                    "--gil",
                     "--format",
                     "raw",
                     "-o",
@@ -454,6 +457,7 @@ class Load:
         time.sleep(max(0.0, t1 - time.monotonic()))
         cpu1 = {k: common.proc_cpu_seconds(p) for k, p in pids.items()}
         th1 = thread_cpu(self.srv.pid)
+        rq1 = thread_runq_wait(self.srv.pid)
         wall = time.monotonic() - w0
         sres = self.sconn.recv()
         # let the tail land, then take latencies of what arrived inside [t0, t1)
@@ -500,6 +504,11 @@ class Load:
                 if n
                 else None
             ),
+            # per second of wall time, how long each server thread was runnable but not
+            # running (waiting for a CPU): > 0.1 means the machine, not the relay, was short
+            "server_runqueue_wait_per_s": {
+                k: round((v - rq0.get(k, 0.0)) / wall, 3) for k, v in rq1.items()
+            },
             "senders_cpu_util": round(cpu["senders"] / wall, 3),
             "recipients_cpu_util": round(cpu["recipients"] / wall, 3),
             "store_txn_ms_p50": store.get("store_transaction_seconds_0.5"),
@@ -544,6 +553,9 @@ async def _conns(port: int, n: int, first_ip: int, q: Any, hold: Any) -> None:
     async def one(i: int) -> None:
         src = f"127.0.0.{first_ip + i // PER_SOURCE_IP}"
         async with sem:
+            if failed[0] >= MAX_FAILURES:  # the server is at its limit: stop knocking
+                failed[0] += 1
+                return
             try:
                 socks.append(await ws_open("127.0.0.1", port, local_addr=(src, 0)))
             except Exception as exc:
@@ -569,6 +581,10 @@ def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]
     processes of PER_LOAD_PROCESS sockets; record server RSS at each checkpoint."""
     ctx = mp.get_context("spawn")
     hold = ctx.Event()
+    # one keep-alive HTTP connection opened first: at the descriptor limit the server can
+    # accept no new connection, but can still answer on this one
+    probe = httpx.Client(base_url=srv.url, timeout=10)
+    probe.get("/healthz")
     rss0 = common.proc_rss_bytes(srv.pid)
     kmem0 = tcp_kernel_mem_kib()
     procs = []
@@ -600,16 +616,19 @@ def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]
                 errors.append(err)
             done += got
             break
+        if failed >= MAX_FAILURES:  # no point starting more load processes
+            failed += n - start - count
+            break
     elapsed = time.monotonic() - t
     time.sleep(1.0)
     rss1 = common.proc_rss_bytes(srv.pid)
     kmem1 = tcp_kernel_mem_kib()
-    gauge = server_gauge(srv, "ws_connections")
+    gauge = server_gauge(probe, "ws_connections")
     try:
-        r = httpx.get(srv.url + "/healthz", timeout=10)
-        healthy = r.status_code == 200
+        healthy = probe.get("/healthz").status_code == 200
     except httpx.HTTPError:
         healthy = False
+    probe.close()
     server_alive = os.path.exists(f"/proc/{srv.pid}")
     hold.set()
     alive = 0
@@ -652,15 +671,29 @@ def tcp_kernel_mem_kib() -> int | None:
     return None
 
 
-def server_gauge(srv: Any, name: str) -> float | None:
+def server_gauge(client: httpx.Client, name: str) -> float | None:
     try:
-        text = httpx.get(srv.url + "/metrics", timeout=10).text
+        text = client.get("/metrics").text
     except httpx.HTTPError:
         return None
     for line in text.splitlines():
         if line.startswith(f"xchat_{name} "):
             return float(line.split()[1])
     return None
+
+
+def thread_runq_wait(pid: int) -> dict[str, float]:
+    """Seconds each OS thread (by name) spent runnable but waiting for a CPU
+    (/proc/<pid>/task/*/schedstat, field 2): how much the machine starved the server."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            wait_ns = int((task / "schedstat").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        out[name] = out.get(name, 0.0) + wait_ns / 1e9
+    return out
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -738,7 +771,12 @@ def digest_profile(raw: Path, top: int = 25) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="py-spy the server at max load")
+    ap.add_argument(
+        "--profile",
+        choices=["max", "half"],
+        default=None,
+        help="py-spy the server during the max-load or the half-load window",
+    )
     ap.add_argument("--connections", type=int, default=0, help="also hold N sockets (50000)")
     ap.add_argument("--window", type=int, default=8, help="closed-loop SENDs in flight/socket")
     ap.add_argument("--duration", type=float, default=None)
@@ -776,12 +814,21 @@ def main() -> None:
                 accounts = [register(c) for _ in range(PAIRS)]
             load = Load(srv, accounts)
             try:
-                mx = load.window(0, args.window, duration, warmup, profile_path)
+                mx = load.window(
+                    0,
+                    args.window,
+                    duration,
+                    warmup,
+                    profile_path if args.profile == "max" else None,
+                )
                 print("max", json.dumps(mx), flush=True)
                 points = []
                 rates = [low_point] + [round(f * mx["msgs_per_s"]) for f in fractions]
                 for rate in rates:
-                    pt = load.window(rate, args.window, duration, warmup, None)
+                    spy = profile_path if args.profile == "half" and rate == rates[-1] else None
+                    if args.profile == "half" and not args.quick:
+                        spy = profile_path if rate == rates[3] else None
+                    pt = load.window(rate, args.window, duration, warmup, spy)
                     print("open", json.dumps(pt), flush=True)
                     points.append(pt)
             finally:

@@ -334,11 +334,56 @@ def test_multi_insider_cannot_substitute_payload() -> None:
     shared, headers = _multi(b"original", det_rng(b"k"))
     message_key = det_rng(b"k")(32)  # seal_multi draws M first
     key = hkdf(message_key, b"", sealed.LABEL_MULTI_PAYLOAD, 32)
-    assert AESGCM(key).decrypt(bytes(12), shared[1:], b"\x02").endswith(b"original")
+    head = shared[:33]  # version || e.pub (the ephemeral key derived from M)
+    assert AESGCM(key).decrypt(bytes(12), shared[33:], head).endswith(b"original")
     forged_inner = ALICE_CERT + b"\x03" + b"forged by carol"
-    forged = b"\x02" + AESGCM(key).encrypt(bytes(12), forged_inner, b"\x02")
+    forged = head + AESGCM(key).encrypt(bytes(12), forged_inner, head)
     with pytest.raises(DecryptionError):
         sealed.unseal_multi(BOB, headers[(BOB.public, 1)], forged, SERVER_PUB, NOW)
+
+
+def test_multi_header_is_49_bytes_and_matches_spec() -> None:
+    """Re-derive Bob's header from sealed.md §8.1 with raw primitives."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as chmac
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+    shared, headers = _multi(b"spec", det_rng(b"s"))
+    m = det_rng(b"s")(32)
+    eph = X25519PrivateKey.from_private_bytes(hkdf(m, b"", b"XChat-v1-sealed-multi-ephemeral", 32))
+    eph_pub = eph.public_key().public_bytes_raw()
+    assert shared[:33] == b"\x02" + eph_pub
+    dh_e = eph.exchange(X25519PublicKey.from_public_bytes(BOB.public.x25519))
+    info = b"XChat-v1-sealed-multi-wrap" + BOB.public.encode() + (1).to_bytes(4, "big")
+    pad = hkdf(dh_e, eph_pub + BOB.public.x25519, info, 32)
+    masked = bytes(a ^ b for a, b in zip(m, pad, strict=True))
+    k_auth = hkdf(
+        ALICE.dh(BOB.public.x25519), eph_pub + BOB.public.x25519, b"XChat-v1-sealed-multi-auth", 32
+    )
+    mac = chmac.HMAC(k_auth, hashes.SHA256())
+    mac.update(
+        b"\x02"
+        + masked
+        + ALICE.public.encode()
+        + BOB.public.encode()
+        + (1).to_bytes(4, "big")
+        + hashlib.sha256(shared).digest()
+    )
+    assert headers[(BOB.public, 1)] == b"\x02" + masked + mac.finalize()[:16]
+    assert sealed.MULTI_HEADER_LEN == 49
+
+
+def test_multi_insider_cannot_forge_header_for_sender() -> None:
+    """Carol knows M (she is a recipient) and builds a header for Bob naming Alice: without
+    Alice's static DH with Bob she cannot compute the tag."""
+    shared, headers = _multi(b"original", det_rng(b"f"))
+    header = headers[(BOB.public, 1)]
+    forged = header[:33] + bytes(16)
+    with pytest.raises(DecryptionError):
+        sealed.unseal_multi(BOB, forged, shared, SERVER_PUB, NOW)
 
 
 def test_multi_every_byte_flip_rejected() -> None:

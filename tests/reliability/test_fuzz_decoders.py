@@ -246,11 +246,6 @@ def test_registry_covers_the_brief() -> None:
 # --- regressions found by this file --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Content.decode lets RecursionError escape on deeply nested JSON "
-    "(src/xchat/client/content.py:96 catches only UnicodeDecodeError/ValueError)",
-)
 def test_content_decode_deeply_nested_json() -> None:
     with pytest.raises(DecodeError):
         D.BY_NAME["client_content"].run(b"[" * 50_000)

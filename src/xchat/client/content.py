@@ -8,6 +8,10 @@ sees it.
      "text": str?, "reply_to": "<32 hex>"?, "receipt_for": ["<32 hex>", ...]?,
      "sender": {"handle": str | null, "delivery_token": "<b64 16 bytes>"}?}
 
+Group content (docs/protocol/groups.md §10) adds the types ``group_update`` and
+``sender_key`` (sent pairwise) and a ``"group"`` object (an opaque JSON object validated by
+:mod:`xchat.client.groups`, like ``"file"`` by :mod:`xchat.client.files`).
+
 Unknown keys are ignored (forward compatibility); an unknown ``v`` is
 :class:`UnsupportedVersion`; an unknown ``type`` is kept as-is so the caller can skip it.
 """
@@ -25,10 +29,12 @@ from typing import Any
 from xchat.errors import DecodeError, TooLarge, UnsupportedVersion
 
 CONTENT_VERSION = 1
-MAX_CONTENT_BYTES = 64 * 1024  # plaintext JSON; text messages are far smaller
+#: Plaintext JSON limit: below padding's 128 KiB top bucket, and room for a group welcome
+#: (a 1,000-member snapshot is 66 KB, 88 KB in base64).
+MAX_CONTENT_BYTES = 120 * 1024
 MAX_TEXT_CHARS = 16 * 1024
 MAX_RECEIPT_IDS = 256
-TYPES = ("text", "file", "receipt", "profile", "reset")
+TYPES = ("text", "file", "receipt", "profile", "reset", "group_update", "sender_key")
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -58,6 +64,8 @@ class Content:
     #: type "file": the attachment manifest (docs/protocol/files.md), validated by
     #: ``xchat.client.files``; carried here as an opaque JSON object.
     file: dict[str, Any] | None = None
+    #: group content: ``{"id": hex, ...}`` (groups.md §10), validated by ``client.groups``.
+    group: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -74,6 +82,8 @@ class Content:
             obj["receipt_for"] = list(self.receipt_for)
         if self.file is not None:
             obj["file"] = self.file
+        if self.group is not None:
+            obj["group"] = self.group
         if self.sender is not None:
             obj["sender"] = {
                 "handle": self.sender.handle,
@@ -96,6 +106,9 @@ class Content:
             obj = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise DecodeError("message content is not UTF-8 JSON") from None
+        except RecursionError:
+            # A peer can nest arrays thousands deep inside a valid encrypted message.
+            raise DecodeError("message content is nested too deeply") from None
         if not isinstance(obj, dict):
             raise DecodeError("message content is not a JSON object")
         if obj.get("v") != CONTENT_VERSION:
@@ -123,6 +136,9 @@ class Content:
         file = obj.get("file")
         if file is not None and not isinstance(file, dict):
             raise DecodeError("content file must be a JSON object")
+        group = obj.get("group")
+        if group is not None and not isinstance(group, dict):
+            raise DecodeError("content group must be a JSON object")
         return cls(
             id=msg_id,
             type=ctype,
@@ -132,6 +148,7 @@ class Content:
             receipt_for=tuple(rf),
             sender=_decode_sender(obj.get("sender")),
             file=file,
+            group=group,
         )
 
 

@@ -23,6 +23,34 @@ class MessageReceived:
     device_id: int = 1
     #: for a file message: the manifest object (docs/protocol/files.md); else None
     file: dict[str, Any] | None = None
+    #: for a group message: ``{"id": group id hex, "name": group name}``; else None
+    group: dict[str, str] | None = None
+    #: for a file message whose file was saved (``Client.receive(..., download=True)``
+    #: or the CLI): ``{"name", "size", "sha256", "path"}``; else None
+    saved_file: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GroupChanged:
+    """A group's state moved on (created, joined, members added/removed, renamed), after
+    every update we hold was checked and folded (groups.md §5)."""
+
+    group_id: str  # hex
+    name: str
+    version: int
+    by: str | None  # address of the update's pairwise sender (None: we did it)
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    left: bool = False  # we are no longer a member
+
+
+@dataclass(frozen=True)
+class GroupUpdateRejected:
+    """A group update that every member's client refuses (e.g. by a non-admin)."""
+
+    group_id: str
+    sender: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,8 @@ class Drained:
 
 Event = (
     MessageReceived
+    | GroupChanged
+    | GroupUpdateRejected
     | ReceiptReceived
     | IdentityChangedEvent
     | DecryptionFailed

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xchat.errors import DecryptionError, ProfileError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: groups, group_sender_keys (CREATE IF NOT EXISTS migrates v1)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -75,6 +75,21 @@ CREATE TABLE IF NOT EXISTS messages (
                                   -- suppress another peer's message by reusing its id
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
+CREATE TABLE IF NOT EXISTS groups (
+    id          TEXT PRIMARY KEY, -- group id, hex (only members' devices ever hold a group)
+    history     BLOB NOT NULL,    -- sealed GroupHistory.to_bytes() (groups.md §5.4)
+    own_key     BLOB,             -- sealed own SenderKeyState; NULL: generate on next send
+    pending     BLOB NOT NULL,    -- sealed JSON list: members still owed our sender key
+    left_group  INTEGER NOT NULL DEFAULT 0,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_sender_keys (
+    group_id    TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    device_id   INTEGER NOT NULL,
+    record      BLOB NOT NULL,    -- sealed SenderKeyRecord (groups.md §2.5)
+    PRIMARY KEY (group_id, address, device_id)
+);
 CREATE TABLE IF NOT EXISTS seen (
     peer        TEXT NOT NULL,
     id          TEXT NOT NULL,    -- content ids already processed (receipts, resets)
@@ -103,6 +118,17 @@ class MessageRecord:
     ts_ms: int
     status: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    """One group as this device stores it (all secret fields sealed at rest)."""
+
+    id: str
+    history: bytes
+    own_key: bytes | None
+    pending: bytes
+    left: bool
 
 
 class Store:
@@ -393,6 +419,77 @@ class Store:
             status=str(row[4]),
             body=self.unseal("messages", "body", f"{row[1]}:{msg_id}", body),
         )
+
+    # --- groups (groups.md §10) ---------------------------------------------------------
+
+    def put_group(self, row: GroupRow, now_ms: int) -> None:
+        gid = row.id
+        self._db.execute(
+            "INSERT OR REPLACE INTO groups (id, history, own_key, pending, left_group, "
+            "updated_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                gid,
+                self.seal("groups", "history", gid, row.history),
+                None if row.own_key is None else self.seal("groups", "own_key", gid, row.own_key),
+                self.seal("groups", "pending", gid, row.pending),
+                int(row.left),
+                now_ms,
+            ),
+        )
+
+    def get_group(self, gid: str) -> GroupRow | None:
+        r = self._db.execute(
+            "SELECT id, history, own_key, pending, left_group FROM groups WHERE id = ?", (gid,)
+        ).fetchone()
+        if r is None:
+            return None
+        return GroupRow(
+            gid,
+            self.unseal("groups", "history", gid, r[1]),
+            None if r[2] is None else self.unseal("groups", "own_key", gid, r[2]),
+            self.unseal("groups", "pending", gid, r[3]),
+            bool(r[4]),
+        )
+
+    def group_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM groups ORDER BY id").fetchall()]
+
+    def put_sender_key(self, gid: str, address: str, device_id: int, record: bytes) -> None:
+        rk = f"{gid}:{address}:{device_id}"
+        self._db.execute(
+            "INSERT OR REPLACE INTO group_sender_keys (group_id, address, device_id, record) "
+            "VALUES (?, ?, ?, ?)",
+            (gid, address, device_id, self.seal("group_sender_keys", "record", rk, record)),
+        )
+
+    def get_sender_key(self, gid: str, address: str, device_id: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT record FROM group_sender_keys WHERE group_id = ? AND address = ? "
+            "AND device_id = ?",
+            (gid, address, device_id),
+        ).fetchone()
+        if row is None:
+            return None
+        rk = f"{gid}:{address}:{device_id}"
+        return self.unseal("group_sender_keys", "record", rk, row[0])
+
+    def delete_sender_keys(self, gid: str, address: str | None = None) -> None:
+        if address is None:
+            self._db.execute("DELETE FROM group_sender_keys WHERE group_id = ?", (gid,))
+        else:
+            self._db.execute(
+                "DELETE FROM group_sender_keys WHERE group_id = ? AND address = ?",
+                (gid, address),
+            )
+
+    def group_history(self, gid: str, limit: int = 100) -> list[MessageRecord]:
+        """The last ``limit`` messages of group ``gid`` (peer ``group:<gid>:<sender>``)."""
+        rows = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE peer >= ? "
+            "AND peer < ? ORDER BY seq DESC LIMIT ?",
+            (f"group:{gid}:", f"group:{gid};", limit),
+        ).fetchall()
+        return [self._message(r) for r in reversed(rows)]
 
     # --- dedup of non-message content ---------------------------------------------------
 

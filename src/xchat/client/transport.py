@@ -148,13 +148,32 @@ class SendChannel:
 
     async def send(self, destinations: tuple[fr.Destination, ...]) -> None:
         """Send one SEND frame and wait for its SEND_RESULT (200 = durably queued)."""
+        await self._request(lambda req_id: fr.encode_frame(fr.Send(req_id, destinations)))
+
+    async def send_multi(
+        self, shared: bytes, destinations: tuple[fr.MultiDestination, ...]
+    ) -> int:
+        """Send one SEND_MULTI frame (wire.md §5.2: ``shared`` once, a small header per
+        device) and wait for its SEND_RESULT; returns the frame's size in bytes."""
+        size = 0
+
+        def build(req_id: int) -> bytes:
+            nonlocal size
+            data = fr.encode_send_multi(fr.SendMulti(req_id, shared, destinations))
+            size = len(data)
+            return data
+
+        await self._request(build)
+        return size
+
+    async def _request(self, build: Callable[[int], bytes]) -> None:
         ws = await self._ensure()
         self._req = (self._req + 1) & 0xFFFFFFFF
         req_id = self._req
         fut: asyncio.Future[fr.SendResult] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         try:
-            await ws.send(fr.encode_frame(fr.Send(req_id, destinations)))
+            await ws.send(build(req_id))
             result = await asyncio.wait_for(fut, self.timeout)
         except ConnectionClosed as exc:
             raise _close_error(exc) from None

@@ -22,9 +22,11 @@ certificate they were sent).
 Every key is used for exactly one AEAD encryption (each is derived from a fresh ephemeral
 DH, or salted with the ``chain_key`` derived from it), so a fixed all-zero nonce is safe.
 
-The multi-recipient variant (:func:`seal_multi`, sealed.md §8) encrypts ``P`` once under a
-random key ``M`` and wraps ``M`` per recipient with the same two stages, binding each
-header to ``SHA-256(shared ciphertext)``.
+The multi-recipient variant (:func:`seal_multi`, sealed.md §8) follows Signal's sealed
+sender v2: ``P`` is encrypted once under a random key ``M``, one ephemeral key derived from
+``M`` serves every recipient, and each recipient device gets only ``M`` masked with a key
+from the ephemeral DH plus a 16-byte tag keyed by the static-static DH that binds the
+sender, the recipient device and ``SHA-256(shared ciphertext)`` (49 bytes per device).
 
 Replays are not detected here: a sealed envelope carries no state. The ratchet layer
 refuses a reused message key (``DuplicateMessage``) and the relay de-duplicates envelope
@@ -34,6 +36,7 @@ ids; a client must not act on a payload before the ratchet accepted it.
 from __future__ import annotations
 
 import hashlib
+import hmac as _hmac
 import os
 import struct
 from collections.abc import Iterable
@@ -41,6 +44,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -72,6 +77,9 @@ SEALED_MULTI_VERSION: Final = 0x02
 LABEL_EPHEMERAL: Final = b"XChat-v1-sealed-ephemeral"
 LABEL_STATIC: Final = b"XChat-v1-sealed-static"
 LABEL_MULTI_PAYLOAD: Final = b"XChat-v1-sealed-multi-payload"
+LABEL_MULTI_EPHEMERAL: Final = b"XChat-v1-sealed-multi-ephemeral"
+LABEL_MULTI_WRAP: Final = b"XChat-v1-sealed-multi-wrap"
+LABEL_MULTI_AUTH: Final = b"XChat-v1-sealed-multi-auth"
 
 #: Default recipient device: the account's first device (CONTRACT §4 registers device 1).
 DEFAULT_DEVICE_ID: Final = 1
@@ -94,10 +102,12 @@ HEADER_PREFIX_LEN: Final = 1 + 32 + _ENC_STATIC_LEN  # 114
 SEALED_OVERHEAD: Final = HEADER_PREFIX_LEN + _TAG + _INNER_MIN  # 273
 MAX_SEALED_LEN: Final = SEALED_OVERHEAD + MAX_CONTENT_LEN
 
-#: ``version || e.pub || enc_static || AES-GCM(M)``
-MULTI_HEADER_LEN: Final = HEADER_PREFIX_LEN + _KEY + _TAG  # 162
-#: ``version || AES-GCM(P)``: fixed bytes the shared ciphertext adds around ``content``.
-MULTI_SHARED_OVERHEAD: Final = 1 + _TAG + _INNER_MIN  # 160
+#: Truncated HMAC tag authenticating the sender to one recipient device (sealed.md §8).
+MULTI_TAG_LEN: Final = 16
+#: ``version || M XOR pad_i (32) || tag_i (16)``
+MULTI_HEADER_LEN: Final = 1 + _KEY + MULTI_TAG_LEN  # 49
+#: ``version || e.pub || AES-GCM(P)``: fixed bytes the shared part adds around ``content``.
+MULTI_SHARED_OVERHEAD: Final = 1 + 32 + _TAG + _INNER_MIN  # 192
 MAX_MULTI_SHARED_LEN: Final = MULTI_SHARED_OVERHEAD + MAX_CONTENT_LEN
 #: A recipient is an identity plus one of its devices: each device gets its own header.
 Recipient = tuple[IdentityPublicKey, int]
@@ -278,6 +288,44 @@ def unseal(
 # --- multiple recipients (sealed.md §8) -------------------------------------------------
 
 
+def _multi_ephemeral(message_key: bytes) -> tuple[X25519PrivateKey, bytes]:
+    """The one ephemeral key of a multi-recipient message, derived from ``M`` (§8.1) so
+    a recipient can check that the sender used the ``e.pub`` that ``M`` implies."""
+    eph = X25519PrivateKey.from_private_bytes(hkdf(message_key, b"", LABEL_MULTI_EPHEMERAL, _KEY))
+    return eph, eph.public_key().public_bytes_raw()
+
+
+def _multi_pad(dh_e: bytes, eph_pub: bytes, recipient: IdentityPublicKey, device_id: int) -> bytes:
+    info = LABEL_MULTI_WRAP + recipient.encode() + _DEVICE.pack(device_id)
+    return hkdf(dh_e, eph_pub + recipient.x25519, info, _KEY)
+
+
+def _multi_tag(
+    dh_s: bytes,
+    eph_pub: bytes,
+    masked: bytes,
+    sender: IdentityPublicKey,
+    recipient: IdentityPublicKey,
+    device_id: int,
+    digest: bytes,
+) -> bytes:
+    k_auth = hkdf(dh_s, eph_pub + recipient.x25519, LABEL_MULTI_AUTH, _KEY)
+    mac = _crypto_hmac.HMAC(k_auth, hashes.SHA256())
+    mac.update(
+        bytes([SEALED_MULTI_VERSION])
+        + masked
+        + sender.encode()
+        + recipient.encode()
+        + _DEVICE.pack(device_id)
+        + digest
+    )
+    return mac.finalize()[:MULTI_TAG_LEN]
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
 def seal_multi(
     sender: IdentityKeyPair,
     certificate: bytes,
@@ -286,25 +334,37 @@ def seal_multi(
     content: bytes,
     rng: Rng = os.urandom,
 ) -> tuple[bytes, dict[Recipient, bytes]]:
-    """Encrypt once for many devices: ``(shared, {(identity, device_id): header})``.
+    """Encrypt once for many devices: ``(shared, {(identity, device_id): header})``
+    (sealed.md §8.1, after Signal's sealed sender v2).
 
-    ``shared = 0x02 || AES-256-GCM(HKDF(M, "", LABEL_MULTI_PAYLOAD), 0^12, P, aad=0x02)``
-    with a random 32-byte ``M``; each header wraps ``M`` with the two sealed stages and
-    binds ``SHA-256(shared)`` into its AAD, so a recipient (who learns ``M``) cannot pair
-    another recipient's header with a different payload. A device receives
+    ``shared = 0x02 || e.pub || AES-256-GCM(k_p, 0^12, P, aad=0x02 || e.pub)`` with ``M``
+    random, ``e = HKDF(M, LABEL_MULTI_EPHEMERAL)`` and ``k_p = HKDF(M, LABEL_MULTI_PAYLOAD)``;
+    each 49-byte header is ``0x02 || M XOR pad_i || tag_i``, where ``pad_i`` comes from
+    ``X25519(e, R_i)`` and ``tag_i`` is an HMAC under a key from the static-static
+    ``X25519(S, R_i)`` over the masked key, both identities, the device and
+    ``SHA-256(shared)``: a recipient (who learns ``M``) can neither pair another header with
+    a different payload nor forge a header in the sender's name. A device receives
     ``header || shared`` (:func:`unseal` accepts that) or the two parts separately.
     """
     inner = _inner(sender, certificate, content_type, content)
     message_key = rng(_KEY)
+    eph, eph_pub = _multi_ephemeral(message_key)
     payload_key = hkdf(message_key, b"", LABEL_MULTI_PAYLOAD, _KEY)
-    version = bytes([SEALED_MULTI_VERSION])
-    shared = version + AESGCM(payload_key).encrypt(_ZERO_NONCE, inner, version)
+    head = bytes([SEALED_MULTI_VERSION]) + eph_pub
+    shared = head + AESGCM(payload_key).encrypt(_ZERO_NONCE, inner, head)
     digest = hashlib.sha256(shared).digest()
+    version = bytes([SEALED_MULTI_VERSION])
     headers: dict[Recipient, bytes] = {}
     for identity, device_id in recipients:
-        headers[(identity, device_id)] = _wrap(
-            SEALED_MULTI_VERSION, sender, identity, device_id, message_key, digest, rng
-        )
+        _check_device(device_id)
+        try:
+            dh_e = x25519_dh(eph, identity.x25519)
+            dh_s = sender.dh(identity.x25519)
+        except DecryptionError as exc:
+            raise DecodeError("recipient identity has an unusable X25519 key") from exc
+        masked = _xor(message_key, _multi_pad(dh_e, eph_pub, identity, device_id))
+        tag = _multi_tag(dh_s, eph_pub, masked, sender.public, identity, device_id, digest)
+        headers[(identity, device_id)] = version + masked + tag
     return shared, headers
 
 
@@ -317,15 +377,34 @@ def unseal_multi(
     *,
     own_device_id: int = DEFAULT_DEVICE_ID,
 ) -> UnsealedMessage:
-    """Open our ``header`` and the ``shared`` ciphertext (errors as :func:`unseal`)."""
+    """Open our ``header`` and the ``shared`` ciphertext (sealed.md §8.3; errors as
+    :func:`unseal`, a wrong tag or ephemeral key is the opaque DecryptionError)."""
     if len(header) != MULTI_HEADER_LEN or len(shared) < MULTI_SHARED_OVERHEAD:
         raise DecodeError("multi-recipient envelope truncated")
     if header[0] != SEALED_MULTI_VERSION or shared[0] != SEALED_MULTI_VERSION:
         raise UnsupportedVersion("unknown multi-recipient envelope version")
     if len(shared) > MAX_MULTI_SHARED_LEN:
         raise TooLarge("multi-recipient payload too large")
-    digest = hashlib.sha256(shared).digest()
-    sender, message_key = _unwrap(own, bytes(header), own_device_id, digest)
+    _check_device(own_device_id)
+    header, shared = bytes(header), bytes(shared)
+    eph_pub, masked, tag = shared[1:33], header[1 : 1 + _KEY], header[1 + _KEY :]
+    pad = _multi_pad(own.dh(eph_pub), eph_pub, own.public, own_device_id)
+    message_key = _xor(masked, pad)
+    if not _hmac.compare_digest(_multi_ephemeral(message_key)[1], eph_pub):
+        raise DecryptionError("sealed envelope does not decrypt")
     payload_key = hkdf(message_key, b"", LABEL_MULTI_PAYLOAD, _KEY)
-    inner = _aead_open(payload_key, shared[1:], shared[:1])
+    inner = _aead_open(payload_key, shared[33:], shared[:33])
+    if len(inner) < _INNER_MIN:
+        raise DecodeError("sealed payload too short")
+    try:
+        sender = SenderCertificate.decode(inner[:CERTIFICATE_LEN]).identity
+        dh_s = own.dh(sender.x25519)
+    except DecodeError as exc:
+        raise InvalidCertificate("malformed sender certificate") from exc
+    except DecryptionError:
+        raise DecryptionError("sealed envelope does not decrypt") from None
+    digest = hashlib.sha256(shared).digest()
+    expected = _multi_tag(dh_s, eph_pub, masked, sender, own.public, own_device_id, digest)
+    if not _hmac.compare_digest(expected, tag):
+        raise DecryptionError("sealed envelope does not decrypt")
     return _open_inner(sender, inner, server_signing_key, now_ms)

@@ -20,6 +20,7 @@ from xchat.errors import DecodeError, UnsupportedVersion
 # Frame types (CONTRACT §5).
 SEND: Final = 0x01
 ACK: Final = 0x02
+SEND_MULTI: Final = 0x03
 SEND_RESULT: Final = 0x10
 DELIVER: Final = 0x11
 DRAINED: Final = 0x12
@@ -411,3 +412,105 @@ def decode_frame(data: bytes) -> Frame:
     frame = _decode_body(data[0], r)
     r.end()
     return frame
+
+
+# --- SEND_MULTI (wire.md §5.2): one shared payload, a small header per device -----------
+
+#: Address hash length in a SEND_MULTI destination (CONTRACT §1: the address's 20 bytes).
+ADDRESS_HASH_LEN: Final = 20
+_MULTI_HEAD = struct.Struct(">II")  # req_id, shared_len
+_MULTI_ENV = struct.Struct(">I16sB")  # device_id, envelope_id, header_len
+
+
+@dataclass(frozen=True, slots=True)
+class MultiEnvelope:
+    """One recipient device of a SEND_MULTI: it is stored ``header || shared``."""
+
+    device_id: int
+    envelope_id: bytes
+    header: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MultiDestination:
+    """One recipient address (as its 20-byte hash) with its access proof and devices."""
+
+    address_hash: bytes
+    access: Access
+    envelopes: tuple[MultiEnvelope, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendMulti:
+    """``0x03`` client → server: the same ``shared`` bytes for many devices, each prefixed
+    by its own small header (a multi-recipient sealed-sender message, sealed.md §8)."""
+
+    req_id: int
+    shared: bytes
+    destinations: tuple[MultiDestination, ...]
+
+
+def encode_send_multi(frame: SendMulti) -> bytes:
+    """``0x03 || req_id u32 || shared_len u32 || shared || n_dest u16 || dest*`` with
+    ``dest = addr_hash(20) || access (as in SEND) || n_env u8 || env*`` and
+    ``env = device_id u32 || envelope_id(16) || header_len u8 || header`` (wire.md §5.2)."""
+    try:
+        _check_u16(len(frame.destinations), "destinations")
+        parts = [bytes([SEND_MULTI]), _MULTI_HEAD.pack(frame.req_id, len(frame.shared))]
+        parts.append(frame.shared)
+        parts.append(_U16.pack(len(frame.destinations)))
+        for dest in frame.destinations:
+            if len(dest.address_hash) != ADDRESS_HASH_LEN:
+                raise DecodeError("address hash must be 20 bytes")
+            if len(dest.envelopes) > 0xFF:
+                raise DecodeError("too many devices in one SEND_MULTI destination")
+            parts.append(dest.address_hash)
+            parts.append(_encode_access(dest.access))
+            parts.append(bytes([len(dest.envelopes)]))
+            for env in dest.envelopes:
+                if len(env.envelope_id) != ENVELOPE_ID_LEN:
+                    raise DecodeError("envelope id must be 16 bytes")
+                parts.append(_MULTI_ENV.pack(env.device_id, env.envelope_id, len(env.header)))
+                parts.append(env.header)
+        return b"".join(parts)
+    except (struct.error, OverflowError) as exc:
+        raise DecodeError(f"cannot encode frame: {exc}") from None
+
+
+def decode_send_multi(data: bytes) -> SendMulti:
+    """Inverse of :func:`encode_send_multi` (type byte included); DecodeError on any
+    malformed input, like :func:`decode_frame`."""
+    data = bytes(data)
+    if data[:1] != bytes([SEND_MULTI]):
+        raise DecodeError("not a SEND_MULTI frame")
+    r = _Reader(data)
+    r.pos = 1
+    req_id, shared_len = _MULTI_HEAD.unpack(r.take(_MULTI_HEAD.size))
+    shared = r.take(shared_len)
+    dests = []
+    for _ in range(r.u16()):
+        address_hash = r.take(ADDRESS_HASH_LEN)
+        access = _decode_access(r)
+        envs = []
+        for _ in range(r.u8()):
+            device_id, envelope_id, n = _MULTI_ENV.unpack(r.take(_MULTI_ENV.size))
+            envs.append(MultiEnvelope(device_id, envelope_id, r.take(n)))
+        dests.append(MultiDestination(address_hash, access, tuple(envs)))
+    r.end()
+    return SendMulti(req_id, shared, tuple(dests))
+
+
+def expand_send_multi(frame: SendMulti) -> list[SendItem]:
+    """The SEND destinations a SEND_MULTI stands for: each device's content is
+    ``header || shared``, the address the bech32m form of its hash (wire.md §5.2)."""
+    from xchat.crypto.keys import encode_address  # sans-I/O; imported late, cold path
+
+    shared = frame.shared
+    return [
+        (
+            encode_address(d.address_hash),
+            d.access,
+            [(e.device_id, e.envelope_id, e.header + shared) for e in d.envelopes],
+        )
+        for d in frame.destinations
+    ]

@@ -223,9 +223,27 @@ class DeviceConnection:
         if len(data) > max_request:
             return F.CLOSE_TOO_LARGE, f"frame larger than {max_request} bytes"
         try:
-            if data[:1] == b"\x01":  # SEND: decoded straight to tuples (hot path)
+            kind = data[:1]
+            if kind == b"\x01":  # SEND: decoded straight to tuples (hot path)
                 req_id, dests = F.decode_send(data)
                 self.receive_send(req_id, dests)
+                return None
+            if kind == b"\x03":  # SEND_MULTI: shared payload once, a header per device
+                multi = F.decode_send_multi(data)
+                self.receive_send(multi.req_id, F.expand_send_multi(multi))
+                return None
+            if kind == b"\x02":  # ACK: n u16 || id(16)*, sliced directly (hot path)
+                n = len(data)
+                want = 3 + 16 * int.from_bytes(data[1:3], "big") if n >= 3 else n + 1
+                if n != want:
+                    raise DecodeError("truncated frame" if n < want else "trailing bytes")
+                if self.device is None:
+                    return F.CLOSE_FORBIDDEN, "ACK needs an authenticated socket"
+                if n > 3:
+                    self.relay.store.ack_nowait(
+                        self.device.ref, [data[i : i + 16] for i in range(3, n, 16)]
+                    )
+                    self.relay.metrics.inc("envelopes_acked_total", (n - 3) // 16)
                 return None
             frame = F.decode_frame(data)
         except DecodeError as exc:

@@ -287,11 +287,7 @@ class SqliteStore(Store):
             op.result = seqs
         self._next_seq = seq
         before = conn.total_changes
-        conn.executemany(
-            "INSERT OR IGNORE INTO mailbox (seq, device_ref, envelope_id, ts_ms, expires_ms,"
-            " content) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        _multi_row(conn, _INSERT_SQL, rows)
         inserted = conn.total_changes - before
         self.stats.envelopes_stored += inserted
         if inserted == len(rows):
@@ -310,7 +306,6 @@ class SqliteStore(Store):
     def _run_ack(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
         """Deletes: fire-and-forget ACKs (no future) share one ``executemany``; awaited
         ones (HTTP, which report a count) get their own."""
-        sql = "DELETE FROM mailbox WHERE device_ref = ? AND envelope_id = ?"
         shared: list[tuple[int, bytes]] = []
         for op in run:
             ref, ids = op.payload
@@ -318,12 +313,12 @@ class SqliteStore(Store):
                 shared.extend([(ref, eid) for eid in ids])
                 continue
             before = conn.total_changes
-            conn.executemany(sql, [(ref, eid) for eid in ids])
+            _multi_row(conn, _DELETE_SQL, [(ref, eid) for eid in ids])
             op.result = conn.total_changes - before
             self.stats.envelopes_deleted += op.result
         if shared:
             before = conn.total_changes
-            conn.executemany(sql, shared)
+            _multi_row(conn, _DELETE_SQL, shared)
             self.stats.envelopes_deleted += conn.total_changes - before
 
     @staticmethod
@@ -510,6 +505,42 @@ class SqliteStore(Store):
             lambda conn: conn.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0]
         )
         return result
+
+
+#: Multi-row statement templates (``{}`` = the VALUES rows). One statement per chunk
+#: instead of ``executemany``'s one sqlite3_step per row: each step releases and re-takes
+#: the GIL, and every such hand-off to and from the event-loop thread costs both threads a
+#: futex wake-up and a context switch. Chunk sizes are fixed so statements stay cached.
+_INSERT_SQL = (
+    "INSERT OR IGNORE INTO mailbox (seq, device_ref, envelope_id, ts_ms, expires_ms, content)"
+    " VALUES {}",
+    "(?,?,?,?,?,?)",
+)
+_DELETE_SQL = (
+    # The join form uses the (device_ref, envelope_id) index; "(a, b) IN (VALUES ...)" scans.
+    "DELETE FROM mailbox WHERE seq IN (SELECT m.seq FROM (VALUES {}) AS v"
+    " JOIN mailbox AS m ON m.device_ref = v.column1 AND m.envelope_id = v.column2)",
+    "(?,?)",
+)
+_CHUNKS = (256, 64, 16, 4, 1)
+_sql_cache: dict[tuple[str, int], str] = {}
+
+
+def _multi_row(
+    conn: sqlite3.Connection, template: tuple[str, str], rows: list[tuple[Any, ...]]
+) -> None:
+    """Run ``template`` over ``rows`` in as few statements as the fixed chunk sizes allow."""
+    i, n = 0, len(rows)
+    for size in _CHUNKS:
+        if n - i < size:
+            continue
+        sql = _sql_cache.get((template[0], size))
+        if sql is None:
+            sql = template[0].format(",".join([template[1]] * size))
+            _sql_cache[(template[0], size)] = sql
+        while n - i >= size:
+            conn.execute(sql, [v for row in rows[i : i + size] for v in row])
+            i += size
 
 
 def _name_os_thread(name: bytes) -> None:

@@ -1,0 +1,625 @@
+"""Groups in the client: state on members' devices only (docs/protocol/groups.md §10).
+
+The pure parts live in :mod:`xchat.crypto.group` (signed updates, the round rule,
+``key_plan``) and :mod:`xchat.crypto.sender_keys`; this module does the I/O around them:
+
+* group state (a :class:`~xchat.crypto.group.GroupHistory`), our own sender key and the
+  members still owed it are kept sealed in the local store (tables ``groups`` and
+  ``group_sender_keys``); the server never holds any of it;
+* group updates travel pairwise (content type ``group_update``) to every member, a joiner
+  also gets a welcome snapshot; sender-key distribution messages travel pairwise
+  (content type ``sender_key``, or piggy-backed on an update);
+* a group message is encrypted once with our sender key and sealed once for every member
+  device (``sealed.seal_multi``), then sent in ONE ``SEND_MULTI`` frame (wire.md §5.2):
+  the relay fans it out without learning that the recipients form a group.
+
+Key distribution is lazy, as Signal allows (groups.md §6): after a change we only note
+what ``key_plan`` asks for (rotate, send our key to whom) and do it right before our next
+group send, so a removal costs the members nothing until they speak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xchat.client import content as ct
+from xchat.client import events as ev
+from xchat.client.store import ContactRecord, GroupRow
+from xchat.client.transport import Backoff, SendChannel, ws_url
+from xchat.crypto import padding, sealed
+from xchat.crypto.group import (
+    GroupHistory,
+    GroupOp,
+    GroupState,
+    GroupUpdate,
+    accept_welcome,
+    apply,
+    create_group,
+    key_plan,
+    propose,
+)
+from xchat.crypto.keys import IdentityPublicKey, decode_address
+from xchat.crypto.sender_keys import (
+    SEALED_CONTENT_TYPE,
+    SenderKeyRecord,
+    SenderKeyState,
+    parse_header,
+)
+from xchat.errors import (
+    ApiError,
+    ClientError,
+    DecodeError,
+    DuplicateMessage,
+    ProtocolError,
+    ServerUnreachable,
+    UnauthorizedGroupChange,
+    UnknownSenderKey,
+    XChatError,
+)
+from xchat.protocol import frames as fr
+
+if TYPE_CHECKING:
+    from xchat.client.client import Client, _Batch
+
+log = logging.getLogger(__name__)
+
+#: Sealed inner content type of a group message (a sender-key message), groups.md §2.1.
+GROUP_CONTENT_TYPE = SEALED_CONTENT_TYPE
+UPDATE_TYPE = "group_update"
+SENDER_KEY_TYPE = "sender_key"
+PAIRWISE_TYPES = (UPDATE_TYPE, SENDER_KEY_TYPE)
+GROUP_PEER_PREFIX = "group:"
+_GID_RE = re.compile(r"^[0-9a-f]{32}$")
+_SEND_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    address: str
+    handle: str | None
+    admin: bool
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """What ``groups()``/``group_info()`` return (also the web app's JSON shape)."""
+
+    id: str  # 32 hex digits
+    name: str
+    version: int
+    epoch: str  # epoch hash, hex: equal on every member device iff histories are equal
+    members: tuple[GroupMember, ...]
+    admin: bool  # are we an admin
+    left: bool  # we are no longer a member
+
+
+def group_peer(gid: str, sender: str) -> str:
+    """The ``messages.peer`` of a group message: ``group:<gid>:<sender address>``."""
+    return f"{GROUP_PEER_PREFIX}{gid}:{sender}"
+
+
+def _b64d(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise DecodeError(f"group content {what} missing")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError(f"group content {what} is not base64") from None
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _gid_of(group: object) -> str:
+    if not isinstance(group, dict):
+        raise DecodeError("group content has no group object")
+    gid = group.get("id")
+    if not isinstance(gid, str) or not _GID_RE.match(gid):
+        raise DecodeError("group id must be 32 lower-case hex digits")
+    return gid
+
+
+class Groups:
+    """Group logic of one :class:`~xchat.client.client.Client` (use through the client)."""
+
+    def __init__(self, client: Client) -> None:
+        self.c = client
+        self._histories: dict[str, GroupHistory] = {}
+        #: bytes of the last SEND_MULTI frame (bench and tests read it)
+        self.last_upload_bytes = 0
+
+    # --- local state ----------------------------------------------------------------------
+
+    def _row(self, gid: str) -> GroupRow | None:
+        return self.c.store.get_group(gid)
+
+    def _history(self, row: GroupRow) -> GroupHistory:
+        h = self._histories.get(row.id)
+        if h is None:
+            h = self._histories[row.id] = GroupHistory.from_bytes(row.history)
+        return h
+
+    def _save(
+        self,
+        gid: str,
+        history: GroupHistory,
+        own_key: bytes | None,
+        pending: set[str],
+        left: bool = False,
+    ) -> None:
+        self._histories[gid] = history
+        row = GroupRow(gid, history.to_bytes(), own_key, json.dumps(sorted(pending)).encode(), left)
+        self.c.store.put_group(row, _now())
+
+    def resolve(self, group: str) -> GroupRow:
+        """A group by id (hex) or unambiguous name; ClientError otherwise."""
+        key = group.strip()
+        store = self.c.store
+        if _GID_RE.match(key.lower()):
+            row = store.get_group(key.lower())
+            if row is not None:
+                return row
+        matches = []
+        for gid in store.group_ids():
+            row = store.get_group(gid)
+            if row is not None and self._history(row).state.name == key:
+                matches.append(row)
+        if not matches:
+            raise ClientError(f"no group {group!r}")
+        live = [r for r in matches if not r.left] if len(matches) > 1 else matches
+        if len(live) != 1:
+            ids = ", ".join(r.id for r in (live or matches))
+            raise ClientError(f"group name {group!r} is ambiguous ({ids}); use the group id")
+        return live[0]
+
+    def info(self, row: GroupRow) -> GroupInfo:
+        state = self._history(row).state
+        members = []
+        for address in sorted(state.members):
+            contact = self.c.store.get_contact(address)
+            handle = contact.handle if contact is not None else None
+            members.append(GroupMember(address, handle, address in state.admins))
+        me = self.c.address
+        return GroupInfo(
+            row.id,
+            state.name,
+            state.version,
+            state.epoch_hash.hex(),
+            tuple(members),
+            state.is_admin(me) and not row.left,
+            row.left or me not in state.members,
+        )
+
+    def list(self) -> list[GroupInfo]:
+        out = []
+        for gid in self.c.store.group_ids():
+            row = self.c.store.get_group(gid)
+            if row is not None:
+                out.append(self.info(row))
+        return sorted(out, key=lambda g: (g.name, g.id))
+
+    # --- admin operations (groups.md §4, §10.2) -----------------------------------------
+
+    async def _resolve_members(self, members: list[str]) -> list[IdentityPublicKey]:
+        out: dict[str, IdentityPublicKey] = {}
+        for m in members:
+            contact = await self.c._sendable_contact(m)
+            assert contact.identity_key is not None
+            out[contact.address] = IdentityPublicKey.decode(contact.identity_key)
+        return list(out.values())
+
+    async def create(self, name: str, members: list[str]) -> GroupInfo:
+        identities = await self._resolve_members(members)
+        state, update = create_group(self.c.identity, name, identities)
+        gid = state.group_id.hex()
+        history = GroupHistory.from_genesis(update)
+        own = SenderKeyState.generate(state.group_id)
+        others = set(state.members) - {self.c.address}
+        with self.c.store.transaction():
+            self._save(gid, history, own.to_bytes(), others)
+        await self._announce(gid, update, state, others, set(), skdm=own)
+        row = self._row(gid)
+        assert row is not None
+        return self.info(row)
+
+    async def change(self, group: str, ops: list[GroupOp]) -> GroupInfo:
+        """Sign ``ops`` against our head, check them locally, apply, announce."""
+        row = self.resolve(group)
+        if row.left:
+            raise ClientError("you are no longer a member of this group")
+        history = self._history(row)
+        old = history.state
+        _, update = propose(self.c.identity, old, ops)  # UnauthorizedGroupChange if not admin
+        new = history.add(update)
+        plan = key_plan(old, new, self.c.address)
+        own_key, pending = self._apply_plan(row, plan, new)
+        with self.c.store.transaction():
+            self._save(row.id, history, own_key, pending)
+        joiners = set(plan.added) - {self.c.address}
+        targets = (set(new.members) | set(plan.removed)) - {self.c.address}
+        await self._announce(row.id, update, new, targets, joiners)
+        fresh = self._row(row.id)
+        assert fresh is not None
+        return self.info(fresh)
+
+    async def add(self, group: str, members: list[str]) -> GroupInfo:
+        identities = await self._resolve_members(members)
+        return await self.change(group, [GroupOp.add(i) for i in identities])
+
+    async def remove(self, group: str, members: list[str]) -> GroupInfo:
+        addresses = []
+        row = self.resolve(group)
+        state = self._history(row).state
+        for m in members:
+            found = self.c.find_contact(m)
+            if found is not None and found.address in state.members:
+                addresses.append(found.address)
+            else:
+                addresses.append((await self.c.contact(m)).address)
+        return await self.change(group, [GroupOp.remove(a) for a in addresses])
+
+    async def _announce(
+        self,
+        gid: str,
+        update: GroupUpdate,
+        state: GroupState,
+        targets: set[str],
+        joiners: set[str],
+        skdm: SenderKeyState | None = None,
+    ) -> None:
+        """Send ``update`` pairwise to ``targets`` (joiners first, with the welcome
+        snapshot, so their copy exists before other members' keys reach them)."""
+        raw = _b64e(update.encode())
+        snapshot = _b64e(state.encode()) if joiners else None
+        for address in sorted(targets, key=lambda a: (a not in joiners, a)):
+            body: dict[str, Any] = {"id": gid, "update": raw}
+            if address in joiners:
+                body["welcome"] = snapshot
+            if skdm is not None:
+                body["skdm"] = _b64e(skdm.distribution_message())
+            key = state.members.get(address)
+            try:
+                await self._send_pairwise(address, key, UPDATE_TYPE, body)
+            except XChatError as exc:
+                log.warning("group update not delivered to %s: %s", address, exc)
+                continue
+            if skdm is not None:
+                self._drop_pending(gid, {address})
+
+    def _drop_pending(self, gid: str, done: set[str]) -> None:
+        row = self._row(gid)
+        if row is None:
+            return
+        pending = set(json.loads(row.pending)) - done
+        with self.c.store.transaction():
+            self._save(gid, self._history(row), row.own_key, pending, row.left)
+
+    async def _contact_for(self, address: str, identity_key: bytes | None) -> ContactRecord:
+        """A contact for a group member, its identity key pinned from the group state."""
+        store = self.c.store
+        c = store.ensure_contact(address, _now())
+        if c.identity_key is None:
+            if identity_key is None:
+                return await self.c.contact(address)
+            store.update_contact(address, identity_key=identity_key)
+            c = store.get_contact(address)
+            assert c is not None
+        return c
+
+    async def _send_pairwise(
+        self, address: str, identity_key: bytes | None, ctype: str, body: dict[str, Any]
+    ) -> None:
+        c = await self._contact_for(address, identity_key)
+        if c.verified and c.identity_changed:
+            raise ClientError(f"identity of verified contact {address} changed; not sending")
+        sender = None if c.token_shared else self.c._own_sender_info()
+        msg = ct.Content(id=ct.new_message_id(), type=ctype, ts=_now(), sender=sender, group=body)
+        await self.c._send_content(c, msg, store_as_message=False)
+
+    # --- sending a group message (groups.md §7, §10.3) ----------------------------------
+
+    async def send(self, group: str, msg: ct.Content) -> str:
+        row = self.resolve(group)
+        if row.left:
+            raise ClientError("you are no longer a member of this group")
+        gid = row.id
+        state = self._history(row).state
+        me = self.c.address
+        others = set(state.members) - {me}
+        own_raw, pending = row.own_key, set(json.loads(row.pending))
+        if own_raw is None:  # first send, or rotation after a removal (key_plan.rotate)
+            own_raw = SenderKeyState.generate(state.group_id).to_bytes()
+            pending = set(others)
+            with self.c.store.transaction():
+                self._save(gid, self._history(row), own_raw, pending)
+        own = SenderKeyState.from_bytes(own_raw)
+        skdm = _b64e(own.distribution_message())
+        for address in sorted(pending & others):
+            try:
+                await self._send_pairwise(
+                    address, state.members[address], SENDER_KEY_TYPE, {"id": gid, "skdm": skdm}
+                )
+            except XChatError as exc:
+                log.warning("sender key not delivered to %s: %s", address, exc)
+                continue
+            self._drop_pending(gid, {address})
+        await self._send_encrypted(gid, state, msg)
+        return msg.id
+
+    async def _send_encrypted(self, gid: str, state: GroupState, msg: ct.Content) -> None:
+        c = self.c
+        me = c.address
+        async with c._send_lock:
+            cert = await c._sender_certificate()
+            row = self._row(gid)
+            assert row is not None and row.own_key is not None
+            own = SenderKeyState.from_bytes(row.own_key)
+            plaintext = msg.encode()
+            message = own.encrypt(padding.pad(plaintext))
+            recipients: list[tuple[IdentityPublicKey, int]] = []
+            routes: list[tuple[str, list[int]]] = []
+            for address in sorted(state.members):
+                if address == me:
+                    continue
+                devices = c.store.session_devices(address) or [1]
+                identity = IdentityPublicKey.decode(state.members[address])
+                recipients.extend((identity, d) for d in devices)
+                routes.append((address, devices))
+            t = _now()
+            # Chain state is persisted BEFORE the message leaves (as client.md §3.4).
+            with c.store.transaction():
+                row = self._row(gid)
+                assert row is not None
+                c.store.put_group(
+                    GroupRow(gid, row.history, own.to_bytes(), row.pending, row.left), t
+                )
+                c.store.add_message(msg.id, group_peer(gid, me), "out", msg.ts, "sending",
+                                    plaintext, t)  # fmt: skip
+            shared, headers = await asyncio.to_thread(
+                sealed.seal_multi, c.identity, cert, recipients, GROUP_CONTENT_TYPE, message
+            )
+            try:
+                await self._deliver_multi(shared, headers, routes, state)
+            except BaseException:
+                c.store.set_message_status(group_peer(gid, me), msg.id, "failed")
+                raise
+            c.store.mark_sent(group_peer(gid, me), msg.id)
+
+    async def _deliver_multi(
+        self,
+        shared: bytes,
+        headers: dict[tuple[IdentityPublicKey, int], bytes],
+        routes: list[tuple[str, list[int]]],
+        state: GroupState,
+    ) -> None:
+        if not routes:
+            return
+        use_tokens = True
+        for _ in range(2):
+            dests = []
+            for address, devices in routes:
+                identity = IdentityPublicKey.decode(state.members[address])
+                contact = self.c.store.get_contact(address)
+                access: fr.Access
+                if use_tokens and contact is not None and contact.delivery_token is not None:
+                    access = fr.TokenAccess(contact.delivery_token)
+                else:
+                    access = await self.c._pow_access(address)
+                envs = tuple(
+                    fr.MultiEnvelope(d, secrets.token_bytes(16), headers[(identity, d)])
+                    for d in devices
+                )
+                dests.append(fr.MultiDestination(decode_address(address), access, envs))
+            try:
+                await self._send_multi_frame(shared, tuple(dests))
+                return
+            except ApiError as exc:
+                if exc.status not in (401, 403) or not use_tokens:
+                    raise
+                # Someone rotated their delivery token: one retry with proof of work.
+                use_tokens = False
+
+    async def _send_multi_frame(
+        self, shared: bytes, dests: tuple[fr.MultiDestination, ...]
+    ) -> None:
+        """One SEND_MULTI, retried on a lost connection with the same envelope ids (the
+        relay stores a re-sent ``(device, envelope id)`` once)."""
+        c = self.c
+        backoff = Backoff(base=0.1, cap=2.0)
+        for attempt in range(_SEND_ATTEMPTS):
+            if c._sender is None:
+                c._sender = SendChannel(ws_url(c.whoami().server))
+            try:
+                self.last_upload_bytes = await c._sender.send_multi(shared, dests)
+                return
+            except ServerUnreachable:
+                await c._sender.aclose()
+                c._sender = None
+                if attempt == _SEND_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(backoff.next_delay())
+
+    # --- receiving (groups.md §10.4) ----------------------------------------------------
+
+    def receive_message(
+        self, unsealed: sealed.UnsealedMessage, sender: str, env_id: str, t: int, batch: _Batch
+    ) -> None:
+        """A sealed group message (content type 0x02) from ``sender`` (authenticated by
+        sealed sender): find the sender's chain BY THE SEALED SENDER, decrypt, store."""
+        try:
+            header = parse_header(unsealed.content)
+            gid = header.group_id.hex()
+            row = self._row(gid)
+            if row is None or row.left:
+                raise UnknownSenderKey("group message for a group we are not in")
+            state = self._history(row).state
+            if sender not in state.members:
+                raise UnauthorizedGroupChange("group message from a non-member")
+            raw = self.c.store.get_sender_key(gid, sender, unsealed.device_id)
+            if raw is None:
+                raise UnknownSenderKey("no sender key from this member yet")
+            record = SenderKeyRecord.from_bytes(raw)
+            padded = record.decrypt(unsealed.content)
+            self.c.store.put_sender_key(gid, sender, unsealed.device_id, record.to_bytes())
+            msg = ct.Content.decode(padding.unpad(padded))
+        except DuplicateMessage:
+            return
+        except XChatError as exc:
+            batch.events.append(
+                ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender)
+            )
+            return
+        if msg.type not in ("text", "file"):
+            return
+        if not self.c.store.add_message(
+            msg.id, group_peer(gid, sender), "in", msg.ts, "received", padding.unpad(padded), t
+        ):
+            return
+        contact = self.c.store.get_contact(sender)
+        batch.events.append(
+            ev.MessageReceived(
+                msg.id,
+                sender,
+                contact.handle if contact is not None else None,
+                msg.text or "",
+                msg.ts,
+                msg.reply_to,
+                unsealed.device_id,
+                msg.file,
+                {"id": gid, "name": state.name},
+            )
+        )
+
+    def receive_pairwise(
+        self, sender: str, msg: ct.Content, device_id: int, t: int, batch: _Batch
+    ) -> None:
+        """A ``group_update`` or ``sender_key`` content from ``sender`` over a pairwise
+        session. Problems become events; the caller's transaction always commits."""
+        gid = ""
+        try:
+            gid = _gid_of(msg.group)
+            assert msg.group is not None
+            if msg.type == UPDATE_TYPE:
+                self._on_update(sender, gid, msg.group, batch)
+            skdm = msg.group.get("skdm")
+            if skdm is not None:
+                self._on_sender_key(sender, device_id, gid, _b64d(skdm, "skdm"))
+        except XChatError as exc:
+            self._histories.pop(gid, None)  # the store keeps the last committed copy
+            batch.events.append(ev.GroupUpdateRejected(gid, sender, f"{type(exc).__name__}: {exc}"))
+        except BaseException:
+            self._histories.pop(gid, None)
+            raise
+
+    def _on_update(self, sender: str, gid: str, body: dict[str, Any], batch: _Batch) -> None:
+        me = self.c.address
+        row = self._row(gid)
+        welcome = body.get("welcome")
+        if welcome is not None and (row is None or row.left):
+            history = accept_welcome(_b64d(welcome, "welcome"), sender, me)
+            if history.base.group_id.hex() != gid:
+                raise ProtocolError("welcome is for another group")
+            old: GroupState | None = None
+            base_row = GroupRow(gid, b"", None, b"[]", False)
+        else:
+            update = GroupUpdate.decode(_b64d(body.get("update"), "update"))
+            if update.group_id.hex() != gid:
+                raise ProtocolError("group update is for another group")
+            if update.author_address != sender:
+                raise UnauthorizedGroupChange("group update not sent by its author")
+            if row is None:
+                if update.parent_version != 0:
+                    return  # an update for a group we never joined
+                history = GroupHistory.from_genesis(update)
+                if me not in history.state.members:
+                    return
+                old = None
+                base_row = GroupRow(gid, b"", None, b"[]", False)
+            else:
+                if row.left:
+                    return
+                history = self._history(row)
+                old = history.state
+                if sender not in old.members and sender not in history.base.members:
+                    raise UnauthorizedGroupChange("group update from a non-member")
+                if update.parent_version == old.version:
+                    apply(old, update)  # the rules of §4; raises for a non-admin
+                history.add(update)
+                base_row = row
+        new = history.state
+        if old is not None and new == old:
+            return
+        plan = key_plan(old, new, me)
+        own_key, pending = self._apply_plan(base_row, plan, new)
+        self._save(gid, history, own_key, pending, plan.left)
+        if plan.left:
+            self.c.store.delete_sender_keys(gid)
+        batch.events.append(
+            ev.GroupChanged(
+                gid,
+                new.name,
+                new.version,
+                sender,
+                tuple(sorted(plan.added)),
+                tuple(sorted(plan.removed)),
+                plan.left,
+            )
+        )
+
+    def _apply_plan(self, row: GroupRow, plan: Any, new: GroupState) -> tuple[bytes | None, set[str]]:
+        """Record what ``key_plan`` asks (lazily: done before our next send)."""
+        pending = set(json.loads(row.pending)) if row.pending else set()
+        own_key = row.own_key
+        if plan.left:
+            return None, set()
+        if plan.rotate:
+            own_key = None  # a fresh chain and distribution to all others at next send
+        pending |= set(plan.send_key_to)
+        pending &= set(new.members) - {self.c.address}
+        for address in plan.forget:
+            self.c.store.delete_sender_keys(row.id, address)
+        return own_key, pending
+
+    def _on_sender_key(self, sender: str, device_id: int, gid: str, skdm: bytes) -> None:
+        state = SenderKeyState.from_distribution(skdm)
+        if state.group_id.hex() != gid:
+            raise ProtocolError("sender key is for another group")
+        row = self._row(gid)
+        if row is not None:
+            if row.left:
+                return
+            if sender not in self._history(row).state.members:
+                raise UnauthorizedGroupChange("sender key from a non-member")
+        raw = self.c.store.get_sender_key(gid, sender, device_id)
+        record = SenderKeyRecord.from_bytes(raw) if raw is not None else SenderKeyRecord()
+        if record.add(state):
+            self.c.store.put_sender_key(gid, sender, device_id, record.to_bytes())
+
+
+def _now() -> int:
+    from xchat.client.client import now_ms
+
+    return now_ms()
+
+
+def is_group_peer(peer: str) -> bool:
+    return peer.startswith(GROUP_PEER_PREFIX)
+
+
+__all__ = [
+    "GROUP_CONTENT_TYPE",
+    "PAIRWISE_TYPES",
+    "GroupInfo",
+    "GroupMember",
+    "Groups",
+    "group_peer",
+]
