@@ -170,3 +170,31 @@ def test_profile_key_in_keyring_when_available(
             p.unlock()
     finally:
         keyring.set_keyring(previous)
+
+
+def test_ack_after_receipt_never_downgrades_status(tmp_path: Path) -> None:
+    """The server ack can be processed after the delivery receipt (race seen by the app):
+    'delivered' must stay, and a late failure must not overwrite it either."""
+    store = Store(tmp_path / "s.db", os.urandom(32))
+    store.add_message("a" * 32, "peer", "out", 1, "sending", b"{}", 1)
+    assert store.set_message_status("peer", "a" * 32, "delivered")
+    assert not store.mark_sent("peer", "a" * 32)
+    assert not store.mark_failed("peer", "a" * 32)
+    assert store.get_message("peer", "a" * 32).status == "delivered"  # type: ignore[union-attr]
+    store.add_message("b" * 32, "peer", "out", 1, "sending", b"{}", 1)
+    assert store.mark_sent("peer", "b" * 32)
+    assert store.get_message("peer", "b" * 32).status == "sent"  # type: ignore[union-attr]
+
+
+def test_group_rows_are_sealed(tmp_path: Path) -> None:
+    from xchat.client.store import GroupRow
+
+    store = Store(tmp_path / "s.db", os.urandom(32))
+    secret = b"group history " + os.urandom(8).hex().encode()
+    store.put_group(GroupRow("ab" * 16, secret, b"own key", b'["x"]', False), 1)
+    store.put_sender_key("ab" * 16, "xc1qaddr", 1, b"chain " + secret)
+    row = store.get_group("ab" * 16)
+    assert row is not None and row.history == secret and row.own_key == b"own key"
+    assert store.get_sender_key("ab" * 16, "xc1qaddr", 1) == b"chain " + secret
+    store.close()
+    assert secret not in _all_bytes(tmp_path)

@@ -22,6 +22,7 @@ import click
 from xchat import __version__
 from xchat.app.cli import app_command
 from xchat.cli.files import file_group
+from xchat.cli.groups import group_group
 from xchat.cli.output import escape_terminal, fmt_time, print_json, warn, who
 from xchat.client import events as ev
 from xchat.client.client import Client
@@ -272,7 +273,8 @@ def send(obj: Ctx, to: str, text: str, reply_to: str | None, as_json: bool) -> N
     run(go())
 
 
-def _message_json(m: ev.MessageReceived) -> dict[str, Any]:
+def _message_json(m: ev.MessageReceived, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    file = saved if saved is not None else m.file
     return {
         "type": "file" if m.file is not None else "text",
         "id": m.id,
@@ -281,8 +283,38 @@ def _message_json(m: ev.MessageReceived) -> dict[str, Any]:
         "text": m.text,
         "ts": m.ts_ms,
         "reply_to": m.reply_to,
-        **({"file": m.file} if m.file is not None else {}),
+        **({"file": file} if file is not None else {}),
+        **({"group": m.group} if m.group is not None else {}),
     }
+
+
+async def _save_file(c: Client, m: ev.MessageReceived) -> dict[str, Any]:
+    """Download and decrypt a received file into the profile's downloads directory:
+    ``{"name", "size", "sha256" (of the saved plaintext), "path"}`` (path None + "error"
+    if it failed; the message itself is already stored)."""
+    import hashlib
+
+    from xchat.client import files as xf
+
+    out: dict[str, Any] = {
+        "name": str((m.file or {}).get("name", "file")),
+        "size": (m.file or {}).get("size"),
+        "sha256": None,
+        "path": None,
+    }
+    try:
+        manifest = xf.FileManifest.from_json(m.file)
+        out["name"], out["size"] = manifest.name, manifest.size
+        async with xf.BlobClient(c.api.base_url) as blobs:
+            path = await xf.receive_file(blobs, manifest, xf.downloads_dir(c.profile.path))
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        out["sha256"], out["path"] = digest.hexdigest(), str(path)
+    except XChatError as exc:
+        out["error"] = error_line(exc)[0]
+    return out
 
 
 def _file_note(file: dict[str, Any] | None) -> str:
@@ -292,9 +324,16 @@ def _file_note(file: dict[str, Any] | None) -> str:
     return f" [file: {name}, {file.get('size', '?')} bytes; `xchat file get` to fetch]"
 
 
-def _print_message(m: ev.MessageReceived) -> None:
+def _print_message(m: ev.MessageReceived, saved: dict[str, Any] | None = None) -> None:
     text = escape_terminal(m.text, keep_newlines=True)
-    click.echo(f"[{fmt_time(m.ts_ms)}] {who(m.sender, m.handle)}: {text}{_file_note(m.file)}")
+    where = f"[{escape_terminal(m.group.get('name', '?'))}] " if m.group is not None else ""
+    if saved is not None and saved.get("path"):
+        note = f" [file saved: {escape_terminal(saved['path'])}]"
+    elif saved is not None:
+        note = f" [file not saved: {escape_terminal(str(saved.get('error')))}]"
+    else:
+        note = _file_note(m.file)
+    click.echo(f"[{fmt_time(m.ts_ms)}] {where}{who(m.sender, m.handle)}: {text}{note}")
 
 
 @cli.command()
@@ -308,16 +347,26 @@ def _print_message(m: ev.MessageReceived) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message per line.")
 @click.pass_obj
 def recv(obj: Ctx, wait: float, as_json: bool) -> None:
-    """Receive, decrypt and store queued messages, and print them."""
+    """Receive, decrypt and store queued messages, and print them. Received files are
+    downloaded and decrypted into <profile>/downloads (printed once saved)."""
+    files: list[ev.MessageReceived] = []
+
+    def emit(e: ev.MessageReceived, saved: dict[str, Any] | None = None) -> None:
+        if as_json:
+            print_json(_message_json(e, saved))
+        else:
+            _print_message(e, saved)
 
     def show(e: ev.Event) -> None:
         if isinstance(e, ev.MessageReceived):
-            if as_json:
-                print_json(_message_json(e))
+            if e.file is not None:
+                files.append(e)  # printed after the download below
             else:
-                _print_message(e)
+                emit(e)
         elif isinstance(e, ev.DecryptionFailed):
             warn(f"dropped an undecryptable message ({escape_terminal(e.reason)})")
+        elif isinstance(e, ev.GroupUpdateRejected):
+            warn(f"rejected a group change by {e.sender} ({escape_terminal(e.reason)})")
         else:
             _print_identity_warning(e)
 
@@ -325,6 +374,8 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
         async with obj.client() as c:
             c.on_event(show)
             await c.receive(wait=max(0.0, wait))
+            for m in files:
+                emit(m, await _save_file(c, m))
 
     run(go())
 
@@ -488,6 +539,7 @@ def verify(obj: Ctx, to: str, mark_verified: bool, as_json: bool) -> None:
 # --- `xchat serve` (server stream) -----------------------------------------------------------
 cli.add_command(serve_command)
 cli.add_command(file_group)
+cli.add_command(group_group)
 cli.add_command(app_command)
 
 

@@ -31,6 +31,7 @@ from xchat.client import content as ct
 from xchat.client import e2e
 from xchat.client import events as ev
 from xchat.client.api import Api, b64d, b64e
+from xchat.client.groups import GROUP_CONTENT_TYPE, PAIRWISE_TYPES, GroupMethods, Groups
 from xchat.client.profile import Profile, default_home
 from xchat.client.store import ContactRecord, MessageRecord, Store
 from xchat.client.transport import BACKOFF_CAP, Backoff, ReceiveLoop, SendChannel, ws_url
@@ -99,8 +100,10 @@ class HistoryItem:
     file: dict[str, Any] | None = None
 
 
-class Client:
-    """One device's client. Opening takes the profile lock (ProfileLocked if taken)."""
+class Client(GroupMethods):
+    """One device's client. Opening takes the profile lock (ProfileLocked if taken).
+    Group methods (``create_group``, ``send_group``, ...) come from
+    :class:`~xchat.client.groups.GroupMethods`."""
 
     def __init__(
         self,
@@ -129,6 +132,7 @@ class Client:
         self._pending_receipts: dict[str, list[str]] = {}
         self._rejected_claims: set[tuple[str, str]] = set()
         self._addresses: dict[bytes, str] = {}
+        self._groups = Groups(self)
         try:
             if self.profile.initialised:
                 self._unlock()
@@ -612,10 +616,11 @@ class Client:
                 await self._deliver(c, envelopes)
             except BaseException:
                 if store_as_message:
-                    self.store.set_message_status(c.address, msg.id, "failed")
+                    self.store.mark_failed(c.address, msg.id)
                 raise
             if store_as_message:
-                self.store.set_message_status(c.address, msg.id, "sent")
+                # never downgrade: a receipt processed before the ack set "delivered"
+                self.store.mark_sent(c.address, msg.id)
 
     async def _encrypt_for(
         self, c: ContactRecord, msg: ct.Content, cert: bytes, store_as_message: bool
@@ -863,6 +868,9 @@ class Client:
                 )
             elif c.identity_key is None:
                 self.store.update_contact(sender, identity_key=peer.encode())
+            if unsealed.content_type == GROUP_CONTENT_TYPE:  # one upload for the group
+                self._groups.receive_message(unsealed, sender, env_id, t, batch)
+                return
             state = self.store.get_session(sender, unsealed.device_id)
             result = e2e.decrypt(
                 self.identity, peer, state, unsealed.content, e2e.StorePreKeys(self.store)
@@ -936,6 +944,8 @@ class Client:
             self.store.update_contact(sender, token_shared=True)
             if ids:
                 events.append(ev.ReceiptReceived(sender, ids, msg.ts))
+        elif msg.type in PAIRWISE_TYPES:  # group updates and sender keys (groups.md §10)
+            self._groups.receive_pairwise(sender, msg, device_id, t, batch)
         # "profile" and unknown types: sender info above is all we use for now.
 
     async def _reset_session(self, address: str) -> None:
@@ -959,7 +969,7 @@ class Client:
             except XChatError:
                 continue
             await self._send_content(c, msg, store_as_message=False)
-            self.store.set_message_status(address, m.id, "sent")
+            self.store.mark_sent(address, m.id)
 
     def _address_of(self, identity: IdentityPublicKey) -> str:
         """``identity.address()`` memoised: bech32m encoding is a measurable share of

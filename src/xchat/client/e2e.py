@@ -46,6 +46,7 @@ from xchat.errors import (
 SESSION_SET_VERSION = 0x01
 MAX_ARCHIVED = 4  # previous sessions kept per device (libsignal keeps up to 40)
 SESSION_CONTENT_TYPE = 0x01  # sealed inner content type: a session message
+GROUP_CONTENT_TYPE = 0x02  # a sender-key (group) message (groups.md §2.1, §10)
 
 # Prekey kinds in the local store.
 KIND_SIGNED = "signed"
@@ -196,7 +197,7 @@ def unseal(
     identity: IdentityKeyPair, data: bytes, server_key: bytes, now_ms: int, device_id: int
 ) -> sealed.UnsealedMessage:
     msg = sealed.unseal(identity, data, server_key, now_ms, own_device_id=device_id)
-    if msg.content_type != SESSION_CONTENT_TYPE:
+    if msg.content_type not in (SESSION_CONTENT_TYPE, GROUP_CONTENT_TYPE):
         raise DecodeError(f"unknown sealed content type {msg.content_type}")
     return msg
 

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from xchat.client import content as ct
@@ -40,6 +40,7 @@ from xchat.crypto.group import (
     GroupOp,
     GroupState,
     GroupUpdate,
+    KeyPlan,
     accept_welcome,
     apply,
     create_group,
@@ -199,7 +200,7 @@ class Groups:
             row.left or me not in state.members,
         )
 
-    def list(self) -> list[GroupInfo]:
+    def all(self) -> list[GroupInfo]:
         out = []
         for gid in self.c.store.group_ids():
             row = self.c.store.get_group(gid)
@@ -311,8 +312,9 @@ class Groups:
             if identity_key is None:
                 return await self.c.contact(address)
             store.update_contact(address, identity_key=identity_key)
-            c = store.get_contact(address)
-            assert c is not None
+            pinned = store.get_contact(address)
+            assert pinned is not None
+            return pinned
         return c
 
     async def _send_pairwise(
@@ -390,7 +392,7 @@ class Groups:
             try:
                 await self._deliver_multi(shared, headers, routes, state)
             except BaseException:
-                c.store.set_message_status(group_peer(gid, me), msg.id, "failed")
+                c.store.mark_failed(group_peer(gid, me), msg.id)
                 raise
             c.store.mark_sent(group_peer(gid, me), msg.id)
 
@@ -468,20 +470,18 @@ class Groups:
             if raw is None:
                 raise UnknownSenderKey("no sender key from this member yet")
             record = SenderKeyRecord.from_bytes(raw)
-            padded = record.decrypt(unsealed.content)
+            plaintext = padding.unpad(record.decrypt(unsealed.content))
             self.c.store.put_sender_key(gid, sender, unsealed.device_id, record.to_bytes())
-            msg = ct.Content.decode(padding.unpad(padded))
+            msg = ct.Content.decode(plaintext)
         except DuplicateMessage:
             return
         except XChatError as exc:
-            batch.events.append(
-                ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender)
-            )
+            batch.events.append(ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender))
             return
         if msg.type not in ("text", "file"):
             return
         if not self.c.store.add_message(
-            msg.id, group_peer(gid, sender), "in", msg.ts, "received", padding.unpad(padded), t
+            msg.id, group_peer(gid, sender), "in", msg.ts, "received", plaintext, t
         ):
             return
         contact = self.c.store.get_contact(sender)
@@ -575,7 +575,9 @@ class Groups:
             )
         )
 
-    def _apply_plan(self, row: GroupRow, plan: Any, new: GroupState) -> tuple[bytes | None, set[str]]:
+    def _apply_plan(
+        self, row: GroupRow, plan: KeyPlan, new: GroupState
+    ) -> tuple[bytes | None, set[str]]:
         """Record what ``key_plan`` asks (lazily: done before our next send)."""
         pending = set(json.loads(row.pending)) if row.pending else set()
         own_key = row.own_key
@@ -605,6 +607,80 @@ class Groups:
             self.c.store.put_sender_key(gid, sender, device_id, record.to_bytes())
 
 
+class GroupMethods:
+    """The group API of :class:`~xchat.client.client.Client` (mixed in; groups.md §10)."""
+
+    _groups: Groups
+
+    def groups(self) -> list[GroupInfo]:
+        """Every group this device holds (including ones we were removed from)."""
+        return self._groups.all()
+
+    def group_info(self, group: str) -> GroupInfo:
+        """One group by id (hex) or unambiguous name (ClientError otherwise)."""
+        return self._groups.info(self._groups.resolve(group))
+
+    async def create_group(self, name: str, members: list[str]) -> GroupInfo:
+        """Create a group (we are its admin) with ``members`` (@handles or addresses;
+        resolved and their identity keys pinned) and tell each of them pairwise."""
+        return await self._groups.create(name, list(members))
+
+    async def add_members(self, group: str, members: list[str]) -> GroupInfo:
+        """Admin only: add members; each gets a welcome (current state, no history)."""
+        return await self._groups.add(group, list(members))
+
+    async def remove_members(self, group: str, members: list[str]) -> GroupInfo:
+        """Admin only (or yourself, to leave): remove members; every remaining member
+        rotates its sender key before its next message (groups.md §6)."""
+        return await self._groups.remove(group, list(members))
+
+    async def rename_group(self, group: str, name: str) -> GroupInfo:
+        return await self._groups.change(group, [GroupOp.rename(name)])
+
+    async def add_group_member(self, group: str, member: str) -> GroupInfo:
+        return await self.add_members(group, [member])
+
+    async def remove_group_member(self, group: str, member: str) -> GroupInfo:
+        return await self.remove_members(group, [member])
+
+    async def send_group(self, group: str, text: str, *, reply_to: str | None = None) -> str:
+        """Encrypt ``text`` once with our sender key and send it in ONE upload to every
+        member device; returns the message id once the server acked."""
+        gid = self._groups.resolve(group).id
+        msg = ct.text_message(text, _now(), reply_to=reply_to)
+        msg = ct.Content(
+            id=msg.id, type="text", ts=msg.ts, text=text, reply_to=reply_to, group={"id": gid}
+        )
+        return await self._groups.send(gid, msg)
+
+    async def send_group_file(
+        self, group: str, manifest: dict[str, Any], *, text: str | None = None
+    ) -> str:
+        """Send a file manifest (the blob was uploaded once) to the whole group."""
+        gid = self._groups.resolve(group).id
+        msg = ct.Content(
+            id=ct.new_message_id(),
+            type="file",
+            ts=_now(),
+            text=text,
+            file=manifest,
+            group={"id": gid},
+        )
+        return await self._groups.send(gid, msg)
+
+    def group_history(self, group: str, limit: int = 100) -> list[Any]:
+        """The last ``limit`` messages of a group, oldest first (HistoryItem, peer =
+        the sender's address)."""
+        from xchat.client.client import _history_item
+
+        gid = self._groups.resolve(group).id
+        items = []
+        for m in self._groups.c.store.group_history(gid, limit):
+            item = _history_item(m)
+            items.append(replace(item, peer=m.peer.rsplit(":", 1)[-1]))
+        return items
+
+
 def _now() -> int:
     from xchat.client.client import now_ms
 
@@ -620,6 +696,7 @@ __all__ = [
     "PAIRWISE_TYPES",
     "GroupInfo",
     "GroupMember",
+    "GroupMethods",
     "Groups",
     "group_peer",
 ]

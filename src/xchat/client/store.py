@@ -381,6 +381,25 @@ class Store:
         )
         return cur.rowcount == 1
 
+    def mark_sent(self, peer: str, msg_id: str) -> bool:
+        """Server acked one of our messages: 'sending'/'failed' -> 'sent'. Never downgrades
+        a 'delivered' set by a receipt that was processed before the ack."""
+        cur = self._db.execute(
+            "UPDATE messages SET status = 'sent' WHERE peer = ? AND id = ? "
+            "AND direction = 'out' AND status IN ('sending', 'failed')",
+            (peer, msg_id),
+        )
+        return cur.rowcount == 1
+
+    def mark_failed(self, peer: str, msg_id: str) -> bool:
+        """A send failed: only a message still 'sending' becomes 'failed'."""
+        cur = self._db.execute(
+            "UPDATE messages SET status = 'failed' WHERE peer = ? AND id = ? "
+            "AND direction = 'out' AND status = 'sending'",
+            (peer, msg_id),
+        )
+        return cur.rowcount == 1
+
     def get_message(self, peer: str, msg_id: str) -> MessageRecord | None:
         row = self._db.execute(
             "SELECT id, peer, direction, ts_ms, status, body FROM messages "

@@ -150,9 +150,7 @@ class SendChannel:
         """Send one SEND frame and wait for its SEND_RESULT (200 = durably queued)."""
         await self._request(lambda req_id: fr.encode_frame(fr.Send(req_id, destinations)))
 
-    async def send_multi(
-        self, shared: bytes, destinations: tuple[fr.MultiDestination, ...]
-    ) -> int:
+    async def send_multi(self, shared: bytes, destinations: tuple[fr.MultiDestination, ...]) -> int:
         """Send one SEND_MULTI frame (wire.md §5.2: ``shared`` once, a small header per
         device) and wait for its SEND_RESULT; returns the frame's size in bytes."""
         size = 0

@@ -1,0 +1,126 @@
+"""``xchat group ...`` and file reception in ``xchat recv`` as real subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xchat.testing import ServerProcess, running_server
+
+SRC = Path(__file__).parents[2] / "src"
+
+
+def xchat(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XCHAT_NO_KEYRING": "1"}
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "xchat", "--profile", str(profile), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    return r.stdout
+
+
+def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("xchat: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as s:
+        yield s
+
+
+def _account(server: ServerProcess, profile: Path, handle: str) -> str:
+    out = ok(xchat(profile, "account", "create", "--server", server.url, "--handle", handle,
+                   "--json"))  # fmt: skip
+    return str(json.loads(out)["address"])
+
+
+def _recv(profile: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in ok(xchat(profile, "recv", "--json")).splitlines()]
+
+
+def test_group_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    tag = os.getpid() % 10000
+    _account(server, a, f"ga{tag}")
+    addr_b = _account(server, b, f"gb{tag}")
+    _account(server, c, f"gc{tag}")
+
+    gid = ok(xchat(a, "group", "create", "crew", f"@gb{tag}", f"@gc{tag}")).strip()
+    assert len(gid) == 32 and int(gid, 16) >= 0
+    created = json.loads(ok(xchat(a, "group", "create", "crew", addr_b, "--json")))
+    assert created["name"] == "crew" and len(created["members"]) == 2
+    # Two groups are called "crew": the name is ambiguous -> one error line, non-zero exit.
+    assert "ambiguous" in one_error_line(xchat(a, "group", "send", "crew", "hi"))
+    assert "no group" in one_error_line(xchat(a, "group", "info", "nothing-like-it"))
+
+    ok(xchat(a, "group", "send", gid, "hello crew"))
+    for p in (b, c):
+        got = [m for m in _recv(p) if m.get("text") == "hello crew"]
+        assert len(got) == 1 and got[0]["group"] == {"id": gid, "name": "crew"}
+    listed = json.loads(ok(xchat(b, "group", "list", "--json")))
+    assert {g["id"] for g in listed} == {gid, created["id"]}
+    info = json.loads(ok(xchat(c, "group", "info", gid, "--json")))
+    assert len(info["members"]) == 3 and not info["admin"]
+    assert "crew" in ok(xchat(c, "group", "info", gid))
+
+    # A non-admin cannot change the group.
+    one_error_line(xchat(b, "group", "add", gid, f"@ga{tag}"))
+
+    # Remove c; b still gets messages, c gets nothing readable.
+    ok(xchat(a, "group", "remove", gid, f"@gc{tag}"))
+    ok(xchat(c, "recv"))
+    assert json.loads(ok(xchat(c, "group", "info", gid, "--json")))["left"]
+    ok(xchat(b, "recv"))
+    ok(xchat(a, "group", "send", gid, "without c"))
+    assert [m["text"] for m in _recv(b)] == ["without c"]
+    assert [m for m in _recv(c) if "text" in m] == []
+
+    # A group file: one blob upload, one group message; recv saves it to downloads.
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"group file body\n" * 100)
+    ok(xchat(a, "group", "file", gid, str(src)))
+    got = _recv(b)
+    assert len(got) == 1 and got[0]["type"] == "file" and got[0]["group"]["id"] == gid
+    f = got[0]["file"]
+    assert isinstance(f, dict)
+    assert f["name"] == "notes.txt" and f["size"] == src.stat().st_size
+    saved = Path(str(f["path"]))
+    assert saved.parent == b / "downloads" and saved.read_bytes() == src.read_bytes()
+    assert f["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_recv_saves_direct_file(server: ServerProcess, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    tag = os.getpid() % 10000
+    _account(server, a, f"fa{tag}")
+    _account(server, b, f"fb{tag}")
+    src = tmp_path / "photo.bin"
+    src.write_bytes(os.urandom(70_000))
+    ok(xchat(a, "file", "send", f"@fb{tag}", str(src)))
+    plain = ok(xchat(b, "recv"))
+    assert "file saved" in plain
+    files = list((b / "downloads").iterdir())
+    assert [p.read_bytes() for p in files] == [src.read_bytes()]

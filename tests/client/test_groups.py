@@ -1,0 +1,235 @@
+"""Groups end to end against a real relay (docs/protocol/groups.md §10, wire.md §5.2)."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from xchat.client import events as ev
+from xchat.client.client import Client
+from xchat.crypto.keys import decode_address
+from xchat.errors import ClientError, UnauthorizedGroupChange
+from xchat.testing import ServerProcess
+
+
+def _msgs(events: list[ev.Event]) -> list[ev.MessageReceived]:
+    return [e for e in events if isinstance(e, ev.MessageReceived)]
+
+
+def _texts(events: list[ev.Event]) -> list[str]:
+    return [e.text for e in _msgs(events)]
+
+
+class Crowd:
+    """N accounts on one server, closed together."""
+
+    def __init__(self, server: ServerProcess, root: Path, handle) -> None:
+        self.server, self.root, self.handle = server, root, handle
+        self.clients: list[Client] = []
+
+    async def make(self, n: int, base: str = "m") -> list[Client]:
+        out = []
+        for i in range(n):
+            c = Client(self.root / f"{base}{len(self.clients)}")
+            await c.create_account(self.server.url, self.handle(f"{base}{i}"))
+            self.clients.append(c)
+            out.append(c)
+        return out
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+
+
+@pytest.fixture
+async def crowd(server: ServerProcess, tmp_path: Path, handle) -> AsyncIterator[Crowd]:
+    cr = Crowd(server, tmp_path, handle)
+    try:
+        yield cr
+    finally:
+        await cr.close()
+
+
+async def test_three_member_group_roundtrip(crowd: Crowd) -> None:
+    a, b, c = await crowd.make(3)
+    info = await a.create_group("friends", [f"@{b.whoami().handle}", c.address])
+    assert info.admin and len(info.members) == 3
+    assert {m.address for m in info.members if m.admin} == {a.address}
+    for x in (b, c):
+        got = await x.receive()
+        changed = [e for e in got if isinstance(e, ev.GroupChanged)]
+        assert changed and changed[0].group_id == info.id and changed[0].name == "friends"
+        assert x.group_info(info.id).epoch == info.epoch  # same state everywhere
+    mid = await a.send_group("friends", "hello group")
+    assert a._groups.last_upload_bytes > 0
+    for x in (b, c):
+        msgs = _msgs(await x.receive())
+        assert [(m.id, m.text, m.sender) for m in msgs] == [(mid, "hello group", a.address)]
+        assert msgs[0].group == {"id": info.id, "name": "friends"}
+    # A member replies (lazy key distribution, then one multi upload).
+    await b.send_group(info.id, "hi from b")
+    assert _texts(await a.receive()) == ["hi from b"]
+    assert _texts(await c.receive()) == ["hi from b"]
+    hist = a.group_history(info.id)
+    assert [(h.direction, h.text, h.peer) for h in hist] == [
+        ("out", "hello group", a.address),
+        ("in", "hi from b", b.address),
+    ]
+    assert hist[0].status == "sent"
+
+
+async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
+    a, b, c = await crowd.make(3)
+    info = await a.create_group("club", [b.address, c.address])
+    await b.receive()
+    await c.receive()
+    # b's own client refuses to sign a change it is not allowed to make ...
+    with pytest.raises(UnauthorizedGroupChange):
+        await b.rename_group(info.id, "hijacked")
+    # ... and if b forges one anyway (bypassing the check), every other client rejects it.
+    from xchat.crypto.group import GroupOp, GroupUpdate
+
+    row = b._groups.resolve(info.id)
+    state = b._groups._history(row).state
+    forged = GroupUpdate.sign(b.identity, state.group_id, state.version, [GroupOp.rename("x")])
+    body = {"id": info.id, "update": base64.b64encode(forged.encode()).decode()}
+    for target in (a, c):
+        await b._groups._send_pairwise(target.address, None, "group_update", body)
+    for target in (a, c):
+        got = await target.receive()
+        assert any(isinstance(e, ev.GroupUpdateRejected) for e in got)
+        assert target.group_info(info.id).name == "club"
+        assert target.group_info(info.id).version == info.version
+
+
+async def test_removed_member_reads_nothing_after_removal(crowd: Crowd) -> None:
+    a, b, c = await crowd.make(3)
+    info = await a.create_group("team", [b.address, c.address])
+    for x in (b, c):
+        await x.receive()
+    await a.send_group(info.id, "before")
+    await c.send_group(info.id, "c before")  # c distributes its first sender key to b too
+    assert _texts(await b.receive()) == ["before", "c before"]
+    await a.receive()
+    await a.remove_members(info.id, [b.address])
+    got_b = await b.receive()
+    assert any(isinstance(e, ev.GroupChanged) and e.left for e in got_b)
+    assert b.group_info(info.id).left
+    await c.receive()  # c learns of the removal: it will rotate before its next message
+    await a.send_group(info.id, "after a")
+    await c.send_group(info.id, "after c")
+    assert _texts(await c.receive()) == ["after a"]
+    assert _texts(await a.receive()) == ["after c"]
+    got_b = await b.receive()
+    assert _texts(got_b) == []  # nothing readable (not even addressed to b any more)
+    with pytest.raises(ClientError):
+        await b.send_group(info.id, "still here?")
+
+
+async def test_joiner_reads_new_messages_not_old(crowd: Crowd) -> None:
+    a, b, d = await crowd.make(3)
+    info = await a.create_group("club", [b.address])
+    await b.receive()
+    await a.send_group(info.id, "old news")
+    await b.send_group(info.id, "old from b")
+    assert _texts(await b.receive()) == ["old news"]
+    await a.receive()
+    await a.add_members(info.id, [d.address])
+    got = await d.receive()
+    assert _texts(got) == []  # no history
+    assert d.group_info(info.id).epoch == a.group_info(info.id).epoch
+    await b.receive()
+    await a.send_group(info.id, "welcome d")
+    await b.send_group(info.id, "hi d")
+    assert _texts(await d.receive()) == ["welcome d", "hi d"]
+    # The joiner holds only chains at their current iteration: replaying the old
+    # message envelope is impossible (the relay deleted it); its keys predate d's copy.
+    await d.send_group(info.id, "thanks")
+    assert _texts(await a.receive())[-1] == "thanks"
+    assert _texts(await b.receive())[-1] == "thanks"
+
+
+async def test_concurrent_admin_updates_converge(crowd: Crowd) -> None:
+    a, b, c, d = await crowd.make(4)
+    info = await a.create_group("conc", [b.address, c.address, d.address])
+    for x in (b, c, d):
+        await x.receive()
+    from xchat.crypto.group import GroupOp
+
+    await a._groups.change(info.id, [GroupOp.promote(b.address)])
+    for x in (b, c, d):
+        await x.receive()
+    # Both admins change version v at the same time, before seeing each other's update.
+    await a.rename_group(info.id, "renamed by a")
+    await b.remove_members(info.id, [d.address])
+    for x in (a, b, c, d):
+        await x.receive()
+    states = {x.address: x.group_info(info.id) for x in (a, b, c)}
+    views = {
+        (s.name, s.version, s.epoch, tuple((m.address, m.admin) for m in s.members))
+        for s in states.values()
+    }
+    assert len(views) == 1
+    final = states[a.address]
+    assert final.name == "renamed by a"
+    assert d.address not in {m.address for m in final.members}
+    assert d.group_info(info.id).left
+
+
+async def test_ambiguous_and_unknown_group_names(crowd: Crowd) -> None:
+    a, b = await crowd.make(2)
+    g1 = await a.create_group("same", [b.address])
+    g2 = await a.create_group("same", [b.address])
+    with pytest.raises(ClientError, match="ambiguous"):
+        a.group_info("same")
+    assert a.group_info(g1.id).id == g1.id and a.group_info(g2.id).id == g2.id
+    with pytest.raises(ClientError):
+        a.group_info("nope")
+
+
+def _server_files(server: ServerProcess) -> list[Path]:
+    return [p for p in Path(server.data_dir).rglob("*") if p.is_file()]
+
+
+async def test_twenty_member_group_and_server_sees_no_group(
+    server: ServerProcess, crowd: Crowd
+) -> None:
+    members = await crowd.make(20, "t")
+    admin, rest = members[0], members[1:]
+    info = await admin.create_group("twenty", [m.address for m in rest])
+    for m in rest[:3]:
+        await m.receive()
+    await admin.send_group(info.id, "hello twenty")
+    # One upload: well under 19 × a full envelope.
+    assert admin._groups.last_upload_bytes < 19 * 600
+    for m in rest:
+        got = await m.receive()
+        assert _texts(got) == ["hello twenty"]
+        assert m.group_info(info.id).epoch == info.epoch
+    await rest[0].send_group(info.id, "from t1")
+    for m in [admin, *rest[1:]]:
+        assert _texts(await m.receive()) == ["from t1"]
+    # The relay's data directory (DB, WAL, blobs, logs) holds no group id and no member
+    # list: grep every file for the id (raw, hex, base64) and for member addresses.
+    gid = bytes.fromhex(info.id)
+    needles = [gid, info.id.encode(), base64.b64encode(gid)[:20]]
+    with sqlite3.connect(Path(server.data_dir) / "xchat.db") as db:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    blobs = b"".join(p.read_bytes() for p in _server_files(server))
+    for needle in needles:
+        assert needle not in blobs
+    # Addresses are registered accounts, so they appear in the accounts table; what must
+    # not appear is any list pairing members: no row or file holds two of them together
+    # beyond the accounts table. We check the strongest simple form: no member's address
+    # hash appears next to another's within any 200-byte window.
+    hashes = [decode_address(m.address) for m in members]
+    for h in hashes[:5]:
+        at = blobs.find(h)
+        while at != -1:
+            window = blobs[max(0, at - 200) : at + 220]
+            assert sum(1 for o in hashes if o != h and o in window) == 0
+            at = blobs.find(h, at + 1)
