@@ -800,6 +800,11 @@ def main() -> None:
     ap.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for server")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument(
+        "--compare-asgi",
+        action="store_true",
+        help="also measure idle sockets with XCHAT_WS_FAST=0 (uvicorn + Starlette)",
+    )
+    ap.add_argument(
         "--half-repeats",
         type=int,
         default=None,
@@ -898,6 +903,15 @@ def main() -> None:
         idle = open_connections(srv, idle_n, [c for c in checkpoints if c <= idle_n])
         doc["idle"] = idle
         doc["rss_curve"] = idle["rss_curve"]
+    if args.compare_asgi:
+        asgi_env = {**env, "ws_fast": False}
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            running_server(tmp, pow_bits=1, **asgi_env) as srv,
+        ):
+            doc["idle_asgi"] = open_connections(
+                srv, idle_n, [c for c in checkpoints if c <= idle_n]
+            )
     if args.connections:
         with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
             doc["many"] = open_connections(

@@ -132,10 +132,12 @@ def split_http(stream: bytes) -> tuple[list[HttpMessage], bytes]:
     return msgs, stream[pos:]
 
 
-def ws_messages(data: bytes) -> list[bytes]:
-    """Payloads of WebSocket messages (RFC 6455; continuation frames joined, masking
-    removed). Control frames are returned too (they are bytes on the wire all the same)."""
-    out: list[bytes] = []
+def ws_messages(data: bytes) -> list[tuple[int, bytes]]:
+    """``(opcode, payload)`` of WebSocket messages (RFC 6455; continuation frames joined,
+    masking removed). Control frames (opcode ≥ 8) are returned too: they are bytes on the
+    wire all the same (a close frame's payload starts with its status code)."""
+    out: list[tuple[int, bytes]] = []
+    first_opcode = 0
     pos = 0
     partial = bytearray()
     while pos + 2 <= len(data):
@@ -161,10 +163,12 @@ def ws_messages(data: bytes) -> list[bytes]:
             )
         opcode = b0 & 0x0F
         if opcode >= 8:
-            out.append(payload)
+            out.append((opcode, payload))
             continue
+        if opcode != 0:
+            first_opcode = opcode
         partial += payload
         if b0 & 0x80:
-            out.append(bytes(partial))
+            out.append((first_opcode, bytes(partial)))
             partial = bytearray()
     return out

@@ -39,6 +39,7 @@ class ServerConfig:
     ws_outbox_limit: int = 8 * 1024 * 1024  # bytes queued to a slow socket before 4408
     ws_fast: bool = True  # serve /api/v1/ws by the same-port fast path (wsfast.py)
     ws_ping_seconds: float = 30.0  # fast path keepalive interval (0 = off)
+    ws_direct_writes: bool = True  # fast path: os.write (GIL released) before transport.write
     gil_switch_ms: float = 0.0  # sys.setswitchinterval for loop/writer handoffs (0 = default)
     # Rate limits (token buckets; rate per second, burst = bucket size)
     rate_limits: bool = True

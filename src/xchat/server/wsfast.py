@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -110,7 +111,17 @@ class Hub:
 class FastConnection(DeviceConnection, asyncio.Protocol):
     """One upgraded socket: RFC 6455 framing over a raw asyncio transport."""
 
-    __slots__ = ("closer", "frag", "hub", "need", "rbuf", "seen", "server_state", "transport")
+    __slots__ = (
+        "closer",
+        "fd",
+        "frag",
+        "hub",
+        "need",
+        "rbuf",
+        "seen",
+        "server_state",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -119,6 +130,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
         transport: asyncio.Transport,
         device: DeviceRecord | None,
         server_state: Any,
+        direct_writes: bool = True,
     ) -> None:
         peer = transport.get_extra_info("peername")
         super().__init__(relay, device, peer[0] if peer else None)
@@ -130,6 +142,8 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
         self.seen = hub.tick
         self.closer: asyncio.TimerHandle | None = None
         self.server_state = server_state
+        sock = transport.get_extra_info("socket")
+        self.fd: int = sock.fileno() if sock is not None and direct_writes else -1
 
     # --- transport hooks (DeviceConnection) ---
 
@@ -148,7 +162,24 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
             parts.append(bytes((0x82, n)) if n < 126 else ws_header(n))
             parts.append(frame)
         transport = self.transport
-        transport.write(b"".join(parts))
+        data = b"".join(parts)
+        fd = self.fd
+        if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
+            # Write straight to the socket with os.write, which releases the GIL during the
+            # syscall (uvloop's transport.write holds it): on loopback a send runs the
+            # peer's whole TCP receive path, and the store's writer thread can use the GIL
+            # meanwhile. Whatever the kernel does not take goes through the transport.
+            try:
+                n = os.write(fd, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:  # peer gone: let the transport notice and report it
+                n = 0
+                self.fd = -1
+            if n:
+                data = data[n:]
+        if data:
+            transport.write(data)
         if (
             transport.get_write_buffer_size() > self.relay.config.ws_outbox_limit
             and not self.loading
@@ -167,6 +198,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
 
     def _send_close(self, code: int, reason: str) -> None:
         self.finish()
+        self.fd = -1
         self.hub.conns.discard(self)
         payload = _close_payload(code, reason)
         transport = self.transport
@@ -183,6 +215,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
     # --- asyncio.Protocol ---
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fd = -1  # the descriptor may be reused from now on
         self.finish()
         self.hub.conns.discard(self)
         if self.closer is not None:
@@ -264,6 +297,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
             if opcode == _OP_CLOSE:
                 # Echo the peer's close (RFC 6455 §5.5.1), then close TCP (server side).
                 self.finish()
+                self.fd = -1
                 self.hub.conns.discard(self)
                 self.transport.write(ws_header(len(payload), _OP_CLOSE) + payload)
                 self.transport.close()
@@ -378,7 +412,9 @@ class RelayHttpProtocol(asyncio.Protocol):
             except ApiError as exc:
                 error = exc.message
         server_state = self.args[1]
-        conn = FastConnection(relay, self.hub, transport, device, server_state)
+        conn = FastConnection(
+            relay, self.hub, transport, device, server_state, relay.config.ws_direct_writes
+        )
         transport.set_protocol(conn)
         server_state.connections.add(conn)
         self.hub.add(conn)
