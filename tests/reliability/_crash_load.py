@@ -111,12 +111,15 @@ async def run_load(
     *,
     pairs: int,
     per_pair: int,
-    kill_every: float,
-    max_kills: int,
+    kill_every: float = 3.0,
+    max_kills: int = 0,
+    kill_after: tuple[int, ...] = (),
     seed: int = 1,
     drain_timeout: float = 120.0,
 ) -> LoadResult:
-    """Run the load with ``max_kills`` relay crashes spaced ~``kill_every`` s apart."""
+    """Run the load with ``max_kills`` relay crashes spaced ~``kill_every`` s apart, or
+    (``kill_after``) one crash each time the acked count reaches one of those numbers —
+    the deterministic form the fast test uses."""
     rng = random.Random(seed)
     res = LoadResult(pairs, per_pair)
     t0 = time.monotonic()
@@ -153,7 +156,19 @@ async def run_load(
             acked[p][mid] = text
             res.sent_ok += 1
 
+    async def chaos_by_count() -> None:
+        for threshold in kill_after:
+            while res.sent_ok < threshold and not sending_done.is_set():
+                await asyncio.sleep(0.01)
+            if sending_done.is_set():
+                return
+            server.kill9()
+            res.kills += 1
+            await asyncio.to_thread(server.start)
+
     async def chaos() -> None:
+        if kill_after:
+            return await chaos_by_count()
         while res.kills < max_kills and not sending_done.is_set():
             try:
                 await asyncio.wait_for(sending_done.wait(), kill_every * rng.uniform(0.7, 1.3))
