@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the OS packages the test suite needs, non-interactively, only when missing.
 # chromium: the browser the web-app tests drive through Playwright (never `playwright install`).
+# tcpdump: the privacy scan captures the relay's loopback traffic.
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v tcpdump >/dev/null 2>&1 || [ -x /usr/bin/tcpdump ] || [ -x /usr/sbin/tcpdump ] || missing+=(tcpdump)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else
