@@ -1,8 +1,12 @@
-"""End to end in a real browser: two ``xchat app`` processes, two Chromium pages, one relay.
+"""End to end in a real browser: two ``xchat app`` processes, two Chromium pages, one relay,
+and a CLI user as the third member of a group.
 
 Onboarding on both (create + confirm 3 words of the phrase), live messages both ways with
-delivered state, a file with an image preview, safety numbers (same 60 digits on both
-pages), theme toggle, a 360-px-wide page, screenshots in test-artifacts/app/, and no
+delivered state, files (image preview after local decryption on both sides, Save gives the
+exact bytes, into the profile's downloads directory too), safety numbers (same 60 digits
+on both pages), a three-member group created in the page with a CLI member (messages both
+ways, group file, members dialog for admin and non-admin, rename, removal), theme toggle,
+1200-px and 360-px pages in light and dark, screenshots in test-artifacts/app/, and no
 request leaving 127.0.0.1.
 """
 
@@ -17,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from _app_helpers import AppProcess, start_app
 
@@ -109,13 +112,67 @@ def cli_base(profile: Path) -> list[str]:
     return [sys.executable, "-m", "xchat", "--profile", str(profile)]
 
 
+def cli(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*cli_base(profile), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def check_no_overflow(page: Any, width: int) -> None:
+    """Nothing sticks out sideways (the page, the bars, an open dialog)."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    right = page.evaluate(
+        "Math.max(0, ...[...document.querySelectorAll("
+        "'.topbar > *, .conv-header > *, dialog[open] *, .msg')]"
+        ".filter(e => e.offsetParent).map(e => e.getBoundingClientRect().right))"
+    )
+    assert right <= width, right
+
+
+def set_theme(page: Any, theme: str) -> None:
+    page.evaluate(
+        "t => { localStorage.setItem('xchat-theme', t);"
+        " document.documentElement.setAttribute('data-theme', t); }",
+        theme,
+    )
+
+
+def save_and_compare(page: Any, file_name: str, expected: bytes, downloads: Path) -> None:
+    """Save the last received file ``file_name``: the browser gets the exact bytes, and so
+    does <profile>/downloads (decrypted there by the app process)."""
+    msg = page.locator(f".msg.in:has(.file-name:has-text('{file_name}'))").last
+    with page.expect_download() as info:
+        msg.locator(".save-btn").click()
+    assert Path(info.value.path()).read_bytes() == expected
+    assert info.value.suggested_filename == file_name
+    saved = msg.locator(".saved")
+    saved.wait_for()
+    saved_as = saved.inner_text().removeprefix("Saved as ")
+    assert (downloads / saved_as).read_bytes() == expected
+
+
 def test_two_users_in_the_browser(
     browser: Any, relay: Any, apps: list[AppProcess], artifacts: Path, tmp_path: Path
 ) -> None:
     a_app, b_app = apps
+    # The CLI group member signs up while the pages onboard.
+    carol_profile = tmp_path / "carol"
+    carol_signup = subprocess.Popen(
+        [*cli_base(carol_profile), "account", "create", "--server", relay.url, "--handle", "carol"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     rec_a, rec_b = Recorder(), Recorder()
-    ctx_a = browser.new_context(viewport={"width": 1200, "height": 800})
-    ctx_b = browser.new_context(viewport={"width": 360, "height": 740})  # narrowest target
+    ctx_a = browser.new_context(viewport={"width": 1200, "height": 800}, accept_downloads=True)
+    ctx_b = browser.new_context(viewport={"width": 360, "height": 740}, accept_downloads=True)
     try:
         a = ctx_a.new_page()
         b = ctx_b.new_page()
@@ -156,28 +213,41 @@ def test_two_users_in_the_browser(
         a.wait_for_selector(".msg.out .status[data-status='delivered']")
         b.wait_for_selector(".msg.out .status[data-status='delivered']")
         b.screenshot(path=str(artifacts / "06-mobile-conversation.png"))
-        # Nothing overflows sideways at 360 px.
-        assert b.evaluate("document.documentElement.scrollWidth") <= 360
-        assert (
-            b.evaluate(
-                "Math.max(...[...document.querySelectorAll('.topbar > *, .conv-header > *')]"
-                ".filter(e => e.offsetParent).map(e => e.getBoundingClientRect().right))"
-            )
-            <= 360
-        )
+        check_no_overflow(b, 360)
 
-        # A file with progress and an image preview (files are client/files.py's).
+        # Files: an image (previewed after local decryption on both sides) and a binary.
+        png_bytes = tiny_png()
         png = tmp_path / "photo.png"
-        png.write_bytes(tiny_png())
+        png.write_bytes(png_bytes)
+        blob = bytes(range(256)) * 1200  # 300 KiB, not an image
+        binary = tmp_path / "notes.bin"
+        binary.write_bytes(blob)
         a.set_input_files("#file-input", str(png))
         a.wait_for_selector(".msg.out .file-name:has-text('photo.png')")
-        img = a.locator(".msg.out .file-box img").first
-        img.wait_for()
         a.wait_for_function(
             "() => { const i = document.querySelector('.msg.out .file-box img');"
             " return i && i.complete && i.naturalWidth === 24; }"
         )
+        a.set_input_files("#file-input", str(binary))
+        a.wait_for_selector(".msg.out .file-name:has-text('notes.bin')")
         a.screenshot(path=str(artifacts / "07-desktop-conversation.png"))
+        # B, with the conversation open: name, size, preview; Save gives identical bytes.
+        b.wait_for_selector(".msg.in .file-name:has-text('photo.png')")
+        b.wait_for_function(
+            "() => { const i = document.querySelector('.msg.in .file-box img');"
+            " return i && i.complete && i.naturalWidth === 24; }"
+        )
+        notes = b.locator(".msg.in:has(.file-name:has-text('notes.bin'))")
+        notes.wait_for()
+        assert notes.locator(".file-size").inner_text() == "300.0 KB"
+        assert notes.locator("img").count() == 0  # no preview for a non-image
+        b_downloads = b_app.profile / "downloads"
+        save_and_compare(b, "photo.png", png_bytes, b_downloads)
+        save_and_compare(b, "notes.bin", blob, b_downloads)
+        assert b.locator(".file-progress:visible").count() == 0  # finished downloads
+        b.locator(".msg.in:has(.file-name:has-text('notes.bin'))").scroll_into_view_if_needed()
+        b.screenshot(path=str(artifacts / "07b-mobile-received-files.png"))
+        check_no_overflow(b, 360)
 
         # Safety numbers: both pages show the same 60 digits, with a QR code.
         digits = []
@@ -191,8 +261,7 @@ def test_two_users_in_the_browser(
                 "() => { const q = document.getElementById('safety-qr');"
                 " return q.complete && q.naturalWidth > 0; }"
             )
-            if name:
-                page.screenshot(path=str(artifacts / name))
+            page.screenshot(path=str(artifacts / name))
         assert digits[0] == digits[1] and len(digits[0]) == 60
         a.click("#btn-mark-verified")
         a.wait_for_selector("#safety-state:has-text('Verified')")
@@ -219,28 +288,15 @@ def test_two_users_in_the_browser(
         b.click("#btn-back")
         b.wait_for_selector("#conv-list", state="visible")
 
+        group_flow(a, b, a_app, b_app, carol_signup, carol_profile, png, png_bytes, artifacts)
+
         # B renames itself in Settings; a CLI account then takes the handle "@bob".
         b.click("#btn-settings")
         b.fill("#set-handle", "bobby")
         b.click("#form-handle button[type=submit]")
         b.wait_for_selector("#handle-status:has-text('@bobby')")
         b.click("#btn-settings-close")
-        cli = subprocess.run(
-            [
-                *cli_base(tmp_path / "third"),
-                "account",
-                "create",
-                "--server",
-                relay.url,
-                "--handle",
-                "bob",
-            ],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-        )
-        assert cli.returncode == 0, cli.stderr
+        cli(tmp_path / "third", "account", "create", "--server", relay.url, "--handle", "bob")
         # A, who verified @bob, asks for @bob again: an identity-change warning, and
         # sending is blocked until the new safety number is verified.
         a.fill("#newchat-input", "@bob")
@@ -251,19 +307,140 @@ def test_two_users_in_the_browser(
         a.wait_for_selector("#composer-error:has-text('Not sent')")
         a.screenshot(path=str(artifacts / "12-identity-warning.png"))
 
-        # Groups: only when the Client has a group API (else the button stays hidden).
-        state = httpx.get(
-            a_app.base + "/api/state", headers={"X-XChat-Secret": a_app.secret}
-        ).json()
-        assert a.locator("#btn-newgroup").is_visible() == bool(state["features"]["groups"])
-
         for rec in (rec_a, rec_b):
             assert rec.urls, "no requests recorded"
             assert rec.foreign() == []
             assert not [e for e in rec.console_errors if "Content Security Policy" in e]
     finally:
+        if carol_signup.poll() is None:
+            carol_signup.kill()
+        carol_signup.communicate()
         ctx_a.close()
         ctx_b.close()
+
+
+def group_flow(
+    a: Any,
+    b: Any,
+    a_app: AppProcess,
+    b_app: AppProcess,
+    carol_signup: subprocess.Popen[str],
+    carol: Path,
+    png: Path,
+    png_bytes: bytes,
+    artifacts: Path,
+) -> None:
+    """A creates "Weekend" with B and the CLI user carol; messages go every way."""
+    _, err = carol_signup.communicate(timeout=60)
+    assert carol_signup.returncode == 0, err
+
+    # A: New group (name + members by @handle); it opens at once.
+    a.click("#btn-newgroup")
+    a.wait_for_selector("#dlg-group[open]")
+    a.fill("#group-name", "Weekend")
+    a.fill("#group-members", "@bob, @carol")
+    a.screenshot(path=str(artifacts / "13b-new-group.png"))
+    a.click("#btn-group-create")
+    a.wait_for_selector("#dlg-group", state="hidden")
+    a.wait_for_selector("#conv-title:has-text('Weekend')")
+    assert "3 members" in a.inner_text("#conv-subtitle")
+    assert a.locator("#btn-safety").is_hidden() and a.locator("#btn-members").is_visible()
+    conv = a.get_attribute(".conv-item.group[aria-current='true']", "data-conv")
+    assert conv is not None and conv.startswith("group:")
+    gid = conv.removeprefix("group:")
+
+    # B: the group appears live in the list; B opens it.
+    b.click(f".conv-item[data-conv='{conv}']")
+    b.wait_for_selector("#conv-title:has-text('Weekend')")
+
+    # A -> group: B sees it live with A's handle; carol with `xchat recv --json`.
+    a.fill("#composer-input", "Hello group! <i>plain</i>")
+    a.press("#composer-input", "Enter")
+    a.wait_for_selector(".msg.out .status[data-status='sent']")
+    incoming = b.locator(".msg.in:has(.bubble:has-text('Hello group!'))")
+    incoming.wait_for()
+    assert incoming.locator(".sender").inner_text() == "@alice"
+    assert b.locator("#messages i").count() == 0
+    lines = cli(carol, "recv", "--json").stdout.splitlines()
+    got = [json.loads(line) for line in lines if line.strip()]
+    mine = [m for m in got if m.get("text") == "Hello group! <i>plain</i>"]
+    assert mine and mine[0]["group"] == {"id": gid, "name": "Weekend"}, got
+
+    # carol -> group from the terminal: both pages show it, with carol's handle.
+    cli(carol, "group", "send", "Weekend", "Hi from the terminal")
+    for page in (a, b):
+        m = page.locator(".msg.in:has(.bubble:has-text('Hi from the terminal'))")
+        m.wait_for()
+        assert m.locator(".sender").inner_text() == "@carol"
+
+    # A group file: B gets name, size and preview in the group view.
+    a.set_input_files("#file-input", str(png))
+    a.wait_for_selector(".msg.out .file-name:has-text('photo.png')")
+    b.wait_for_function(
+        "() => { const i = document.querySelector('.msg.in .file-box img');"
+        " return i && i.complete && i.naturalWidth === 24; }"
+    )
+    save_and_compare(b, "photo.png", png_bytes, b_app.profile / "downloads")
+    a.screenshot(path=str(artifacts / "14-group-desktop.png"))
+    b.screenshot(path=str(artifacts / "15-mobile-group.png"))
+    check_no_overflow(b, 360)
+
+    # Members: A (admin) sees badges and controls, B (member) a read-only list.
+    a.click("#btn-members")
+    a.wait_for_selector("#dlg-members[open] #members-list li")
+    assert a.locator("#members-list li").count() == 3
+    admin_row = a.locator("#members-list li:has-text('You')")
+    assert admin_row.locator(".badge.admin").count() == 1
+    assert a.locator("#members-admin").is_visible()
+    assert a.locator("#members-list li:has-text('@carol') button:has-text('Remove')").count() == 1
+    a.screenshot(path=str(artifacts / "16-members-admin.png"))
+    b.click("#btn-members")
+    b.wait_for_selector("#dlg-members[open] #members-list li")
+    assert b.locator("#members-list li").count() == 3
+    assert b.locator("#members-admin").is_hidden()
+    assert b.locator("#members-list button").count() == 0
+    assert "Only admins" in b.inner_text("#members-note")
+    b.screenshot(path=str(artifacts / "17-mobile-members-readonly.png"))
+    check_no_overflow(b, 360)
+
+    # Dark theme at both widths, with the dialogs open.
+    set_theme(a, "dark")
+    set_theme(b, "dark")
+    a.screenshot(path=str(artifacts / "18-members-admin-dark.png"))
+    b.screenshot(path=str(artifacts / "19-mobile-members-dark.png"))
+    b.keyboard.press("Escape")
+    b.wait_for_selector("#dlg-members", state="hidden")
+    b.screenshot(path=str(artifacts / "20-mobile-group-dark.png"))
+
+    # Admin: rename, then remove carol; B's open dialog and header follow live.
+    b.click("#btn-members")
+    b.wait_for_selector("#dlg-members[open]")
+    a.fill("#rename-input", "Weekend trip")
+    a.click("#form-rename button[type=submit]")
+    b.wait_for_selector("#members-title:has-text('Weekend trip')")
+    a.click("#members-list li:has-text('@carol') button:has-text('Remove')")
+    a.wait_for_function("() => document.querySelectorAll('#members-list li').length === 2")
+    b.wait_for_function("() => document.querySelectorAll('#members-list li').length === 2")
+    a.click("#btn-members-close")
+    b.click("#btn-members-close")
+    b.wait_for_selector("#conv-title:has-text('Weekend trip')")
+    assert "2 members" in b.inner_text("#conv-subtitle")
+    a.screenshot(path=str(artifacts / "21-group-desktop-dark.png"))
+    # The admin dialog at 360 px too.
+    a.set_viewport_size({"width": 360, "height": 740})
+    a.click("#btn-members")
+    a.wait_for_selector("#dlg-members[open] #members-admin")
+    a.screenshot(path=str(artifacts / "22-mobile-members-admin-dark.png"))
+    check_no_overflow(a, 360)
+    a.keyboard.press("Escape")
+    a.set_viewport_size({"width": 1200, "height": 800})
+    set_theme(a, "system")
+    set_theme(b, "system")
+    b.click("#btn-back")
+    b.wait_for_selector("#conv-list", state="visible")
+    # carol is B's fellow group member, not a 1:1 chat of B's.
+    assert b.locator(".conv-item:has-text('@carol')").count() == 0
+    assert b.locator(".conv-item.group:has-text('Weekend trip')").count() == 1
 
 
 @pytest.mark.parametrize("path", ["/"])

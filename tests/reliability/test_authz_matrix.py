@@ -279,13 +279,6 @@ async def test_cross_device_ws_ack_and_delivery(ctx: Ctx) -> None:
     assert ctx.victim_envelope in queued_ids(ctx.client, ctx.victim)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: re-registration bumps the device epoch but an already-open WebSocket of the "
-    "old epoch stays attached and keeps receiving the device's envelopes "
-    "(src/xchat/server/realtime.py DeviceConnection.start/fanout: token checked only at "
-    "upgrade)",
-)
 async def test_revoked_device_live_socket_is_cut(ctx: Ctx) -> None:
     """Revocation must also cut a socket the old epoch already holds: after the identity
     re-registers, the stale socket gets 4401 instead of the new envelope."""

@@ -256,11 +256,6 @@ async def test_recipient_killed_after_store_before_ack(
     assert dict(await asyncio.to_thread(_history_in, tmp_path / "b", a_addr)) == sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: messages stored by a client killed before it emitted them are never "
-    "shown by a later `xchat recv` (only by `xchat history`)",
-)
 async def test_recv_after_crash_prints_messages_never_shown(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -389,11 +384,6 @@ async def test_sdk_resend_after_sender_crash_shown_once(
     assert a_addr == got[-1].sender
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: a row left 'sending' by a crash is never re-sent with its content id; "
-    "`xchat send` again makes a new id, so the recipient shows the text twice",
-)
 async def test_cli_resend_after_sender_crash_shown_once(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -405,11 +395,6 @@ async def test_cli_resend_after_sender_crash_shown_once(
     assert [e.text for e in got].count(text) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a delivery receipt that cannot be sent (relay down) is dropped for good; "
-    "the sender's message stays 'sent' and never becomes 'delivered'",
-)
 async def test_receipt_survives_relay_crash(server: ServerProcess, tmp_path: Path) -> None:
     """Not a message loss, a status loss: B stores A's message, the relay dies before B's
     receipt leaves (client.md §3.6: receipts are sent 50 ms after storing, in a background

@@ -6,49 +6,53 @@ on ``127.0.0.1``; this process holds the profile (and its lock), does all the cr
 the client SDK, and talks to the relay. The page authenticates with the per-launch
 secret (see :mod:`xchat.app.security` for the full list of request checks).
 
+A *conversation id* is a contact's address (1:1) or ``group:<32 hex>`` (a group,
+docs/protocol/groups.md §10). A message's ``peer`` is its storage key (the address, or
+``group:<gid>:<sender address>``); file routes take that key.
+
 API (all JSON; reads are GET, writes are POST with ``application/json``)::
 
-    GET  /api/state                      account, features, default server
+    GET  /api/state                      account, default server
     GET  /api/events                     SSE: one JSON object per ``data:`` line
     POST /api/account/create             {server, handle}  -> phrase + 3 word positions
     POST /api/account/confirm            {words: [w, w, w]}
     POST /api/account/restore            {server, phrase}
     POST /api/account/handle             {handle}
-    GET  /api/conversations              contacts with last message and unread count
+    GET  /api/conversations              contacts and groups, last message, unread count
     POST /api/contacts/resolve           {to: "@handle" | address}
-    GET  /api/messages?peer=ADDR         history, oldest first
-    POST /api/messages/send              {to, text}
-    POST /api/conversations/read         {peer}
+    GET  /api/messages?peer=CONV         history, oldest first (+ contact or group)
+    POST /api/messages/send              {to: CONV, text}
+    POST /api/conversations/read         {peer: CONV}
     GET  /api/safety?peer=ADDR           60 digits, verified flags
     GET  /api/safety.svg?peer=ADDR       the safety-number QR code (SVG, segno)
     GET  /api/address.svg                QR code of our own address
     POST /api/contacts/verify            {address, verified}
-    POST /api/files/send                 {to, name, content_type, data: b64}
+    POST /api/files/send                 {to: CONV, name, content_type, data: b64}
     POST /api/files/fetch                {peer, message_id} -> download + decrypt locally
-    GET  /api/files/{message_id}?peer=A  the decrypted bytes (attachment / image)
-    GET  /api/groups, POST /api/groups/* only when the Client has a group API
+    GET  /api/files/{message_id}?peer=P  the decrypted bytes (attachment / image)
+    POST /api/groups/create              {name, members: ["@handle" | address]}
+    GET  /api/groups/info?group=GID      members (with admin flags), our role
+    POST /api/groups/members             {group, add: [...], remove: [...]} (admins)
+    POST /api/groups/rename              {group, name} (admins)
 
-Errors are ``{"error": "..."}`` with 400/404/409/413/501/502/503.
+Errors are ``{"error": "..."}`` with 400/403/404/409/413/502/503. The file routes live
+in :mod:`xchat.app.files`, the group routes in :mod:`xchat.app.groups`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import io
 import json
 import logging
 import os
 import secrets
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import segno
 from starlette.applications import Starlette
@@ -59,7 +63,9 @@ from starlette.staticfiles import StaticFiles
 
 from xchat.app.security import Guard
 from xchat.client import events as ev
+from xchat.client import files as xf
 from xchat.client.client import Client
+from xchat.client.groups import GROUP_PEER_PREFIX, GroupInfo
 from xchat.errors import (
     ApiError,
     IdentityChanged,
@@ -67,6 +73,7 @@ from xchat.errors import (
     ProfileError,
     ServerUnreachable,
     TooLarge,
+    UnauthorizedGroupChange,
     UnknownContact,
     XChatError,
 )
@@ -106,34 +113,68 @@ class AppState:
     subscribers: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
     pending_phrase: list[str] | None = None
     confirm_indices: list[int] = field(default_factory=list)
-    downloads: dict[str, Path] = field(default_factory=dict)
+    fetch_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     connected: bool | None = None
     started: bool = False
 
-    # --- persistence of UI-only state (read markers) -------------------------------------
+    # --- persistence of UI-only state (app-state.json) -----------------------------------
+    # {"read": {conv: ts_ms}, "chats": [address], "files": {"peer/message id": path}}
 
     @property
     def _state_path(self) -> Path:
         return Path(self.client.profile.path) / STATE_FILE
 
-    def read_marks(self) -> dict[str, int]:
+    def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self._state_path.read_text())
-            marks = data.get("read", {})
-            return {str(k): int(v) for k, v in marks.items()}
-        except (OSError, ValueError, AttributeError, TypeError):
+        except (OSError, ValueError):
             return {}
+        return data if isinstance(data, dict) else {}
 
-    def mark_read(self, peer: str, ts_ms: int) -> None:
-        marks = self.read_marks()
-        if marks.get(peer, 0) >= ts_ms:
-            return
-        marks[peer] = ts_ms
+    def _store(self, data: dict[str, Any]) -> None:
         tmp = self._state_path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"read": marks}, fh)
+            json.dump(data, fh)
         os.replace(tmp, self._state_path)
+
+    def read_marks(self) -> dict[str, int]:
+        marks = self._load().get("read")
+        if not isinstance(marks, dict):
+            return {}
+        return {str(k): v for k, v in marks.items() if isinstance(v, int)}
+
+    def mark_read(self, conv: str, ts_ms: int) -> None:
+        data = self._load()
+        marks = data.setdefault("read", {})
+        if not isinstance(marks, dict) or marks.get(conv, 0) >= ts_ms:
+            return
+        marks[conv] = ts_ms
+        self._store(data)
+
+    def chats(self) -> set[str]:
+        """Contacts the user opened a 1:1 chat with (group members alone are not chats)."""
+        chats = self._load().get("chats")
+        return {str(a) for a in chats} if isinstance(chats, list) else set()
+
+    def add_chat(self, address: str) -> None:
+        data = self._load()
+        chats = set(data.get("chats") or [])
+        if address not in chats:
+            data["chats"] = sorted(chats | {address})
+            self._store(data)
+
+    def saved_file(self, key: str) -> Path | None:
+        files = self._load().get("files")
+        value = files.get(key) if isinstance(files, dict) else None
+        path = Path(value) if isinstance(value, str) else None
+        return path if path is not None and path.is_file() else None
+
+    def remember_file(self, key: str, path: Path) -> None:
+        data = self._load()
+        files = data.get("files")
+        data["files"] = {**(files if isinstance(files, dict) else {}), key: str(path)}
+        self._store(data)
 
     # --- events --------------------------------------------------------------------------
 
@@ -154,22 +195,49 @@ class AppState:
             await self.client.start()
 
 
+def group_conv(gid: str) -> str:
+    """The conversation id of a group."""
+    return f"{GROUP_PEER_PREFIX}{gid}"
+
+
 def event_json(e: Any) -> dict[str, Any]:
-    """A client event as the JSON the page receives (peer text stays data, never markup)."""
+    """A client event as the JSON the page receives (peer text stays data, never markup).
+
+    ``conv`` names the conversation the event belongs to (see the module docstring)."""
     if isinstance(e, ev.MessageReceived):
-        return {
+        out: dict[str, Any] = {
             "type": "message",
+            "conv": group_conv(e.group["id"]) if e.group else e.sender,
             "peer": e.sender,
             "handle": e.handle,
             "id": e.id,
             "text": e.text,
             "ts_ms": e.ts_ms,
         }
+        if e.group:
+            out["group"] = {"id": e.group.get("id"), "name": e.group.get("name")}
+        if e.file is not None:
+            name = e.file.get("name")
+            out["file"] = {"name": xf.safe_filename(name) if isinstance(name, str) else "file"}
+        return out
+    if isinstance(e, ev.GroupChanged):
+        return {
+            "type": "group",
+            "conv": group_conv(e.group_id),
+            "name": e.name,
+            "by": e.by,
+            "added": list(e.added),
+            "removed": list(e.removed),
+            "left": e.left,
+        }
+    if isinstance(e, ev.GroupUpdateRejected):
+        return {"type": "group_rejected", "conv": group_conv(e.group_id), "peer": e.sender}
     if isinstance(e, ev.ReceiptReceived):
-        return {"type": "receipt", "peer": e.sender, "ids": list(e.message_ids)}
+        return {"type": "receipt", "conv": e.sender, "peer": e.sender, "ids": list(e.message_ids)}
     if isinstance(e, ev.IdentityChangedEvent):
         return {
             "type": "identity_changed",
+            "conv": e.address,
             "peer": e.address,
             "handle": e.handle,
             "was_verified": e.was_verified,
@@ -180,13 +248,7 @@ def event_json(e: Any) -> dict[str, Any]:
         return {"type": "connection", "connected": e.connected}
     if isinstance(e, ev.Drained):
         return {"type": "drained"}
-    peer = None
-    for attr in ("sender", "peer", "address", "group_id", "group"):
-        v = getattr(e, attr, None)
-        if isinstance(v, str):
-            peer = v
-            break
-    return {"type": "other", "name": type(e).__name__, "peer": peer}
+    return {"type": "other", "name": type(e).__name__}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -232,6 +294,8 @@ def _status_for(exc: XChatError) -> int:
         return 413
     if isinstance(exc, ProfileError):
         return 409
+    if isinstance(exc, UnauthorizedGroupChange):
+        return 403
     return 400
 
 
@@ -289,16 +353,7 @@ def _require_account(st: AppState) -> None:
         raise HttpError(409, "no account yet: create or restore one first")
 
 
-def features(client: Client) -> dict[str, bool]:
-    return {
-        "files": True,
-        "groups": all(
-            callable(getattr(client, n, None)) for n in ("create_group", "groups", "send_group")
-        ),
-    }
-
-
-def contact_json(st: AppState, c: Any) -> dict[str, Any]:
+def contact_json(c: Any) -> dict[str, Any]:
     return {
         "address": c.address,
         "handle": c.handle,
@@ -307,13 +362,50 @@ def contact_json(st: AppState, c: Any) -> dict[str, Any]:
     }
 
 
-def message_json(m: Any) -> dict[str, Any]:
-    """A stored message as the page sees it; bodies are JSON content (client.md §2)."""
-    from xchat.client import files as xf
+def group_json(st: AppState, g: GroupInfo) -> dict[str, Any]:
+    me = st.client.address
+    own = _account(st)
+    own_handle = (own or {}).get("handle")
+    ordered = sorted(
+        g.members,
+        key=lambda m: (m.address != me, not m.admin, m.handle or "~" + m.address),
+    )
+    members = [
+        {
+            "address": m.address,
+            "handle": own_handle if m.address == me else m.handle,
+            "admin": m.admin,
+            "me": m.address == me,
+        }
+        for m in ordered
+    ]
+    return {
+        "conv": group_conv(g.id),
+        "id": g.id,
+        "name": g.name,
+        "admin": g.admin,
+        "left": g.left,
+        "members": members,
+    }
 
+
+def message_json(m: Any, handles: Callable[[str], str | None] | None = None) -> dict[str, Any]:
+    """A stored message as the page sees it; bodies are JSON content (client.md §2).
+
+    ``sender`` is the author's address for incoming messages (None for ours), with its
+    ``sender_handle`` looked up through ``handles`` (the contacts store)."""
+    conv, sender = m.peer, m.peer
+    if m.peer.startswith(GROUP_PEER_PREFIX):
+        gid, _, sender = m.peer[len(GROUP_PEER_PREFIX) :].partition(":")
+        conv = group_conv(gid)
+    if m.direction != "in":
+        sender = None
     out: dict[str, Any] = {
         "id": m.id,
         "peer": m.peer,
+        "conv": conv,
+        "sender": sender,
+        "sender_handle": handles(sender) if handles is not None and sender else None,
         "direction": m.direction,
         "ts_ms": m.ts_ms,
         "status": m.status,
@@ -347,6 +439,14 @@ def message_json(m: Any) -> dict[str, Any]:
     return out
 
 
+def _handles(st: AppState) -> Callable[[str], str | None]:
+    def lookup(address: str) -> str | None:
+        c = st.client.store.get_contact(address)
+        return c.handle if c is not None else None
+
+    return lookup
+
+
 def _qr_svg(payload: bytes | str) -> Response:
     buf = io.BytesIO()
     segno.make(payload, error="m").save(
@@ -355,12 +455,29 @@ def _qr_svg(payload: bytes | str) -> Response:
     return Response(buf.getvalue(), media_type="image/svg+xml")
 
 
-async def _contact(st: AppState, request: Request) -> Any:
-    peer = request.query_params.get("peer", "")
-    c = st.client.find_contact(peer) if peer else None
+def _contact(st: AppState, peer: str) -> Any:
+    c = st.client.find_contact(peer) if peer and not _is_group(peer) else None
     if c is None:
         raise HttpError(404, "unknown conversation")
     return c
+
+
+def _is_group(conv: str) -> bool:
+    return conv.startswith(GROUP_PEER_PREFIX)
+
+
+def _group(st: AppState, conv_or_gid: str) -> GroupInfo:
+    """A group by conversation id or bare id (never by name: the page always has ids)."""
+    gid = conv_or_gid.removeprefix(GROUP_PEER_PREFIX)
+    if len(gid) != 32 or st.client.store.get_group(gid) is None:
+        raise HttpError(404, "unknown group")
+    return st.client.group_info(gid)
+
+
+def _conv_history(st: AppState, conv: str, limit: int) -> list[Any]:
+    if _is_group(conv):
+        return st.client.store.group_history(_group(st, conv).id, limit)
+    return st.client.store.history(conv, limit)
 
 
 # --- routes: account -------------------------------------------------------------------------
@@ -371,7 +488,6 @@ async def get_state(request: Request, st: AppState) -> Response:
         {
             "account": _account(st),
             "default_server": st.default_server,
-            "features": features(st.client),
             "connected": st.connected,
             "phrase_pending": st.pending_phrase is not None,
             "confirm_indices": [i + 1 for i in st.confirm_indices],
@@ -452,16 +568,28 @@ async def set_handle(request: Request, st: AppState) -> Response:
 # --- routes: conversations and messages ------------------------------------------------------
 
 
+def _summary(st: AppState, conv: str, marks: dict[str, int]) -> dict[str, Any]:
+    hist = _conv_history(st, conv, UNREAD_WINDOW)
+    mark = marks.get(conv, 0)
+    return {
+        "last": message_json(hist[-1], _handles(st)) if hist else None,
+        "unread": sum(1 for m in hist if m.direction == "in" and m.ts_ms > mark),
+    }
+
+
 async def conversations(request: Request, st: AppState) -> Response:
+    """1:1 chats (contacts with messages, or opened here) and every group we hold."""
     _require_account(st)
     marks = st.read_marks()
+    chats = st.chats()
     out = []
     for c in st.client.contacts():
-        hist = st.client.store.history(c.address, UNREAD_WINDOW)
-        last = message_json(hist[-1]) if hist else None
-        mark = marks.get(c.address, 0)
-        unread = sum(1 for m in hist if m.direction == "in" and m.ts_ms > mark)
-        out.append({**contact_json(st, c), "kind": "direct", "last": last, "unread": unread})
+        summary = _summary(st, c.address, marks)
+        if summary["last"] is None and c.address not in chats:
+            continue  # a group member we never talked to 1:1
+        out.append({**contact_json(c), "kind": "direct", "conv": c.address, **summary})
+    for g in st.client.groups():
+        out.append({**group_json(st, g), "kind": "group", **_summary(st, group_conv(g.id), marks)})
     out.sort(key=lambda x: -(x["last"]["ts_ms"] if x["last"] else 0))
     return JSONResponse({"conversations": out})
 
@@ -475,16 +603,22 @@ async def resolve_contact(request: Request, st: AppState) -> Response:
     # Always ask the server (not the per-session cache): the user explicitly typed a name,
     # and a handle that now points at someone else must raise the identity warning.
     c = await st.client.resolve(to)
-    return JSONResponse({"contact": contact_json(st, c)})
+    st.add_chat(c.address)
+    return JSONResponse({"contact": contact_json(c)})
 
 
 async def messages(request: Request, st: AppState) -> Response:
     _require_account(st)
-    c = await _contact(st, request)
-    hist = st.client.store.history(c.address, HISTORY_LIMIT)
-    return JSONResponse(
-        {"contact": contact_json(st, c), "messages": [message_json(m) for m in hist]}
-    )
+    conv = request.query_params.get("peer", "")
+    hist = _conv_history(st, conv, HISTORY_LIMIT) if _is_group(conv) else None
+    if hist is not None:
+        head: dict[str, Any] = {"group": group_json(st, _group(st, conv))}
+    else:
+        c = _contact(st, conv)
+        head = {"contact": contact_json(c)}
+        hist = st.client.store.history(c.address, HISTORY_LIMIT)
+    handles = _handles(st)
+    return JSONResponse({**head, "messages": [message_json(m, handles) for m in hist]})
 
 
 async def send_message(request: Request, st: AppState) -> Response:
@@ -492,17 +626,20 @@ async def send_message(request: Request, st: AppState) -> Response:
     data = await read_json(request)
     to = _str(data, "to", limit=128)
     text = _str(data, "text", limit=16 * 1024)
-    msg_id = await st.client.send_text(to, text)
+    if _is_group(to):
+        msg_id = await st.client.send_group(_group(st, to).id, text)
+    else:
+        msg_id = await st.client.send_text(to, text)
     return JSONResponse({"id": msg_id})
 
 
 async def mark_read(request: Request, st: AppState) -> Response:
     _require_account(st)
     data = await read_json(request)
-    peer = _str(data, "peer", limit=128)
-    hist = st.client.store.history(peer, 1)
+    conv = _str(data, "peer", limit=128)
+    hist = _conv_history(st, conv, UNREAD_WINDOW)
     if hist:
-        st.mark_read(peer, max(m.ts_ms for m in hist))
+        st.mark_read(conv, max(m.ts_ms for m in hist))
     return JSONResponse({"ok": True})
 
 
@@ -511,12 +648,12 @@ async def mark_read(request: Request, st: AppState) -> Response:
 
 async def safety(request: Request, st: AppState) -> Response:
     _require_account(st)
-    c = await _contact(st, request)
+    c = _contact(st, request.query_params.get("peer", ""))
     digits, _ = st.client.safety_number(c)
     plain = digits.replace(" ", "")
     return JSONResponse(
         {
-            "contact": contact_json(st, c),
+            "contact": contact_json(c),
             "digits": plain,
             "groups": [plain[i : i + 5] for i in range(0, len(plain), 5)],
         }
@@ -525,7 +662,7 @@ async def safety(request: Request, st: AppState) -> Response:
 
 async def safety_svg(request: Request, st: AppState) -> Response:
     _require_account(st)
-    c = await _contact(st, request)
+    c = _contact(st, request.query_params.get("peer", ""))
     _, payload = st.client.safety_number(c)
     return _qr_svg(payload)
 
@@ -547,194 +684,7 @@ async def verify_contact(request: Request, st: AppState) -> Response:
         raise HttpError(404, "unknown contact")
     st.client.mark_verified(c, verified)
     c = st.client.find_contact(address)
-    return JSONResponse({"contact": contact_json(st, c)})
-
-
-# --- routes: files ---------------------------------------------------------------------------
-
-
-def _progress(st: AppState, transfer: str, direction: str) -> Callable[[int, int], None]:
-    last = [-1]
-
-    def cb(done: int, total: int) -> None:
-        pct = int(done * 100 / total) if total else 100
-        if pct != last[0]:
-            last[0] = pct
-            st.broadcast(
-                {
-                    "type": "file_progress",
-                    "transfer": transfer,
-                    "direction": direction,
-                    "done": done,
-                    "total": total,
-                }
-            )
-
-    return cb
-
-
-async def send_file(request: Request, st: AppState) -> Response:
-    from xchat.client import files as xf
-
-    _require_account(st)
-    data = await read_json(request, MAX_UPLOAD_JSON)
-    to = _str(data, "to", limit=128)
-    name = _str(data, "name", limit=255)
-    transfer = _str(data, "transfer", required=False, limit=64) or secrets.token_hex(8)
-    try:
-        raw = base64.b64decode(_str(data, "data", limit=MAX_UPLOAD_JSON), validate=True)
-    except (binascii.Error, ValueError):
-        raise HttpError(400, "'data' must be base64") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise HttpError(413, f"files up to {MAX_FILE_BYTES // (1024 * 1024)} MiB")
-    ctype = data.get("content_type")
-    with tempfile.TemporaryDirectory(prefix="xchat-app-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(raw)
-        del raw
-        async with xf.BlobClient.from_api(st.client.api) as blobs:
-            manifest = await xf.send_file(
-                blobs,
-                path,
-                name=xf.safe_filename(name),
-                content_type=ctype if isinstance(ctype, str) and ctype else None,
-                progress=_progress(st, transfer, "up"),
-            )
-    msg_id = await xf.send_manifest(st.client, to, manifest)
-    return JSONResponse({"id": msg_id, "transfer": transfer})
-
-
-def _file_message(st: AppState, peer: str, message_id: str) -> Any:
-    from xchat.client import files as xf
-
-    m = st.client.store.get_message(peer, message_id)
-    if m is None:
-        raise HttpError(404, "no such message")
-    try:
-        man = xf.manifest_from_content(json.loads(m.body))
-    except (ValueError, XChatError):
-        man = None
-    if man is None:
-        raise HttpError(404, "that message carries no file")
-    return man
-
-
-async def fetch_file(request: Request, st: AppState) -> Response:
-    from xchat.client import files as xf
-    from xchat.client.metadata import detect_image
-
-    _require_account(st)
-    data = await read_json(request)
-    message_id = _str(data, "message_id", limit=64)
-    peer = _str(data, "peer", limit=128)
-    man = _file_message(st, peer, message_id)
-    key = f"{peer}/{message_id}"
-    path = st.downloads.get(key)
-    if path is None or not path.exists():
-        target = xf.downloads_dir(st.client.profile.path)
-        async with xf.BlobClient(st.client.api.base_url) as blobs:
-            path = await xf.receive_file(
-                blobs, man, target, progress=_progress(st, message_id, "down")
-            )
-        st.downloads[key] = path
-    with open(path, "rb") as fh:
-        image = detect_image(fh.read(16))
-    return JSONResponse(
-        {
-            "url": f"/api/files/{message_id}?peer={quote(peer)}",
-            "name": path.name,
-            "size": man.size,
-            "image": image,
-        }
-    )
-
-
-async def file_content(request: Request, st: AppState) -> Response:
-    from xchat.client.metadata import detect_image
-
-    _require_account(st)
-    message_id = request.path_params["message_id"]
-    path = st.downloads.get(f"{request.query_params.get('peer', '')}/{message_id}")
-    if path is None or not path.exists():
-        raise HttpError(404, "fetch the file first")
-    with open(path, "rb") as fh:
-        image = detect_image(fh.read(16))
-    # Only sniffed raster images keep an image type; everything else is opaque bytes.
-    media = image if image in PREVIEW_TYPES else "application/octet-stream"
-    return FileResponse(
-        path,
-        media_type=media,
-        headers={"content-disposition": f"attachment; filename*=UTF-8''{quote(path.name)}"},
-    )
-
-
-# --- routes: groups (only when the Client offers them) --------------------------------------
-
-
-def _groups_api(st: AppState) -> Client:
-    if not features(st.client)["groups"]:
-        raise HttpError(501, "this client build has no group support yet")
-    return st.client
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, str | int | float | bool) or obj is None:
-        return obj
-    if isinstance(obj, bytes):
-        return base64.b64encode(obj).decode()
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
-    return str(obj)
-
-
-async def _maybe_await(v: Any) -> Any:
-    if asyncio.iscoroutine(v):
-        return await v
-    return v
-
-
-async def list_groups(request: Request, st: AppState) -> Response:
-    _require_account(st)
-    c: Any = _groups_api(st)
-    return JSONResponse({"groups": _jsonable(await _maybe_await(c.groups()))})
-
-
-async def create_group(request: Request, st: AppState) -> Response:
-    _require_account(st)
-    c: Any = _groups_api(st)
-    data = await read_json(request)
-    name = _str(data, "name", limit=128)
-    members = data.get("members")
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-        raise HttpError(400, "'members' must be a list of @handles or addresses")
-    group = await _maybe_await(c.create_group(name, members))
-    return JSONResponse({"group": _jsonable(group)})
-
-
-async def group_members(request: Request, st: AppState) -> Response:
-    _require_account(st)
-    c: Any = _groups_api(st)
-    data = await read_json(request)
-    group = _str(data, "group", limit=128)
-    for m in data.get("add") or []:
-        await _maybe_await(c.add_group_member(group, str(m)))
-    for m in data.get("remove") or []:
-        await _maybe_await(c.remove_group_member(group, str(m)))
-    return JSONResponse({"ok": True})
-
-
-async def send_group(request: Request, st: AppState) -> Response:
-    _require_account(st)
-    c: Any = _groups_api(st)
-    data = await read_json(request)
-    msg_id = await _maybe_await(
-        c.send_group(_str(data, "group", limit=128), _str(data, "text", limit=16 * 1024))
-    )
-    return JSONResponse({"id": _jsonable(msg_id)})
+    return JSONResponse({"contact": contact_json(c)})
 
 
 # --- events (SSE) ----------------------------------------------------------------------------
@@ -782,6 +732,8 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 def build_app(state: AppState) -> Guard:
     """The ASGI app: routes wrapped by the :class:`Guard` (checks run before any route)."""
 
+    from xchat.app import files, groups  # they import this module's helpers
+
     def get(path: str, h: Handler) -> Route:
         return Route(path, route(h), methods=["GET"])
 
@@ -806,13 +758,13 @@ def build_app(state: AppState) -> Guard:
         get("/api/safety", safety),
         get("/api/safety.svg", safety_svg),
         get("/api/address.svg", address_svg),
-        post("/api/files/send", send_file),
-        post("/api/files/fetch", fetch_file),
-        get("/api/files/{message_id:str}", file_content),
-        get("/api/groups", list_groups),
-        post("/api/groups/create", create_group),
-        post("/api/groups/members", group_members),
-        post("/api/groups/send", send_group),
+        post("/api/files/send", files.send_file),
+        post("/api/files/fetch", files.fetch_file),
+        get("/api/files/{message_id:str}", files.file_content),
+        post("/api/groups/create", groups.create_group),
+        get("/api/groups/info", groups.group_info),
+        post("/api/groups/members", groups.group_members),
+        post("/api/groups/rename", groups.rename_group),
         Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
     ]
     app = Starlette(

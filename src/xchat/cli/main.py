@@ -23,13 +23,15 @@ from xchat import __version__
 from xchat.app.cli import app_command
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
-from xchat.cli.output import escape_terminal, fmt_time, print_json, warn, who
+from xchat.cli.output import escape_terminal, fmt_time, print_json, short_address, warn, who
 from xchat.client import events as ev
-from xchat.client.client import Client
+from xchat.client.client import Client, RetryResult
 from xchat.client.profile import PROFILE_FILE, default_home
 from xchat.errors import (
     ApiError,
+    ClientError,
     IdentityChanged,
+    InvalidAddress,
     InvalidMnemonic,
     ProfileError,
     ProfileLocked,
@@ -52,7 +54,14 @@ EXIT_UNKNOWN_CONTACT = 7
 EXIT_BAD_PHRASE = 8
 EXIT_INTERRUPTED = 130
 
+
+class InvalidInput(ClientError):
+    """An argument the command refuses before doing any work (exit status 2)."""
+
+
 EXIT_CODES: list[tuple[type[XChatError], int]] = [
+    (InvalidInput, EXIT_USAGE),
+    (InvalidAddress, EXIT_USAGE),
     (ServerUnreachable, EXIT_UNREACHABLE),
     (ProfileLocked, EXIT_PROFILE_LOCKED),
     (IdentityChanged, EXIT_IDENTITY_CHANGED),
@@ -251,26 +260,79 @@ def whoami(obj: Ctx, as_json: bool) -> None:
         click.echo(f"device_id: {info.device_id}")
 
 
+def _report_retry(res: RetryResult, *, resumed: str | None = None) -> None:
+    """stderr notes about unconfirmed messages of earlier runs (client.md §3.8)."""
+    others = [h for h in res.sent if h.id != resumed]
+    if others:
+        n = len(others)
+        warn(f"re-sent {n} message{'s' if n > 1 else ''} an earlier run had not confirmed")
+    for h, reason in res.failed:
+        warn(f"message {h.id} to {short_address(h.peer)} still not sent: {escape_terminal(reason)}")
+
+
 @cli.command()
-@click.argument("to")
-@click.argument("text")
+@click.argument("to", required=False)
+@click.argument("text", required=False)
 @click.option("--reply-to", default=None, help="Id of the message this replies to.")
+@click.option(
+    "--retry",
+    is_flag=True,
+    help="Only re-send messages whose send was never confirmed (left by a crash or a "
+    "failed send), with their original ids; takes no TO/TEXT.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def send(obj: Ctx, to: str, text: str, reply_to: str | None, as_json: bool) -> None:
-    """Send TEXT to TO (@handle or address). Exits 0 once the server has it."""
+def send(
+    obj: Ctx, to: str | None, text: str | None, reply_to: str | None, retry: bool, as_json: bool
+) -> None:
+    """Send TEXT to TO (@handle or address). Exits 0 once the server has it.
+
+    Messages earlier runs left unconfirmed are re-sent first with their original ids; a
+    TEXT equal to one of them (same TO and --reply-to) is that message, not a new one."""
+    if retry:
+        if to is not None or text is not None or reply_to is not None:
+            raise click.UsageError("--retry takes no TO, TEXT or --reply-to")
+        return _send_retry(obj, as_json)
+    if to is None or text is None:
+        raise click.UsageError("missing TO and TEXT (or use --retry)")
+    if not text.strip():
+        raise InvalidInput("refusing to send an empty message")
 
     async def go() -> None:
         async with obj.client() as c:
             c.on_event(_print_identity_warning)
-            msg_id = await c.send_text(to, text, reply_to=reply_to)
+            res = await c.retry_pending()
+            msg_id = await c.send_text(to, text, reply_to=reply_to, resume=True)
             contact = await c.contact(to)
+        _report_retry(res, resumed=msg_id)
         if as_json:
             print_json({"id": msg_id, "to": contact.address, "handle": contact.handle})
         else:
             click.echo(msg_id)
 
     run(go())
+
+
+def _send_retry(obj: Ctx, as_json: bool) -> None:
+    async def go() -> RetryResult:
+        async with obj.client() as c:
+            res = await c.retry_pending()
+            contacts = {h.peer: c.store.get_contact(h.peer) for h in res.sent}
+        for h in res.sent:
+            contact = contacts.get(h.peer)
+            if as_json:
+                handle = contact.handle if contact is not None else None
+                print_json({"id": h.id, "to": h.peer, "handle": handle})
+            else:
+                click.echo(h.id)
+        return res
+
+    res = run(go())
+    for h, reason in res.failed:
+        warn(f"message {h.id} to {short_address(h.peer)} still not sent: {escape_terminal(reason)}")
+    if res.failed:
+        n = len(res.failed)
+        raise ClientError(f"{n} message{'s' if n > 1 else ''} could not be re-sent")
 
 
 def _message_json(m: ev.MessageReceived, saved: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -357,10 +419,13 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
         else:
             _print_message(e, saved)
 
+    client: list[Client] = []
+
     def show(e: ev.Event) -> None:
         if isinstance(e, ev.MessageReceived):
             if e.file is not None:
                 files.append(e)  # printed after the download below
+                client[0].keep_unseen(e)  # ...so it stays "unseen" until then (§5.3)
             else:
                 emit(e)
         elif isinstance(e, ev.DecryptionFailed):
@@ -372,10 +437,14 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
 
     async def go() -> None:
         async with obj.client() as c:
+            client.append(c)
+            res = await c.retry_pending()
             c.on_event(show)
             await c.receive(wait=max(0.0, wait))
             for m in files:
                 emit(m, await _save_file(c, m))
+                c.mark_shown(m)
+        _report_retry(res)
 
     run(go())
 
@@ -397,6 +466,7 @@ def chat(obj: Ctx, to: str) -> None:
 
         async with obj.client() as c:
             contact = await c.contact(to)
+            _report_retry(await c.retry_pending())
 
             def show(e: ev.Event) -> None:
                 if isinstance(e, ev.MessageReceived):

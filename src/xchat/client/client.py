@@ -31,7 +31,13 @@ from xchat.client import content as ct
 from xchat.client import e2e
 from xchat.client import events as ev
 from xchat.client.api import Api, b64d, b64e
-from xchat.client.groups import GROUP_CONTENT_TYPE, PAIRWISE_TYPES, GroupMethods, Groups
+from xchat.client.groups import (
+    GROUP_CONTENT_TYPE,
+    GROUP_PEER_PREFIX,
+    PAIRWISE_TYPES,
+    GroupMethods,
+    Groups,
+)
 from xchat.client.profile import Profile, default_home
 from xchat.client.store import ContactRecord, MessageRecord, Store
 from xchat.client.transport import BACKOFF_CAP, Backoff, ReceiveLoop, SendChannel, ws_url
@@ -47,6 +53,7 @@ from xchat.errors import (
     DecryptionError,
     DuplicateMessage,
     IdentityChanged,
+    InvalidAddress,
     ProfileError,
     ProtocolError,
     ServerUnreachable,
@@ -70,6 +77,12 @@ SEND_ATTEMPTS = 4
 MAX_RATE_WAIT = 2.0  # seconds of Retry-After the SDK waits out by itself
 RECEIPT_DELAY = 0.05  # seconds receipts for one sender are collected before sending
 RESEND_LIMIT = 50  # undelivered messages re-sent after a peer's session reset
+PENDING_LIMIT = 1000  # unconfirmed outgoing rows re-sent per retry_pending() pass
+UNSEEN_LIMIT = 10_000  # stored-but-never-shown rows replayed per receive()/start()
+RECEIPT_RETRY_CAP = 1.0  # seconds: longest pause between receipt retries (start() mode)
+RECEIPT_RETRY_WINDOW = 60.0  # seconds of fast receipt retries; then only on reconnect
+MAX_HANDLE_LEN = 32  # server handle rule (CONTRACT §4): longer "xc1..." is an address
+_BECH32_CHARS = frozenset("qpzry9x8gf2tvdw0s3jn54khce6mua7l")
 STORED_TYPES = ("text", "file")  # kept in history and acknowledged by receipt
 
 ProgressCallback = Callable[[int], None]
@@ -98,6 +111,16 @@ class HistoryItem:
     status: str
     reply_to: str | None
     file: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What :meth:`Client.retry_pending` did (client.md §3.8)."""
+
+    #: re-sent with their original content ids and now confirmed by the relay
+    sent: tuple[HistoryItem, ...] = ()
+    #: still unconfirmed (state 'failed'), with the one-line reason
+    failed: tuple[tuple[HistoryItem, str], ...] = ()
 
 
 class Client(GroupMethods):
@@ -129,7 +152,12 @@ class Client(GroupMethods):
         self._send_lock = asyncio.Lock()
         self._resolved: dict[str, str] = {}
         self._reset_sent: set[str] = set()
-        self._pending_receipts: dict[str, list[str]] = {}
+        self._receipt_scheduled: set[str] = set()  # senders with a flush task waiting
+        self._receipt_lock = asyncio.Lock()
+        self._receipt_retry: asyncio.Task[None] | None = None
+        self._started = False  # start() is running (background retries allowed)
+        self._resent: dict[str, list[HistoryItem]] = {}  # retry_pending() this lifetime
+        self._held_unseen: set[tuple[str, str]] = set()  # keep_unseen() by a listener
         self._rejected_claims: set[tuple[str, str]] = set()
         self._addresses: dict[bytes, str] = {}
         self._groups = Groups(self)
@@ -432,6 +460,8 @@ class Client(GroupMethods):
         differs from the recorded one.
         """
         to = to.strip()
+        if not to.startswith("@") and not is_address(to):
+            _check_not_an_address(to)
         api = self.api
         try:
             if to.startswith("@") or not is_address(to):
@@ -569,12 +599,84 @@ class Client(GroupMethods):
                     await r
             except Exception:
                 log.exception("event callback failed for %s", type(event).__name__)
+        if isinstance(event, ev.MessageReceived) and self._store is not None:
+            # Shown to the app: no replay on the next start (client.md §5.3). A listener
+            # that shows it later (keep_unseen) clears it with mark_shown instead.
+            key = _row_key(event)
+            if key in self._held_unseen:
+                self._held_unseen.discard(key)
+            else:
+                self._store.clear_unseen(*key)
+
+    def keep_unseen(self, event: ev.MessageReceived) -> None:
+        """Called by an event listener that will show ``event`` only later (e.g. after a
+        download): the message stays flagged unseen, and is replayed by the next
+        ``receive()``/``start()`` if the process dies first, until :meth:`mark_shown`."""
+        self._held_unseen.add(_row_key(event))
+
+    def mark_shown(self, event: ev.MessageReceived) -> None:
+        """The app has shown ``event`` (after :meth:`keep_unseen`)."""
+        self._held_unseen.discard(_row_key(event))
+        self.store.clear_unseen(*_row_key(event))
+
+    async def _replay_unseen(self) -> int:
+        """Emit ``MessageReceived`` for every stored message the app was never shown:
+        the process died between the store commit and the event (client.md §5.3).
+        The relay's redelivery of those envelopes is a ratchet DuplicateMessage, so
+        without this they would only ever appear in the history."""
+        rows = self.store.unseen_messages(UNSEEN_LIMIT)
+        for m in rows:
+            event = self._stored_event(m)
+            if event is None:
+                self.store.clear_unseen(m.peer, m.id)
+            else:
+                await self._emit(event)
+        return len(rows)
+
+    def _stored_event(self, m: MessageRecord) -> ev.MessageReceived | None:
+        try:
+            body = ct.Content.decode(m.body)
+        except XChatError:
+            return None
+        group: dict[str, str] | None = None
+        sender = m.peer
+        if m.peer.startswith(GROUP_PEER_PREFIX):
+            gid, _, sender = m.peer[len(GROUP_PEER_PREFIX) :].partition(":")
+            try:
+                name = self.group_info(gid).name
+            except XChatError:
+                name = "?"
+            group = {"id": gid, "name": name}
+        c = self.store.get_contact(sender)
+        return ev.MessageReceived(
+            m.id,
+            sender,
+            c.handle if c is not None else None,
+            body.text or "",
+            body.ts,
+            body.reply_to,
+            1,  # the device is not stored; one device per account (client.md §10)
+            body.file,
+            group,
+        )
 
     # --- sending (client.md §3) ---------------------------------------------------------
 
-    async def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> str:
-        """Encrypt, seal and send a text; returns the message id once the server acked."""
+    async def send_text(
+        self, to: str, text: str, *, reply_to: str | None = None, resume: bool = False
+    ) -> str:
+        """Encrypt, seal and send a text; returns the message id once the server acked.
+
+        With ``resume``, a text identical (recipient, text, reply_to) to one whose send
+        was never confirmed (or that :meth:`retry_pending` re-sent during this client's
+        lifetime) is that message: it is (re-)sent with its ORIGINAL id and that id is
+        returned, so running a crashed ``xchat send`` again shows the text once
+        (client.md §3.8)."""
         c = await self._sendable_contact(to)
+        if resume:
+            resumed = await self._resume_text(c, text, reply_to)
+            if resumed is not None:
+                return resumed
         sender = None if c.token_shared else self._own_sender_info()
         msg = ct.text_message(text, now_ms(), reply_to=reply_to, sender=sender)
         await self._send_content(c, msg, store_as_message=True)
@@ -597,6 +699,74 @@ class Client(GroupMethods):
         await self._send_content(c, msg, store_as_message=True)
         return msg.id
 
+    async def _resume_text(self, c: ContactRecord, text: str, reply_to: str | None) -> str | None:
+        done = self._resent.get(c.address, [])
+        for i, h in enumerate(done):
+            if h.text == text and h.reply_to == reply_to and h.file is None:
+                del done[i]  # one resumed send per re-sent row
+                return h.id
+        for m in self.store.pending_outgoing(PENDING_LIMIT):
+            if m.peer != c.address:
+                continue
+            h = _history_item(m)
+            if h.text == text and h.reply_to == reply_to and h.file is None:
+                await self._resend_row(c, m.id)
+                return m.id
+        return None
+
+    async def retry_pending(self) -> RetryResult:
+        """Re-send every message whose send was never confirmed by the relay — state
+        'sending' (the process died mid-send) or 'failed' (the send gave up) — with its
+        stored content and ORIGINAL content id, oldest first (client.md §3.8). The
+        recipient keeps one message per (sender, content id), so a copy the relay had
+        already committed is shown once.
+
+        Rows to a blocked contact (verified, identity changed) wait until it is
+        re-verified. A row that fails for its own reason stays 'failed' and is listed in
+        the result; ServerUnreachable and long rate limits stop the pass and are raised
+        (the remaining rows stay pending for the next pass). ``start()`` runs this on
+        every (re)connection."""
+        sent: list[HistoryItem] = []
+        failed: list[tuple[HistoryItem, str]] = []
+        for m in self.store.pending_outgoing(PENDING_LIMIT):
+            c = self.store.get_contact(m.peer)  # None for group rows (groups.md: gap)
+            if c is None or c.identity_key is None or (c.verified and c.identity_changed):
+                continue
+            item = _history_item(m)
+            try:
+                done = await self._resend_row(c, m.id)
+            except ServerUnreachable:
+                raise
+            except ApiError as exc:
+                if exc.status == 429 or exc.status >= 500:
+                    raise
+                failed.append((item, str(exc)))
+                continue
+            except XChatError as exc:
+                failed.append((item, str(exc) or type(exc).__name__))
+                continue
+            if done:
+                sent.append(item)
+                self._resent.setdefault(m.peer, []).append(item)
+        return RetryResult(tuple(sent), tuple(failed))
+
+    async def _resend_row(self, c: ContactRecord, msg_id: str) -> bool:
+        """Re-send one stored outgoing row with its id; False if it got confirmed in the
+        meantime. The status is checked under the send lock, so a send in flight in this
+        process is never doubled."""
+        async with self._send_lock:
+            m = self.store.get_message(c.address, msg_id)
+            if m is None or m.direction != "out" or m.status not in ("sending", "failed"):
+                return False
+            msg = ct.Content.decode(m.body)
+            try:
+                await self._send_locked(c, msg, store_as_message=False)
+            except BaseException:
+                self.store.mark_failed(c.address, msg_id)
+                raise
+            self.store.mark_sent(c.address, msg_id)
+            return True
+
     async def _sendable_contact(self, to: str) -> ContactRecord:
         c = await self.contact(to)
         if c.verified and c.identity_changed:
@@ -610,17 +780,22 @@ class Client(GroupMethods):
         self, c: ContactRecord, msg: ct.Content, *, store_as_message: bool
     ) -> None:
         async with self._send_lock:
-            cert = await self._sender_certificate()
-            envelopes = await self._encrypt_for(c, msg, cert, store_as_message)
-            try:
-                await self._deliver(c, envelopes)
-            except BaseException:
-                if store_as_message:
-                    self.store.mark_failed(c.address, msg.id)
-                raise
+            await self._send_locked(c, msg, store_as_message=store_as_message)
+
+    async def _send_locked(
+        self, c: ContactRecord, msg: ct.Content, *, store_as_message: bool
+    ) -> None:
+        cert = await self._sender_certificate()
+        envelopes = await self._encrypt_for(c, msg, cert, store_as_message)
+        try:
+            await self._deliver(c, envelopes)
+        except BaseException:
             if store_as_message:
-                # never downgrade: a receipt processed before the ack set "delivered"
-                self.store.mark_sent(c.address, msg.id)
+                self.store.mark_failed(c.address, msg.id)
+            raise
+        if store_as_message:
+            # never downgrade: a receipt processed before the ack set "delivered"
+            self.store.mark_sent(c.address, msg.id)
 
     async def _encrypt_for(
         self, c: ContactRecord, msg: ct.Content, cert: bytes, store_as_message: bool
@@ -720,8 +895,15 @@ class Client(GroupMethods):
     # --- receiving (client.md §5) -------------------------------------------------------
 
     async def start(self) -> ReceiveLoop:
-        """Start the background receive loop (reconnects forever until :meth:`stop`)."""
+        """Start the background receive loop (reconnects forever until :meth:`stop`).
+
+        First emits the messages stored but never shown (client.md §5.3), so register
+        listeners before calling this. On every (re)connection it sends the delivery
+        receipts still owed (§3.6) and re-sends unconfirmed messages
+        (:meth:`retry_pending`, §3.8) in the background."""
         if self._recv is None:
+            self._started = True
+            await self._replay_unseen()
             self._recv = ReceiveLoop(
                 ws_url(self.whoami().server),
                 self._ws_token,
@@ -733,6 +915,12 @@ class Client(GroupMethods):
         return self._recv
 
     async def stop(self) -> None:
+        self._started = False
+        retry, self._receipt_retry = self._receipt_retry, None
+        if retry is not None:
+            retry.cancel()
+            with contextlib.suppress(BaseException):
+                await retry
         if self._recv is not None:
             await self._recv.stop()
         if self._recv_task is not None:
@@ -751,6 +939,7 @@ class Client(GroupMethods):
         seen: list[ev.Event] = []
         self.on_event(seen.append)
         try:
+            await self._replay_unseen()
             loop = ReceiveLoop(
                 ws_url(self.whoami().server),
                 self._ws_token,
@@ -767,6 +956,8 @@ class Client(GroupMethods):
             drained.cancel()
             if task in done:
                 task.result()  # raises the connection error
+            if self.store.receipt_peers():  # owed by an earlier run (client.md §3.6)
+                self._background(self._flush_all_receipts())
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._flush_background()
@@ -783,6 +974,8 @@ class Client(GroupMethods):
         await self._emit(ev.ConnectionChanged(connected))
         if connected:
             self._background(self.replenish_prekeys())
+            self._background(self._flush_all_receipts())
+            self._background(self.retry_pending())
 
     async def _ws_token(self, force: bool) -> str:
         return await self._auth_token(force=force)
@@ -822,11 +1015,10 @@ class Client(GroupMethods):
             events = [_with_handle(e, self.store) for e in events]
         for e in events:
             await self._emit(e)
-        for address, ids in receipts.items():
-            pending = self._pending_receipts.setdefault(address, [])
-            if not pending:
+        for address in receipts:
+            if address not in self._receipt_scheduled:
+                self._receipt_scheduled.add(address)
                 self._background(self._flush_receipts(address))
-            pending.extend(ids)
         for action, address in dict.fromkeys(followups):
             if action == "reset" and address not in self._reset_sent:
                 self._reset_sent.add(address)
@@ -921,6 +1113,9 @@ class Client(GroupMethods):
         if msg.type in STORED_TYPES:
             if not self.store.add_message(msg.id, sender, "in", msg.ts, "received", plaintext, t):
                 return  # duplicate content id (e.g. re-sent after a crash)
+            # Owed receipt persisted with the message: a relay outage or a crash before
+            # it leaves does not lose it (client.md §3.6).
+            self.store.add_pending_receipt(sender, msg.id, t)
             receipts.setdefault(sender, []).append(msg.id)
             events.append(
                 ev.MessageReceived(
@@ -1001,22 +1196,57 @@ class Client(GroupMethods):
     async def _flush_receipts(self, address: str) -> None:
         """Coalesce receipts: ids that arrive within RECEIPT_DELAY share one receipt."""
         await asyncio.sleep(RECEIPT_DELAY)
-        ids = self._pending_receipts.pop(address, [])
-        if ids:
-            await self._send_receipt(address, ids)
+        self._receipt_scheduled.discard(address)
+        await self._send_pending_receipts(address)
 
-    async def _send_receipt(self, address: str, ids: list[str]) -> None:
-        c = self.store.get_contact(address)
-        if c is None or c.identity_key is None:
-            return
-        if c.delivery_token is None:
-            return  # never pay PoW for a receipt (client.md §3.6)
-        if c.verified and c.identity_changed:
-            return
-        sender = None if c.token_shared else self._own_sender_info()
-        for i in range(0, len(ids), ct.MAX_RECEIPT_IDS):
-            r = ct.receipt(ids[i : i + ct.MAX_RECEIPT_IDS], now_ms(), sender=sender)
-            await self._send_content(c, r, store_as_message=False)
+    async def _flush_all_receipts(self) -> None:
+        """Send every receipt still owed (after a reconnect, or owed by an earlier run)."""
+        for address in self.store.receipt_peers():
+            await self._send_pending_receipts(address)
+
+    async def _send_pending_receipts(self, address: str) -> None:
+        """Send the receipts owed to ``address`` from the store; each id is deleted only
+        after the relay acknowledged the receipt carrying it. A transient failure keeps
+        them (and, under start(), schedules a retry); a permanent one drops them."""
+        async with self._receipt_lock:
+            while ids := self.store.pending_receipts(address, ct.MAX_RECEIPT_IDS):
+                c = self.store.get_contact(address)
+                if (
+                    c is None
+                    or c.identity_key is None
+                    or c.delivery_token is None  # never pay PoW for a receipt (§3.6)
+                    or (c.verified and c.identity_changed)  # blocked (§8)
+                ):
+                    self.store.delete_pending_receipts(address)
+                    return
+                sender = None if c.token_shared else self._own_sender_info()
+                r = ct.receipt(ids, now_ms(), sender=sender)
+                try:
+                    await self._send_content(c, r, store_as_message=False)
+                except XChatError as exc:
+                    if _transient(exc):
+                        self._schedule_receipt_retry()
+                        raise
+                    log.info("dropping %d receipts for %s: %s", len(ids), address, exc)
+                self.store.delete_pending_receipts(address, ids)
+
+    def _schedule_receipt_retry(self) -> None:
+        if self._started and (self._receipt_retry is None or self._receipt_retry.done()):
+            self._receipt_retry = asyncio.create_task(self._receipt_retry_loop())
+
+    async def _receipt_retry_loop(self) -> None:
+        """Retry owed receipts with a short backoff for RECEIPT_RETRY_WINDOW seconds (a
+        relay restart takes about a second, and the receive socket may take far longer
+        to notice); after that only a reconnection flushes them."""
+        backoff = Backoff(base=0.2, cap=RECEIPT_RETRY_CAP)
+        deadline = time.monotonic() + RECEIPT_RETRY_WINDOW
+        while self._started and time.monotonic() < deadline:
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                await self._flush_all_receipts()
+                return
+            except XChatError as exc:
+                log.info("receipt retry failed: %s", exc)
 
 
 @dataclass
@@ -1027,6 +1257,34 @@ class _Batch:
     receipts: dict[str, list[str]] = field(default_factory=dict)
     followups: list[tuple[str, str]] = field(default_factory=list)  # (action, address)
     claims: dict[str, str] = field(default_factory=dict)  # address -> claimed handle
+
+
+def _transient(exc: XChatError) -> bool:
+    """Worth retrying later: the relay is down, overloaded or rate limiting."""
+    if isinstance(exc, ServerUnreachable):
+        return True
+    return isinstance(exc, ApiError) and (exc.status == 429 or exc.status >= 500)
+
+
+def _row_key(e: ev.MessageReceived) -> tuple[str, str]:
+    """The ``messages`` primary key (peer, id) of a received message."""
+    if e.group is not None:
+        return f"{GROUP_PEER_PREFIX}{e.group.get('id', '')}:{e.sender}", e.id
+    return e.sender, e.id
+
+
+def _check_not_an_address(to: str) -> None:
+    """``to`` is neither an @handle nor a valid address: if it can only have been meant
+    as an address (longer than any handle, ``xc1`` prefix), say why it is invalid
+    instead of "unknown contact"."""
+    low = to.lower()
+    if not (low.startswith("xc1") and len(to) > MAX_HANDLE_LEN):
+        return
+    if to != low and to != to.upper():
+        raise InvalidAddress("invalid address: mixed upper and lower case")
+    if set(low[3:]) <= _BECH32_CHARS:
+        raise InvalidAddress("invalid address: bad checksum (typo?)")
+    raise InvalidAddress("invalid address: characters that no address contains (typo?)")
 
 
 def _with_handle(e: ev.Event, store: Store) -> ev.Event:

@@ -31,7 +31,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from xchat.errors import DecryptionError, ProfileError
 
-SCHEMA_VERSION = 2  # 2: groups, group_sender_keys (CREATE IF NOT EXISTS migrates v1)
+# 2: groups, group_sender_keys (CREATE IF NOT EXISTS migrates v1)
+# 3: messages.unseen, pending_receipts (client.md §5.3, §3.6; _migrate adds the column)
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -69,8 +71,10 @@ CREATE TABLE IF NOT EXISTS messages (
     ts_ms       INTEGER NOT NULL, -- sender's timestamp
     stored_ms   INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
-    status      TEXT NOT NULL,    -- out: 'sent' | 'delivered'; in: 'received'
+    status      TEXT NOT NULL,    -- out: 'sending' | 'failed' | 'sent' | 'delivered';
+                                  -- in: 'received'
     body        BLOB NOT NULL,    -- sealed JSON content
+    unseen      INTEGER NOT NULL DEFAULT 0, -- in: stored but not yet shown to the app
     PRIMARY KEY (peer, id)        -- ids are unique per conversation: a peer cannot
                                   -- suppress another peer's message by reusing its id
 );
@@ -96,6 +100,19 @@ CREATE TABLE IF NOT EXISTS seen (
     seen_ms     INTEGER NOT NULL,
     PRIMARY KEY (peer, id)
 );
+CREATE TABLE IF NOT EXISTS pending_receipts (
+    peer        TEXT NOT NULL,    -- the sender we owe a delivery receipt
+    id          TEXT NOT NULL,    -- content id of its message we stored
+    queued_ms   INTEGER NOT NULL,
+    PRIMARY KEY (peer, id)
+);
+"""
+
+# Created after _migrate (an old messages table gets its unseen column first).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_unseen ON messages (seq) WHERE unseen = 1;
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (seq)
+    WHERE direction = 'out' AND status IN ('sending', 'failed');
 """
 
 
@@ -155,10 +172,20 @@ class Store:
                 raise ProfileError("XCHAT_STORE_SYNC must be 'normal' or 'full'")
             self._db.execute(f"PRAGMA synchronous={level}")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+            self._db.executescript(_INDEXES)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise ProfileError(f"local store {p} is unusable: {exc}") from None
         self._seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM messages") or 0
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older version up to SCHEMA_VERSION (additive
+        only: an older client opening a newer store ignores the extra column/table)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(messages)").fetchall()}
+        if "unseen" not in cols:
+            # Existing rows were shown by the version that stored them: default 0.
+            self._db.execute("ALTER TABLE messages ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
@@ -354,12 +381,20 @@ class Store:
         status: str,
         body: bytes,
         now_ms: int,
+        *,
+        unseen: bool | None = None,
     ) -> bool:
-        """Insert a message; False (and no change) if this id is already stored (dedup)."""
+        """Insert a message; False (and no change) if this id is already stored (dedup).
+
+        ``unseen`` (default: True for incoming rows) marks a row the app has not been
+        shown yet; it is set in the caller's store transaction and cleared by
+        :meth:`clear_unseen` once the event was emitted (client.md §5.3)."""
+        if unseen is None:
+            unseen = direction == "in"
         self._seq += 1
         cur = self._db.execute(
             "INSERT OR IGNORE INTO messages (id, peer, direction, ts_ms, stored_ms, seq, status, "
-            "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "body, unseen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 msg_id,
                 peer,
@@ -369,9 +404,37 @@ class Store:
                 self._seq,
                 status,
                 self.seal("messages", "body", f"{peer}:{msg_id}", body),
+                int(unseen),
             ),
         )
         return cur.rowcount == 1
+
+    def unseen_messages(self, limit: int = 1000) -> list[MessageRecord]:
+        """Incoming rows stored but never shown to the app (e.g. the process died between
+        the store commit and the event), oldest first."""
+        rows = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages WHERE unseen = 1 "
+            "ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [self._message(r) for r in rows]
+
+    def clear_unseen(self, peer: str, msg_id: str) -> bool:
+        cur = self._db.execute(
+            "UPDATE messages SET unseen = 0 WHERE peer = ? AND id = ? AND unseen = 1",
+            (peer, msg_id),
+        )
+        return cur.rowcount == 1
+
+    def pending_outgoing(self, limit: int = 1000) -> list[MessageRecord]:
+        """Our rows whose send was never confirmed by the relay ('sending': the process
+        died mid-send; 'failed': the send gave up), oldest first (client.md §3.8)."""
+        rows = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body FROM messages "
+            "WHERE direction = 'out' AND status IN ('sending', 'failed') ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [self._message(r) for r in rows]
 
     def set_message_status(self, peer: str, msg_id: str, status: str) -> bool:
         """Update one of OUR messages to ``peer`` (receipts from others cannot touch it)."""
@@ -519,6 +582,35 @@ class Store:
             (peer, content_id, now_ms),
         )
         return cur.rowcount == 1
+
+    # --- delivery receipts owed (client.md §3.6) ----------------------------------------
+
+    def add_pending_receipt(self, peer: str, msg_id: str, now_ms: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO pending_receipts (peer, id, queued_ms) VALUES (?, ?, ?)",
+            (peer, msg_id, now_ms),
+        )
+
+    def pending_receipts(self, peer: str, limit: int = 1024) -> list[str]:
+        rows = self._db.execute(
+            "SELECT id FROM pending_receipts WHERE peer = ? ORDER BY queued_ms, rowid LIMIT ?",
+            (peer, limit),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def receipt_peers(self) -> list[str]:
+        """Senders we still owe at least one receipt."""
+        rows = self._db.execute("SELECT DISTINCT peer FROM pending_receipts ORDER BY peer")
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def delete_pending_receipts(self, peer: str, ids: list[str] | None = None) -> None:
+        """Forget receipts owed to ``peer``: the given ids (sent), or all of them."""
+        if ids is None:
+            self._db.execute("DELETE FROM pending_receipts WHERE peer = ?", (peer,))
+            return
+        self._db.executemany(
+            "DELETE FROM pending_receipts WHERE peer = ? AND id = ?", [(peer, i) for i in ids]
+        )
 
 
 def _aad(table: str, column: str, row_key: str) -> bytes:

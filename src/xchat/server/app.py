@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,8 +35,13 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive()`` once a streamed (chunked) body passes the limit. It is an
+    HTTPException so FastAPI's body parser re-raises it instead of turning it into its
+    generic 400 "error parsing the body"; the handler renders 413 ``{"error"}``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
 
 
 async def _plain_json(send: Send, status: int, body: bytes, extra: list[Any] | None = None) -> None:
@@ -93,7 +99,7 @@ class LimitsMiddleware:
             if msg["type"] == "http.request":
                 total += len(msg.get("body", b""))
                 if total > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return msg
 
         async def tracking_send(msg: Message) -> None:
@@ -107,6 +113,45 @@ class LimitsMiddleware:
         except _BodyTooLarge:
             if not started:
                 await _plain_json(send, 413, _too_large_body(limit))
+
+
+class RequestLogMiddleware:
+    """One JSON log line per HTTP request (wire.md §9): method, the route *template* (never
+    the concrete path, which can hold an address, handle or blob id), status and duration;
+    the client IP only when the operator passed ``--log-ips`` (``XCHAT_LOG_IPS=1``)."""
+
+    def __init__(self, app: ASGIApp, relay: Relay) -> None:
+        self.app = app
+        self.log_ips = relay.config.log_ips
+        self.log = logging.getLogger("xchat.server.http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.log.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
+        status = 0
+        t0 = time.perf_counter()
+
+        async def logging_send(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, logging_send)
+        finally:
+            route = scope.get("route")
+            extra: dict[str, Any] = {
+                "method": scope.get("method"),
+                "route": getattr(route, "path", None) or "-",
+                "status": status or 500,
+                "ms": round((time.perf_counter() - t0) * 1000, 2),
+            }
+            if self.log_ips:
+                client = scope.get("client")
+                extra["client_ip"] = client[0] if client else None
+            self.log.info("request", extra=extra)
 
 
 def _too_large_body(limit: int) -> bytes:
@@ -177,4 +222,5 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(realtime.router)
     app.include_router(blobs.router)
     app.add_middleware(LimitsMiddleware, relay=relay)
+    app.add_middleware(RequestLogMiddleware, relay=relay)  # outermost: sees 413/429 too
     return app

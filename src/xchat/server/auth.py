@@ -2,7 +2,8 @@
 
 Both challenges and tokens are HMAC-SHA256-authenticated byte strings, so the server keeps
 no session table. Challenges are single-use: a used one is remembered in memory until it
-expires (a restart forgets them, but they expire after ``challenge_ttl_seconds`` anyway).
+expires and persisted through the store's group commit (table ``used_challenges``), so a
+restart does not make it usable again.
 Tokens carry the device's ``epoch``; re-registering or revoking a device bumps the epoch so
 every older token of that device is refused.
 """
@@ -65,10 +66,15 @@ class ServerSecrets:
 class Challenges:
     """``POST /challenge`` values: ``0x01 || expires_ms u64 || random 16 || mac 16``."""
 
-    def __init__(self, secrets: ServerSecrets, ttl_ms: int) -> None:
+    def __init__(self, secrets: ServerSecrets, ttl_ms: int, store: Store | None = None) -> None:
         self.secrets = secrets
         self.ttl_ms = ttl_ms
+        self.store = store
         self._used: dict[bytes, int] = {}
+
+    def load(self, used: dict[bytes, int]) -> None:
+        """Used challenges persisted by an earlier run (after the store opened)."""
+        self._used.update(used)
 
     def issue(self, now_ms: int) -> tuple[bytes, int]:
         expires = now_ms + self.ttl_ms
@@ -90,6 +96,8 @@ class Challenges:
         if len(self._used) > 100_000:
             self._used = {c: e for c, e in self._used.items() if e > now_ms}
         self._used[challenge] = expires
+        if self.store is not None:
+            self.store.challenge_used_nowait(challenge, expires)
 
 
 class Tokens:

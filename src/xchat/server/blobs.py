@@ -28,10 +28,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from xchat.errors import ApiError
+from xchat.server.directory import BEARER
+from xchat.server.models import errors
 from xchat.storage.blobs import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -116,7 +119,10 @@ def _state(request: Request) -> _BlobState:
     return st
 
 
-async def _owner(request: Request) -> str:
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]  # /openapi.json
+
+
+async def _owner(request: Request, _doc: BearerDoc = None) -> str:
     """The uploading account's address, from the bearer token (quota accounting, §6)."""
     relay: Any = getattr(request.app.state, "relay", None)
     if relay is None:
@@ -141,7 +147,9 @@ def _status_headers(info: BlobInfo) -> dict[str, str]:
 router = APIRouter(tags=["blobs"])
 
 
-@router.post(BLOBS_PATH, status_code=201, response_model=BlobCreated)
+@router.post(
+    BLOBS_PATH, status_code=201, response_model=BlobCreated, responses=errors(400, 401, 413)
+)
 async def create_blob(body: BlobCreate, owner: Owner, request: Request) -> JSONResponse:
     """Reserve a blob of ``size`` bytes against the caller's quota."""
     st = _state(request)
@@ -155,6 +163,7 @@ async def create_blob(body: BlobCreate, owner: Owner, request: Request) -> JSONR
 @router.patch(
     BLOBS_PATH + "/{blob_id}",
     response_model=BlobStatus,
+    responses=errors(400, 401, 403, 404, 409, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -189,7 +198,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
             yield piece
 
 
-@router.head(BLOBS_PATH + "/{blob_id}")
+@router.head(BLOBS_PATH + "/{blob_id}", responses={404: {"description": "Unknown blob"}})
 async def blob_status(blob_id: str, request: Request) -> Response:
     """The confirmed offset and total size of a blob (what a resuming client needs)."""
     info = await _state(request).store.info(blob_id, now_ms())
@@ -203,7 +212,7 @@ class _BigFileResponse(FileResponse):
 @router.get(
     BLOBS_PATH + "/{blob_id}",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}},
+    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, **errors(404, 409)},
 )
 async def download_blob(blob_id: str, request: Request) -> Response:
     """Stream a complete blob. No authentication on purpose: the 128-bit id is the

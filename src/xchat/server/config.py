@@ -40,6 +40,10 @@ class ServerConfig:
     ws_fast: bool = True  # serve /api/v1/ws by the same-port fast path (wsfast.py)
     ws_ping_seconds: float = 30.0  # fast path keepalive interval (0 = off)
     ws_direct_writes: bool = True  # fast path: os.write (GIL released) before transport.write
+    # Connection hygiene (wire.md §6): slowloris timeouts and sockets per IP bucket
+    header_timeout: float = 5.0  # seconds from connect (or request start) to a full head
+    body_timeout: float = 5.0  # seconds without a byte of a request body being received
+    max_sockets_per_ip: int = 256  # open TCP connections per /24 or /64 (0 = unlimited)
     gil_switch_ms: float = 0.0  # sys.setswitchinterval for loop/writer handoffs (0 = default)
     # Rate limits (token buckets; rate per second, burst = bucket size)
     rate_limits: bool = True

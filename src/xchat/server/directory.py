@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xchat import PROTOCOL_VERSION
 from xchat.crypto.certificate import issue_sender_certificate
@@ -37,7 +38,15 @@ def relay_of(request: Request) -> Relay:
     return relay
 
 
-def current_device(request: Request) -> DeviceRecord:
+#: Declares the bearer scheme in /openapi.json (security of every authenticated route); the
+#: token itself is checked by :func:`current_device` (401 JSON, never FastAPI's 403).
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="Token from /auth")
+BEARER_DOC = Depends(BEARER)
+
+
+def current_device(
+    request: Request, _doc: HTTPAuthorizationCredentials | None = BEARER_DOC
+) -> DeviceRecord:
     """Bearer-token auth + the per-device rate limit (429 with Retry-After)."""
     relay = relay_of(request)
     device, _ = relay.tokens.from_header(
@@ -123,7 +132,7 @@ def _account_out(acct: AccountRecord) -> m.AccountOut:
     )
 
 
-@router.get("/server", response_model=m.ServerInfo)
+@router.get("/server", response_model=m.ServerInfo, responses=m.errors())
 async def server_info(request: Request) -> m.ServerInfo:
     relay = relay_of(request)
     return m.ServerInfo(
@@ -134,14 +143,14 @@ async def server_info(request: Request) -> m.ServerInfo:
     )
 
 
-@router.post("/challenge", response_model=m.ChallengeOut)
+@router.post("/challenge", response_model=m.ChallengeOut, responses=m.errors())
 async def challenge(request: Request) -> m.ChallengeOut:
     relay = relay_of(request)
     ch, expires = relay.challenges.issue(now_ms())
     return m.ChallengeOut(challenge=m.enc(ch), expires_ms=expires, pow_bits=relay.config.pow_bits)
 
 
-@router.post("/accounts", response_model=m.RegisterOut)
+@router.post("/accounts", response_model=m.RegisterOut, responses=m.errors(400, 401, 409, 413))
 async def register(body: m.RegisterIn, request: Request) -> m.RegisterOut:
     relay = relay_of(request)
     ik = m.b64(body.identity_key, "identity_key", 65)
@@ -168,7 +177,7 @@ async def register(body: m.RegisterIn, request: Request) -> m.RegisterOut:
     )
 
 
-@router.post("/auth", response_model=m.TokenOut)
+@router.post("/auth", response_model=m.TokenOut, responses=m.errors(400, 401, 404, 413))
 async def auth(body: m.AuthIn, request: Request) -> m.TokenOut:
     relay = relay_of(request)
     ch = m.b64(body.challenge, "challenge")
@@ -193,7 +202,7 @@ async def _set_handle(relay: Relay, address: str, handle: str | None) -> None:
         raise ApiError(409, "handle is taken (or too similar to a taken one)") from None
 
 
-@router.put("/handle", response_model=m.AccountOut)
+@router.put("/handle", response_model=m.AccountOut, responses=m.errors(400, 401, 409, 413))
 async def put_handle(
     body: m.HandleIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.AccountOut:
@@ -214,7 +223,7 @@ def _lookup_address(relay: Relay, address: str) -> AccountRecord:
     return acct
 
 
-@router.get("/handles/{handle}", response_model=m.AccountOut)
+@router.get("/handles/{handle}", response_model=m.AccountOut, responses=m.errors(400, 404))
 async def get_handle(handle: str, request: Request) -> m.AccountOut:
     acct = relay_of(request).store.get_account_by_handle(normalize_handle(handle))
     if acct is None:
@@ -222,12 +231,12 @@ async def get_handle(handle: str, request: Request) -> m.AccountOut:
     return _account_out(acct)
 
 
-@router.get("/accounts/{address}", response_model=m.AccountOut)
+@router.get("/accounts/{address}", response_model=m.AccountOut, responses=m.errors(400, 404))
 async def get_account(address: str, request: Request) -> m.AccountOut:
     return _account_out(_lookup_address(relay_of(request), address))
 
 
-@router.put("/keys", response_model=m.KeyCount)
+@router.put("/keys", response_model=m.KeyCount, responses=m.errors(400, 401, 413))
 async def put_keys(
     body: m.PreKeyUpload, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.KeyCount:
@@ -239,13 +248,13 @@ async def put_keys(
     return m.KeyCount(ec=ec, kem=kem)
 
 
-@router.get("/keys/count", response_model=m.KeyCount)
+@router.get("/keys/count", response_model=m.KeyCount, responses=m.errors(401))
 async def key_count(request: Request, device: DeviceRecord = CURRENT_DEVICE) -> m.KeyCount:
     ec, kem = await relay_of(request).store.count_prekeys(device.ref)
     return m.KeyCount(ec=ec, kem=kem)
 
 
-@router.get("/bundles/{address}", response_model=m.BundleOut)
+@router.get("/bundles/{address}", response_model=m.BundleOut, responses=m.errors(400, 401, 404))
 async def get_bundle(
     address: str, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.BundleOut:
@@ -283,7 +292,7 @@ async def get_bundle(
     return m.BundleOut(address=acct.address, identity_key=m.enc(acct.identity_key), devices=out)
 
 
-@router.put("/delivery-token", response_model=m.Ok)
+@router.put("/delivery-token", response_model=m.Ok, responses=m.errors(400, 401, 413))
 async def put_delivery_token(
     body: m.DeliveryTokenIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.Ok:
@@ -292,7 +301,7 @@ async def put_delivery_token(
     return m.Ok()
 
 
-@router.get("/sender-certificate", response_model=m.CertificateOut)
+@router.get("/sender-certificate", response_model=m.CertificateOut, responses=m.errors(401))
 async def sender_certificate(
     request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.CertificateOut:

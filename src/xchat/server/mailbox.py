@@ -19,7 +19,7 @@ from xchat.storage.base import DeviceRecord
 router = APIRouter(prefix="/api/v1")
 
 
-def _dest(d: m.DestinationIn) -> SendDest:
+def _access(d: m.DestinationIn | m.MultiDestinationIn) -> tuple[str, Access]:
     if not is_address(d.address):
         raise ApiError(400, "not a valid address")
     access: Access = None
@@ -27,18 +27,31 @@ def _dest(d: m.DestinationIn) -> SendDest:
         access = TokenAccess(m.b64(d.delivery_token, "delivery_token", 16))
     elif d.pow is not None:
         access = PowAccess(m.b64(d.pow.challenge, "pow.challenge"), d.pow.nonce)
+    return normalize_address(d.address), access
+
+
+def _dest(d: m.DestinationIn) -> SendDest:
+    address, access = _access(d)
     envelopes = [
         (e.device_id, m.b64(e.id, "envelope id", 16), m.b64(e.content, "content"))
         for e in d.envelopes
     ]
-    return SendDest(normalize_address(d.address), access, envelopes)
+    return SendDest(address, access, envelopes)
 
 
-@router.post("/messages", response_model=m.Ok)
-async def send(body: m.SendIn, request: Request) -> m.Ok:
-    """Sealed-sender send: no Authorization; access per destination (wire.md §4.4)."""
+def _multi_dest(d: m.MultiDestinationIn, shared: bytes) -> SendDest:
+    address, access = _access(d)
+    envelopes = []
+    for e in d.envelopes:
+        header = m.b64(e.header, "header")
+        if len(header) > 255:
+            raise ApiError(400, "header: at most 255 bytes")
+        envelopes.append((e.device_id, m.b64(e.id, "envelope id", 16), header + shared))
+    return SendDest(address, access, envelopes)
+
+
+async def _send(request: Request, dests: list[SendDest]) -> m.Ok:
     relay = relay_of(request)
-    dests = [_dest(d) for d in body.destinations]
     n = sum(len(d.envelopes) for d in dests)
     wait = relay.send_limiter.take(ip_bucket(request.client.host if request.client else None), n)
     if wait:
@@ -48,7 +61,24 @@ async def send(body: m.SendIn, request: Request) -> m.Ok:
     return m.Ok()
 
 
-@router.get("/messages", response_model=m.FetchOut)
+_SEND_ERRORS = m.errors(400, 401, 404, 409, 413, 503)
+
+
+@router.post("/messages", response_model=m.Ok, responses=_SEND_ERRORS)
+async def send(body: m.SendIn, request: Request) -> m.Ok:
+    """Sealed-sender send: no Authorization; access per destination (wire.md §4.4)."""
+    return await _send(request, [_dest(d) for d in body.destinations])
+
+
+@router.post("/messages/multi", response_model=m.Ok, responses=_SEND_ERRORS)
+async def send_multi(body: m.SendMultiIn, request: Request) -> m.Ok:
+    """HTTP form of SEND_MULTI (wire.md §4.4a, §5.2): device ``i`` of destination ``j``
+    gets ``header || shared``; otherwise exactly ``POST /messages``."""
+    shared = m.b64(body.shared, "shared")
+    return await _send(request, [_multi_dest(d, shared) for d in body.destinations])
+
+
+@router.get("/messages", response_model=m.FetchOut, responses=m.errors(401))
 async def fetch(
     request: Request,
     limit: int = Query(default=100, ge=1, le=10_000),
@@ -66,7 +96,7 @@ async def fetch(
     )
 
 
-@router.delete("/messages/{envelope_id}", response_model=m.AckOut)
+@router.delete("/messages/{envelope_id}", response_model=m.AckOut, responses=m.errors(400, 401))
 async def delete_one(
     envelope_id: str, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.AckOut:
@@ -75,7 +105,7 @@ async def delete_one(
     return m.AckOut(deleted=deleted)
 
 
-@router.post("/messages/ack", response_model=m.AckOut)
+@router.post("/messages/ack", response_model=m.AckOut, responses=m.errors(400, 401, 413))
 async def ack(body: m.AckIn, request: Request, device: DeviceRecord = CURRENT_DEVICE) -> m.AckOut:
     ids = [m.b64(i, "envelope id", 16) for i in body.ids]
     deleted = await relay_of(request).store.ack(device.ref, ids) if ids else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,43 @@ MAX_LIST = 1000
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class ErrorOut(BaseModel):
+    """Every error body (wire.md §1): ``{"error": str}``; some add fields (409's
+    ``address`` and ``devices``), hence ``extra="allow"``."""
+
+    model_config = ConfigDict(extra="allow")
+    error: str
+
+
+_ERRORS = {
+    400: "Bad value (base64, key length/type, handle syntax, signature of a prekey)",
+    401: "Missing, invalid or expired token / signature / challenge / access proof",
+    403: "Authenticated but not allowed (not the owner)",
+    404: "Unknown address, handle, device or blob",
+    409: "Conflict (handle taken, device list mismatch, blob state)",
+    413: "Body, envelope or blob too large",
+    429: "Rate limited (see Retry-After) or too many connections from the network",
+    503: "Storage unavailable (retry)",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the error statuses it can answer (wire.md §1, §6).
+    Every route can answer 429 (per-IP-bucket limit, before any handler)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, 429}):
+        entry: dict[str, Any] = {"model": ErrorOut, "description": _ERRORS[code]}
+        if code == 429:
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait (integer >= 1)",
+                    "schema": {"type": "integer"},
+                }
+            }
+        out[code] = entry
+    return out
 
 
 def b64(value: str, what: str, length: int | None = None) -> bytes:
@@ -185,6 +223,26 @@ class SendIn(_Model):
     destinations: list[DestinationIn] = Field(min_length=1, max_length=MAX_LIST)
 
 
+class MultiEnvelopeIn(_Model):
+    device_id: int = Field(ge=0, le=0xFFFFFFFF)
+    id: str
+    header: str  # b64, at most 255 bytes (as SEND_MULTI's header_len u8)
+
+
+class MultiDestinationIn(_Model):
+    address: str
+    delivery_token: str | None = None
+    pow: PowIn | None = None
+    envelopes: list[MultiEnvelopeIn] = Field(max_length=255)
+
+
+class SendMultiIn(_Model):
+    """``POST /messages/multi``: the JSON form of the SEND_MULTI frame (wire.md §4.4a)."""
+
+    shared: str
+    destinations: list[MultiDestinationIn] = Field(min_length=1, max_length=MAX_LIST)
+
+
 class EnvelopeOut(_Model):
     id: str
     ts_ms: int
@@ -202,7 +260,3 @@ class AckIn(_Model):
 
 class AckOut(_Model):
     deleted: int
-
-
-class ErrorOut(_Model):
-    error: str

@@ -98,6 +98,7 @@ class DeviceConnection:
             return
         loop = asyncio.get_running_loop()
         relay.fanout.attach(device.ref, self)
+        relay.device_sockets[device.ref] = self
         self.expiry = loop.call_later(
             max(0.0, (expires_ms - now_ms()) / 1000),
             self.close_soon,
@@ -118,7 +119,10 @@ class DeviceConnection:
             self.expiry.cancel()
             self.expiry = None
         if self.device is not None:
-            relay.fanout.detach(self.device.ref, self)
+            ref = self.device.ref
+            relay.fanout.detach(ref, self)
+            if relay.device_sockets.get(ref) is self:
+                del relay.device_sockets[ref]
         if self.backlog is not None and not self.backlog.done():
             self.backlog.cancel()
         self.backlog = None
@@ -340,25 +344,36 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     expires = 0
     header = ws.headers.get("authorization")
     await ws.accept()
-    if header is not None:
-        try:
-            device, expires = relay.tokens.from_header(header, relay.store, now_ms())
-        except ApiError as exc:
-            await _close(ws, F.CLOSE_UNAUTHORIZED, exc.message)
+    counted = ""
+    if relay.config.max_sockets_per_ip > 0:  # sockets per IP bucket (wire.md §6)
+        counted = ip_bucket(ws.client.host if ws.client else None)
+        if not relay.conn_open(counted):
+            relay.conn_close(counted)
+            await _close(ws, F.CLOSE_RATE_LIMITED, "too many connections from your network")
             return
-    conn = AsgiConnection(ws, relay, device)
-    conn.start(expires)
     try:
-        await _receive_loop(ws, conn)
+        if header is not None:
+            try:
+                device, expires = relay.tokens.from_header(header, relay.store, now_ms())
+            except ApiError as exc:
+                await _close(ws, F.CLOSE_UNAUTHORIZED, exc.message)
+                return
+        conn = AsgiConnection(ws, relay, device)
+        conn.start(expires)
+        try:
+            await _receive_loop(ws, conn)
+        finally:
+            conn.finish()
     finally:
-        conn.finish()
+        if counted:
+            relay.conn_close(counted)
 
 
 async def _receive_loop(ws: WebSocket, conn: AsgiConnection) -> None:
     while True:
         msg = await ws.receive()
-        if msg["type"] == "websocket.disconnect":
-            return
+        if msg["type"] == "websocket.disconnect" or conn.closed:
+            return  # closed by the server meanwhile (revoked, replaced): drop the frame
         data = msg.get("bytes")
         if data is None:
             return await conn.close(F.CLOSE_MALFORMED, "text frames are not accepted")

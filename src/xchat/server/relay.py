@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from xchat.crypto.pow import stamp_ok
 from xchat.errors import ApiError
@@ -27,7 +27,7 @@ from xchat.server.auth import Challenges, ServerSecrets, Tokens
 from xchat.server.config import ServerConfig
 from xchat.server.limits import RateLimiter
 from xchat.server.metrics import Metrics
-from xchat.storage.base import NewEnvelope
+from xchat.storage.base import DeviceRecord, NewEnvelope
 from xchat.storage.sqlite import SqliteStore
 
 log = logging.getLogger("xchat.server")
@@ -52,6 +52,15 @@ class SendDest(NamedTuple):
     envelopes: Sequence[tuple[int, bytes, bytes]]  # (device_id, envelope_id, content)
 
 
+class _DeviceSocketLike(Protocol):
+    device: DeviceRecord | None
+
+    def close_soon(self, code: int, reason: str) -> None: ...
+
+
+CLOSE_UNAUTHORIZED = 4401  # xchat.protocol.frames.CLOSE_UNAUTHORIZED
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -65,13 +74,19 @@ class Relay:
         self.store = SqliteStore(config.data / "xchat.db")
         self.fanout: Fanout = LocalFanout()
         self.metrics = Metrics()
-        self.challenges = Challenges(self.secrets, config.challenge_ttl_seconds * 1000)
+        self.challenges = Challenges(self.secrets, config.challenge_ttl_seconds * 1000, self.store)
         self.tokens = Tokens(self.secrets, config.token_ttl_seconds * 1000)
         on = config.rate_limits
         self.ip_limiter = RateLimiter(config.rate_ip_per_s, config.rate_ip_burst, on)
         self.device_limiter = RateLimiter(config.rate_device_per_s, config.rate_device_burst, on)
         self.send_limiter = RateLimiter(config.rate_send_per_s, config.rate_send_burst, on)
         self.ws_connections = 0
+        #: The live authenticated socket of each device (realtime.DeviceConnection), so
+        #: a device whose epoch changes can be cut at once (wire.md §5, revocation).
+        self.device_sockets: dict[int, _DeviceSocketLike] = {}
+        self.store.on_epoch_change = self._epoch_changed
+        #: Open TCP connections per IP bucket (wire.md §6), when capped.
+        self.open_conns: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         m = self.metrics
         m.gauges["ws_connections"] = lambda: float(self.ws_connections)
@@ -87,12 +102,42 @@ class Relay:
 
     async def start(self) -> None:
         await self.store.open()
+        self.challenges.load(self.store.used_challenges())
         self._sweeper = asyncio.create_task(self._sweep_loop())
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.store.close()
+
+    def _epoch_changed(self, device: DeviceRecord) -> None:
+        """Store hook, run right after the commit that bumped the epoch and before any
+        later commit's deliveries: the old socket closes 4401 and is detached from the
+        fan-out, so it can neither receive the new device's envelopes nor ACK them."""
+        sock = self.device_sockets.get(device.ref)
+        if sock is not None and sock.device is not None and sock.device.epoch != device.epoch:
+            self.metrics.inc("ws_revoked_total")
+            sock.close_soon(CLOSE_UNAUTHORIZED, "device revoked or re-registered")
+
+    # --- connections per IP bucket (wire.md §6) ---
+
+    def conn_open(self, bucket: str) -> bool:
+        """Count one more connection from ``bucket``; False if that passes the cap (the
+        caller refuses it and still calls :meth:`conn_close` once)."""
+        n = self.open_conns.get(bucket, 0) + 1
+        self.open_conns[bucket] = n
+        cap = self.config.max_sockets_per_ip
+        if 0 < cap < n:
+            self.metrics.inc("connections_refused_total")
+            return False
+        return True
+
+    def conn_close(self, bucket: str) -> None:
+        n = self.open_conns.get(bucket, 0) - 1
+        if n > 0:
+            self.open_conns[bucket] = n
+        else:
+            self.open_conns.pop(bucket, None)
 
     async def _sweep_loop(self) -> None:
         """TTL expiry (wire.md §4.5): periodic delete; reads also filter expired rows."""

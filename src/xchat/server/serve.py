@@ -80,9 +80,9 @@ def run_server(config: ServerConfig) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     app = create_app(config)
-    http: Any = "httptools"
-    if config.ws_fast:  # /api/v1/ws upgrades bypass ASGI (wire.md §5.1)
-        http = protocol_class(app.state.relay, config.ws_ping_seconds)
+    # Always our protocol: it enforces the connection cap and read timeouts (wire.md §6);
+    # with ws_fast, /api/v1/ws upgrades also bypass ASGI (wire.md §5.1).
+    http: Any = protocol_class(app.state.relay, config.ws_ping_seconds, config.ws_fast)
     uconfig = uvicorn.Config(
         app,
         loop="uvloop",

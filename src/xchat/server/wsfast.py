@@ -12,6 +12,12 @@ Per frame there is no task, no future and no ASGI message: ``data_received`` unm
 handles the frames synchronously; outgoing frames are queued and written with one
 ``transport.write`` per socket per event-loop pass (:class:`Hub`), so a group commit that
 delivers to many sockets costs one write each. No compression is ever negotiated.
+
+Connection hygiene (wire.md §6) also starts here, before anything is parsed: every TCP
+connection counts in its IP bucket (refused with 429 above ``max_sockets_per_ip``), and the
+request head must arrive within ``header_timeout`` (else 408/close); after the hand-off,
+:class:`~xchat.server.httpguard.GuardedHttpProtocol` keeps the deadline and adds the body
+idle timeout. Both cost one timer and one dict update per connection, nothing per frame.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import logging
 import os
 from typing import Any, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask
 
 from xchat.errors import ApiError
 from xchat.protocol import frames as F
+from xchat.server.httpguard import TIMEOUT_RESPONSE, TOO_MANY_RESPONSE, GuardedHttpProtocol
+from xchat.server.limits import ip_bucket
 from xchat.server.realtime import DeviceConnection
 from xchat.server.relay import Relay, now_ms
 from xchat.storage.base import DeviceRecord
@@ -113,6 +120,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
 
     __slots__ = (
         "closer",
+        "counted",
         "fd",
         "frag",
         "hub",
@@ -142,6 +150,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
         self.seen = hub.tick
         self.closer: asyncio.TimerHandle | None = None
         self.server_state = server_state
+        self.counted = ""  # IP bucket this connection is counted in (wire.md §6)
         sock = transport.get_extra_info("socket")
         self.fd: int = sock.fileno() if sock is not None and direct_writes else -1
 
@@ -222,6 +231,9 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
             self.closer.cancel()
             self.closer = None
         self.server_state.connections.discard(self)
+        if self.counted:
+            self.relay.conn_close(self.counted)
+            self.counted = ""
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close
@@ -336,7 +348,8 @@ class RelayHttpProtocol(asyncio.Protocol):
 
     relay: ClassVar[Relay]
     hub: ClassVar[Hub]
-    __slots__ = ("args", "buf", "transport")
+    fast: ClassVar[bool] = True  # False: every request, upgrades included, goes to uvicorn
+    __slots__ = ("args", "bucket", "buf", "refused", "started", "timer", "transport")
 
     def __init__(
         self,
@@ -348,12 +361,58 @@ class RelayHttpProtocol(asyncio.Protocol):
         self.args = (config, server_state, app_state, _loop)
         self.buf = b""
         self.transport: asyncio.Transport | None = None
+        self.bucket = ""  # counted IP bucket; handed to whichever protocol takes over
+        self.refused = False
+        self.started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        cfg = self.relay.config
+        if cfg.max_sockets_per_ip > 0:
+            peer = transport.get_extra_info("peername")
+            self.bucket = ip_bucket(peer[0] if peer else None)
+            self.refused = not self.relay.conn_open(self.bucket)
+        loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        if cfg.header_timeout > 0:
+            self.timer = loop.call_at(self.started + cfg.header_timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        """No complete request head within ``header_timeout`` of the connect (wire.md §6)."""
+        self.timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self.relay.metrics.inc("http_read_timeouts_total")
+        if self.buf:  # a request has started: tell the client why
+            transport.write(TIMEOUT_RESPONSE)
+        transport.close()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _refuse(self) -> None:
+        """Over the per-bucket socket cap: answer 429 once the head is in (so the client
+        reads the answer instead of a reset), then close."""
+        transport = self.transport
+        assert transport is not None
+        self._stop_timer()
+        self.buf = b""
+        transport.write(TOO_MANY_RESPONSE)
+        transport.close()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
+        if self.refused:
+            self.buf = buf
+            if b"\r\n\r\n" in buf or len(buf) > MAX_HEAD:
+                self._refuse()
+            return None
+        if not self.fast:
+            return self._to_http(buf)
         k = min(len(buf), len(WS_PATH))
         if buf[:k] != WS_PATH[:k]:
             self._to_http(buf)
@@ -376,7 +435,11 @@ class RelayHttpProtocol(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.buf = b""
-        inner = HttpToolsProtocol(*self.args)
+        self._stop_timer()
+        inner = GuardedHttpProtocol(
+            *self.args, relay=self.relay, bucket=self.bucket, started=self.started
+        )
+        self.bucket = ""  # released by the inner protocol from now on
         inner.connection_made(transport)
         transport.set_protocol(inner)
         inner.data_received(buf)
@@ -393,6 +456,7 @@ class RelayHttpProtocol(asyncio.Protocol):
         request = events[0]
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             return self._to_http(buf)  # plain GET: let the ASGI app answer it
+        self._stop_timer()
         response = hs.accept(request)
         hs.send_response(response)
         for chunk in hs.data_to_send():
@@ -415,6 +479,7 @@ class RelayHttpProtocol(asyncio.Protocol):
         conn = FastConnection(
             relay, self.hub, transport, device, server_state, relay.config.ws_direct_writes
         )
+        conn.counted, self.bucket = self.bucket, ""
         transport.set_protocol(conn)
         server_state.connections.add(conn)
         self.hub.add(conn)
@@ -427,9 +492,18 @@ class RelayHttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._stop_timer()
+        if self.bucket:
+            self.relay.conn_close(self.bucket)
+            self.bucket = ""
 
 
-def protocol_class(relay: Relay, ping_interval: float) -> type[RelayHttpProtocol]:
-    """A :class:`RelayHttpProtocol` subclass bound to ``relay`` (pass as uvicorn ``http``)."""
+def protocol_class(
+    relay: Relay, ping_interval: float, fast: bool = True
+) -> type[RelayHttpProtocol]:
+    """A :class:`RelayHttpProtocol` subclass bound to ``relay`` (pass as uvicorn ``http``).
+    ``fast=False`` keeps the connection cap and timeouts but serves ``/api/v1/ws`` through
+    uvicorn and the Starlette route (``XCHAT_WS_FAST=0``)."""
     hub = Hub(ping_interval)
-    return type("BoundRelayHttpProtocol", (RelayHttpProtocol,), {"relay": relay, "hub": hub})
+    attrs = {"relay": relay, "hub": hub, "fast": fast}
+    return type("BoundRelayHttpProtocol", (RelayHttpProtocol,), attrs)

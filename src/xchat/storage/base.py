@@ -13,6 +13,7 @@ sender: the relay keeps no social graph.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,6 +96,12 @@ class HandleTaken(Exception):
 class Store(abc.ABC):
     """Durable state of the relay. Async methods; implementations batch internally."""
 
+    #: Called on the event loop right after the commit that changed a device's epoch
+    #: (re-registration / restore / revocation) and before the results of any operation
+    #: committed after it are handed out, so the server can cut the device's open sockets
+    #: before a later delivery could reach them (wire.md §5, revocation).
+    on_epoch_change: Callable[[DeviceRecord], None] | None = None
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or migrate the schema and load caches."""
@@ -164,3 +171,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sweep_expired(self, now_ms: int) -> int:
         """Delete expired envelopes; return how many."""
+
+    # --- used challenges (wire.md §3) ---
+
+    def used_challenges(self) -> dict[bytes, int]:
+        """Used challenges still unexpired when the store was opened (challenge →
+        expires_ms), so a restart does not make them usable again. Default: none."""
+        return {}
+
+    def challenge_used_nowait(self, challenge: bytes, expires_ms: int) -> None:
+        """Persist a used challenge in the next group commit, without waiting (the caller
+        keeps the authoritative in-memory set). Default: not persisted."""
+        return None

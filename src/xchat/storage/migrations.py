@@ -53,6 +53,13 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX mailbox_device_envelope ON mailbox (device_ref, envelope_id);
     CREATE INDEX mailbox_device_seq ON mailbox (device_ref, seq);
     """,
+    # 1 -> 2: used single-use challenges survive a restart (wire.md §3).
+    """
+    CREATE TABLE used_challenges (
+        challenge  BLOB PRIMARY KEY,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

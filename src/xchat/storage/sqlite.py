@@ -91,6 +91,7 @@ class SqliteStore(Store):
         self._accounts: dict[str, AccountRecord] = {}
         self._handles: dict[str, str] = {}
         self._devices: dict[int, DeviceRecord] = {}
+        self._used: dict[bytes, int] = {}
         self._next_seq = 1
 
     # --- lifecycle ---
@@ -144,6 +145,9 @@ class SqliteStore(Store):
             self._cache_device(DeviceRecord(ref, address, device_id, epoch))
         row = conn.execute("SELECT MAX(seq) FROM mailbox").fetchone()
         self._next_seq = (row[0] or 0) + 1
+        now = time.time_ns() // 1_000_000
+        conn.execute("DELETE FROM used_challenges WHERE expires_ms <= ?", (now,))
+        self._used = dict(conn.execute("SELECT challenge, expires_ms FROM used_challenges"))
         self._conn = conn
 
     async def close(self) -> None:
@@ -163,11 +167,15 @@ class SqliteStore(Store):
     # --- cache ---
 
     def _cache_device(self, dev: DeviceRecord) -> None:
+        old = self._devices.get(dev.ref)
         self._devices[dev.ref] = dev
         acct = self._accounts[dev.address]
         others = tuple(d for d in acct.devices if d.ref != dev.ref)
         devices = tuple(sorted((*others, dev), key=lambda d: d.device_id))
         self._accounts[dev.address] = replace(acct, devices=devices)
+        hook = self.on_epoch_change
+        if old is not None and old.epoch != dev.epoch and hook is not None:
+            hook(dev)
 
     def get_account(self, address: str) -> AccountRecord | None:
         return self._accounts.get(address)
@@ -494,10 +502,28 @@ class SqliteStore(Store):
 
     async def sweep_expired(self, now_ms: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM used_challenges WHERE expires_ms <= ?", (now_ms,))
             return conn.execute("DELETE FROM mailbox WHERE expires_ms <= ?", (now_ms,)).rowcount
 
         result: int = await self._call(op)
         return result
+
+    def used_challenges(self) -> dict[bytes, int]:
+        return dict(self._used)
+
+    def challenge_used_nowait(self, challenge: bytes, expires_ms: int) -> None:
+        """Joins the next group commit (before any operation queued after it, e.g. the
+        registration the challenge authorizes)."""
+        if self._thread is None:
+            return
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO used_challenges (challenge, expires_ms) VALUES (?, ?)",
+                (challenge, expires_ms),
+            )
+
+        self._put(_Op(_CALL, op, None))
 
     async def queued_count(self) -> int:
         """Total queued envelopes (for tests and metrics)."""

@@ -98,17 +98,20 @@
   function currentTheme() { return localStorage.getItem(THEME_KEY) || 'system'; }
 
   // --- state -----------------------------------------------------------------------------
+  // A conversation id ("conv") is a contact's address or "group:<32 hex>" for a group.
   const state = {
     account: null,
-    features: {},
     convs: [],
-    current: null,        // address of the open conversation
-    contact: null,
+    current: null,        // conv id of the open conversation
+    contact: null,        // the open 1:1 contact, or null
+    group: null,          // the open group, or null
     messages: [],
     previews: new Map(),  // message id -> blob: URL of a decrypted image
+    saved: new Map(),     // message id -> file name it was saved under
     transfers: new Map(), // transfer id -> {label, done, total}
     defaultServer: '',
   };
+  const isGroup = (conv) => typeof conv === 'string' && conv.startsWith('group:');
 
   function displayName(c) {
     if (!c) return '';
@@ -128,9 +131,12 @@
     if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
     return `${(n / 1024 / 1024).toFixed(1)} MB`;
   }
+  function senderName(m) {
+    return m.sender_handle ? `@${m.sender_handle}` : shortAddr(m.sender);
+  }
   function preview(m) {
     if (!m) return 'No messages yet';
-    const who = m.direction === 'out' ? 'You: ' : '';
+    const who = m.direction === 'out' ? 'You: ' : isGroup(m.conv) ? `${senderName(m)}: ` : '';
     if (m.kind === 'text') return who + m.text;
     if (m.kind === 'file') return `${who}${m.file.name} (file)`;
     return `${who}(unsupported message)`;
@@ -150,7 +156,6 @@
       if (e.status !== 401) { showOnly('view-loading'); $('view-loading').firstElementChild.textContent = e.message; }
       return;
     }
-    state.features = st.features || {};
     state.defaultServer = st.default_server || '';
     if (!st.account) {
       startOnboarding();
@@ -291,7 +296,6 @@
   // --- the app ---------------------------------------------------------------------------
   function enterApp() {
     showOnly('view-app');
-    show($('btn-newgroup'), Boolean(state.features.groups));
     renderWhoami();
     refreshConversations();
     $('newchat-input').focus();
@@ -318,21 +322,29 @@
     renderConversations();
   }
 
+  function convName(c) {
+    return c.kind === 'group' ? c.name : displayName(c);
+  }
+
   function renderConversations() {
     const list = $('conv-list');
     show($('conv-list-empty'), state.convs.length === 0);
     list.replaceChildren(...state.convs.map((c) => {
-      const name = displayName(c);
+      const name = convName(c);
       const last = c.last;
-      const label = `${name}${c.unread ? `, ${c.unread} unread` : ''}${last ? `, last message: ${preview(last)}` : ''}`;
+      const kind = c.kind === 'group' ? `group with ${c.members.length} members` : '';
+      const label = [name, kind, c.unread ? `${c.unread} unread` : '', last ? `last message: ${preview(last)}` : '']
+        .filter(Boolean).join(', ');
       const btn = el('button', {
-        type: 'button', class: 'conv-item', 'data-address': c.address,
-        'aria-current': c.address === state.current ? 'true' : null, 'aria-label': label,
-        onclick: () => openConversation(c.address),
+        type: 'button', class: `conv-item ${c.kind}`, 'data-conv': c.conv,
+        'aria-current': c.conv === state.current ? 'true' : null, 'aria-label': label,
+        onclick: () => openConversation(c.conv),
       },
-      el('span', { class: 'conv-name', text: name }),
+      el('span', { class: 'conv-name' },
+        c.kind === 'group' ? el('span', { class: 'group-icon', 'aria-hidden': 'true', text: '#' }) : null,
+        name),
       el('span', { class: 'conv-time', text: last ? fmtTime(last.ts_ms) : '' }),
-      el('span', { class: 'conv-last', text: preview(last) }),
+      el('span', { class: 'conv-last', text: c.left ? 'You are no longer a member' : preview(last) }),
       c.unread ? el('span', { class: 'unread', text: String(c.unread), 'aria-hidden': 'true' }) : el('span'));
       return el('li', {}, btn);
     }));
@@ -353,11 +365,16 @@
     }
   });
 
-  async function openConversation(address) {
-    state.current = address;
+  async function openConversation(conv) {
+    if (conv !== state.current) {
+      state.messages = [];
+      $('messages').replaceChildren();
+    }
+    state.current = conv;
     $('view-app').classList.add('show-conv');
     show($('conv-empty'), false);
     show($('conv-active'), true);
+    $('composer-error').textContent = '';
     renderConversations();
     await loadMessages(true);
     $('composer-input').focus();
@@ -365,39 +382,60 @@
 
   $('btn-back').addEventListener('click', () => {
     $('view-app').classList.remove('show-conv');
-    const btn = document.querySelector(`.conv-item[data-address="${CSS.escape(state.current || '')}"]`);
+    const conv = state.current || '';
     state.current = null;
     renderConversations();
-    (btn && document.querySelector(`.conv-item[data-address="${CSS.escape(btn.dataset.address)}"]`) || $('newchat-input')).focus();
+    (document.querySelector(`.conv-item[data-conv="${CSS.escape(conv)}"]`) || $('newchat-input')).focus();
   });
 
   let loadGen = 0;
   async function loadMessages(scrollToEnd) {
-    const address = state.current;
-    if (!address) return;
+    const conv = state.current;
+    if (!conv) return;
     const gen = ++loadGen;  // only the newest request may render (responses can cross)
     let r;
-    try { r = await get(`/api/messages?peer=${encodeURIComponent(address)}`); } catch (e) {
+    try { r = await get(`/api/messages?peer=${encodeURIComponent(conv)}`); } catch (e) {
       $('composer-error').textContent = e.message; return;
     }
-    if (state.current !== address || gen !== loadGen) return;
-    state.contact = r.contact;
+    if (state.current !== conv || gen !== loadGen) return;
+    state.contact = r.contact || null;
+    state.group = r.group || null;
     state.messages = r.messages;
     renderHeader();
     renderMessages(scrollToEnd);
     const last = r.messages[r.messages.length - 1];
-    const conv = state.convs.find((c) => c.address === address);
+    const entry = state.convs.find((c) => c.conv === conv);
     if (last && last.direction === 'in' && document.visibilityState === 'visible') {
-      await post('/api/conversations/read', { peer: address }).catch(() => {});
-      if (conv && conv.unread) { conv.unread = 0; renderConversations(); }
+      await post('/api/conversations/read', { peer: conv }).catch(() => {});
+      if (entry && entry.unread) { entry.unread = 0; renderConversations(); }
     }
+  }
+
+  function memberName(m) {
+    return m.me ? 'You' : (m.handle ? `@${m.handle}` : shortAddr(m.address));
   }
 
   function renderHeader() {
     const c = state.contact;
+    const g = state.group;
+    show($('btn-safety'), Boolean(c));
+    show($('btn-members'), Boolean(g));
+    show($('conv-verified'), Boolean(c && c.verified && !c.identity_changed));
+    $('composer-input').disabled = Boolean(g && g.left);
+    $('btn-send').disabled = Boolean(g && g.left);
+    $('btn-attach').disabled = Boolean(g && g.left);
+    $('conv-subtitle').classList.toggle('mono', !g);
+    $('conv-subtitle').classList.toggle('group', Boolean(g));
+    if (g) {
+      $('conv-title').textContent = g.name;
+      $('conv-subtitle').textContent = g.left
+        ? 'You are no longer a member of this group'
+        : `${g.members.length} members: ${g.members.map(memberName).join(', ')}`;
+      show($('identity-warning'), false);
+      return;
+    }
     $('conv-title').textContent = displayName(c);
     $('conv-subtitle').textContent = c.address;
-    show($('conv-verified'), c.verified && !c.identity_changed);
     const warn = $('identity-warning');
     if (c.identity_changed) {
       $('identity-warning-text').textContent = c.verified
@@ -410,28 +448,33 @@
   }
 
   function statusLabel(s) {
-    return { sending: 'Sending…', sent: 'Sent', delivered: 'Delivered', received: '' }[s] ?? s;
+    return { sending: 'Sending…', sent: 'Sent', delivered: 'Delivered', received: '', failed: 'Not sent' }[s] ?? s;
   }
 
   function renderMessages(scrollToEnd) {
     const box = $('messages');
     const nearEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
     let lastDay = '';
+    let lastSender = null;
     const items = [];
     for (const m of state.messages) {
       const day = new Date(m.ts_ms).toDateString();
       if (day !== lastDay) {
         lastDay = day;
+        lastSender = null;
         items.push(el('li', { class: 'day', 'aria-hidden': 'true', text: new Date(m.ts_ms).toLocaleDateString([], { weekday: 'long', month: 'long', day: 'numeric' }) }));
       }
-      items.push(renderMessage(m));
+      const from = m.direction === 'in' ? m.sender : '';
+      items.push(renderMessage(m, from !== lastSender));
+      lastSender = from;
     }
     box.replaceChildren(...items);
     if (scrollToEnd || nearEnd) box.scrollTop = box.scrollHeight;
   }
 
-  function renderMessage(m) {
-    const who = m.direction === 'out' ? 'You' : displayName(state.contact);
+  function renderMessage(m, firstOfRun) {
+    const inGroup = isGroup(m.conv);
+    const who = m.direction === 'out' ? 'You' : inGroup ? senderName(m) : displayName(state.contact);
     let body;
     if (m.kind === 'text') {
       body = el('div', { class: 'bubble', text: m.text });
@@ -440,13 +483,18 @@
     } else {
       body = el('div', { class: 'bubble muted', text: 'This message type is not supported yet.' });
     }
+    const sender = inGroup && m.direction === 'in' && firstOfRun
+      ? el('span', { class: 'sender', 'aria-hidden': 'true', text: who }) : null;
     const status = m.direction === 'out'
       ? el('span', { class: 'status', 'data-status': m.status, text: ` · ${statusLabel(m.status)}${m.status === 'delivered' ? ' ✓✓' : m.status === 'sent' ? ' ✓' : ''}` })
       : null;
     const time = el('time', { datetime: new Date(m.ts_ms).toISOString(), text: fmtTime(m.ts_ms) });
-    return el('li', { class: `msg ${m.direction}`, 'data-id': m.id, 'aria-label': `${who}, ${fmtTime(m.ts_ms)}` },
-      body, el('div', { class: 'meta' }, time, status));
+    return el('li', { class: `msg ${m.direction}`, 'data-id': m.id, 'data-sender': m.sender, 'aria-label': `${who}, ${fmtTime(m.ts_ms)}` },
+      sender, body, el('div', { class: 'meta' }, time, status));
   }
+
+  // --- files: decrypted locally by the app process, on demand (images automatically) ----
+  const AUTO_PREVIEW_BYTES = 10 * 1024 * 1024;
 
   function renderFile(m) {
     const f = m.file;
@@ -454,38 +502,64 @@
     const url = state.previews.get(m.id);
     if (url) {
       frag.append(el('img', { src: url, alt: `Image: ${f.name}` }));
-    } else if (f.image && f.size <= 10 * 1024 * 1024) {
+    } else if (f.image && f.size <= AUTO_PREVIEW_BYTES) {
       queuePreview(m);
     }
+    const t = state.transfers.get(`down-${m.id}`);
+    const saved = state.saved.get(m.id);
     frag.append(
-      el('span', { class: 'file-name', text: f.name }),
-      el('span', { class: 'small', text: fmtSize(f.size) }),
-      el('button', { type: 'button', class: 'small-btn', 'aria-label': `Save ${f.name}`, onclick: () => saveFile(m) }, 'Save'),
+      el('span', { class: 'file-meta' },
+        el('span', { class: 'file-name', text: f.name }),
+        el('span', { class: 'file-size small', text: fmtSize(f.size) })),
+      el('progress', { class: 'file-progress', hidden: !t, max: String(f.size || 1), value: String(t ? t.done : 0), 'aria-label': `Downloading ${f.name}` }),
+      el('span', { class: 'row' },
+        el('button', { type: 'button', class: 'small-btn save-btn', 'aria-label': `Save ${f.name}`, onclick: () => saveFile(m) }, 'Save'),
+        saved ? el('span', { class: 'saved small', text: `Saved as ${saved}` }) : null),
     );
     return frag;
   }
 
-  const previewQueue = new Set();
+  function updateFileProgress(id) {
+    const p = document.querySelector(`.msg[data-id="${CSS.escape(id)}"] .file-progress`);
+    const t = state.transfers.get(`down-${id}`);
+    if (!p) return;
+    p.hidden = !t;
+    if (t) { p.max = t.total || 1; p.value = t.done || 0; }
+  }
+
+  const fetching = new Map();  // message id -> promise of /api/files/fetch
+  function fetchFile(m) {
+    let p = fetching.get(m.id);
+    if (!p) {
+      const key = `down-${m.id}`;
+      state.transfers.set(key, { label: `Downloading ${m.file.name}`, done: 0, total: m.file.size });
+      p = post('/api/files/fetch', { peer: m.peer, message_id: m.id })
+        .finally(() => { state.transfers.delete(key); updateFileProgress(m.id); });
+      fetching.set(m.id, p);
+      p.catch(() => fetching.delete(m.id));
+      setTimeout(() => updateFileProgress(m.id), 0);
+    }
+    return p;
+  }
+
+  const previewing = new Set();
   async function queuePreview(m) {
-    const id = m.id;
-    if (previewQueue.has(id)) return;
-    previewQueue.add(id);
+    if (previewing.has(m.id)) return;
+    previewing.add(m.id);
     try {
-      const info = await post('/api/files/fetch', { peer: m.peer, message_id: id });
-      if (info.image) {
-        const blob = await get(info.url);
-        const typed = new Blob([blob], { type: info.image });
-        state.previews.set(id, URL.createObjectURL(typed));
-        renderMessages(false);
-      }
+      const info = await fetchFile(m);
+      if (!info.image) return;
+      const blob = await get(info.url);
+      state.previews.set(m.id, URL.createObjectURL(new Blob([blob], { type: info.image })));
+      if (state.messages.some((x) => x.id === m.id)) renderMessages(false);
     } catch (e) {
-      /* a preview is optional; the Save button still works */
+      previewing.delete(m.id);  // a preview is optional; Save still works (and retries)
     }
   }
 
   async function saveFile(m) {
     try {
-      const info = await post('/api/files/fetch', { peer: m.peer, message_id: m.id });
+      const info = await fetchFile(m);
       const blob = await get(info.url);
       const url = URL.createObjectURL(new Blob([blob], { type: 'application/octet-stream' }));
       const a = el('a', { href: url, download: info.name });
@@ -493,9 +567,12 @@
       a.click();
       a.remove();
       setTimeout(() => URL.revokeObjectURL(url), 10000);
+      state.saved.set(m.id, info.saved_as);
+      renderMessages(false);
       announce(`Saved ${info.name}`);
     } catch (err) {
-      $('composer-error').textContent = err.message;
+      $('composer-error').textContent = `Could not save ${m.file.name}: ${err.message}`;
+      renderMessages(false);
     }
   }
 
@@ -519,7 +596,7 @@
     const btn = $('btn-send');
     btn.disabled = true;
     // Show it at once as "Sending…"; the reload after the server's ack replaces it.
-    const pending = renderMessage({ id: '', peer: state.current, direction: 'out', ts_ms: Date.now(), status: 'sending', kind: 'text', text, file: null });
+    const pending = renderMessage({ id: '', peer: state.current, conv: state.current, sender: null, direction: 'out', ts_ms: Date.now(), status: 'sending', kind: 'text', text, file: null }, false);
     pending.classList.add('pending');
     $('messages').append(pending);
     $('messages').scrollTop = $('messages').scrollHeight;
@@ -550,7 +627,7 @@
 
   function renderTransfers() {
     const box = $('transfers');
-    box.replaceChildren(...[...state.transfers.entries()].map(([id, t]) => el('div', { class: 'transfer', 'data-transfer': id },
+    box.replaceChildren(...[...state.transfers.entries()].filter(([id]) => !id.startsWith('down-')).map(([id, t]) => el('div', { class: 'transfer', 'data-transfer': id },
       el('span', { text: t.label }),
       el('progress', { max: String(t.total || 1), value: String(t.done || 0), 'aria-label': t.label }))));
   }
@@ -586,7 +663,7 @@
   // --- safety numbers --------------------------------------------------------------------
   let qrUrl = null;
   async function openSafety() {
-    const address = state.current;
+    const address = state.contact && state.current;
     if (!address) return;
     let s;
     try { s = await get(`/api/safety?peer=${encodeURIComponent(address)}`); } catch (e) {
@@ -686,22 +763,105 @@
     announce(`Theme: ${currentTheme()}`);
   });
 
-  // --- groups (only when the client supports them) ---------------------------------------
-  $('btn-newgroup').addEventListener('click', () => { $('group-error').textContent = ''; $('dlg-group').showModal(); $('group-name').focus(); });
+  // --- groups ------------------------------------------------------------------------------
+  function splitMembers(text) {
+    return text.split(/[\s,]+/).map((m) => m.trim()).filter(Boolean);
+  }
+
+  $('btn-newgroup').addEventListener('click', () => {
+    $('group-error').textContent = '';
+    $('form-group').reset();
+    $('dlg-group').showModal();
+    $('group-name').focus();
+  });
   $('btn-group-cancel').addEventListener('click', () => $('dlg-group').close());
   $('form-group').addEventListener('submit', async (e) => {
     e.preventDefault();
     const name = $('group-name').value.trim();
-    const members = $('group-members').value.split(/[\s,]+/).filter(Boolean);
-    if (!name) { $('group-error').textContent = 'Give the group a name.'; return; }
+    const members = splitMembers($('group-members').value);
+    if (!name) { $('group-error').textContent = 'Give the group a name.'; $('group-name').focus(); return; }
+    if (!members.length) { $('group-error').textContent = 'Add at least one member by @handle.'; $('group-members').focus(); return; }
+    const btn = $('btn-group-create');
+    btn.disabled = true;
+    $('group-error').textContent = '';
     try {
-      await post('/api/groups/create', { name, members });
+      const r = await post('/api/groups/create', { name, members });
       $('dlg-group').close();
       announce(`Group ${name} created`);
-      refreshConversations();
-    } catch (err) { $('group-error').textContent = err.message; }
+      await refreshConversations();
+      await openConversation(r.group.conv);
+    } catch (err) {
+      $('group-error').textContent = err.status === 404 ? `${err.message}. Check the @handles.` : err.message;
+    } finally {
+      btn.disabled = false;
+    }
   });
+
+  function renderMembers(g) {
+    state.group = g;
+    const admin = g.admin && !g.left;
+    $('members-title').textContent = `${g.name}: ${g.members.length} members`;
+    $('members-note').textContent = g.left
+      ? 'You are no longer a member of this group.'
+      : admin ? 'You are an admin: you can add and remove members and rename the group.'
+        : 'Only admins can add or remove members or rename the group.';
+    $('members-list').replaceChildren(...g.members.map((m) => el('li', { 'data-address': m.address },
+      el('span', { class: 'member-name' },
+        el('span', { text: memberName(m) }),
+        el('span', { class: 'mono small muted member-addr', text: shortAddr(m.address) })),
+      el('span', { class: 'row' },
+        m.admin ? el('span', { class: 'badge admin', text: 'Admin' }) : null,
+        admin && !m.me ? el('button', {
+          type: 'button', class: 'small-btn danger', 'aria-label': `Remove ${memberName(m)}`,
+          onclick: () => changeMembers({ remove: [m.address] }, `${memberName(m)} removed`),
+        }, 'Remove') : null))));
+    show($('members-admin'), admin);
+    $('rename-input').value = g.name;
+    renderHeader();
+  }
+
+  async function openMembers() {
+    if (!state.group) return;
+    if (!$('dlg-members').open) { $('members-error').textContent = ''; $('members-add').value = ''; }
+    try {
+      const r = await get(`/api/groups/info?group=${encodeURIComponent(state.group.id)}`);
+      renderMembers(r.group);
+    } catch (err) { $('composer-error').textContent = err.message; return; }
+    if (!$('dlg-members').open) $('dlg-members').showModal();
+  }
+
+  async function changeMembers(body, done) {
+    $('members-error').textContent = '';
+    const g = state.group;
+    try {
+      const r = await post('/api/groups/members', { group: g.id, ...body });
+      renderMembers(r.group);
+      announce(done);
+      refreshSoon();
+    } catch (err) { $('members-error').textContent = err.message; }
+  }
+
+  $('btn-members').addEventListener('click', openMembers);
   $('btn-members-close').addEventListener('click', () => $('dlg-members').close());
+  $('form-members-add').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const add = splitMembers($('members-add').value);
+    if (!add.length) { $('members-add').focus(); return; }
+    await changeMembers({ add }, `Added ${add.join(', ')}`);
+    if (!$('members-error').textContent) $('members-add').value = '';
+  });
+  $('form-rename').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const name = $('rename-input').value.trim();
+    if (!name || !state.group || name === state.group.name) return;
+    $('members-error').textContent = '';
+    try {
+      const r = await post('/api/groups/rename', { group: state.group.id, name });
+      renderMembers(r.group);
+      announce(`Group renamed to ${name}`);
+      refreshSoon();
+    } catch (err) { $('members-error').textContent = err.message; }
+  });
 
   // --- live events (Server-Sent Events over fetch, so the secret stays in a header) ------
   document.addEventListener('visibilitychange', () => {
@@ -751,33 +911,45 @@
       case 'drained': setConn(true); break;
       case 'message': {
         const from = ev.handle ? `@${ev.handle}` : shortAddr(ev.peer);
-        if (document.visibilityState !== 'visible' || ev.peer !== state.current) {
-          announce(`New message from ${from}: ${ev.text}`);
+        const where = ev.group ? ` in ${ev.group.name}` : '';
+        const what = ev.file ? `file ${ev.file.name}` : ev.text;
+        if (document.visibilityState !== 'visible' || ev.conv !== state.current) {
+          announce(`New message from ${from}${where}: ${what}`);
         } else {
-          announce(`${from}: ${ev.text}`);
+          announce(`${from}: ${what}`);
         }
-        if (ev.peer === state.current) loadMessages(false);
+        if (ev.conv === state.current) loadMessages(false);
         refreshSoon();
         break;
       }
       case 'receipt':
-        if (ev.peer === state.current) loadMessages(false);
+        if (ev.conv === state.current) loadMessages(false);
         refreshSoon();
         break;
       case 'identity_changed': {
         const who = ev.handle ? `@${ev.handle}` : shortAddr(ev.peer);
         alertText(`Safety number with ${who} changed.`);
-        if (ev.peer === state.current) loadMessages(false);
+        if (ev.conv === state.current) loadMessages(false);
         refreshSoon();
         break;
       }
+      case 'group':
+        if (ev.left) alertText(`You are no longer a member of ${ev.name}.`);
+        if (ev.conv === state.current) {
+          loadMessages(false);
+          if ($('dlg-members').open) openMembers();
+        }
+        refreshSoon();
+        break;
       case 'file_progress': {
-        const t = state.transfers.get(ev.transfer);
-        if (t) { t.done = ev.done; t.total = ev.total; renderTransfers(); }
+        const key = ev.direction === 'down' ? `down-${ev.transfer}` : ev.transfer;
+        const t = state.transfers.get(key);
+        if (!t) break;
+        t.done = ev.done; t.total = ev.total;
+        if (ev.direction === 'down') updateFileProgress(ev.transfer); else renderTransfers();
         break;
       }
       default:
-        if (ev.peer && ev.peer === state.current) loadMessages(false);
         if (state.account) refreshSoon();
     }
   }
