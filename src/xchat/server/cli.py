@@ -15,7 +15,7 @@ from xchat.server.config import ServerConfig
 @click.option("--port", type=int, default=None, help="TCP port, 0 = any free [XCHAT_PORT, 8420].")
 @click.option(
     "--data",
-    type=click.Path(file_okay=False, path_type=Path),  # type: ignore[type-var]
+    type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Data directory [XCHAT_DATA, ./xchat-data].",
 )
