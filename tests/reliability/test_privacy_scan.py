@@ -500,10 +500,10 @@ def test_capture_deliveries_name_no_sender(session: Session, wire: Wire) -> None
 
 def test_capture_scanner_sees_identities(session: Session, wire: Wire) -> None:
     """Positive control: the same scanner DOES find what legitimately crosses the wire (the
-    destination's address hash in SEND frames, A's identity key in its registration) — so
-    the negative results above are meaningful."""
+    destination's address in SEND frames (as text) or SEND_MULTI frames (as its 20-byte hash),
+    A's identity key in its registration) — so the negative results above are meaningful."""
     found_dest = any(
-        session.identities[n][1].find(f)
+        session.identities[n][0].find(f) or session.identities[n][1].find(f)
         for conn, frames, dests in wire.send_conns
         for f in frames
         for n, h in session.hashes.items()
