@@ -193,3 +193,65 @@ def test_chat_and_profile_lock(server: ServerProcess, tmp_path: Path) -> None:
                 proc.kill()
     texts = [json.loads(x)["text"] for x in ok(xchat(b, "recv", "--json")).splitlines()]
     assert texts == ["line one", "line two"]
+
+
+def test_send_refuses_bad_input_with_exit_2(server: ServerProcess, tmp_path: Path) -> None:
+    """client.md §9: an empty text or a mistyped address is a usage error (exit 2), an
+    address-shaped typo is not reported as an unknown contact (exit 7)."""
+    from xchat.crypto.keys import IdentityKeyPair
+
+    a = tmp_path / "a"
+    ok(xchat(a, "account", "create", "--server", server.url))
+    for text in ("", "  \n\t "):
+        r = xchat(a, "send", "@someone", text)
+        assert "empty message" in one_error_line(r) and r.returncode == 2
+    address = IdentityKeyPair.generate().public.address()
+    typo = address[:-1] + ("q" if address[-1] != "q" else "p")
+    r = xchat(a, "send", typo, "hi")
+    assert one_error_line(r) == "xchat: error: invalid address: bad checksum (typo?)"
+    assert r.returncode == 2
+    r = xchat(a, "send", address, "hi")  # valid but not registered
+    assert "unknown contact" in one_error_line(r) and r.returncode == 7
+    r = xchat(a, "send", "--retry", "@someone")
+    assert r.returncode == 2 and "--retry takes no" in r.stderr
+    assert ok(xchat(a, "send", "--retry")) == ""  # nothing pending
+
+
+def test_send_retry_resends_unconfirmed_with_original_id(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """client.md §3.8: `xchat send --retry` re-sends a row a failed send left behind,
+    with its original id; the recipient shows it once."""
+    import asyncio
+
+    from xchat.client.client import Client
+    from xchat.errors import ServerUnreachable
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    ok(xchat(a, "account", "create", "--server", server.url))
+    b_addr = json.loads(ok(xchat(b, "account", "create", "--server", server.url, "--json")))[
+        "address"
+    ]
+    first = ok(xchat(a, "send", b_addr, "first")).strip()
+
+    async def failed_send() -> str:
+        async def down(*args: object, **kw: object) -> None:
+            raise ServerUnreachable("relay down (test)")
+
+        os.environ.setdefault("XCHAT_NO_KEYRING", "1")
+        async with Client(a) as c:
+            c._deliver = down  # type: ignore[method-assign]
+            with pytest.raises(ServerUnreachable):
+                await c.send_text(b_addr, "stuck")
+            contact = c.find_contact(b_addr)
+            assert contact is not None
+            return next(h.id for h in c.history(contact) if h.status == "failed")
+
+    stuck = asyncio.run(failed_send())
+    out = [json.loads(x) for x in ok(xchat(a, "send", "--retry", "--json")).splitlines()]
+    assert out == [{"id": stuck, "to": b_addr, "handle": None}]
+    assert ok(xchat(a, "send", "--retry")) == ""
+    got = [json.loads(x) for x in ok(xchat(b, "recv", "--json")).splitlines()]
+    assert [(m["id"], m["text"]) for m in got] == [(first, "first"), (stuck, "stuck")]
+    hist = [json.loads(x) for x in ok(xchat(a, "history", b_addr, "--json")).splitlines()]
+    assert {h["status"] for h in hist} <= {"sent", "delivered"}

@@ -9,7 +9,14 @@ import pytest
 
 from xchat.client import events as ev
 from xchat.client.client import Client
-from xchat.errors import IdentityChanged, InvalidMnemonic, UnknownContact
+from xchat.crypto.keys import IdentityKeyPair
+from xchat.errors import (
+    IdentityChanged,
+    InvalidAddress,
+    InvalidMnemonic,
+    ServerUnreachable,
+    UnknownContact,
+)
 from xchat.testing import ServerProcess
 
 
@@ -342,3 +349,132 @@ async def test_file_message_carries_manifest(server: ServerProcess, tmp_path: Pa
     finally:
         await a.close()
         await b.close()
+
+
+async def _relay_down(*args: object, **kw: object) -> None:
+    raise ServerUnreachable("relay down (test)")
+
+
+async def test_retry_pending_resends_a_failed_send_with_its_id(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
+    """client.md §3.8: a row left 'failed' (or 'sending') is re-sent with its ORIGINAL
+    content id, and a resumed send of the same text is that message, not a new one."""
+    a, b = await _pair(server, tmp_path, handle)
+    try:
+        await a.send_text(b.address, "warm-up")
+        a._deliver = _relay_down  # type: ignore[method-assign]
+        with pytest.raises(ServerUnreachable):
+            await a.send_text(b.address, "lost?")
+        with pytest.raises(ServerUnreachable):
+            await a.send_text(b.address, "again")
+        with pytest.raises(ServerUnreachable):  # the pass stops at the first outage
+            await a.retry_pending()
+        del a._deliver  # the relay is back
+        contact = a.find_contact(b.address)
+        assert contact is not None
+        rows = {h.text: h for h in a.history(contact)}
+        assert rows["lost?"].status == rows["again"].status == "failed"
+        res = await a.retry_pending()
+        assert [h.id for h in res.sent] == [rows["lost?"].id, rows["again"].id]
+        assert res.failed == ()
+        assert (await a.retry_pending()).sent == ()  # nothing pending any more
+        # `xchat send` run again with a text it just re-sent: the same id, nothing new.
+        assert await a.send_text(b.address, "again", resume=True) == rows["again"].id
+        a._deliver = _relay_down  # type: ignore[method-assign]
+        with pytest.raises(ServerUnreachable):
+            await a.send_text(b.address, "third")
+        del a._deliver
+        third = {h.text: h for h in a.history(contact)}["third"]
+        assert await a.send_text(b.address, "third", resume=True) == third.id
+        assert await a.send_text(b.address, "third", resume=True) != third.id  # a new one
+        got = [e for e in await b.receive() if isinstance(e, ev.MessageReceived)]
+        assert [e.text for e in got] == ["warm-up", "lost?", "again", "third", "third"]
+        assert [e.id for e in got][1:4] == [rows["lost?"].id, rows["again"].id, third.id]
+        assert {h.status for h in a.history(contact)} <= {"sent", "delivered"}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_messages_stored_but_never_shown_are_replayed_once(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
+    """client.md §5.3: rows stored but never emitted (the process died in between) are
+    emitted by the next receive(); a listener may hold a message unseen until shown."""
+    a, b = await _pair(server, tmp_path, handle)
+    try:
+        await a.send_text(b.address, "one")
+        await a.send_text(b.address, "two")
+
+        async def lost(event: ev.Event) -> None:  # dies before the app sees anything
+            return None
+
+        b._emit = lost  # type: ignore[method-assign]
+        assert await b.receive() == []
+        del b._emit
+        assert [m.body is not None for m in b.store.unseen_messages()] == [True, True]
+        assert _texts(await b.receive()) == ["one", "two"]  # replayed, relay queue empty
+        assert _texts(await b.receive()) == []
+        await b.close()
+
+        await a.send_text(b.address, "three")
+        await a.send_text(b.address, "four")
+        b = Client(tmp_path / "b")
+        held: list[ev.MessageReceived] = []
+
+        def show_later(e: ev.Event) -> None:
+            if isinstance(e, ev.MessageReceived):
+                b.keep_unseen(e)
+                held.append(e)
+
+        b.on_event(show_later)
+        assert _texts(await b.receive()) == ["three", "four"]
+        b.mark_shown(held[0])  # "three" was shown; the process dies before "four"
+        await b.close()
+        b = Client(tmp_path / "b")
+        assert _texts(await b.receive()) == ["four"]
+        assert _texts(await b.receive()) == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_owed_receipt_survives_a_failed_send(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
+    """client.md §3.6: the receipt is persisted with the message and sent by a later
+    run when the first attempt fails."""
+    a, b = await _pair(server, tmp_path, handle)
+    try:
+        mid = await a.send_text(b.address, "confirm me")
+        b._deliver = _relay_down  # type: ignore[method-assign]
+        assert _texts(await b.receive()) == ["confirm me"]  # the receipt attempt failed
+        assert b.store.receipt_peers() == [a.address]
+        await b.close()
+        b = Client(tmp_path / "b")  # a later run with the relay reachable
+        assert _texts(await b.receive()) == []
+        assert b.store.receipt_peers() == []
+        got = await a.receive()
+        assert any(isinstance(e, ev.ReceiptReceived) and mid in e.message_ids for e in got)
+        contact = a.find_contact(b.address)
+        assert contact is not None
+        assert [h.status for h in a.history(contact)] == ["delivered"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_mistyped_address_is_invalid_not_unknown(tmp_path: Path) -> None:
+    c = Client(tmp_path / "x")
+    try:
+        address = IdentityKeyPair.generate().public.address()
+        typo = address[:-1] + ("q" if address[-1] != "q" else "p")
+        with pytest.raises(InvalidAddress, match="bad checksum"):
+            await c.resolve(typo)
+        with pytest.raises(InvalidAddress, match="characters"):
+            await c.resolve(address[:-1] + "b")  # 'b' is not in the bech32 alphabet
+        with pytest.raises(InvalidAddress, match="case"):
+            await c.resolve(address[:10] + address[10:].upper())
+    finally:
+        await c.close()

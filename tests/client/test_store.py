@@ -198,3 +198,75 @@ def test_group_rows_are_sealed(tmp_path: Path) -> None:
     assert store.get_sender_key("ab" * 16, "xc1qaddr", 1) == b"chain " + secret
     store.close()
     assert secret not in _all_bytes(tmp_path)
+
+
+_V2_MESSAGES = """
+CREATE TABLE messages (
+    id TEXT NOT NULL, peer TEXT NOT NULL, direction TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL, seq INTEGER NOT NULL, status TEXT NOT NULL,
+    body BLOB NOT NULL, PRIMARY KEY (peer, id)
+);
+"""
+
+
+def test_v2_store_is_migrated_and_old_rows_are_not_replayed(tmp_path: Path) -> None:
+    """A store written before schema 3 gains messages.unseen (0 for old rows: they were
+    shown) and the pending_receipts table (client.md §5.3, §7)."""
+    import sqlite3
+
+    key = os.urandom(32)
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.executescript(_V2_MESSAGES)
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    s = Store(path, key)
+    assert s.add_message("aa" * 16, "peer", "in", 1, "received", b"new", 2)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.execute(
+        "INSERT INTO messages (id, peer, direction, ts_ms, stored_ms, seq, status, body) "
+        "VALUES ('old', 'peer', 'in', 1, 1, 0, 'received', x'00')"
+    )
+    db.commit()
+    db.close()
+    assert [m.id for m in s.unseen_messages()] == ["aa" * 16]
+    s.add_pending_receipt("peer", "aa" * 16, 3)
+    assert s.receipt_peers() == ["peer"]
+    s.close()
+    Store(path, key).close()  # reopening a migrated store is a no-op
+
+
+def test_unseen_flag_and_pending_rows(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s.db", os.urandom(32))
+    s.add_message("01" * 16, "p", "in", 1, "received", b"a", 1)
+    s.add_message("02" * 16, "p", "in", 2, "received", b"b", 2)
+    s.add_message("03" * 16, "p", "out", 3, "sending", b"c", 3)  # outgoing: never unseen
+    s.add_message("04" * 16, "q", "out", 4, "failed", b"d", 4)
+    s.add_message("05" * 16, "q", "out", 5, "sent", b"e", 5)
+    assert [m.id for m in s.unseen_messages()] == ["01" * 16, "02" * 16]
+    assert s.clear_unseen("p", "01" * 16)
+    assert not s.clear_unseen("p", "01" * 16)
+    assert [m.body for m in s.unseen_messages()] == [b"b"]
+    assert s.mark_unseen("p", "01" * 16)  # keep_unseen: shown later
+    assert not s.mark_unseen("p", "03" * 16)  # outgoing rows are never unseen
+    assert [m.id for m in s.unseen_messages()] == ["01" * 16, "02" * 16]
+    assert s.clear_unseen("p", "01" * 16)
+    assert [(m.peer, m.status) for m in s.pending_outgoing()] == [("p", "sending"), ("q", "failed")]
+    assert s.mark_sent("q", "04" * 16)
+    assert [m.id for m in s.pending_outgoing()] == ["03" * 16]
+
+
+def test_pending_receipts_roundtrip(tmp_path: Path) -> None:
+    s = Store(tmp_path / "s.db", os.urandom(32))
+    for i in range(5):
+        s.add_pending_receipt("p", f"{i:032x}", i)
+    s.add_pending_receipt("p", f"{0:032x}", 9)  # the same id twice is owed once
+    s.add_pending_receipt("q", "ff" * 16, 1)
+    assert s.receipt_peers() == ["p", "q"]
+    assert s.pending_receipts("p", 3) == [f"{i:032x}" for i in range(3)]
+    s.delete_pending_receipts("p", [f"{i:032x}" for i in range(3)])
+    assert s.pending_receipts("p") == [f"{i:032x}" for i in (3, 4)]
+    s.delete_pending_receipts("p")
+    assert s.receipt_peers() == ["q"]

@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 # Exit statuses (stable; documented in docs/client-readme.md).
 EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # also bad input: an empty message, a mistyped address
 EXIT_UNREACHABLE = 3
 EXIT_RATE_LIMITED = 4
 EXIT_PROFILE_LOCKED = 5
@@ -438,7 +438,10 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
     async def go() -> None:
         async with obj.client() as c:
             client.append(c)
-            res = await c.retry_pending()
+            try:
+                res = await c.retry_pending()
+            except ServerUnreachable:
+                res = RetryResult()  # receive() reports it, after replaying unseen rows
             c.on_event(show)
             await c.receive(wait=max(0.0, wait))
             for m in files:

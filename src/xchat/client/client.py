@@ -157,7 +157,7 @@ class Client(GroupMethods):
         self._receipt_retry: asyncio.Task[None] | None = None
         self._started = False  # start() is running (background retries allowed)
         self._resent: dict[str, list[HistoryItem]] = {}  # retry_pending() this lifetime
-        self._held_unseen: set[tuple[str, str]] = set()  # keep_unseen() by a listener
+        self._held_unseen: set[tuple[str, str]] = set()  # keep_unseen(), not yet shown
         self._rejected_claims: set[tuple[str, str]] = set()
         self._addresses: dict[bytes, str] = {}
         self._groups = Groups(self)
@@ -588,6 +588,12 @@ class Client(GroupMethods):
             self._queues.remove(q)
 
     async def _emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.MessageReceived) and self._store is not None:
+            # Handed to the app now: no replay by the next receive()/start() (client.md
+            # §5.3). Cleared BEFORE the callbacks run (at most once): a SIGKILL between a
+            # print and this UPDATE would otherwise show the message twice. A callback
+            # that shows it only later opts into at-least-once with keep_unseen().
+            self._store.clear_unseen(*_row_key(event))
         for q in self._queues:
             q.put_nowait(event)
         for cb in list(self._listeners):
@@ -599,25 +605,20 @@ class Client(GroupMethods):
                     await r
             except Exception:
                 log.exception("event callback failed for %s", type(event).__name__)
-        if isinstance(event, ev.MessageReceived) and self._store is not None:
-            # Shown to the app: no replay on the next start (client.md §5.3). A listener
-            # that shows it later (keep_unseen) clears it with mark_shown instead.
-            key = _row_key(event)
-            if key in self._held_unseen:
-                self._held_unseen.discard(key)
-            else:
-                self._store.clear_unseen(*key)
 
     def keep_unseen(self, event: ev.MessageReceived) -> None:
-        """Called by an event listener that will show ``event`` only later (e.g. after a
-        download): the message stays flagged unseen, and is replayed by the next
-        ``receive()``/``start()`` if the process dies first, until :meth:`mark_shown`."""
-        self._held_unseen.add(_row_key(event))
+        """Called by an event callback that will show ``event`` only later (e.g. after a
+        download): the message is flagged unseen again, so the next process replays it
+        if this one dies first, until :meth:`mark_shown` (client.md §5.3)."""
+        key = _row_key(event)
+        self._held_unseen.add(key)
+        self.store.mark_unseen(*key)
 
     def mark_shown(self, event: ev.MessageReceived) -> None:
         """The app has shown ``event`` (after :meth:`keep_unseen`)."""
-        self._held_unseen.discard(_row_key(event))
-        self.store.clear_unseen(*_row_key(event))
+        key = _row_key(event)
+        self._held_unseen.discard(key)
+        self.store.clear_unseen(*key)
 
     async def _replay_unseen(self) -> int:
         """Emit ``MessageReceived`` for every stored message the app was never shown:
@@ -626,6 +627,8 @@ class Client(GroupMethods):
         without this they would only ever appear in the history."""
         rows = self.store.unseen_messages(UNSEEN_LIMIT)
         for m in rows:
+            if (m.peer, m.id) in self._held_unseen:
+                continue  # this process holds it for later display (keep_unseen)
             event = self._stored_event(m)
             if event is None:
                 self.store.clear_unseen(m.peer, m.id)

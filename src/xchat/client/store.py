@@ -419,6 +419,14 @@ class Store:
         ).fetchall()
         return [self._message(r) for r in rows]
 
+    def mark_unseen(self, peer: str, msg_id: str) -> bool:
+        """Flag an incoming row unseen again (the app will show it later)."""
+        cur = self._db.execute(
+            "UPDATE messages SET unseen = 1 WHERE peer = ? AND id = ? AND direction = 'in'",
+            (peer, msg_id),
+        )
+        return cur.rowcount == 1
+
     def clear_unseen(self, peer: str, msg_id: str) -> bool:
         cur = self._db.execute(
             "UPDATE messages SET unseen = 0 WHERE peer = ? AND id = ? AND unseen = 1",
