@@ -1,7 +1,7 @@
 """Shared atheris (libFuzzer) driver: ``fuzz/fuzz_<name>.py`` calls :func:`main` with a
 decoder name from ``xchat_decoders.DECODERS``.
 
-Property checked (docs/reliability.md §1): any input yields a value or an
+Property checked (RELIABILITY.md §1): any input yields a value or an
 :class:`xchat.errors.XChatError`; anything else propagates and libFuzzer records a crash
 file (``-artifact_prefix``). Valid seeds are written into the corpus directory first.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Time-bounded atheris (libFuzzer) run over every decoder target (docs/reliability.md §2).
+# Time-bounded atheris (libFuzzer) run over every decoder target (RELIABILITY.md §2).
 #
 #   bash fuzz/run.sh                      # every fuzz/fuzz_*.py for 20 s each
 #   FUZZ_SECONDS=300 bash fuzz/run.sh     # longer

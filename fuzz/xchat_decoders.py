@@ -3,7 +3,7 @@
 Shared by the Hypothesis property tests (``tests/reliability/test_fuzz_decoders.py``) and the
 atheris targets (``fuzz/fuzz_<name>.py``), so both fuzz exactly the same entry points.
 
-The property every decoder must satisfy (docs/reliability.md §1): for *any* input it either
+The property every decoder must satisfy (RELIABILITY.md §1): for *any* input it either
 returns a value or raises a subclass of :class:`xchat.errors.XChatError` -- never a library
 exception (``struct.error``, ``ValueError``, ``IndexError``, ``RecursionError``, ...).
 

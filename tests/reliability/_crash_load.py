@@ -1,21 +1,21 @@
-"""Crash-without-loss load harness (docs/reliability.md §7.1).
+"""Crash-without-loss load harness (RELIABILITY.md §7.1).
 
 Several sender→recipient pairs of SDK :class:`~xchat.client.client.Client` objects run in
 one asyncio process against a real relay subprocess, while a chaos task SIGKILLs the relay
 and restarts it on the same port and data directory.
 
-How a sender retries (what the product offers, docs/protocol/client.md §3.4):
+How a sender retries (PROTOCOL.md Part IV §3.4, §3.8):
 
 * ``Client.send_text`` itself re-sends the identical SEND frame (same envelope ids, so the
   relay stores it once) up to ``SEND_ATTEMPTS`` times with backoff. A relay restart takes
   longer than that, so ``send_text`` raises and marks the row ``failed``.
-* There is no public "retry this message" call. A retry through ``send_text`` would make
-  a NEW content id (the recipient could then show the text twice). So the harness re-sends
-  the stored row with its ORIGINAL content id through the SDK's own resend path — the one
-  ``_resend_undelivered`` uses after a session reset (``_send_content(...,
-  store_as_message=False)`` + ``Store.mark_sent``) — and the recipient's content-id dedupe
-  (``messages`` primary key ``(peer, id)``) must show it once. This is a documented gap:
-  see docs/reliability.md §7.
+* A retry through ``send_text`` would make a NEW content id (the recipient could then show
+  the text twice). The product re-sends unconfirmed rows with their ORIGINAL content id via
+  ``Client.retry_pending()`` (run by ``Client.start()`` on every reconnection). So that
+  every message is acked before the checks, the harness also re-sends a failed row itself
+  through the same per-row path (``_send_content(..., store_as_message=False)`` +
+  ``Store.mark_sent``); either way the recipient's content-id dedupe (``messages`` primary
+  key ``(peer, id)``) must show it once.
 """
 
 from __future__ import annotations

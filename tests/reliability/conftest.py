@@ -1,7 +1,7 @@
 """Reliability suite plumbing: the shared decoder registry (``fuzz/xchat_decoders.py``) on
 ``sys.path``, and a terminal summary of how many inputs each decoder was fuzzed with.
 
-Set ``XCHAT_FUZZ_COUNTS=<file>`` to also write the counts as JSON (docs/reliability.md is
+Set ``XCHAT_FUZZ_COUNTS=<file>`` to also write the counts as JSON (RELIABILITY.md is
 updated from that file by hand, so a test run never edits tracked docs)."""
 
 from __future__ import annotations

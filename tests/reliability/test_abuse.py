@@ -1,4 +1,4 @@
-"""Abuse against a real relay with its default limits on (docs/reliability.md §6).
+"""Abuse against a real relay with its default limits on (RELIABILITY.md §6).
 
 * a registration flood without valid proof-of-work stamps: every attempt 4xx, relay healthy;
 * oversize bodies: 413, with and without a Content-Length;

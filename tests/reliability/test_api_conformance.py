@@ -1,5 +1,5 @@
 """API conformance: schemathesis against a real relay's own ``/openapi.json``
-(docs/reliability.md §3).
+(RELIABILITY.md §3).
 
 For every operation, Hypothesis-generated requests (valid and invalid bodies, paths and
 query strings), sent with a valid bearer token so authenticated handlers are reached:

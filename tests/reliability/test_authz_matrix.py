@@ -1,4 +1,4 @@
-"""Authorization matrix against a real relay (docs/reliability.md §4).
+"""Authorization matrix against a real relay (RELIABILITY.md §4).
 
 Every authenticated endpoint and the authenticated WebSocket x every kind of bad credential
 (none, empty, wrong scheme, garbage, truncated, forged MAC, expired, revoked by
@@ -309,7 +309,7 @@ async def test_revoked_device_live_socket_is_cut(ctx: Ctx) -> None:
 
 
 def test_matrix_size() -> None:
-    """Recorded in docs/reliability.md §4."""
+    """Recorded in RELIABILITY.md §4."""
     n_http = len(ENDPOINTS) * len(CREDENTIALS)
     n_ws = len(WS_CREDENTIALS) + 1
     n_cross = 6

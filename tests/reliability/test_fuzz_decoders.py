@@ -1,4 +1,4 @@
-"""Property: every decoder of attacker-controlled input is total (docs/reliability.md §1).
+"""Property: every decoder of attacker-controlled input is total (RELIABILITY.md §1).
 
 For each entry of ``fuzz/xchat_decoders.py`` and any input -- random bytes/text/JSON, or a
 valid sample with bits flipped, bytes inserted, deleted, duplicated or truncated -- the
@@ -215,7 +215,7 @@ def test_every_seed_is_accepted_or_typed() -> None:
 
 
 def test_registry_covers_the_brief() -> None:
-    """Every decoder family named in docs/reliability.md §1 has an entry."""
+    """Every decoder family named in RELIABILITY.md §1 has an entry."""
     wanted = {
         "frames",
         "sealed_unseal",

@@ -1,5 +1,5 @@
 """Crypto misuse: replays, re-addressed envelopes, stale certificates, version downgrades
-(docs/reliability.md §5). Samples come from the shared fuzz world (fuzz/xchat_decoders.py).
+(RELIABILITY.md §5). Samples come from the shared fuzz world (fuzz/xchat_decoders.py).
 """
 
 from __future__ import annotations
