@@ -224,6 +224,12 @@ def compute_ratios(docs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
 # --------------------------------------------------------------------------- markdown
 
 
+def _stats(side: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``{"median", "spread_pct"}`` of one side, flat or nested under ``wall`` (crypto_bench)."""
+    wall = side.get("wall")
+    return wall if "median" not in side and isinstance(wall, Mapping) else side
+
+
 def _comparison_rows(doc: Mapping[str, Any]) -> list[list[Any]]:
     """Rows for peer comparisons shaped {"xchat": {"median"}, "<peer>": {"median"}, "ratio"}."""
     rows = []
@@ -232,16 +238,16 @@ def _comparison_rows(doc: Mapping[str, Any]) -> list[list[Any]]:
             continue
         peers = [k for k, v in val.items() if k != "xchat" and isinstance(v, Mapping)]
         peer = peers[0] if peers else None
-        x = val["xchat"].get("median")
-        p = val[peer].get("median") if peer else None
+        xs = _stats(val["xchat"])
+        p = _stats(val[peer]).get("median") if peer else None
         rows.append(
             [
                 key,
                 val.get("unit", ""),
-                x,
-                val["xchat"].get("spread_pct"),
+                xs.get("median"),
+                xs.get("spread_pct"),
                 f"{peer}: {common.fmt_num(p)}" if peer else "—",
-                val.get("ratio"),
+                val.get("ratio", val.get("ratio_wall")),
             ]
         )
     return rows
@@ -269,6 +275,16 @@ def render_doc(name: str, doc: Mapping[str, Any]) -> str:
         headers = ["workload", "unit", "xchat (median)", "± %", "peer (median)", "ratio"]
         parts.append(common.md_table(headers, rows))
     curve = doc.get("curve")
+    if isinstance(curve, list) and curve and all("size_bytes" in c for c in curve):
+        frow = [
+            [c["size_bytes"], c.get("upload_mbps"), c.get("download_mbps"), c.get("mbps")]
+            for c in curve
+        ]
+        parts.append(
+            "Encrypt+upload+download+decrypt by file size (MB/s):\n\n"
+            + common.md_table(["bytes", "upload", "download", "end to end"], frow)
+        )
+        curve = None
     if isinstance(curve, list) and curve:
         crow = [
             [
