@@ -2,7 +2,7 @@
 
 Why one module: every benchmark must describe the machine it ran on the same way, summarise
 latency samples the same way (nearest-rank percentiles), write its JSON the same way (atomic,
-schema documented in docs/bench-readme.md) and update its own section of BENCHMARKS.md
+schema documented in bench/README.md) and update its own section of BENCHMARKS.md
 without touching the rest of the file. Standard library only, so any benchmark (and the
 Synapse venv's interpreter) can import it.
 """
@@ -227,7 +227,7 @@ def result_path(name: str, results_dir: Path = RESULTS_DIR) -> Path:
 
 
 def new_result(name: str, argv: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """Skeleton of a result document (schema in docs/bench-readme.md)."""
+    """Skeleton of a result document (schema in bench/README.md)."""
     args = list(sys.argv if argv is None else argv)
     doc: dict[str, Any] = {
         "schema": SCHEMA_VERSION,

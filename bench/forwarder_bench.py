@@ -3,7 +3,7 @@
 Why: the relay's throughput target is stated as a fraction of what a bare forwarder built on
 the same stack (Python, asyncio/uvloop, `websockets`) can push on this machine. Anything
 the relay does beyond this (auth, sealed-sender parsing, durable commit, queues) shows up as
-the gap between the two. See docs/bench-readme.md.
+the gap between the two. See bench/README.md.
 
 The forwarder is a separate server process (`--serve`); this process is the load generator.
 Clients connect to ws://127.0.0.1:PORT/<client-id>. Every frame is

@@ -1,4 +1,4 @@
-"""PNG plots from whatever bench/results/*.json exist (schema: docs/bench-readme.md).
+"""PNG plots from whatever bench/results/*.json exist (schema: bench/README.md).
 
 Why a separate step: benchmarks are run at different times by different scripts; the plots
 are redrawn from the stored JSON so a figure never mixes a fresh run with a hand-edited one.

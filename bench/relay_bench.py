@@ -22,7 +22,7 @@ The load generator speaks RFC 6455 itself over raw asyncio protocols (uvloop) so
 less CPU than the server it measures; its client frames use the all-zero masking key (legal
 on the wire; the server still unmasks every byte). Then idle sockets (10,000, from several
 127.0.0.x source addresses) and the server's RSS per socket. Writes bench/results/relay.json
-(schema: docs/bench-readme.md).
+(schema: bench/README.md).
 """
 
 from __future__ import annotations
@@ -816,7 +816,7 @@ def main() -> None:
     if args.duration:
         duration = args.duration
     fractions = [0.5] if args.quick else [0.1, 0.25, 0.5, 0.75, 0.9]
-    low_point = 50.0  # ≈ Synapse's max: the latency ratio is read here (bench-readme)
+    low_point = 50.0  # ≈ Synapse's max: the latency ratio is read here (bench/README.md)
     raise_nofile()
     # Load from 127.0.0.x: rate limits off and no cap on sockets per IP bucket (wire.md §6).
     env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0}
