@@ -1,4 +1,4 @@
-"""Encrypted file transfer benchmark (docs/protocol/files.md).
+"""Encrypted file transfer benchmark (PROTOCOL.md Part VI).
 
     .venv/bin/python bench/file_bench.py [--quick] [--size-mb N] [--out PATH]
 

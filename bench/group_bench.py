@@ -14,8 +14,8 @@ load spike hits both sides):
   once with the sender key, then ``xchat.crypto.sealed.seal_multi`` (one shared ciphertext
   plus one sealed per-recipient-device header). Client CPU time per group message
   (``time.process_time``, including encoding the frame), and bytes uploaded: the length of
-  the real ``SEND_MULTI`` frame (wire.md §5.2: shared once, a 49-byte header plus routing
-  per device, delivery-token access) and, for comparison, of the CONTRACT §5 SEND frame
+  the real ``SEND_MULTI`` frame (PROTOCOL Part III §5.2: shared once, a 49-byte header plus routing
+  per device, delivery-token access) and, for comparison, of the PROTOCOL Part III §5 SEND frame
   that repeats ``header || shared`` per envelope. Receiver CPU: ``unseal_multi`` +
   sender-key decrypt for one member. Relay: CPU to parse and expand the SEND_MULTI.
 
@@ -56,7 +56,7 @@ from xchat.protocol import frames as fr  # noqa: E402
 MESSAGE = bytes(range(256))
 GROUP_ID = bytes(16)
 NOW_MS = 1_700_000_000_000
-#: CONTRACT §5 SEND, per destination: addr_len u8, access_kind u8, access_len u16,
+#: PROTOCOL Part III §5 SEND, per destination: addr_len u8, access_kind u8, access_len u16,
 #: delivery token (16), n_env u16, and per envelope device_id u32, envelope_id (16),
 #: content_len u32 (the address itself is added with its real length).
 ROUTING_FIXED = 1 + 1 + 2 + 16 + 2 + 4 + 16 + 4

@@ -818,7 +818,7 @@ def main() -> None:
     fractions = [0.5] if args.quick else [0.1, 0.25, 0.5, 0.75, 0.9]
     low_point = 50.0  # ≈ Synapse's max: the latency ratio is read here (bench/README.md)
     raise_nofile()
-    # Load from 127.0.0.x: rate limits off and no cap on sockets per IP bucket (wire.md §6).
+    # Load from 127.0.0.x: rate limits off and no cap on sockets per IP bucket (PROTOCOL III §6).
     env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0}
     for kv in args.server_env:
         k, _, v = kv.partition("=")

@@ -133,7 +133,7 @@ def world() -> World:
     v["sealed_multi"] = headers[(bob.public, 1)] + shared
     v["sealed_expired_cert"] = seal(alice, v["cert_expired"], bob.public, 1, m2, rng)
 
-    # Sender keys (groups.md §2)
+    # Sender keys (PROTOCOL Part V §2)
     gid = rng(16)
     own = SK.SenderKeyState.generate(gid, rng)
     dist = own.distribution_message()
@@ -144,7 +144,7 @@ def world() -> World:
     v.update(sk_msg1=g1, sk_msg2=g2)
     v["sk_record"] = SK.SenderKeyRecord([member]).to_bytes()
 
-    # Group state machine (groups.md §3-§5)
+    # Group state machine (PROTOCOL Part V §3-§5)
     state, genesis = G.create_group(alice, "friends", [bob.public], rng)
     state2, rename = G.propose(alice, state, [G.GroupOp.rename("best friends")])
     _, add = G.propose(alice, state2, [G.GroupOp.add(carol.public)])
@@ -155,7 +155,7 @@ def world() -> World:
     v.update(group_genesis=genesis.encode(), group_rename=rename.encode(), group_add=add.encode())
     v["group_history"] = history.to_bytes()
 
-    # Attachments (sealed.md §9)
+    # Attachments (PROTOCOL Part I §9)
     att = encrypt_attachment(b"attachment payload " * 20, chunk_size=64, rng=rng)
     v["attachment"] = att
 
@@ -163,7 +163,7 @@ def world() -> World:
     v["padded"] = [pad(b""), pad(b"hello"), pad(b"x" * 200), pad(b"y" * 1000)]
     v["qr"] = safety_number(alice.public, bob.public).qr_payload
 
-    # Data-plane frames (CONTRACT §5)
+    # Data-plane frames (PROTOCOL Part III §5)
     dest = F.Destination(
         alice.public.address(),
         F.TokenAccess(bytes(16)),
@@ -184,7 +184,7 @@ def world() -> World:
         F.encode_frame(F.KeysLow(3, 4)),
     ]
 
-    # Client content and file manifests (client.md §2, files.md §2)
+    # Client content and file manifests (PROTOCOL Part IV §2, PROTOCOL Part VI §2)
     v["content"] = [
         json.dumps(
             {

@@ -1,4 +1,4 @@
-"""Test helpers: a real relay process on loopback (CONTRACT §7).
+"""Test helpers: a real relay process on loopback (xchat.testing).
 
 ``running_server(tmp_path)`` starts ``python -m xchat serve --port 0`` as a subprocess, waits
 for its ready line and ``/healthz``, and kills it on exit. Keyword arguments become
@@ -143,7 +143,7 @@ def env_from_kwargs(kwargs: dict[str, Any]) -> dict[str, str]:
 
 @contextmanager
 def running_server(data_dir: Path | str, pow_bits: int = 4, **env: Any) -> Iterator[ServerProcess]:
-    """Run a relay subprocess for the duration of the ``with`` block (CONTRACT §7)."""
+    """Run a relay subprocess for the duration of the ``with`` block (xchat.testing)."""
     server = ServerProcess(Path(data_dir), pow_bits, env_from_kwargs(env))
     server.start()
     try:

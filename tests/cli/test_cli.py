@@ -196,7 +196,7 @@ def test_chat_and_profile_lock(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_send_refuses_bad_input_with_exit_2(server: ServerProcess, tmp_path: Path) -> None:
-    """client.md §9: an empty text or a mistyped address is a usage error (exit 2), an
+    """PROTOCOL Part IV §9: an empty text or a mistyped address is a usage error (exit 2), an
     address-shaped typo is not reported as an unknown contact (exit 7)."""
     from xchat.crypto.keys import IdentityKeyPair
 
@@ -220,7 +220,7 @@ def test_send_refuses_bad_input_with_exit_2(server: ServerProcess, tmp_path: Pat
 def test_send_retry_resends_unconfirmed_with_original_id(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    """client.md §3.8: `xchat send --retry` re-sends a row a failed send left behind,
+    """PROTOCOL Part IV §3.8: `xchat send --retry` re-sends a row a failed send left behind,
     with its original id; the recipient shows it once."""
     import asyncio
 

@@ -1,4 +1,4 @@
-"""The client SDK end to end against a real relay process (docs/protocol/client.md)."""
+"""The client SDK end to end against a real relay process (PROTOCOL.md Part IV)."""
 
 from __future__ import annotations
 
@@ -358,7 +358,7 @@ async def _relay_down(*args: object, **kw: object) -> None:
 async def test_retry_pending_resends_a_failed_send_with_its_id(
     server: ServerProcess, tmp_path: Path, handle
 ) -> None:
-    """client.md §3.8: a row left 'failed' (or 'sending') is re-sent with its ORIGINAL
+    """PROTOCOL Part IV §3.8: a row left 'failed' (or 'sending') is re-sent with its ORIGINAL
     content id, and a resumed send of the same text is that message, not a new one."""
     a, b = await _pair(server, tmp_path, handle)
     try:
@@ -400,7 +400,7 @@ async def test_retry_pending_resends_a_failed_send_with_its_id(
 async def test_messages_stored_but_never_shown_are_replayed_once(
     server: ServerProcess, tmp_path: Path, handle
 ) -> None:
-    """client.md §5.3: rows stored but never emitted (the process died in between) are
+    """PROTOCOL Part IV §5.3: rows stored but never emitted (the process died in between) are
     emitted by the next receive(); a listener may hold a message unseen until shown."""
     a, b = await _pair(server, tmp_path, handle)
     try:
@@ -443,7 +443,7 @@ async def test_messages_stored_but_never_shown_are_replayed_once(
 async def test_owed_receipt_survives_a_failed_send(
     server: ServerProcess, tmp_path: Path, handle
 ) -> None:
-    """client.md §3.6: the receipt is persisted with the message and sent by a later
+    """PROTOCOL Part IV §3.6: the receipt is persisted with the message and sent by a later
     run when the first attempt fails."""
     a, b = await _pair(server, tmp_path, handle)
     try:

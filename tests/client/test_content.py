@@ -1,4 +1,4 @@
-"""The E2EE content format (docs/protocol/client.md §2)."""
+"""The E2EE content format (PROTOCOL.md Part IV §2)."""
 
 from __future__ import annotations
 

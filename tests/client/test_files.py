@@ -1,4 +1,4 @@
-"""Encrypted files end to end through a real relay (docs/protocol/files.md).
+"""Encrypted files end to end through a real relay (PROTOCOL.md Part VI).
 
 A small TCP proxy between client and relay can cut a connection after N bytes in either
 direction, which is how "the connection broke mid-upload / mid-download" is tested.

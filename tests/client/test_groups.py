@@ -1,4 +1,4 @@
-"""Groups end to end against a real relay (docs/protocol/groups.md §10, wire.md §5.2)."""
+"""Groups end to end against a real relay (PROTOCOL.md Part V §10, PROTOCOL Part III §5.2)."""
 
 from __future__ import annotations
 

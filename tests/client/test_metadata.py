@@ -1,4 +1,4 @@
-"""Image metadata stripping (docs/protocol/files.md §8). Pillow is a test-only dependency:
+"""Image metadata stripping (PROTOCOL.md Part VI §8). Pillow is a test-only dependency:
 it builds real images with EXIF/GPS and checks the stripped output still decodes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Local store sealing and profile key handling (docs/protocol/client.md §7)."""
+"""Local store sealing and profile key handling (PROTOCOL.md Part IV §7)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ CREATE TABLE messages (
 
 def test_v2_store_is_migrated_and_old_rows_are_not_replayed(tmp_path: Path) -> None:
     """A store written before schema 3 gains messages.unseen (0 for old rows: they were
-    shown) and the pending_receipts table (client.md §5.3, §7)."""
+    shown) and the pending_receipts table (PROTOCOL Part IV §5.3, §7)."""
     import sqlite3
 
     key = os.urandom(32)

@@ -1,4 +1,4 @@
-"""Tests for xchat.crypto.attachment (docs/protocol/sealed.md §9)."""
+"""Tests for xchat.crypto.attachment (PROTOCOL.md Part I §9)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_final_chunk_exactly_chunk_size_emits_two_chunks() -> None:
 
 
 def test_spec_reimplementation() -> None:
-    """Chunk i = AES-GCM(enc_key, prefix || u64 i, data, u64 i || u8 final) (sealed.md §9)."""
+    """Chunk i = AES-GCM(enc_key, prefix || u64 i, data, u64 i || u8 final) (PROTOCOL Part I §9)."""
     data = b"A" * C + b"tail"
     chunks = _encrypt_chunks(data)
     okm = hkdf(KEY, b"", LABEL_ATTACHMENT + struct.pack(">I", C), 36)

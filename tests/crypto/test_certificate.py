@@ -1,4 +1,4 @@
-"""Tests for xchat.crypto.certificate (CONTRACT §2, docs/protocol/sealed.md §4)."""
+"""Tests for xchat.crypto.certificate (PROTOCOL Part I §4, PROTOCOL.md Part I §4)."""
 
 from __future__ import annotations
 

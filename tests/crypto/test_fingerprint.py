@@ -1,4 +1,4 @@
-"""Tests for xchat.crypto.fingerprint (docs/protocol/sealed.md §10)."""
+"""Tests for xchat.crypto.fingerprint (PROTOCOL.md Part I §10)."""
 
 from __future__ import annotations
 

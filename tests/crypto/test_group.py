@@ -1,4 +1,4 @@
-"""Group state, signed updates, convergence and key rotation (docs/protocol/groups.md §3–§6)."""
+"""Group state, signed updates, convergence and key rotation (PROTOCOL.md Part V §3–§6)."""
 
 from __future__ import annotations
 
@@ -384,7 +384,7 @@ def test_welcome_checks() -> None:
 
 
 def test_known_answer_layout_and_hashes() -> None:
-    """Rebuild the genesis update, its hash and the epoch hash from groups.md §3.2/§5.2."""
+    """Rebuild the genesis update, its hash and the epoch hash from PROTOCOL Part V §3.2/§5.2."""
     state, genesis = new_group()
     body = (
         b"\x01"

@@ -1,4 +1,4 @@
-"""Tests for xchat.crypto.padding (docs/protocol/sealed.md §6)."""
+"""Tests for xchat.crypto.padding (PROTOCOL.md Part I §6)."""
 
 from __future__ import annotations
 

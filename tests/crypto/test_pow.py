@@ -1,4 +1,4 @@
-"""Tests for xchat.crypto.pow (CONTRACT §3, docs/protocol/sealed.md §5)."""
+"""Tests for xchat.crypto.pow (PROTOCOL Part I §5, PROTOCOL.md Part I §5)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ RESOURCE = b"xc1qzxrggj7p8xpavs8pgph06jff403uml5my3rjmm4"
 
 
 def _reference_bits(challenge: bytes, resource: bytes, nonce: int) -> int:
-    """Straight from CONTRACT §3."""
+    """Straight from PROTOCOL Part I §5."""
     msg = (
         b"XChat-v1-pow"
         + struct.pack(">H", len(resource))

@@ -90,7 +90,7 @@ def test_both_sides_agree(alice: IdentityKeyPair, bob: Bob, with_otk: bool) -> N
 
 
 def test_secret_is_the_documented_kdf(alice: IdentityKeyPair, bob: Bob) -> None:
-    """SK = HKDF(0xFF*32 || DH1 || DH2 || DH3 || DH4 || SS, 0^32, info), per sessions.md §3."""
+    """SK = HKDF(0xFF*32 || DH1 || DH2 || DH3 || DH4 || SS, 0^32, info), per PROTOCOL Part II §3."""
     keys = pqxdh.initiate(alice, bob.bundle(), rng_of(2))
     ek = keys.base_key
     dh1 = alice.dh(bob.spk.public)

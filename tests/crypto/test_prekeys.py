@@ -1,4 +1,4 @@
-"""Prekey generation, records, bundle JSON and signature checks (sessions.md §1–§2)."""
+"""Prekey generation, records, bundle JSON and signature checks (PROTOCOL Part II §1–§2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for xchat.crypto.sealed (docs/protocol/sealed.md §7–§8)."""
+"""Tests for xchat.crypto.sealed (PROTOCOL.md Part I §7–§8)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_golden_envelope_is_stable() -> None:
 
 
 def test_independent_reimplementation() -> None:
-    """Re-derive stage 1 and 2 from the spec text in sealed.md §7 with raw primitives."""
+    """Re-derive stage 1 and 2 from the spec text in PROTOCOL Part I §7 with raw primitives."""
     env = _envelope(b"spec check")
     eph_pub, enc_static, body = env[1:33], env[33:114], env[114:]
     dh_e = BOB.dh(eph_pub)
@@ -343,7 +343,7 @@ def test_multi_insider_cannot_substitute_payload() -> None:
 
 
 def test_multi_header_is_49_bytes_and_matches_spec() -> None:
-    """Re-derive Bob's header from sealed.md §8.1 with raw primitives."""
+    """Re-derive Bob's header from PROTOCOL Part I §8.1 with raw primitives."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives import hmac as chmac
     from cryptography.hazmat.primitives.asymmetric.x25519 import (

@@ -1,4 +1,4 @@
-"""Sender keys (docs/protocol/groups.md §2): chain, wire format, windows, persistence."""
+"""Sender keys (PROTOCOL.md Part V §2): chain, wire format, windows, persistence."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_round_trip_and_sizes() -> None:
 
 
 def test_known_answer_matches_spec() -> None:
-    """Recompute one message from groups.md §2.2 with bare primitives: the layout, labels
+    """Recompute one message from PROTOCOL Part V §2.2 with bare primitives: the layout, labels
     and KDF cannot drift without this failing."""
     rng = counter_rng()
     sender = SenderKeyState.generate(GROUP, rng)

@@ -1,4 +1,4 @@
-"""Published test vectors for the identity layer (docs/protocol/sealed.md §1–§3).
+"""Published test vectors for the identity layer (PROTOCOL.md Part I §1–§3).
 
 - BIP-39 (trezor/python-mnemonic ``vectors.json``, English, the 32-byte-entropy cases):
   entropy <-> 24-word phrase through ``xchat.crypto.keys``.
@@ -226,7 +226,7 @@ def test_rfc5869(ikm: str, salt: str, info: str, length: int, okm: str) -> None:
     assert out.hex() == okm
 
 
-# --- identity and address (our golden vectors, sealed.md §1–§2) -------------------------
+# --- identity and address (our golden vectors, PROTOCOL Part I §1–§2) -------------------------
 
 GOLDEN_SEED0_IDENTITY = (
     "0164771e811cd8f20c46941c996787b5d1bfb7a2b4cd92eb4776f20bd1e6b74f4c"
@@ -240,7 +240,7 @@ def test_golden_identity_and_address() -> None:
     assert pair.public.encode().hex() == GOLDEN_SEED0_IDENTITY
     assert pair.public.address() == GOLDEN_SEED0_ADDRESS
     assert pair.mnemonic() == BIP39_ENGLISH_256[0][1]
-    # Derivation as written in CONTRACT §1, re-done with raw HKDF.
+    # Derivation as written in PROTOCOL Part I §1, re-done with raw HKDF.
     ed = hkdf(bytes(32), b"", b"XChat-v1-identity-ed25519", 32)
     x = hkdf(bytes(32), b"", b"XChat-v1-identity-x25519", 32)
     assert pair.ed25519_private.private_bytes_raw() == ed

@@ -1,4 +1,4 @@
-"""Round trips, byte-exact layouts and fuzzing of the data-plane codec (CONTRACT §5)."""
+"""Round trips, byte-exact layouts and fuzzing of the data-plane codec (PROTOCOL Part III §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SEND_MULTI (0x03) codec: one shared payload, a header per device (wire.md §5.2)."""
+"""SEND_MULTI (0x03) codec: one shared payload, a header per device (PROTOCOL Part III §5.2)."""
 
 from __future__ import annotations
 

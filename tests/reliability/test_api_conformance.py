@@ -35,7 +35,7 @@ from xchat.testing import ServerProcess, running_server
 
 EXAMPLES = int(os.environ.get("XCHAT_API_EXAMPLES", "12"))
 
-# The blob PATCH body is raw bytes under the tus-style media type (files.md §4).
+# The blob PATCH body is raw bytes under the tus-style media type (PROTOCOL Part VI §4).
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 

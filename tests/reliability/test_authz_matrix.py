@@ -2,7 +2,7 @@
 
 Every authenticated endpoint and the authenticated WebSocket x every kind of bad credential
 (none, empty, wrong scheme, garbage, truncated, forged MAC, expired, revoked by
-re-registration) must be refused: HTTP 401 (CONTRACT §4), WebSocket close 4401 (§5). A
+re-registration) must be refused: HTTP 401 (PROTOCOL Part III), WebSocket close 4401 (§5). A
 valid token of *another* device must not reach the victim's resources: acks of the
 victim's envelope ids delete nothing, fetches and deliveries never show them, another
 account's blob cannot be appended to. Each request is otherwise well-formed, so the only

@@ -305,7 +305,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def test_server_dedupes_envelope_ids(relay: ServerProcess) -> None:
-    """A re-sent (device, envelope_id) is stored once (CONTRACT §5), over HTTP and over the
+    """A re-sent (device, envelope_id) is stored once (PROTOCOL Part III §5), over HTTP and over the
     WebSocket, so a network-level replay of a send cannot double-deliver."""
     with httpx.Client(base_url=relay.url, timeout=10) as c:
         bob = register(c)

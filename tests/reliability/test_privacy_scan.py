@@ -416,7 +416,9 @@ def wire(session: Session) -> Wire:
             up.header("sec-websocket-extensions") or ""
         ), "compressed WebSocket: decode it before scanning"
         c_msgs, s_msgs = ws_messages(c_rest), ws_messages(s_rest)
-        c_frames = [p for op, p in c_msgs if op == 2]  # binary = XChat frames (CONTRACT §5)
+        c_frames = [
+            p for op, p in c_msgs if op == 2
+        ]  # binary = XChat frames (PROTOCOL Part III §5)
         s_frames = [p for op, p in s_msgs if op == 2]
         control = [p for op, p in c_msgs + s_msgs if op != 2]
         if req[-1].header("authorization") is None:

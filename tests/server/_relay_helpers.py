@@ -1,4 +1,4 @@
-"""A minimal test client for the relay's HTTP/WS API (CONTRACT §4–5), built on the
+"""A minimal test client for the relay's HTTP/WS API (PROTOCOL Part III), built on the
 crypto modules only, so server tests do not depend on the client SDK."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Registration, auth, tokens, handles, server info and certificates (CONTRACT §4)."""
+"""Registration, auth, tokens, handles, server info and certificates (PROTOCOL Part III)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The blob HTTP API against a real relay process (docs/protocol/files.md §4–§7)."""
+"""The blob HTTP API against a real relay process (PROTOCOL.md Part VI §4–§7)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from xchat.testing import ServerProcess, running_server
 
 QUOTA = 64 * 1024 * 1024
 #: The relay's generic body limit (1 MiB) would refuse blob PATCH bodies; the blob router
-#: bounds those by the declared size itself (files.md §4.3), so tests lift the generic one.
+#: bounds those by the declared size itself (PROTOCOL Part VI §4.3), so tests lift the generic one.
 BIG_REQUEST = 16 * 1024**3
 
 

@@ -1,4 +1,4 @@
-"""Prekey directory: upload checks, counts, exactly-once hand-out, KEYS_LOW (CONTRACT §4)."""
+"""Prekey directory: upload checks, counts, exactly-once hand-out, KEYS_LOW (PROTOCOL Part III)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Connection hygiene and revocation (wire.md §3, §5, §6, §9): read timeouts, the socket cap
+"""Connection hygiene and revocation (PROTOCOL III §3, §5, §6, §9): read timeouts, the socket cap
 per IP bucket, revoked sockets cut with 4401 on both transports, chunked 413, persisted used
 challenges, the request log line and ``--log-ips``."""
 

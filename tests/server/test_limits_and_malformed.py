@@ -1,5 +1,5 @@
 """Size limits, rate limits and a malformed-input matrix for every endpoint and frame type
-(wire.md §6). Nothing may produce a 500 or an unstructured error."""
+(PROTOCOL Part III §6). Nothing may produce a 500 or an unstructured error."""
 
 from __future__ import annotations
 

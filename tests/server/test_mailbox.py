@@ -1,5 +1,5 @@
 """Mailbox over HTTP and WebSocket: access, ordering, ack, isolation, TTL, durability
-(CONTRACT §4–5)."""
+(PROTOCOL Part III)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``POST /api/v1/messages/multi``: the JSON form of SEND_MULTI (wire.md §4.4a, §5.2)."""
+"""``POST /api/v1/messages/multi``: the JSON form of SEND_MULTI (PROTOCOL Part III §4.4a, §5.2)."""
 
 from __future__ import annotations
 

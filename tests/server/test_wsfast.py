@@ -1,4 +1,4 @@
-"""The same-port WebSocket fast path (wire.md §5.1): RFC 6455 framing details a library
+"""The same-port WebSocket fast path (PROTOCOL Part III §5.1): RFC 6455 framing details a library
 client never exercises (fragments, pings, pipelining, chunked frames, protocol errors),
 HTTP routing around it, keepalive, graceful shutdown, and the ASGI fallback."""
 

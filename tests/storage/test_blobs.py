@@ -1,4 +1,4 @@
-"""FilesystemBlobStore: create/append/resume/quota/TTL (docs/protocol/files.md §4–§7)."""
+"""FilesystemBlobStore: create/append/resume/quota/TTL (PROTOCOL.md Part VI §4–§7)."""
 
 from __future__ import annotations
 

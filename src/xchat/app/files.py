@@ -1,6 +1,6 @@
 """The web app's file routes: send a file to a contact or a group, fetch (download, verify,
 decrypt) a received one into the profile's downloads directory, serve the decrypted bytes
-(docs/app-readme.md "Files"; formats in docs/protocol/files.md).
+(docs/app-readme.md "Files"; formats in PROTOCOL.md Part VI).
 
 Decryption happens only here, in the app process; the page gets plaintext bytes over the
 authenticated loopback API and shows images from ``blob:`` URLs.

@@ -1,5 +1,5 @@
 """The web app's group routes: create, inspect, change membership, rename — direct calls
-to the Client's group API (docs/protocol/groups.md §10; docs/app-readme.md "Groups").
+to the Client's group API (PROTOCOL.md Part V §10; docs/app-readme.md "Groups").
 
 Admin checks happen here first (a clear 403 for the page) and again in the client,
 which refuses to sign a change it may not make, and on every member's device.

@@ -7,7 +7,7 @@ the client SDK, and talks to the relay. The page authenticates with the per-laun
 secret (see :mod:`xchat.app.security` for the full list of request checks).
 
 A *conversation id* is a contact's address (1:1) or ``group:<32 hex>`` (a group,
-docs/protocol/groups.md §10). A message's ``peer`` is its storage key (the address, or
+PROTOCOL.md Part V §10). A message's ``peer`` is its storage key (the address, or
 ``group:<gid>:<sender address>``); file routes take that key.
 
 API (all JSON; reads are GET, writes are POST with ``application/json``)::
@@ -390,7 +390,7 @@ def group_json(st: AppState, g: GroupInfo) -> dict[str, Any]:
 
 
 def message_json(m: Any, handles: Callable[[str], str | None] | None = None) -> dict[str, Any]:
-    """A stored message as the page sees it; bodies are JSON content (client.md §2).
+    """A stored message as the page sees it; bodies are JSON content (PROTOCOL Part IV §2).
 
     ``sender`` is the author's address for incoming messages (None for ours), with its
     ``sender_handle`` looked up through ``handles`` (the contacts store)."""

@@ -1,4 +1,4 @@
-"""``xchat file ...``: send and fetch encrypted files (docs/protocol/files.md).
+"""``xchat file ...``: send and fetch encrypted files (PROTOCOL.md Part VI).
 
 * ``xchat file send TO PATH [--keep-metadata] [--name NAME] [--json]`` — strip image
   metadata, encrypt, upload with a progress bar (bytes, rate, ETA on stderr), then send the

@@ -1,4 +1,4 @@
-"""``xchat group ...``: groups the server cannot see (docs/protocol/groups.md §10).
+"""``xchat group ...``: groups the server cannot see (PROTOCOL.md Part V §10).
 
 GROUP is a group id (32 hex digits) or an unambiguous group name; an ambiguous or unknown
 name is a one-line error with a non-zero exit (ClientError, handled by ``cli.main``).

@@ -1,4 +1,4 @@
-"""The ``xchat`` command (docs/client-readme.md).
+"""The ``xchat`` command (README.md).
 
 A thin layer over :class:`xchat.client.Client`. Command names, options and ``--json``
 keys are a stable interface for scripts. Every failure ends as one line on stderr,
@@ -43,7 +43,7 @@ from xchat.server.cli import serve_command
 
 T = TypeVar("T")
 
-# Exit statuses (stable; documented in docs/client-readme.md).
+# Exit statuses (stable; documented in README.md).
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # also bad input: an empty message, a mistyped address
 EXIT_UNREACHABLE = 3
@@ -261,7 +261,7 @@ def whoami(obj: Ctx, as_json: bool) -> None:
 
 
 def _report_retry(res: RetryResult, *, resumed: str | None = None) -> None:
-    """stderr notes about unconfirmed messages of earlier runs (client.md §3.8)."""
+    """stderr notes about unconfirmed messages of earlier runs (PROTOCOL Part IV §3.8)."""
     others = [h for h in res.sent if h.id != resumed]
     if others:
         n = len(others)

@@ -1,4 +1,4 @@
-"""xchat.client: the async client SDK (docs/protocol/client.md).
+"""xchat.client: the async client SDK (PROTOCOL.md Part IV).
 
 ``from xchat.client import Client, MessageReceived`` — names are loaded lazily so that
 importing a light submodule (e.g. ``xchat.client.content``) does not pull in the

@@ -1,4 +1,4 @@
-"""Thin async wrapper over the server's HTTP control plane (CONTRACT §4).
+"""Thin async wrapper over the server's HTTP control plane (PROTOCOL Part III).
 
 Every call maps failures at this boundary: a connection/timeout problem becomes
 :class:`ServerUnreachable`, a non-2xx response becomes :class:`ApiError` with the server's
@@ -108,7 +108,7 @@ class Api:
         except httpx.HTTPError as exc:  # pragma: no cover - e.g. invalid URL
             raise ServerUnreachable(f"cannot reach server {self.base_url}: {exc}") from None
 
-    # --- endpoints (CONTRACT §4) --------------------------------------------------------
+    # --- endpoints (PROTOCOL Part III) --------------------------------------------------------
 
     async def healthz(self) -> dict[str, Any]:
         return _obj(await self.request("GET", "/healthz"))

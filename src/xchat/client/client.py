@@ -1,4 +1,4 @@
-"""The async XChat client: one device, one profile directory (docs/protocol/client.md).
+"""The async XChat client: one device, one profile directory (PROTOCOL.md Part IV).
 
 The only place in the SDK that does I/O and retries; the pure parts live in
 ``xchat.crypto`` (sessions, sealed sender, padding), ``xchat.protocol`` (frames) and
@@ -66,7 +66,7 @@ from xchat.protocol import frames as fr
 
 log = logging.getLogger(__name__)
 
-# Prekey stock (docs/protocol/client.md §4).
+# Prekey stock (PROTOCOL.md Part IV §4).
 ONE_TIME_BATCH = 100
 PREKEY_LOW_WATER = 20
 # Refresh the sender certificate when less than this remains (server issues 24 h).
@@ -81,7 +81,7 @@ PENDING_LIMIT = 1000  # unconfirmed outgoing rows re-sent per retry_pending() pa
 UNSEEN_LIMIT = 10_000  # stored-but-never-shown rows replayed per receive()/start()
 RECEIPT_RETRY_CAP = 1.0  # seconds: longest pause between receipt retries (start() mode)
 RECEIPT_RETRY_WINDOW = 60.0  # seconds of fast receipt retries; then only on reconnect
-MAX_HANDLE_LEN = 32  # server handle rule (CONTRACT §4): longer "xc1..." is an address
+MAX_HANDLE_LEN = 32  # server handle rule (PROTOCOL Part III): longer "xc1..." is an address
 _BECH32_CHARS = frozenset("qpzry9x8gf2tvdw0s3jn54khce6mua7l")
 STORED_TYPES = ("text", "file")  # kept in history and acknowledged by receipt
 
@@ -115,7 +115,7 @@ class HistoryItem:
 
 @dataclass(frozen=True)
 class RetryResult:
-    """What :meth:`Client.retry_pending` did (client.md §3.8)."""
+    """What :meth:`Client.retry_pending` did (PROTOCOL Part IV §3.8)."""
 
     #: re-sent with their original content ids and now confirmed by the relay
     sent: tuple[HistoryItem, ...] = ()
@@ -241,7 +241,7 @@ class Client(GroupMethods):
             )
         return AccountInfo(self.address, cfg.handle, cfg.server, cfg.device_id or 1)
 
-    # --- account creation / restore (client.md §1) --------------------------------------
+    # --- account creation / restore (PROTOCOL Part IV §1) --------------------------------------
 
     async def create_account(
         self,
@@ -431,7 +431,7 @@ class Client(GroupMethods):
             raise ProfileError("profile has no pinned server signing key")
         return key
 
-    # --- prekeys (client.md §4) ---------------------------------------------------------
+    # --- prekeys (PROTOCOL Part IV §4) ---------------------------------------------------------
 
     async def replenish_prekeys(self, *, force: bool = False) -> int:
         """Upload a batch of one-time prekeys if the server's stock is low; returns how
@@ -518,7 +518,7 @@ class Client(GroupMethods):
 
     async def _check_handle(self, handle: str, address: str, identity: IdentityPublicKey) -> None:
         """A handle we knew now names a different account: an identity change for the
-        person behind the handle (client.md §8). A verified handle stays blocked."""
+        person behind the handle (PROTOCOL Part IV §8). A verified handle stays blocked."""
         old = self.store.contact_by_handle(handle)
         if old is None or old.address == address:
             return
@@ -589,7 +589,7 @@ class Client(GroupMethods):
 
     async def _emit(self, event: ev.Event) -> None:
         if isinstance(event, ev.MessageReceived) and self._store is not None:
-            # Handed to the app now: no replay by the next receive()/start() (client.md
+            # Handed to the app now: no replay by the next receive()/start() (PROTOCOL Part IV
             # §5.3). Cleared BEFORE the callbacks run (at most once): a SIGKILL between a
             # print and this UPDATE would otherwise show the message twice. A callback
             # that shows it only later opts into at-least-once with keep_unseen().
@@ -609,7 +609,7 @@ class Client(GroupMethods):
     def keep_unseen(self, event: ev.MessageReceived) -> None:
         """Called by an event callback that will show ``event`` only later (e.g. after a
         download): the message is flagged unseen again, so the next process replays it
-        if this one dies first, until :meth:`mark_shown` (client.md §5.3)."""
+        if this one dies first, until :meth:`mark_shown` (PROTOCOL Part IV §5.3)."""
         key = _row_key(event)
         self._held_unseen.add(key)
         self.store.mark_unseen(*key)
@@ -622,7 +622,7 @@ class Client(GroupMethods):
 
     async def _replay_unseen(self) -> int:
         """Emit ``MessageReceived`` for every stored message the app was never shown:
-        the process died between the store commit and the event (client.md §5.3).
+        the process died between the store commit and the event (PROTOCOL Part IV §5.3).
         The relay's redelivery of those envelopes is a ratchet DuplicateMessage, so
         without this they would only ever appear in the history."""
         rows = self.store.unseen_messages(UNSEEN_LIMIT)
@@ -658,12 +658,12 @@ class Client(GroupMethods):
             body.text or "",
             body.ts,
             body.reply_to,
-            1,  # the device is not stored; one device per account (client.md §10)
+            1,  # the device is not stored; one device per account (PROTOCOL Part IV §10)
             body.file,
             group,
         )
 
-    # --- sending (client.md §3) ---------------------------------------------------------
+    # --- sending (PROTOCOL Part IV §3) ---------------------------------------------------------
 
     async def send_text(
         self, to: str, text: str, *, reply_to: str | None = None, resume: bool = False
@@ -674,7 +674,7 @@ class Client(GroupMethods):
         was never confirmed (or that :meth:`retry_pending` re-sent during this client's
         lifetime) is that message: it is (re-)sent with its ORIGINAL id and that id is
         returned, so running a crashed ``xchat send`` again shows the text once
-        (client.md §3.8)."""
+        (PROTOCOL Part IV §3.8)."""
         c = await self._sendable_contact(to)
         if resume:
             resumed = await self._resume_text(c, text, reply_to)
@@ -688,7 +688,7 @@ class Client(GroupMethods):
     async def send_file_manifest(
         self, to: str, manifest: dict[str, Any], *, text: str | None = None
     ) -> str:
-        """Send a file message (content type "file", files.md) carrying ``manifest``."""
+        """Send a file message (content type "file", PROTOCOL Part VI) carrying ``manifest``."""
         c = await self._sendable_contact(to)
         sender = None if c.token_shared else self._own_sender_info()
         msg = ct.Content(
@@ -720,7 +720,7 @@ class Client(GroupMethods):
     async def retry_pending(self) -> RetryResult:
         """Re-send every message whose send was never confirmed by the relay — state
         'sending' (the process died mid-send) or 'failed' (the send gave up) — with its
-        stored content and ORIGINAL content id, oldest first (client.md §3.8). The
+        stored content and ORIGINAL content id, oldest first (PROTOCOL Part IV §3.8). The
         recipient keeps one message per (sender, content id), so a copy the relay had
         already committed is shown once.
 
@@ -732,7 +732,7 @@ class Client(GroupMethods):
         sent: list[HistoryItem] = []
         failed: list[tuple[HistoryItem, str]] = []
         for m in self.store.pending_outgoing(PENDING_LIMIT):
-            c = self.store.get_contact(m.peer)  # None for group rows (groups.md: gap)
+            c = self.store.get_contact(m.peer)  # None for group rows (PROTOCOL Part V: gap)
             if c is None or c.identity_key is None or (c.verified and c.identity_changed):
                 continue
             item = _history_item(m)
@@ -811,7 +811,7 @@ class Client(GroupMethods):
         plaintext = msg.encode()
         t = now_ms()
         out: list[fr.OutEnvelope] = []
-        # Ratchet state is persisted BEFORE the envelope leaves (client.md §3.4): a crash
+        # Ratchet state is persisted BEFORE the envelope leaves (PROTOCOL Part IV §3.4): a crash
         # after sending must never make us reuse a message key.
         with self.store.transaction():
             for device_id in devices:
@@ -871,7 +871,7 @@ class Client(GroupMethods):
         self, address: str, access: fr.Access, envelopes: list[fr.OutEnvelope]
     ) -> None:
         """One SEND; retried on a lost connection with the SAME envelope ids, which the
-        server stores once (CONTRACT §5), so a retry can never duplicate a message."""
+        server stores once (PROTOCOL Part III §5), so a retry can never duplicate a message."""
         dest = (fr.Destination(address, access, tuple(envelopes)),)
         backoff = Backoff(base=0.1, cap=2.0)
         for attempt in range(SEND_ATTEMPTS):
@@ -895,12 +895,12 @@ class Client(GroupMethods):
                     raise
                 await asyncio.sleep(wait)
 
-    # --- receiving (client.md §5) -------------------------------------------------------
+    # --- receiving (PROTOCOL Part IV §5) -------------------------------------------------------
 
     async def start(self) -> ReceiveLoop:
         """Start the background receive loop (reconnects forever until :meth:`stop`).
 
-        First emits the messages stored but never shown (client.md §5.3), so register
+        First emits the messages stored but never shown (PROTOCOL Part IV §5.3), so register
         listeners before calling this. On every (re)connection it sends the delivery
         receipts still owed (§3.6) and re-sends unconfirmed messages
         (:meth:`retry_pending`, §3.8) in the background."""
@@ -959,7 +959,7 @@ class Client(GroupMethods):
             drained.cancel()
             if task in done:
                 task.result()  # raises the connection error
-            if self.store.receipt_peers():  # owed by an earlier run (client.md §3.6)
+            if self.store.receipt_peers():  # owed by an earlier run (PROTOCOL Part IV §3.6)
                 self._background(self._flush_all_receipts())
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -1078,7 +1078,7 @@ class Client(GroupMethods):
             return  # a redelivery of something already processed: just ack it
         except (DecryptionError, UnknownPreKey) as exc:
             # Authenticated sender, but no usable session (e.g. we restored from the
-            # recovery phrase and lost our sessions): ask for a fresh one (client.md §3.7).
+            # recovery phrase and lost our sessions): ask for a fresh one (PROTOCOL Part IV §3.7).
             events.append(ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender))
             if sender is not None:
                 followups.append(("reset", sender))
@@ -1108,7 +1108,7 @@ class Client(GroupMethods):
         handle = c.handle if c is not None else None
         if msg.sender is not None:
             # The token is the sender's own business; a claimed handle is NOT trusted
-            # until the server confirms it names this address (client.md §3.2).
+            # until the server confirms it names this address (PROTOCOL Part IV §3.2).
             self.store.update_contact(sender, delivery_token=msg.sender.delivery_token)
             claimed = (msg.sender.handle or "").lower()
             if claimed and claimed != handle:
@@ -1117,7 +1117,7 @@ class Client(GroupMethods):
             if not self.store.add_message(msg.id, sender, "in", msg.ts, "received", plaintext, t):
                 return  # duplicate content id (e.g. re-sent after a crash)
             # Owed receipt persisted with the message: a relay outage or a crash before
-            # it leaves does not lose it (client.md §3.6).
+            # it leaves does not lose it (PROTOCOL Part IV §3.6).
             self.store.add_pending_receipt(sender, msg.id, t)
             receipts.setdefault(sender, []).append(msg.id)
             events.append(
@@ -1142,7 +1142,7 @@ class Client(GroupMethods):
             self.store.update_contact(sender, token_shared=True)
             if ids:
                 events.append(ev.ReceiptReceived(sender, ids, msg.ts))
-        elif msg.type in PAIRWISE_TYPES:  # group updates and sender keys (groups.md §10)
+        elif msg.type in PAIRWISE_TYPES:  # group updates and sender keys (PROTOCOL Part V §10)
             self._groups.receive_pairwise(sender, msg, device_id, t, batch)
         # "profile" and unknown types: sender info above is all we use for now.
 

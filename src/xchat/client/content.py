@@ -1,4 +1,4 @@
-"""The end-to-end message content format (docs/protocol/client.md §2).
+"""The end-to-end message content format (PROTOCOL.md Part IV §2).
 
 This is the plaintext inside the Double Ratchet: a UTF-8 JSON object, so later content
 types (groups, files, calls) can be added without a new wire format. The server never
@@ -8,7 +8,7 @@ sees it.
      "text": str?, "reply_to": "<32 hex>"?, "receipt_for": ["<32 hex>", ...]?,
      "sender": {"handle": str | null, "delivery_token": "<b64 16 bytes>"}?}
 
-Group content (docs/protocol/groups.md §10) adds the types ``group_update`` and
+Group content (PROTOCOL.md Part V §10) adds the types ``group_update`` and
 ``sender_key`` (sent pairwise) and a ``"group"`` object (an opaque JSON object validated by
 :mod:`xchat.client.groups`, like ``"file"`` by :mod:`xchat.client.files`).
 
@@ -61,10 +61,10 @@ class Content:
     reply_to: str | None = None
     receipt_for: tuple[str, ...] = field(default_factory=tuple)
     sender: SenderInfo | None = None
-    #: type "file": the attachment manifest (docs/protocol/files.md), validated by
+    #: type "file": the attachment manifest (PROTOCOL.md Part VI), validated by
     #: ``xchat.client.files``; carried here as an opaque JSON object.
     file: dict[str, Any] | None = None
-    #: group content: ``{"id": hex, ...}`` (groups.md §10), validated by ``client.groups``.
+    #: group content: ``{"id": hex, ...}`` (PROTOCOL Part V §10), validated by ``client.groups``.
     group: dict[str, Any] | None = None
 
     def encode(self) -> bytes:

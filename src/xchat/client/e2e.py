@@ -1,4 +1,4 @@
-"""Glue between the client and the sans-I/O crypto core (docs/protocol/client.md §3–§5).
+"""Glue between the client and the sans-I/O crypto core (PROTOCOL.md Part IV §3–§5).
 
 Keeps the client's view of sessions small: a :class:`SessionSet` per remote device (the
 active session plus a few archived ones, as libsignal's ``SessionRecord`` keeps previous
@@ -46,7 +46,7 @@ from xchat.errors import (
 SESSION_SET_VERSION = 0x01
 MAX_ARCHIVED = 4  # previous sessions kept per device (libsignal keeps up to 40)
 SESSION_CONTENT_TYPE = 0x01  # sealed inner content type: a session message
-GROUP_CONTENT_TYPE = 0x02  # a sender-key (group) message (groups.md §2.1, §10)
+GROUP_CONTENT_TYPE = 0x02  # a sender-key (group) message (PROTOCOL Part V §2.1, §10)
 
 # Prekey kinds in the local store.
 KIND_SIGNED = "signed"

@@ -1,4 +1,4 @@
-"""Events the :class:`~xchat.client.Client` emits (docs/protocol/client.md §6).
+"""Events the :class:`~xchat.client.Client` emits (PROTOCOL.md Part IV §6).
 
 Frozen dataclasses, delivered in order to every subscriber (an async iterator from
 ``Client.events()`` or a callback registered with ``Client.on_event``).
@@ -21,7 +21,7 @@ class MessageReceived:
     ts_ms: int
     reply_to: str | None = None
     device_id: int = 1
-    #: for a file message: the manifest object (docs/protocol/files.md); else None
+    #: for a file message: the manifest object (PROTOCOL.md Part VI); else None
     file: dict[str, Any] | None = None
     #: for a group message: ``{"id": group id hex, "name": group name}``; else None
     group: dict[str, str] | None = None
@@ -33,7 +33,7 @@ class MessageReceived:
 @dataclass(frozen=True)
 class GroupChanged:
     """A group's state moved on (created, joined, members added/removed, renamed), after
-    every update we hold was checked and folded (groups.md §5)."""
+    every update we hold was checked and folded (PROTOCOL Part V §5)."""
 
     group_id: str  # hex
     name: str

@@ -1,4 +1,4 @@
-"""Encrypted files of any size: encrypt-and-upload, download-and-decrypt (files.md).
+"""Encrypted files of any size: encrypt-and-upload, download-and-decrypt (PROTOCOL Part VI).
 
 Sending (§2–§5): strip image metadata (§8, unless asked not to), pick a fresh 32-byte key,
 encrypt the file with :mod:`xchat.crypto.attachment` (STREAM chunks, Padmé-padded) while
@@ -61,7 +61,7 @@ from xchat.errors import (
 )
 
 BLOBS: Final = "/api/v1/blobs"
-#: Plaintext bytes per STREAM chunk for files (files.md §3): 256 KiB keeps the per-chunk
+#: Plaintext bytes per STREAM chunk for files (PROTOCOL Part VI §3): 256 KiB keeps the per-chunk
 #: Python overhead negligible while a reader still buffers < 1 MiB.
 FILE_CHUNK_SIZE: Final = 256 * 1024
 #: Ciphertext bytes handed to the HTTP layer per write.
@@ -91,7 +91,7 @@ Sink = Callable[[bytes], object]
 PIPELINE_BATCH: Final = 1024 * 1024
 
 
-# --- the manifest (files.md §2) ----------------------------------------------------------
+# --- the manifest (PROTOCOL Part VI §2) ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def clean_content_type(ctype: str) -> str:
     return c if _CTYPE_RE.match(c) else DEFAULT_CONTENT_TYPE
 
 
-# --- file names (files.md §9) -------------------------------------------------------------
+# --- file names (PROTOCOL Part VI §9) -------------------------------------------------------------
 
 
 def safe_filename(name: str) -> str:
@@ -230,7 +230,7 @@ def _reserve(directory: Path, name: str) -> Path:
 
 
 class BlobClient:
-    """The blob API over one httpx pool (files.md §4), with retry/backoff for transfers.
+    """The blob API over one httpx pool (PROTOCOL Part VI §4), with retry/backoff for transfers.
 
     ``token``/``reauth`` authenticate uploads only; downloads are sent without any
     ``Authorization`` header so the relay cannot tell who fetches a blob.
@@ -747,7 +747,7 @@ async def receive_file(
         raise
 
 
-# --- message integration (files.md §2) ----------------------------------------------------
+# --- message integration (PROTOCOL Part VI §2) ----------------------------------------------------
 
 #: The E2EE content type that carries a manifest: ``{"type": "file", "file": {...}}``.
 FILE_CONTENT_TYPE: Final = "file"

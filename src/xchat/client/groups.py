@@ -1,4 +1,4 @@
-"""Groups in the client: state on members' devices only (docs/protocol/groups.md §10).
+"""Groups in the client: state on members' devices only (PROTOCOL.md Part V §10).
 
 The pure parts live in :mod:`xchat.crypto.group` (signed updates, the round rule,
 ``key_plan``) and :mod:`xchat.crypto.sender_keys`; this module does the I/O around them:
@@ -10,10 +10,10 @@ The pure parts live in :mod:`xchat.crypto.group` (signed updates, the round rule
   also gets a welcome snapshot; sender-key distribution messages travel pairwise
   (content type ``sender_key``, or piggy-backed on an update);
 * a group message is encrypted once with our sender key and sealed once for every member
-  device (``sealed.seal_multi``), then sent in ONE ``SEND_MULTI`` frame (wire.md §5.2):
+  device (``sealed.seal_multi``), then sent in ONE ``SEND_MULTI`` frame (PROTOCOL Part III §5.2):
   the relay fans it out without learning that the recipients form a group.
 
-Key distribution is lazy, as Signal allows (groups.md §6): after a change we only note
+Key distribution is lazy, as Signal allows (PROTOCOL Part V §6): after a change we only note
 what ``key_plan`` asks for (rotate, send our key to whom) and do it right before our next
 group send, so a removal costs the members nothing until they speak.
 """
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Sealed inner content type of a group message (a sender-key message), groups.md §2.1.
+#: Sealed inner content type of a group message (a sender-key message), PROTOCOL Part V §2.1.
 GROUP_CONTENT_TYPE = SEALED_CONTENT_TYPE
 UPDATE_TYPE = "group_update"
 SENDER_KEY_TYPE = "sender_key"
@@ -208,7 +208,7 @@ class Groups:
                 out.append(self.info(row))
         return sorted(out, key=lambda g: (g.name, g.id))
 
-    # --- admin operations (groups.md §4, §10.2) -----------------------------------------
+    # --- admin operations (PROTOCOL Part V §4, §10.2) -----------------------------------------
 
     async def _resolve_members(self, members: list[str]) -> list[IdentityPublicKey]:
         out: dict[str, IdentityPublicKey] = {}
@@ -327,7 +327,7 @@ class Groups:
         msg = ct.Content(id=ct.new_message_id(), type=ctype, ts=_now(), sender=sender, group=body)
         await self.c._send_content(c, msg, store_as_message=False)
 
-    # --- sending a group message (groups.md §7, §10.3) ----------------------------------
+    # --- sending a group message (PROTOCOL Part V §7, §10.3) ----------------------------------
 
     async def send(self, group: str, msg: ct.Content) -> str:
         row = self.resolve(group)
@@ -377,7 +377,7 @@ class Groups:
                 recipients.extend((identity, d) for d in devices)
                 routes.append((address, devices))
             t = _now()
-            # Chain state is persisted BEFORE the message leaves (as client.md §3.4).
+            # Chain state is persisted BEFORE the message leaves (as PROTOCOL Part IV §3.4).
             with c.store.transaction():
                 row = self._row(gid)
                 assert row is not None
@@ -450,7 +450,7 @@ class Groups:
                     raise
                 await asyncio.sleep(backoff.next_delay())
 
-    # --- receiving (groups.md §10.4) ----------------------------------------------------
+    # --- receiving (PROTOCOL Part V §10.4) ----------------------------------------------------
 
     def receive_message(
         self, unsealed: sealed.UnsealedMessage, sender: str, env_id: str, t: int, batch: _Batch
@@ -608,7 +608,7 @@ class Groups:
 
 
 class GroupMethods:
-    """The group API of :class:`~xchat.client.client.Client` (mixed in; groups.md §10)."""
+    """The group API of :class:`~xchat.client.client.Client` (mixed in; PROTOCOL Part V §10)."""
 
     _groups: Groups
 
@@ -631,7 +631,7 @@ class GroupMethods:
 
     async def remove_members(self, group: str, members: list[str]) -> GroupInfo:
         """Admin only (or yourself, to leave): remove members; every remaining member
-        rotates its sender key before its next message (groups.md §6)."""
+        rotates its sender key before its next message (PROTOCOL Part V §6)."""
         return await self._groups.remove(group, list(members))
 
     async def rename_group(self, group: str, name: str) -> GroupInfo:

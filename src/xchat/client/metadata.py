@@ -1,4 +1,4 @@
-"""Strip identifying metadata from images before they are encrypted (files.md §8).
+"""Strip identifying metadata from images before they are encrypted (PROTOCOL Part VI §8).
 
 Photos carry EXIF (camera serial numbers, GPS position, timestamps), XMP (editing history),
 IPTC, embedded thumbnails (which can show the picture *before* it was cropped) and

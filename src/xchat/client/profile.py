@@ -1,4 +1,4 @@
-"""The profile directory: one device's home (docs/protocol/client.md §7).
+"""The profile directory: one device's home (PROTOCOL.md Part IV §7).
 
 A profile directory holds ``profile.json`` (non-secret settings: server URL, address,
 device id, how the profile key is kept), ``store.sqlite`` (the local store, secret columns

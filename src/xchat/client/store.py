@@ -1,4 +1,4 @@
-"""The local store: one SQLite file per profile (docs/protocol/client.md §7).
+"""The local store: one SQLite file per profile (PROTOCOL.md Part IV §7).
 
 Secret columns (identity seed, prekey private keys, ratchet state, delivery tokens,
 message bodies) are sealed with AES-256-GCM under the 32-byte profile key:
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from xchat.errors import DecryptionError, ProfileError
 
 # 2: groups, group_sender_keys (CREATE IF NOT EXISTS migrates v1)
-# 3: messages.unseen, pending_receipts (client.md §5.3, §3.6; _migrate adds the column)
+# 3: messages.unseen, pending_receipts (PROTOCOL Part IV §5.3, §3.6; _migrate adds the column)
 SCHEMA_VERSION = 3
 
 _SCHEMA = """
@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);
 CREATE TABLE IF NOT EXISTS groups (
     id          TEXT PRIMARY KEY, -- group id, hex (only members' devices ever hold a group)
-    history     BLOB NOT NULL,    -- sealed GroupHistory.to_bytes() (groups.md §5.4)
+    history     BLOB NOT NULL,    -- sealed GroupHistory.to_bytes() (PROTOCOL Part V §5.4)
     own_key     BLOB,             -- sealed own SenderKeyState; NULL: generate on next send
     pending     BLOB NOT NULL,    -- sealed JSON list: members still owed our sender key
     left_group  INTEGER NOT NULL DEFAULT 0,
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS group_sender_keys (
     group_id    TEXT NOT NULL,
     address     TEXT NOT NULL,
     device_id   INTEGER NOT NULL,
-    record      BLOB NOT NULL,    -- sealed SenderKeyRecord (groups.md §2.5)
+    record      BLOB NOT NULL,    -- sealed SenderKeyRecord (PROTOCOL Part V §2.5)
     PRIMARY KEY (group_id, address, device_id)
 );
 CREATE TABLE IF NOT EXISTS seen (
@@ -166,7 +166,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a process crash (kill -9) but not
             # necessarily a power failure; FULL fsyncs every commit, which dominated the
-            # cost of the 1,000-message test. client.md §7.3. XCHAT_STORE_SYNC=full opts in.
+            # cost of the 1,000-message test. PROTOCOL Part IV §7.3. XCHAT_STORE_SYNC=full opts in.
             level = (sync or os.environ.get("XCHAT_STORE_SYNC") or "normal").upper()
             if level not in ("NORMAL", "FULL"):
                 raise ProfileError("XCHAT_STORE_SYNC must be 'normal' or 'full'")
@@ -388,7 +388,7 @@ class Store:
 
         ``unseen`` (default: True for incoming rows) marks a row the app has not been
         shown yet; it is set in the caller's store transaction and cleared by
-        :meth:`clear_unseen` once the event was emitted (client.md §5.3)."""
+        :meth:`clear_unseen` once the event was emitted (PROTOCOL Part IV §5.3)."""
         if unseen is None:
             unseen = direction == "in"
         self._seq += 1
@@ -436,7 +436,7 @@ class Store:
 
     def pending_outgoing(self, limit: int = 1000) -> list[MessageRecord]:
         """Our rows whose send was never confirmed by the relay ('sending': the process
-        died mid-send; 'failed': the send gave up), oldest first (client.md §3.8)."""
+        died mid-send; 'failed': the send gave up), oldest first (PROTOCOL Part IV §3.8)."""
         rows = self._db.execute(
             "SELECT id, peer, direction, ts_ms, status, body FROM messages "
             "WHERE direction = 'out' AND status IN ('sending', 'failed') ORDER BY seq LIMIT ?",
@@ -510,7 +510,7 @@ class Store:
             body=self.unseal("messages", "body", f"{row[1]}:{msg_id}", body),
         )
 
-    # --- groups (groups.md §10) ---------------------------------------------------------
+    # --- groups (PROTOCOL Part V §10) ---------------------------------------------------------
 
     def put_group(self, row: GroupRow, now_ms: int) -> None:
         gid = row.id
@@ -591,7 +591,7 @@ class Store:
         )
         return cur.rowcount == 1
 
-    # --- delivery receipts owed (client.md §3.6) ----------------------------------------
+    # --- delivery receipts owed (PROTOCOL Part IV §3.6) ----------------------------------------
 
     def add_pending_receipt(self, peer: str, msg_id: str, now_ms: int) -> None:
         self._db.execute(

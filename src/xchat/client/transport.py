@@ -1,4 +1,4 @@
-"""WebSocket data plane for the client (CONTRACT §5; docs/protocol/client.md §5).
+"""WebSocket data plane for the client (PROTOCOL Part III §5; PROTOCOL.md Part IV §5).
 
 Two kinds of socket:
 
@@ -151,7 +151,7 @@ class SendChannel:
         await self._request(lambda req_id: fr.encode_frame(fr.Send(req_id, destinations)))
 
     async def send_multi(self, shared: bytes, destinations: tuple[fr.MultiDestination, ...]) -> int:
-        """Send one SEND_MULTI frame (wire.md §5.2: ``shared`` once, a small header per
+        """Send one SEND_MULTI frame (PROTOCOL Part III §5.2: ``shared`` once, a small header per
         device) and wait for its SEND_RESULT; returns the frame's size in bytes."""
         size = 0
 

@@ -1,4 +1,4 @@
-"""Streamed attachment encryption (docs/protocol/sealed.md §9).
+"""Streamed attachment encryption (PROTOCOL.md Part I §9).
 
 Files travel as opaque blobs beside the message stream; the message carries a manifest
 (key, ciphertext SHA-256, plaintext size, chunk size). Encryption is chunked so neither

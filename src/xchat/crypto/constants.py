@@ -2,14 +2,14 @@
 
 Modelled on libsignal ``rust/protocol/src/consts.rs``: every number that bounds memory or work
 spent on attacker-controlled input lives here, next to why it has the value it has. The
-byte-level meaning of each label is specified in ``docs/protocol/sessions.md``.
+byte-level meaning of each label is specified in ``PROTOCOL.md Part II``.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-# --- wire versions and type bytes (sessions.md §5) ---------------------------------------
+# --- wire versions and type bytes (PROTOCOL Part II §5) ---------------------------------------
 
 #: Version byte that starts every session message. Anything else is ``UnsupportedVersion``:
 #: a v2 sender must not be misparsed as v1.
@@ -22,10 +22,10 @@ MESSAGE_TYPE_PREKEY: Final = 0x02
 #: Version byte of ``Session.to_bytes()``. Bumped on any layout change so a stored session
 #: from an older build is either migrated or refused, never misread.
 SESSION_RECORD_VERSION: Final = 0x01
-#: Version byte of serialized private prekey records (sessions.md §1.4).
+#: Version byte of serialized private prekey records (PROTOCOL Part II §1.4).
 PREKEY_RECORD_VERSION: Final = 0x01
 
-# --- key encodings (CONTRACT §1) ---------------------------------------------------------
+# --- key encodings (PROTOCOL Part I §1) ---------------------------------------------------------
 
 #: Type prefix of an encoded X25519 public key (``0x05 || 32 bytes``), as in libsignal.
 EC_KEY_TYPE: Final = 0x05
@@ -42,7 +42,7 @@ MLKEM_SEED_LEN: Final = 64
 IDENTITY_KEY_LEN: Final = 65
 SIGNATURE_LEN: Final = 64
 
-#: Domain-separation prefix for prekey signatures (CONTRACT §1): a prekey signature can
+#: Domain-separation prefix for prekey signatures (PROTOCOL Part I §1): a prekey signature can
 #: never be replayed as a signature on any other XChat structure.
 PREKEY_SIGNATURE_LABEL: Final = b"XChat-v1-prekey"
 
@@ -50,7 +50,7 @@ PREKEY_SIGNATURE_LABEL: Final = b"XChat-v1-prekey"
 #: random start) and the server only stores them.
 MAX_PREKEY_ID: Final = 0xFFFFFFFF
 
-# --- PQXDH (sessions.md §3; PQXDH rev. 3 §2.2, §3.3) -------------------------------------
+# --- PQXDH (PROTOCOL Part II §3; PQXDH rev. 3 §2.2, §3.3) -------------------------------------
 
 #: HKDF ``info`` of PQXDH: names protocol, curve, KEM and hash so that keys derived for one
 #: parameter set are unrelated to any other (PQXDH §2.1 "info").
@@ -63,7 +63,7 @@ PQXDH_SALT: Final = b"\x00" * 32
 #: Length of the PQXDH output SK, the initial Double Ratchet root key.
 SHARED_SECRET_LEN: Final = 32
 
-# --- Double Ratchet (sessions.md §4; Signal Double Ratchet spec §2–§3, §5.2) --------------
+# --- Double Ratchet (PROTOCOL Part II §4; Signal Double Ratchet spec §2–§3, §5.2) --------------
 
 #: HKDF ``info`` of KDF_RK (spec §5.2): root key + DH output -> new root key, chain key.
 RATCHET_ROOT_INFO: Final = b"XChat_Ratchet_v1"
@@ -91,7 +91,7 @@ MAX_SKIPPED_KEYS: Final = 2000
 #: without spending DH work on it.
 MAX_PREVIOUS_RATCHET_KEYS: Final = 5
 
-# --- sizes (sessions.md §5) --------------------------------------------------------------
+# --- sizes (PROTOCOL Part II §5) --------------------------------------------------------------
 
 #: Largest session message we parse. Sealed-sender content is padded and bounded by the
 #: relay; 256 KiB leaves room for any text/control message while keeping a hostile input

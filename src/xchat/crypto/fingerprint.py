@@ -1,4 +1,4 @@
-"""Safety numbers: detect a relay that substitutes identity keys (docs/protocol/sealed.md §10).
+"""Safety numbers: detect a relay that substitutes identity keys (PROTOCOL.md Part I §10).
 
 Follows Signal's numeric fingerprint (libsignal ``rust/protocol/src/fingerprint.rs``,
 "Safety number updates" 2016): each party's fingerprint is SHA-512 iterated 5200 times, so

@@ -1,16 +1,16 @@
-"""Group state kept only on members' devices, changed by signed updates (groups.md §3–§6).
+"""Group state kept only on members' devices, changed by signed updates (PROTOCOL Part V §3–§6).
 
 The server never sees a group: a group is a :class:`GroupState` (id, name, members with
 their identity keys, admins, version, epoch hash) that every member device holds and
 changes only by applying a :class:`GroupUpdate` signed by a member's identity key and sent
 end-to-end encrypted to the other members (the client sends it over pairwise sessions).
 
-Who may do what (groups.md §4): the creator is the first admin; admins add, remove,
+Who may do what (PROTOCOL Part V §4): the creator is the first admin; admins add, remove,
 rename, promote and demote; any member may remove itself (leave); a group never has more
 than :data:`MAX_MEMBERS` members and never has members without an admin. Every client
 checks this itself, so a non-admin's update is rejected everywhere.
 
-Concurrent updates (groups.md §5): every update names the version it was made against
+Concurrent updates (PROTOCOL Part V §5): every update names the version it was made against
 (``parent_version``). Versions advance in *rounds*: round ``v`` is the set of all updates
 with ``parent_version == v``; they are applied to state ``v`` one after another in
 ascending order of their update hash, each one re-checked against the state it lands on
@@ -47,7 +47,7 @@ from xchat.errors import (
     XChatError,
 )
 
-# --- constants (groups.md §3.1) ---------------------------------------------------------
+# --- constants (PROTOCOL Part V §3.1) ---------------------------------------------------------
 
 #: Largest group (issue requirement). Bounds the work and state one update can cause.
 MAX_MEMBERS: Final = 1000
@@ -82,7 +82,7 @@ MAX_UPDATE_LEN: Final = (
 
 
 class OpType(IntEnum):
-    """Operation type bytes (groups.md §3.3)."""
+    """Operation type bytes (PROTOCOL Part V §3.3)."""
 
     CREATE = 0x01
     ADD = 0x02
@@ -139,7 +139,7 @@ class GroupOp:
         return cls(OpType.DEMOTE, target=encode_address(decode_address(address)))
 
     def encode(self) -> bytes:
-        """``type u8 || body`` (groups.md §3.3)."""
+        """``type u8 || body`` (PROTOCOL Part V §3.3)."""
         head = bytes([self.kind])
         if self.kind == OpType.ADD:
             assert self.identity is not None
@@ -184,7 +184,7 @@ def _decode_op(data: bytes, offset: int) -> tuple[GroupOp, int]:
 
 @dataclass(frozen=True)
 class GroupUpdate:
-    """A signed, encoded change to a group (groups.md §3.2). Construct with :meth:`sign`
+    """A signed, encoded change to a group (PROTOCOL Part V §3.2). Construct with :meth:`sign`
     (own update) or :meth:`decode` (received: parsed *and* signature-checked)."""
 
     group_id: bytes
@@ -261,7 +261,7 @@ def _epoch_hash(parent: bytes, applied: Iterable[bytes]) -> bytes:
 
 @dataclass(frozen=True, eq=True)
 class GroupState:
-    """One version of a group, as every member device holds it (groups.md §3.4).
+    """One version of a group, as every member device holds it (PROTOCOL Part V §3.4).
 
     ``members`` maps canonical addresses to 65-byte identity keys; treat it as read-only.
     Equal states (including ``epoch_hash``) mean equal histories.
@@ -345,7 +345,7 @@ class GroupState:
         return cls(group_id, name, members, frozenset(admins), version, epoch)
 
 
-# --- applying updates (groups.md §4) ----------------------------------------------------
+# --- applying updates (PROTOCOL Part V §4) ----------------------------------------------------
 
 
 @dataclass
@@ -612,7 +612,7 @@ def propose(
     return apply(state, update), update
 
 
-# --- key rotation (groups.md §6) --------------------------------------------------------
+# --- key rotation (PROTOCOL Part V §6) --------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Message padding to a small set of size buckets (docs/protocol/sealed.md §6).
+"""Message padding to a small set of size buckets (PROTOCOL.md Part I §6).
 
 The relay sees every envelope's length. Without padding, a message's length leaks its
 content ("ok" vs. a paragraph, a typing indicator vs. a reaction). We therefore pad every
@@ -68,7 +68,7 @@ def padded_length(data_len: int) -> int:
 
 
 def pad(data: bytes) -> bytes:
-    """``data || 0x80 || zeros`` up to the smallest bucket (sealed.md §6)."""
+    """``data || 0x80 || zeros`` up to the smallest bucket (PROTOCOL Part I §6)."""
     target = padded_length(len(data))
     return data + bytes([PAD_MARKER]) + bytes(target - len(data) - 1)
 

@@ -1,4 +1,4 @@
-"""PQXDH key agreement, X25519 + ML-KEM-1024 (Signal PQXDH rev. 3; sessions.md §3).
+"""PQXDH key agreement, X25519 + ML-KEM-1024 (Signal PQXDH rev. 3; PROTOCOL Part II §3).
 
 Algorithm (PQXDH §3.3 "Sending the initial message", §3.4 "Receiving"):
 
@@ -13,7 +13,7 @@ Algorithm (PQXDH §3.3 "Sending the initial message", §3.4 "Receiving"):
 5. ``AD = IdentityKey_A(65) || IdentityKey_B(65)`` (our 0x01-prefixed identity encoding).
 
 Deviation: PQXDH uses one Curve25519 identity key for both XEdDSA signatures and DH. We use
-two keys derived from one seed (CONTRACT §1): Ed25519 for signatures and X25519 for DH, so
+two keys derived from one seed (PROTOCOL Part I §1): Ed25519 for signatures and X25519 for DH, so
 ``IK`` in the DH terms means the identity's X25519 key. pyca/cryptography has no XEdDSA and
 we do not write primitives. Both public keys are inside the 65-byte identity encoding that
 enters AD, so both are authenticated by the session.

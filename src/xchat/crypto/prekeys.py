@@ -1,7 +1,7 @@
 """Prekeys: generation, signing, storage records and the bundle a sender fetches.
 
 Implements the "publishing keys" phase of PQXDH (rev. 3 §3.2) for XChat
-(docs/protocol/sessions.md §1–§2):
+(PROTOCOL.md Part II §1–§2):
 
 1. one signed curve prekey ``SPK`` (X25519), rotated by the client from time to time;
 2. a batch of unsigned one-time curve prekeys ``OPK`` (X25519);
@@ -10,7 +10,7 @@ Implements the "publishing keys" phase of PQXDH (rev. 3 §3.2) for XChat
    KEM keys run out.
 
 Every signature is Ed25519 by the identity key over ``b"XChat-v1-prekey" || encoded_key``
-(CONTRACT §1), with keys encoded as ``0x05 || x25519`` or ``0x08 || mlkem``.
+(PROTOCOL Part I §1), with keys encoded as ``0x05 || x25519`` or ``0x08 || mlkem``.
 
 Private halves are kept as versioned byte records (``*Record.to_bytes``) that the client
 stores in its sealed local database; the ML-KEM private key is kept as its 64-byte seed.
@@ -56,7 +56,7 @@ _KIND_KEM = 0x03
 
 
 def prekey_signature_message(encoded_key: bytes) -> bytes:
-    """The bytes a prekey signature covers (CONTRACT §1)."""
+    """The bytes a prekey signature covers (PROTOCOL Part I §1)."""
     return C.PREKEY_SIGNATURE_LABEL + encoded_key
 
 
@@ -97,7 +97,7 @@ def mlkem_public_from_bytes(raw: bytes) -> MLKEM1024PublicKey:
 
 @dataclass(frozen=True)
 class SignedPreKeyRecord:
-    """Private signed curve prekey ``SPK`` (sessions.md §1.1)."""
+    """Private signed curve prekey ``SPK`` (PROTOCOL Part II §1.1)."""
 
     id: int
     private: bytes = field(repr=False)  # X25519 scalar, 32 bytes
@@ -125,7 +125,7 @@ class SignedPreKeyRecord:
         return cls(prekey_id, private, signature, created_ms)
 
     def to_public_json(self) -> dict[str, Any]:
-        """``{"id", "key", "signature"}`` as in PreKeyUpload (CONTRACT §4)."""
+        """``{"id", "key", "signature"}`` as in PreKeyUpload (PROTOCOL Part III)."""
         return {
             "id": self.id,
             "key": _b64(encode_x25519(self.public)),
@@ -285,7 +285,7 @@ def prekey_upload(
     one_time_ec: Iterable[OneTimePreKeyRecord] = (),
     one_time_kem: Iterable[KemPreKeyRecord] = (),
 ) -> dict[str, Any]:
-    """The ``PreKeyUpload`` JSON object of CONTRACT §4 (only the public halves)."""
+    """The ``PreKeyUpload`` JSON object of PROTOCOL Part III (only the public halves)."""
     body: dict[str, Any] = {}
     if signed_prekey is not None:
         body["signed_prekey"] = signed_prekey.to_public_json()
@@ -424,7 +424,7 @@ class PreKeyBundle:
     def from_json(
         cls, device: Mapping[str, Any], identity_key: IdentityPublicKey | None = None
     ) -> PreKeyBundle:
-        """Parse one entry of ``devices`` in ``GET /api/v1/bundles/{address}`` (CONTRACT §4).
+        """Parse one entry of ``devices`` in ``GET /api/v1/bundles/{address}`` (PROTOCOL Part III).
 
         The identity key comes from ``identity_key`` or, failing that, from the entry's own
         ``"identity_key"`` field (which :meth:`to_json` writes). DecodeError on any bad shape.
@@ -463,7 +463,7 @@ class PreKeyBundle:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The device entry of CONTRACT §4 bundle JSON, plus ``"identity_key"``."""
+        """The device entry of PROTOCOL Part III bundle JSON, plus ``"identity_key"``."""
         one_time: dict[str, Any] | None = None
         if self.one_time_prekey_id is not None and self.one_time_prekey is not None:
             one_time = {

@@ -1,7 +1,7 @@
 """The Double Ratchet (Perrin & Marlinspike, "The Double Ratchet Algorithm", rev. 1, 2016).
 
 Implements spec §3 ("Double Ratchet with header in the clear") with the §5.2 recommended
-functions, made concrete in docs/protocol/sessions.md §4:
+functions, made concrete in PROTOCOL.md Part II §4:
 
 - ``KDF_RK(rk, dh_out) = HKDF-SHA256(ikm=dh_out, salt=rk, info="XChat_Ratchet_v1", 64)``
   split into (new root key, chain key).
@@ -333,10 +333,10 @@ class RatchetState:
             for key in list(skipped)[:excess]:
                 del skipped[key]
 
-    # -- serialization (sessions.md §6) --
+    # -- serialization (PROTOCOL Part II §6) --
 
     def to_bytes(self) -> bytes:
-        """Fixed layout, see sessions.md §6.2."""
+        """Fixed layout, see PROTOCOL Part II §6.2."""
         flags = (self.dhr is not None) | (self.cks is not None) << 1 | (self.ckr is not None) << 2
         parts = [
             struct.pack(">B", flags),

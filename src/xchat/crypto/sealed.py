@@ -1,4 +1,4 @@
-"""Sealed sender: hide who sent a message from the relay (docs/protocol/sealed.md §7–§8).
+"""Sealed sender: hide who sent a message from the relay (PROTOCOL.md Part I §7–§8).
 
 Modelled on Signal's sealed sender v1 (libsignal ``rust/protocol/src/sealed_sender.rs``,
 "Sealed Sender" blog post 2018), with AES-256-GCM instead of AES-CTR + HMAC. Algorithm,
@@ -22,7 +22,7 @@ certificate they were sent).
 Every key is used for exactly one AEAD encryption (each is derived from a fresh ephemeral
 DH, or salted with the ``chain_key`` derived from it), so a fixed all-zero nonce is safe.
 
-The multi-recipient variant (:func:`seal_multi`, sealed.md §8) follows Signal's sealed
+The multi-recipient variant (:func:`seal_multi`, PROTOCOL Part I §8) follows Signal's sealed
 sender v2: ``P`` is encrypted once under a random key ``M``, one ephemeral key derived from
 ``M`` serves every recipient, and each recipient device gets only ``M`` masked with a key
 from the ephemeral DH plus a 16-byte tag keyed by the static-static DH that binds the
@@ -67,7 +67,7 @@ from xchat.errors import (
     UntrustedIdentity,
 )
 
-# --- constants (sealed.md §7.1) ---------------------------------------------------------
+# --- constants (PROTOCOL Part I §7.1) ---------------------------------------------------------
 
 #: Version byte of a single-recipient sealed envelope.
 SEALED_VERSION: Final = 0x01
@@ -81,7 +81,7 @@ LABEL_MULTI_EPHEMERAL: Final = b"XChat-v1-sealed-multi-ephemeral"
 LABEL_MULTI_WRAP: Final = b"XChat-v1-sealed-multi-wrap"
 LABEL_MULTI_AUTH: Final = b"XChat-v1-sealed-multi-auth"
 
-#: Default recipient device: the account's first device (CONTRACT §4 registers device 1).
+#: Default recipient device: the account's first device (PROTOCOL Part III registers device 1).
 DEFAULT_DEVICE_ID: Final = 1
 
 #: Largest ``content`` (a session message) we seal or accept. Equal to the session layer's
@@ -102,7 +102,7 @@ HEADER_PREFIX_LEN: Final = 1 + 32 + _ENC_STATIC_LEN  # 114
 SEALED_OVERHEAD: Final = HEADER_PREFIX_LEN + _TAG + _INNER_MIN  # 273
 MAX_SEALED_LEN: Final = SEALED_OVERHEAD + MAX_CONTENT_LEN
 
-#: Truncated HMAC tag authenticating the sender to one recipient device (sealed.md §8).
+#: Truncated HMAC tag authenticating the sender to one recipient device (PROTOCOL Part I §8).
 MULTI_TAG_LEN: Final = 16
 #: ``version || M XOR pad_i (32) || tag_i (16)``
 MULTI_HEADER_LEN: Final = 1 + _KEY + MULTI_TAG_LEN  # 49
@@ -225,7 +225,7 @@ def _open_inner(
     )
 
 
-# --- single recipient (sealed.md §7) ----------------------------------------------------
+# --- single recipient (PROTOCOL Part I §7) ----------------------------------------------------
 
 
 def seal(
@@ -256,7 +256,7 @@ def unseal(
     *,
     own_device_id: int = DEFAULT_DEVICE_ID,
 ) -> UnsealedMessage:
-    """Open an envelope addressed to ``own`` (device ``own_device_id``) (sealed.md §7.3).
+    """Open an envelope addressed to ``own`` (device ``own_device_id``) (PROTOCOL Part I §7.3).
 
     Accepts both a single-recipient envelope (version 0x01) and a delivered multi-recipient
     ``header || shared`` (version 0x02). Raises DecodeError / UnsupportedVersion / TooLarge
@@ -285,7 +285,7 @@ def unseal(
     return _open_inner(sender, inner, server_signing_key, now_ms)
 
 
-# --- multiple recipients (sealed.md §8) -------------------------------------------------
+# --- multiple recipients (PROTOCOL Part I §8) -------------------------------------------------
 
 
 def _multi_ephemeral(message_key: bytes) -> tuple[X25519PrivateKey, bytes]:
@@ -335,7 +335,7 @@ def seal_multi(
     rng: Rng = os.urandom,
 ) -> tuple[bytes, dict[Recipient, bytes]]:
     """Encrypt once for many devices: ``(shared, {(identity, device_id): header})``
-    (sealed.md §8.1, after Signal's sealed sender v2).
+    (PROTOCOL Part I §8.1, after Signal's sealed sender v2).
 
     ``shared = 0x02 || e.pub || AES-256-GCM(k_p, 0^12, P, aad=0x02 || e.pub)`` with ``M``
     random, ``e = HKDF(M, LABEL_MULTI_EPHEMERAL)`` and ``k_p = HKDF(M, LABEL_MULTI_PAYLOAD)``;
@@ -377,7 +377,7 @@ def unseal_multi(
     *,
     own_device_id: int = DEFAULT_DEVICE_ID,
 ) -> UnsealedMessage:
-    """Open our ``header`` and the ``shared`` ciphertext (sealed.md §8.3; errors as
+    """Open our ``header`` and the ``shared`` ciphertext (PROTOCOL Part I §8.3; errors as
     :func:`unseal`, a wrong tag or ephemeral key is the opaque DecryptionError)."""
     if len(header) != MULTI_HEADER_LEN or len(shared) < MULTI_SHARED_OVERHEAD:
         raise DecodeError("multi-recipient envelope truncated")

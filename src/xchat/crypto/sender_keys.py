@@ -1,9 +1,9 @@
-"""Sender keys: encrypt a group message once for every member (docs/protocol/groups.md §2).
+"""Sender keys: encrypt a group message once for every member (PROTOCOL.md Part V §2).
 
 Modelled on Signal's sender keys (libsignal ``rust/protocol/src/sender_keys.rs``,
 ``group_cipher.rs``) and Matrix Megolm. Each member device owns, per group, a *sending
 chain*: a random 32-byte chain key ``CK_i`` with an iteration counter ``i``, and a
-per-chain Ed25519 signing key pair. Algorithm (groups.md §2.2):
+per-chain Ed25519 signing key pair. Algorithm (PROTOCOL Part V §2.2):
 
 1. ``MK_i = HMAC-SHA256(CK_i, 0x01)``, ``CK_{i+1} = HMAC-SHA256(CK_i, 0x02)`` (libsignal's
    ``SenderChainKey``); the old chain key and every used message key are dropped, so a
@@ -54,12 +54,12 @@ from xchat.errors import (
     UnsupportedVersion,
 )
 
-# --- constants (groups.md §2.1; limits after libsignal consts.rs) -----------------------
+# --- constants (PROTOCOL Part V §2.1; limits after libsignal consts.rs) -----------------------
 
 #: Version byte of a sender-key message.
 MESSAGE_VERSION: Final = 0x01
 #: Proposed ``content_type`` for ``sealed.seal_multi`` when the content is a sender-key
-#: message (0x01 is a pairwise session message); groups.md §7.
+#: message (0x01 is a pairwise session message); PROTOCOL Part V §7.
 SEALED_CONTENT_TYPE: Final = 0x02
 #: Version byte of a sender-key distribution message.
 DISTRIBUTION_VERSION: Final = 0x01
@@ -150,7 +150,7 @@ class SenderKeyMessageHeader:
 def parse_header(message: bytes) -> SenderKeyMessageHeader:
     """Read the header so the caller can find the right :class:`SenderKeyRecord`.
 
-    Checks version, lengths and the iteration range (groups.md §2.3); DecodeError,
+    Checks version, lengths and the iteration range (PROTOCOL Part V §2.3); DecodeError,
     UnsupportedVersion or TooLarge otherwise. Nothing here is authenticated yet.
     """
     if len(message) < MESSAGE_OVERHEAD:
@@ -223,7 +223,7 @@ class SenderKeyState:
         self.first_iteration = iteration if first_iteration is None else first_iteration
         self.skipped: dict[int, bytes] = {} if skipped is None else skipped  # oldest first
 
-    # --- creation and distribution (groups.md §2.4) -------------------------------------
+    # --- creation and distribution (PROTOCOL Part V §2.4) -------------------------------------
 
     @classmethod
     def generate(cls, group_id: bytes, rng: Rng = os.urandom) -> SenderKeyState:
@@ -247,7 +247,7 @@ class SenderKeyState:
         return self._signer is not None
 
     def distribution_message(self) -> bytes:
-        """The SenderKeyDistributionMessage at the *current* iteration (groups.md §2.4).
+        """The SenderKeyDistributionMessage at the *current* iteration (PROTOCOL Part V §2.4).
 
         Giving a new member the current chain key, not an earlier one, is what keeps it from
         reading messages sent before it joined: the chain only runs forward.
@@ -273,7 +273,7 @@ class SenderKeyState:
             raise DecodeError("sender key iteration out of range")
         return cls(group_id, key_id, iteration, chain_key, public)
 
-    # --- the hot path (groups.md §2.2–§2.3) ---------------------------------------------
+    # --- the hot path (PROTOCOL Part V §2.2–§2.3) ---------------------------------------------
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """Encrypt and sign one group message, then advance the chain.
@@ -346,7 +346,7 @@ class SenderKeyState:
         del self.skipped[iteration]
         return plaintext
 
-    # --- persistence (groups.md §2.5) ---------------------------------------------------
+    # --- persistence (PROTOCOL Part V §2.5) ---------------------------------------------------
 
     def to_bytes(self) -> bytes:
         """Versioned serialization, private signing key included for an own chain."""

@@ -1,6 +1,6 @@
 """Pairwise sessions: PQXDH setup + Double Ratchet, the API the client uses.
 
-docs/protocol/sessions.md §5–§6. Flow (PQXDH rev. 3 §3, Double Ratchet §3):
+PROTOCOL.md Part II §5–§6. Flow (PQXDH rev. 3 §3, Double Ratchet §3):
 
 1. Alice: ``Session.initiate(own, bundle)`` verifies Bob's bundle, runs PQXDH and starts
    her ratchet. Until Bob's first reply arrives, every ``encrypt`` yields a PreKey message:
@@ -40,7 +40,7 @@ Rng = Callable[[int], bytes]
 
 
 class MessageKind(enum.IntEnum):
-    """The type byte of a session message (sessions.md §5)."""
+    """The type byte of a session message (PROTOCOL Part II §5)."""
 
     NORMAL = C.MESSAGE_TYPE_NORMAL
     PREKEY = C.MESSAGE_TYPE_PREKEY
@@ -76,7 +76,7 @@ def message_kind(data: bytes) -> MessageKind:
 
 @dataclass(frozen=True)
 class PreKeyMessage:
-    """A parsed PreKey message (sessions.md §5.2). Nothing in it is authenticated yet."""
+    """A parsed PreKey message (PROTOCOL Part II §5.2). Nothing in it is authenticated yet."""
 
     identity_key: IdentityPublicKey
     base_key: bytes
@@ -278,10 +278,10 @@ class Session:
             return False
         return not self.initiator and msg.header_digest == self.setup_digest
 
-    # -- persistence (sessions.md §6) --
+    # -- persistence (PROTOCOL Part II §6) --
 
     def to_bytes(self) -> bytes:
-        """Versioned record: see sessions.md §6.1."""
+        """Versioned record: see PROTOCOL Part II §6.1."""
         flags = (_FLAG_INITIATOR if self.initiator else 0) | (
             _FLAG_PENDING if self._pending is not None else 0
         )

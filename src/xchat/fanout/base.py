@@ -1,4 +1,4 @@
-"""Routing of deliveries to the node that holds a device's socket (wire.md §8).
+"""Routing of deliveries to the node that holds a device's socket (PROTOCOL Part III §8).
 
 On one machine (``local.py``) that is a dict lookup. With several nodes a Redis backend
 would publish to the node that registered the device; the interface stays the same.

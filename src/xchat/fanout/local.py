@@ -1,4 +1,4 @@
-"""In-process fan-out: which device's socket lives in this process (wire.md §8)."""
+"""In-process fan-out: which device's socket lives in this process (PROTOCOL Part III §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sans-I/O codec of the WebSocket data-plane frames (CONTRACT §5, docs/protocol/wire.md §5).
+"""Sans-I/O codec of the WebSocket data-plane frames (PROTOCOL.md Part III §5).
 
 One binary WebSocket message carries exactly one frame: ``type u8 || body``. Integers are
 big-endian. The decoder is total: any byte string either decodes to a frame object or raises
@@ -17,7 +17,7 @@ from typing import Final
 
 from xchat.errors import DecodeError, UnsupportedVersion
 
-# Frame types (CONTRACT §5).
+# Frame types (PROTOCOL Part III §5).
 SEND: Final = 0x01
 ACK: Final = 0x02
 SEND_MULTI: Final = 0x03
@@ -34,7 +34,7 @@ ACCESS_POW: Final = 2
 ENVELOPE_ID_LEN: Final = 16
 DELIVERY_TOKEN_LEN: Final = 16
 
-# WebSocket close codes (CONTRACT §5).
+# WebSocket close codes (PROTOCOL Part III §5).
 CLOSE_MALFORMED: Final = 4400
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
@@ -64,7 +64,7 @@ class TokenAccess:
 
 @dataclass(frozen=True, slots=True)
 class PowAccess:
-    """Access by a proof-of-work stamp over a server challenge (kind 2, CONTRACT §3)."""
+    """Access by a proof-of-work stamp over a server challenge (kind 2, PROTOCOL Part I §5)."""
 
     challenge: bytes
     nonce: int
@@ -208,7 +208,7 @@ def encode_send_result(
 
 
 def encode_frame(frame: Frame) -> bytes:
-    """Encode any frame to its wire bytes (CONTRACT §5). Out-of-range fields raise
+    """Encode any frame to its wire bytes (PROTOCOL Part III §5). Out-of-range fields raise
     :class:`DecodeError` (the same error a peer would get decoding them)."""
     try:
         if isinstance(frame, Send):
@@ -346,7 +346,7 @@ _SEND_HEAD = struct.Struct(">IH")
 
 def decode_send(data: bytes) -> tuple[int, list[SendItem]]:
     """Decode a SEND frame (type byte included) to ``(req_id, destinations)`` without
-    building frame objects: the relay's hot path (wire.md §5). Accepts and rejects exactly
+    building frame objects: the relay's hot path (PROTOCOL Part III §5). Accepts and rejects exactly
     what :func:`decode_frame` does for type 0x01, with the same :class:`DecodeError`s."""
     if data[:1] != b"\x01":
         raise DecodeError("not a SEND frame")
@@ -400,7 +400,7 @@ def decode_send(data: bytes) -> tuple[int, list[SendItem]]:
 
 
 def decode_frame(data: bytes) -> Frame:
-    """Decode one frame (CONTRACT §5). Raises :class:`DecodeError` on any malformed input:
+    """Decode one frame (PROTOCOL Part III §5). Raises :class:`DecodeError` on any malformed input:
     empty data, unknown type, truncation, bad counts or trailing bytes."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError("frame must be bytes")
@@ -414,9 +414,9 @@ def decode_frame(data: bytes) -> Frame:
     return frame
 
 
-# --- SEND_MULTI (wire.md §5.2): one shared payload, a small header per device -----------
+# --- SEND_MULTI (PROTOCOL Part III §5.2): one shared payload, a small header per device -----------
 
-#: Address hash length in a SEND_MULTI destination (CONTRACT §1: the address's 20 bytes).
+#: Address hash length in a SEND_MULTI destination (PROTOCOL Part I §1: the address's 20 bytes).
 ADDRESS_HASH_LEN: Final = 20
 _MULTI_HEAD = struct.Struct(">II")  # req_id, shared_len
 _MULTI_ENV = struct.Struct(">I16sB")  # device_id, envelope_id, header_len
@@ -443,7 +443,7 @@ class MultiDestination:
 @dataclass(frozen=True, slots=True)
 class SendMulti:
     """``0x03`` client → server: the same ``shared`` bytes for many devices, each prefixed
-    by its own small header (a multi-recipient sealed-sender message, sealed.md §8)."""
+    by its own small header (a multi-recipient sealed-sender message, PROTOCOL Part I §8)."""
 
     req_id: int
     shared: bytes
@@ -453,7 +453,7 @@ class SendMulti:
 def encode_send_multi(frame: SendMulti) -> bytes:
     """``0x03 || req_id u32 || shared_len u32 || shared || n_dest u16 || dest*`` with
     ``dest = addr_hash(20) || access (as in SEND) || n_env u8 || env*`` and
-    ``env = device_id u32 || envelope_id(16) || header_len u8 || header`` (wire.md §5.2)."""
+    ``env = device_id u32 || envelope_id(16) || header_len u8 || header`` (PROTOCOL III §5.2)."""
     try:
         _check_u16(len(frame.destinations), "destinations")
         parts = [bytes([SEND_MULTI]), _MULTI_HEAD.pack(frame.req_id, len(frame.shared))]
@@ -502,7 +502,7 @@ def decode_send_multi(data: bytes) -> SendMulti:
 
 def expand_send_multi(frame: SendMulti) -> list[SendItem]:
     """The SEND destinations a SEND_MULTI stands for: each device's content is
-    ``header || shared``, the address the bech32m form of its hash (wire.md §5.2)."""
+    ``header || shared``, the address the bech32m form of its hash (PROTOCOL III §5.2)."""
     from xchat.crypto.keys import encode_address  # sans-I/O; imported late, cold path
 
     shared = frame.shared

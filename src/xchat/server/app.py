@@ -1,4 +1,4 @@
-"""FastAPI application factory of the relay (CONTRACT §4–5, wire.md §4, §6).
+"""FastAPI application factory of the relay (PROTOCOL Part III §4, §6).
 
 Error policy: every error is JSON ``{"error": "<message>"}`` with a 4xx status; pydantic
 validation failures keep FastAPI's 422 (with the same ``error`` key); an unexpected
@@ -57,7 +57,7 @@ BLOB_PREFIX = "/api/v1/blobs/"
 
 class LimitsMiddleware:
     """Per-IP-bucket request rate limit (429 + Retry-After) and the HTTP body size limit
-    (413), enforced before any handler or body parser runs (wire.md §6)."""
+    (413), enforced before any handler or body parser runs (PROTOCOL Part III §6)."""
 
     def __init__(self, app: ASGIApp, relay: Relay) -> None:
         self.app = app
@@ -77,7 +77,7 @@ class LimitsMiddleware:
             return
         if scope.get("method") == "PATCH" and scope.get("path", "").startswith(BLOB_PREFIX):
             # Blob uploads are streamed and capped at the blob's declared size by the blob
-            # router itself (files.md §4); the 1 MiB JSON body limit does not apply to them.
+            # router itself (PROTOCOL Part VI §4); the 1 MiB JSON body limit does not apply to them.
             await self.app(scope, receive, send)
             return
         limit = relay.config.max_request
@@ -116,7 +116,7 @@ class LimitsMiddleware:
 
 
 class RequestLogMiddleware:
-    """One JSON log line per HTTP request (wire.md §9): method, the route *template* (never
+    """One JSON log line per HTTP request (PROTOCOL III §9): method, the route *template* (never
     the concrete path, which can hold an address, handle or blob id), status and duration;
     the client IP only when the operator passed ``--log-ips`` (``XCHAT_LOG_IPS=1``)."""
 

@@ -1,4 +1,4 @@
-"""Server secrets, stateless challenges and bearer tokens (wire.md §3).
+"""Server secrets, stateless challenges and bearer tokens (PROTOCOL Part III §3).
 
 Both challenges and tokens are HMAC-SHA256-authenticated byte strings, so the server keeps
 no session table. Challenges are single-use: a used one is remembered in memory until it

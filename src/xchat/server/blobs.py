@@ -1,4 +1,4 @@
-"""The blob HTTP API: resumable upload, capability download (docs/protocol/files.md §4).
+"""The blob HTTP API: resumable upload, capability download (PROTOCOL.md Part VI §4).
 
 * ``POST /api/v1/blobs`` (auth) ``{"size": n}`` → 201 ``{"id", "upload_offset": 0, "size",
   "expires_ms"}``; 413 over the per-blob cap or the account's quota.
@@ -91,7 +91,7 @@ class _BlobState:
         self.last_sweep = 0
 
     async def maybe_sweep(self, now: int) -> None:
-        """TTL expiry (files.md §7): at most once per sweep interval, on the request path
+        """TTL expiry (PROTOCOL Part VI §7): at most once per sweep interval, on the request path
         (expired blobs are also refused on every read, so a late sweep leaks nothing)."""
         if now - self.last_sweep >= self.sweep_ms:
             self.last_sweep = now

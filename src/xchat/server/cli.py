@@ -1,4 +1,4 @@
-"""``xchat serve`` (wire.md §9). The lead mounts :data:`serve_command` into the ``xchat``
+"""``xchat serve`` (PROTOCOL Part III §9). The lead mounts :data:`serve_command` into the ``xchat``
 group; ``python -m xchat serve`` calls it directly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Relay configuration: defaults, ``XCHAT_*`` environment variables, CLI flags (wire.md §9).
+"""Relay configuration: defaults, ``XCHAT_*`` environment variables, CLI flags (PROTOCOL III §9).
 
 Precedence: CLI flag > environment variable > default. Every limit of the relay is here so
 tests and the benchmark can tune it without code changes.
@@ -40,7 +40,7 @@ class ServerConfig:
     ws_fast: bool = True  # serve /api/v1/ws by the same-port fast path (wsfast.py)
     ws_ping_seconds: float = 30.0  # fast path keepalive interval (0 = off)
     ws_direct_writes: bool = True  # fast path: os.write (GIL released) before transport.write
-    # Connection hygiene (wire.md §6): slowloris timeouts and sockets per IP bucket
+    # Connection hygiene (PROTOCOL Part III §6): slowloris timeouts and sockets per IP bucket
     header_timeout: float = 5.0  # seconds from connect (or request start) to a full head
     body_timeout: float = 5.0  # seconds without a byte of a request body being received
     max_sockets_per_ip: int = 256  # open TCP connections per /24 or /64 (0 = unlimited)

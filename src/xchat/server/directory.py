@@ -1,5 +1,5 @@
 """Accounts, auth, handles, the prekey directory, delivery tokens and sender certificates
-(CONTRACT §4, wire.md §4.1–4.3).
+(PROTOCOL Part III §4.1–4.3).
 
 The only crypto here: Ed25519 verification of registration/auth signatures and of every
 uploaded prekey signature, proof-of-work checks, and signing sender certificates.
@@ -29,7 +29,7 @@ LABEL_PREKEY = b"XChat-v1-prekey"
 X25519_PREFIX, X25519_LEN = 0x05, 33
 MLKEM_PREFIX, MLKEM_LEN = 0x08, 1569
 HANDLE_RE = re.compile(r"^[a-z][a-z0-9_]{2,31}$")
-# Confusable folding (wire.md §4.2): two handles with the same skeleton cannot coexist.
+# Confusable folding (PROTOCOL Part III §4.2): two handles with the same skeleton cannot coexist.
 _SKELETON_PAIRS = (("rn", "m"), ("vv", "w"), ("0", "o"), ("1", "l"), ("i", "l"))
 
 
@@ -69,7 +69,7 @@ def normalize_handle(handle: str) -> str:
 
 
 def handle_skeleton(handle: str) -> str:
-    """Fold look-alike characters so ``paypa1`` and ``paypal`` collide (wire.md §4.2)."""
+    """Fold look-alike characters so ``paypa1`` and ``paypal`` collide (PROTOCOL Part III §4.2)."""
     s = handle.replace("_", "")
     for a, b in _SKELETON_PAIRS:
         s = s.replace(a, b)

@@ -1,4 +1,4 @@
-"""Read timeouts and the per-IP-bucket connection count for the HTTP side (wire.md §6).
+"""Read timeouts and the per-IP-bucket connection count for the HTTP side (PROTOCOL Part III §6).
 
 uvicorn arms its keep-alive timeout only after a response, so a client that never finishes
 a request head, or stops sending a body it announced, would hold its connection (and, for
@@ -133,7 +133,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         """Fallback data plane (``XCHAT_WS_FAST=0``): the Starlette endpoint counts the
-        socket in its IP bucket from now on (wire.md §6), so this slot is released."""
+        socket in its IP bucket from now on (PROTOCOL Part III §6), so this slot is released."""
         self.xc_phase = _APP
         if self.xc_bucket:
             self.xc_relay.conn_close(self.xc_bucket)

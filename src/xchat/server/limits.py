@@ -1,4 +1,4 @@
-"""Token-bucket rate limits per device and per IP bucket (wire.md §6).
+"""Token-bucket rate limits per device and per IP bucket (PROTOCOL Part III §6).
 
 IP buckets group addresses the way one user or host typically holds them: an IPv4 /24 or an
 IPv6 /64, so rotating through a block does not multiply the budget. Buckets live only in

@@ -1,4 +1,4 @@
-"""JSON-line logs (wire.md §9): one object per line on stderr.
+"""JSON-line logs (PROTOCOL Part III §9): one object per line on stderr.
 
 Callers log events and counts only. Never pass message content, addresses, handles, sender
 identities or client IPs (IPs only when the operator passed ``--log-ips``).

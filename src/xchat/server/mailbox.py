@@ -1,5 +1,5 @@
 """HTTP mailbox: sealed-sender send, fetch for offline devices, ack/delete
-(CONTRACT §4, wire.md §4.4–4.5). The WebSocket path (``realtime.py``) shares
+(PROTOCOL Part III §4.4–4.5). The WebSocket path (``realtime.py``) shares
 :meth:`Relay.check_send` / :meth:`Relay.submit`.
 """
 
@@ -66,13 +66,13 @@ _SEND_ERRORS = m.errors(400, 401, 404, 409, 413, 503)
 
 @router.post("/messages", response_model=m.Ok, responses=_SEND_ERRORS)
 async def send(body: m.SendIn, request: Request) -> m.Ok:
-    """Sealed-sender send: no Authorization; access per destination (wire.md §4.4)."""
+    """Sealed-sender send: no Authorization; access per destination (PROTOCOL Part III §4.4)."""
     return await _send(request, [_dest(d) for d in body.destinations])
 
 
 @router.post("/messages/multi", response_model=m.Ok, responses=_SEND_ERRORS)
 async def send_multi(body: m.SendMultiIn, request: Request) -> m.Ok:
-    """HTTP form of SEND_MULTI (wire.md §4.4a, §5.2): device ``i`` of destination ``j``
+    """HTTP form of SEND_MULTI (PROTOCOL Part III §4.4a, §5.2): device ``i`` of destination ``j``
     gets ``header || shared``; otherwise exactly ``POST /messages``."""
     shared = m.b64(body.shared, "shared")
     return await _send(request, [_multi_dest(d, shared) for d in body.destinations])

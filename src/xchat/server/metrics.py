@@ -1,4 +1,4 @@
-"""Prometheus text exposition of aggregate counters only (wire.md §9).
+"""Prometheus text exposition of aggregate counters only (PROTOCOL Part III §9).
 
 No label ever carries an address, handle, device or IP: only totals.
 """

@@ -1,4 +1,4 @@
-"""Pydantic bodies of the HTTP control plane (CONTRACT §4, wire.md §4) and b64 helpers.
+"""Pydantic bodies of the HTTP control plane (PROTOCOL.md Part III §4) and b64 helpers.
 
 Models validate shape only (types, list lengths); byte fields stay base64 strings and are
 decoded by :func:`b64` in the handlers, which turns bad encodings into 400s.
@@ -22,7 +22,7 @@ class _Model(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """Every error body (wire.md §1): ``{"error": str}``; some add fields (409's
+    """Every error body (PROTOCOL Part III §1): ``{"error": str}``; some add fields (409's
     ``address`` and ``devices``), hence ``extra="allow"``."""
 
     model_config = ConfigDict(extra="allow")
@@ -42,7 +42,7 @@ _ERRORS = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: the error statuses it can answer (wire.md §1, §6).
+    """``responses=`` for a route: the error statuses it can answer (PROTOCOL Part III §1, §6).
     Every route can answer 429 (per-IP-bucket limit, before any handler)."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in sorted({*codes, 429}):
@@ -237,7 +237,7 @@ class MultiDestinationIn(_Model):
 
 
 class SendMultiIn(_Model):
-    """``POST /messages/multi``: the JSON form of the SEND_MULTI frame (wire.md §4.4a)."""
+    """``POST /messages/multi``: the JSON form of the SEND_MULTI frame (PROTOCOL Part III §4.4a)."""
 
     shared: str
     destinations: list[MultiDestinationIn] = Field(min_length=1, max_length=MAX_LIST)

@@ -1,4 +1,4 @@
-"""WebSocket data plane ``/api/v1/ws`` (CONTRACT §5, wire.md §5): the per-socket logic.
+"""WebSocket data plane ``/api/v1/ws`` (PROTOCOL.md Part III §5): the per-socket logic.
 
 :class:`DeviceConnection` is transport-agnostic: it decodes client frames, runs the send
 path, queues outgoing frames and coalesces them. Two transports drive it:
@@ -345,7 +345,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     header = ws.headers.get("authorization")
     await ws.accept()
     counted = ""
-    if relay.config.max_sockets_per_ip > 0:  # sockets per IP bucket (wire.md §6)
+    if relay.config.max_sockets_per_ip > 0:  # sockets per IP bucket (PROTOCOL Part III §6)
         counted = ip_bucket(ws.client.host if ws.client else None)
         if not relay.conn_open(counted):
             relay.conn_close(counted)

@@ -1,4 +1,4 @@
-"""The relay's shared state and the send path used by both HTTP and WebSocket (wire.md §4.4).
+"""The relay's shared state and the send path used by both HTTP and WebSocket (PROTOCOL III §4.4).
 
 A send is all-or-nothing: every destination is checked (address known → 404, access proof
 → 401, device list → 409, sizes → 413) before anything is stored; then all envelopes go to
@@ -82,10 +82,10 @@ class Relay:
         self.send_limiter = RateLimiter(config.rate_send_per_s, config.rate_send_burst, on)
         self.ws_connections = 0
         #: The live authenticated socket of each device (realtime.DeviceConnection), so
-        #: a device whose epoch changes can be cut at once (wire.md §5, revocation).
+        #: a device whose epoch changes can be cut at once (PROTOCOL Part III §5, revocation).
         self.device_sockets: dict[int, _DeviceSocketLike] = {}
         self.store.on_epoch_change = self._epoch_changed
-        #: Open TCP connections per IP bucket (wire.md §6), when capped.
+        #: Open TCP connections per IP bucket (PROTOCOL Part III §6), when capped.
         self.open_conns: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         m = self.metrics
@@ -119,7 +119,7 @@ class Relay:
             self.metrics.inc("ws_revoked_total")
             sock.close_soon(CLOSE_UNAUTHORIZED, "device revoked or re-registered")
 
-    # --- connections per IP bucket (wire.md §6) ---
+    # --- connections per IP bucket (PROTOCOL Part III §6) ---
 
     def conn_open(self, bucket: str) -> bool:
         """Count one more connection from ``bucket``; False if that passes the cap (the
@@ -140,7 +140,7 @@ class Relay:
             self.open_conns.pop(bucket, None)
 
     async def _sweep_loop(self) -> None:
-        """TTL expiry (wire.md §4.5): periodic delete; reads also filter expired rows."""
+        """TTL expiry (PROTOCOL Part III §4.5): periodic delete; reads also filter expired rows."""
         while True:
             await asyncio.sleep(self.config.sweep_seconds)
             try:
@@ -158,7 +158,7 @@ class Relay:
         """Validate and authorize a send; return the rows to store or raise ApiError.
 
         Per destination, in order: known address (404), access (401), device set (409);
-        per envelope: size (413), id length (400) (wire.md §4.4)."""
+        per envelope: size (413), id length (400) (PROTOCOL Part III §4.4)."""
         cfg = self.config
         if not dests:
             raise ApiError(400, "no destinations")

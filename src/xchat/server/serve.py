@@ -1,4 +1,4 @@
-"""Run the relay under uvicorn (wire.md §9).
+"""Run the relay under uvicorn (PROTOCOL Part III §9).
 
 We bind the listening socket ourselves so ``--port 0`` works and so the ready line
 ``xchat server listening on http://HOST:PORT`` is printed only once the socket accepts
@@ -80,8 +80,8 @@ def run_server(config: ServerConfig) -> None:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     app = create_app(config)
-    # Always our protocol: it enforces the connection cap and read timeouts (wire.md §6);
-    # with ws_fast, /api/v1/ws upgrades also bypass ASGI (wire.md §5.1).
+    # Always our protocol: it enforces the connection cap and read timeouts (PROTOCOL Part III §6);
+    # with ws_fast, /api/v1/ws upgrades also bypass ASGI (PROTOCOL Part III §5.1).
     http: Any = protocol_class(app.state.relay, config.ws_ping_seconds, config.ws_fast)
     uconfig = uvicorn.Config(
         app,

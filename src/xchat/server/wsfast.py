@@ -1,4 +1,4 @@
-"""Same-port fast path for the WebSocket data plane ``/api/v1/ws`` (wire.md §5.1).
+"""Same-port fast path for the WebSocket data plane ``/api/v1/ws`` (PROTOCOL Part III §5.1).
 
 Why: serving the data plane through uvicorn → ASGI → Starlette costs a task, several
 futures and message dicts per frame and ~25–30 KiB per idle socket. Here the first request
@@ -13,7 +13,7 @@ handles the frames synchronously; outgoing frames are queued and written with on
 ``transport.write`` per socket per event-loop pass (:class:`Hub`), so a group commit that
 delivers to many sockets costs one write each. No compression is ever negotiated.
 
-Connection hygiene (wire.md §6) also starts here, before anything is parsed: every TCP
+Connection hygiene (PROTOCOL Part III §6) also starts here, before anything is parsed: every TCP
 connection counts in its IP bucket (refused with 429 above ``max_sockets_per_ip``), and the
 request head must arrive within ``header_timeout`` (else 408/close); after the hand-off,
 :class:`~xchat.server.httpguard.GuardedHttpProtocol` keeps the deadline and adds the body
@@ -150,7 +150,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
         self.seen = hub.tick
         self.closer: asyncio.TimerHandle | None = None
         self.server_state = server_state
-        self.counted = ""  # IP bucket this connection is counted in (wire.md §6)
+        self.counted = ""  # IP bucket this connection is counted in (PROTOCOL Part III §6)
         sock = transport.get_extra_info("socket")
         self.fd: int = sock.fileno() if sock is not None and direct_writes else -1
 
@@ -379,7 +379,7 @@ class RelayHttpProtocol(asyncio.Protocol):
             self.timer = loop.call_at(self.started + cfg.header_timeout, self._head_timeout)
 
     def _head_timeout(self) -> None:
-        """No complete request head within ``header_timeout`` of the connect (wire.md §6)."""
+        """No complete request head within ``header_timeout`` of the connect (PROTOCOL III §6)."""
         self.timer = None
         transport = self.transport
         if transport is None or transport.is_closing():

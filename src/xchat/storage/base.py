@@ -1,4 +1,4 @@
-"""The relay's storage interface (docs/protocol/wire.md §8).
+"""The relay's storage interface (PROTOCOL.md Part III §8).
 
 Handlers talk only to :class:`Store`; ``sqlite.py`` is the one-machine backend, a
 PostgreSQL backend can implement the same methods later. Every write method returns only
@@ -49,7 +49,7 @@ class SignedKey:
 
 @dataclass(frozen=True, slots=True)
 class PreKeySet:
-    """A PreKeyUpload after validation (CONTRACT §4 ``PUT /keys``); ``None`` = unchanged."""
+    """A PreKeyUpload after validation (PROTOCOL Part III ``PUT /keys``); ``None`` = unchanged."""
 
     signed_prekey: SignedKey | None = None
     kem_last_resort: SignedKey | None = None
@@ -99,7 +99,7 @@ class Store(abc.ABC):
     #: Called on the event loop right after the commit that changed a device's epoch
     #: (re-registration / restore / revocation) and before the results of any operation
     #: committed after it are handed out, so the server can cut the device's open sockets
-    #: before a later delivery could reach them (wire.md §5, revocation).
+    #: before a later delivery could reach them (PROTOCOL Part III §5, revocation).
     on_epoch_change: Callable[[DeviceRecord], None] | None = None
 
     @abc.abstractmethod
@@ -172,7 +172,7 @@ class Store(abc.ABC):
     async def sweep_expired(self, now_ms: int) -> int:
         """Delete expired envelopes; return how many."""
 
-    # --- used challenges (wire.md §3) ---
+    # --- used challenges (PROTOCOL Part III §3) ---
 
     def used_challenges(self) -> dict[bytes, int]:
         """Used challenges still unexpired when the store was opened (challenge →

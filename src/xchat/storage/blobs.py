@@ -1,4 +1,4 @@
-"""The relay's blob store for encrypted attachments (docs/protocol/files.md §4–§7).
+"""The relay's blob store for encrypted attachments (PROTOCOL.md Part VI §4–§7).
 
 The server keeps attachment *ciphertext* only: each blob is an opaque byte string named by a
 random 128-bit id (the download capability), with a size declared up front by the uploader
@@ -34,11 +34,11 @@ from typing import Final
 from xchat.errors import ApiError
 
 #: A blob id is 16 random bytes as 32 lower-case hex digits: an unguessable capability
-#: (files.md §4.1). Anything else is rejected before it reaches the filesystem.
+#: (PROTOCOL Part VI §4.1). Anything else is rejected before it reaches the filesystem.
 BLOB_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 BLOB_ID_BYTES: Final = 16
 
-#: Default time to live of a blob, from creation (files.md §7).
+#: Default time to live of a blob, from creation (PROTOCOL Part VI §7).
 DEFAULT_TTL_SECONDS: Final = 30 * 24 * 3600
 #: Default per-account quota: sum of declared sizes of the account's live blobs (§6).
 DEFAULT_QUOTA_BYTES: Final = 8 * 1024**3
@@ -71,7 +71,7 @@ class BlobInfo:
 
 
 class BlobStore(abc.ABC):
-    """Durable storage of attachment ciphertext (files.md §4). Async so that a remote
+    """Durable storage of attachment ciphertext (PROTOCOL Part VI §4). Async so that a remote
     (S3-compatible) backend can implement it without blocking the event loop."""
 
     @abc.abstractmethod

@@ -1,4 +1,4 @@
-"""Versioned SQLite schema (docs/protocol/wire.md §8).
+"""Versioned SQLite schema (PROTOCOL.md Part III §8).
 
 ``MIGRATIONS[i]`` upgrades the schema from version ``i`` to ``i + 1``; the applied version is
 kept in ``schema_version``. Append new migrations; never edit an applied one.
@@ -53,7 +53,7 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX mailbox_device_envelope ON mailbox (device_ref, envelope_id);
     CREATE INDEX mailbox_device_seq ON mailbox (device_ref, seq);
     """,
-    # 1 -> 2: used single-use challenges survive a restart (wire.md §3).
+    # 1 -> 2: used single-use challenges survive a restart (PROTOCOL Part III §3).
     """
     CREATE TABLE used_challenges (
         challenge  BLOB PRIMARY KEY,

@@ -1,4 +1,4 @@
-"""SQLite backend of :class:`~xchat.storage.base.Store` with group commit (wire.md §8).
+"""SQLite backend of :class:`~xchat.storage.base.Store` with group commit (PROTOCOL Part III §8).
 
 One dedicated writer thread owns the connection. Callers on the event loop put operations
 on a queue (no thread hop per call); the thread drains everything pending, runs it in ONE
@@ -68,7 +68,7 @@ class StoreStats:
     extra: dict[str, int] = field(default_factory=dict)
     #: (ops, seconds, commit_seconds) of the most recent transactions: batch size,
     #: BEGIN→COMMIT time, and the COMMIT statement alone (the WAL write + fsync);
-    #: exported as quantiles by /metrics (wire.md §9).
+    #: exported as quantiles by /metrics (PROTOCOL Part III §9).
     recent: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=2048))
     last_commit: float = 0.0
 
@@ -108,7 +108,7 @@ class SqliteStore(Store):
         self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:
-        """WAL checkpoints off the commit path (wire.md §7): the writer connection has
+        """WAL checkpoints off the commit path (PROTOCOL Part III §7): the writer connection has
         ``wal_autocheckpoint=0``, so no commit ever pays for copying the WAL into the
         database file and fsyncing it; this thread does a PASSIVE checkpoint (never blocks
         the writer) every CHECKPOINT_SECONDS with its own connection."""
