@@ -1,4 +1,4 @@
-"""Server-signed sender certificates (PROTOCOL.md §7.1).
+"""Server-signed sender certificates (PROTOCOL.md Part I §4).
 
 A sealed-sender message hides its sender from the server, so the recipient needs another
 way to know the sender's claimed identity is one the server actually registered. The

@@ -1,4 +1,4 @@
-"""Identity keys, addresses and recovery phrases (PROTOCOL.md §2).
+"""Identity keys, addresses and recovery phrases (PROTOCOL.md Part I §1–3).
 
 One 32-byte seed is the whole identity. From it we derive, with HKDF (RFC 5869), an
 Ed25519 signing key (RFC 8032) and an X25519 agreement key (RFC 7748). Signal uses one
@@ -147,7 +147,7 @@ class IdentityPublicKey:
         return cls.from_parts(data[1:33], data[33:65])
 
     def address(self) -> str:
-        """The account address derived from this key (PROTOCOL.md §2.3)."""
+        """The account address derived from this key (PROTOCOL.md Part I §2)."""
         return encode_address(address_hash(self.encode()))
 
     def verify(self, signature: bytes, message: bytes) -> None:
@@ -176,7 +176,7 @@ class IdentityKeyPair:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> IdentityKeyPair:
-        """Derive both key pairs from the seed (labels in PROTOCOL.md §2.1)."""
+        """Derive both key pairs from the seed (labels in PROTOCOL.md Part I §1)."""
         if len(seed) != SEED_LEN:
             raise DecodeError("identity seed must be 32 bytes")
         ed = Ed25519PrivateKey.from_private_bytes(hkdf(seed, b"", LABEL_ED25519, 32))

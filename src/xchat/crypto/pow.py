@@ -1,4 +1,4 @@
-"""Hashcash-style proof of work (PROTOCOL.md §8).
+"""Hashcash-style proof of work (PROTOCOL.md Part I §5).
 
 Anti-spam without phone numbers: registering an account and writing to a stranger
 (first contact, when the sender holds no delivery token) each cost a stamp. A stamp is a
