@@ -5,50 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from _cli_helpers import ok, one_error_line, xchat
 
-from xchat.testing import ServerProcess, running_server
-
-SRC = Path(__file__).parents[2] / "src"
-
-
-def xchat(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "XCHAT_NO_KEYRING": "1"}
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "xchat", "--profile", str(profile), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
-    return r.stdout
-
-
-def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("xchat: error: ")
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as s:
-        yield s
+from xchat.testing import ServerProcess
 
 
 def _account(server: ServerProcess, profile: Path, handle: str) -> str:
