@@ -196,16 +196,22 @@ def test_used_challenge_refused_after_restart(tmp_path: Path) -> None:
 # --- request log and --log-ips --------------------------------------------------------------
 
 
-def _request_lines(srv: ServerProcess) -> list[dict[str, object]]:
-    lines = (srv.data_dir / "server.log").read_text().splitlines()
-    out = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == "request":
-            out.append(rec)
+def _request_lines(srv: ServerProcess, route: str) -> list[dict[str, object]]:
+    """The server's ``request`` log records for ``route``. The line is written after the
+    response has gone out, so wait (bounded) for it to reach the log file."""
+    out: list[dict[str, object]] = []
+    deadline = time.monotonic() + 5.0
+    while not out and time.monotonic() < deadline:
+        out = []
+        for line in (srv.data_dir / "server.log").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == "request" and rec.get("route") == route:
+                out.append(rec)
+        if not out:
+            time.sleep(0.05)
     return out
 
 
@@ -213,14 +219,14 @@ def test_request_log_has_ip_only_with_log_ips(strict: ServerProcess, tmp_path: P
     addr = "xc1" + "q" * 39
     with httpx.Client(base_url=strict.url, timeout=5) as c:
         c.get(f"/api/v1/accounts/{addr}")
-    lines = [r for r in _request_lines(strict) if r["route"] == "/api/v1/accounts/{address}"]
+    lines = _request_lines(strict, "/api/v1/accounts/{address}")
     assert lines and lines[-1]["client_ip"] == "127.0.0.1"
     assert lines[-1]["status"] in (400, 404)
     assert addr not in (strict.data_dir / "server.log").read_text()  # the template only
     with running_server(tmp_path / "quiet", pow_bits=4, rate_limits=False) as quiet:
         with httpx.Client(base_url=quiet.url, timeout=5) as c:
             c.get("/healthz")
-        lines = _request_lines(quiet)
+        lines = _request_lines(quiet, "/healthz")
         assert lines and all("client_ip" not in r for r in lines)
         assert "127.0.0.1" not in (quiet.data_dir / "server.log").read_text()
 
