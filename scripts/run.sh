@@ -19,8 +19,9 @@ done
 echo "server: $SERVER (data in $DATA)"
 
 if "$BIN/xchat" app --help >/dev/null 2>&1; then
+  echo "web app for $PROFILE: open the http://127.0.0.1:$APP_PORT/#secret=... URL printed below"
+  echo "a second person on this machine: .venv/bin/xchat --profile profiles/second app --server $SERVER --port $((APP_PORT + 1))"
   "$BIN/xchat" --profile "$PROFILE" app --server "$SERVER" --port "$APP_PORT" &
-  echo "second profile: .venv/bin/xchat --profile profiles/second app --server $SERVER --port $((APP_PORT + 1))"
 else
   echo "try it: .venv/bin/xchat --profile profiles/alice account create --server $SERVER --handle alice"
 fi
