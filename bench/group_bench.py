@@ -18,6 +18,17 @@ load spike hits both sides):
   per device, delivery-token access) and, for comparison, of the PROTOCOL Part III §5 SEND frame
   that repeats ``header || shared`` per envelope. Receiver CPU: ``unseal_multi`` +
   sender-key decrypt for one member. Relay: CPU to parse and expand the SEND_MULTI.
+- server fan-out: a real relay process (``xchat.testing.running_server``, PoW 1 bit, rate
+  limits and the per-IP socket cap off), 1,000 recipient accounts registered over HTTP with a
+  delivery token each. A real SEND_MULTI (random content of the sizes above: the relay does
+  not decrypt; fresh envelope ids per send) to the first 100, then all 1,000, over an
+  unauthenticated WebSocket: wall time from frame sent to SEND_RESULT 200 (decode,
+  validation, expansion to per-device envelopes, one durable group commit), one warm-up send
+  then N timed sends, median and spread. Server CPU per message: the relay's run time summed
+  over its threads (``/proc/<pid>/task/*/schedstat``) across the send plus 100 ms of settling
+  around it (so idle housekeeping is included). With the 100 recipients online (100
+  authenticated sockets in this process, each ACKing), also the time until the last one has
+  its DELIVER; that figure includes this client's own event-loop work for 100 sockets.
 
 Results go to stdout as a table and to ``bench/results/groups.json``. The machine is shared
 with other work: the load average at start and end is recorded next to the figures.
@@ -26,9 +37,14 @@ with other work: the load average at start and end is recorded next to the figur
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
+import hashlib
 import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import httpx  # noqa: E402
 import vodozemac  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
@@ -45,6 +62,12 @@ import common  # noqa: E402
 from xchat.crypto.certificate import issue_sender_certificate  # noqa: E402
 from xchat.crypto.keys import IdentityKeyPair, decode_address  # noqa: E402
 from xchat.crypto.padding import pad  # noqa: E402
+from xchat.crypto.pow import solve  # noqa: E402
+from xchat.crypto.prekeys import (  # noqa: E402
+    KemPreKeyRecord,
+    SignedPreKeyRecord,
+    prekey_upload,
+)
 from xchat.crypto.sealed import seal_multi, unseal_multi  # noqa: E402
 from xchat.crypto.sender_keys import (  # noqa: E402
     SEALED_CONTENT_TYPE,
@@ -52,6 +75,7 @@ from xchat.crypto.sender_keys import (  # noqa: E402
     SenderKeyState,
 )
 from xchat.protocol import frames as fr  # noqa: E402
+from xchat.testing import running_server  # noqa: E402
 
 MESSAGE = bytes(range(256))
 GROUP_ID = bytes(16)
@@ -205,6 +229,204 @@ def group_send(members: int, messages: int, runs: int) -> dict[str, Any]:
     }
 
 
+# --- server fan-out (a real relay process) ----------------------------------------------
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def register_recipient(c: httpx.Client) -> dict[str, Any]:
+    """One account with a signed prekey, a last-resort KEM prekey and a delivery token
+    (the minimal registration of bench/relay_bench.py)."""
+    ik = IdentityKeyPair.generate()
+    ch_j = c.post("/api/v1/challenge").json()
+    ch = base64.b64decode(ch_j["challenge"])
+    body = {
+        "identity_key": _b64(ik.public.encode()),
+        "challenge": ch_j["challenge"],
+        "signature": _b64(ik.sign(b"XChat-v1-register" + ch)),
+        "pow_nonce": solve(ch, ik.public.encode(), ch_j["pow_bits"]),
+        "keys": prekey_upload(
+            signed_prekey=SignedPreKeyRecord.generate(ik, 1),
+            kem_last_resort=KemPreKeyRecord.generate(ik, 2, last_resort=True),
+        ),
+    }
+    r = c.post("/api/v1/accounts", json=body)
+    r.raise_for_status()
+    j = r.json()
+    token = os.urandom(16)
+    c.put(
+        "/api/v1/delivery-token",
+        json={"token_hash": _b64(hashlib.sha256(token).digest())},
+        headers={"Authorization": f"Bearer {j['token']}"},
+    ).raise_for_status()
+    return {
+        "address_hash": decode_address(j["address"]),
+        "device_id": int(j.get("device_id", 1)),
+        "token": j["token"],
+        "delivery_token": token,
+    }
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process ``pid``, all threads.
+
+    Sums each thread's ``/proc/<pid>/task/<tid>/schedstat`` run time (nanoseconds), because
+    utime + stime in ``/proc/<pid>/stat`` count 10 ms clock ticks, coarser than one group
+    message; falls back to ``/proc/<pid>/stat`` where schedstat is missing.
+    """
+    try:
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+        return total / 1e9
+    except (FileNotFoundError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def multi_frame(
+    req_id: int, accounts: list[dict[str, Any]], shared_len: int, header_len: int
+) -> tuple[bytes, set[bytes]]:
+    """A SEND_MULTI with random content of the real sizes (the relay does not decrypt) and
+    fresh envelope ids; returns the frame and its envelope ids."""
+    ids = [os.urandom(16) for _ in accounts]
+    frame = fr.encode_send_multi(
+        fr.SendMulti(
+            req_id,
+            os.urandom(shared_len),
+            tuple(
+                fr.MultiDestination(
+                    a["address_hash"],
+                    fr.TokenAccess(a["delivery_token"]),
+                    (fr.MultiEnvelope(a["device_id"], eid, os.urandom(header_len)),),
+                )
+                for a, eid in zip(accounts, ids, strict=True)
+            ),
+        )
+    )
+    return frame, set(ids)
+
+
+async def _fanout(
+    srv: Any,
+    accounts: list[dict[str, Any]],
+    reps: int,
+    shared_len: int,
+    header_len: int,
+    connected: bool,
+) -> dict[str, Any]:
+    """Time frame-sent → SEND_RESULT 200 (decode, validation, expansion to per-device rows,
+    one durable group commit); with ``connected``, also until every recipient's
+    authenticated socket has received its DELIVER."""
+    from websockets.asyncio.client import connect
+
+    loop = asyncio.get_running_loop()
+    waiting: dict[bytes, float] = {}  # envelope id -> arrival time (0 until delivered)
+    all_in: asyncio.Future[None] | None = None
+    readers: list[asyncio.Task[None]] = []
+    sockets = []
+
+    async def reader(ws: Any) -> None:
+        nonlocal all_in
+        async for msg in ws:
+            if msg[:1] != b"\x11":
+                continue
+            t = time.perf_counter()
+            got = fr.decode_frame(msg)
+            assert isinstance(got, fr.Deliver)
+            ids = tuple(e.envelope_id for e in got.envelopes)
+            for eid in ids:
+                if waiting.get(eid) == 0.0:
+                    waiting[eid] = t
+            await ws.send(fr.encode_frame(fr.Ack(ids)))
+            if all_in is not None and not all_in.done() and all(waiting.values()):
+                all_in.set_result(None)
+
+    if connected:
+        for a in accounts:
+            ws = await connect(
+                srv.ws_url, additional_headers={"Authorization": f"Bearer {a['token']}"}
+            )
+            sockets.append(ws)
+            readers.append(asyncio.create_task(reader(ws)))
+    sender = await connect(srv.ws_url, max_size=None)
+    result_ms: list[float] = []
+    deliver_ms: list[float] = []
+    cpu_ms: list[float] = []
+    try:
+        for rep in range(reps + 1):  # the first send warms up the server and is not counted
+            frame, ids = multi_frame(rep + 1, accounts, shared_len, header_len)
+            waiting = dict.fromkeys(ids, 0.0)
+            all_in = loop.create_future() if connected else None
+            await asyncio.sleep(0.05)  # let the previous ACKs and pushes settle
+            cpu0 = proc_cpu_s(srv.pid)
+            start = time.perf_counter()
+            await sender.send(frame)
+            while True:
+                reply = await sender.recv()
+                if reply[:1] == b"\x10":
+                    break
+            done = time.perf_counter()
+            res = fr.decode_frame(reply)
+            assert isinstance(res, fr.SendResult) and res.req_id == rep + 1, res
+            if res.status != 200:
+                raise RuntimeError(f"SEND_MULTI refused: {res}")
+            if all_in is not None:
+                await asyncio.wait_for(all_in, 30)
+            await asyncio.sleep(0.05)  # the server's CPU for pushes/ACKs lands in this rep
+            cpu = proc_cpu_s(srv.pid) - cpu0
+            if rep:
+                result_ms.append((done - start) * 1000)
+                cpu_ms.append(cpu * 1000)
+                if connected:
+                    deliver_ms.append((max(waiting.values()) - start) * 1000)
+    finally:
+        await sender.close()
+        for t in readers:
+            t.cancel()
+        for ws in sockets:
+            await ws.close()
+    out: dict[str, Any] = {
+        "members": len(accounts),
+        "recipients_connected": connected,
+        "frame_bytes": len(frame),
+        "send_result_ms": summarize(result_ms),
+        "server_cpu_ms_per_message": summarize(cpu_ms),
+    }
+    if connected:
+        out["all_delivered_ms"] = summarize(deliver_ms)
+    return out
+
+
+def server_fanout(
+    sizes: tuple[int, ...], reps: int, shared_len: int, header_len: int
+) -> dict[str, Any]:
+    """Start a relay (low PoW, no rate limits, no socket cap), register ``max(sizes)``
+    recipients, and time SEND_MULTI to the first ``n`` of them for each ``n``."""
+    env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            start = time.perf_counter()
+            accounts = [register_recipient(c) for _ in range(max(sizes))]
+            out["registration_s"] = time.perf_counter() - start
+        out["server_cpu_source"] = "sum of /proc/<pid>/task/*/schedstat run time"
+        for n in sizes:
+            out[str(n)] = asyncio.run(
+                _fanout(srv, accounts[:n], reps, shared_len, header_len, connected=False)
+            )
+        n = min(sizes)
+        out[f"{n}_connected"] = asyncio.run(
+            _fanout(srv, accounts[:n], reps, shared_len, header_len, connected=True)
+        )
+    return out
+
+
 # --- main -----------------------------------------------------------------------------
 
 
@@ -246,6 +468,13 @@ def main() -> None:
     for members, messages in ((100, 10 if args.quick else 40), (1000, 2 if args.quick else 6)):
         sizes.append(group_send(members, messages, runs))
     doc["group_send"] = sizes
+    fanout = server_fanout(
+        (100, 1000),
+        3 if args.quick else 9,
+        sizes[-1]["shared_bytes"],
+        sizes[-1]["header_bytes_each"],
+    )
+    doc["server_fanout"] = fanout
     targets = {
         "megolm_ratio_min": 1.0,
         "cpu_ms_1000_max": 200.0,
@@ -261,6 +490,19 @@ def main() -> None:
         "1,000-member send CPU ms (target <= 200)": big["client_cpu_ms_per_message"]["median"],
         "1,000-member crypto upload KB (target <= 120)": big["crypto_upload_bytes"] / 1000,
         "1,000-member upload incl. routing KB": big["upload_bytes_multi_send"] / 1000,
+        "100-member server fan-out ms (median)": fanout["100"]["send_result_ms"]["median"],
+        "100-member server fan-out spread %": fanout["100"]["send_result_ms"]["spread_pct"],
+        "100-member server CPU ms per message": (
+            fanout["100"]["server_cpu_ms_per_message"]["median"]
+        ),
+        "100-member all recipients delivered ms (online)": (
+            fanout["100_connected"]["all_delivered_ms"]["median"]
+        ),
+        "1,000-member server fan-out ms (median)": fanout["1000"]["send_result_ms"]["median"],
+        "1,000-member server fan-out spread %": fanout["1000"]["send_result_ms"]["spread_pct"],
+        "1,000-member server CPU ms per message": (
+            fanout["1000"]["server_cpu_ms_per_message"]["median"]
+        ),
     }
     common.finish_result(doc)
 
@@ -289,6 +531,24 @@ def main() -> None:
             f"{row['crypto_upload_bytes'] / 1000:>11.1f}"
             f"{row['upload_bytes_multi_send'] / 1000:>13.1f}"
             f"{row['upload_bytes_contract_v1_frame'] / 1000:>13.1f}"
+        )
+    print(
+        f"server fan-out (relay process, {fanout['registration_s']:.1f} s to register "
+        "recipients): frame sent -> SEND_RESULT 200"
+    )
+    print(
+        f"{'members':>12}{'frame KB':>10}{'result ms':>11}{'±%':>7}{'CPU ms':>9}"
+        f"{'all DELIVER ms':>16}"
+    )
+    for key in ("100", "1000", "100_connected"):
+        row = fanout[key]
+        res, cpu = row["send_result_ms"], row["server_cpu_ms_per_message"]
+        dl = row.get("all_delivered_ms")
+        label = key.replace("_connected", " online")
+        print(
+            f"{label:>12}{row['frame_bytes'] / 1000:>10.1f}{res['median']:>11.2f}"
+            f"{res['spread_pct']:>7.1f}{cpu['median']:>9.2f}"
+            f"{dl['median'] if dl else float('nan'):>16.2f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
