@@ -8,6 +8,8 @@ can shrink limits without code changes. Server logs go to ``<data_dir>/server.lo
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import signal
 import subprocess
@@ -16,10 +18,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from xchat.crypto.keys import IdentityKeyPair
+from xchat.crypto.pow import solve, stamp_ok
+from xchat.crypto.prekeys import (
+    KemPreKeyRecord,
+    SignedPreKeyRecord,
+    generate_kem_prekeys,
+    generate_one_time_prekeys,
+    prekey_upload,
+)
 
 READY_PREFIX = "xchat server listening on "
 
@@ -150,3 +163,97 @@ def running_server(data_dir: Path | str, pow_bits: int = 4, **env: Any) -> Itera
         yield server
     finally:
         server.stop()
+
+
+# --- a minimal account on a real relay, for tests and benchmarks ---------------------------
+# Built on the crypto modules and raw HTTP only, so server tests need no client SDK.
+
+
+def b64(data: bytes) -> str:
+    """Standard padded base64, as every JSON body of the relay uses (PROTOCOL Part III)."""
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class Account:
+    """A registered device: its identity, address, bearer token and delivery token."""
+
+    identity: IdentityKeyPair
+    address: str
+    token: str
+    delivery_token: bytes = field(default=b"")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def key_upload(
+    ik: IdentityKeyPair, n_ec: int = 3, n_kem: int = 3, start: int = 1
+) -> dict[str, Any]:
+    """A PreKeyUpload body: signed prekey, last-resort KEM key and a few one-time keys."""
+    return prekey_upload(
+        signed_prekey=SignedPreKeyRecord.generate(ik, 1),
+        kem_last_resort=KemPreKeyRecord.generate(ik, 100_000, last_resort=True),
+        one_time_ec=generate_one_time_prekeys(start, n_ec),
+        one_time_kem=generate_kem_prekeys(ik, start, n_kem),
+    )
+
+
+def get_challenge(client: httpx.Client) -> tuple[bytes, int]:
+    """A fresh challenge and the server's proof-of-work difficulty."""
+    r = client.post("/api/v1/challenge")
+    assert r.status_code == 200, r.text
+    return base64.b64decode(r.json()["challenge"]), int(r.json()["pow_bits"])
+
+
+def register_body(
+    client: httpx.Client,
+    ik: IdentityKeyPair,
+    handle: str | None = None,
+    n_ec: int = 3,
+    n_kem: int = 3,
+    valid_pow: bool = True,
+) -> dict[str, Any]:
+    """The ``POST /api/v1/accounts`` body; ``valid_pow=False`` makes a stamp that fails."""
+    ch, bits = get_challenge(client)
+    nonce = solve(ch, ik.public.encode(), bits)
+    if not valid_pow:
+        nonce = next(
+            n
+            for n in range(nonce + 1, nonce + 10_000)
+            if not stamp_ok(ch, ik.public.encode(), n, bits)
+        )
+    return {
+        "identity_key": b64(ik.public.encode()),
+        "challenge": b64(ch),
+        "signature": b64(ik.sign(b"XChat-v1-register" + ch)),
+        "pow_nonce": nonce,
+        "handle": handle,
+        "keys": key_upload(ik, n_ec, n_kem),
+    }
+
+
+def register(
+    client: httpx.Client,
+    handle: str | None = None,
+    n_ec: int = 3,
+    n_kem: int = 3,
+    ik: IdentityKeyPair | None = None,
+    delivery_token: bool = True,
+) -> Account:
+    """Register (or re-register, i.e. restore) an identity; publish a delivery token."""
+    ik = ik or IdentityKeyPair.generate()
+    r = client.post("/api/v1/accounts", json=register_body(client, ik, handle, n_ec, n_kem))
+    assert r.status_code == 200, r.text
+    j = r.json()
+    acct = Account(ik, j["address"], j["token"])
+    if delivery_token:
+        acct.delivery_token = os.urandom(16)
+        r = client.put(
+            "/api/v1/delivery-token",
+            json={"token_hash": b64(hashlib.sha256(acct.delivery_token).digest())},
+            headers=acct.headers,
+        )
+        assert r.status_code == 200, r.text
+    return acct

@@ -1,83 +1,28 @@
 """Small HTTP/WS helpers for the reliability tests against a real relay process.
 
-Built on the crypto modules and raw httpx/websockets only (like tests/server's helpers), so
-the reliability suite does not depend on the client SDK that is still being finished."""
+Built on ``xchat.testing``'s account helpers and raw httpx/websockets only, so the relay's
+authorization and abuse checks do not go through the client SDK."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from xchat.crypto.keys import IdentityKeyPair
-from xchat.crypto.pow import solve
-from xchat.crypto.prekeys import (
-    KemPreKeyRecord,
-    SignedPreKeyRecord,
-    generate_kem_prekeys,
-    generate_one_time_prekeys,
-    prekey_upload,
-)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from xchat.testing import Account, b64
+from xchat.testing import register as _register
 
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-@dataclass
-class Account:
-    identity: IdentityKeyPair
-    address: str
-    token: str
-    delivery_token: bytes = field(default=b"")
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-def register_body(client: httpx.Client, ik: IdentityKeyPair) -> dict[str, Any]:
-    r = client.post("/api/v1/challenge")
-    assert r.status_code == 200, r.text
-    ch = base64.b64decode(r.json()["challenge"])
-    bits = r.json()["pow_bits"]
-    return {
-        "identity_key": b64(ik.public.encode()),
-        "challenge": b64(ch),
-        "signature": b64(ik.sign(b"XChat-v1-register" + ch)),
-        "pow_nonce": solve(ch, ik.public.encode(), bits),
-        "handle": None,
-        "keys": prekey_upload(
-            signed_prekey=SignedPreKeyRecord.generate(ik, 1),
-            kem_last_resort=KemPreKeyRecord.generate(ik, 100_000, last_resort=True),
-            one_time_ec=generate_one_time_prekeys(1, 2),
-            one_time_kem=generate_kem_prekeys(ik, 1, 2),
-        ),
-    }
-
-
 def register(client: httpx.Client, ik: IdentityKeyPair | None = None) -> Account:
     """Register (or re-register: restore) an identity and publish a delivery token."""
-    ik = ik or IdentityKeyPair.generate()
-    r = client.post("/api/v1/accounts", json=register_body(client, ik))
-    assert r.status_code == 200, r.text
-    acct = Account(ik, r.json()["address"], r.json()["token"], os.urandom(16))
-    r = client.put(
-        "/api/v1/delivery-token",
-        json={"token_hash": b64(hashlib.sha256(acct.delivery_token).digest())},
-        headers=acct.headers,
-    )
-    assert r.status_code == 200, r.text
-    return acct
+    return _register(client, n_ec=2, n_kem=2, ik=ik)
 
 
 def send(client: httpx.Client, to: Account, content: bytes, envelope_id: bytes) -> httpx.Response:
