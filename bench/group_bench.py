@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import statistics
@@ -59,15 +57,10 @@ import vodozemac  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 import common  # noqa: E402
+from xchat import testing  # noqa: E402
 from xchat.crypto.certificate import issue_sender_certificate  # noqa: E402
 from xchat.crypto.keys import IdentityKeyPair, decode_address  # noqa: E402
 from xchat.crypto.padding import pad  # noqa: E402
-from xchat.crypto.pow import solve  # noqa: E402
-from xchat.crypto.prekeys import (  # noqa: E402
-    KemPreKeyRecord,
-    SignedPreKeyRecord,
-    prekey_upload,
-)
 from xchat.crypto.sealed import seal_multi, unseal_multi  # noqa: E402
 from xchat.crypto.sender_keys import (  # noqa: E402
     SEALED_CONTENT_TYPE,
@@ -232,41 +225,10 @@ def group_send(members: int, messages: int, runs: int) -> dict[str, Any]:
 # --- server fan-out (a real relay process) ----------------------------------------------
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
 def register_recipient(c: httpx.Client) -> dict[str, Any]:
-    """One account with a signed prekey, a last-resort KEM prekey and a delivery token
-    (the minimal registration of bench/relay_bench.py)."""
-    ik = IdentityKeyPair.generate()
-    ch_j = c.post("/api/v1/challenge").json()
-    ch = base64.b64decode(ch_j["challenge"])
-    body = {
-        "identity_key": _b64(ik.public.encode()),
-        "challenge": ch_j["challenge"],
-        "signature": _b64(ik.sign(b"XChat-v1-register" + ch)),
-        "pow_nonce": solve(ch, ik.public.encode(), ch_j["pow_bits"]),
-        "keys": prekey_upload(
-            signed_prekey=SignedPreKeyRecord.generate(ik, 1),
-            kem_last_resort=KemPreKeyRecord.generate(ik, 2, last_resort=True),
-        ),
-    }
-    r = c.post("/api/v1/accounts", json=body)
-    r.raise_for_status()
-    j = r.json()
-    token = os.urandom(16)
-    c.put(
-        "/api/v1/delivery-token",
-        json={"token_hash": _b64(hashlib.sha256(token).digest())},
-        headers={"Authorization": f"Bearer {j['token']}"},
-    ).raise_for_status()
-    return {
-        "address_hash": decode_address(j["address"]),
-        "device_id": int(j.get("device_id", 1)),
-        "token": j["token"],
-        "delivery_token": token,
-    }
+    """One account with a signed prekey, a last-resort KEM prekey and a delivery token."""
+    a = testing.register(c, n_ec=0, n_kem=0)
+    return {"address": a.address, "token": a.token, "delivery_token": a.delivery_token}
 
 
 def proc_cpu_s(pid: int) -> float:

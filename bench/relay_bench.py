@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -52,13 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-from xchat.crypto.keys import IdentityKeyPair
-from xchat.crypto.pow import solve
-from xchat.crypto.prekeys import (
-    KemPreKeyRecord,
-    SignedPreKeyRecord,
-    prekey_upload,
-)
+from xchat import testing
 from xchat.testing import running_server
 
 PAIRS = 100
@@ -81,32 +73,10 @@ def raise_nofile() -> int:
     return soft
 
 
-def b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
 def register(c: httpx.Client) -> dict[str, Any]:
-    ik = IdentityKeyPair.generate()
-    ch_j = c.post("/api/v1/challenge").json()
-    ch = base64.b64decode(ch_j["challenge"])
-    body = {
-        "identity_key": b64(ik.public.encode()),
-        "challenge": ch_j["challenge"],
-        "signature": b64(ik.sign(b"XChat-v1-register" + ch)),
-        "pow_nonce": solve(ch, ik.public.encode(), ch_j["pow_bits"]),
-        "keys": prekey_upload(
-            signed_prekey=SignedPreKeyRecord.generate(ik, 1),
-            kem_last_resort=KemPreKeyRecord.generate(ik, 2, last_resort=True),
-        ),
-    }
-    j = c.post("/api/v1/accounts", json=body).json()
-    token = os.urandom(16)
-    c.put(
-        "/api/v1/delivery-token",
-        json={"token_hash": b64(hashlib.sha256(token).digest())},
-        headers={"Authorization": f"Bearer {j['token']}"},
-    )
-    return {"address": j["address"], "token": j["token"], "delivery_token": token}
+    """A minimal account (no one-time prekeys) with a delivery token."""
+    a = testing.register(c, n_ec=0, n_kem=0)
+    return {"address": a.address, "token": a.token, "delivery_token": a.delivery_token}
 
 
 # --- a minimal RFC 6455 client over a raw asyncio protocol --------------------------------
