@@ -15,17 +15,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from xchat.crypto import ed25519
 from xchat.crypto.keys import IDENTITY_KEY_LEN, IdentityPublicKey
 from xchat.errors import (
     DecodeError,
     ExpiredCertificate,
     InvalidCertificate,
+    InvalidSignature,
     UnsupportedVersion,
 )
 
@@ -74,9 +72,8 @@ class SenderCertificate:
         """Check the server's signature, then the expiry (in that order, so an expired
         forgery is reported as a forgery)."""
         try:
-            verifier = Ed25519PublicKey.from_public_bytes(server_public_key)
-            verifier.verify(self.signature, LABEL_SENDER_CERT + self.raw[:-64])
-        except (ValueError, _CryptoInvalidSignature) as exc:
+            ed25519.verify(server_public_key, self.signature, LABEL_SENDER_CERT + self.raw[:-64])
+        except InvalidSignature as exc:
             raise InvalidCertificate("sender certificate is not signed by this server") from exc
         if now_ms >= self.expires_ms:
             raise ExpiredCertificate("sender certificate has expired")

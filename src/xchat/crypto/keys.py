@@ -22,22 +22,19 @@ from dataclasses import dataclass, field
 
 from bech32m.codecs import DecodeError as _Bech32DecodeError
 from bech32m.codecs import Encoding, bech32_decode, bech32_encode, convertbits
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mnemonic import Mnemonic
 
+from xchat.crypto.ed25519 import check_public_key as ed25519_check_public_key
+from xchat.crypto.ed25519 import verify as ed25519_verify
 from xchat.errors import (
     DecodeError,
     DecryptionError,
     InvalidAddress,
     InvalidMnemonic,
-    InvalidSignature,
     UnsupportedVersion,
 )
 
@@ -120,18 +117,14 @@ class IdentityPublicKey:
 
     ed25519: bytes
     x25519: bytes
-    _verifier: Ed25519PublicKey = field(repr=False, compare=False, hash=False)
 
     @classmethod
     def from_parts(cls, ed25519: bytes, x25519: bytes) -> IdentityPublicKey:
         """Build from raw 32-byte keys, validating the Ed25519 point encoding."""
         if len(ed25519) != 32 or len(x25519) != 32:
             raise DecodeError("identity key parts must be 32 bytes each")
-        try:
-            verifier = Ed25519PublicKey.from_public_bytes(ed25519)
-        except ValueError as exc:
-            raise DecodeError("invalid Ed25519 public key") from exc
-        return cls(ed25519, x25519, verifier)
+        ed25519_check_public_key(ed25519)
+        return cls(ed25519, x25519)
 
     def encode(self) -> bytes:
         """``0x01 || ed25519 || x25519`` (65 bytes)."""
@@ -152,12 +145,7 @@ class IdentityPublicKey:
 
     def verify(self, signature: bytes, message: bytes) -> None:
         """Check an Ed25519 signature by this identity; InvalidSignature if it fails."""
-        if len(signature) != 64:
-            raise InvalidSignature("signature must be 64 bytes")
-        try:
-            self._verifier.verify(signature, message)
-        except _CryptoInvalidSignature as exc:
-            raise InvalidSignature("signature does not verify") from exc
+        ed25519_verify(self.ed25519, signature, message)
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,13 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from xchat.crypto import ed25519
 from xchat.crypto.keys import Rng
 from xchat.errors import (
     DecodeError,
@@ -175,7 +172,6 @@ class SenderKeyState:
 
     __slots__ = (
         "_signer",
-        "_verifier",
         "chain_key",
         "first_iteration",
         "group_id",
@@ -202,7 +198,7 @@ class SenderKeyState:
         if not 0 <= key_id <= 0xFFFFFFFF or not 0 <= iteration <= MAX_ITERATION + 1:
             raise DecodeError("key id or iteration out of range")
         try:
-            self._verifier = Ed25519PublicKey.from_public_bytes(signing_public)
+            ed25519.check_public_key(signing_public)
             self._signer = (
                 None
                 if signing_private is None
@@ -309,8 +305,10 @@ class SenderKeyState:
         if header.group_id != self.group_id or header.key_id != self.key_id:
             raise DecryptionError("group message is not under this sender key")
         try:
-            self._verifier.verify(message[-SIGNATURE_LEN:], LABEL_SIGNATURE + message[:-64])
-        except _CryptoInvalidSignature as exc:
+            ed25519.verify(
+                self.signing_public, message[-SIGNATURE_LEN:], LABEL_SIGNATURE + message[:-64]
+            )
+        except InvalidSignature as exc:
             raise InvalidSignature("group message signature does not verify") from exc
         iteration = header.iteration
         if iteration < self.iteration:
