@@ -31,6 +31,7 @@ import common
 #: relay so its max rate is known first.
 BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("crypto", "crypto_bench.py", ()),
+    ("libsignal", "libsignal_bench.py", ()),
     ("group", "group_bench.py", ("groups",)),
     ("files", "file_bench.py", ("file",)),
     ("forwarder", "forwarder_bench.py", ()),
@@ -40,6 +41,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 TITLES = {
     "crypto": "Crypto core vs vodozemac (Olm)",
+    "libsignal": "Crypto core vs libsignal (Signal's library, through Node)",
     "group": "Groups vs vodozemac (Megolm)",
     "files": "Encrypted file transfer",
     "forwarder": "Raw floor: bare websockets forwarder",
