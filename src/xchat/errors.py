@@ -87,6 +87,21 @@ class InvalidProofOfWork(CryptoError):
     """A proof-of-work stamp does not meet the required difficulty."""
 
 
+class OprfError(CryptoError):
+    """An (V)OPRF operation refused its input (RFC 9497): an input that hashes to the
+    identity, a key derivation that found no non-zero scalar, a bad mode."""
+
+
+class InvalidProof(OprfError):
+    """A VOPRF DLEQ proof does not verify: the server did not evaluate with the key it
+    published (RFC 9497 VerifyError)."""
+
+
+class InvalidToken(CryptoError):
+    """An anonymous access token is malformed, for an unknown key epoch, or does not verify
+    under the issuer's key (PROTOCOL.md Part XI)."""
+
+
 class ProtocolError(XChatError):
     """A peer or server broke the protocol (an unexpected frame, a bad state transition)."""
 
