@@ -154,3 +154,10 @@ async def file_content(request: Request, st: AppState) -> Response:
         media_type=media,
         headers={"content-disposition": f"attachment; filename*=UTF-8''{quote(path.name)}"},
     )
+
+
+ROUTES = [
+    ("POST", "/api/files/send", send_file),
+    ("POST", "/api/files/fetch", fetch_file),
+    ("GET", "/api/files/{message_id:str}", file_content),
+]

@@ -80,3 +80,11 @@ async def rename_group(request: Request, st: AppState) -> Response:
     _require_admin(g)
     g = await st.client.rename_group(g.id, _str(data, "name", limit=128).strip())
     return JSONResponse({"group": group_json(st, g)})
+
+
+ROUTES = [
+    ("POST", "/api/groups/create", create_group),
+    ("GET", "/api/groups/info", group_info),
+    ("POST", "/api/groups/members", group_members),
+    ("POST", "/api/groups/rename", rename_group),
+]

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
 import json
 import logging
@@ -729,42 +730,54 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "method not allowed"}, status_code=405)
 
 
+# Feature route modules: each defines ``ROUTES``, a list of ``(method, path, handler)``
+# with ``async handler(request, state) -> Response``; build_app mounts them behind the same
+# Guard and error mapping as the routes here. A feature adds its module with one line.
+ROUTE_MODULES: tuple[str, ...] = (
+    "xchat.app.files",
+    "xchat.app.groups",
+)
+
+RouteSpec = tuple[str, str, Handler]
+
+CORE_ROUTES: list[RouteSpec] = [
+    ("GET", "/api/state", get_state),
+    ("GET", "/api/events", events),
+    ("POST", "/api/account/create", create_account),
+    ("POST", "/api/account/phrase", recovery_phrase),
+    ("POST", "/api/account/confirm", confirm_phrase),
+    ("POST", "/api/account/restore", restore_account),
+    ("POST", "/api/account/handle", set_handle),
+    ("GET", "/api/conversations", conversations),
+    ("POST", "/api/contacts/resolve", resolve_contact),
+    ("POST", "/api/contacts/verify", verify_contact),
+    ("GET", "/api/messages", messages),
+    ("POST", "/api/messages/send", send_message),
+    ("POST", "/api/conversations/read", mark_read),
+    ("GET", "/api/safety", safety),
+    ("GET", "/api/safety.svg", safety_svg),
+    ("GET", "/api/address.svg", address_svg),
+]
+
+
+def api_routes() -> list[Route]:
+    """Every /api/ route: the core ones above, then each module's in ROUTE_MODULES."""
+    specs = list(CORE_ROUTES)
+    for name in ROUTE_MODULES:  # imported here: they import this module's helpers
+        specs += importlib.import_module(name).ROUTES
+    seen: set[tuple[str, str]] = set()
+    for method, path, _ in specs:
+        if (method, path) in seen:
+            raise RuntimeError(f"two handlers for {method} {path}")
+        seen.add((method, path))
+    return [Route(path, route(h), methods=[method]) for method, path, h in specs]
+
+
 def build_app(state: AppState) -> Guard:
     """The ASGI app: routes wrapped by the :class:`Guard` (checks run before any route)."""
-
-    from xchat.app import files, groups  # they import this module's helpers
-
-    def get(path: str, h: Handler) -> Route:
-        return Route(path, route(h), methods=["GET"])
-
-    def post(path: str, h: Handler) -> Route:
-        return Route(path, route(h), methods=["POST"])
-
     routes = [
         Route("/", index, methods=["GET"]),
-        get("/api/state", get_state),
-        get("/api/events", events),
-        post("/api/account/create", create_account),
-        post("/api/account/phrase", recovery_phrase),
-        post("/api/account/confirm", confirm_phrase),
-        post("/api/account/restore", restore_account),
-        post("/api/account/handle", set_handle),
-        get("/api/conversations", conversations),
-        post("/api/contacts/resolve", resolve_contact),
-        post("/api/contacts/verify", verify_contact),
-        get("/api/messages", messages),
-        post("/api/messages/send", send_message),
-        post("/api/conversations/read", mark_read),
-        get("/api/safety", safety),
-        get("/api/safety.svg", safety_svg),
-        get("/api/address.svg", address_svg),
-        post("/api/files/send", files.send_file),
-        post("/api/files/fetch", files.fetch_file),
-        get("/api/files/{message_id:str}", files.file_content),
-        post("/api/groups/create", groups.create_group),
-        get("/api/groups/info", groups.group_info),
-        post("/api/groups/members", groups.group_members),
-        post("/api/groups/rename", groups.rename_group),
+        *api_routes(),
         Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
     ]
     app = Starlette(
