@@ -150,3 +150,19 @@ class UnknownContact(ClientError):
 
 class IdentityChanged(ClientError):
     """A verified contact's identity key changed; sending is blocked until re-verified."""
+
+
+# --- calls (PROTOCOL.md Part IX) -----------------------------------------------------------
+
+
+class CallStateError(ProtocolError):
+    """A call signal or action that the call's state does not allow (PROTOCOL Part IX §3)."""
+
+
+class CallError(ClientError):
+    """A call could not be placed, answered or carried (no such call, already in a call,
+    relay-only without a TURN server, no calls support installed)."""
+
+
+class MediaError(CallError):
+    """Call media could not be read, written or negotiated (a bad WAV file, bad SDP)."""

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -257,3 +258,109 @@ def register(
         )
         assert r.status_code == 200, r.text
     return acct
+
+
+# --- coturn for call tests (PROTOCOL.md Part IX §6) -------------------------------------------
+
+TURNSERVER = "/usr/bin/turnserver"
+
+
+@dataclass
+class TurnProcess:
+    """A real coturn on loopback with the TURN REST API secret (``use-auth-secret``)."""
+
+    port: int
+    secret_file: Path
+    log_file: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}"
+
+    def server_env(self) -> dict[str, str]:
+        """``running_server(..., **turn.server_env())`` points the relay at this coturn."""
+        return {"turn_url": self.url, "turn_secret_file": str(self.secret_file)}
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _stun_answers(port: int, timeout: float) -> bool:
+    """One STUN Binding request (RFC 8489 §5) to 127.0.0.1:port; True if anything answers."""
+    import socket
+
+    request = struct.pack(">HHI12s", 0x0001, 0, 0x2112A442, os.urandom(12))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(request, ("127.0.0.1", port))
+            return len(s.recv(2048)) >= 20
+        except OSError:
+            return False
+
+
+@contextmanager
+def running_coturn(work_dir: Path | str, timeout: float = 10.0) -> Iterator[TurnProcess]:
+    """Start ``turnserver`` on 127.0.0.1 (UDP, no TLS, loopback peers allowed, relay ports
+    in a random 200-port window), wait until it answers STUN, stop it on exit."""
+    import random
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    secret_file = work / "turn-secret"
+    secret = os.urandom(24).hex()
+    secret_file.write_text(secret + "\n")
+    log_file = work / "turnserver.log"
+    port = _free_udp_port()
+    low = random.randrange(40000, 60000, 200)
+    cmd = [
+        TURNSERVER,
+        "-n",
+        "--listening-ip=127.0.0.1",
+        "--relay-ip=127.0.0.1",
+        f"--listening-port={port}",
+        f"--min-port={low}",
+        f"--max-port={low + 199}",
+        "--use-auth-secret",
+        f"--static-auth-secret={secret}",
+        "--realm=xchat.test",
+        "--fingerprint",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--allow-loopback-peers",
+        "--no-software-attribute",
+        f"--log-file={log_file}",
+        "--simple-log",
+        "--verbose",
+        f"--pidfile={work / 'turnserver.pid'}",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    turn = TurnProcess(port, secret_file, log_file, proc)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _stun_answers(port, 0.2):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"turnserver did not start (see {log_file})")
+        yield turn
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

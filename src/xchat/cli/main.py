@@ -21,6 +21,7 @@ import click
 
 from xchat import __version__
 from xchat.app.cli import app_command
+from xchat.cli.calls import call_command, calls_group
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
 from xchat.cli.output import escape_terminal, fmt_time, print_json, short_address, warn, who
@@ -614,6 +615,8 @@ cli.add_command(serve_command)
 cli.add_command(file_group)
 cli.add_command(group_group)
 cli.add_command(app_command)
+cli.add_command(call_command)
+cli.add_command(calls_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,26 @@ CONTENT_VERSION = 1
 MAX_CONTENT_BYTES = 120 * 1024
 MAX_TEXT_CHARS = 16 * 1024
 MAX_RECEIPT_IDS = 256
-TYPES = ("text", "file", "receipt", "profile", "reset", "group_update", "sender_key")
+TYPES: tuple[str, ...] = (
+    "text",
+    "file",
+    "receipt",
+    "profile",
+    "reset",
+    "group_update",
+    "sender_key",
+)
+#: call signalling (PROTOCOL Part IX §2), each with a "call" object (``client.call_state``)
+CALL_TYPES = (
+    "call_offer",
+    "call_answer",
+    "call_ice",
+    "call_ringing",
+    "call_busy",
+    "call_decline",
+    "call_hangup",
+)
+TYPES = TYPES + CALL_TYPES
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -66,6 +85,9 @@ class Content:
     file: dict[str, Any] | None = None
     #: group content: ``{"id": hex, ...}`` (PROTOCOL Part V §10), validated by ``client.groups``.
     group: dict[str, Any] | None = None
+    #: call signals: ``{"id": call id hex, ...}`` (PROTOCOL Part IX §2), validated by
+    #: ``client.call_state.parse_signal``.
+    call: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -84,6 +106,8 @@ class Content:
             obj["file"] = self.file
         if self.group is not None:
             obj["group"] = self.group
+        if self.call is not None:
+            obj["call"] = self.call
         if self.sender is not None:
             obj["sender"] = {
                 "handle": self.sender.handle,
@@ -139,6 +163,9 @@ class Content:
         group = obj.get("group")
         if group is not None and not isinstance(group, dict):
             raise DecodeError("content group must be a JSON object")
+        call = obj.get("call")
+        if call is not None and not isinstance(call, dict):
+            raise DecodeError("content call must be a JSON object")
         return cls(
             id=msg_id,
             type=ctype,
@@ -149,6 +176,7 @@ class Content:
             sender=_decode_sender(obj.get("sender")),
             file=file,
             group=group,
+            call=call,
         )
 
 

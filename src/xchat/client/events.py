@@ -83,6 +83,18 @@ class DecryptionFailed:
 
 
 @dataclass(frozen=True)
+class CallSignalReceived:
+    """A call signal (content type ``call_*``, PROTOCOL.md Part IX §2) from a contact; not
+    stored as a message. :class:`xchat.client.calls.CallManager` consumes these."""
+
+    sender: str  # address
+    device_id: int
+    type: str
+    call: dict[str, Any]
+    ts_ms: int  # the sender's timestamp
+
+
+@dataclass(frozen=True)
 class ConnectionChanged:
     """The receive socket connected (``connected=True``) or was lost."""
 
@@ -101,6 +113,7 @@ Event = (
     | ReceiptReceived
     | IdentityChangedEvent
     | DecryptionFailed
+    | CallSignalReceived
     | ConnectionChanged
     | Drained
 )

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xchat import __version__
 from xchat.errors import ApiError, XChatError
-from xchat.server import blobs, directory, mailbox, realtime
+from xchat.server import blobs, directory, mailbox, realtime, turn
 from xchat.server.config import ServerConfig
 from xchat.server.limits import ip_bucket
 from xchat.server.relay import Relay, error_body
@@ -182,6 +182,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="XChat relay", version=__version__, lifespan=lifespan)
     app.state.relay = relay
+    app.state.turn = turn.load_issuer(
+        config.turn_url, config.turn_secret_file, config.turn_ttl_seconds
+    )
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -221,6 +224,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(mailbox.router)
     app.include_router(realtime.router)
     app.include_router(blobs.router)
+    app.include_router(turn.router)
     app.add_middleware(LimitsMiddleware, relay=relay)
     app.add_middleware(RequestLogMiddleware, relay=relay)  # outermost: sees 413/429 too
     return app

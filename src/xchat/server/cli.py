@@ -24,6 +24,13 @@ from xchat.server.config import ServerConfig
 @click.option(
     "--log-ips/--no-log-ips", default=None, help="Log client IPs (off unless the operator asks)."
 )
+@click.option("--turn-url", default=None, help="TURN server for calls, turn:HOST:PORT.")
+@click.option(
+    "--turn-secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File with the TURN server's static-auth-secret (coturn use-auth-secret).",
+)
 def serve_command(
     host: str | None,
     port: int | None,
@@ -31,12 +38,21 @@ def serve_command(
     pow_bits: int | None,
     ttl_days: float | None,
     log_ips: bool | None,
+    turn_url: str | None,
+    turn_secret_file: str | None,
 ) -> None:
     """Run the XChat relay server."""
     from xchat.server.serve import run_server
 
     ttl = int(ttl_days * 86400) if ttl_days is not None else None
     config = ServerConfig.from_env(
-        host=host, port=port, data=data, pow_bits=pow_bits, ttl_seconds=ttl, log_ips=log_ips
+        host=host,
+        port=port,
+        data=data,
+        pow_bits=pow_bits,
+        ttl_seconds=ttl,
+        log_ips=log_ips,
+        turn_url=turn_url,
+        turn_secret_file=turn_secret_file,
     )
     run_server(config)

@@ -53,6 +53,10 @@ class ServerConfig:
     rate_device_burst: float = 100.0
     rate_send_per_s: float = 200.0  # envelopes per second per IP bucket
     rate_send_burst: float = 1000.0
+    # TURN for calls (PROTOCOL Part IX §6): off unless both are set
+    turn_url: str = ""  # turn:HOST:PORT (comma-separated for several)
+    turn_secret_file: str = ""  # coturn's static-auth-secret, shared with this relay
+    turn_ttl_seconds: int = 3600  # lifetime of the credentials GET /api/v1/turn issues
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
