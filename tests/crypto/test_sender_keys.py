@@ -10,7 +10,6 @@ import struct
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
@@ -32,7 +31,6 @@ from xchat.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessage,
-    InvalidSignature,
     ProtocolError,
     TooLarge,
     TooManySkipped,
@@ -69,7 +67,8 @@ def advance(state: SenderKeyState, steps: int) -> None:
 
 def test_round_trip_and_sizes() -> None:
     sender, receiver = pair()
-    assert len(sender.distribution_message()) == DISTRIBUTION_LEN == 89
+    assert len(sender.distribution_message()) == DISTRIBUTION_LEN == 57
+    assert MESSAGE_OVERHEAD == 41
     for i in range(5):
         msg = sender.encrypt(b"hello %d" % i)
         assert len(msg) == MESSAGE_OVERHEAD + len(b"hello %d" % i)
@@ -86,25 +85,17 @@ def test_known_answer_matches_spec() -> None:
     rng2 = counter_rng()
     key_id = struct.unpack(">I", rng2(4))[0]
     chain_key = rng2(32)
-    signer = Ed25519PrivateKey.from_private_bytes(rng2(32))
     assert (sender.key_id, sender.chain_key) == (key_id, chain_key)
     message = sender.encrypt(b"known answer")
 
     mk = std_hmac.digest(chain_key, b"\x01", "sha256")
     okm = HKDF(hashes.SHA256(), 44, None, b"XChat-v1-sender-key-message-keys").derive(mk)
-    header = b"\x01" + GROUP + struct.pack(">II", key_id, 0)
-    body = header + AESGCM(okm[:32]).encrypt(okm[32:], b"known answer", header)
-    expected = body + signer.sign(b"XChat-v1-sender-key-signature" + body)
+    header = b"\x02" + GROUP + struct.pack(">II", key_id, 0)
+    expected = header + AESGCM(okm[:32]).encrypt(okm[32:], b"known answer", header)
     assert message == expected
     assert sender.chain_key == std_hmac.digest(chain_key, b"\x02", "sha256")
     distribution = SenderKeyState.generate(GROUP, counter_rng()).distribution_message()
-    assert distribution == (
-        b"\x01"
-        + GROUP
-        + struct.pack(">II", key_id, 0)
-        + chain_key
-        + signer.public_key().public_bytes_raw()
-    )
+    assert distribution == b"\x02" + GROUP + struct.pack(">II", key_id, 0) + chain_key
 
 
 @settings(max_examples=40, deadline=None)
@@ -160,17 +151,39 @@ def test_every_byte_flip_rejected_without_state_change() -> None:
     assert receiver.decrypt(message) == b"x" * 40
 
 
-def test_member_cannot_forge_as_sender() -> None:
-    """Every member holds the chain key; only the signing key proves the sender."""
+def test_a_members_copy_cannot_send() -> None:
+    """A chain from a distribution message is receive-only, also after a store round trip.
+
+    That a member cannot *speak under* another member's chain is not this module's job: the
+    chain is chosen by the authenticated sealed sender (tests/client/test_group_forgery.py).
+    """
     sender, receiver = pair()
-    sender.encrypt(b"genuine")
-    forger = SenderKeyState.from_distribution(sender.distribution_message())
-    impostor_key = Ed25519PrivateKey.generate()
-    forger._signer = impostor_key  # a member re-signing with its own key
-    forged = forger.encrypt(b"I am the sender")
-    with pytest.raises(InvalidSignature):
-        receiver.decrypt(forged)
-    assert receiver.iteration == 0 and receiver.skipped == {}
+    for chain in (receiver, SenderKeyState.from_bytes(receiver.to_bytes())):
+        assert not chain.is_own
+        with pytest.raises(ProtocolError):
+            chain.encrypt(b"I am the sender")
+    assert SenderKeyState.from_bytes(sender.to_bytes()).is_own
+
+
+def test_version_1_states_are_still_read() -> None:
+    """A store written before version 2 (per-chain signing keys) keeps its chains."""
+    sender, receiver = pair()
+    receiver.decrypt(sender.encrypt(b"a") and sender.encrypt(b"b"))
+    signing_public = bytes(32)
+    for chain, private in ((sender, bytes(32)), (receiver, b"")):
+        v2 = chain.to_bytes()
+        fixed = 1 + 1 + 16 + 12 + 32
+        v1 = b"\x01" + v2[1:fixed] + signing_public + private + v2[fixed:]
+        restored = SenderKeyState.from_bytes(v1)
+        assert restored.to_bytes() == v2
+    assert SenderKeyState.from_bytes(receiver.to_bytes()).decrypt(sender.encrypt(b"c")) == b"c"
+
+
+def test_version_1_messages_are_refused() -> None:
+    sender, receiver = pair()
+    message = sender.encrypt(b"v")
+    with pytest.raises(UnsupportedVersion):
+        receiver.decrypt(b"\x01" + message[1:] + bytes(64))
 
 
 def test_forward_jump_limit_and_eviction() -> None:
@@ -236,7 +249,7 @@ def test_header_checks() -> None:
     sender, receiver = pair()
     message = sender.encrypt(b"v")
     with pytest.raises(UnsupportedVersion):
-        parse_header(b"\x02" + message[1:])
+        parse_header(b"\x03" + message[1:])
     with pytest.raises(TooLarge):
         parse_header(message[:1] + b"\0" * sk.MAX_MESSAGE_LEN)
     with pytest.raises(DecodeError):

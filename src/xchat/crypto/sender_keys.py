@@ -2,21 +2,28 @@
 
 Modelled on Signal's sender keys (libsignal ``rust/protocol/src/sender_keys.rs``,
 ``group_cipher.rs``) and Matrix Megolm. Each member device owns, per group, a *sending
-chain*: a random 32-byte chain key ``CK_i`` with an iteration counter ``i``, and a
-per-chain Ed25519 signing key pair. Algorithm (PROTOCOL Part V §2.2):
+chain*: a random 32-byte chain key ``CK_i`` with an iteration counter ``i``. Algorithm
+(PROTOCOL Part V §2.2):
 
 1. ``MK_i = HMAC-SHA256(CK_i, 0x01)``, ``CK_{i+1} = HMAC-SHA256(CK_i, 0x02)`` (libsignal's
    ``SenderChainKey``); the old chain key and every used message key are dropped, so a
    later compromise does not reveal earlier messages (forward secrecy within the chain).
 2. ``key(32) || nonce(12) = HKDF-SHA256(ikm=MK_i, salt="", info=LABEL_MESSAGE_KEYS, L=44)``.
 3. ``header = version || group_id(16) || key_id u32 || i u32``;
-   ``message = header || AES-256-GCM(key, nonce, plaintext, aad=header) || sig(64)`` with
-   ``sig = Ed25519(signing_key, LABEL_SIGNATURE || message[:-64])``.
+   ``message = header || AES-256-GCM(key, nonce, plaintext, aad=header)``.
 
-The chain key and the signing *public* key travel to the other members in a
-:class:`SenderKeyDistributionMessage` over their pairwise (Double Ratchet) sessions. Every
-member holds the chain key, so only the signature tells the sender from another member:
-receivers verify it *before* touching the chain, so a forgery costs no state and no KDF work.
+The chain key travels to the other members in a distribution message over their pairwise
+(Double Ratchet) sessions. Every member holds the chain key, so the chain alone cannot tell
+the sender from another member. Version 1 signed every message with a per-chain Ed25519 key
+for that; version 2 (this one) does not, because the message never travels alone: it is the
+content of a multi-recipient sealed envelope (PROTOCOL Part I §8), whose per-recipient tag is
+keyed by the static-static DH of sender and recipient over the hash of the whole shared part,
+and the receiver selects the chain *by that authenticated sender* (Part V §7). A member holding
+the chain key cannot make that tag, so it cannot speak under another member's chain; and a
+tag, unlike a signature, proves nothing to a third party (deniability, as in Signal's sealed
+sender). The signature cost ~25 µs to make and ~55 µs to check per message (PROTOCOL Part V
+§8). **Callers must never decrypt a sender-key message whose chain was not selected by the
+authenticated sealed sender.**
 
 Receivers keep skipped message keys (bounded by :data:`MAX_MESSAGE_KEYS`) for out-of-order
 delivery, refuse a jump beyond :data:`MAX_FORWARD_JUMPS`, refuse a reused key with
@@ -33,17 +40,14 @@ from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from xchat.crypto import ed25519
 from xchat.crypto.keys import Rng
 from xchat.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessage,
-    InvalidSignature,
     ProtocolError,
     TooLarge,
     TooManySkipped,
@@ -53,33 +57,33 @@ from xchat.errors import (
 
 # --- constants (PROTOCOL Part V §2.1; limits after libsignal consts.rs) -----------------------
 
-#: Version byte of a sender-key message.
-MESSAGE_VERSION: Final = 0x01
+#: Version byte of a sender-key message (2: unsigned; authenticity from the sealed envelope).
+MESSAGE_VERSION: Final = 0x02
 #: Proposed ``content_type`` for ``sealed.seal_multi`` when the content is a sender-key
 #: message (0x01 is a pairwise session message); PROTOCOL Part V §7.
 SEALED_CONTENT_TYPE: Final = 0x02
-#: Version byte of a sender-key distribution message.
-DISTRIBUTION_VERSION: Final = 0x01
-#: Version byte of a serialized :class:`SenderKeyState` / :class:`SenderKeyRecord`.
+#: Version byte of a sender-key distribution message (2: no signing key).
+DISTRIBUTION_VERSION: Final = 0x02
+#: Version byte of a serialized :class:`SenderKeyRecord` (the list of chains).
 RECORD_VERSION: Final = 0x01
+#: Version byte of a serialized :class:`SenderKeyState`. Version 1 (with a signing key
+#: pair) is still read, so stores written before version 2 keep their chains.
+STATE_VERSION: Final = 0x02
+_STATE_VERSION_SIGNED: Final = 0x01
 
 #: HKDF info expanding a message key into the AES-256-GCM key and nonce.
 LABEL_MESSAGE_KEYS: Final = b"XChat-v1-sender-key-message-keys"
-#: Prefix of the bytes a sender-key signature covers: such a signature can never be taken
-#: for a signature on any other XChat structure.
-LABEL_SIGNATURE: Final = b"XChat-v1-sender-key-signature"
 
 CHAIN_MESSAGE_KEY_SEED: Final = b"\x01"
 CHAIN_NEXT_KEY_SEED: Final = b"\x02"
 
 GROUP_ID_LEN: Final = 16
 CHAIN_KEY_LEN: Final = 32
-SIGNATURE_LEN: Final = 64
 _TAG_LEN: Final = 16
 
 #: How far ahead of the next expected iteration a message may point (libsignal
-#: ``MAX_FORWARD_JUMPS``). A valid signature is needed to get here, so only the sender
-#: itself can make us walk the chain; 25,000 steps is ~70 ms of HMACs.
+#: ``MAX_FORWARD_JUMPS``). The chain is selected by the authenticated sealed sender, so only
+#: its owner can make us walk it; 25,000 steps is ~70 ms of HMACs.
 MAX_FORWARD_JUMPS: Final = 25_000
 #: Skipped message keys kept per chain (libsignal ``MAX_MESSAGE_KEYS``); the oldest are
 #: evicted first, and a message whose key was evicted reads as a duplicate.
@@ -93,20 +97,24 @@ MAX_ITERATION: Final = 0xFFFFFFFF - 1
 
 _HEADER: Final = struct.Struct(">B16sII")  # version, group_id, key_id, iteration
 HEADER_LEN: Final = _HEADER.size  # 25
-#: Bytes a sender-key message adds to its plaintext: header, GCM tag, signature.
-MESSAGE_OVERHEAD: Final = HEADER_LEN + _TAG_LEN + SIGNATURE_LEN  # 105
+#: Bytes a sender-key message adds to its plaintext: header and GCM tag.
+MESSAGE_OVERHEAD: Final = HEADER_LEN + _TAG_LEN  # 41
 #: Largest plaintext (a padded group content; padding tops out at 128 KiB).
 MAX_PLAINTEXT_LEN: Final = 128 * 1024
 MAX_MESSAGE_LEN: Final = MESSAGE_OVERHEAD + MAX_PLAINTEXT_LEN
 
-_DISTRIBUTION: Final = struct.Struct(">B16sII32s32s")
-DISTRIBUTION_LEN: Final = _DISTRIBUTION.size  # 89
+_DISTRIBUTION: Final = struct.Struct(">B16sII32s")
+DISTRIBUTION_LEN: Final = _DISTRIBUTION.size  # 57
 
-_STATE_FIXED: Final = struct.Struct(">BB16sIII32s32s")  # + [priv 32] + n u16 + skipped
+_STATE_FIXED: Final = struct.Struct(">BB16sIII32s")  # + n u16 + skipped
+#: Version 1 states carried a signing public key, and a private key on own chains.
+_STATE_SIGNED_FIXED: Final = struct.Struct(">BB16sIII32s32s")
 _SKIPPED: Final = struct.Struct(">I32s")
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
-_FLAG_PRIVATE: Final = 0x01
+#: State flag: this is our own (sending) chain. In version 1 it meant "private signing key
+#: present", which only own chains had, so the bit keeps its meaning.
+_FLAG_OWN: Final = 0x01
 
 _SHA256: Final = hashes.SHA256()
 
@@ -130,7 +138,7 @@ def _aead_keys(message_key: bytes) -> tuple[AESGCM, bytes]:
 def _open(message_key: bytes, message: bytes) -> bytes:
     aead, nonce = _aead_keys(message_key)
     try:
-        return aead.decrypt(nonce, message[HEADER_LEN:-SIGNATURE_LEN], message[:HEADER_LEN])
+        return aead.decrypt(nonce, message[HEADER_LEN:], message[:HEADER_LEN])
     except InvalidTag as exc:
         raise DecryptionError("group message does not decrypt") from exc
 
@@ -171,13 +179,12 @@ class SenderKeyState:
     """
 
     __slots__ = (
-        "_signer",
         "chain_key",
         "first_iteration",
         "group_id",
+        "is_own",
         "iteration",
         "key_id",
-        "signing_public",
         "skipped",
     )
 
@@ -187,9 +194,8 @@ class SenderKeyState:
         key_id: int,
         iteration: int,
         chain_key: bytes,
-        signing_public: bytes,
-        signing_private: bytes | None = None,
         *,
+        own: bool = False,
         first_iteration: int | None = None,
         skipped: dict[int, bytes] | None = None,
     ) -> None:
@@ -197,25 +203,12 @@ class SenderKeyState:
             raise DecodeError("bad group id or chain key length")
         if not 0 <= key_id <= 0xFFFFFFFF or not 0 <= iteration <= MAX_ITERATION + 1:
             raise DecodeError("key id or iteration out of range")
-        try:
-            ed25519.check_public_key(signing_public)
-            self._signer = (
-                None
-                if signing_private is None
-                else Ed25519PrivateKey.from_private_bytes(signing_private)
-            )
-        except ValueError as exc:
-            raise DecodeError("invalid sender signing key") from exc
-        if (
-            self._signer is not None
-            and self._signer.public_key().public_bytes_raw() != signing_public
-        ):
-            raise DecodeError("sender signing key pair does not match")
+        #: True for a chain we send on (made by :meth:`generate`), False for a member's.
+        self.is_own = own
         self.group_id = group_id
         self.key_id = key_id
         self.iteration = iteration  # index of the next message key CK yields
         self.chain_key = chain_key  # CK_iteration
-        self.signing_public = signing_public
         self.first_iteration = iteration if first_iteration is None else first_iteration
         self.skipped: dict[int, bytes] = {} if skipped is None else skipped  # oldest first
 
@@ -223,24 +216,11 @@ class SenderKeyState:
 
     @classmethod
     def generate(cls, group_id: bytes, rng: Rng = os.urandom) -> SenderKeyState:
-        """A fresh own sending chain for ``group_id``: random key id, chain key and
-        signing key (on first send and after every rotation)."""
+        """A fresh own sending chain for ``group_id``: random key id and chain key (on first
+        send and after every rotation)."""
         key_id = _U32.unpack(rng(4))[0]
         chain_key = rng(CHAIN_KEY_LEN)
-        signer = Ed25519PrivateKey.from_private_bytes(rng(32))
-        return cls(
-            group_id,
-            key_id,
-            0,
-            chain_key,
-            signer.public_key().public_bytes_raw(),
-            signer.private_bytes_raw(),
-        )
-
-    @property
-    def is_own(self) -> bool:
-        """True for a chain we can send on (we hold its signing private key)."""
-        return self._signer is not None
+        return cls(group_id, key_id, 0, chain_key, own=True)
 
     def distribution_message(self) -> bytes:
         """The SenderKeyDistributionMessage at the *current* iteration (PROTOCOL Part V §2.4).
@@ -254,7 +234,6 @@ class SenderKeyState:
             self.key_id,
             self.iteration,
             self.chain_key,
-            self.signing_public,
         )
 
     @classmethod
@@ -262,23 +241,22 @@ class SenderKeyState:
         """A receiving chain from a distribution message (DecodeError on bad input)."""
         if len(data) != DISTRIBUTION_LEN:
             raise DecodeError("sender key distribution message has the wrong length")
-        version, group_id, key_id, iteration, chain_key, public = _DISTRIBUTION.unpack(data)
+        version, group_id, key_id, iteration, chain_key = _DISTRIBUTION.unpack(data)
         if version != DISTRIBUTION_VERSION:
             raise UnsupportedVersion(f"unknown sender key distribution version {version}")
         if iteration > MAX_ITERATION:
             raise DecodeError("sender key iteration out of range")
-        return cls(group_id, key_id, iteration, chain_key, public)
+        return cls(group_id, key_id, iteration, chain_key)
 
     # --- the hot path (PROTOCOL Part V §2.2–§2.3) ---------------------------------------------
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        """Encrypt and sign one group message, then advance the chain.
+        """Encrypt one group message, then advance the chain.
 
         ProtocolError if this is not our own chain or it is exhausted (rotate);
         TooLarge above :data:`MAX_PLAINTEXT_LEN`.
         """
-        signer = self._signer
-        if signer is None:
+        if not self.is_own:
             raise ProtocolError("cannot send on another member's sender key")
         if len(plaintext) > MAX_PLAINTEXT_LEN:
             raise TooLarge(f"group plaintext exceeds {MAX_PLAINTEXT_LEN} bytes")
@@ -287,29 +265,24 @@ class SenderKeyState:
         message_key, next_chain_key = _chain_step(self.chain_key)
         header = _HEADER.pack(MESSAGE_VERSION, self.group_id, self.key_id, self.iteration)
         aead, nonce = _aead_keys(message_key)
-        body = header + aead.encrypt(nonce, plaintext, header)
-        signature = signer.sign(LABEL_SIGNATURE + body)
+        message = header + aead.encrypt(nonce, plaintext, header)
         self.chain_key = next_chain_key
         self.iteration += 1
-        return body + signature
+        return message
 
     def decrypt(self, message: bytes) -> bytes:
-        """Verify, then decrypt one group message; the state changes only on success.
+        """Decrypt one group message; the state changes only on success.
 
+        The caller must have selected this chain by the authenticated sealed sender (see the
+        module docstring): the chain key authenticates the message only as "from a member".
         Errors: DecodeError/UnsupportedVersion/TooLarge (malformed), DecryptionError
         (another chain, a message from before our copy of the chain, or a bad ciphertext),
-        InvalidSignature (not signed by the chain's owner), DuplicateMessage (key already
-        used or evicted), TooManySkipped (more than MAX_FORWARD_JUMPS ahead).
+        DuplicateMessage (key already used or evicted), TooManySkipped (more than
+        MAX_FORWARD_JUMPS ahead).
         """
         header = parse_header(message)
         if header.group_id != self.group_id or header.key_id != self.key_id:
             raise DecryptionError("group message is not under this sender key")
-        try:
-            ed25519.verify(
-                self.signing_public, message[-SIGNATURE_LEN:], LABEL_SIGNATURE + message[:-64]
-            )
-        except InvalidSignature as exc:
-            raise InvalidSignature("group message signature does not verify") from exc
         iteration = header.iteration
         if iteration < self.iteration:
             return self._decrypt_skipped(iteration, message)
@@ -347,22 +320,18 @@ class SenderKeyState:
     # --- persistence (PROTOCOL Part V §2.5) ---------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Versioned serialization, private signing key included for an own chain."""
-        flags = _FLAG_PRIVATE if self._signer is not None else 0
+        """Versioned serialization (PROTOCOL Part V §2.5)."""
         out = [
             _STATE_FIXED.pack(
-                RECORD_VERSION,
-                flags,
+                STATE_VERSION,
+                _FLAG_OWN if self.is_own else 0,
                 self.group_id,
                 self.key_id,
                 self.iteration,
                 self.first_iteration,
                 self.chain_key,
-                self.signing_public,
             )
         ]
-        if self._signer is not None:
-            out.append(self._signer.private_bytes_raw())
         out.append(_U16.pack(len(self.skipped)))
         out.extend(_SKIPPED.pack(i, key) for i, key in self.skipped.items())
         return b"".join(out)
@@ -377,20 +346,25 @@ class SenderKeyState:
 
     @classmethod
     def _parse(cls, data: bytes, offset: int) -> tuple[SenderKeyState, int]:
-        if len(data) - offset < _STATE_FIXED.size + 2:
+        if len(data) - offset < 1:
             raise DecodeError("sender key state truncated")
-        version, flags, group_id, key_id, iteration, first, chain_key, public = (
-            _STATE_FIXED.unpack_from(data, offset)
-        )
-        if version != RECORD_VERSION:
+        version = data[offset]
+        if version == STATE_VERSION:
+            fixed = _STATE_FIXED
+        elif version == _STATE_VERSION_SIGNED:
+            fixed = _STATE_SIGNED_FIXED  # read, then its signing keys are dropped
+        else:
             raise UnsupportedVersion(f"unknown sender key state version {version}")
-        if flags & ~_FLAG_PRIVATE:
+        if len(data) - offset < fixed.size + 2:
+            raise DecodeError("sender key state truncated")
+        _, flags, group_id, key_id, iteration, first, chain_key = fixed.unpack_from(data, offset)[
+            :7
+        ]
+        if flags & ~_FLAG_OWN:
             raise DecodeError("unknown sender key state flags")
-        offset += _STATE_FIXED.size
-        private = None
-        if flags & _FLAG_PRIVATE:
-            private = data[offset : offset + 32]
-            offset += 32
+        offset += fixed.size
+        if version == _STATE_VERSION_SIGNED and flags & _FLAG_OWN:
+            offset += 32  # version 1's private signing key
         if len(data) - offset < 2:
             raise DecodeError("sender key state truncated")
         (count,) = _U16.unpack_from(data, offset)
@@ -411,8 +385,7 @@ class SenderKeyState:
             key_id,
             iteration,
             chain_key,
-            public,
-            private,
+            own=bool(flags & _FLAG_OWN),
             first_iteration=first,
             skipped=skipped,
         )
