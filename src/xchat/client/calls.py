@@ -722,7 +722,10 @@ class CallManager:
             if call.machine.can("answered_elsewhere"):
                 await self._apply(call, "answered_elsewhere", reason="answered on another device")
             return
-        why = {"timeout": "the caller gave up (no answer)", "failed": "media failed"}.get(
-            sig.reason or "", "hung up"
-        )
+        if sig.reason == "failed" and call.machine.can("media_failed"):
+            # The peer's media failed (e.g. our certificate did not match the fingerprint
+            # it was given): a failed call on both sides, whatever our DTLS thinks.
+            await self._apply(call, "media_failed", reason="the peer's media failed", send=False)
+            return
+        why = "the caller gave up (no answer)" if sig.reason == "timeout" else "hung up"
         await self._apply(call, "remote_hangup", reason=why)
