@@ -21,11 +21,12 @@ import click
 
 from xchat import __version__
 from xchat.app.cli import app_command
-from xchat.cli.calls import call_command, calls_group
+from xchat.cli.calls import call_command, call_json, call_line, calls_group
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
 from xchat.cli.output import escape_terminal, fmt_time, print_json, short_address, warn, who
 from xchat.client import events as ev
+from xchat.client.call_log import CallLog, CallRecord
 from xchat.client.client import Client, RetryResult
 from xchat.client.profile import PROFILE_FILE, default_home
 from xchat.errors import (
@@ -522,6 +523,10 @@ def contacts(obj: Ctx, as_json: bool) -> None:
             click.echo(f"{handle:20s} {r.address}{flags}")
 
 
+def _history_ts(m: Any) -> int:
+    return int(m.started_ms if isinstance(m, CallRecord) else m.ts_ms)
+
+
 @cli.command()
 @click.argument("to")
 @click.option("--limit", type=int, default=100, show_default=True)
@@ -535,10 +540,18 @@ def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
         if contact is None:
             raise UnknownContact(f"no conversation with {to!r}")
         items = c.history(contact, limit)
+        calls = CallLog(c.store).list(contact.address, limit)  # calls too (PROTOCOL Part IX §7)
         me = c.address
     finally:
         run(c.close())
-    for m in items:
+    merged: list[Any] = sorted([*items, *calls], key=_history_ts)
+    for m in merged:
+        if isinstance(m, CallRecord):
+            if as_json:
+                print_json({"type": "call", **call_json(m, contact.handle)})
+            else:
+                click.echo(call_line(m, contact.handle))
+            continue
         if as_json:
             print_json(
                 {
