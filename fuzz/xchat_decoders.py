@@ -411,10 +411,11 @@ def _group_history(data: bytes) -> object:
 
 
 def _group_welcome(data: bytes) -> object:
-    from xchat.crypto.group import accept_welcome
+    from xchat.crypto import group as G
 
     w = world()
-    return accept_welcome(data, w.alice.public.address(), w.bob.public.address())
+    add = G.GroupUpdate.decode(w.group_add)  # Alice adds Carol, signed over group_state2
+    return G.accept_welcome(data, add, w.alice.public.address(), w.carol.public)
 
 
 def _identity_key(data: bytes) -> object:

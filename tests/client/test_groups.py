@@ -95,7 +95,7 @@ async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
 
     row = b._groups.resolve(info.id)
     state = b._groups._history(row).state
-    forged = GroupUpdate.sign(b.identity, state.group_id, state.version, [GroupOp.rename("x")])
+    forged = GroupUpdate.against(b.identity, state, [GroupOp.rename("x")])
     body = {"id": info.id, "update": base64.b64encode(forged.encode()).decode()}
     for target in (a, c):
         await b._groups._send_pairwise(target.address, None, "group_update", body)
@@ -233,3 +233,104 @@ async def test_twenty_member_group_and_server_sees_no_group(
             window = blobs[max(0, at - 200) : at + 220]
             assert sum(1 for o in hashes if o != h and o in window) == 0
             at = blobs.find(h, at + 1)
+
+
+def _rejected(events: list[ev.Event]) -> list[ev.GroupUpdateRejected]:
+    return [e for e in events if isinstance(e, ev.GroupUpdateRejected)]
+
+
+async def test_attack_backdated_update_by_removed_admin(crowd: Crowd) -> None:
+    """Issue #18 attack 1 through a real relay: Bob, an admin at version 2 and removed at
+    version 3, signs an update against version 2 removing Alice (the other admin) and sends
+    it to Carol. Carol refuses it; Alice stays the only admin everywhere."""
+    from xchat.crypto.group import GroupOp, GroupUpdate
+
+    a, b, c = await crowd.make(3)
+    info = await a.create_group("coup", [b.address, c.address])
+    for x in (b, c):
+        await x.receive()
+    await a._groups.change(info.id, [GroupOp.promote(b.address)])
+    for x in (b, c):
+        await x.receive()
+    b_was_admin = b._groups._history(b._groups.resolve(info.id)).state
+    assert b.address in b_was_admin.admins
+    await a.remove_members(info.id, [b.address])
+    for x in (b, c):
+        await x.receive()
+    assert b.group_info(info.id).left
+    coup = GroupUpdate.against(b.identity, b_was_admin, [GroupOp.remove(a.address)])
+    body = {"id": info.id, "update": base64.b64encode(coup.encode()).decode()}
+    await b._groups._send_pairwise(c.address, None, "group_update", body)
+    got = await c.receive()
+    assert _rejected(got) and _rejected(got)[0].sender == b.address
+    seen = c.group_info(info.id)
+    assert {m.address for m in seen.members if m.admin} == {a.address}
+    assert b.address not in {m.address for m in seen.members}
+    assert seen.epoch == a.group_info(info.id).epoch
+
+
+async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
+    """Issue #18 attack 3: member Bob sends Dave (not a member) a forged snapshot of the real
+    group (same id and epoch hash, Bob its admin) with a real update of Alice's. Dave
+    refuses it, then accepts Alice's genuine welcome; a later forged welcome for the group
+    Dave now holds changes nothing."""
+    from xchat.crypto.group import GroupOp, GroupState, GroupUpdate
+
+    a, b, d = await crowd.make(3)
+    info = await a.create_group("real", [b.address])
+    await b.receive()
+    await a.rename_group(info.id, "real group")
+    await b.receive()
+    history = b._groups._history(b._groups.resolve(info.id))
+    real, alice_update = history.state, history.updates()[-1]
+    members = dict(real.members)
+    members[d.address] = d.identity.public.encode()
+    forged = GroupState(
+        real.group_id, real.name, members, frozenset({b.address}), real.version, real.epoch_hash
+    )
+    body = {
+        "id": info.id,
+        "update": base64.b64encode(alice_update.encode()).decode(),
+        "welcome": base64.b64encode(forged.encode()).decode(),
+    }
+    await b._groups._send_pairwise(d.address, None, "group_update", body)
+    got = await d.receive()
+    assert _rejected(got) and not d.groups()
+    await a.add_members(info.id, [d.address])
+    await d.receive()
+    assert d.group_info(info.id).epoch == a.group_info(info.id).epoch
+    assert {m.address for m in d.group_info(info.id).members if m.admin} == {a.address}
+    # Bob now signs his own ADD over a forged snapshot: Dave already holds the group, so the
+    # welcome is refused and the update is checked against Dave's real copy (Bob: no admin).
+    await b.receive()
+    own = GroupUpdate.against(b.identity, forged, [GroupOp.add(d.identity.public)])
+    body = {
+        "id": info.id,
+        "update": base64.b64encode(own.encode()).decode(),
+        "welcome": base64.b64encode(forged.encode()).decode(),
+    }
+    await b._groups._send_pairwise(d.address, None, "group_update", body)
+    before = d.group_info(info.id)
+    got = await d.receive()
+    assert _rejected(got) and d.group_info(info.id) == before
+
+
+async def test_sender_keys_for_unknown_groups_are_bounded(crowd: Crowd) -> None:
+    """Issue #18 item 6: a stranger's sender keys for groups we do not hold are kept only
+    up to a bound (they may precede a welcome), not without limit."""
+    import secrets
+
+    from xchat.client.groups import MAX_ORPHAN_KEYS_PER_SENDER
+    from xchat.crypto.sender_keys import SenderKeyState
+
+    stranger, victim = await crowd.make(2)
+    sent = MAX_ORPHAN_KEYS_PER_SENDER + 3
+    for _ in range(sent):
+        gid = secrets.token_bytes(16)
+        skdm = SenderKeyState.generate(gid).distribution_message()
+        body = {"id": gid.hex(), "skdm": base64.b64encode(skdm).decode()}
+        await stranger._groups._send_pairwise(victim.address, None, "sender_key", body)
+    got = await victim.receive()
+    assert len(_rejected(got)) == sent - MAX_ORPHAN_KEYS_PER_SENDER
+    mine, _ = victim.store.orphan_sender_key_counts(stranger.address)
+    assert mine == MAX_ORPHAN_KEYS_PER_SENDER

@@ -22,6 +22,9 @@ from xchat.crypto.group import (
     key_plan,
     propose,
 )
+from xchat.crypto.group import (
+    MAX_WAITING as GROUP_MAX_WAITING,
+)
 from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey, decode_address
 from xchat.crypto.sender_keys import SenderKeyRecord, SenderKeyState
 from xchat.errors import (
@@ -94,7 +97,7 @@ def test_non_admin_and_non_member_rejected() -> None:
         (DAVE, [GroupOp.remove(a(DAVE))]),  # not a member
         (DAVE, [GroupOp.rename("outsider")]),
     ]:
-        update = GroupUpdate.sign(author, state.group_id, state.version, ops)
+        update = GroupUpdate.against(author, state, ops)
         with pytest.raises(UnauthorizedGroupChange):
             apply(state, GroupUpdate.decode(update.encode()))
 
@@ -119,6 +122,8 @@ def test_invalid_operations_rejected() -> None:
         apply(state, GroupUpdate.sign(ALICE, state.group_id, 7, [GroupOp.rename("x")]))
     with pytest.raises(ProtocolError):  # another group
         apply(state, GroupUpdate.sign(ALICE, b"\x01" * 16, 1, [GroupOp.rename("x")]))
+    with pytest.raises(ProtocolError):  # right version, another history
+        apply(state, GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename("x")], b"\7" * 32))
     with pytest.raises(ProtocolError):  # genesis must CREATE at version 0
         apply(None, GroupUpdate.sign(ALICE, b"\x01" * 16, 0, [GroupOp.rename("x")]))
     with pytest.raises(DecodeError):
@@ -151,7 +156,9 @@ def test_version_and_size_checks() -> None:
     state, genesis = new_group()
     raw = genesis.encode()
     with pytest.raises(UnsupportedVersion):
-        GroupUpdate.decode(b"\x02" + raw[1:])
+        GroupUpdate.decode(b"\x03" + raw[1:])
+    with pytest.raises(UnsupportedVersion):  # 0x01 (no parent hash) never from the network
+        GroupUpdate.decode(_legacy_update(ALICE, state.group_id, 1, b"\x04\x01x"))
     with pytest.raises(UnsupportedVersion):
         GroupState.decode(b"\x02" + state.encode()[1:])
     with pytest.raises(DecodeError):
@@ -178,29 +185,36 @@ def test_thousand_member_limit() -> None:
 
 def test_concurrent_round_is_rebased() -> None:
     """Alice demotes Bob while Bob adds Dave, both against version 2: hash order decides,
-    and Bob's update is re-checked against the state it lands on."""
+    and Bob's update is re-checked against the state it lands on. A device that applied the
+    demotion before Bob's update arrived refuses it (the backdating rule, §5.5)."""
     state, genesis = new_group()
     state, promote = propose(ALICE, state, [GroupOp.promote(a(BOB))])
-    demote = GroupUpdate.sign(ALICE, state.group_id, 2, [GroupOp.demote(a(BOB))])
-    add = GroupUpdate.sign(BOB, state.group_id, 2, [GroupOp.add(DAVE.public)])
+    demote = GroupUpdate.against(ALICE, state, [GroupOp.demote(a(BOB))])
+    add = GroupUpdate.against(BOB, state, [GroupOp.add(DAVE.public)])
     merged = apply_round(state, [add, demote])
     assert merged.version == 3 and a(BOB) not in merged.admins
     assert (a(DAVE) in merged.members) == (add.digest < demote.digest)
-    for order in ([promote, demote, add], [add, demote, promote], [demote, add, promote]):
+    for order in ([promote, add, demote], [add, demote, promote], [add, promote, demote]):
         history = GroupHistory.from_genesis(genesis)
         for update in order:
             history.add(update)
         assert history.state == merged
+    history = GroupHistory.from_genesis(genesis)
+    history.add(promote)
+    history.add(demote)
+    with pytest.raises(UnauthorizedGroupChange):
+        history.add(add)
+    assert history.state == apply_round(state, [demote])
 
 
 def test_round_of_only_invalid_updates_does_not_advance() -> None:
     state, genesis = new_group()
     history = GroupHistory.from_genesis(genesis)
-    bad = GroupUpdate.sign(BOB, state.group_id, 1, [GroupOp.rename("mine")])
+    bad = GroupUpdate.against(BOB, state, [GroupOp.rename("mine")])
     assert history.add(bad) == state
-    held = GroupUpdate.sign(ALICE, state.group_id, 2, [GroupOp.rename("later")])
+    good = GroupUpdate.against(ALICE, state, [GroupOp.add(DAVE.public)])
+    held = GroupUpdate.against(ALICE, apply(state, good), [GroupOp.rename("later")])
     assert history.add(held) == state  # waits for round 1
-    good = GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.add(DAVE.public)])
     head = history.add(good)
     assert head.version == 3 and head.name == "later" and a(DAVE) in head.members
     assert history.add(good) is head  # idempotent
@@ -221,28 +235,30 @@ PEOPLE = (ALICE, BOB, CAROL, DAVE, ERIN, FRANK)
 
 @st.composite
 def update_sets(draw: st.DrawFn) -> tuple[GroupUpdate, list[GroupUpdate]]:
-    """A genesis plus concurrent updates by random authors against random past versions,
-    built the way real devices would (each signed against a version that existed)."""
+    """A genesis plus updates by admins, each signed on the head of a reference device or
+    on the state before it (concurrent with the last round), as real devices would. Nobody
+    loses admin rights here, so the backdating rule never refuses and every device must end
+    with the same held set and the same state, whatever the delivery order."""
     _, genesis = create_group(ALICE, "g", [BOB.public, CAROL.public], fixed_rng)
     reference = GroupHistory.from_genesis(genesis)
-    reference.add(GroupUpdate.sign(ALICE, genesis.group_id, 1, [GroupOp.promote(a(BOB))]))
+    reference.add(GroupUpdate.against(ALICE, reference.state, [GroupOp.promote(a(BOB))]))
     updates = list(reference.updates())
+    concurrent = False
     for _ in range(draw(st.integers(1, 10))):
-        parent = draw(st.integers(1, reference.state.version))
-        author = draw(st.sampled_from(PEOPLE))
+        head = reference.state
+        behind = reference.state_at(head.version - 1)
+        concurrent = not concurrent and behind is not None and draw(st.booleans())
+        parent = behind if concurrent and behind is not None else head
+        author = draw(st.sampled_from(sorted(parent.admins)))
         target = draw(st.sampled_from(PEOPLE))
-        op = draw(
-            st.sampled_from(
-                [
-                    GroupOp.add(target.public),
-                    GroupOp.remove(a(target)),
-                    GroupOp.promote(a(target)),
-                    GroupOp.demote(a(target)),
-                    GroupOp.rename(f"n{draw(st.integers(0, 3))}"),
-                ]
-            )
-        )
-        update = GroupUpdate.sign(author, genesis.group_id, parent, [op])
+        ops = [
+            GroupOp.add(target.public),
+            GroupOp.promote(a(target)),
+            GroupOp.rename(f"n{draw(st.integers(0, 3))}"),
+        ]
+        if a(target) not in parent.admins:
+            ops.append(GroupOp.remove(a(target)))
+        update = GroupUpdate.against(ADDR[author], parent, [draw(st.sampled_from(ops))])
         reference.add(update)
         updates.append(update)
     return genesis, updates
@@ -254,7 +270,7 @@ def test_convergence_under_permuted_delivery(
     scenario: tuple[GroupUpdate, list[GroupUpdate]], rnd: object
 ) -> None:
     genesis, updates = scenario
-    heads = []
+    heads, held = [], []
     for _ in range(3):
         order = list(updates) + updates[: len(updates) // 2]  # with redeliveries
         rnd.shuffle(order)  # type: ignore[attr-defined]
@@ -262,6 +278,10 @@ def test_convergence_under_permuted_delivery(
         for update in order:
             history.add(GroupUpdate.decode(update.encode()))
         heads.append(history.state)
+        held.append([u.digest for u in history.updates()])
+        assert GroupHistory.from_bytes(history.to_bytes()).state == history.state
+    assert held[0] == held[1] == held[2]
+    assert set(held[0]) == {u.digest for u in updates}
     assert heads[0] == heads[1] == heads[2]
     # the fold equals applying the rounds by hand
     state = apply(None, genesis)
@@ -271,6 +291,103 @@ def test_convergence_under_permuted_delivery(
             break
         state = nxt
     assert heads[0] == state
+
+
+def _legacy_update(author: IdentityKeyPair, gid: bytes, parent: int, ops: bytes) -> bytes:
+    """A 0x01 update (before parent hashes) with one encoded op, as old histories hold."""
+    body = b"\x01" + gid + parent.to_bytes(4, "big") + author.public.encode() + b"\x00\x01" + ops
+    return body + author.sign(b"XChat-v1-group-update" + body)
+
+
+def _admins_and_demoted_bob() -> tuple[GroupHistory, GroupState]:
+    """Alice and Bob are admins at version 2; Alice then demotes Bob and renames (head 4)."""
+    _, genesis = new_group()
+    history = GroupHistory.from_genesis(genesis)
+    history.add(GroupUpdate.against(ALICE, history.state, [GroupOp.promote(a(BOB))]))
+    bob_was_admin = history.state
+    history.add(GroupUpdate.against(ALICE, history.state, [GroupOp.demote(a(BOB))]))
+    history.add(GroupUpdate.against(ALICE, history.state, [GroupOp.rename("later")]))
+    assert history.state.version == 4 and history.state.admins == {a(ALICE)}
+    return history, bob_was_admin
+
+
+def test_attack_backdated_update_by_demoted_admin_is_refused() -> None:
+    """Issue #18 attack 1: a demoted admin signs against an old round in which it was still
+    an admin (removing every other admin). It must not become the only admin."""
+    history, bob_was_admin = _admins_and_demoted_bob()
+    head = history.state
+    coup = GroupUpdate.against(BOB, bob_was_admin, [GroupOp.remove(a(ALICE))])
+    with pytest.raises(UnauthorizedGroupChange):
+        history.add(GroupUpdate.decode(coup.encode()))
+    assert history.state == head and a(ALICE) in history.state.admins
+    assert coup.digest not in {u.digest for u in history.updates()}
+    # the same with a removed admin, against the genesis round
+    removed = GroupHistory.from_genesis(new_group()[1])
+    removed.add(GroupUpdate.against(ALICE, removed.state, [GroupOp.promote(a(BOB))]))
+    old = removed.state
+    removed.add(GroupUpdate.against(ALICE, removed.state, [GroupOp.remove(a(BOB))]))
+    with pytest.raises(UnauthorizedGroupChange):
+        removed.add(GroupUpdate.against(BOB, old, [GroupOp.demote(a(ALICE))]))
+    assert removed.state.admins == {a(ALICE)} and a(BOB) not in removed.state.members
+
+
+def test_late_update_from_a_current_admin_or_a_leaving_member_is_rebased() -> None:
+    history, bob_was_admin = _admins_and_demoted_bob()
+    late = GroupUpdate.against(ALICE, bob_was_admin, [GroupOp.add(DAVE.public)])
+    head = history.add(late)
+    assert a(DAVE) in head.members and head.version == 4  # folded into round 2
+    leave = GroupUpdate.against(CAROL, bob_was_admin, [GroupOp.remove(a(CAROL))])
+    assert a(CAROL) not in history.add(leave).members
+
+
+def test_update_built_on_an_unknown_state_waits_and_is_bounded() -> None:
+    state, genesis = new_group()
+    history = GroupHistory.from_genesis(genesis)
+    forked = GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename("fork")], b"\5" * 32)
+    assert history.add(forked) == state  # held back, not applied
+    assert history.updates() == []
+    restored = GroupHistory.from_bytes(history.to_bytes())
+    assert restored.state == state and restored.to_bytes() == history.to_bytes()
+    for n in range(GROUP_MAX_WAITING - 1):
+        history.add(
+            GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename(f"f{n}")], b"\5" * 32)
+        )
+    with pytest.raises(TooLarge):
+        history.add(GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename("x")], b"\6" * 32))
+
+
+def test_update_built_on_part_of_a_concurrent_round_is_recognised() -> None:
+    """Carol built on Alice's change before Bob's concurrent one reached her: a device that
+    received Bob's first never held Carol's parent state, yet recognises it."""
+    state, genesis = new_group()
+    state, promote = propose(ALICE, state, [GroupOp.promote(a(BOB)), GroupOp.promote(a(CAROL))])
+    first = GroupUpdate.against(ALICE, state, [GroupOp.rename("alice")])
+    second = GroupUpdate.against(BOB, state, [GroupOp.add(DAVE.public)])
+    carol = GroupUpdate.against(CAROL, apply(state, first), [GroupOp.add(ERIN.public)])
+    heads = []
+    for order in ([promote, second, first, carol], [promote, carol, first, second]):
+        history = GroupHistory.from_genesis(genesis)
+        for update in order:
+            history.add(update)
+        heads.append(history.state)
+    assert heads[0] == heads[1] and {a(DAVE), a(ERIN)} <= set(heads[0].members)
+
+
+def test_legacy_history_collapses_to_its_head() -> None:
+    state, genesis = new_group()
+    legacy_genesis = _legacy_update(ALICE, state.group_id, 0, b"\x01\x01g")
+    rename = _legacy_update(ALICE, state.group_id, 1, b"\x04\x03new")
+    base = GroupHistory.from_genesis(genesis).base  # any valid base for the layout
+    history = GroupHistory.from_bytes(
+        b"\x01"
+        + len(base.encode()).to_bytes(4, "big")
+        + base.encode()
+        + (1).to_bytes(4, "big")
+        + len(rename).to_bytes(4, "big")
+        + rename
+    )
+    assert history.state.name == "new" and history.base == history.state
+    assert history.updates() == [] and len(legacy_genesis) > 0
 
 
 def test_key_plan_rules() -> None:
@@ -358,38 +475,62 @@ def test_mutated_snapshots_raise_only_xchat_errors(data: st.DataObject) -> None:
 def test_history_persistence_round_trip() -> None:
     state, genesis = new_group()
     history = GroupHistory.from_genesis(genesis)
-    history.add(GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.add(DAVE.public)]))
-    history.add(GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.rename("both")]))
-    history.add(GroupUpdate.sign(ALICE, state.group_id, 5, [GroupOp.rename("held")]))
+    history.add(GroupUpdate.against(ALICE, state, [GroupOp.add(DAVE.public)]))
+    history.add(GroupUpdate.against(ALICE, state, [GroupOp.rename("both")]))
+    history.add(GroupUpdate.sign(ALICE, state.group_id, 5, [GroupOp.rename("held")], b"\1" * 32))
     restored = GroupHistory.from_bytes(history.to_bytes())
     assert restored.state == history.state and restored.state.version == 2
     assert restored.to_bytes() == history.to_bytes()
     raw = history.to_bytes()
-    for bad in (raw[:-1], raw + b"\0", b"\x02" + raw[1:], b""):
+    for bad in (raw[:-1], raw + b"\0", b"\x03" + raw[1:], b""):
         with pytest.raises(XChatError):
             GroupHistory.from_bytes(bad)
 
 
 def test_welcome_checks() -> None:
     state, _ = new_group()
-    grown, _ = propose(ALICE, state, [GroupOp.add(DAVE.public)])
-    history = accept_welcome(grown.encode(), a(ALICE), a(DAVE))
-    assert history.state == grown
-    follow = GroupUpdate.sign(ALICE, grown.group_id, grown.version, [GroupOp.rename("hi")])
+    grown, add = propose(ALICE, state, [GroupOp.add(DAVE.public)])
+    history = accept_welcome(state.encode(), add, a(ALICE), DAVE.public)
+    assert history.state == grown and history.base == state
+    follow = GroupUpdate.against(ALICE, grown, [GroupOp.rename("hi")])
     assert history.add(follow).name == "hi"
     with pytest.raises(UnauthorizedGroupChange):
-        accept_welcome(grown.encode(), a(BOB), a(DAVE))  # Bob is not an admin
+        accept_welcome(state.encode(), add, a(BOB), DAVE.public)  # not the update's author
     with pytest.raises(UnauthorizedGroupChange):
-        accept_welcome(grown.encode(), a(ALICE), a(ERIN))  # Erin is not a member
+        accept_welcome(state.encode(), add, a(ALICE), ERIN.public)  # does not add Erin
+    with pytest.raises(UnauthorizedGroupChange):  # Bob is not an admin of the snapshot
+        bob_add = GroupUpdate.against(BOB, state, [GroupOp.add(DAVE.public)])
+        accept_welcome(state.encode(), bob_add, a(BOB), DAVE.public)
+
+
+def test_attack_forged_welcome_snapshot_is_refused() -> None:
+    """Issue #18 attack 3: member Bob sends Dave a forged snapshot of the real group (same id
+    and epoch hash, Bob its admin) with Alice's real ADD of Dave: refused, because Alice's
+    update signs the hash of the snapshot she built it on."""
+    state, _ = new_group()
+    _, add = propose(ALICE, state, [GroupOp.add(DAVE.public)])
+    forged = GroupState(
+        state.group_id,
+        state.name,
+        dict(state.members),
+        frozenset({a(BOB)}),
+        state.version,
+        state.epoch_hash,
+    )
+    for sender in (a(BOB), a(ALICE)):
+        with pytest.raises(UnauthorizedGroupChange):
+            accept_welcome(forged.encode(), add, sender, DAVE.public)
+    assert accept_welcome(state.encode(), add, a(ALICE), DAVE.public).state.admins == {a(ALICE)}
 
 
 def test_known_answer_layout_and_hashes() -> None:
     """Rebuild the genesis update, its hash and the epoch hash from PROTOCOL Part V §3.2/§5.2."""
     state, genesis = new_group()
     body = (
-        b"\x01"
+        b"\x02"
         + b"\x42" * 16
         + (0).to_bytes(4, "big")
+        + bytes(32)
         + ALICE.public.encode()
         + (3).to_bytes(2, "big")
         + b"\x01\x07friends"
@@ -403,8 +544,11 @@ def test_known_answer_layout_and_hashes() -> None:
     digest = hashlib.sha256(b"XChat-v1-group-update-hash" + expected).digest()
     assert genesis.digest == digest
     assert state.epoch_hash == hashlib.sha256(b"XChat-v1-group-epoch" + bytes(32) + digest).digest()
-    remove = GroupUpdate.sign(ALICE, state.group_id, 1, [GroupOp.remove(a(BOB))])
-    assert remove.encode()[88:-64] == b"\x03" + decode_address(a(BOB))
+    remove = GroupUpdate.against(ALICE, state, [GroupOp.remove(a(BOB))])
+    state_hash = hashlib.sha256(b"XChat-v1-group-state-hash" + state.encode()).digest()
+    assert remove.parent_hash == state_hash == state.digest
+    assert remove.encode()[21:53] == state_hash
+    assert remove.encode()[120:-64] == b"\x03" + decode_address(a(BOB))
     nxt = apply(state, remove)
     assert (
         nxt.epoch_hash

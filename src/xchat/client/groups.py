@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from xchat.client import content as ct
 from xchat.client import events as ev
+from xchat.client.model import GROUP_PEER_PREFIX, _Batch, _history_item, now_ms
 from xchat.client.store import ContactRecord, GroupRow
 from xchat.client.transport import Backoff, SendChannel, ws_url
 from xchat.crypto import padding, sealed
@@ -61,6 +62,7 @@ from xchat.errors import (
     DuplicateMessage,
     ProtocolError,
     ServerUnreachable,
+    TooLarge,
     UnauthorizedGroupChange,
     UnknownSenderKey,
     XChatError,
@@ -68,7 +70,7 @@ from xchat.errors import (
 from xchat.protocol import frames as fr
 
 if TYPE_CHECKING:
-    from xchat.client.client import Client, _Batch
+    from xchat.client.sending import SendingClient
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,11 @@ GROUP_CONTENT_TYPE = SEALED_CONTENT_TYPE
 UPDATE_TYPE = "group_update"
 SENDER_KEY_TYPE = "sender_key"
 PAIRWISE_TYPES = (UPDATE_TYPE, SENDER_KEY_TYPE)
-GROUP_PEER_PREFIX = "group:"
 _GID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SEND_ATTEMPTS = 4
+#: Sender-key records kept for groups this device does not hold (yet): per sender, in total.
+MAX_ORPHAN_KEYS_PER_SENDER = 4
+MAX_ORPHAN_KEYS = 64
 
 
 @dataclass(frozen=True)
@@ -130,9 +134,13 @@ def _gid_of(group: object) -> str:
 
 
 class Groups:
-    """Group logic of one :class:`~xchat.client.client.Client` (use through the client)."""
+    """Group logic of one :class:`~xchat.client.client.Client` (use through the client).
 
-    def __init__(self, client: Client) -> None:
+    A component, not a mixin: it sees its host only through the sending layer
+    (:class:`~xchat.client.sending.SendingClient`), and the receiving layer calls
+    :meth:`receive_message` / :meth:`receive_pairwise`, so imports point one way."""
+
+    def __init__(self, client: SendingClient) -> None:
         self.c = client
         self._histories: dict[str, GroupHistory] = {}
         #: bytes of the last SEND_MULTI frame (bench and tests read it)
@@ -247,7 +255,7 @@ class Groups:
             self._save(row.id, history, own_key, pending)
         joiners = set(plan.added) - {self.c.address}
         targets = (set(new.members) | set(plan.removed)) - {self.c.address}
-        await self._announce(row.id, update, new, targets, joiners)
+        await self._announce(row.id, update, new, targets, joiners, welcome_base=old)
         fresh = self._row(row.id)
         assert fresh is not None
         return self.info(fresh)
@@ -276,11 +284,13 @@ class Groups:
         targets: set[str],
         joiners: set[str],
         skdm: SenderKeyState | None = None,
+        welcome_base: GroupState | None = None,
     ) -> None:
-        """Send ``update`` pairwise to ``targets`` (joiners first, with the welcome
-        snapshot, so their copy exists before other members' keys reach them)."""
+        """Send ``update`` pairwise to ``targets`` (joiners first, with the welcome: the
+        snapshot ``update`` was built on, whose hash it signs, PROTOCOL Part V §5.3; so
+        their copy exists before other members' keys reach them)."""
         raw = _b64e(update.encode())
-        snapshot = _b64e(state.encode()) if joiners else None
+        snapshot = _b64e(welcome_base.encode()) if joiners and welcome_base else None
         for address in sorted(targets, key=lambda a: (a not in joiners, a)):
             body: dict[str, Any] = {"id": gid, "update": raw}
             if address in joiners:
@@ -523,38 +533,44 @@ class Groups:
     def _on_update(self, sender: str, gid: str, body: dict[str, Any], batch: _Batch) -> None:
         me = self.c.address
         row = self._row(gid)
+        update = GroupUpdate.decode(_b64d(body.get("update"), "update"))
+        if update.group_id.hex() != gid:
+            raise ProtocolError("group update is for another group")
+        if update.author_address != sender:
+            raise UnauthorizedGroupChange("group update not sent by its author")
         welcome = body.get("welcome")
+        old: GroupState | None
         if welcome is not None and (row is None or row.left):
-            history = accept_welcome(_b64d(welcome, "welcome"), sender, me)
-            if history.base.group_id.hex() != gid:
-                raise ProtocolError("welcome is for another group")
-            old: GroupState | None = None
+            # A welcome is the snapshot the ADD was built on; the ADD signs its hash (§5.3).
+            # After leaving, only a welcome past the copy we hold (a re-add) is taken.
+            if row is not None and update.parent_version < self._history(row).state.version:
+                raise ProtocolError("welcome older than the copy of the group we hold")
+            history = accept_welcome(
+                _b64d(welcome, "welcome"), update, sender, self.c.identity.public
+            )
+            old = None
+            base_row = GroupRow(gid, b"", None, b"[]", False)
+        elif row is None:
+            if update.parent_version != 0:
+                return  # an update for a group we never joined
+            history = GroupHistory.from_genesis(update)
+            if me not in history.state.members:
+                return
+            old = None
             base_row = GroupRow(gid, b"", None, b"[]", False)
         else:
-            update = GroupUpdate.decode(_b64d(body.get("update"), "update"))
-            if update.group_id.hex() != gid:
-                raise ProtocolError("group update is for another group")
-            if update.author_address != sender:
-                raise UnauthorizedGroupChange("group update not sent by its author")
-            if row is None:
-                if update.parent_version != 0:
-                    return  # an update for a group we never joined
-                history = GroupHistory.from_genesis(update)
-                if me not in history.state.members:
-                    return
-                old = None
-                base_row = GroupRow(gid, b"", None, b"[]", False)
-            else:
-                if row.left:
-                    return
-                history = self._history(row)
-                old = history.state
-                if sender not in old.members and sender not in history.base.members:
-                    raise UnauthorizedGroupChange("group update from a non-member")
-                if update.parent_version == old.version:
-                    apply(old, update)  # the rules of §4; raises for a non-admin
-                history.add(update)
-                base_row = row
+            # A welcome for a group we already hold is refused: only the update is used,
+            # checked against our own history (a forged snapshot cannot replace it).
+            if row.left:
+                return
+            history = self._history(row)
+            old = history.state
+            if sender not in old.members:
+                raise UnauthorizedGroupChange("group update from a non-member")
+            if update.parent_version == old.version and update.parent_hash == old.digest:
+                apply(old, update)  # the rules of §4; raises for a non-admin
+            history.add(update)  # the backdating rule of §5.5; may hold it back
+            base_row = row
         new = history.state
         if old is not None and new == old:
             return
@@ -602,6 +618,12 @@ class Groups:
             if sender not in self._history(row).state.members:
                 raise UnauthorizedGroupChange("sender key from a non-member")
         raw = self.c.store.get_sender_key(gid, sender, device_id)
+        if row is None and raw is None:
+            # A key for a group we do not hold yet (it may precede its welcome): bounded per
+            # sender and in total, so a stranger cannot fill the store (issue #18).
+            mine, total = self.c.store.orphan_sender_key_counts(sender)
+            if mine >= MAX_ORPHAN_KEYS_PER_SENDER or total >= MAX_ORPHAN_KEYS:
+                raise TooLarge("too many sender keys for groups this device does not hold")
         record = SenderKeyRecord.from_bytes(raw) if raw is not None else SenderKeyRecord()
         if record.add(state):
             self.c.store.put_sender_key(gid, sender, device_id, record.to_bytes())
@@ -671,8 +693,6 @@ class GroupMethods:
     def group_history(self, group: str, limit: int = 100) -> list[Any]:
         """The last ``limit`` messages of a group, oldest first (HistoryItem, peer =
         the sender's address)."""
-        from xchat.client.client import _history_item
-
         gid = self._groups.resolve(group).id
         items = []
         for m in self._groups.c.store.group_history(gid, limit):
@@ -682,8 +702,6 @@ class GroupMethods:
 
 
 def _now() -> int:
-    from xchat.client.client import now_ms
-
     return now_ms()
 
 
@@ -693,6 +711,7 @@ def is_group_peer(peer: str) -> bool:
 
 __all__ = [
     "GROUP_CONTENT_TYPE",
+    "GROUP_PEER_PREFIX",
     "PAIRWISE_TYPES",
     "GroupInfo",
     "GroupMember",

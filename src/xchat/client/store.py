@@ -563,6 +563,14 @@ class Store:
         rk = f"{gid}:{address}:{device_id}"
         return self.unseal("group_sender_keys", "record", rk, row[0])
 
+    def orphan_sender_key_counts(self, address: str) -> tuple[int, int]:
+        """(records from ``address``, records from anyone) filed under groups this device
+        does not hold: what bounds sender keys that arrive before their group (Part V §10.2)."""
+        orphan = "FROM group_sender_keys WHERE group_id NOT IN (SELECT id FROM groups)"
+        total = self._db.execute(f"SELECT COUNT(*) {orphan}").fetchone()[0]
+        mine = self._db.execute(f"SELECT COUNT(*) {orphan} AND address = ?", (address,))
+        return int(mine.fetchone()[0]), int(total)
+
     def delete_sender_keys(self, gid: str, address: str | None = None) -> None:
         if address is None:
             self._db.execute("DELETE FROM group_sender_keys WHERE group_id = ?", (gid,))

@@ -11,13 +11,22 @@ than :data:`MAX_MEMBERS` members and never has members without an admin. Every c
 checks this itself, so a non-admin's update is rejected everywhere.
 
 Concurrent updates (PROTOCOL Part V §5): every update names the version it was made against
-(``parent_version``). Versions advance in *rounds*: round ``v`` is the set of all updates
-with ``parent_version == v``; they are applied to state ``v`` one after another in
+(``parent_version``) and signs the hash of that state (``parent_hash``, the SHA-256 of its
+snapshot, which holds the epoch hash): an update commits to the history it was built on.
+Versions advance in *rounds*: round ``v`` is the set of all updates with
+``parent_version == v``; they are applied to state ``v`` one after another in
 ascending order of their update hash, each one re-checked against the state it lands on
 and skipped if no longer allowed (that is the rebase); if at least one applied, the result
 is state ``v + 1``. :class:`GroupHistory` folds the rounds over the set of updates it has
 received, so two devices holding the same updates compute the same state and epoch hash,
 whatever order the updates arrived in.
+
+Backdating (PROTOCOL Part V §5.5): which updates a device *holds* is decided on arrival by
+:meth:`GroupHistory.add`: an update whose parent is older than the device's head is taken
+only from an author who is still an admin at that head (or a member leaving), so a demoted or
+removed admin cannot sign against an old round in which it still had the rights; an update
+whose parent this device never held waits (bounded) until it does. The welcome of a joiner is
+the parent snapshot plus the signed ADD update that names that snapshot's hash (§5.3).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from typing import Final
 
 from xchat.crypto.keys import (
@@ -55,9 +65,22 @@ MAX_MEMBERS: Final = 1000
 MAX_NAME_BYTES: Final = 128
 #: Most operations in one update: a CREATE plus one ADD per other member.
 MAX_OPS: Final = MAX_MEMBERS + 1
-#: Version byte of an encoded update and of an encoded state snapshot.
-UPDATE_VERSION: Final = 0x01
+#: Version byte of an encoded update (0x02: signs the parent state hash; 0x01 updates did not
+#: and are read only from old local histories, never from the network) and of a snapshot.
+UPDATE_VERSION: Final = 0x02
+LEGACY_UPDATE_VERSION: Final = 0x01
 STATE_VERSION: Final = 0x01
+#: Version byte of a persisted :class:`GroupHistory` (0x02 adds waiting updates and the
+#: state hashes held; 0x01 histories of 0x01 updates are collapsed to their head on load).
+HISTORY_VERSION: Final = 0x02
+#: Updates held back because their parent is not (yet) a state this device held: bounded so
+#: a member cannot grow a device's memory without limit (§5.5).
+MAX_WAITING: Final = 256
+#: Hashes of states this device has held, kept so an update built on a state that a later
+#: concurrent update superseded is still recognised as built on our history (§5.1).
+MAX_KNOWN_STATES: Final = 4096
+#: Largest concurrent round whose partial states are remembered (2^n − 2 extra folds).
+MAX_PARTIAL_ROUND: Final = 4
 GROUP_ID_LEN: Final = 16
 HASH_LEN: Final = 32
 SIGNATURE_LEN: Final = 64
@@ -67,15 +90,18 @@ MAX_VERSION: Final = 0xFFFFFFFF
 LABEL_UPDATE_SIGNATURE: Final = b"XChat-v1-group-update"
 LABEL_UPDATE_HASH: Final = b"XChat-v1-group-update-hash"
 LABEL_EPOCH: Final = b"XChat-v1-group-epoch"
-#: Epoch hash "before" the genesis update.
+LABEL_STATE_HASH: Final = b"XChat-v1-group-state-hash"
+#: Epoch hash "before" the genesis update, and the genesis update's ``parent_hash``.
 GENESIS_PARENT_HASH: Final = bytes(HASH_LEN)
 
-_UPDATE_HEAD: Final = struct.Struct(f">B16sI{IDENTITY_KEY_LEN}sH")
+_UPDATE_HEAD: Final = struct.Struct(f">B16sI32s{IDENTITY_KEY_LEN}sH")
+_LEGACY_HEAD: Final = struct.Struct(f">B16sI{IDENTITY_KEY_LEN}sH")
 _STATE_HEAD: Final = struct.Struct(">B16sI32s")
 _U8: Final = struct.Struct(">B")
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
-#: Largest encoded update: head, CREATE with the longest name, MAX_MEMBERS ADDs, signature.
+#: Largest encoded update: head, CREATE with the longest name, MAX_MEMBERS ADDs, signature
+#: (also above MAX_OPS ADDs without a CREATE: 120 + 1001 × 66 + 64 = 66,250).
 MAX_UPDATE_LEN: Final = (
     _UPDATE_HEAD.size + 2 + MAX_NAME_BYTES + MAX_MEMBERS * (1 + IDENTITY_KEY_LEN) + SIGNATURE_LEN
 )
@@ -185,10 +211,15 @@ def _decode_op(data: bytes, offset: int) -> tuple[GroupOp, int]:
 @dataclass(frozen=True)
 class GroupUpdate:
     """A signed, encoded change to a group (PROTOCOL Part V §3.2). Construct with :meth:`sign`
-    (own update) or :meth:`decode` (received: parsed *and* signature-checked)."""
+    (own update) or :meth:`decode` (received: parsed *and* signature-checked).
+
+    ``parent_hash`` is :attr:`GroupState.digest` of the state the author built it on
+    (:data:`GENESIS_PARENT_HASH` for a genesis): the update commits to that history.
+    """
 
     group_id: bytes
     parent_version: int
+    parent_hash: bytes
     author: IdentityPublicKey
     ops: tuple[GroupOp, ...]
     raw: bytes = field(repr=False)
@@ -201,45 +232,79 @@ class GroupUpdate:
         group_id: bytes,
         parent_version: int,
         ops: Iterable[GroupOp],
+        parent_hash: bytes = GENESIS_PARENT_HASH,
     ) -> GroupUpdate:
-        """Encode and sign ``ops`` against the state at ``parent_version``."""
+        """Encode and sign ``ops`` against the state at ``parent_version`` whose
+        :attr:`GroupState.digest` is ``parent_hash`` (use :meth:`against` for a state)."""
         ops = tuple(ops)
         if len(group_id) != GROUP_ID_LEN:
             raise DecodeError("group id must be 16 bytes")
+        if len(parent_hash) != HASH_LEN:
+            raise DecodeError("group parent hash must be 32 bytes")
         if not 0 <= parent_version <= MAX_VERSION:
             raise DecodeError("group version out of range")
         if not 1 <= len(ops) <= MAX_OPS:
             raise TooLarge(f"a group update has 1-{MAX_OPS} operations")
         body = _UPDATE_HEAD.pack(
-            UPDATE_VERSION, group_id, parent_version, author.public.encode(), len(ops)
+            UPDATE_VERSION,
+            group_id,
+            parent_version,
+            parent_hash,
+            author.public.encode(),
+            len(ops),
         ) + b"".join(op.encode() for op in ops)
         raw = body + author.sign(LABEL_UPDATE_SIGNATURE + body)
-        return cls(group_id, parent_version, author.public, ops, raw, _update_hash(raw))
+        return cls(
+            group_id, parent_version, bytes(parent_hash), author.public, ops, raw, _update_hash(raw)
+        )
+
+    @classmethod
+    def against(
+        cls, author: IdentityKeyPair, state: GroupState, ops: Iterable[GroupOp]
+    ) -> GroupUpdate:
+        """Sign ``ops`` on top of ``state`` (its version and its hash)."""
+        return cls.sign(author, state.group_id, state.version, ops, state.digest)
 
     @classmethod
     def decode(cls, data: bytes) -> GroupUpdate:
         """Parse and verify (DecodeError, UnsupportedVersion, TooLarge, InvalidSignature)."""
+        return cls._decode(data, legacy=False)
+
+    @classmethod
+    def _decode(cls, data: bytes, *, legacy: bool) -> GroupUpdate:
+        """``legacy``: also read a 0x01 update (no parent hash; old local histories only)."""
         if len(data) > MAX_UPDATE_LEN:
             raise TooLarge("group update too large")
-        if len(data) < _UPDATE_HEAD.size + SIGNATURE_LEN:
+        if not data:
             raise DecodeError("group update truncated")
-        version, group_id, parent_version, author_raw, n_ops = _UPDATE_HEAD.unpack_from(data)
-        if version != UPDATE_VERSION:
-            raise UnsupportedVersion(f"unknown group update version {version}")
+        head = _UPDATE_HEAD
+        if data[0] == LEGACY_UPDATE_VERSION and legacy:
+            head = _LEGACY_HEAD
+        elif data[0] != UPDATE_VERSION:
+            raise UnsupportedVersion(f"unknown group update version {data[0]}")
+        if len(data) < head.size + SIGNATURE_LEN:
+            raise DecodeError("group update truncated")
+        if head is _LEGACY_HEAD:
+            _, group_id, parent_version, author_raw, n_ops = head.unpack_from(data)
+            parent_hash = GENESIS_PARENT_HASH
+        else:
+            _, group_id, parent_version, parent_hash, author_raw, n_ops = head.unpack_from(data)
         if not 1 <= n_ops <= MAX_OPS:
             raise DecodeError("bad group operation count")
         author = IdentityPublicKey.decode(author_raw)
         body = data[:-SIGNATURE_LEN]
         # signature first: a forgery costs one verify, not up to 1,000 key decodings
         author.verify(data[-SIGNATURE_LEN:], LABEL_UPDATE_SIGNATURE + body)
-        offset, ops = _UPDATE_HEAD.size, []
+        offset, ops = head.size, []
         for _ in range(n_ops):
             op, offset = _decode_op(body, offset)
             ops.append(op)
         if offset != len(body):
             raise DecodeError("trailing bytes in group update")
         raw = bytes(data)
-        return cls(group_id, parent_version, author, tuple(ops), raw, _update_hash(raw))
+        return cls(
+            group_id, parent_version, bytes(parent_hash), author, tuple(ops), raw, _update_hash(raw)
+        )
 
     def encode(self) -> bytes:
         """The signed bytes, as sent."""
@@ -248,6 +313,15 @@ class GroupUpdate:
     @property
     def author_address(self) -> str:
         return self.author.address()
+
+    @property
+    def is_leave(self) -> bool:
+        """Only ``REMOVE(author)``: the one change a non-admin member may make."""
+        return (
+            len(self.ops) == 1
+            and self.ops[0].kind == OpType.REMOVE
+            and self.ops[0].target == self.author_address
+        )
 
 
 def _update_hash(raw: bytes) -> bytes:
@@ -275,6 +349,13 @@ class GroupState:
     epoch_hash: bytes
 
     __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    @cached_property
+    def digest(self) -> bytes:
+        """``SHA-256(LABEL_STATE_HASH || snapshot)`` (§3.4): what an update built on this
+        state signs as its ``parent_hash``. The snapshot holds the epoch hash, so this
+        commits to the history and to the member list alike."""
+        return hashlib.sha256(LABEL_STATE_HASH + self.encode()).digest()
 
     def is_member(self, address: str) -> bool:
         return address in self.members
@@ -372,9 +453,7 @@ def _apply_ops(state: GroupState | None, update: GroupUpdate) -> _Draft:
             raise ProtocolError("group update is for another group")
         if state.members.get(author) != author_key:
             raise UnauthorizedGroupChange("group update author is not a member")
-        if author not in state.admins and (
-            len(ops) != 1 or ops[0].kind != OpType.REMOVE or ops[0].target != author
-        ):
+        if author not in state.admins and not update.is_leave:
             raise UnauthorizedGroupChange("only admins may change a group (members may leave)")
         draft = _Draft(state.name, dict(state.members), set(state.admins))
     for op in ops:
@@ -430,9 +509,10 @@ def _finish(
 def apply(state: GroupState | None, update: GroupUpdate) -> GroupState:
     """Apply one update to ``state`` (``None`` for the genesis update); a round of one.
 
-    Raises ProtocolError if ``update.parent_version`` is not ``state.version`` (use
-    :class:`GroupHistory` for concurrent updates), UnauthorizedGroupChange for a non-admin
-    or non-member author, TooLarge above :data:`MAX_MEMBERS`. Signatures were checked by
+    Raises ProtocolError if ``update`` was not built on ``state`` (its ``parent_version`` and
+    ``parent_hash``; use :class:`GroupHistory` for concurrent updates),
+    UnauthorizedGroupChange for a non-admin or non-member author, TooLarge above
+    :data:`MAX_MEMBERS`. Signatures were checked by
     :meth:`GroupUpdate.decode`/:meth:`GroupUpdate.sign`.
     """
     expected = 0 if state is None else state.version
@@ -440,6 +520,9 @@ def apply(state: GroupState | None, update: GroupUpdate) -> GroupState:
         raise ProtocolError(
             f"group update is for version {update.parent_version}, state is at {expected}"
         )
+    parent_hash = GENESIS_PARENT_HASH if state is None else state.digest
+    if update.parent_hash != parent_hash:
+        raise ProtocolError("group update was built on another history")
     draft = _apply_ops(state, update)
     return _finish(state, update.group_id, draft, [update.digest])
 
@@ -467,15 +550,20 @@ def apply_round(state: GroupState, updates: Iterable[GroupUpdate]) -> GroupState
 class GroupHistory:
     """The set of updates a device holds for one group, and the state they fold to (§5).
 
-    ``base`` is the state this device started from (its genesis, or the snapshot in its
-    welcome); updates for rounds before it are refused. Adding the same update twice is a
-    no-op; adding updates in any order yields the same :attr:`state`.
+    ``base`` is the state this device started from (its genesis, or the parent snapshot in
+    its welcome); updates for rounds before it are refused. The fold is a function of the
+    held set alone (same set, same state and epoch hash, whatever the arrival order);
+    *which* updates are held is decided on arrival by :meth:`add` (the backdating rule).
     """
 
     def __init__(self, base: GroupState) -> None:
         self.base = base
         self._by_round: dict[int, dict[bytes, GroupUpdate]] = {}
         self._states: list[GroupState] = [base]  # states[k] has version base.version + k
+        self._waiting: dict[bytes, GroupUpdate] = {}
+        #: state hash -> version, for every state this device has held (bounded)
+        self._known: dict[bytes, int] = {}
+        self._remember(base)
 
     @classmethod
     def from_genesis(cls, update: GroupUpdate) -> GroupHistory:
@@ -490,22 +578,76 @@ class GroupHistory:
     def add(self, update: GroupUpdate) -> GroupState:
         """Add a verified update and return the new head state.
 
-        ProtocolError for another group or a round before our base. An update that is not
-        (yet) applicable stays held: it is re-checked whenever its round is refolded.
+        Refused (not held): another group or a round before our base (ProtocolError); an
+        update whose parent is older than our head from an author who is not an admin at the
+        head, unless it is that member leaving (UnauthorizedGroupChange: the backdating rule,
+        §5.5). Held back: an update for a future round or built on a state we never held
+        (waits until that state appears; TooLarge beyond :data:`MAX_WAITING`). An update
+        that is held but not applicable stays held: it is re-checked at every refold.
         """
         if update.group_id != self.base.group_id:
             raise ProtocolError("group update is for another group")
         if update.parent_version < self.base.version:
             raise ProtocolError("group update predates this device's copy of the group")
-        round_set = self._by_round.setdefault(update.parent_version, {})
-        if update.digest in round_set:
+        if self._holds(update) or update.digest in self._waiting:
             return self.state
-        round_set[update.digest] = update
+        if not self._admissible(update):
+            if len(self._waiting) >= MAX_WAITING:
+                raise TooLarge("too many group updates waiting for their parent state")
+            self._waiting[update.digest] = update
+            return self.state
+        self._insert(update)
+        self._admit_waiting()
+        return self.state
+
+    def _holds(self, update: GroupUpdate) -> bool:
+        return update.digest in self._by_round.get(update.parent_version, {})
+
+    def _admissible(self, update: GroupUpdate) -> bool:
+        """True: hold it now; False: wait; raises: refuse it (see :meth:`add`)."""
+        head = self.state
+        if update.parent_version > head.version:
+            return False
+        if update.parent_version < head.version:
+            author = update.author_address
+            leaving = update.is_leave and head.members.get(author) == update.author.encode()
+            if author not in head.admins and not leaving:
+                raise UnauthorizedGroupChange(
+                    "group update for an old round from an author who is no longer an admin"
+                )
+        # built on a state we have not held (yet): wait for it
+        return self._known.get(update.parent_hash) == update.parent_version
+
+    def _insert(self, update: GroupUpdate) -> None:
+        self._by_round.setdefault(update.parent_version, {})[update.digest] = update
         position = update.parent_version - self.base.version
         if position < len(self._states):
             del self._states[position + 1 :]
             self._fold()
-        return self.state
+
+    def _admit_waiting(self) -> None:
+        """Re-check held-back updates after the head or the known states changed."""
+        progress = True
+        while progress and self._waiting:
+            progress = False
+            for digest in sorted(self._waiting, key=lambda d: (self._waiting[d].parent_version, d)):
+                update = self._waiting[digest]
+                try:
+                    ready = self._admissible(update)
+                except XChatError:
+                    del self._waiting[digest]  # refused now that its parent is known
+                    continue
+                if ready:
+                    del self._waiting[digest]
+                    self._insert(update)
+                    progress = True
+                    break
+
+    def _remember(self, state: GroupState) -> None:
+        self._known[state.digest] = state.version
+        if len(self._known) > MAX_KNOWN_STATES:
+            oldest = min(self._known, key=lambda d: (self._known[d], d))
+            del self._known[oldest]
 
     def _fold(self) -> None:
         while True:
@@ -517,6 +659,19 @@ class GroupHistory:
             if after is head:
                 return
             self._states.append(after)
+            self._remember(after)
+            self._remember_partial_rounds(head, list(updates.values()))
+
+    def _remember_partial_rounds(self, head: GroupState, updates: list[GroupUpdate]) -> None:
+        """Also remember the states a member could have held while only part of a concurrent
+        round had reached it, so what it built on them is recognised as our history (§5.1)."""
+        if not 2 <= len(updates) <= MAX_PARTIAL_ROUND:
+            return
+        for mask in range(1, (1 << len(updates)) - 1):
+            part = [u for i, u in enumerate(updates) if mask >> i & 1]
+            after = apply_round(head, part)
+            if after is not head:
+                self._remember(after)
 
     def updates(self) -> list[GroupUpdate]:
         """Every held update, in round then hash order (to re-send or persist)."""
@@ -524,39 +679,78 @@ class GroupHistory:
             self._by_round[v][d] for v in sorted(self._by_round) for d in sorted(self._by_round[v])
         ]
 
+    def state_at(self, version: int) -> GroupState | None:
+        """The folded state at ``version`` (None outside base..head)."""
+        position = version - self.base.version
+        return self._states[position] if 0 <= position < len(self._states) else None
+
     def to_bytes(self) -> bytes:
-        """``0x01 || u32 len || base snapshot || u32 n || (u32 len || update)*`` (§5.4)."""
+        """``0x02 || u32 len || base snapshot || u32 n || (u32 len || update)*n || u32 w ||
+        (u32 len || waiting update)*w || u32 k || (u32 version || state hash(32))*k`` (§5.4)."""
         base = self.base.encode()
-        parts = [bytes([STATE_VERSION]), _U32.pack(len(base)), base]
-        held = self.updates()
-        parts.append(_U32.pack(len(held)))
-        for update in held:
-            parts.append(_U32.pack(len(update.raw)) + update.raw)
+        parts = [bytes([HISTORY_VERSION]), _U32.pack(len(base)), base]
+        for group in (self.updates(), [self._waiting[d] for d in sorted(self._waiting)]):
+            parts.append(_U32.pack(len(group)))
+            parts.extend(_U32.pack(len(u.raw)) + u.raw for u in group)
+        known = sorted(self._known.items(), key=lambda kv: (kv[1], kv[0]))
+        parts.append(_U32.pack(len(known)))
+        parts.extend(_U32.pack(version) + digest for digest, version in known)
         return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> GroupHistory:
-        """Inverse of :meth:`to_bytes`; every update's signature is checked again."""
-        if not data or data[0] != STATE_VERSION:
+        """Inverse of :meth:`to_bytes`; every update's signature is checked again. The held
+        updates are this device's own earlier decisions; waiting ones are re-checked."""
+        if not data or data[0] not in (HISTORY_VERSION, LEGACY_UPDATE_VERSION):
             raise UnsupportedVersion("unknown group history version")
+        legacy = data[0] == LEGACY_UPDATE_VERSION
         base, offset = _read_chunk(data, 1)
+        history = cls(GroupState.decode(base))
+        held, offset = _read_updates(data, offset, history.base, legacy=legacy)
+        for update in held:
+            history._by_round.setdefault(update.parent_version, {})[update.digest] = update
+        if legacy:  # 0x01: updates without parent hashes; keep the head, not the rounds
+            if offset != len(data):
+                raise DecodeError("trailing bytes after group history")
+            history._fold()
+            return cls(history.state)
+        waiting, offset = _read_updates(data, offset, history.base, legacy=False)
+        if len(waiting) > MAX_WAITING:
+            raise TooLarge("group history holds too many waiting updates")
         if len(data) - offset < 4:
             raise DecodeError("group history truncated")
         (count,) = _U32.unpack_from(data, offset)
         offset += 4
-        history = cls(GroupState.decode(base))
+        if count > MAX_KNOWN_STATES or len(data) - offset != count * (4 + HASH_LEN):
+            raise DecodeError("group history has the wrong length")
         for _ in range(count):
-            raw, offset = _read_chunk(data, offset)
-            update = GroupUpdate.decode(raw)
-            if update.group_id != history.base.group_id:
-                raise DecodeError("group history holds another group's update")
-            if update.parent_version < history.base.version:
-                raise DecodeError("group history holds an update before its base")
-            history._by_round.setdefault(update.parent_version, {})[update.digest] = update
-        if offset != len(data):
-            raise DecodeError("trailing bytes after group history")
+            (version,) = _U32.unpack_from(data, offset)
+            history._known[data[offset + 4 : offset + 4 + HASH_LEN]] = version
+            offset += 4 + HASH_LEN
         history._fold()
+        history._waiting = {u.digest: u for u in waiting}
+        history._admit_waiting()
         return history
+
+
+def _read_updates(
+    data: bytes, offset: int, base: GroupState, *, legacy: bool
+) -> tuple[list[GroupUpdate], int]:
+    """``u32 n || (u32 len || update)*n`` of one group, none before ``base``."""
+    if len(data) - offset < 4:
+        raise DecodeError("group history truncated")
+    (count,) = _U32.unpack_from(data, offset)
+    offset += 4
+    out = []
+    for _ in range(count):
+        raw, offset = _read_chunk(data, offset)
+        update = GroupUpdate._decode(raw, legacy=legacy)
+        if update.group_id != base.group_id:
+            raise DecodeError("group history holds another group's update")
+        if update.parent_version < base.version:
+            raise DecodeError("group history holds an update before its base")
+        out.append(update)
+    return out, offset
 
 
 def _read_chunk(data: bytes, offset: int) -> tuple[bytes, int]:
@@ -570,18 +764,37 @@ def _read_chunk(data: bytes, offset: int) -> tuple[bytes, int]:
     return chunk, offset + 4 + length
 
 
-def accept_welcome(snapshot: bytes, sender_address: str, own_address: str) -> GroupHistory:
-    """Start a history from the snapshot an admin sent us when adding us (§5.3).
+def accept_welcome(
+    snapshot: bytes, update: GroupUpdate, sender_address: str, own: IdentityPublicKey
+) -> GroupHistory:
+    """Start a history from the welcome an admin sent us when adding us (§5.3).
 
-    ``sender_address`` is the pairwise-authenticated sender of the welcome; it must be an
-    admin of the snapshot, and we must be a member (UnauthorizedGroupChange otherwise).
+    ``snapshot`` is the state the ADD ``update`` was built on; the update signs its hash
+    (``parent_hash``), so the adding admin vouches for exactly this snapshot. Checks: the
+    update was signed over this snapshot, its author is ``sender_address`` (the
+    pairwise-authenticated sender), it applies to the snapshot under §4 (so the author is an
+    admin there) and it ADDs our identity key. UnauthorizedGroupChange otherwise.
     """
     state = GroupState.decode(snapshot)
-    if sender_address not in state.admins:
-        raise UnauthorizedGroupChange("group welcome not sent by an admin of the group")
-    if own_address not in state.members:
+    if update.group_id != state.group_id:
+        raise UnauthorizedGroupChange("group welcome update is for another group")
+    if update.parent_hash != state.digest or update.parent_version != state.version:
+        raise UnauthorizedGroupChange("group welcome snapshot is not the one the update signs")
+    if update.author_address != sender_address:
+        raise UnauthorizedGroupChange("group welcome not signed by its sender")
+    if not any(op.kind == OpType.ADD and op.identity == own for op in update.ops):
+        raise UnauthorizedGroupChange("group welcome does not add us")
+    try:
+        apply(state, update)
+    except UnauthorizedGroupChange:
+        raise
+    except XChatError as exc:
+        raise UnauthorizedGroupChange(f"group welcome update does not apply: {exc}") from exc
+    history = GroupHistory(state)
+    history.add(update)
+    if own.address() not in history.state.members:
         raise UnauthorizedGroupChange("group welcome does not list us as a member")
-    return GroupHistory(state)
+    return history
 
 
 # --- creating a group -------------------------------------------------------------------
@@ -608,7 +821,7 @@ def propose(
 ) -> tuple[GroupState, GroupUpdate]:
     """Sign ``ops`` against ``state`` and check them locally first (same errors as
     :func:`apply`), so a client never sends an update its peers will reject."""
-    update = GroupUpdate.sign(author, state.group_id, state.version, ops)
+    update = GroupUpdate.against(author, state, ops)
     return apply(state, update), update
 
 
