@@ -87,9 +87,9 @@ def message_key_material(message_key: bytes) -> tuple[bytes, bytes]:
 
 
 def _open(message_key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-    out = HKDFExpand(_SHA256, _MK_LEN, C.MESSAGE_KEYS_INFO).derive(message_key)
+    key, nonce = message_key_material(message_key)
     try:
-        return AESGCM(out[:32]).decrypt(out[32:], ciphertext, ad)
+        return AESGCM(key).decrypt(nonce, ciphertext, ad)
     except InvalidTag:
         raise DecryptionError("message authentication failed") from None
 
@@ -214,15 +214,11 @@ class RatchetState:
         ns = self.ns
         if ns > _MAX_COUNTER:
             raise ProtocolError("sending chain exhausted")
-        h = hmac.HMAC(cks, _SHA256)
-        h2 = h.copy()
-        h.update(b"\x02")
-        h2.update(b"\x01")
-        self.cks = h.finalize()
+        self.cks, mk = kdf_ck(cks)
         self.ns = ns + 1
         header = _PREFIX + self.dhs_pub + _COUNTERS.pack(self.pn, ns)
-        out = HKDFExpand(_SHA256, _MK_LEN, C.MESSAGE_KEYS_INFO).derive(h2.finalize())
-        return header + AESGCM(out[:32]).encrypt(out[32:], plaintext, self.ad + header)
+        key, nonce = message_key_material(mk)
+        return header + AESGCM(key).encrypt(nonce, plaintext, self.ad + header)
 
     # -- receiving (spec §3.5 RatchetDecrypt, transactional) --
 
@@ -261,16 +257,9 @@ class RatchetState:
                 raise DecryptionError("no receiving chain for this key")
             nr = self.nr
             if n == nr:  # fast path: in order
-                h = hmac.HMAC(ckr, _SHA256)
-                h2 = h.copy()
-                h.update(b"\x02")
-                h2.update(b"\x01")
-                out = HKDFExpand(_SHA256, _MK_LEN, C.MESSAGE_KEYS_INFO).derive(h2.finalize())
-                try:
-                    plaintext = AESGCM(out[:32]).decrypt(out[32:], ciphertext, ad)
-                except InvalidTag:
-                    raise DecryptionError("message authentication failed") from None
-                self.ckr = h.finalize()
+                next_ckr, mk = kdf_ck(ckr)
+                plaintext = _open(mk, ciphertext, ad)
+                self.ckr = next_ckr
                 self.nr = n + 1
                 return plaintext
             if n < nr:

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from xchat.crypto.keys import Rng
+from xchat.crypto.ratchet import kdf_ck
 from xchat.errors import (
     DecodeError,
     DecryptionError,
@@ -73,9 +74,6 @@ _STATE_VERSION_SIGNED: Final = 0x01
 
 #: HKDF info expanding a message key into the AES-256-GCM key and nonce.
 LABEL_MESSAGE_KEYS: Final = b"XChat-v1-sender-key-message-keys"
-
-CHAIN_MESSAGE_KEY_SEED: Final = b"\x01"
-CHAIN_NEXT_KEY_SEED: Final = b"\x02"
 
 GROUP_ID_LEN: Final = 16
 CHAIN_KEY_LEN: Final = 32
@@ -120,13 +118,10 @@ _SHA256: Final = hashes.SHA256()
 
 
 def _chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
-    """One KDF_CK step: ``(MK_i, CK_{i+1})`` from ``CK_i`` (step 1)."""
-    mac = hmac.HMAC(chain_key, _SHA256)
-    mac.update(CHAIN_MESSAGE_KEY_SEED)
-    message_key = mac.finalize()
-    mac = hmac.HMAC(chain_key, _SHA256)
-    mac.update(CHAIN_NEXT_KEY_SEED)
-    return message_key, mac.finalize()
+    """One chain step, ``(MK_i, CK_{i+1})`` from ``CK_i`` (step 1): the Double Ratchet's
+    KDF_CK with the same seeds (``crypto.constants``), as libsignal's ``SenderChainKey``."""
+    next_chain_key, message_key = kdf_ck(chain_key)
+    return message_key, next_chain_key
 
 
 def _aead_keys(message_key: bytes) -> tuple[AESGCM, bytes]:
