@@ -54,6 +54,11 @@ CALL_TYPES = (
     "call_hangup",
 )
 TYPES = TYPES + CALL_TYPES
+#: rich messaging (PROTOCOL Part VIII): each carries its fields in ``Content.rich``
+RICH_TYPES = ("reaction", "edit", "delete", "typing", "disappear")
+TYPES = TYPES + RICH_TYPES
+#: top-level JSON keys of Part VIII, each an object validated by ``client.rich_content``
+RICH_KEYS = ("reaction", "edit", "delete", "typing", "disappear", "receipt", "quote", "expires")
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -88,6 +93,8 @@ class Content:
     #: call signals: ``{"id": call id hex, ...}`` (PROTOCOL Part IX §2), validated by
     #: ``client.call_state.parse_signal``.
     call: dict[str, Any] | None = None
+    #: Part VIII objects by key (RICH_KEYS), validated by ``client.rich_content``.
+    rich: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -108,6 +115,8 @@ class Content:
             obj["group"] = self.group
         if self.call is not None:
             obj["call"] = self.call
+        for key, value in self.rich.items():
+            obj[key] = value
         if self.sender is not None:
             obj["sender"] = {
                 "handle": self.sender.handle,
@@ -166,6 +175,9 @@ class Content:
         call = obj.get("call")
         if call is not None and not isinstance(call, dict):
             raise DecodeError("content call must be a JSON object")
+        rich = {k: obj[k] for k in RICH_KEYS if k in obj}
+        if not all(isinstance(v, dict) for v in rich.values()):
+            raise DecodeError("content rich field must be a JSON object")
         return cls(
             id=msg_id,
             type=ctype,
@@ -177,6 +189,7 @@ class Content:
             file=file,
             group=group,
             call=call,
+            rich=rich,
         )
 
 

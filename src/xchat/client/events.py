@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from xchat.client.rich_events import RichEvent
+
 
 @dataclass(frozen=True)
 class MessageReceived:
@@ -116,4 +118,5 @@ Event = (
     | CallSignalReceived
     | ConnectionChanged
     | Drained
+    | RichEvent  # PROTOCOL Part VIII (xchat.client.rich_events)
 )
