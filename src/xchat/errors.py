@@ -166,3 +166,24 @@ class CallError(ClientError):
 
 class MediaError(CallError):
     """Call media could not be read, written or negotiated (a bad WAV file, bad SDP)."""
+
+
+# --- backup and recovery (PROTOCOL.md Part X) ----------------------------------------------
+
+
+class WeakPin(ClientError):
+    """A backup PIN the policy refuses (too short, too common, a pattern)."""
+
+
+class WrongPin(ClientError):
+    """The realms did not release the shares for this PIN; ``guesses_remaining`` is the
+    smallest count any realm reported (0: the backup is gone for good)."""
+
+    def __init__(self, message: str, guesses_remaining: int) -> None:
+        super().__init__(message)
+        self.guesses_remaining = guesses_remaining
+
+
+class BackupUnavailable(ClientError):
+    """No usable PIN backup or history backup (not enrolled, deleted at the guess limit,
+    too few realms reachable, or not this account's)."""
