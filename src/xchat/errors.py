@@ -125,6 +125,14 @@ class ApiError(XChatError):
         self.retry_after = retry_after
 
 
+class StorageUnavailable(ApiError):
+    """The relay's database cannot be reached (a scaled-out node whose PostgreSQL is down):
+    503 with Retry-After, so clients retry instead of giving up."""
+
+    def __init__(self, message: str = "storage unavailable", retry_after: float = 1.0) -> None:
+        super().__init__(503, message, retry_after)
+
+
 # --- client ------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -8,10 +9,18 @@ import pytest
 from xchat.testing import ServerProcess, running_server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One relay per test module (rate limits off; tests of limits start their own)."""
-    with running_server(tmp_path_factory.mktemp("relay"), pow_bits=4, rate_limits=False) as srv:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    backend_env: Callable[[str], dict[str, Any]],
+) -> Iterator[ServerProcess]:
+    """One relay per test module and storage backend: every test using it runs on SQLite
+    and on PostgreSQL + Redis (issue #16; rate limits off, limit tests start their own)."""
+    env = backend_env(request.param)
+    with running_server(
+        tmp_path_factory.mktemp("relay"), pow_bits=4, rate_limits=False, **env
+    ) as srv:
         yield srv
 
 

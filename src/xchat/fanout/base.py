@@ -24,6 +24,14 @@ class DeviceSocket(Protocol):
 
 
 class Fanout(abc.ABC):
+    async def start(self) -> None:
+        """Connect to whatever routes between nodes (after the store is open)."""
+        return None
+
+    async def stop(self) -> None:
+        """Disconnect (before the store closes)."""
+        return None
+
     @abc.abstractmethod
     def attach(self, device_ref: int, sock: DeviceSocket) -> None:
         """Route this device's deliveries to ``sock``; the previous socket is replaced."""

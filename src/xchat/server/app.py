@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xchat import __version__
 from xchat.errors import ApiError, XChatError
 from xchat.server import blobs, directory, mailbox, realtime, turn
+from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
 from xchat.server.limits import ip_bucket
 from xchat.server.relay import Relay, error_body
@@ -182,6 +183,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="XChat relay", version=__version__, lifespan=lifespan)
     app.state.relay = relay
+    shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
+    if shared_blobs is not None:
+        app.state.blob_store = shared_blobs
     app.state.turn = turn.load_issuer(
         config.turn_url, config.turn_secret_file, config.turn_ttl_seconds
     )

@@ -24,6 +24,17 @@ from xchat.server.config import ServerConfig
 @click.option(
     "--log-ips/--no-log-ips", default=None, help="Log client IPs (off unless the operator asks)."
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file with any option below (docs/config.md); flags win over it.",
+)
+@click.option("--database", default=None, help="postgresql://... (scale-out) [SQLite in --data].")
+@click.option("--redis", default=None, help="redis://... routing between nodes (with --database).")
+@click.option("--tls-cert", default=None, help="PEM certificate chain: serve HTTPS/WSS.")
+@click.option("--tls-key", default=None, help="PEM private key for --tls-cert.")
 @click.option("--turn-url", default=None, help="TURN server for calls, turn:HOST:PORT.")
 @click.option(
     "--turn-secret-file",
@@ -38,6 +49,11 @@ def serve_command(
     pow_bits: int | None,
     ttl_days: float | None,
     log_ips: bool | None,
+    config_file: Path | None,
+    database: str | None,
+    redis: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     turn_url: str | None,
     turn_secret_file: str | None,
 ) -> None:
@@ -46,6 +62,11 @@ def serve_command(
 
     ttl = int(ttl_days * 86400) if ttl_days is not None else None
     config = ServerConfig.from_env(
+        base=ServerConfig.from_file(config_file) if config_file is not None else None,
+        database=database,
+        redis=redis,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         host=host,
         port=port,
         data=data,

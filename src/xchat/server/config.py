@@ -53,15 +53,27 @@ class ServerConfig:
     rate_device_burst: float = 100.0
     rate_send_per_s: float = 200.0  # envelopes per second per IP bucket
     rate_send_burst: float = 1000.0
+    # Scale-out and production (docs/deployment.md): empty = SQLite + in-process fan-out
+    database: str = ""  # postgresql://... : every durable table in PostgreSQL
+    redis: str = ""  # redis://... : which node holds each device's socket (needs database)
+    resync_seconds: float = 2.0  # scaled-out: catch-up of wake-ups lost in Redis, from PG
+    tls_cert: str = ""  # PEM certificate chain: serve HTTPS/WSS on the relay port
+    tls_key: str = ""  # PEM private key of tls_cert
     # TURN for calls (PROTOCOL Part IX §6): off unless both are set
     turn_url: str = ""  # turn:HOST:PORT (comma-separated for several)
     turn_secret_file: str = ""  # coturn's static-auth-secret, shared with this relay
     turn_ttl_seconds: int = 3600  # lifetime of the credentials GET /api/v1/turn issues
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        base: ServerConfig | None = None,
+        **overrides: Any,
+    ) -> ServerConfig:
         """Build from ``XCHAT_<FIELD>`` variables (``XCHAT_DATA``, ``XCHAT_TTL_SECONDS``,
-        ``XCHAT_TTL_DAYS``, ``XCHAT_RATE_LIMITS=0``, ...), then apply non-None overrides."""
+        ``XCHAT_TTL_DAYS``, ``XCHAT_RATE_LIMITS=0``, ...) over ``base`` (defaults, or a
+        config file: :meth:`from_file`), then apply non-None overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -71,8 +83,40 @@ class ServerConfig:
         days = env.get("XCHAT_TTL_DAYS")
         if days is not None and "ttl_seconds" not in values:
             values["ttl_seconds"] = int(float(days) * 86400)
-        cfg = cls(**values)
+        cfg = replace(base, **values) if base is not None else cls(**values)
         return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_file(cls, path: Path) -> ServerConfig:
+        """Read a TOML config file (``xchat serve --config F``; reference: docs/config.md).
+
+        Keys are the field names above; tables (``[limits]``, ``[scale]``, ...) only group
+        them. ``ttl_days`` is accepted for ``ttl_seconds``. An unknown key or a value of the
+        wrong type is an error naming the key (never silently ignored)."""
+        import tomllib
+
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise SystemExit(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SystemExit(f"config file {path} is not valid TOML: {exc}") from None
+        flat: dict[str, Any] = {}
+        for key, value in doc.items():
+            if isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        if "ttl_days" in flat:
+            flat.setdefault("ttl_seconds", int(float(flat.pop("ttl_days")) * 86400))
+        known = {f.name: getattr(cls, f.name) for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in flat.items():
+            if key not in known:
+                raise SystemExit(f"config file {path}: unknown option {key!r}")
+            values[key] = _typed(key, value, known[key], path)
+        return cls(**values)
 
     def limits(self) -> dict[str, Any]:
         """The limits published at ``GET /api/v1/server``."""
@@ -86,6 +130,20 @@ class ServerConfig:
             "keys_low": self.keys_low,
             "rate_limits": self.rate_limits,
         }
+
+
+def _typed(name: str, value: Any, default: Any, path: Path) -> Any:
+    """A TOML value checked against the field's default type (ints allowed for floats)."""
+    want = type(default)
+    if isinstance(default, Path) and isinstance(value, str):
+        return Path(value)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, want) and (want is bool or not isinstance(value, bool)):
+        return value
+    raise SystemExit(
+        f"config file {path}: {name} must be {want.__name__}, not {type(value).__name__}"
+    )
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

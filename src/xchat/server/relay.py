@@ -21,14 +21,14 @@ from typing import Any, NamedTuple, Protocol
 from xchat.crypto.pow import stamp_ok
 from xchat.errors import ApiError
 from xchat.fanout.base import Fanout
-from xchat.fanout.local import LocalFanout
 from xchat.protocol.frames import PowAccess, TokenAccess
 from xchat.server.auth import Challenges, ServerSecrets, Tokens
 from xchat.server.config import ServerConfig
 from xchat.server.limits import RateLimiter
 from xchat.server.metrics import Metrics
 from xchat.storage.base import DeviceRecord, NewEnvelope
-from xchat.storage.sqlite import SqliteStore
+from xchat.server.backends import check as check_backends
+from xchat.server.backends import make_fanout, make_store
 
 log = logging.getLogger("xchat.server")
 
@@ -71,8 +71,9 @@ class Relay:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.secrets = ServerSecrets(config.data)
-        self.store = SqliteStore(config.data / "xchat.db")
-        self.fanout: Fanout = LocalFanout()
+        check_backends(config)
+        self.store = make_store(config)  # SQLite, or PostgreSQL when scaled out
+        self.fanout: Fanout = make_fanout(config, self.store)
         self.metrics = Metrics()
         self.challenges = Challenges(self.secrets, config.challenge_ttl_seconds * 1000, self.store)
         self.tokens = Tokens(self.secrets, config.token_ttl_seconds * 1000)
@@ -103,11 +104,14 @@ class Relay:
     async def start(self) -> None:
         await self.store.open()
         self.challenges.load(self.store.used_challenges())
+        self.store.on_challenge_used = lambda ch, exp: self.challenges.load({ch: exp})
+        await self.fanout.start()
         self._sweeper = asyncio.create_task(self._sweep_loop())
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.fanout.stop()
         await self.store.close()
 
     def _epoch_changed(self, device: DeviceRecord) -> None:
@@ -226,7 +230,7 @@ class Relay:
             if ok:
                 done.set_result(None)
             else:
-                done.set_exception(ApiError(503, "storage unavailable"))
+                done.set_exception(ApiError(503, "storage unavailable", retry_after=1.0))
 
         self.submit_cb(rows, finished)
         return done

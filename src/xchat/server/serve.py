@@ -11,11 +11,14 @@ import importlib.util
 import resource
 import socket
 import sys
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
 
 from xchat.server.app import create_app
+from xchat.server.backends import BackendError
+from xchat.server.backends import check as check_backends
 from xchat.server.config import ServerConfig
 from xchat.server.logs import setup_logging
 from xchat.server.wsfast import protocol_class
@@ -72,6 +75,14 @@ class _Server(uvicorn.Server):
 
 def run_server(config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM."""
+    try:
+        check_backends(config)
+    except BackendError as exc:
+        sys.stderr.write(f"xchat serve: {exc}\n")
+        raise SystemExit(2) from None
+    if config.tls_cert:
+        # TLS runs inside the asyncio transport: the fast path must not write to the raw fd.
+        config = replace(config, ws_direct_writes=False)
     setup_logging(config.log_level)
     raise_nofile_limit()
     if config.gil_switch_ms > 0:
@@ -97,6 +108,9 @@ def run_server(config: ServerConfig) -> None:
         server_header=False,
         date_header=False,
         backlog=4096,
+        ssl_certfile=config.tls_cert or None,
+        ssl_keyfile=config.tls_key or None,
     )
-    server = _Server(uconfig, f"xchat server listening on http://{shown}:{port}")
+    scheme = "https" if config.tls_cert else "http"
+    server = _Server(uconfig, f"xchat server listening on {scheme}://{shown}:{port}")
     server.run(sockets=[sock])

@@ -1,0 +1,1 @@
+"""xchat.ops: running the relay's supporting services (PostgreSQL, Redis, HAProxy, nodes)."""

@@ -1,0 +1,849 @@
+"""PostgreSQL backend of :class:`~xchat.storage.base.Store` for N nodes (PROTOCOL Part III §8).
+
+Why it looks like ``sqlite.py``: the relay's hot path relies on the same two properties
+whatever the engine — group commit (many sends share one durable transaction, acks go out
+after COMMIT) and a directory cache that answers ``get_account`` without I/O.
+
+Group commit: callers on the event loop append operations to a pending list; one writer
+task takes everything pending and runs it in ONE transaction on its own connection
+(``synchronous_commit=on``: COMMIT returns after the WAL is flushed): all enqueues of the
+batch as one ``INSERT ... SELECT FROM unnest(...)``, all deletes as one ``DELETE ... USING
+unnest(...)``, then the other operations in order (each in a savepoint, so one failing
+operation does not fail the batch). Callers are resolved after the commit.
+
+Several nodes share the database, so the directory cache is kept fresh two ways:
+
+- every directory write sends ``NOTIFY xchat_directory`` in its transaction; each node
+  LISTENs and re-reads the named account (and fires :attr:`Store.on_epoch_change` when a
+  device's epoch moved, so a revoked device's socket is cut on whichever node holds it);
+- a negative answer may be stale (an account registered on another node a millisecond
+  ago): :meth:`refresh` re-reads from the database and handlers retry once.
+
+Lost connections raise :class:`~xchat.errors.StorageUnavailable` (503 + Retry-After); the
+writer reconnects on the next batch, the listener reconnects and reloads the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+
+from xchat.errors import StorageUnavailable
+from xchat.storage.base import (
+    AccountRecord,
+    BundleDevice,
+    DeviceRecord,
+    HandleTaken,
+    NewEnvelope,
+    PreKeySet,
+    SignedKey,
+    Store,
+    StoredEnvelope,
+)
+from xchat.storage.pg_schema import migrate
+from xchat.storage.sqlite import StoreStats
+
+log = logging.getLogger("xchat.storage.postgres")
+
+MAX_BATCH = 4096  # operations per transaction
+CONNECT_TIMEOUT = 3.0
+COMMAND_TIMEOUT = 15.0
+DIRECTORY_CHANNEL = "xchat_directory"
+CHALLENGE_CHANNEL = "xchat_challenge"
+SETTINGS_CHANNEL = "xchat_settings"
+NEGATIVE_TTL = 1.0  # seconds a refresh that found nothing is not repeated for the same key
+
+#: Errors that mean "the database is not reachable", as opposed to a bad statement.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+_CALL, _ENQUEUE, _ACK = 0, 1, 2
+
+_INSERT_SQL = (
+    "INSERT INTO mailbox (device_ref, envelope_id, ts_ms, expires_ms, content)"
+    " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[])"
+    " ON CONFLICT (device_ref, envelope_id) DO NOTHING RETURNING seq, device_ref, envelope_id"
+)
+_DELETE_SQL = (
+    "DELETE FROM mailbox AS m USING unnest($1::int[], $2::bigint[], $3::bytea[]) AS v(i, r, e)"
+    " WHERE m.device_ref = v.r AND m.envelope_id = v.e RETURNING v.i"
+)
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    payload: Any
+    future: asyncio.Future[Any] | None
+    after_commit: Callable[[Any], object] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    callback: Callable[[Any, BaseException | None], None] | None = None
+
+
+Conn = Any  # asyncpg.Connection (untyped library)
+_AccountRows = tuple[AccountRecord, list[DeviceRecord]] | None
+
+
+class PostgresStore(Store):
+    """Shared durable state of every node, in the database named by ``dsn``."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.stats = StoreStats()
+        self._conn: Conn | None = None
+        self._listen: Conn | None = None
+        self._pending: list[_Op] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._accounts: dict[str, AccountRecord] = {}
+        self._handles: dict[str, str] = {}
+        self._devices: dict[int, DeviceRecord] = {}
+        self._used: dict[bytes, int] = {}
+        self._settings: dict[str, str] = {}
+        self._negative: dict[tuple[str, Any], float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Called with (key, value) when another node changed an operator setting.
+        self.on_setting: Callable[[str, str], None] | None = None
+
+    # --- lifecycle ---
+
+    async def open(self) -> None:
+        self._wake = asyncio.Event()
+        conn = await self._connect()
+        try:
+            await migrate(conn)
+            await self._load_directory(conn)
+            now = time.time_ns() // 1_000_000
+            await conn.execute("DELETE FROM used_challenges WHERE expires_ms <= $1", now)
+            rows = await conn.fetch("SELECT challenge, expires_ms FROM used_challenges")
+            self._used = {bytes(r[0]): int(r[1]) for r in rows}
+            rows = await conn.fetch("SELECT key, value FROM settings")
+            self._settings = {str(r[0]): str(r[1]) for r in rows}
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        await self._start_listener()
+        self._writer = asyncio.create_task(self._run(), name="xchat-pg-writer")
+        self._watcher = asyncio.create_task(self._watch(), name="xchat-pg-listener")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._watcher
+        if self._writer is not None and self._wake is not None:
+            self._wake.set()
+            with contextlib.suppress(BaseException):
+                await self._writer
+        for task in list(self._tasks):
+            task.cancel()
+        for c in (self._conn, self._listen):
+            if c is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(c.close(), 2)
+        self._conn = self._listen = None
+
+    async def _connect(self) -> Conn:
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            server_settings={"synchronous_commit": "on", "application_name": "xchat-relay"},
+        )
+
+    async def _start_listener(self) -> None:
+        conn = await self._connect()
+        await conn.add_listener(DIRECTORY_CHANNEL, self._on_notify)
+        await conn.add_listener(CHALLENGE_CHANNEL, self._on_notify)
+        await conn.add_listener(SETTINGS_CHANNEL, self._on_notify)
+        self._listen = conn
+
+    async def _watch(self) -> None:
+        """Reconnect the LISTEN connection when it drops; a node that may have missed
+        notifications reloads the whole directory (and fires epoch hooks for changes)."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            if self._listen is not None and not self._listen.is_closed():
+                continue
+            try:
+                await self._start_listener()
+                assert self._listen is not None
+                await self._load_directory(self._listen)
+                log.info("database listener reconnected")
+            except UNAVAILABLE:
+                self._listen = None
+            except Exception:
+                log.exception("listener reconnect failed")
+                self._listen = None
+
+    # --- directory cache ---
+
+    async def _load_directory(self, conn: Conn) -> None:
+        accounts = await conn.fetch(
+            "SELECT address, identity_key, handle, token_hash FROM accounts"
+        )
+        devices = await conn.fetch(
+            "SELECT ref, address, device_id, epoch FROM devices ORDER BY address, device_id"
+        )
+        by_address: dict[str, list[DeviceRecord]] = {}
+        for r in devices:
+            by_address.setdefault(r[1], []).append(DeviceRecord(r[0], r[1], r[2], r[3]))
+        seen = set()
+        for r in accounts:
+            seen.add(r[0])
+            acct = AccountRecord(
+                r[0], bytes(r[1]), r[2], bytes(r[3]) if r[3] is not None else None, ()
+            )
+            self._apply(acct, by_address.get(r[0], []))
+        for address in [a for a in self._accounts if a not in seen]:
+            self._apply_gone(address)
+
+    def _apply(self, acct: AccountRecord, devices: list[DeviceRecord]) -> bool:
+        """Install a fresh copy of one account; fire epoch hooks; True if anything changed."""
+        devices = sorted(devices, key=lambda d: d.device_id)
+        new = replace(acct, devices=tuple(devices))
+        old = self._accounts.get(acct.address)
+        if old == new:
+            return False
+        if old is not None and old.handle and self._handles.get(old.handle) == acct.address:
+            del self._handles[old.handle]
+        if new.handle:
+            self._handles[new.handle] = acct.address
+        self._accounts[acct.address] = new
+        hook = self.on_epoch_change
+        current = {d.ref for d in devices}
+        for dev in devices:
+            prev = self._devices.get(dev.ref)
+            self._devices[dev.ref] = dev
+            if prev is not None and prev.epoch != dev.epoch and hook is not None:
+                hook(dev)
+        for prev in old.devices if old else ():
+            if prev.ref not in current:
+                self._devices.pop(prev.ref, None)
+                if hook is not None:
+                    hook(replace(prev, epoch=-1))
+        return True
+
+    def _apply_gone(self, address: str) -> None:
+        old = self._accounts.pop(address, None)
+        if old is None:
+            return
+        if old.handle and self._handles.get(old.handle) == address:
+            del self._handles[old.handle]
+        for dev in old.devices:
+            self._devices.pop(dev.ref, None)
+            if self.on_epoch_change is not None:
+                self.on_epoch_change(replace(dev, epoch=-1))
+
+    @staticmethod
+    async def _fetch_account(conn: Conn, address: str) -> _AccountRows:
+        """One account as stored, or None; installed by :meth:`_install` after COMMIT."""
+        row = await conn.fetchrow(
+            "SELECT address, identity_key, handle, token_hash FROM accounts WHERE address = $1",
+            address,
+        )
+        if row is None:
+            return None
+        devs = await conn.fetch(
+            "SELECT ref, address, device_id, epoch FROM devices WHERE address = $1", address
+        )
+        acct = AccountRecord(
+            row[0], bytes(row[1]), row[2], bytes(row[3]) if row[3] is not None else None, ()
+        )
+        return acct, [DeviceRecord(r[0], r[1], r[2], r[3]) for r in devs]
+
+    def _install(self, address: str, rows: _AccountRows) -> bool:
+        if rows is None:
+            if address in self._accounts:
+                self._apply_gone(address)
+                return True
+            return False
+        return self._apply(*rows)
+
+    async def _directory_write(
+        self, address: str, change: Callable[[Conn], Awaitable[None]]
+    ) -> None:
+        """Run ``change``, NOTIFY the other nodes in the same transaction, and install the
+        account as committed into this node's cache."""
+
+        async def op(conn: Conn) -> _AccountRows:
+            await change(conn)
+            await _notify(conn, DIRECTORY_CHANNEL, address)
+            return await self._fetch_account(conn, address)
+
+        await self._call(op, lambda rows: self._install(address, rows))
+
+    def _on_notify(self, conn: Conn, pid: int, channel: str, payload: str) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            with contextlib.suppress(Exception):
+                if pid == self._conn.get_server_pid():
+                    return  # our own change: already applied after the commit
+        if channel == CHALLENGE_CHANNEL:
+            hexed, _, expires = payload.partition(" ")
+            with contextlib.suppress(ValueError):
+                ch, exp = bytes.fromhex(hexed), int(expires)
+                self._used[ch] = exp
+                if self.on_challenge_used is not None:
+                    self.on_challenge_used(ch, exp)
+            return
+        if channel == SETTINGS_CHANNEL:
+            key, _, value = payload.partition("=")
+            self._settings[key] = value
+            if self.on_setting is not None:
+                self.on_setting(key, value)
+            return
+        self._spawn(self._refresh_address(payload))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except UNAVAILABLE:
+                pass
+            except Exception:
+                log.exception("directory refresh failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_address(self, address: str) -> bool:
+        changed = False
+
+        def install(rows: _AccountRows) -> None:
+            nonlocal changed
+            changed = self._install(address, rows)
+
+        await self._call(lambda conn: self._fetch_account(conn, address), install)
+        return changed
+
+    async def refresh(
+        self, *, address: str | None = None, ref: int | None = None, handle: str | None = None
+    ) -> bool:
+        """Re-read one directory entry from the database (a negative or stale cached answer
+        may predate a write on another node). True if the cache changed."""
+        key: tuple[str, Any] = (
+            ("a", address)
+            if address is not None
+            else ("r", ref)
+            if ref is not None
+            else ("h", handle)
+        )
+        now = time.monotonic()
+        if self._negative.get(key, 0.0) > now:
+            return False
+
+        changed = False
+
+        async def op(conn: Conn) -> tuple[str | None, _AccountRows]:
+            target = address
+            if ref is not None:
+                target = await conn.fetchval("SELECT address FROM devices WHERE ref = $1", ref)
+            elif handle is not None:
+                target = await conn.fetchval(
+                    "SELECT address FROM accounts WHERE handle = $1", handle
+                )
+            if target is None:
+                return None, None
+            return target, await self._fetch_account(conn, target)
+
+        def install(found: tuple[str | None, _AccountRows]) -> None:
+            nonlocal changed
+            if found[0] is not None:
+                changed = self._install(found[0], found[1])
+
+        await self._call(op, install)
+        if not changed:
+            if len(self._negative) > 10_000:
+                self._negative = {k: t for k, t in self._negative.items() if t > now}
+            self._negative[key] = now + NEGATIVE_TTL
+        return changed
+
+    def get_account(self, address: str) -> AccountRecord | None:
+        return self._accounts.get(address)
+
+    def get_account_by_handle(self, handle: str) -> AccountRecord | None:
+        address = self._handles.get(handle)
+        return self._accounts.get(address) if address else None
+
+    def get_device(self, ref: int) -> DeviceRecord | None:
+        return self._devices.get(ref)
+
+    # --- the writer ---
+
+    def _put(self, op: _Op) -> None:
+        if self._writer is None or self._wake is None:
+            raise RuntimeError("store is not open")
+        self._pending.append(op)
+        if len(self._pending) == 1:
+            self._wake.set()
+
+    def _submit(
+        self, kind: int, payload: Any, after_commit: Callable[[Any], object] | None = None
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(_Op(kind, payload, fut, after_commit))
+        return fut
+
+    async def _call(
+        self,
+        fn: Callable[[Conn], Awaitable[Any]],
+        after_commit: Callable[[Any], object] | None = None,
+    ) -> Any:
+        return await self._submit(_CALL, fn, after_commit)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            t0 = time.perf_counter()
+            await self._execute(batch)
+            self.stats.recent.append((len(batch), time.perf_counter() - t0, self.stats.last_commit))
+            self._resolve(batch)
+
+    async def _writer_conn(self) -> Conn:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            self._conn = None
+            conn = await self._connect()
+            self._conn = conn
+        return conn
+
+    async def _execute(self, batch: list[_Op]) -> None:
+        try:
+            conn = await self._writer_conn()
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                enq = [op for op in batch if op.kind == _ENQUEUE]
+                acks = [op for op in batch if op.kind == _ACK]
+                if enq:
+                    await self._run_enqueue(conn, enq)
+                if acks:
+                    await self._run_ack(conn, acks)
+                for op in batch:
+                    if op.kind == _CALL:
+                        await self._run_call(conn, op)
+                tc = time.perf_counter()
+                await tr.commit()
+                self.stats.last_commit = time.perf_counter() - tc
+            except BaseException:
+                if not conn.is_closed():
+                    with contextlib.suppress(BaseException):
+                        await tr.rollback()
+                raise
+        except UNAVAILABLE as exc:
+            log.warning("database unavailable", extra={"error_type": type(exc).__name__})
+            if self._conn is not None:
+                with contextlib.suppress(BaseException):
+                    self._conn.terminate()
+                self._conn = None
+            err = StorageUnavailable()
+            for op in batch:
+                op.error = err
+        except Exception as exc:  # the whole transaction failed (deadlock, ...)
+            log.error("store batch failed", extra={"error_type": type(exc).__name__})
+            for op in batch:
+                op.error = exc
+        self.stats.transactions += 1
+        self.stats.operations += len(batch)
+
+    @staticmethod
+    async def _run_call(conn: Conn, op: _Op) -> None:
+        try:
+            async with conn.transaction():  # a savepoint inside the batch
+                op.result = await op.payload(conn)
+        except UNAVAILABLE:
+            raise
+        except Exception as exc:
+            op.error = exc
+
+    async def _run_enqueue(self, conn: Conn, run: list[_Op]) -> None:
+        refs: list[int] = []
+        eids: list[bytes] = []
+        ts: list[int] = []
+        exp: list[int] = []
+        content: list[bytes] = []
+        for op in run:
+            for env in op.payload:
+                refs.append(env.device_ref)
+                eids.append(env.envelope_id)
+                ts.append(env.ts_ms)
+                exp.append(env.expires_ms)
+                content.append(env.content)
+        rows = await conn.fetch(_INSERT_SQL, refs, eids, ts, exp, content)
+        got = {(r[1], bytes(r[2])): r[0] for r in rows}
+        self.stats.envelopes_stored += len(rows)
+        for op in run:
+            op.result = [got.pop((e.device_ref, e.envelope_id), None) for e in op.payload]
+
+    async def _run_ack(self, conn: Conn, run: list[_Op]) -> None:
+        idx: list[int] = []
+        refs: list[int] = []
+        eids: list[bytes] = []
+        for i, op in enumerate(run):
+            ref, ids = op.payload
+            for eid in ids:
+                idx.append(i)
+                refs.append(ref)
+                eids.append(eid)
+            op.result = 0
+        if not idx:
+            return
+        rows = await conn.fetch(_DELETE_SQL, idx, refs, eids)
+        for r in rows:
+            run[r[0]].result += 1
+        self.stats.envelopes_deleted += len(rows)
+
+    @staticmethod
+    def _resolve(batch: list[_Op]) -> None:
+        for op in batch:
+            if op.error is None and op.after_commit is not None:
+                op.after_commit(op.result)
+            cb = op.callback
+            if cb is not None:
+                cb(op.result if op.error is None else None, op.error)
+                continue
+            fut = op.future
+            if fut is None or fut.done():
+                continue
+            if op.error is not None:
+                fut.set_exception(op.error)
+            else:
+                fut.set_result(op.result)
+
+    # --- directory ---
+
+    async def register(
+        self, address: str, identity_key: bytes, keys: PreKeySet, now_ms: int
+    ) -> DeviceRecord:
+        async def change(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO accounts (address, identity_key, created_ms) VALUES ($1, $2, $3)"
+                " ON CONFLICT (address) DO NOTHING",
+                address,
+                identity_key,
+                now_ms,
+            )
+            row = await conn.fetchrow(
+                "INSERT INTO devices (address, device_id, epoch, created_ms)"
+                " VALUES ($1, 1, 1, $2) ON CONFLICT (address, device_id)"
+                " DO UPDATE SET epoch = devices.epoch + 1 RETURNING ref, epoch",
+                address,
+                now_ms,
+            )
+            if row[1] > 1:  # restore: the old one-time keys are gone with the old device
+                await conn.execute("DELETE FROM otk_ec WHERE device_ref = $1", row[0])
+                await conn.execute("DELETE FROM otk_kem WHERE device_ref = $1", row[0])
+            await _put_keys(conn, row[0], keys)
+
+        await self._directory_write(address, change)
+        acct = self._accounts[address]
+        return next(d for d in acct.devices if d.device_id == 1)
+
+    async def set_handle(self, address: str, handle: str | None, skeleton: str | None) -> None:
+        async def change(conn: Conn) -> None:
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE accounts SET handle = $1, skeleton = $2 WHERE address = $3",
+                        handle,
+                        skeleton,
+                        address,
+                    )
+            except asyncpg.UniqueViolationError:
+                raise HandleTaken(handle) from None
+
+        await self._directory_write(address, change)
+
+    async def set_token_hash(self, address: str, token_hash: bytes) -> None:
+        async def change(conn: Conn) -> None:
+            await conn.execute(
+                "UPDATE accounts SET token_hash = $1 WHERE address = $2", token_hash, address
+            )
+
+        await self._directory_write(address, change)
+
+    async def put_prekeys(self, device_ref: int, keys: PreKeySet) -> tuple[int, int]:
+        async def op(conn: Conn) -> tuple[int, int]:
+            await _put_keys(conn, device_ref, keys)
+            return await _count(conn, device_ref)
+
+        result: tuple[int, int] = await self._call(op)
+        return result
+
+    async def count_prekeys(self, device_ref: int) -> tuple[int, int]:
+        result: tuple[int, int] = await self._call(lambda conn: _count(conn, device_ref))
+        return result
+
+    async def take_bundle(self, address: str, *, one_time: bool = True) -> list[BundleDevice]:
+        acct = self._accounts.get(address)
+        if acct is None:
+            return []
+        devices = acct.devices
+
+        async def op(conn: Conn) -> list[BundleDevice]:
+            return [await _take_one(conn, dev, one_time) for dev in devices]
+
+        result: list[BundleDevice] = await self._call(op)
+        return result
+
+    # --- mailbox ---
+
+    async def enqueue(self, envelopes: list[NewEnvelope]) -> list[int | None]:
+        if not envelopes:
+            return []
+        result: list[int | None] = await self._submit(_ENQUEUE, envelopes)
+        return result
+
+    def enqueue_future(self, envelopes: list[NewEnvelope]) -> asyncio.Future[list[int | None]]:
+        return self._submit(_ENQUEUE, envelopes)
+
+    def enqueue_cb(
+        self,
+        envelopes: list[NewEnvelope],
+        callback: Callable[[list[int | None] | None, BaseException | None], None],
+    ) -> None:
+        """Hot path of the WebSocket SEND (as ``SqliteStore.enqueue_cb``)."""
+        self._put(_Op(_ENQUEUE, envelopes, None, None, None, None, callback))
+
+    async def fetch(
+        self, device_ref: int, after_seq: int, limit: int, now_ms: int
+    ) -> list[StoredEnvelope]:
+        async def op(conn: Conn) -> list[StoredEnvelope]:
+            rows = await conn.fetch(
+                "SELECT seq, envelope_id, ts_ms, content FROM mailbox WHERE device_ref = $1"
+                " AND seq > $2 AND expires_ms > $3 ORDER BY seq LIMIT $4",
+                device_ref,
+                after_seq,
+                now_ms,
+                limit,
+            )
+            return [StoredEnvelope(r[0], bytes(r[1]), r[2], bytes(r[3])) for r in rows]
+
+        result: list[StoredEnvelope] = await self._call(op)
+        return result
+
+    async def pending_for(
+        self, refs: list[int], before_ms: int, now_ms: int, limit: int
+    ) -> list[tuple[int, StoredEnvelope]]:
+        """Queued envelopes of many devices stored before ``before_ms`` (the fan-out's
+        catch-up: a wake-up lost in Redis is found here)."""
+
+        async def op(conn: Conn) -> list[tuple[int, StoredEnvelope]]:
+            rows = await conn.fetch(
+                "SELECT device_ref, seq, envelope_id, ts_ms, content FROM mailbox"
+                " WHERE device_ref = ANY($1::bigint[]) AND ts_ms <= $2 AND expires_ms > $3"
+                " ORDER BY seq LIMIT $4",
+                refs,
+                before_ms,
+                now_ms,
+                limit,
+            )
+            return [(r[0], StoredEnvelope(r[1], bytes(r[2]), r[3], bytes(r[4]))) for r in rows]
+
+        result: list[tuple[int, StoredEnvelope]] = await self._call(op)
+        return result
+
+    async def ack(self, device_ref: int, envelope_ids: list[bytes]) -> int:
+        result: int = await self._submit(_ACK, (device_ref, envelope_ids))
+        return result
+
+    def ack_nowait(self, device_ref: int, envelope_ids: list[bytes]) -> None:
+        if self._writer is None:
+            return
+        self._put(_Op(_ACK, (device_ref, envelope_ids), None))
+
+    async def sweep_expired(self, now_ms: int) -> int:
+        async def op(conn: Conn) -> int:
+            await conn.execute("DELETE FROM used_challenges WHERE expires_ms <= $1", now_ms)
+            status = await conn.execute("DELETE FROM mailbox WHERE expires_ms <= $1", now_ms)
+            return int(status.split()[-1])
+
+        result: int = await self._call(op)
+        return result
+
+    async def queued_count(self) -> int:
+        result: int = await self._call(lambda conn: conn.fetchval("SELECT COUNT(*) FROM mailbox"))
+        return result
+
+    # --- used challenges ---
+
+    def used_challenges(self) -> dict[bytes, int]:
+        return dict(self._used)
+
+    def challenge_used_nowait(self, challenge: bytes, expires_ms: int) -> None:
+        """Joins the next group commit and tells the other nodes (NOTIFY), which add it to
+        their in-memory set: a challenge used on one node is refused on every node."""
+        if self._writer is None:
+            return
+
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO used_challenges (challenge, expires_ms) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                challenge,
+                expires_ms,
+            )
+            await _notify(conn, CHALLENGE_CHANNEL, f"{challenge.hex()} {expires_ms}")
+
+        self._put(_Op(_CALL, op, None))
+
+    # --- operator settings and statistics (xchat admin) ---
+
+    def settings(self) -> dict[str, str]:
+        return dict(self._settings)
+
+    async def put_setting(self, key: str, value: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO settings (key, value) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                key,
+                value,
+            )
+            await _notify(conn, SETTINGS_CHANNEL, f"{key}={value}")
+
+        def cache(_: None) -> None:
+            self._settings[key] = value
+
+        await self._call(op, cache)
+
+    async def counts(self) -> dict[str, int]:
+        """Aggregate sizes for operators: never content, never who talks to whom."""
+
+        async def op(conn: Conn) -> dict[str, int]:
+            row = await conn.fetchrow(
+                "SELECT (SELECT COUNT(*) FROM accounts), (SELECT COUNT(*) FROM devices),"
+                " (SELECT COUNT(*) FROM accounts WHERE handle IS NOT NULL),"
+                " (SELECT COUNT(*) FROM mailbox),"
+                " (SELECT COALESCE(SUM(length(content)), 0) FROM mailbox),"
+                " (SELECT COUNT(*) FROM otk_ec) + (SELECT COUNT(*) FROM otk_kem)"
+            )
+            keys = ("accounts", "devices", "handles", "queued_envelopes", "queued_bytes")
+            out = {k: int(v) for k, v in zip(keys, row, strict=False)}
+            out["one_time_prekeys"] = int(row[5])
+            return out
+
+        result: dict[str, int] = await self._call(op)
+        return result
+
+    async def address_of_handle(self, handle: str) -> str | None:
+        result: str | None = await self._call(
+            lambda conn: conn.fetchval("SELECT address FROM accounts WHERE handle = $1", handle)
+        )
+        return result
+
+
+async def _notify(conn: Conn, channel: str, payload: str) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+async def _put_keys(conn: Conn, ref: int, keys: PreKeySet) -> None:
+    if keys.signed_prekey is not None:
+        k = keys.signed_prekey
+        await conn.execute(
+            "UPDATE devices SET spk_id = $1, spk_key = $2, spk_sig = $3 WHERE ref = $4",
+            k.id,
+            k.key,
+            k.signature,
+            ref,
+        )
+    if keys.kem_last_resort is not None:
+        k = keys.kem_last_resort
+        await conn.execute(
+            "UPDATE devices SET lr_id = $1, lr_key = $2, lr_sig = $3 WHERE ref = $4",
+            k.id,
+            k.key,
+            k.signature,
+            ref,
+        )
+    if keys.one_time_ec:
+        await conn.execute(
+            "INSERT INTO otk_ec (device_ref, id, key)"
+            " SELECT $1, * FROM unnest($2::bigint[], $3::bytea[]) ON CONFLICT DO NOTHING",
+            ref,
+            [k.id for k in keys.one_time_ec],
+            [k.key for k in keys.one_time_ec],
+        )
+    if keys.one_time_kem:
+        await conn.execute(
+            "INSERT INTO otk_kem (device_ref, id, key, sig)"
+            " SELECT $1, * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[])"
+            " ON CONFLICT DO NOTHING",
+            ref,
+            [k.id for k in keys.one_time_kem],
+            [k.key for k in keys.one_time_kem],
+            [k.signature for k in keys.one_time_kem],
+        )
+
+
+async def _count(conn: Conn, ref: int) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        "SELECT (SELECT COUNT(*) FROM otk_ec WHERE device_ref = $1),"
+        " (SELECT COUNT(*) FROM otk_kem WHERE device_ref = $1)",
+        ref,
+    )
+    return int(row[0]), int(row[1])
+
+
+async def _take_one(conn: Conn, dev: DeviceRecord, one_time: bool = True) -> BundleDevice:
+    """One bundle; the one-time keys are taken with ``FOR UPDATE SKIP LOCKED`` so two nodes
+    handing out bundles of the same device at once never hand out the same key."""
+    row = await conn.fetchrow(
+        "SELECT spk_id, spk_key, spk_sig, lr_id, lr_key, lr_sig FROM devices WHERE ref = $1",
+        dev.ref,
+    )
+    spk = SignedKey(row[0], bytes(row[1]), bytes(row[2])) if row and row[1] is not None else None
+    last_resort = (
+        SignedKey(row[3], bytes(row[4]), bytes(row[5])) if row and row[4] is not None else None
+    )
+    ec_row = kem_row = None
+    if one_time:  # False: the per-target drain limit (PROTOCOL Part III §4.3)
+        ec_row = await conn.fetchrow(
+            "DELETE FROM otk_ec WHERE device_ref = $1 AND id = (SELECT id FROM otk_ec WHERE"
+            " device_ref = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, key",
+            dev.ref,
+        )
+        kem_row = await conn.fetchrow(
+            "DELETE FROM otk_kem WHERE device_ref = $1 AND id = (SELECT id FROM otk_kem"
+            " WHERE device_ref = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, key, sig",
+            dev.ref,
+        )
+    ec_left, kem_left = await _count(conn, dev.ref)
+    return BundleDevice(
+        device=dev,
+        signed_prekey=spk,
+        kem_prekey=SignedKey(kem_row[0], bytes(kem_row[1]), bytes(kem_row[2]))
+        if kem_row
+        else last_resort,
+        kem_last_resort=kem_row is None,
+        one_time_ec=SignedKey(ec_row[0], bytes(ec_row[1])) if ec_row else None,
+        ec_left=ec_left,
+        kem_left=kem_left,
+    )
