@@ -1,13 +1,15 @@
-# Two commands on a fresh machine: `make run` and `make test`. Both bootstrap .venv first.
+# Two commands on a fresh machine: `make run` and `make test`. Both bootstrap .venv first:
+# `make run` only what running needs (the base dependencies), `make test` the dev extras.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bootstrapped
+RUN_STAMP := $(VENV)/.bootstrapped-run
 DATA   ?= data
 PORT   ?= 8470
 APP_PORT ?= 8471
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap os-packages fuzz soak
+.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap os-packages fuzz soak test-bounds
 
 bootstrap: $(STAMP)
 
@@ -15,12 +17,18 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
+# No pip self-upgrade and no dev tools: the URL is printed within seconds of a fresh clone.
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	@bash scripts/run.sh "$(DATA)" "$(PORT)" "$(APP_PORT)"
 
-test: $(STAMP) os-packages lint typecheck pytest
+test: $(STAMP) os-packages lint typecheck pytest test-bounds
 
 os-packages:
 	@bash scripts/os-packages.sh
@@ -38,8 +46,12 @@ pytest: $(STAMP)
 fuzz: $(STAMP)
 	bash fuzz/run.sh
 
-soak: $(STAMP)
+soak: $(STAMP) test-bounds
 	$(BIN)/pytest -q -m slow -p no:cacheprovider
+
+# The fast-path tests at the lower bounds of the uvicorn/websockets ranges (own venv).
+test-bounds:
+	@bash scripts/test-bounds.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
@@ -48,4 +60,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-bounds build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

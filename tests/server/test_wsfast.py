@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -109,12 +111,31 @@ async def test_large_frame_in_small_chunks_and_pipelining(
     w.close()
 
 
-async def test_close_handshake_is_echoed(server: ServerProcess) -> None:
+@pytest.mark.parametrize(
+    "payload",
+    [struct.pack(">H", 1000) + b"bye", b"", struct.pack(">H", 4000) + "é".encode()],
+)
+async def test_close_handshake_is_echoed(server: ServerProcess, payload: bytes) -> None:
     r, w = await raw_open(server, query=b"?v=1")
-    w.write(cframe(struct.pack(">H", 1000) + b"bye", opcode=8))
-    assert await read_frame(r) == (8, struct.pack(">H", 1000) + b"bye")
+    w.write(cframe(payload, opcode=8))
+    assert await read_frame(r) == (8, payload)
     assert await asyncio.wait_for(r.read(), 5) == b""  # the server closes TCP
     w.close()
+
+
+def test_fast_path_imports_without_the_websockets_c_extension() -> None:
+    """websockets ships a pure-Python apply_mask for platforms without its C speedups; the
+    relay must start there too (it failed to import before)."""
+    code = (
+        "import sys; sys.modules['websockets.speedups'] = None\n"
+        "from xchat.server import wsfast\n"
+        "assert wsfast.apply_mask(b'abcd', b'\\x01\\x02\\x03\\x04') == b'````'\n"
+        "print(wsfast.apply_mask.__module__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "websockets.utils"
 
 
 @pytest.mark.parametrize(
@@ -127,6 +148,13 @@ async def test_close_handshake_is_echoed(server: ServerProcess) -> None:
         (cframe(b"x", opcode=0), 1002),  # continuation without a start
         (bytes((0x82, 0xFF)) + struct.pack(">Q", 10**9) + MASK, 1009),  # > 2 x max_request
         (cframe(b"text", opcode=1), F.CLOSE_MALFORMED),
+        # close frames whose payload RFC 6455 §5.5.1 / §7.4 forbids
+        (cframe(b"\x03", opcode=8), 1002),  # one byte: no room for a code
+        (cframe(struct.pack(">H", 999), opcode=8), 1002),  # below the code range
+        (cframe(struct.pack(">H", 1005), opcode=8), 1002),  # reserved: never on the wire
+        (cframe(struct.pack(">H", 1006), opcode=8), 1002),  # reserved: never on the wire
+        (cframe(struct.pack(">H", 5000), opcode=8), 1002),  # above the code range
+        (cframe(struct.pack(">H", 1000) + b"\xff\xfe", opcode=8), 1002),  # reason not UTF-8
     ],
 )
 async def test_protocol_errors_close_with_code(

@@ -27,9 +27,15 @@ import logging
 import os
 from typing import Any, ClassVar
 
+from websockets.exceptions import ProtocolError as _WsProtocolError
+from websockets.frames import Close
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
-from websockets.speedups import apply_mask
+
+try:  # websockets' C extension; the pure-Python version is the one websockets falls back to
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - exercised by tests/server/test_wsfast.py in a subprocess
+    from websockets.utils import apply_mask
 
 from xchat.errors import ApiError
 from xchat.protocol import frames as F
@@ -307,6 +313,8 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
             if opcode == _OP_PONG:
                 return True
             if opcode == _OP_CLOSE:
+                if not _valid_close_payload(payload):
+                    return self._fail(_PROTOCOL_ERROR, "invalid close frame")
                 # Echo the peer's close (RFC 6455 §5.5.1), then close TCP (server side).
                 self.finish()
                 self.fd = -1
@@ -507,3 +515,15 @@ def protocol_class(
     hub = Hub(ping_interval)
     attrs = {"relay": relay, "hub": hub, "fast": fast}
     return type("BoundRelayHttpProtocol", (RelayHttpProtocol,), attrs)
+
+
+def _valid_close_payload(payload: bytes) -> bool:
+    """RFC 6455 §5.5.1 / §7.4: empty, or a code a peer may send (1000–1003, 1007–1014,
+    3000–4999) followed by UTF-8; websockets' own parser decides, so both transports agree."""
+    if not payload:
+        return True
+    try:
+        Close.parse(payload)
+    except (_WsProtocolError, UnicodeDecodeError):
+        return False
+    return True
