@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# `make run`: start a relay server with embedded SQLite and, if the web app is installed, the
-# app for a first profile. Ctrl-C stops everything.
+# `make run`: start a relay server with embedded SQLite and the web app for a first profile.
+# Ctrl-C stops everything. Logs go to files under the data directory, so the terminal keeps
+# only what a person needs, the URL to open last.
+#
+# Extending it (calls, backup realms, ...): append relay flags to RELAY_ARGS, start extra
+# services in the "extra services" section (in the background, logging under $DATA), and add
+# a line to NOTES if the user should know about them.
 set -euo pipefail
 DATA="${1:-data}"; PORT="${2:-8470}"; APP_PORT="${3:-8471}"
 BIN=".venv/bin"
 SERVER="http://127.0.0.1:${PORT}"
 PROFILE="${XCHAT_HOME:-profiles/first}"
 mkdir -p "$DATA" profiles
+RELAY_LOG="$DATA/relay.log"
+APP_LOG="$DATA/app.log"
+RELAY_ARGS=(--host 127.0.0.1 --port "$PORT" --data "$DATA")
+NOTES=()
 
 cleanup() { kill $(jobs -p) 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-"$BIN/xchat" serve --host 127.0.0.1 --port "$PORT" --data "$DATA" &
+# --- extra services (before the relay, which may point at them) --------------------------
+
+# --- the relay ---------------------------------------------------------------------------
+"$BIN/xchat" serve "${RELAY_ARGS[@]}" >>"$RELAY_LOG" 2>&1 &
 "$BIN/python" - "$SERVER/healthz" <<'PY'
 import sys, time, urllib.request
 for _ in range(100):  # the relay is ready in well under a second
@@ -20,14 +32,24 @@ for _ in range(100):  # the relay is ready in well under a second
         break
     except OSError:
         time.sleep(0.1)
+else:
+    sys.exit("the relay did not start: see the log named below")
 PY
-echo "server: $SERVER (data in $DATA)"
 
-if "$BIN/xchat" app --help >/dev/null 2>&1; then
-  echo "web app for $PROFILE: open the http://127.0.0.1:$APP_PORT/#secret=... URL printed below"
-  echo "a second person on this machine: .venv/bin/xchat --profile profiles/second app --server $SERVER --port $((APP_PORT + 1))"
-  "$BIN/xchat" --profile "$PROFILE" app --server "$SERVER" --port "$APP_PORT" &
-else
-  echo "try it: .venv/bin/xchat --profile profiles/alice account create --server $SERVER --handle alice"
+# --- the web app: its one stdout line is the URL (with the per-launch secret) --------------
+coproc APP { exec "$BIN/xchat" --profile "$PROFILE" app --server "$SERVER" --port "$APP_PORT" 2>>"$APP_LOG"; }
+URL=""
+if ! read -r -t 30 URL <&"${APP[0]}" || [ -z "$URL" ]; then
+  echo "the web app did not start: see $APP_LOG" >&2
+  exit 1
 fi
+
+echo "relay:    $SERVER (data in $DATA; request log in $RELAY_LOG, app log in $APP_LOG)"
+for note in "${NOTES[@]+"${NOTES[@]}"}"; do echo "$note"; done
+echo "a second person on this machine (another terminal):"
+echo "  .venv/bin/xchat --profile profiles/second app --server $SERVER --port $((APP_PORT + 1))"
+echo "  then open the URL it prints in another browser profile or a private window."
+echo "later visits: http://127.0.0.1:$APP_PORT/ opens XChat in this browser without this URL."
+echo
+echo "open XChat for $PROFILE: $URL"
 wait
