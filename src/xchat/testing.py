@@ -260,6 +260,29 @@ def register(
     return acct
 
 
+def anon_headers(client: httpx.Client, acct: Account, n: int = 1) -> list[dict[str, str]]:
+    """``n`` anonymous access tokens (PROTOCOL Part XI) obtained by ``acct``, each as the
+    request headers of one ``GET /bundles``, ``/handles`` or ``/accounts`` call."""
+    from xchat.crypto import tokens as tk
+
+    keys = client.get("/api/v1/tokens/keys").json()["keys"][0]
+    pk = base64.b64decode(keys["public_key"])
+    out: list[dict[str, str]] = []
+    while len(out) < n:
+        pending = tk.begin_batch(keys["epoch"], pk, min(tk.MAX_BATCH, n - len(out)))
+        r = client.post(
+            "/api/v1/tokens",
+            json={"epoch": keys["epoch"], "blinded": [b64(b) for b in pending.blinded]},
+            headers=acct.headers,
+        )
+        assert r.status_code == 200, r.text
+        j = r.json()
+        evaluated = [base64.b64decode(e) for e in j["evaluated"]]
+        for t in tk.finish_batch(pending, evaluated, base64.b64decode(j["proof"])):
+            out.append({"Authorization": f'PrivateToken token="{tk.encode_token(t)}"'})
+    return out
+
+
 # --- coturn for call tests (PROTOCOL.md Part IX §6) -------------------------------------------
 
 TURNSERVER = "/usr/bin/turnserver"

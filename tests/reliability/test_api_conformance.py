@@ -116,6 +116,7 @@ AUTHENTICATED = [
     "PUT /api/v1/keys",
     "GET /api/v1/keys/count",
     "GET /api/v1/bundles/{address}",
+    "POST /api/v1/tokens",
     "PUT /api/v1/delivery-token",
     "GET /api/v1/sender-certificate",
     "GET /api/v1/messages",

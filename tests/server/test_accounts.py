@@ -12,7 +12,7 @@ from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.server.auth import ServerSecrets, Tokens
 from xchat.storage.base import DeviceRecord
-from xchat.testing import ServerProcess
+from xchat.testing import ServerProcess, anon_headers
 
 
 def test_server_info(client: httpx.Client) -> None:
@@ -27,7 +27,8 @@ def test_server_info(client: httpx.Client) -> None:
 def test_register_with_valid_stamp(client: httpx.Client) -> None:
     acct = register(client)
     assert acct.address == acct.identity.public.address()
-    j = client.get(f"/api/v1/accounts/{acct.address}").json()
+    (tok,) = anon_headers(client, acct)  # directory lookups take an anonymous token (Part XI)
+    j = client.get(f"/api/v1/accounts/{acct.address}", headers=tok).json()
     assert j["devices"] == [1] and unb64(j["identity_key"]) == acct.identity.public.encode()
 
 
@@ -114,8 +115,13 @@ def _ref_of(client: httpx.Client, token: str, server: ServerProcess) -> int:
 
 def test_handles(client: httpx.Client) -> None:
     a = register(client, handle="Handle_One")
-    assert client.get("/api/v1/handles/handle_one").json()["address"] == a.address
-    assert client.get("/api/v1/handles/HANDLE_ONE").json()["handle"] == "handle_one"
+    tok = iter(anon_headers(client, a, 4))  # one anonymous token per lookup (Part XI)
+    assert (
+        client.get("/api/v1/handles/handle_one", headers=next(tok)).json()["address"] == a.address
+    )
+    assert (
+        client.get("/api/v1/handles/HANDLE_ONE", headers=next(tok)).json()["handle"] == "handle_one"
+    )
     b = register(client)
     for taken in ("handle_one", "HANDLE_ONE", "hand1e_one", "handie_one", "handleone"):
         r = client.put("/api/v1/handle", json={"handle": taken}, headers=b.headers)
@@ -125,10 +131,10 @@ def test_handles(client: httpx.Client) -> None:
         assert r.status_code == 400, bad
     r = client.put("/api/v1/handle", json={"handle": "second_h"}, headers=b.headers)
     assert r.status_code == 200 and r.json()["handle"] == "second_h"
-    assert client.get("/api/v1/handles/nobody_here").status_code == 404
+    assert client.get("/api/v1/handles/nobody_here", headers=next(tok)).status_code == 404
     # Releasing a handle makes it available again.
     assert client.put("/api/v1/handle", json={"handle": None}, headers=b.headers).status_code == 200
-    assert client.get("/api/v1/handles/second_h").status_code == 404
+    assert client.get("/api/v1/handles/second_h", headers=next(tok)).status_code == 404
 
 
 def test_sender_certificate(client: httpx.Client) -> None:

@@ -18,7 +18,7 @@ from _relay_helpers import (
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.crypto.prekeys import bundles_from_response, generate_one_time_prekeys
 from xchat.protocol.frames import KeysLow
-from xchat.testing import ServerProcess
+from xchat.testing import ServerProcess, anon_headers
 
 
 def test_upload_count_and_bad_keys(client: httpx.Client) -> None:
@@ -41,26 +41,28 @@ def test_upload_count_and_bad_keys(client: httpx.Client) -> None:
 def test_bundle_verifies_and_falls_back_to_last_resort(client: httpx.Client) -> None:
     bob = register(client, n_ec=1, n_kem=1)
     alice = register(client)
-    first = client.get(f"/api/v1/bundles/{bob.address}", headers=alice.headers).json()
+    t1, t2 = anon_headers(client, alice, 2)
+    first = client.get(f"/api/v1/bundles/{bob.address}", headers=t1).json()
     dev = first["devices"][0]
     assert dev["one_time_ec"] is not None and dev["kem_prekey"]["last_resort"] is False
     bundles = bundles_from_response(first)
     assert bundles and bundles[0].identity_key.encode() == unb64(first["identity_key"])
-    second = client.get(f"/api/v1/bundles/{bob.address}", headers=alice.headers).json()
+    second = client.get(f"/api/v1/bundles/{bob.address}", headers=t2).json()
     dev = second["devices"][0]
     assert dev["one_time_ec"] is None and dev["kem_prekey"]["last_resort"] is True
-    assert client.get(f"/api/v1/bundles/{bob.address}").status_code == 401  # auth required
+    assert client.get(f"/api/v1/bundles/{bob.address}").status_code == 401  # token required
 
 
 async def test_fifty_concurrent_fetches_get_distinct_keys(server: ServerProcess) -> None:
     with httpx.Client(base_url=server.url) as c:
         bob = register(c, n_ec=50, n_kem=50)
         fetcher = register(c)
+        toks = anon_headers(c, fetcher, 50)
     async with httpx.AsyncClient(
         base_url=server.url, limits=httpx.Limits(max_connections=50), timeout=20
     ) as ac:
         rs = await asyncio.gather(
-            *[ac.get(f"/api/v1/bundles/{bob.address}", headers=fetcher.headers) for _ in range(50)]
+            *[ac.get(f"/api/v1/bundles/{bob.address}", headers=t) for t in toks]
         )
     assert all(r.status_code == 200 for r in rs)
     devs = [r.json()["devices"][0] for r in rs]
@@ -78,7 +80,7 @@ async def test_keys_low_frame_and_count(server: ServerProcess) -> None:
         assert await recv_until_drained(ws) == []
         low = await recv_frame(ws)  # stock below the threshold at connect
         assert low == KeysLow(3, 3)
-        c.get(f"/api/v1/bundles/{bob.address}", headers=alice.headers)
+        c.get(f"/api/v1/bundles/{bob.address}", headers=anon_headers(c, alice)[0])
         assert await recv_frame(ws) == KeysLow(2, 2)
         await ws.close()
         upload = {"one_time_ec": [k.to_public_json() for k in generate_one_time_prekeys(7, 4)]}

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xchat import __version__
 from xchat.errors import ApiError, XChatError
-from xchat.server import blobs, directory, mailbox, realtime, turn
+from xchat.server import blobs, directory, mailbox, realtime, tokens, turn
 from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
 from xchat.server.limits import ip_bucket
@@ -186,6 +186,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
     if shared_blobs is not None:
         app.state.blob_store = shared_blobs
+    app.state.anon_tokens = tokens.Issuer(relay)  # PROTOCOL Part XI
+    app.state.bundle_limits = directory.BundleLimits(relay)
     app.state.turn = turn.load_issuer(
         config.turn_url, config.turn_secret_file, config.turn_ttl_seconds
     )
@@ -229,6 +231,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(realtime.router)
     app.include_router(blobs.router)
     app.include_router(turn.router)
+    app.include_router(tokens.router)
     app.add_middleware(LimitsMiddleware, relay=relay)
     app.add_middleware(RequestLogMiddleware, relay=relay)  # outermost: sees 413/429 too
     return app

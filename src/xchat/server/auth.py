@@ -99,6 +99,19 @@ class Challenges:
         if self.store is not None:
             self.store.challenge_used_nowait(challenge, expires)
 
+    def spend_once(self, key: bytes, expires_ms: int, now_ms: int) -> bool:
+        """Record another single-use value (a spent anonymous token's 32-byte key, PROTOCOL
+        Part XI) in the same set and table as challenges (41 bytes: never equal); False if
+        it was already spent."""
+        if key in self._used:
+            return False
+        if len(self._used) > 100_000:
+            self._used = {c: e for c, e in self._used.items() if e > now_ms}
+        self._used[key] = expires_ms
+        if self.store is not None:
+            self.store.challenge_used_nowait(key, expires_ms)
+        return True
+
 
 class Tokens:
     """Bearer tokens: base64url(``0x01 || device ref u64 || epoch u32 || expires_ms u64 ||

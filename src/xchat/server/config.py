@@ -53,6 +53,13 @@ class ServerConfig:
     rate_device_burst: float = 100.0
     rate_send_per_s: float = 200.0  # envelopes per second per IP bucket
     rate_send_burst: float = 1000.0
+    # Anonymous tokens and bundle fetches (PROTOCOL Part XI, Part III §4.3)
+    anon_token_epoch_seconds: int = 86400  # issuer key epoch; a token lives 1-2 epochs
+    anon_token_daily_limit: int = 200  # tokens issued per account per UTC day
+    rate_bundle_per_s: float = 1.0  # bundle fetches per target account (429 beyond)
+    rate_bundle_burst: float = 60.0
+    otk_per_hour: float = 10.0  # one-time keys handed out per target account
+    otk_burst: float = 10.0  # beyond it: signed + last-resort keys only
     # Scale-out and production (docs/deployment.md): empty = SQLite + in-process fan-out
     database: str = ""  # postgresql://... : every durable table in PostgreSQL
     redis: str = ""  # redis://... : which node holds each device's socket (needs database)

@@ -20,7 +20,9 @@ from xchat.errors import ApiError, XChatError
 from xchat.protocol.frames import KeysLow, encode_frame
 from xchat.server import models as m
 from xchat.server.auth import LABEL_AUTH, LABEL_REGISTER
+from xchat.server.limits import RateLimiter
 from xchat.server.relay import Relay, now_ms
+from xchat.server.tokens import REDEEM
 from xchat.storage.base import AccountRecord, DeviceRecord, HandleTaken, PreKeySet, SignedKey
 
 router = APIRouter(prefix="/api/v1")
@@ -223,7 +225,12 @@ def _lookup_address(relay: Relay, address: str) -> AccountRecord:
     return acct
 
 
-@router.get("/handles/{handle}", response_model=m.AccountOut, responses=m.errors(400, 404))
+@router.get(
+    "/handles/{handle}",
+    response_model=m.AccountOut,
+    responses=m.errors(400, 401, 404),
+    dependencies=[REDEEM],
+)
 async def get_handle(handle: str, request: Request) -> m.AccountOut:
     acct = relay_of(request).store.get_account_by_handle(normalize_handle(handle))
     if acct is None:
@@ -231,7 +238,12 @@ async def get_handle(handle: str, request: Request) -> m.AccountOut:
     return _account_out(acct)
 
 
-@router.get("/accounts/{address}", response_model=m.AccountOut, responses=m.errors(400, 404))
+@router.get(
+    "/accounts/{address}",
+    response_model=m.AccountOut,
+    responses=m.errors(400, 401, 404),
+    dependencies=[REDEEM],
+)
 async def get_account(address: str, request: Request) -> m.AccountOut:
     return _account_out(_lookup_address(relay_of(request), address))
 
@@ -254,14 +266,36 @@ async def key_count(request: Request, device: DeviceRecord = CURRENT_DEVICE) -> 
     return m.KeyCount(ec=ec, kem=kem)
 
 
-@router.get("/bundles/{address}", response_model=m.BundleOut, responses=m.errors(400, 401, 404))
-async def get_bundle(
-    address: str, request: Request, device: DeviceRecord = CURRENT_DEVICE
-) -> m.BundleOut:
+class BundleLimits:
+    """Per-target limits of ``GET /bundles`` (PROTOCOL Part III §4.3, attack "prekey drain"):
+    fetches of one account (429 beyond), and one-time keys handed out for it: beyond that
+    bucket a bundle carries only the signed and last-resort keys, so a stranger with many
+    tokens cannot empty an account's one-time stock. Keyed by the *target*: the fetcher is
+    anonymous (its budget is its token allowance, Part XI)."""
+
+    def __init__(self, relay: Relay) -> None:
+        cfg = relay.config
+        on = cfg.rate_limits
+        self.fetches = RateLimiter(cfg.rate_bundle_per_s, cfg.rate_bundle_burst, on)
+        self.one_time = RateLimiter(cfg.otk_per_hour / 3600, cfg.otk_burst, on)
+
+
+@router.get(
+    "/bundles/{address}",
+    response_model=m.BundleOut,
+    responses=m.errors(400, 401, 404),
+    dependencies=[REDEEM],
+)
+async def get_bundle(address: str, request: Request) -> m.BundleOut:
     relay = relay_of(request)
     acct = _lookup_address(relay, address)
-    bundles = await relay.store.take_bundle(acct.address)
-    relay.metrics.inc("bundles_served_total")
+    limits: BundleLimits = request.app.state.bundle_limits
+    wait = limits.fetches.take(acct.address)
+    if wait:
+        raise ApiError(429, "too many bundle fetches for this account", retry_after=wait)
+    one_time = not limits.one_time.take(acct.address)
+    bundles = await relay.store.take_bundle(acct.address, one_time=one_time)
+    relay.metrics.inc("bundles_served_total" if one_time else "bundles_served_drain_limited_total")
     out = []
     low = relay.config.keys_low
     for b in bundles:

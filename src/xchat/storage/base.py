@@ -148,8 +148,10 @@ class Store(abc.ABC):
     async def count_prekeys(self, device_ref: int) -> tuple[int, int]: ...
 
     @abc.abstractmethod
-    async def take_bundle(self, address: str) -> list[BundleDevice]:
-        """Hand out one prekey bundle per device, consuming one-time keys exactly once."""
+    async def take_bundle(self, address: str, *, one_time: bool = True) -> list[BundleDevice]:
+        """Hand out one prekey bundle per device, consuming one-time keys exactly once.
+        ``one_time=False`` (the per-target drain limit, PROTOCOL Part III §4.3) hands out
+        the signed and last-resort keys only and consumes nothing."""
 
     # --- mailbox ---
 

@@ -439,14 +439,14 @@ class SqliteStore(Store):
         result: tuple[int, int] = await self._call(lambda conn: _count(conn, device_ref))
         return result
 
-    async def take_bundle(self, address: str) -> list[BundleDevice]:
+    async def take_bundle(self, address: str, *, one_time: bool = True) -> list[BundleDevice]:
         acct = self._accounts.get(address)
         if acct is None:
             return []
         devices = acct.devices
 
         def op(conn: sqlite3.Connection) -> list[BundleDevice]:
-            return [_take_one(conn, dev) for dev in devices]
+            return [_take_one(conn, dev, one_time) for dev in devices]
 
         result: list[BundleDevice] = await self._call(op)
         return result
@@ -610,23 +610,25 @@ def _count(conn: sqlite3.Connection, ref: int) -> tuple[int, int]:
     return int(ec), int(kem)
 
 
-def _take_one(conn: sqlite3.Connection, dev: DeviceRecord) -> BundleDevice:
+def _take_one(conn: sqlite3.Connection, dev: DeviceRecord, one_time: bool = True) -> BundleDevice:
     row = conn.execute(
         "SELECT spk_id, spk_key, spk_sig, lr_id, lr_key, lr_sig FROM devices WHERE ref = ?",
         (dev.ref,),
     ).fetchone()
     spk = SignedKey(row[0], row[1], row[2]) if row and row[1] is not None else None
     last_resort = SignedKey(row[3], row[4], row[5]) if row and row[4] is not None else None
-    ec_row = conn.execute(
-        "DELETE FROM otk_ec WHERE device_ref = ? AND id = "
-        "(SELECT MIN(id) FROM otk_ec WHERE device_ref = ?) RETURNING id, key",
-        (dev.ref, dev.ref),
-    ).fetchone()
-    kem_row = conn.execute(
-        "DELETE FROM otk_kem WHERE device_ref = ? AND id = "
-        "(SELECT MIN(id) FROM otk_kem WHERE device_ref = ?) RETURNING id, key, sig",
-        (dev.ref, dev.ref),
-    ).fetchone()
+    ec_row = kem_row = None
+    if one_time:
+        ec_row = conn.execute(
+            "DELETE FROM otk_ec WHERE device_ref = ? AND id = "
+            "(SELECT MIN(id) FROM otk_ec WHERE device_ref = ?) RETURNING id, key",
+            (dev.ref, dev.ref),
+        ).fetchone()
+        kem_row = conn.execute(
+            "DELETE FROM otk_kem WHERE device_ref = ? AND id = "
+            "(SELECT MIN(id) FROM otk_kem WHERE device_ref = ?) RETURNING id, key, sig",
+            (dev.ref, dev.ref),
+        ).fetchone()
     ec_left, kem_left = _count(conn, dev.ref)
     return BundleDevice(
         device=dev,
