@@ -40,8 +40,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Under coverage, subprocesses included (relay, realms, app; pyproject [tool.coverage.run]);
+# the per-package table is printed after the tests.
 pytest: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+	@rm -rf test-artifacts/coverage && mkdir -p test-artifacts/coverage
+	$(BIN)/coverage run -m pytest -q -m "not slow" -p no:cacheprovider
+	@$(BIN)/coverage combine -q
+	@$(BIN)/python scripts/coverage_report.py
 
 fuzz: $(STAMP)
 	bash fuzz/run.sh
