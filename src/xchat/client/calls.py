@@ -232,11 +232,17 @@ class CallManager:
         self._inbox: asyncio.Queue[ev.CallSignalReceived] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[Any]] = set()
+        self._announce: list[Call] = []  # offers to announce once the inbox is empty
 
     # --- life cycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Listen for call signals (register before ``client.start()`` to see a backlog)."""
+    async def start(self, *, listen: bool = True) -> None:
+        """Listen for call signals (register before ``client.start()`` to see a backlog).
+        With ``listen=False`` the app passes them in through :meth:`feed` instead."""
+        self.start_nowait(listen=listen)
+
+    def start_nowait(self, *, listen: bool = True) -> None:
+        """:meth:`start` for synchronous callers running inside the event loop."""
         if self._tasks:
             return
         if not self.external_media:
@@ -248,7 +254,8 @@ class CallManager:
                 loop = "://127.0.0.1" in server or "://localhost" in server
             if loop:
                 call_media.allow_loopback_candidates()
-        self.client.on_event(self._on_client_event)
+        if listen:
+            self.client.on_event(self.feed)
         self._tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._ticker())]
 
     async def close(self) -> None:
@@ -266,7 +273,7 @@ class CallManager:
         while self._bg:
             await asyncio.gather(*list(self._bg), return_exceptions=True)
         with contextlib.suppress(ValueError):
-            self.client._listeners.remove(self._on_client_event)
+            self.client._listeners.remove(self.feed)
 
     async def __aenter__(self) -> CallManager:
         await self.start()
@@ -613,7 +620,8 @@ class CallManager:
         )
         await self.client._send_content(c, msg, store_as_message=False)
 
-    def _on_client_event(self, e: ev.Event) -> None:
+    def feed(self, e: ev.Event) -> None:
+        """Take a client event; call signals are queued for the state machines."""
         if isinstance(e, ev.CallSignalReceived):
             self._inbox.put_nowait(e)
 
@@ -627,6 +635,11 @@ class CallManager:
                 log.info("ignoring call signal: %s", exc)  # late or duplicated: normal
             except XChatError as exc:
                 log.warning("bad call signal from a contact: %s", exc)
+            if self._inbox.empty():
+                ready, self._announce = self._announce, []
+                for call in ready:
+                    if call.machine.state is State.INCOMING:
+                        await self._emit(CallIncoming(call.id, call.peer, call.handle, call.video))
 
     async def _receive(self, e: ev.CallSignalReceived, sig: Signal) -> None:
         if sig.type == "call_offer":
@@ -681,7 +694,9 @@ class CallManager:
         self._record(call)
         with contextlib.suppress(XChatError):
             await self._send(call, Signal("call_ringing", call.id))
-        await self._emit(CallIncoming(call.id, call.peer, handle, call.video))
+        # Announced once the signals queued behind it are processed: an offline callee
+        # gets the offer and the caller's hang-up in one backlog, and must not ring.
+        self._announce.append(call)
 
     async def _receive_answer(self, call: Call, e: ev.CallSignalReceived, sig: Signal) -> None:
         if not call.machine.can("remote_answer"):
