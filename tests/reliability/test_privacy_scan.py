@@ -162,22 +162,19 @@ async def _script(srv: ServerProcess, work: Path, canary: dict[str, str]) -> dic
     async with xf.BlobClient.from_api(b.api) as blobs:
         saved = await xf.receive_file(blobs, m, work / "dl")
     assert saved.read_bytes() == src.read_bytes()
-    # a group, if the SDK has groups
-    gid = None
-    if hasattr(a, "create_group"):
-        info = await a.create_group(canary["group_name"], [b.address, c.address])
-        gid = info.id
-        await a.send_group(gid, canary["group_text_a"])
-        events["b"] += await b.receive()
-        events["c"] += await c.receive()
-        await c.send_group(gid, canary["group_text_c"])
-        events["a"] += await a.receive()
-        events["b"] += await b.receive()
+    # a group
+    info = await a.create_group(canary["group_name"], [b.address, c.address])
+    gid = info.id
+    await a.send_group(gid, canary["group_text_a"])
+    events["b"] += await b.receive()
+    events["c"] += await c.receive()
+    await c.send_group(gid, canary["group_text_c"])
+    events["a"] += await a.receive()
+    events["b"] += await b.receive()
     # Left queued (never received): live mailbox rows for the row-by-row check.
     await a.send_text(b.address, canary["text_queued"])
     await c.send_text(b.address, canary["text_queued_c"])
-    if gid is not None:
-        await c.send_group(gid, canary["group_text_queued"])
+    await c.send_group(gid, canary["group_text_queued"])
     out["gid"] = gid
     out["events"] = events
     for cl in (a, b, c):
@@ -231,9 +228,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         proc.wait(10)
     canaries = [Needle(k, forms(v.encode())) for k, v in canary.items()]
     gid = res["gid"]
-    if isinstance(gid, str):
-        raw = bytes.fromhex(gid)
-        canaries.append(Needle("group_id", forms(raw) | forms(gid.encode())))
+    assert isinstance(gid, str)
+    canaries.append(Needle("group_id", forms(bytes.fromhex(gid)) | forms(gid.encode())))
     ids = {n: identity_needles(n, res[n]) for n in "abc"}  # type: ignore[arg-type]
     addresses = {n: res[n].address() for n in "abc"}  # type: ignore[union-attr]
     hashes = {n: decode_address(a) for n, a in addresses.items()}
@@ -248,7 +244,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         ids,
         hashes,
         addresses,
-        gid if isinstance(gid, str) else None,
+        gid,
         res["events"],  # type: ignore[arg-type]
     )
 
@@ -276,12 +272,8 @@ def test_session_delivered_everything(session: Session) -> None:
         assert any(t.startswith("CANARY-GROUP-C-") for t in texts["a"])
 
 
-@pytest.mark.skipif(
-    not hasattr(Client, "create_group"), reason="the SDK has no groups yet (Client.create_group)"
-)
 def test_group_was_part_of_the_scan(session: Session) -> None:
-    """Activates by itself once ``Client.create_group`` exists: the session then must have
-    run a group, so its name, texts and id are among the needles above."""
+    """The session ran a group, so its name, texts and id are among the needles above."""
     assert session.group_id is not None
     assert any(n.label == "group_id" for n in session.canaries)
 

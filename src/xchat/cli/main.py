@@ -21,6 +21,7 @@ import click
 
 from xchat import __version__
 from xchat.app.cli import app_command
+from xchat.cli.backup import backup_group, history_after_phrase, restore_from_backup
 from xchat.cli.calls import call_command, call_json, call_line, calls_group
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
@@ -39,8 +40,11 @@ from xchat.errors import (
     ProfileLocked,
     ServerUnreachable,
     UnknownContact,
+    WeakPin,
+    WrongPin,
     XChatError,
 )
+from xchat.realm.cli import realm_group
 from xchat.server.cli import serve_command
 
 T = TypeVar("T")
@@ -69,6 +73,8 @@ EXIT_CODES: list[tuple[type[XChatError], int]] = [
     (IdentityChanged, EXIT_IDENTITY_CHANGED),
     (UnknownContact, EXIT_UNKNOWN_CONTACT),
     (InvalidMnemonic, EXIT_BAD_PHRASE),
+    (WrongPin, EXIT_BAD_PHRASE),  # backup PIN: the message says how many guesses remain
+    (WeakPin, EXIT_USAGE),
 ]
 
 
@@ -219,10 +225,24 @@ def account_create(obj: Ctx, server: str, handle: str | None, as_json: bool) -> 
 
 @account.command("restore")
 @click.option("--server", required=True, help="Server URL the account is registered on.")
+@click.option(
+    "--from-backup",
+    "from_backup",
+    default=None,
+    metavar="@HANDLE|ADDRESS",
+    help="Restore with the backup PIN ($XCHAT_PIN or prompted) instead of the phrase.",
+)
+@click.option("--realm", "realms", multiple=True, help="Realm URL (default: the relay's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_obj
-def account_restore(obj: Ctx, server: str, as_json: bool) -> None:
-    """Restore the account of a recovery phrase read from stdin (same address)."""
+def account_restore(
+    obj: Ctx, server: str, from_backup: str | None, realms: tuple[str, ...], as_json: bool
+) -> None:
+    """Restore the account of a recovery phrase read from stdin (same address), or with
+    --from-backup and the backup PIN; the history backup comes back too."""
+    if from_backup is not None:
+        _print_account(run(restore_from_backup(obj, server, from_backup, realms)), as_json, None)
+        return
     if sys.stdin.isatty():
         phrase = click.prompt("Recovery phrase", hide_input=True, err=True)
     else:
@@ -231,6 +251,7 @@ def account_restore(obj: Ctx, server: str, as_json: bool) -> None:
     async def go() -> None:
         async with obj.client(creating=True) as c:
             info = await c.restore_account(server, phrase, progress=_progress_printer())
+            await history_after_phrase(c)
         _print_account(info, as_json, None)
 
     run(go())
@@ -628,6 +649,8 @@ cli.add_command(serve_command)
 cli.add_command(file_group)
 cli.add_command(group_group)
 cli.add_command(app_command)
+cli.add_command(realm_group)
+cli.add_command(backup_group)
 cli.add_command(call_command)
 cli.add_command(calls_group)
 

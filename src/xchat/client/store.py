@@ -589,6 +589,38 @@ class Store:
         ).fetchall()
         return [self._message(r) for r in reversed(rows)]
 
+    # --- history backup (PROTOCOL Part X §9) --------------------------------------------
+
+    def messages_after(self, seq: int, limit: int) -> list[tuple[int, int, MessageRecord]]:
+        """``(seq, stored_ms, message)`` of the rows stored after ``seq``, oldest first
+        (the incremental backup's cursor)."""
+        rows = self._db.execute(
+            "SELECT id, peer, direction, ts_ms, status, body, seq, stored_ms FROM messages "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        return [(int(r[6]), int(r[7]), self._message(r)) for r in rows]
+
+    def last_seq(self) -> int:
+        """The insertion counter of the newest message row (0 when empty)."""
+        return self._seq
+
+    def sender_key_rows(self) -> list[tuple[str, str, int, bytes]]:
+        """Every stored sender key record ``(group, address, device, record)``."""
+        rows = self._db.execute(
+            "SELECT group_id, address, device_id, record FROM group_sender_keys "
+            "ORDER BY group_id, address, device_id"
+        ).fetchall()
+        return [
+            (
+                str(g),
+                str(a),
+                int(d),
+                self.unseal("group_sender_keys", "record", f"{g}:{a}:{d}", rec),
+            )
+            for g, a, d, rec in rows
+        ]
+
     # --- dedup of non-message content ---------------------------------------------------
 
     def mark_seen(self, peer: str, content_id: str, now_ms: int) -> bool:

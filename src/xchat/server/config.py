@@ -70,6 +70,8 @@ class ServerConfig:
     turn_url: str = ""  # turn:HOST:PORT (comma-separated for several)
     turn_secret_file: str = ""  # coturn's static-auth-secret, shared with this relay
     turn_ttl_seconds: int = 3600  # lifetime of the credentials GET /api/v1/turn issues
+    # Backup realms listed at GET /api/v1/realms (PROTOCOL Part X §5.5): comma-separated URLs
+    realms: str = ""
 
     @classmethod
     def from_env(

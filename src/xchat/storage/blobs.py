@@ -115,6 +115,14 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def set_expiry(
+        self, blob_id: str, owner: str, expires_ms: int, now_ms: int
+    ) -> int | None:
+        """Move the expiry of ``owner``'s live blob (history backups keep their blobs for
+        as long as the backup names them, PROTOCOL Part X §9); the new expiry, or None if the
+        blob is not theirs, not live, or the backend cannot (then it expires as usual)."""
+        return None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
@@ -312,6 +320,18 @@ class FilesystemBlobStore(BlobStore):
 
     async def close(self) -> None:
         self._db.close()
+
+    async def set_expiry(
+        self, blob_id: str, owner: str, expires_ms: int, now_ms: int
+    ) -> int | None:
+        db = getattr(self, "_db", None)
+        if not isinstance(db, sqlite3.Connection) or not valid_blob_id(blob_id):
+            return None  # a subclass with another index must override this
+        cur = db.execute(
+            "UPDATE blobs SET expires_ms = ? WHERE id = ? AND owner = ? AND expires_ms > ?",
+            (expires_ms, blob_id, owner, now_ms),
+        )
+        return expires_ms if cur.rowcount == 1 else None
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> int:
