@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xchat import __version__
 from xchat.errors import ApiError, XChatError
-from xchat.server import blobs, directory, mailbox, realtime, tokens, turn
+from xchat.server import backups, blobs, directory, mailbox, realtime, tokens, turn
 from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
 from xchat.server.limits import ip_bucket
@@ -232,6 +232,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(blobs.router)
     app.include_router(turn.router)
     app.include_router(tokens.router)
+    app.include_router(backups.router)
     app.add_middleware(LimitsMiddleware, relay=relay)
     app.add_middleware(RequestLogMiddleware, relay=relay)  # outermost: sees 413/429 too
     return app

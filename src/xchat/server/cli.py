@@ -42,6 +42,12 @@ from xchat.server.config import ServerConfig
     default=None,
     help="File with the TURN server's static-auth-secret (coturn use-auth-secret).",
 )
+@click.option(
+    "--realm",
+    "realms",
+    multiple=True,
+    help="Backup realm URL to recommend to clients (repeatable; PROTOCOL Part X §5.5).",
+)
 def serve_command(
     host: str | None,
     port: int | None,
@@ -56,6 +62,7 @@ def serve_command(
     tls_key: str | None,
     turn_url: str | None,
     turn_secret_file: str | None,
+    realms: tuple[str, ...] = (),
 ) -> None:
     """Run the XChat relay server."""
     from xchat.server.serve import run_server
@@ -75,5 +82,6 @@ def serve_command(
         log_ips=log_ips,
         turn_url=turn_url,
         turn_secret_file=turn_secret_file,
+        realms=",".join(realms) or None,
     )
     run_server(config)

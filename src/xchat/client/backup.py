@@ -1,0 +1,624 @@
+"""Backup and recovery for one profile (PROTOCOL.md Part X): the PIN backup of the account
+secret at the realms, and the encrypted history backup at the relay.
+
+* :func:`enable` checks the PIN policy, pins the realms' keys, registers one share at
+  each (t-of-n, :mod:`xchat.client.realms`) and takes a first history backup.
+* :func:`backup_now` uploads what changed since the last backup as one more encrypted,
+  padded segment blob (the file upload path of Part VI, resumable), then replaces the
+  account's backup record at the relay. Every :data:`~xchat.client.archive.MAX_SEGMENTS`
+  segments (or before the relay would expire one) it takes a full backup instead and the
+  relay deletes the old blobs. An upload cut off half-way (the process killed, the network
+  gone) is resumed by the next call from the relay's confirmed offset: the ciphertext waits
+  in ``<profile>/backup-pending.bin`` and its key in the sealed store.
+* :func:`restore_with_pin` (a fresh profile): PIN → realms → account secret → the usual
+  restore (same identity, same address) → :func:`restore_history`.
+* :func:`disable` deletes the shares at every realm and the blobs at the relay.
+
+Settings of the backup (realms with pinned keys, threshold, last backup) live in the sealed
+store under ``meta`` key ``backup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from xchat.client import archive
+from xchat.client import realms as rl
+from xchat.client.api import Api
+from xchat.client.files import BlobClient
+from xchat.client.realms import RealmInfo
+from xchat.client.store import GroupRow, Store
+from xchat.crypto.attachment import encrypt_attachment
+from xchat.crypto.keys import IdentityKeyPair, is_address, mnemonic_from_seed, normalize_address
+from xchat.crypto.pin import check_pin
+from xchat.crypto.recovery import DEFAULT_GUESS_LIMIT, MAX_REALMS
+from xchat.errors import (
+    ApiError,
+    BackupUnavailable,
+    ClientError,
+    DecodeError,
+    DecryptionError,
+    UnknownContact,
+)
+
+META_KEY: Final = "backup"
+PENDING_META: Final = "backup_pending"
+PENDING_FILE: Final = "backup-pending.bin"
+APP_STATE_FILE: Final = "app-state.json"  # the web app's settings (unread marks, ...)
+BACKUP_INTERVAL_MS: Final = 86_400_000  # "daily"
+REFRESH_MARGIN_MS: Final = 10 * 86_400_000  # full backup this long before blobs expire
+FALLBACK_LIFETIME_MS: Final = 30 * 86_400_000  # relay blob TTL when it cannot pin (Part VI §7)
+MAX_MESSAGES_PER_SEGMENT: Final = 1_000_000
+MAX_SETTINGS_BYTES: Final = 1024 * 1024
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class BackupStatus:
+    """What ``xchat backup status --json`` prints."""
+
+    enabled: bool
+    realms: list[RealmInfo] = field(default_factory=list)
+    threshold: int = 0
+    guess_limit: int = DEFAULT_GUESS_LIMIT
+    last_backup_ms: int | None = None
+    last_backup_size: int | None = None
+    segments: int = 0
+    messages: int = 0
+    pending_upload: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "realms": [{"url": r.url, "name": r.name} for r in self.realms],
+            "threshold": self.threshold,
+            "guess_limit": self.guess_limit,
+            "last_backup_ms": self.last_backup_ms,
+            "last_backup_size": self.last_backup_size,
+            "segments": self.segments,
+            "messages": self.messages,
+            "pending_upload": self.pending_upload,
+        }
+
+
+@dataclass(frozen=True)
+class HistoryRestored:
+    messages: int
+    contacts: int
+    groups: int
+
+
+# --- local configuration ---------------------------------------------------------------------
+
+
+def _load(store: Store) -> dict[str, Any]:
+    raw = store.get_meta(META_KEY)
+    if raw is None:
+        return {}
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _save(store: Store, cfg: dict[str, Any]) -> None:
+    store.put_meta(META_KEY, json.dumps(cfg, separators=(",", ":")).encode())
+
+
+def status(client: Any) -> BackupStatus:
+    """The backup settings and the last backup of this profile (no network)."""
+    cfg = _load(client.store)
+    hist = cfg.get("history", {})
+    return BackupStatus(
+        enabled=bool(cfg.get("enabled")),
+        realms=[RealmInfo.from_json(r) for r in cfg.get("realms", [])],
+        threshold=int(cfg.get("threshold", 0)),
+        guess_limit=int(cfg.get("guess_limit", DEFAULT_GUESS_LIMIT)),
+        last_backup_ms=hist.get("last_ms"),
+        last_backup_size=hist.get("size"),
+        segments=len(hist.get("segments", [])),
+        messages=int(hist.get("messages", 0)),
+        pending_upload=client.store.get_meta(PENDING_META) is not None,
+    )
+
+
+def default_threshold(n: int) -> int:
+    """A majority: any realm may be down (n >= 3) and no minority can collude."""
+    return n // 2 + 1
+
+
+# --- enable / disable --------------------------------------------------------------------------
+
+
+async def enable(
+    client: Any,
+    pin: str,
+    realm_urls: list[str] | None = None,
+    threshold: int | None = None,
+    *,
+    guess_limit: int = DEFAULT_GUESS_LIMIT,
+    blobs: BlobClient | None = None,
+) -> BackupStatus:
+    """Enrol the PIN at the realms (default: the relay's recommended ones) and take the
+    first history backup. Re-running it changes the PIN (and realms): the old records are
+    overwritten (the owner key proves it is us)."""
+    pin = check_pin(pin)  # WeakPin
+    realms = await rl.resolve_realms(realm_urls or None, client.api)
+    if len({r.public_key for r in realms}) != len(realms):
+        raise ClientError("the same realm is listed twice")
+    if not 1 <= len(realms) <= MAX_REALMS:
+        raise ClientError(f"use 1 to {MAX_REALMS} realms")
+    t = threshold if threshold is not None else default_threshold(len(realms))
+    if not 1 <= t <= len(realms):
+        raise ClientError(f"threshold must be between 1 and the number of realms ({len(realms)})")
+    old = _load(client.store)
+    await rl.enrol(client.identity.seed, pin, client.address, realms, t, guess_limit)
+    dropped = [
+        RealmInfo.from_json(r)
+        for r in old.get("realms", [])
+        if RealmInfo.from_json(r).public_key not in {x.public_key for x in realms}
+    ]
+    if dropped:  # realms no longer used must not keep a share
+        await rl.delete(client.identity.seed, client.address, dropped)
+    cfg = {
+        **old,
+        "enabled": True,
+        "realms": [r.to_json() for r in realms],
+        "threshold": t,
+        "guess_limit": guess_limit,
+        "enrolled_ms": now_ms(),
+    }
+    _save(client.store, cfg)
+    await backup_now(client, blobs=blobs)
+    return status(client)
+
+
+async def disable(client: Any) -> dict[str, int]:
+    """Delete the shares at every realm and the history backup at the relay."""
+    cfg = _load(client.store)
+    realms = [RealmInfo.from_json(r) for r in cfg.get("realms", [])]
+    deleted_realms = await rl.delete(client.identity.seed, client.address, realms)
+    body = await client.api.request("DELETE", "/api/v1/backup", auth=True)
+    blobs = int(body.get("deleted", 0)) if isinstance(body, dict) else 0
+    _forget_pending(client)
+    _save(client.store, {"enabled": False})
+    return {"realms": deleted_realms, "blobs": blobs}
+
+
+# --- history backup ------------------------------------------------------------------------------
+
+
+def _snapshot(client: Any) -> dict[str, Any]:
+    """Contacts, groups, sender keys and settings: small, so every segment has them all."""
+    store: Store = client.store
+    contacts = [
+        {
+            "address": c.address,
+            "handle": c.handle,
+            "identity_key": archive.b64(c.identity_key) if c.identity_key else None,
+            "delivery_token": archive.b64(c.delivery_token) if c.delivery_token else None,
+            "verified": c.verified,
+            "identity_changed": c.identity_changed,
+        }
+        for c in store.list_contacts()
+    ]
+    groups = []
+    for gid in store.group_ids():
+        row = store.get_group(gid)
+        if row is not None:
+            groups.append(
+                {
+                    "id": row.id,
+                    "history": archive.b64(row.history),
+                    "pending": archive.b64(row.pending),
+                    "left": row.left,
+                }
+            )
+    sender_keys = [
+        {"group": g, "address": a, "device": d, "record": archive.b64(r)}
+        for g, a, d, r in store.sender_key_rows()
+    ]
+    settings: dict[str, Any] = {"handle": client.profile.config.handle}
+    app_state = Path(client.profile.path) / APP_STATE_FILE
+    with contextlib.suppress(OSError):
+        if app_state.stat().st_size <= MAX_SETTINGS_BYTES:
+            settings["app_state"] = app_state.read_text("utf-8")
+    return {
+        "contacts": contacts,
+        "groups": groups,
+        "sender_keys": sender_keys,
+        "settings": settings,
+    }
+
+
+def _messages_since(store: Store, seq: int) -> tuple[list[dict[str, Any]], int]:
+    out = []
+    last = seq
+    for s, stored, m in store.messages_after(seq, MAX_MESSAGES_PER_SEGMENT):
+        out.append(
+            {
+                "id": m.id,
+                "peer": m.peer,
+                "direction": m.direction,
+                "ts_ms": m.ts_ms,
+                "stored_ms": stored,
+                "status": m.status,
+                "body": archive.body_to_json(m.body),
+            }
+        )
+        last = s
+    return out, last
+
+
+def _pending_path(client: Any) -> Path:
+    return Path(client.profile.path) / PENDING_FILE
+
+
+def _forget_pending(client: Any) -> None:
+    with client.store.transaction():
+        client.store.put_meta(PENDING_META, b"null")
+    _pending_path(client).unlink(missing_ok=True)
+
+
+def _get_pending(client: Any) -> dict[str, Any] | None:
+    raw = client.store.get_meta(PENDING_META)
+    if raw is None:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not _pending_path(client).exists():
+        return None
+    return obj
+
+
+async def backup_now(
+    client: Any, *, full: bool = False, blobs: BlobClient | None = None
+) -> BackupStatus:
+    """Take a backup now (incremental unless ``full`` or due for compaction); resume an
+    interrupted upload first. ``blobs`` overrides the blob client (tests route it through
+    a proxy that cuts the connection)."""
+    cfg = _load(client.store)
+    if not cfg.get("enabled"):
+        raise BackupUnavailable("backup is not enabled (run `xchat backup enable`)")
+    owned = blobs is None
+    bc = blobs if blobs is not None else BlobClient.from_api(client.api)
+    try:
+        pending = _get_pending(client)
+        if pending is None:
+            pending = await _prepare_segment(client, cfg, full)
+        if pending is not None:
+            await _upload_pending(client, bc, pending)
+            cfg = _commit_segment(client, cfg, pending)
+        await _put_manifest(client, cfg)
+    finally:
+        if owned:
+            await bc.aclose()
+    return status(client)
+
+
+async def _prepare_segment(client: Any, cfg: dict[str, Any], full: bool) -> dict[str, Any] | None:
+    hist = cfg.get("history", {})
+    segments = hist.get("segments", [])
+    t = now_ms()
+    refresh = hist.get("refresh_before")
+    full = (
+        full
+        or not segments
+        or len(segments) >= archive.MAX_SEGMENTS
+        or (isinstance(refresh, int) and t >= refresh)
+    )
+    since = 0 if full else int(hist.get("seq", 0))
+    messages, last = _messages_since(client.store, since)
+    snapshot = _snapshot(client)
+    digest = hashlib.sha256(json.dumps(snapshot, sort_keys=True).encode()).hexdigest()
+    if not full and not messages and digest == hist.get("snapshot_digest"):
+        return None  # nothing changed: only the record is refreshed
+    segment = {
+        "v": archive.ARCHIVE_VERSION,
+        "address": client.address,
+        "kind": "full" if full else "incremental",
+        "created_ms": t,
+        "seq_from": since,
+        "seq_to": last,
+        "messages": messages,
+        **snapshot,
+    }
+    enc = encrypt_attachment(archive.encode_segment(segment))
+    path = _pending_path(client)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(enc.ciphertext)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    pending = {
+        "blob": None,
+        "key": archive.b64(enc.key),
+        "digest": archive.b64(enc.digest),
+        "size": enc.size,
+        "blob_size": len(enc.ciphertext),
+        "chunk_size": enc.chunk_size,
+        "kind": segment["kind"],
+        "created_ms": t,
+        "seq_to": last,
+        "messages": len(messages),
+        "snapshot_digest": digest,
+    }
+    client.store.put_meta(PENDING_META, json.dumps(pending).encode())
+    return pending
+
+
+async def _upload_pending(client: Any, bc: BlobClient, pending: dict[str, Any]) -> None:
+    total = int(pending["blob_size"])
+    path = _pending_path(client)
+    if pending.get("blob") is None:
+        pending["blob"] = await bc.create(total)
+        client.store.put_meta(PENDING_META, json.dumps(pending).encode())
+        offset: int | None = 0
+    else:
+        try:
+            offset = None  # ask the relay (HEAD) where the last attempt stopped
+            await bc.offset(pending["blob"])
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            pending["blob"] = await bc.create(total)  # expired meanwhile: start over
+            client.store.put_meta(PENDING_META, json.dumps(pending).encode())
+            offset = 0
+
+    async def pieces(skip: int) -> AsyncIterator[bytes]:
+        with open(path, "rb") as fh:
+            fh.seek(skip)
+            while piece := fh.read(1024 * 1024):
+                yield piece
+
+    await bc.upload(pending["blob"], total, pieces, offset=offset)
+
+
+def _commit_segment(client: Any, cfg: dict[str, Any], pending: dict[str, Any]) -> dict[str, Any]:
+    hist = dict(cfg.get("history", {}))
+    entry = {
+        k: pending[k]
+        for k in ("blob", "key", "digest", "size", "blob_size", "chunk_size", "kind", "created_ms")
+    }
+    entry["messages"] = pending["messages"]
+    old = [] if pending["kind"] == "full" else list(hist.get("segments", []))
+    hist["segments"] = [*old, entry]
+    hist["seq"] = pending["seq_to"]
+    hist["snapshot_digest"] = pending["snapshot_digest"]
+    hist["messages"] = sum(int(s.get("messages", 0)) for s in hist["segments"])
+    cfg = {**cfg, "history": hist}
+    with client.store.transaction():
+        _save(client.store, cfg)
+        client.store.put_meta(PENDING_META, b"null")
+    _pending_path(client).unlink(missing_ok=True)
+    return cfg
+
+
+async def _put_manifest(client: Any, cfg: dict[str, Any]) -> None:
+    hist = dict(cfg.get("history", {}))
+    segments = hist.get("segments", [])
+    manifest = {
+        "v": archive.ARCHIVE_VERSION,
+        "address": client.address,
+        "created_ms": now_ms(),
+        "segments": segments,
+    }
+    sealed = archive.seal_manifest(client.identity.seed, client.address, manifest)
+    body = await client.api.request(
+        "PUT",
+        "/api/v1/backup",
+        auth=True,
+        json={"manifest": archive.b64(sealed), "blobs": [s["blob"] for s in segments]},
+    )
+    t = now_ms()
+    expires = body.get("expires_ms") if isinstance(body, dict) else None
+    if not isinstance(expires, int):
+        oldest = min((int(s["created_ms"]) for s in segments), default=t)
+        expires = oldest + FALLBACK_LIFETIME_MS
+    hist["refresh_before"] = expires - REFRESH_MARGIN_MS
+    hist["last_ms"] = t
+    hist["size"] = sum(int(s["blob_size"]) for s in segments) + len(sealed)
+    _save(client.store, {**cfg, "history": hist})
+
+
+async def maybe_backup(client: Any) -> bool:
+    """The daily backup: take one if enabled and the last is a day old (the web app calls
+    this periodically; ``xchat backup now`` does it on demand)."""
+    cfg = _load(client.store)
+    last = cfg.get("history", {}).get("last_ms")
+    if not cfg.get("enabled") or (isinstance(last, int) and now_ms() - last < BACKUP_INTERVAL_MS):
+        return False
+    await backup_now(client)
+    return True
+
+
+# --- restore -------------------------------------------------------------------------------------
+
+
+async def restore_history(client: Any, *, blobs: BlobClient | None = None) -> HistoryRestored:
+    """Fetch this account's backup record from the relay, open it with the account secret
+    and load every segment into the store. BackupUnavailable if there is none; a record
+    of another account raises DecryptionError and changes nothing."""
+    try:
+        rec = await client.api.request("GET", "/api/v1/backup", auth=True)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise BackupUnavailable("this account has no history backup on its relay") from None
+        raise
+    if not isinstance(rec, dict):
+        raise DecodeError("bad backup record")
+    seed, address = client.identity.seed, client.address
+    manifest = archive.open_manifest(seed, address, archive.unb64(rec.get("manifest"), "manifest"))
+    owned = blobs is None
+    bc = blobs if blobs is not None else BlobClient(client.api.base_url)  # downloads: no token
+    try:
+        segments = [await _fetch_segment(bc, s, address) for s in manifest["segments"]]
+    finally:
+        if owned:
+            await bc.aclose()
+    result = _apply(client, segments)
+    cfg = _load(client.store)
+    hist = {
+        "segments": manifest["segments"],
+        "seq": client.store.last_seq(),
+        "messages": sum(int(s.get("messages", 0)) for s in manifest["segments"]),
+        "last_ms": rec.get("updated_ms"),
+    }
+    _save(client.store, {**cfg, "history": hist})
+    return result
+
+
+async def _fetch_segment(bc: BlobClient, entry: object, address: str) -> dict[str, Any]:
+    from xchat.crypto.attachment import decrypt_attachment
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("blob"), str):
+        raise DecodeError("bad segment entry in the backup manifest")
+    size = int(entry["blob_size"])
+    buf = bytearray()
+    await bc.download(entry["blob"], size, buf.extend, None)
+    plain = decrypt_attachment(
+        archive.unb64(entry.get("key"), "segment key"),
+        bytes(buf),
+        size=int(entry["size"]),
+        digest=archive.unb64(entry.get("digest"), "segment digest"),
+        chunk_size=int(entry["chunk_size"]),
+    )
+    return archive.decode_segment(plain, address)
+
+
+def _apply(client: Any, segments: list[dict[str, Any]]) -> HistoryRestored:
+    store: Store = client.store
+    t = now_ms()
+    n_messages = 0
+    last = segments[-1] if segments else {}
+    with store.transaction():
+        for seg in segments:
+            for m in seg.get("messages", []):
+                if store.add_message(
+                    str(m["id"]),
+                    str(m["peer"]),
+                    str(m["direction"]),
+                    int(m["ts_ms"]),
+                    str(m["status"]),
+                    archive.body_from_json(m["body"]),
+                    int(m.get("stored_ms", t)),
+                    unseen=False,
+                ):
+                    n_messages += 1
+        for c in last.get("contacts", []):
+            address = str(c["address"])
+            if address == client.address:
+                continue
+            store.ensure_contact(address, t)
+            store.update_contact(
+                address,
+                handle=c.get("handle") or None,
+                identity_key=archive.unb64(c["identity_key"], "key")
+                if c.get("identity_key")
+                else None,
+                delivery_token=(
+                    archive.unb64(c["delivery_token"], "token") if c.get("delivery_token") else None
+                ),
+                verified=bool(c.get("verified")),
+                identity_changed=bool(c.get("identity_changed")),
+                token_shared=False,  # our delivery token is new after a restore: share it again
+            )
+        for g in last.get("groups", []):
+            # own_key None: the next group send draws a fresh sender key and sends it to all
+            row = GroupRow(
+                str(g["id"]),
+                archive.unb64(g["history"], "group"),
+                None,
+                archive.unb64(g["pending"], "group"),
+                bool(g.get("left")),
+            )
+            store.put_group(row, t)
+        for k in last.get("sender_keys", []):
+            store.put_sender_key(
+                str(k["group"]),
+                str(k["address"]),
+                int(k["device"]),
+                archive.unb64(k["record"], "key"),
+            )
+    settings = last.get("settings", {})
+    app_state = Path(client.profile.path) / APP_STATE_FILE
+    if isinstance(settings.get("app_state"), str) and not app_state.exists():
+        app_state.write_text(settings["app_state"], "utf-8")
+    return HistoryRestored(n_messages, len(last.get("contacts", [])), len(last.get("groups", [])))
+
+
+async def resolve_target(server: str, target: str) -> str:
+    """``@handle`` or address → address (the account to restore)."""
+    t = target.strip()
+    if is_address(t):
+        return normalize_address(t)
+    api = Api(server)
+    try:
+        found = await api.lookup_handle(t.lstrip("@").lower())
+    except ApiError as exc:
+        if exc.status in (400, 404):
+            raise UnknownContact(f"no account {target} on {server}") from None
+        raise
+    finally:
+        await api.aclose()
+    address = found.get("address")
+    if not isinstance(address, str) or not is_address(address):
+        raise UnknownContact(f"no account {target} on {server}")
+    return normalize_address(address)
+
+
+async def restore_with_pin(
+    client: Any,
+    server: str,
+    target: str,
+    pin: str,
+    realm_urls: list[str] | None = None,
+    *,
+    blobs: BlobClient | None = None,
+    realm_transport: Any = None,
+) -> tuple[Any, HistoryRestored | None]:
+    """Restore the account ``target`` into the (empty) profile of ``client`` with the PIN:
+    same identity and address, then its history. WrongPin says how many guesses are left.
+    ``realm_transport`` (tests) carries the realm requests, e.g. through an attacker."""
+    server = server.rstrip("/")
+    address = await resolve_target(server, target)
+    relay = Api(server)
+    try:
+        realms = await rl.resolve_realms(realm_urls or None, relay)
+    finally:
+        await relay.aclose()
+    secret, threshold = await rl.recover(pin, address, realms, realm_transport)
+    identity = IdentityKeyPair.from_seed(secret)
+    if identity.public.address() != address:
+        raise DecryptionError("the realms released a secret of another account")
+    info = await client.restore_account(server, mnemonic_from_seed(secret))
+    _save(
+        client.store,
+        {
+            "enabled": True,
+            "realms": [r.to_json() for r in realms],
+            "threshold": threshold,
+            "guess_limit": DEFAULT_GUESS_LIMIT,
+        },
+    )
+    try:
+        restored: HistoryRestored | None = await restore_history(client, blobs=blobs)
+    except BackupUnavailable:
+        restored = None
+    return info, restored

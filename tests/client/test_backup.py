@@ -1,0 +1,341 @@
+"""Backup and recovery against a real relay and three real realm processes (PROTOCOL.md
+Part X): 2-of-3 enrolment, restore with a realm down, the guess limit, attacks on the realm
+channel, an interrupted history upload, and another account's backup."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_files import FlakyProxy
+
+from xchat.client import backup as bk
+from xchat.client import events as ev
+from xchat.client.client import Client
+from xchat.client.files import BlobClient
+from xchat.crypto import recovery as rc
+from xchat.crypto.keys import mnemonic_from_seed
+from xchat.errors import BackupUnavailable, DecryptionError, ServerUnreachable, WeakPin, WrongPin
+from xchat.realm.testing import RealmProcess, running_realms
+from xchat.testing import ServerProcess, running_server
+
+PIN = "482913"
+
+
+class Env:
+    def __init__(self, relay: ServerProcess, realms: list[RealmProcess], root: Path) -> None:
+        self.relay = relay
+        self.realms = realms
+        self.root = root
+        self.n = 0
+
+    def profile(self, name: str) -> Path:
+        self.n += 1
+        return self.root / f"{name}{self.n}"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp_path = tmp_path_factory.mktemp("backup")
+    with running_realms(tmp_path / "realms", 3) as realms:
+        urls = ",".join(r.url for r in realms)
+        with running_server(tmp_path / "relay", pow_bits=2, rate_limits=False, realms=urls) as s:
+            yield Env(s, realms, tmp_path)
+
+
+async def _account(env: Env, name: str, handle: str) -> Path:
+    p = env.profile(name)
+    async with Client(p) as c:
+        await c.create_account(env.relay.url, handle)
+    return p
+
+
+async def _chat(alice: Path, bob: Path, bob_handle: str, alice_handle: str, n: int = 3) -> None:
+    for i in range(n):
+        async with Client(alice) as a:
+            await a.send_text(f"@{bob_handle}", f"hello {i}")
+        async with Client(bob) as b:
+            await b.receive(wait=0.5)
+            await b.send_text(f"@{alice_handle}", f"reply {i}")
+        async with Client(alice) as a:
+            await a.receive(wait=0.5)
+
+
+def _texts(c: Client, to: str) -> list[str]:
+    contact = c.find_contact(to)
+    assert contact is not None
+    return [h.text for h in c.history(contact, 100)]
+
+
+def _records(realm: RealmProcess, address: str) -> int:
+    """Records of one account at one realm (the test knows the realm's key)."""
+    key = rc.b64d(httpx.get(realm.url + "/api/v1/realm").json()["public_key"], "key", 32)
+    db = sqlite3.connect(realm.data_dir / "realm.sqlite3")
+    try:
+        row = db.execute(
+            "SELECT COUNT(*) FROM records WHERE id = ?", (rc.record_id(key, address),)
+        ).fetchone()
+        return int(row[0])
+    finally:
+        db.close()
+
+
+async def test_two_of_three_restore_with_one_realm_down(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b1")
+    bob = await _account(env, "bob", "bob_b1")
+    await _chat(alice, bob, "bob_b1", "alice_b1")
+    async with Client(alice) as a:
+        address = a.address
+        before = _texts(a, "@bob_b1")
+        st = await bk.enable(a, PIN)  # default: the relay's three realms, majority 2
+    assert st.enabled and st.threshold == 2 and len(st.realms) == 3
+    assert st.last_backup_ms and st.last_backup_size and st.messages == len(before) == 6
+    assert all(_records(r, address) == 1 for r in env.realms)
+
+    env.realms[0].kill9()
+    fresh = env.profile("alice-new")
+    try:
+        async with Client(fresh) as c:
+            info, restored = await bk.restore_with_pin(c, env.relay.url, "@alice_b1", PIN)
+    finally:
+        env.realms[0].start()  # same port and data: the other tests share the realms
+    async with Client(fresh) as c:
+        assert info.address == address and info.handle == "alice_b1"
+        assert restored is not None and restored.messages == 6 and restored.contacts == 1
+        assert _texts(c, "@bob_b1") == before
+        await c.send_text("@bob_b1", "back again")
+    # Bob sees the same identity: no "identity changed", and the message arrives.
+    async with Client(bob) as b:
+        events = await b.receive(wait=1.0)
+    assert not any(isinstance(e, ev.IdentityChangedEvent) for e in events)
+    texts = [e.text for e in events if isinstance(e, ev.MessageReceived)]
+    assert "back again" in texts
+    async with Client(fresh) as c:
+        status = bk.status(c)
+        assert status.enabled and status.threshold == 2
+        await bk.backup_now(c)  # the restored device keeps backing up to the same record
+
+
+async def test_ten_wrong_pins_delete_everywhere_but_the_phrase_still_works(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b2")
+    bob = await _account(env, "bob", "bob_b2")
+    await _chat(alice, bob, "bob_b2", "alice_b2", n=1)
+    async with Client(alice) as a:
+        phrase, address = mnemonic_from_seed(a.identity.seed), a.address
+        await bk.enable(a, PIN)
+    seen = []
+    for _ in range(10):
+        async with Client(env.profile("thief")) as c:
+            with pytest.raises(WrongPin) as err:
+                await bk.restore_with_pin(c, env.relay.url, "@alice_b2", "777001")
+            seen.append(err.value.guesses_remaining)
+            assert not c.profile.initialised  # nothing restored
+    assert seen == list(range(9, -1, -1))
+    assert all(_records(r, address) == 0 for r in env.realms)  # shares and OPRF keys deleted
+    async with Client(env.profile("alice-pin")) as c:
+        with pytest.raises(BackupUnavailable):
+            await bk.restore_with_pin(c, env.relay.url, "@alice_b2", PIN)  # for good
+    async with Client(env.profile("alice-phrase")) as c:
+        await c.restore_account(env.relay.url, phrase)
+        got = await bk.restore_history(c)
+        assert got.messages == 2 and _texts(c, "@bob_b2") == ["hello 0", "reply 0"]
+
+
+async def test_weak_pin_refused(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b3")
+    async with Client(alice) as a:
+        address = a.address
+        for weak in ("1234", "123456", "000000", "password"):
+            with pytest.raises(WeakPin):
+                await bk.enable(a, weak)
+    assert all(_records(r, address) == 0 for r in env.realms)
+
+
+class Attacker(httpx.AsyncBaseTransport):
+    """A network attacker between the client and the realms: forwards to the real realm
+    processes and rewrites the answers of the realms in ``targets``."""
+
+    def __init__(self, targets: set[int], mode: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.targets = targets
+        self.mode = mode
+        self.saved: dict[tuple[int, str], bytes] = {}
+        self.touched = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        resp = await self.inner.handle_async_request(request)
+        body = await resp.aread()
+        port = request.url.port or 0
+        op = request.url.path.rsplit("/", 1)[-1]
+        if port in self.targets and op not in ("challenge",) and resp.status_code == 200:
+            obj = json.loads(body)
+            if self.mode == "tamper":
+                payload = json.loads(rc.b64d(obj["payload"], "p"))
+                payload["guesses_remaining"] = 0
+                payload["status"] = "no_guesses"
+                obj["payload"] = rc.b64e(json.dumps(payload).encode())
+                self.touched += 1
+            elif self.mode == "replay":
+                key = (port, op)
+                old = self.saved.get(key)
+                self.saved[key] = body
+                if old is not None:
+                    obj = json.loads(old)
+                    self.touched += 1
+            body = json.dumps(obj).encode()
+        headers = [(k, v) for k, v in resp.headers.items() if k.lower() != "content-length"]
+        return httpx.Response(resp.status_code, headers=headers, content=body)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("mode", ["tamper", "replay"])
+async def test_tampered_or_replayed_realm_answers_are_refused(env: Env, mode: str) -> None:
+    alice = await _account(env, "alice", f"alice_{mode[:3]}")
+    async with Client(alice) as a:
+        address = a.address
+        await bk.enable(a, PIN)
+    ports = [r.port for r in env.realms]
+    if mode == "replay":  # prime the attacker with genuine answers to earlier requests
+        warm = Attacker(set(ports), "replay")
+        async with Client(env.profile("warm")) as c:
+            await bk.restore_with_pin(c, env.relay.url, address, PIN, realm_transport=warm)
+    # Every realm attacked: nothing forged is believed, so the restore cannot proceed.
+    attacker = Attacker(set(ports), mode)
+    if mode == "replay":
+        attacker.saved = warm.saved
+    async with Client(env.profile("victim")) as c:
+        with pytest.raises(BackupUnavailable):
+            await bk.restore_with_pin(c, env.relay.url, address, PIN, realm_transport=attacker)
+        assert not c.profile.initialised
+    assert attacker.touched > 0
+    assert all(_records(r, address) == 1 for r in env.realms)  # forged "no guesses" deleted nothing
+    # One realm attacked of three: its answers are dropped, the other two suffice.
+    one = Attacker({ports[0]}, mode)
+    if mode == "replay":
+        one.saved = {k: v for k, v in warm.saved.items() if k[0] == ports[0]}
+    async with Client(env.profile("ok")) as c:
+        info, _ = await bk.restore_with_pin(c, env.relay.url, address, PIN, realm_transport=one)
+        assert info.address == address
+    assert one.touched > 0
+
+
+async def test_interrupted_backup_upload_resumes(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b4")
+    async with Client(alice) as a:
+        await bk.enable(a, PIN)
+        peer = "xc1qzxrggj7p8xpavs8pgph06jff403uml5my3rjmm4"
+        with a.store.transaction():
+            for i in range(400):  # ~400 KiB of incompressible history
+                body = json.dumps({"type": "text", "text": os.urandom(700).hex()}).encode()
+                a.store.add_message(
+                    f"{i:032x}", peer, "in", 1000 + i, "received", body, 1, unseen=False
+                )
+        async with FlakyProxy(env.relay.port) as proxy:
+            proxy.cut_up = 200_000
+            flaky = BlobClient(proxy.url, reauth=a.api.reauth, retries=0, backoff=0.01)
+            with pytest.raises(ServerUnreachable):
+                await bk.backup_now(a, blobs=flaky)
+            await flaky.aclose()
+            assert proxy.cuts == 1
+        assert bk.status(a).pending_upload
+        pending = json.loads(a.store.get_meta(bk.PENDING_META) or b"{}")
+        async with BlobClient(a.api.base_url) as probe:
+            done = await probe.offset(pending["blob"])
+        assert 0 < done < pending["blob_size"]  # the relay kept what arrived
+        st = await bk.backup_now(a)  # resumes the same blob from the relay's offset
+        assert not st.pending_upload and st.messages == 400
+        cfg = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
+        assert cfg["history"]["segments"][-1]["blob"] == pending["blob"]
+        phrase = mnemonic_from_seed(a.identity.seed)
+    async with Client(env.profile("alice-restored")) as c:
+        await c.restore_account(env.relay.url, phrase)
+        got = await bk.restore_history(c)
+        assert got.messages == 400
+
+
+async def test_a_backup_of_another_account_cannot_be_restored(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b5")
+    carol = await _account(env, "carol", "carol_b5")
+    bob = await _account(env, "bob", "bob_b5")
+    await _chat(carol, bob, "bob_b5", "carol_b5", n=1)
+    for p in (alice, carol):
+        async with Client(p) as c:
+            await bk.enable(c, PIN)
+    async with Client(alice) as a:
+        alice_addr, phrase = a.address, mnemonic_from_seed(a.identity.seed)
+    async with Client(carol) as c:
+        carol_addr = c.address
+    # A malicious relay serves Carol's backup record as Alice's.
+    db = sqlite3.connect(env.relay.data_dir / "backups.sqlite3")
+    (manifest, blobs) = db.execute(
+        "SELECT manifest, blobs FROM backups WHERE owner = ?", (carol_addr,)
+    ).fetchone()
+    db.execute(
+        "UPDATE backups SET manifest = ?, blobs = ? WHERE owner = ?", (manifest, blobs, alice_addr)
+    )
+    db.commit()
+    db.close()
+    async with Client(env.profile("alice-new")) as c:
+        await c.restore_account(env.relay.url, phrase)
+        with pytest.raises(DecryptionError):
+            await bk.restore_history(c)
+        assert c.contacts() == []  # nothing of Carol's
+    # Nor do Carol's realm shares restore Alice: the record ids differ per account, and
+    # Alice's PIN cannot open Carol's (the realms answer for Alice's records only).
+    async with Client(env.profile("carol-as-alice")) as c:
+        info, _ = await bk.restore_with_pin(c, env.relay.url, alice_addr, PIN)
+        assert info.address == alice_addr
+
+
+async def test_realm_data_alone_reveals_nothing(env: Env) -> None:
+    """The test's attacker: one realm's operator (its whole data directory) plus the
+    victim's address and handle. It finds no address, handle or PIN in the data, cannot
+    test the real PIN offline, and cannot open the secret with its share."""
+    alice = await _account(env, "alice", "alice_b6")
+    async with Client(alice) as a:
+        address = a.address
+        await bk.enable(a, PIN)
+    data = env.realms[1].data_dir
+    everything = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
+    for needle in (address, "alice_b6", PIN):
+        assert needle.encode() not in everything
+    key = rc.b64d(httpx.get(env.realms[1].url + "/api/v1/realm").json()["public_key"], "k", 32)
+    db = sqlite3.connect(data / "realm.sqlite3")
+    ((reg_json,),) = db.execute(
+        "SELECT registration FROM records WHERE id = ?", (rc.record_id(key, address),)
+    ).fetchall()
+    db.close()
+    reg = rc.Registration.from_json(json.loads(reg_json))
+    from xchat.crypto import oprf
+    from xchat.crypto.pin import stretch_pin
+
+    sp = stretch_pin(PIN, reg.version, address)  # even knowing the right PIN ...
+    y = oprf.evaluate(reg.oprf_key, sp.access_key, rc.OPRF_MODE)
+    assert rc._unlock(y)[1] != reg.unlock_commitment  # ... one share cannot confirm it
+    attempt = rc.Recovery(PIN, address)
+    attempt.version, attempt.threshold, attempt._stretched = reg.version, 1, sp
+    with pytest.raises(DecryptionError):
+        attempt.open_secret({reg.index: (reg.key_share, reg.encrypted_secret)})
+
+
+async def test_disable_deletes_shares_and_blobs(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b7")
+    async with Client(alice) as a:
+        address = a.address
+        await bk.enable(a, PIN)
+        cfg: dict[str, Any] = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
+        blob = cfg["history"]["segments"][0]["blob"]
+        out = await bk.disable(a)
+        assert out == {"realms": 3, "blobs": 1}
+        assert not bk.status(a).enabled
+    assert all(_records(r, address) == 0 for r in env.realms)
+    r = httpx.head(f"{env.relay.url}/api/v1/blobs/{blob}")
+    assert r.status_code == 404
