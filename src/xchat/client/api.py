@@ -7,6 +7,11 @@ becomes :class:`ProtocolError`. No ``httpx`` exception escapes.
 
 Authenticated calls use a bearer token; if the server answers 401 and a ``reauth``
 callback is set, the wrapper fetches a fresh token once and retries (tokens live 1 h).
+
+Anonymous calls (directory lookups and bundle fetches, PROTOCOL Part XI) carry one
+single-use access token from the ``anon`` callback (the profile's wallet) instead, and go
+out on a connection pool of their own: a keep-alive connection shared with bearer calls
+would tie the lookup to the account at the TCP level.
 """
 
 from __future__ import annotations
@@ -56,12 +61,18 @@ class Api:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.reauth: Callable[[], Awaitable[str]] | None = None
+        #: Returns the ``Authorization`` value of one unspent anonymous token (Part XI).
+        self.anon: Callable[[], Awaitable[str]] | None = None
         self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False
+        )
+        self._anon_http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, transport=transport, trust_env=False
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._anon_http.aclose()
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -87,6 +98,32 @@ class Api:
             return resp.json()
         except ValueError:
             raise ProtocolError(f"server sent a non-JSON response to {method} {path}") from None
+
+    async def anonymous(self, method: str, path: str) -> Any:
+        """A request paid with one anonymous token, never with the bearer token. A token
+        the relay calls spent or expired (another process of the profile, a stale stock)
+        is replaced once."""
+        for attempt in (0, 1):
+            if self.anon is None:
+                raise ApiError(401, "no anonymous access tokens available (PROTOCOL Part XI)")
+            headers = {"Authorization": await self.anon()}
+            try:
+                resp = await self._anon_http.request(method, path, headers=headers)
+            except httpx.TimeoutException:
+                raise ServerUnreachable(f"server {self.base_url} timed out") from None
+            except (httpx.TransportError, OSError) as exc:
+                raise ServerUnreachable(
+                    f"cannot reach server {self.base_url} ({type(exc).__name__})"
+                ) from None
+            if resp.status_code == 401 and attempt == 0:
+                continue
+            if resp.status_code >= 400:
+                raise _api_error(resp)
+            try:
+                return resp.json()
+            except ValueError:
+                raise ProtocolError(f"server sent a non-JSON response to {method} {path}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
         self, method: str, path: str, *, auth: bool, json: Any, params: dict[str, Any] | None
@@ -129,10 +166,29 @@ class Api:
         await self.request("PUT", f"{API}/handle", auth=True, json={"handle": handle})
 
     async def lookup_handle(self, handle: str) -> dict[str, Any]:
-        return _obj(await self.request("GET", f"{API}/handles/{handle}"))
+        return _obj(await self.anonymous("GET", f"{API}/handles/{handle}"))
 
     async def lookup_address(self, address: str) -> dict[str, Any]:
-        return _obj(await self.request("GET", f"{API}/accounts/{address}"))
+        return _obj(await self.anonymous("GET", f"{API}/accounts/{address}"))
+
+    async def token_keys(self) -> dict[str, Any]:
+        """The issuer's epoch keys, asked for anonymously (Part XI §2)."""
+        try:
+            resp = await self._anon_http.get(f"{API}/tokens/keys")
+        except (httpx.TransportError, OSError) as exc:
+            raise ServerUnreachable(
+                f"cannot reach server {self.base_url} ({type(exc).__name__})"
+            ) from None
+        if resp.status_code >= 400:
+            raise _api_error(resp)
+        try:
+            return _obj(resp.json())
+        except ValueError:
+            raise ProtocolError("server sent a non-JSON token key list") from None
+
+    async def issue_tokens(self, epoch: int, blinded: list[bytes]) -> dict[str, Any]:
+        body = {"epoch": epoch, "blinded": [b64e(b) for b in blinded]}
+        return _obj(await self.request("POST", f"{API}/tokens", auth=True, json=body))
 
     async def put_keys(self, upload: dict[str, Any]) -> None:
         await self.request("PUT", f"{API}/keys", auth=True, json=upload)
@@ -141,7 +197,7 @@ class Api:
         return _obj(await self.request("GET", f"{API}/keys/count", auth=True))
 
     async def bundles(self, address: str) -> dict[str, Any]:
-        return _obj(await self.request("GET", f"{API}/bundles/{address}", auth=True))
+        return _obj(await self.anonymous("GET", f"{API}/bundles/{address}"))
 
     async def put_delivery_token_hash(self, token_hash: bytes) -> None:
         await self.request(
