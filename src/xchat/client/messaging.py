@@ -30,7 +30,7 @@ from xchat.client import rich_events as rev
 from xchat.client.rich_store import RichRow, RichStore
 from xchat.client.search import SearchHit, SearchIndex
 from xchat.client.store import MessageRecord, Store
-from xchat.errors import ClientError, DecodeError, XChatError
+from xchat.errors import ClientError, DecodeError, NotAllowed, XChatError
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +337,11 @@ class RichState:
         row = self.rs.row(peer, m.id)
         original_ms = row.origin_ms if row is not None else m.ts_ms
         why = rc.edit_allowed(
-            editor=sender, target_author=e.target.author, original_ms=original_ms,
+            editor=sender,
+            target_author=e.target.author,
+            original_ms=original_ms,
             edit_ms=origin_ms,
-        )  # fmt: skip
+        )
         if why is None and row is not None and row.deleted:
             why = "the message was deleted"
         if why is None and row is not None and row.edited >= rc.MAX_EDITS:
@@ -367,8 +369,14 @@ class RichState:
         found = self._target_row(conv, target)
         if found is None or target.author != sender:
             if target.author != sender:
-                self._reject(events, conv, sender, "delete", target.id,
-                             "only the author may delete for everyone")  # fmt: skip
+                self._reject(
+                    events,
+                    conv,
+                    sender,
+                    "delete",
+                    target.id,
+                    "only the author may delete for everyone",
+                )
             return
         peer, m = found
         row = self.rs.row(peer, m.id)
@@ -425,9 +433,11 @@ class RichState:
             f"disappearing messages {'set to ' + rc.format_duration(seconds) if seconds else 'off'}"
         )
         self.rs.add_notice(
-            conv, ct.new_message_id(), ts,
+            conv,
+            ct.new_message_id(),
+            ts,
             {"type": "disappear", "by": by, "seconds": seconds, "text": text},
-        )  # fmt: skip
+        )
         events.append(rev.TimerChanged(conv, group_of(conv), by, seconds, ts))
         return True
 
@@ -511,7 +521,7 @@ class RichState:
         if m is None or m.direction != "out":
             other = self._find_any_author(conv, msg_id)
             if other is not None:
-                raise ClientError("only the author may edit or delete a message for everyone")
+                raise NotAllowed("only the author may edit or delete a message for everyone")
             raise ClientError(f"no message {msg_id} in this conversation")
         return peer, m
 

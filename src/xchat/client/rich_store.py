@@ -252,8 +252,14 @@ class RichStore:
 
     def delete_message(self, peer: str, msg_id: str) -> None:
         """Remove a message and everything attached to it (files are the caller's)."""
-        for table in ("messages", "rich_messages", "rich_versions", "rich_reactions",
-                      "rich_receipts", "rich_files"):  # fmt: skip
+        for table in (
+            "messages",
+            "rich_messages",
+            "rich_versions",
+            "rich_reactions",
+            "rich_receipts",
+            "rich_files",
+        ):
             self.db.execute(f"DELETE FROM {table} WHERE peer = ? AND id = ?", (peer, msg_id))
         self.db.execute("DELETE FROM pending_receipts WHERE peer = ? AND id = ?", (peer, msg_id))
 
@@ -341,9 +347,14 @@ class RichStore:
         self.db.execute(
             "INSERT OR REPLACE INTO rich_reactions (peer, id, reactor, emoji, ts_ms) "
             "VALUES (?, ?, ?, ?, ?)",
-            (peer, msg_id, reactor, self.store.seal("rich_reactions", "emoji", rk,
-                                                    emoji.encode()), ts),
-        )  # fmt: skip
+            (
+                peer,
+                msg_id,
+                reactor,
+                self.store.seal("rich_reactions", "emoji", rk, emoji.encode()),
+                ts,
+            ),
+        )
         return True
 
     def reactions(self, peer: str, msg_id: str) -> list[tuple[str, str]]:
@@ -441,9 +452,12 @@ class RichStore:
     def put_file(self, peer: str, msg_id: str, path: str) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO rich_files (peer, id, path) VALUES (?, ?, ?)",
-            (peer, msg_id, self.store.seal("rich_files", "path", f"{peer}:{msg_id}",
-                                           path.encode())),
-        )  # fmt: skip
+            (
+                peer,
+                msg_id,
+                self.store.seal("rich_files", "path", f"{peer}:{msg_id}", path.encode()),
+            ),
+        )
 
     def files(self, peer: str, msg_id: str) -> list[str]:
         rows = self.db.execute(
@@ -459,9 +473,13 @@ class RichStore:
         raw = json.dumps(body, separators=(",", ":")).encode()
         self.db.execute(
             "INSERT OR IGNORE INTO rich_notices (conv, id, ts_ms, body) VALUES (?, ?, ?, ?)",
-            (conv, notice_id, ts, self.store.seal("rich_notices", "body", f"{conv}:{notice_id}",
-                                                  raw)),
-        )  # fmt: skip
+            (
+                conv,
+                notice_id,
+                ts,
+                self.store.seal("rich_notices", "body", f"{conv}:{notice_id}", raw),
+            ),
+        )
 
     def notices(self, conv: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute(
