@@ -160,6 +160,11 @@ class IdentityChanged(ClientError):
     """A verified contact's identity key changed; sending is blocked until re-verified."""
 
 
+class NotAllowed(ClientError):
+    """A rich-messaging rule refuses the action (PROTOCOL.md Part VIII): editing or deleting
+    someone else's message for everyone, an edit after 24 h, sending to a blocked contact."""
+
+
 # --- calls (PROTOCOL.md Part IX) -----------------------------------------------------------
 
 
