@@ -80,7 +80,12 @@ def short_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctx]:
     ):
         c = _setup(srv, client)
         c.expired_token = register(client).token
-        time.sleep(1.2)  # let every token of this relay expire
+        # Wait on the condition (the token is refused), not for a fixed time.
+        deadline = time.monotonic() + 30
+        expired = {"Authorization": f"Bearer {c.expired_token}"}
+        while client.get("/api/v1/keys/count", headers=expired).status_code != 401:
+            assert time.monotonic() < deadline, "tokens never expired"
+            time.sleep(0.05)
         yield c
 
 
@@ -273,7 +278,18 @@ async def test_cross_device_ws_ack_and_delivery(ctx: Ctx) -> None:
                 break
         assert ctx.victim_envelope not in delivered
         await ws.send(F.encode_frame(F.Ack((ctx.victim_envelope,))))
-        await asyncio.sleep(0.2)  # let the server process the frame (no assertion on time)
+        # A round trip ordered after the ACK: the relay's one writer commits in arrival
+        # order, so a SEND on this socket answered 200 means the ACK was applied before it.
+        me = ctx.attacker
+        marker = F.Destination(
+            me.address, F.TokenAccess(me.delivery_token), (F.OutEnvelope(1, os.urandom(16), b"m"),)
+        )
+        await ws.send(F.encode_frame(F.Send(77, (marker,))))
+        while True:
+            frame = F.decode_frame(await asyncio.wait_for(ws.recv(), 5))
+            if isinstance(frame, F.SendResult) and frame.req_id == 77:
+                assert frame.status == 200
+                break
     finally:
         await ws.close()
     assert ctx.victim_envelope in queued_ids(ctx.client, ctx.victim)
