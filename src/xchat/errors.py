@@ -144,6 +144,12 @@ class ServerUnreachable(ClientError):
     """The server could not be reached."""
 
 
+class Displaced(ServerUnreachable):
+    """The relay closed our receive socket because another copy of this account's device
+    connected (close 4409): reconnecting by ourselves would take it back, and the two
+    copies would trade the connection forever (PROTOCOL Part III §5)."""
+
+
 class ProfileError(ClientError):
     """The profile directory is missing, corrupt, or not initialised."""
 

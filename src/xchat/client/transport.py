@@ -26,7 +26,14 @@ from collections.abc import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from xchat.errors import ApiError, DecodeError, ProtocolError, ServerUnreachable, XChatError
+from xchat.errors import (
+    ApiError,
+    DecodeError,
+    Displaced,
+    ProtocolError,
+    ServerUnreachable,
+    XChatError,
+)
 from xchat.protocol import frames as fr
 
 log = logging.getLogger(__name__)
@@ -96,6 +103,8 @@ def _close_error(exc: ConnectionClosed) -> XChatError:
         return ApiError(401, reason or "unauthorized")
     if code == fr.CLOSE_RATE_LIMITED:
         return ApiError(429, reason or "rate limited")
+    if code == fr.CLOSE_REPLACED:
+        return Displaced(reason or "This account is now used on another device")
     if code in (fr.CLOSE_MALFORMED, fr.CLOSE_TOO_LARGE, fr.CLOSE_FORBIDDEN):
         return ProtocolError(f"server closed the socket ({code}: {reason})")
     return ServerUnreachable(f"connection to server lost ({code})")
@@ -222,6 +231,15 @@ class ReceiveLoop:
         self.last_error: XChatError | None = None
         self.connections = 0
         self._stopped = False
+        # Set while another copy of this device holds the connection (close 4409): no
+        # automatic reconnect until resume(), or the two copies trade it forever.
+        self.displaced: str | None = None
+        self._resume = asyncio.Event()
+
+    def resume(self) -> None:
+        """Reconnect after being displaced (the user chose to use this copy again)."""
+        self.displaced = None
+        self._resume.set()
 
     async def send_ack(self, envelope_ids: list[bytes]) -> None:
         """ACK envelopes (after they are stored). Lost acks are harmless: redelivery is
@@ -265,6 +283,9 @@ class ReceiveLoop:
                 self.last_error = err
                 if isinstance(err, ApiError) and err.status == 401:
                     force_token = True
+                if isinstance(err, Displaced):
+                    self.displaced = str(err)
+                    self._resume.clear()
             except (OSError, WebSocketException) as exc:
                 self.last_error = ServerUnreachable(f"connection lost ({type(exc).__name__})")
             except XChatError as exc:
@@ -279,7 +300,9 @@ class ReceiveLoop:
                     await ws.close()
                 if self._on_connection is not None and not self._stopped:
                     await self._on_connection(False)
-            if not self._stopped:
+            if self.displaced is not None and not self._stopped:
+                await self._resume.wait()
+            elif not self._stopped:
                 await asyncio.sleep(self._backoff.next_delay())
 
     async def _pump(self, ws: ClientConnection) -> None:
@@ -297,6 +320,7 @@ class ReceiveLoop:
 
     async def stop(self) -> None:
         self._stopped = True
+        self._resume.set()
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):

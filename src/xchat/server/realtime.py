@@ -27,6 +27,7 @@ from fastapi import APIRouter, WebSocket
 
 from xchat.errors import ApiError, DecodeError
 from xchat.protocol import frames as F
+from xchat.server.consistency import retry_when_fresh
 from xchat.server.limits import ip_bucket
 from xchat.server.relay import Relay, error_text, now_ms
 from xchat.storage.base import DeviceRecord
@@ -34,7 +35,8 @@ from xchat.storage.base import DeviceRecord
 log = logging.getLogger("xchat.server.ws")
 router = APIRouter()
 
-CLOSE_REPLACED = 4409
+CLOSE_REPLACED = F.CLOSE_REPLACED
+REPLACED_REASON = "This account is now used on another device"
 BACKLOG_PAGE = 256
 _DRAINED = F.encode_frame(F.Drained())
 _MAX_DELIVER_ITEMS = 0xFFFF
@@ -64,7 +66,8 @@ class DeviceConnection:
     def __init__(self, relay: Relay, device: DeviceRecord | None, host: str | None) -> None:
         self.relay = relay
         self.device = device
-        self.bucket = ip_bucket(host) if relay.send_limiter.enabled else ""
+        limited = relay.send_limiter.enabled or relay.send_bytes_limiter.enabled
+        self.bucket = ip_bucket(host) if limited else ""
         self.out: list[Any] = []  # bytes (a frame) or (envelope_id, ts_ms, content)
         self.out_bytes = 0
         self.loading = device is not None
@@ -140,7 +143,7 @@ class DeviceConnection:
         self._queue(frame, len(frame))
 
     def replaced(self) -> None:
-        self.close_soon(CLOSE_REPLACED, "replaced by a newer connection")
+        self.close_soon(CLOSE_REPLACED, REPLACED_REASON)
 
     # --- output ---
 
@@ -198,6 +201,7 @@ class DeviceConnection:
                     self._queue((r.envelope_id, r.ts_ms, r.content), len(r.content) + 28)
                 if rows:
                     last = rows[-1].seq
+                    self.relay.fanout.backlog_pushed(ref, self, [r.envelope_id for r in rows])
                 if len(rows) < BACKLOG_PAGE:
                     break
                 half = self.relay.config.ws_outbox_limit // 2
@@ -259,7 +263,7 @@ class DeviceConnection:
             return None
         return F.CLOSE_MALFORMED, "server-to-client frame sent by client"
 
-    def receive_send(self, req_id: int, dests: list[F.SendItem]) -> None:
+    def receive_send(self, req_id: int, dests: list[F.SendItem], retried: bool = False) -> None:
         relay = self.relay
         try:
             for i, (address, access, envs) in enumerate(dests):
@@ -269,11 +273,20 @@ class DeviceConnection:
                 wait = relay.send_limiter.take(self.bucket, sum(len(d[2]) for d in dests))
                 if wait:
                     raise ApiError(429, "rate limited", retry_after=wait)
-            rows = relay.check_send(dests, now_ms())
+            rows = relay.check_send(dests, now_ms(), self.bucket)
         except ApiError as exc:
-            retry = int((exc.retry_after or 0) * 1000)
-            relay.metrics.inc("sends_rejected_total")
-            self.push_frame(F.encode_send_result(req_id, exc.status, retry, error_text(exc)))
+            err = exc
+            retry = int((err.retry_after or 0) * 1000)
+
+            def fail() -> None:
+                relay.metrics.inc("sends_rejected_total")
+                self.push_frame(F.encode_send_result(req_id, err.status, retry, error_text(err)))
+
+            # Scaled out: a refusal may come from a cache a moment behind another node.
+            if retried or not retry_when_fresh(
+                relay, exc, lambda: self.receive_send(req_id, dests, True), fail
+            ):
+                fail()
             return
 
         def finished(ok: bool) -> None:
