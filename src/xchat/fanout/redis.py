@@ -27,6 +27,7 @@ import logging
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -79,7 +80,13 @@ class RedisFanout(LocalFanout):
         self.node = secrets.token_hex(6)
         self.channel = NODE_PREFIX + self.node
         self.healthy = False
-        self.counters = {"published": 0, "received": 0, "resynced": 0, "unrouted": 0}
+        self.counters = {
+            "published": 0,
+            "received": 0,
+            "resynced": 0,
+            "unrouted": 0,
+            "resync_rounds": 0,
+        }
         self._redis: Any = None
         self._tokens: dict[int, str] = {}
         self._serial = 0
@@ -164,6 +171,21 @@ class RedisFanout(LocalFanout):
         )
         self._kick()
         return False
+
+    def gauges(self) -> dict[str, Callable[[], float]]:
+        c = self.counters
+        return {f"fanout_{name}": (lambda name=name: float(c[name])) for name in c} | {
+            "fanout_redis_up": lambda: float(self.healthy)
+        }
+
+    def backlog_pushed(
+        self, device_ref: int, sock: DeviceSocket, envelope_ids: list[bytes]
+    ) -> None:
+        pushed = self._pushed.get(device_ref)
+        if pushed is not None and self._sockets.get(device_ref) is sock:
+            now = time.monotonic()
+            for eid in envelope_ids:
+                pushed[eid] = now
 
     def _push_local(
         self,
@@ -382,6 +404,7 @@ class RedisFanout(LocalFanout):
     async def _resync(self, grace_ms: int) -> None:
         """Push every row queued more than ``grace_ms`` ago for a device held here and not
         yet pushed on its socket (a wake-up lost in Redis, or a race with a route change)."""
+        self.counters["resync_rounds"] += 1
         refs = [r for r, s in self._sockets.items() if not getattr(s, "loading", False)]
         for start in range(0, len(refs), RESYNC_REFS):
             part = refs[start : start + RESYNC_REFS]

@@ -17,7 +17,8 @@ Several nodes share the database, so the directory cache is kept fresh two ways:
   LISTENs and re-reads the named account (and fires :attr:`Store.on_epoch_change` when a
   device's epoch moved, so a revoked device's socket is cut on whichever node holds it);
 - a negative answer may be stale (an account registered on another node a millisecond
-  ago): :meth:`refresh` re-reads from the database and handlers retry once.
+  ago): :meth:`sync` waits for every change committed before it, and the server retries
+  a refused request once when the cache moved (``server/consistency.py``).
 
 Lost connections raise :class:`~xchat.errors.StorageUnavailable` (503 + Retry-After); the
 writer reconnects on the next batch, the listener reconnects and reloads the directory.
@@ -58,7 +59,6 @@ COMMAND_TIMEOUT = 15.0
 DIRECTORY_CHANNEL = "xchat_directory"
 CHALLENGE_CHANNEL = "xchat_challenge"
 SETTINGS_CHANNEL = "xchat_settings"
-NEGATIVE_TTL = 1.0  # seconds a refresh that found nothing is not repeated for the same key
 
 #: Errors that mean "the database is not reachable", as opposed to a bad statement.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -116,7 +116,9 @@ class PostgresStore(Store):
         self._devices: dict[int, DeviceRecord] = {}
         self._used: dict[bytes, int] = {}
         self._settings: dict[str, str] = {}
-        self._negative: dict[tuple[str, Any], float] = {}
+        self._sync_lock = asyncio.Lock()
+        #: Bumped on every change of the directory cache (see :meth:`sync`).
+        self.generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Called with (key, value) when another node changed an operator setting.
         self.on_setting: Callable[[str, str], None] | None = None
@@ -223,6 +225,7 @@ class PostgresStore(Store):
         old = self._accounts.get(acct.address)
         if old == new:
             return False
+        self.generation += 1
         if old is not None and old.handle and self._handles.get(old.handle) == acct.address:
             del self._handles[old.handle]
         if new.handle:
@@ -246,6 +249,7 @@ class PostgresStore(Store):
         old = self._accounts.pop(address, None)
         if old is None:
             return
+        self.generation += 1
         if old.handle and self._handles.get(old.handle) == address:
             del self._handles[old.handle]
         for dev in old.devices:
@@ -335,47 +339,27 @@ class PostgresStore(Store):
         await self._call(lambda conn: self._fetch_account(conn, address), install)
         return changed
 
-    async def refresh(
-        self, *, address: str | None = None, ref: int | None = None, handle: str | None = None
-    ) -> bool:
-        """Re-read one directory entry from the database (a negative or stale cached answer
-        may predate a write on another node). True if the cache changed."""
-        key: tuple[str, Any] = (
-            ("a", address)
-            if address is not None
-            else ("r", ref)
-            if ref is not None
-            else ("h", handle)
-        )
-        now = time.monotonic()
-        if self._negative.get(key, 0.0) > now:
-            return False
+    async def sync(self) -> int:
+        """Wait until every directory change committed anywhere before this call is in
+        this node's cache; return the cache generation (it grows with every change).
 
-        changed = False
-
-        async def op(conn: Conn) -> tuple[str | None, _AccountRows]:
-            target = address
-            if ref is not None:
-                target = await conn.fetchval("SELECT address FROM devices WHERE ref = $1", ref)
-            elif handle is not None:
-                target = await conn.fetchval(
-                    "SELECT address FROM accounts WHERE handle = $1", handle
-                )
-            if target is None:
-                return None, None
-            return target, await self._fetch_account(conn, target)
-
-        def install(found: tuple[str | None, _AccountRows]) -> None:
-            nonlocal changed
-            if found[0] is not None:
-                changed = self._install(found[0], found[1])
-
-        await self._call(op, install)
-        if not changed:
-            if len(self._negative) > 10_000:
-                self._negative = {k: t for k, t in self._negative.items() if t > now}
-            self._negative[key] = now + NEGATIVE_TTL
-        return changed
+        Notifications committed before a query on the LISTEN connection arrive before its
+        reply (PostgreSQL sends them ahead of ReadyForQuery), so one round trip there plus
+        the re-reads it triggered is a barrier. Handlers use it before refusing: a 404 for
+        an account registered through another node a millisecond ago becomes a retry."""
+        async with self._sync_lock:
+            conn = self._listen
+            if conn is None or conn.is_closed():
+                await self._call(self._load_directory)
+            else:
+                try:
+                    await conn.fetchval("SELECT 1")
+                except UNAVAILABLE:
+                    raise StorageUnavailable() from None
+            await asyncio.sleep(0)  # the listener callbacks scheduled by that reply
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        return self.generation
 
     def get_account(self, address: str) -> AccountRecord | None:
         return self._accounts.get(address)
