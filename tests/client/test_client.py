@@ -99,9 +99,14 @@ async def test_interleaved_exactly_once_in_order(
     got: dict[str, list[ev.MessageReceived]] = {a.address: [], b.address: []}
     done = {a.address: asyncio.Event(), b.address: asyncio.Event()}
 
+    fence = {a.address: asyncio.Event(), b.address: asyncio.Event()}
+
     def collector(me: str):
         def on(e: ev.Event) -> None:
             if isinstance(e, ev.MessageReceived):
+                if e.text == "fence":
+                    fence[me].set()
+                    return
                 got[me].append(e)
                 if len(got[me]) == n:
                     done[me].set()
@@ -120,7 +125,11 @@ async def test_interleaved_exactly_once_in_order(
 
         await asyncio.gather(sender(a, b.address, "a"), sender(b, a.address, "b"))
         await asyncio.wait_for(asyncio.gather(done[a.address].wait(), done[b.address].wait()), 60)
-        await asyncio.sleep(0.2)  # anything extra (a duplicate) would show up now
+        # A fence, not a sleep: each mailbox is delivered in order, so once the fence has
+        # arrived, any duplicate the relay stored before it has been seen too.
+        await a.send_text(b.address, "fence")
+        await b.send_text(a.address, "fence")
+        await asyncio.wait_for(asyncio.gather(fence[a.address].wait(), fence[b.address].wait()), 60)
         assert [m.text for m in got[b.address]] == [f"a{i}" for i in range(n)]
         assert [m.text for m in got[a.address]] == [f"b{i}" for i in range(n)]
         assert len({m.id for m in got[b.address]}) == n
@@ -137,7 +146,15 @@ async def test_server_restart_mid_conversation_loses_nothing(
     await a.create_account(server.url, handle("alice"))
     await b.create_account(server.url, handle("bob"))
     got: list[str] = []
-    b.on_event(lambda e: got.append(e.text) if isinstance(e, ev.MessageReceived) else None)
+    fence = asyncio.Event()
+
+    def on(e: ev.Event) -> None:
+        if isinstance(e, ev.MessageReceived) and e.text == "fence":
+            fence.set()
+        elif isinstance(e, ev.MessageReceived):
+            got.append(e.text)
+
+    b.on_event(on)
     try:
         await b.start()
         for i in range(10):
@@ -147,11 +164,10 @@ async def test_server_restart_mid_conversation_loses_nothing(
             await a.send_text(b.address, f"after{i}")
         await asyncio.to_thread(server.kill9)  # crash right after the acks
         await asyncio.to_thread(server.start)
-        for _ in range(400):
-            if len(got) >= 20:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        # The fence is stored after everything above, and a mailbox is delivered in order:
+        # once it arrived, every message (and any duplicate) before it has been seen.
+        await a.send_text(b.address, "fence")
+        await asyncio.wait_for(fence.wait(), 60)
         assert got == [f"before{i}" for i in range(10)] + [f"after{i}" for i in range(10)]
     finally:
         await a.close()
