@@ -23,7 +23,9 @@ from xchat import __version__
 from xchat.errors import ApiError, XChatError
 from xchat.server import backups, blobs, directory, mailbox, realtime, tokens, turn
 from xchat.server.backends import make_blob_store
+from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
+from xchat.server.consistency import StaleRetryMiddleware
 from xchat.server.limits import ip_bucket
 from xchat.server.relay import Relay, error_body
 
@@ -186,6 +188,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
     if shared_blobs is not None:
         app.state.blob_store = shared_blobs
+    shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
+    if shared_blobs is not None:
+        app.state.blob_store = shared_blobs
     app.state.anon_tokens = tokens.Issuer(relay)  # PROTOCOL Part XI
     app.state.bundle_limits = directory.BundleLimits(relay)
     app.state.turn = turn.load_issuer(
@@ -233,6 +238,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(turn.router)
     app.include_router(tokens.router)
     app.include_router(backups.router)
+    app.add_middleware(StaleRetryMiddleware, relay=relay)  # innermost; scaled out only
     app.add_middleware(LimitsMiddleware, relay=relay)
     app.add_middleware(RequestLogMiddleware, relay=relay)  # outermost: sees 413/429 too
     return app

@@ -92,6 +92,7 @@ class Relay:
         m = self.metrics
         m.gauges["ws_connections"] = lambda: float(self.ws_connections)
         m.gauges["ws_device_sockets"] = lambda: float(self.fanout.connected())
+        m.gauges.update(self.fanout.gauges())  # scaled out: Redis wake-ups, catch-up rounds
         m.gauges["store_transactions"] = lambda: float(self.store.stats.transactions)
         m.gauges["store_operations"] = lambda: float(self.store.stats.operations)
         m.gauges["envelopes_stored"] = lambda: float(self.store.stats.envelopes_stored)
@@ -104,6 +105,8 @@ class Relay:
     async def start(self) -> None:
         await self.store.open()
         self.challenges.load(self.store.used_challenges())
+        self.store.on_challenge_used = lambda ch, exp: self.challenges.load({ch: exp})
+        await self.fanout.start()
         self.store.on_challenge_used = lambda ch, exp: self.challenges.load({ch: exp})
         await self.fanout.start()
         self._sweeper = asyncio.create_task(self._sweep_loop())

@@ -106,6 +106,10 @@ class Store(abc.ABC):
     #: challenge, so every node refuses it (PROTOCOL Part III §3). Single-node stores: never.
     on_challenge_used: Callable[[bytes, int], None] | None = None
 
+    #: Called with ``(challenge, expires_ms)`` when another node of a shared store used a
+    #: challenge, so every node refuses it (PROTOCOL Part III §3). Single-node stores: never.
+    on_challenge_used: Callable[[bytes, int], None] | None = None
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or migrate the schema and load caches."""
