@@ -7,6 +7,7 @@ would publish to the node that registered the device; the interface stays the sa
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -50,6 +51,17 @@ class Fanout(abc.ABC):
     @abc.abstractmethod
     def notify(self, device_ref: int, frame: bytes) -> bool:
         """Push a control frame to the device if connected."""
+
+    def gauges(self) -> dict[str, Callable[[], float]]:
+        """Extra /metrics gauges of this fan-out (name → reader). Default: none."""
+        return {}
+
+    def backlog_pushed(
+        self, device_ref: int, sock: DeviceSocket, envelope_ids: list[bytes]
+    ) -> None:
+        """The socket queued these stored envelopes while reading its backlog (a fan-out
+        that re-pushes from the store must not push them again). Default: nothing."""
+        return None
 
     @abc.abstractmethod
     def connected(self) -> int:

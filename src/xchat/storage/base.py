@@ -106,10 +106,6 @@ class Store(abc.ABC):
     #: challenge, so every node refuses it (PROTOCOL Part III §3). Single-node stores: never.
     on_challenge_used: Callable[[bytes, int], None] | None = None
 
-    #: Called with ``(challenge, expires_ms)`` when another node of a shared store used a
-    #: challenge, so every node refuses it (PROTOCOL Part III §3). Single-node stores: never.
-    on_challenge_used: Callable[[bytes, int], None] | None = None
-
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or migrate the schema and load caches."""
@@ -181,16 +177,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sweep_expired(self, now_ms: int) -> int:
         """Delete expired envelopes; return how many."""
-
-    async def refresh(
-        self, *, address: str | None = None, ref: int | None = None, handle: str | None = None
-    ) -> bool:
-        """Re-read one directory entry from durable storage; True if the cache changed.
-
-        A store shared by several nodes (PostgreSQL) answers the cached lookups above from
-        memory, so a negative answer may predate a write made on another node a moment ago:
-        handlers call this before refusing and retry once. Default: the cache is the truth."""
-        return False
 
     # --- used challenges (PROTOCOL Part III §3) ---
 
