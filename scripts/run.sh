@@ -21,6 +21,13 @@ cleanup() { kill $(jobs -p) 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 # --- extra services (before the relay, which may point at them) --------------------------
+# Backup realm (PROTOCOL Part X): one local realm so that `xchat backup enable` works on one
+# machine. Real deployments use realms run by other parties (README "Backup and recovery").
+REALM_PORT="${REALM_PORT:-8480}"
+"$BIN/xchat" realm serve --port "$REALM_PORT" --data "$DATA/realm" --name local-realm \
+  >>"$DATA/realm.log" 2>&1 &
+RELAY_ARGS+=(--realm "http://127.0.0.1:${REALM_PORT}")
+NOTES+=("realm:    http://127.0.0.1:${REALM_PORT} (one local backup realm; log in $DATA/realm.log)")
 
 # --- the relay ---------------------------------------------------------------------------
 "$BIN/xchat" serve "${RELAY_ARGS[@]}" >>"$RELAY_LOG" 2>&1 &

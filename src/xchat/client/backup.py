@@ -20,6 +20,7 @@ store under ``meta`` key ``backup``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -36,6 +37,7 @@ from xchat.client.api import Api
 from xchat.client.files import BlobClient
 from xchat.client.realms import RealmInfo
 from xchat.client.store import GroupRow, Store
+from xchat.crypto import pow as xpow
 from xchat.crypto.attachment import encrypt_attachment
 from xchat.crypto.keys import IdentityKeyPair, is_address, mnemonic_from_seed, normalize_address
 from xchat.crypto.pin import check_pin
@@ -58,6 +60,7 @@ REFRESH_MARGIN_MS: Final = 10 * 86_400_000  # full backup this long before blobs
 FALLBACK_LIFETIME_MS: Final = 30 * 86_400_000  # relay blob TTL when it cannot pin (Part VI §7)
 MAX_MESSAGES_PER_SEGMENT: Final = 1_000_000
 MAX_SETTINGS_BYTES: Final = 1024 * 1024
+LABEL_LOCATE: Final = b"XChat-v1-backup-locate|"  # PoW resource prefix of a handle lookup
 
 
 def now_ms() -> int:
@@ -130,7 +133,7 @@ def status(client: Any) -> BackupStatus:
         last_backup_size=hist.get("size"),
         segments=len(hist.get("segments", [])),
         messages=int(hist.get("messages", 0)),
-        pending_upload=client.store.get_meta(PENDING_META) is not None,
+        pending_upload=_get_pending(client) is not None,
     )
 
 
@@ -564,20 +567,34 @@ def _apply(client: Any, segments: list[dict[str, Any]]) -> HistoryRestored:
 
 
 async def resolve_target(server: str, target: str) -> str:
-    """``@handle`` or address → address (the account to restore)."""
+    """``@handle`` or address → address (the account to restore). A device without an
+    account has no anonymous tokens (Part XI), so a handle is looked up with a proof of
+    work at ``POST /api/v1/backup/locate`` (Part X §9.6)."""
     t = target.strip()
     if is_address(t):
         return normalize_address(t)
+    handle = t.lstrip("@").lower()
     api = Api(server)
     try:
-        found = await api.lookup_handle(t.lstrip("@").lower())
+        chal = await api.challenge()
+        challenge = archive.unb64(chal.get("challenge"), "challenge")
+        bits = chal.get("pow_bits")
+        if not isinstance(bits, int):
+            raise DecodeError("relay sent no pow_bits")
+        resource = LABEL_LOCATE + handle.encode()
+        nonce = await asyncio.to_thread(xpow.solve, challenge, resource, bits)
+        found = await api.request(
+            "POST",
+            "/api/v1/backup/locate",
+            json={"handle": handle, "challenge": archive.b64(challenge), "pow_nonce": nonce},
+        )
     except ApiError as exc:
-        if exc.status in (400, 404):
+        if exc.status in (400, 404, 422):
             raise UnknownContact(f"no account {target} on {server}") from None
         raise
     finally:
         await api.aclose()
-    address = found.get("address")
+    address = found.get("address") if isinstance(found, dict) else None
     if not isinstance(address, str) or not is_address(address):
         raise UnknownContact(f"no account {target} on {server}")
     return normalize_address(address)

@@ -13,6 +13,10 @@ encrypted history-backup pointer per account.
   are deleted.
 * ``GET /api/v1/backup`` (auth) → ``{"manifest", "blobs", "updated_ms"}`` or 404.
 * ``DELETE /api/v1/backup`` (auth) → ``{"deleted": n}`` (the record and its blobs).
+* ``POST /api/v1/backup/locate`` (no auth) ``{"handle", "challenge", "pow_nonce"}`` →
+  ``{"address"}``: the one handle lookup a device with no account yet can make (restoring
+  ``--from-backup @handle``), paid with a proof of work like a registration instead of an
+  anonymous token (which only accounts can get, Part XI).
 
 The relay learns what it learns from any upload: which account stored how many padded
 bytes when. The records live in ``<data>/backups.sqlite3``.
@@ -34,9 +38,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
+from xchat.crypto import pow as xpow
 from xchat.errors import ApiError
 from xchat.server.blobs import _state as blob_state
-from xchat.server.directory import BEARER
+from xchat.server.directory import BEARER, normalize_handle
 from xchat.server.models import errors
 from xchat.storage.blobs import valid_blob_id
 
@@ -44,6 +49,7 @@ BACKUP_RETENTION_MS: Final = 400 * 86_400_000  # > a year: a lost phone is found
 MAX_MANIFEST: Final = 256 * 1024  # thousands of segments; the client compacts long before
 MAX_BACKUP_BLOBS: Final = 1024
 REALM_CACHE_MS: Final = 600_000
+REALM_RETRY_MS: Final = 5_000  # an unreachable realm is asked again after this
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS backups (
@@ -53,6 +59,15 @@ CREATE TABLE IF NOT EXISTS backups (
     updated_ms INTEGER NOT NULL
 );
 """
+
+
+LABEL_LOCATE: Final = b"XChat-v1-backup-locate|"
+
+
+class Locate(BaseModel):
+    handle: str = Field(max_length=64)
+    challenge: str
+    pow_nonce: int = Field(ge=0, lt=2**64)
 
 
 class BackupPut(BaseModel):
@@ -118,8 +133,10 @@ async def list_realms(request: Request) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
             found = await asyncio.gather(*(_describe(http, u) for u in stale))
         for u, info in zip(stale, found, strict=True):
-            if info is not None or u not in cache:
+            if info is not None:
                 cache[u] = (now, info)
+            elif u not in cache or cache[u][1] is None:
+                cache[u] = (now - REALM_CACHE_MS + REALM_RETRY_MS, None)  # ask again soon
     out = []
     for u in urls:
         info = cache.get(u, (0, None))[1]
@@ -203,3 +220,23 @@ async def delete_backup(owner: Owner, request: Request) -> dict[str, int]:
             n += int(await blobs.delete(blob_id))
         backups.db.execute("DELETE FROM backups WHERE owner = ?", (owner,))
     return {"deleted": n}
+
+
+@router.post("/api/v1/backup/locate", responses=errors(400, 401, 404))
+async def locate(body: Locate, request: Request) -> dict[str, str]:
+    """Handle → address for a restoring device, for one proof of work (§9.6)."""
+    relay = request.app.state.relay
+    handle = normalize_handle(body.handle)
+    try:
+        challenge = base64.b64decode(body.challenge, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "challenge is not valid base64") from None
+    if not xpow.stamp_ok(
+        challenge, LABEL_LOCATE + handle.encode(), body.pow_nonce, relay.config.pow_bits
+    ):
+        raise ApiError(401, f"proof of work does not meet {relay.config.pow_bits} bits")
+    relay.challenges.consume(challenge, now_ms())
+    acct = relay.store.get_account_by_handle(handle)
+    if acct is None:
+        raise ApiError(404, "unknown handle")
+    return {"address": str(acct.address)}
