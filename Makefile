@@ -9,7 +9,7 @@ DATA   ?= data
 PORT   ?= 8470
 APP_PORT ?= 8471
 
-.PHONY: run test lint typecheck pytest bench bench-quick clean bootstrap os-packages fuzz soak test-bounds
+.PHONY: cluster cluster-stop run test lint typecheck pytest bench bench-quick clean bootstrap os-packages fuzz soak test-bounds
 
 bootstrap: $(STAMP)
 
@@ -27,6 +27,14 @@ $(RUN_STAMP): pyproject.toml
 
 run: $(RUN_STAMP)
 	@bash scripts/run.sh "$(DATA)" "$(PORT)" "$(APP_PORT)"
+
+# Scale-out on one machine (issue #16): PostgreSQL, Redis, 3 relay nodes, HAProxy on CLUSTER_PORT.
+CLUSTER_PORT ?= 8480
+cluster: $(RUN_STAMP)
+	@bash scripts/cluster.sh start "$(DATA)/cluster" "$(CLUSTER_PORT)"
+
+cluster-stop:
+	@bash scripts/cluster.sh stop "$(DATA)/cluster"
 
 test: $(STAMP) os-packages lint typecheck pytest test-bounds
 
