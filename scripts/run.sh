@@ -29,6 +29,25 @@ REALM_PORT="${REALM_PORT:-8480}"
 RELAY_ARGS+=(--realm "http://127.0.0.1:${REALM_PORT}")
 NOTES+=("realm:    http://127.0.0.1:${REALM_PORT} (one local backup realm; log in $DATA/realm.log)")
 
+# TURN for calls (PROTOCOL Part IX §6): coturn on loopback when installed, sharing a secret
+# with the relay, which hands out short-lived credentials; without it calls use host
+# candidates only (and "relay only" calls are refused).
+TURN_PORT="${TURN_PORT:-3478}"
+if command -v turnserver >/dev/null 2>&1; then
+  TURN_SECRET="$DATA/turn-secret"
+  [ -s "$TURN_SECRET" ] || (umask 077; "$BIN/python" -c 'import secrets; print(secrets.token_hex(24))' >"$TURN_SECRET")
+  # the secret goes in a 0600 config file, not on the command line (ps shows that to all)
+  (umask 077; printf '%s\n' listening-ip=127.0.0.1 relay-ip=127.0.0.1 "listening-port=$TURN_PORT" \
+    use-auth-secret "static-auth-secret=$(cat "$TURN_SECRET")" realm=xchat.local fingerprint \
+    no-tls no-dtls no-cli allow-loopback-peers no-software-attribute \
+    "log-file=$DATA/turnserver.log" simple-log >"$DATA/turnserver.conf")
+  turnserver -c "$DATA/turnserver.conf" >/dev/null 2>&1 &
+  RELAY_ARGS+=(--turn-url "turn:127.0.0.1:${TURN_PORT}" --turn-secret-file "$TURN_SECRET")
+  NOTES+=("turn:     turn:127.0.0.1:${TURN_PORT} (coturn for calls; log in $DATA/turnserver.log)")
+else
+  NOTES+=("turn:     not installed (apt-get install coturn): calls use direct connections only")
+fi
+
 # --- the relay ---------------------------------------------------------------------------
 "$BIN/xchat" serve "${RELAY_ARGS[@]}" >>"$RELAY_LOG" 2>&1 &
 "$BIN/python" - "$SERVER/healthz" <<'PY'
