@@ -74,3 +74,30 @@ async def test_displaced_copy_is_told_why_and_waits_to_be_resumed(tmp_path: Path
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_restored_elsewhere_is_displaced_too(tmp_path: Path) -> None:
+    """Re-registering the same identity (a restore on another machine) closes our socket
+    4401 "device revoked or re-registered": we stop there too instead of re-authenticating
+    and taking the socket back from the restored copy."""
+    with running_server(tmp_path, pow_bits=4) as srv, httpx.Client(base_url=srv.url) as c:
+        acct = register(c)
+
+        async def token(force: bool) -> str:
+            return acct.token
+
+        async def ignore(frame: fr.Frame, loop: ReceiveLoop) -> None:
+            return None
+
+        loop = ReceiveLoop(ws_url(srv.url), token, ignore, backoff=Backoff(0.01, 0.01))
+        task = asyncio.create_task(loop.run())
+        try:
+            await asyncio.wait_for(loop.connected.wait(), 10)
+            register(c, ik=acct.identity)  # the restore
+            await _wait(lambda: loop.displaced is not None)
+            assert loop.displaced == "This account is now used on another device"
+            assert loop.connections == 1
+        finally:
+            await loop.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

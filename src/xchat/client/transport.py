@@ -96,15 +96,23 @@ async def open_socket(
         raise ServerUnreachable(f"cannot open WebSocket to {url} ({type(exc).__name__})") from None
 
 
+DISPLACED_TEXT = "This account is now used on another device"
+REREGISTERED_REASON = "device revoked or re-registered"  # the relay's 4401 on an epoch change
+
+
 def _close_error(exc: ConnectionClosed) -> XChatError:
     code = exc.rcvd.code if exc.rcvd is not None else None
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    if code == fr.CLOSE_REPLACED:
+        return Displaced(reason or DISPLACED_TEXT)
+    if code == fr.CLOSE_UNAUTHORIZED and reason == REREGISTERED_REASON:
+        # Our device's epoch changed: the account was restored (or the device revoked)
+        # elsewhere. A fresh token would take the socket back from that copy.
+        return Displaced(DISPLACED_TEXT)
     if code == fr.CLOSE_UNAUTHORIZED:
         return ApiError(401, reason or "unauthorized")
     if code == fr.CLOSE_RATE_LIMITED:
         return ApiError(429, reason or "rate limited")
-    if code == fr.CLOSE_REPLACED:
-        return Displaced(reason or "This account is now used on another device")
     if code in (fr.CLOSE_MALFORMED, fr.CLOSE_TOO_LARGE, fr.CLOSE_FORBIDDEN):
         return ProtocolError(f"server closed the socket ({code}: {reason})")
     return ServerUnreachable(f"connection to server lost ({code})")
@@ -286,6 +294,7 @@ class ReceiveLoop:
                 if isinstance(err, Displaced):
                     self.displaced = str(err)
                     self._resume.clear()
+                    force_token = True  # after a restore elsewhere the old token is dead
             except (OSError, WebSocketException) as exc:
                 self.last_error = ServerUnreachable(f"connection lost ({type(exc).__name__})")
             except XChatError as exc:
