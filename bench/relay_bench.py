@@ -561,7 +561,7 @@ def open_connections(srv: Any, n: int, checkpoints: list[int]) -> dict[str, Any]
     hold = ctx.Event()
     # one keep-alive HTTP connection opened first: at the descriptor limit the server can
     # accept no new connection, but can still answer on this one
-    probe = httpx.Client(base_url=srv.url, timeout=10)
+    probe = httpx.Client(base_url=srv.url, timeout=10, headers=srv.metrics_headers)
     probe.get("/healthz")
     rss0 = common.proc_rss_bytes(srv.pid)
     kmem0 = tcp_kernel_mem_kib()
@@ -702,7 +702,7 @@ def server_summaries(srv: Any) -> dict[str, float]:
     """Quantiles of the store's recent group commits from /metrics (commit time in ms)."""
     out: dict[str, float] = {}
     try:
-        text = httpx.get(srv.url + "/metrics", timeout=10).text
+        text = httpx.get(srv.url + "/metrics", timeout=10, headers=srv.metrics_headers).text
     except httpx.HTTPError:
         return out
     for line in text.splitlines():

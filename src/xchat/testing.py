@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import signal
 import struct
 import subprocess
@@ -44,6 +45,8 @@ class ServerProcess:
     def __init__(self, data_dir: Path, pow_bits: int, env: dict[str, str], port: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.pow_bits = pow_bits
+        #: /metrics is behind an operator token (issue #18); test relays get a known one.
+        env.setdefault("XCHAT_METRICS_TOKEN", "test-metrics-" + secrets.token_hex(8))
         self.env = env
         self.url = ""
         self.port = port
@@ -54,6 +57,11 @@ class ServerProcess:
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid
+
+    @property
+    def metrics_headers(self) -> dict[str, str]:
+        """``Authorization`` for ``GET /metrics`` of this relay."""
+        return {"Authorization": f"Bearer {self.env['XCHAT_METRICS_TOKEN']}"}
 
     @property
     def ws_url(self) -> str:

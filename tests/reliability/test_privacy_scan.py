@@ -217,7 +217,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
                 assert dropped is None or dropped.group(1) == "0", (
                     f"capture lost packets: {summary}"
                 )
-        metrics = httpx.get(srv.url + "/metrics", timeout=10).content
+        metrics = httpx.get(srv.url + "/metrics", timeout=10, headers=srv.metrics_headers).content
         # A copy of the live files (the WAL before the shutdown checkpoint truncates it).
         shutil.copytree(work / "relay", work / "relay-live")
         # Graceful stop, keeping what the relay wrote to stdout after its ready line.

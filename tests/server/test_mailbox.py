@@ -28,9 +28,10 @@ from xchat.testing import ServerProcess, running_server
 
 def test_http_send_fetch_ack(client: httpx.Client) -> None:
     bob = register(client)
-    body = send_body(bob, [b"one", b"two", b"three"])
-    assert client.post("/api/v1/messages", json=body).status_code == 200
-    assert client.post("/api/v1/messages", json=body).status_code == 200  # idempotent retry
+    for text in (b"one", b"two", b"three"):
+        body = send_body(bob, [text])  # one envelope per device per destination
+        assert client.post("/api/v1/messages", json=body).status_code == 200
+        assert client.post("/api/v1/messages", json=body).status_code == 200  # idempotent retry
     j = client.get("/api/v1/messages", headers=bob.headers).json()
     assert [unb64(e["content"]) for e in j["envelopes"]] == [b"one", b"two", b"three"]
     page = client.get("/api/v1/messages?limit=2", headers=bob.headers).json()
@@ -189,7 +190,8 @@ def test_ttl_expiry(tmp_path: Path) -> None:
         assert len(c.get("/api/v1/messages", headers=bob.headers).json()["envelopes"]) == 1
         time.sleep(1.5)
         assert c.get("/api/v1/messages", headers=bob.headers).json()["envelopes"] == []
-        assert "xchat_envelopes_expired_total 1" in c.get("/metrics").text
+        metrics = c.get("/metrics", headers=srv.metrics_headers).text
+        assert "xchat_envelopes_expired_total 1" in metrics
 
 
 def test_acknowledged_sends_survive_kill9(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ exception is logged (type only) and answered with 500 ``{"error": "internal erro
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import time
@@ -227,8 +228,16 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> str:
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    async def metrics(request: Request) -> str:
+        """Aggregate counters for the operator only (issue #18): behind ``--metrics-token``,
+        off without one (PROTOCOL Part III §9)."""
+        token = relay.config.metrics_token
+        if not token:
+            raise ApiError(404, "metrics are off (start the relay with --metrics-token)")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "metrics need the operator's bearer token")
         return relay.metrics.render()
 
     app.include_router(directory.router)

@@ -14,6 +14,11 @@ Blob settings are read from the environment here (they are not part of
 ``XCHAT_BLOB_QUOTA_BYTES`` (8 GiB per account), ``XCHAT_BLOB_MAX_BYTES`` (8 GiB per blob),
 ``XCHAT_BLOB_SWEEP_SECONDS`` (600). Blobs live under ``<XCHAT_DATA>/blobs``.
 
+The quota grows with the account's age (issue #18: a 20-bit stamp must not buy 8 GiB):
+``min(XCHAT_BLOB_QUOTA_BYTES, XCHAT_BLOB_QUOTA_NEW_BYTES (256 MiB) + age in days ×
+XCHAT_BLOB_QUOTA_PER_DAY_BYTES (256 MiB))`` — the full quota after 31 days (PROTOCOL
+Part VI §6).
+
 The router finds the relay state at ``request.app.state.relay`` (config, token checker
 and account store) and keeps its :class:`FilesystemBlobStore` at
 ``request.app.state.blob_store``, created on first use.
@@ -46,6 +51,16 @@ from xchat.storage.blobs import (
 
 BLOBS_PATH = "/api/v1/blobs"
 _SWEEP_DEFAULT = 600.0
+#: Blob quota of a brand-new account, and what each day of account age adds (§6).
+DEFAULT_QUOTA_NEW_BYTES = 256 * 1024 * 1024
+DEFAULT_QUOTA_PER_DAY_BYTES = 256 * 1024 * 1024
+_DAY_MS = 86_400_000
+
+
+def age_quota(age_ms: int, new_bytes: int, per_day_bytes: int, max_bytes: int) -> int:
+    """The blob quota of an account ``age_ms`` old (PROTOCOL Part VI §6)."""
+    grown = new_bytes + per_day_bytes * max(0, age_ms) // _DAY_MS
+    return min(max_bytes, grown)
 
 
 class BlobCreate(BaseModel):
@@ -155,9 +170,32 @@ async def create_blob(body: BlobCreate, owner: Owner, request: Request) -> JSONR
     st = _state(request)
     now = now_ms()
     await st.maybe_sweep(now)
+    await _check_age_quota(request, st.store, owner, body.size, now)
     info = await st.store.create(owner, body.size, now)
     out = BlobCreated(id=info.id, upload_offset=0, size=info.size, expires_ms=info.expires_ms)
     return JSONResponse(out.model_dump(), status_code=201, headers=_status_headers(info))
+
+
+async def _check_age_quota(
+    request: Request, store: BlobStore, owner: str, size: int, now: int
+) -> None:
+    """413 if ``size`` more bytes pass the quota this account's age allows (the store
+    itself enforces the full quota and the per-blob cap)."""
+    relay: Any = getattr(request.app.state, "relay", None)
+    created = await relay.store.account_created_ms(owner) if relay is not None else None
+    quota = age_quota(
+        now - (now if created is None else created),
+        _env_int("XCHAT_BLOB_QUOTA_NEW_BYTES", DEFAULT_QUOTA_NEW_BYTES),
+        _env_int("XCHAT_BLOB_QUOTA_PER_DAY_BYTES", DEFAULT_QUOTA_PER_DAY_BYTES),
+        _env_int("XCHAT_BLOB_QUOTA_BYTES", DEFAULT_QUOTA_BYTES),
+    )
+    used = await store.usage(owner, now)
+    if used + size > quota:
+        raise ApiError(
+            413,
+            f"blob quota for this account's age exceeded ({used} of {quota} bytes in use; "
+            "it grows each day)",
+        )
 
 
 @router.patch(

@@ -48,6 +48,12 @@ from xchat.server.config import ServerConfig
     multiple=True,
     help="Backup realm URL to recommend to clients (repeatable; PROTOCOL Part X §5.5).",
 )
+@click.option(
+    "--metrics-token",
+    default=None,
+    help="Serve GET /metrics to 'Authorization: Bearer TOKEN' only [XCHAT_METRICS_TOKEN; "
+    "unset: /metrics is off].",
+)
 def serve_command(
     host: str | None,
     port: int | None,
@@ -63,6 +69,7 @@ def serve_command(
     turn_url: str | None,
     turn_secret_file: str | None,
     realms: tuple[str, ...] = (),
+    metrics_token: str | None = None,
 ) -> None:
     """Run the XChat relay server."""
     from xchat.server.serve import run_server
@@ -83,5 +90,6 @@ def serve_command(
         turn_url=turn_url,
         turn_secret_file=turn_secret_file,
         realms=",".join(realms) or None,
+        metrics_token=metrics_token,
     )
     run_server(config)

@@ -53,6 +53,14 @@ class ServerConfig:
     rate_device_burst: float = 100.0
     rate_send_per_s: float = 200.0  # envelopes per second per IP bucket
     rate_send_burst: float = 1000.0
+    # Storage amplification (PROTOCOL Part III §6, issue #18): stored bytes per IP bucket,
+    # and what one device's mailbox may hold before senders get 429 "mailbox full"
+    rate_send_bytes_per_s: float = 4 * 1024 * 1024
+    rate_send_bytes_burst: float = 64 * 1024 * 1024
+    max_mailbox_envelopes: int = 10_000
+    max_mailbox_bytes: int = 64 * 1024 * 1024
+    # GET /metrics needs "Authorization: Bearer <metrics_token>"; empty = /metrics is off
+    metrics_token: str = ""
     # Anonymous tokens and bundle fetches (PROTOCOL Part XI, Part III §4.3)
     anon_token_epoch_seconds: int = 86400  # issuer key epoch; a token lives 1-2 epochs
     anon_token_daily_limit: int = 200  # tokens issued per account per UTC day
@@ -138,6 +146,8 @@ class ServerConfig:
             "challenge_ttl_seconds": self.challenge_ttl_seconds,
             "keys_low": self.keys_low,
             "rate_limits": self.rate_limits,
+            "max_mailbox_envelopes": self.max_mailbox_envelopes,
+            "max_mailbox_bytes": self.max_mailbox_bytes,
         }
 
 

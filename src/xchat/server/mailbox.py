@@ -53,10 +53,11 @@ def _multi_dest(d: m.MultiDestinationIn, shared: bytes) -> SendDest:
 async def _send(request: Request, dests: list[SendDest]) -> m.Ok:
     relay = relay_of(request)
     n = sum(len(d.envelopes) for d in dests)
-    wait = relay.send_limiter.take(ip_bucket(request.client.host if request.client else None), n)
+    bucket = ip_bucket(request.client.host if request.client else None)
+    wait = relay.send_limiter.take(bucket, n)
     if wait:
         raise ApiError(429, "rate limited", retry_after=wait)
-    rows = relay.check_send(dests, now_ms())
+    rows = relay.check_send(dests, now_ms(), bucket)
     await relay.submit(rows)
     return m.Ok()
 

@@ -23,12 +23,12 @@ from xchat.errors import ApiError
 from xchat.fanout.base import Fanout
 from xchat.protocol.frames import PowAccess, TokenAccess
 from xchat.server.auth import Challenges, ServerSecrets, Tokens
+from xchat.server.backends import check as check_backends
+from xchat.server.backends import make_fanout, make_store
 from xchat.server.config import ServerConfig
 from xchat.server.limits import RateLimiter
 from xchat.server.metrics import Metrics
 from xchat.storage.base import DeviceRecord, NewEnvelope
-from xchat.server.backends import check as check_backends
-from xchat.server.backends import make_fanout, make_store
 
 log = logging.getLogger("xchat.server")
 
@@ -38,8 +38,14 @@ Access = TokenAccess | PowAccess | None
 class ApiErrorWithBody(ApiError):
     """An ApiError whose JSON body carries extra fields (e.g. 409 ``devices``)."""
 
-    def __init__(self, status: int, message: str, body: dict[str, Any]) -> None:
-        super().__init__(status, message)
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        body: dict[str, Any],
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(status, message, retry_after=retry_after)
         self.body = body
 
 
@@ -81,6 +87,10 @@ class Relay:
         self.ip_limiter = RateLimiter(config.rate_ip_per_s, config.rate_ip_burst, on)
         self.device_limiter = RateLimiter(config.rate_device_per_s, config.rate_device_burst, on)
         self.send_limiter = RateLimiter(config.rate_send_per_s, config.rate_send_burst, on)
+        #: what a send stores (every copy of every envelope), per IP bucket (issue #18)
+        self.send_bytes_limiter = RateLimiter(
+            config.rate_send_bytes_per_s, config.rate_send_bytes_burst, on
+        )
         self.ws_connections = 0
         #: The live authenticated socket of each device (realtime.DeviceConnection), so
         #: a device whose epoch changes can be cut at once (PROTOCOL Part III §5, revocation).
@@ -105,8 +115,6 @@ class Relay:
     async def start(self) -> None:
         await self.store.open()
         self.challenges.load(self.store.used_challenges())
-        self.store.on_challenge_used = lambda ch, exp: self.challenges.load({ch: exp})
-        await self.fanout.start()
         self.store.on_challenge_used = lambda ch, exp: self.challenges.load({ch: exp})
         await self.fanout.start()
         self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -160,49 +168,71 @@ class Relay:
     # --- the send path ---
 
     def check_send(
-        self, dests: Sequence[tuple[str, Access, Sequence[tuple[int, bytes, bytes]]]], now: int
+        self,
+        dests: Sequence[tuple[str, Access, Sequence[tuple[int, bytes, bytes]]]],
+        now: int,
+        bucket: str = "",
     ) -> list[NewEnvelope]:
         """Validate and authorize a send; return the rows to store or raise ApiError.
 
-        Per destination, in order: known address (404), access (401), device set (409);
-        per envelope: size (413), id length (400) (PROTOCOL Part III §4.4)."""
+        Per destination, in order: each address once (400), known address (404), access
+        (401), exactly one envelope per device (409 with the device list, or 400 for a
+        second envelope to a device); per envelope: size (413), id length (400); per device:
+        the mailbox quota (429 "mailbox full"). Then the stored bytes are charged to the
+        sender's IP bucket (429). PROTOCOL Part III §4.4, §6. One envelope per device per
+        destination is what keeps one request (and one proof-of-work stamp) from storing
+        many copies in one mailbox (issue #18, storage amplification)."""
         cfg = self.config
         if not dests:
             raise ApiError(400, "no destinations")
         rows: list[NewEnvelope] = []
-        seen: set[tuple[int, bytes]] | None = None
         expires = now + cfg.ttl_seconds * 1000
         max_envelope = cfg.max_envelope
         get_account = self.store.get_account
+        usage = self.store.mailbox_usage
+        max_count, max_bytes = cfg.max_mailbox_envelopes, cfg.max_mailbox_bytes
+        addresses: set[str] | None = set() if len(dests) > 1 else None
+        total = 0
         for address, access, envelopes in dests:
+            if addresses is not None:
+                if address in addresses:
+                    raise ApiError(400, "each destination address at most once per send")
+                addresses.add(address)
             acct = get_account(address)
             if acct is None:
                 raise ApiError(404, "unknown address")
             self._check_access(address, access, acct.token_hash, now)
             devs = acct.devices
-            if len(devs) == 1 and envelopes:  # the common case: no sets or dicts
-                only = devs[0]
-                for e in envelopes:
-                    if e[0] != only.device_id:
-                        raise _device_mismatch(address, [only.device_id])
-                devices = None
+            if len(devs) == 1 and len(envelopes) == 1:  # the common case: no sets or dicts
+                if envelopes[0][0] != devs[0].device_id:
+                    raise _device_mismatch(address, [devs[0].device_id])
+                refs = [devs[0].ref]
             else:
                 devices = {d.device_id: d.ref for d in devs}
-                if {e[0] for e in envelopes} != devices.keys():
+                ids = [e[0] for e in envelopes]
+                if len(set(ids)) != len(ids):
+                    raise ApiError(400, "at most one envelope per device per destination")
+                if set(ids) != devices.keys():
                     raise _device_mismatch(address, sorted(devices))
-            for device_id, envelope_id, content in envelopes:
-                if len(content) > max_envelope:
+                refs = [devices[i] for i in ids]
+            for ref, (_, envelope_id, content) in zip(refs, envelopes, strict=True):
+                size = len(content)
+                if size > max_envelope:
                     raise ApiError(413, f"envelope larger than {max_envelope} bytes")
                 if len(envelope_id) != 16:
                     raise ApiError(400, "envelope id must be 16 bytes")
-                ref = only.ref if devices is None else devices[device_id]
-                if len(envelopes) > 1 or len(dests) > 1:
-                    if seen is None:
-                        seen = set()
-                    if (ref, envelope_id) in seen:
-                        continue
-                    seen.add((ref, envelope_id))
+                held = usage(ref)
+                if held is not None and (held[0] >= max_count or held[1] + size > max_bytes):
+                    self.metrics.inc("sends_mailbox_full_total")
+                    raise ApiErrorWithBody(
+                        429, "recipient mailbox full", {"address": address}, retry_after=60.0
+                    )
+                total += size
                 rows.append(NewEnvelope(ref, envelope_id, now, expires, content))
+        if bucket and self.send_bytes_limiter.enabled:
+            wait = self.send_bytes_limiter.take(bucket, total)
+            if wait:
+                raise ApiError(429, "rate limited (stored bytes)", retry_after=wait)
         return rows
 
     def _check_access(

@@ -178,6 +178,16 @@ class Store(abc.ABC):
     async def sweep_expired(self, now_ms: int) -> int:
         """Delete expired envelopes; return how many."""
 
+    async def account_created_ms(self, address: str) -> int | None:
+        """When the account registered (the blob quota grows with account age, PROTOCOL
+        Part VI §6); None: unknown to this store (the quota of a new account applies)."""
+        return None
+
+    def mailbox_usage(self, device_ref: int) -> tuple[int, int] | None:
+        """(envelopes, bytes) queued for one device, from memory (hot path), for the
+        mailbox quota (PROTOCOL Part III §6); None: this store does not track it (no quota)."""
+        return None
+
     # --- used challenges (PROTOCOL Part III §3) ---
 
     def used_challenges(self) -> dict[bytes, int]:

@@ -580,6 +580,16 @@ class PostgresStore(Store):
         result: tuple[int, int] = await self._call(op)
         return result
 
+    async def account_created_ms(self, address: str) -> int | None:
+        async def op(conn: Conn) -> int | None:
+            value = await conn.fetchval(
+                "SELECT created_ms FROM accounts WHERE address = $1", address
+            )
+            return None if value is None else int(value)
+
+        result: int | None = await self._call(op)
+        return result
+
     async def count_prekeys(self, device_ref: int) -> tuple[int, int]:
         result: tuple[int, int] = await self._call(lambda conn: _count(conn, device_ref))
         return result

@@ -93,6 +93,10 @@ class SqliteStore(Store):
         self._devices: dict[int, DeviceRecord] = {}
         self._used: dict[bytes, int] = {}
         self._next_seq = 1
+        #: device ref -> (envelopes, bytes) queued: the mailbox quota (PROTOCOL Part III §6),
+        #: read by the event loop, changed by the writer only after a commit.
+        self._usage: dict[int, tuple[int, int]] = {}
+        self._usage_delta: dict[int, tuple[int, int]] = {}
 
     # --- lifecycle ---
 
@@ -145,6 +149,12 @@ class SqliteStore(Store):
             self._cache_device(DeviceRecord(ref, address, device_id, epoch))
         row = conn.execute("SELECT MAX(seq) FROM mailbox").fetchone()
         self._next_seq = (row[0] or 0) + 1
+        self._usage = {
+            ref: (n, size)
+            for ref, n, size in conn.execute(
+                "SELECT device_ref, COUNT(*), SUM(LENGTH(content)) FROM mailbox GROUP BY device_ref"
+            )
+        }
         now = time.time_ns() // 1_000_000
         conn.execute("DELETE FROM used_challenges WHERE expires_ms <= ?", (now,))
         self._used = dict(conn.execute("SELECT challenge, expires_ms FROM used_challenges"))
@@ -264,13 +274,43 @@ class SqliteStore(Store):
             tc = time.perf_counter()
             conn.execute("COMMIT")
             self.stats.last_commit = time.perf_counter() - tc
+            self._apply_usage()
         except BaseException as exc:  # commit failed: nothing of this batch is durable
+            self._usage_delta.clear()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for op in batch:
                 op.error = exc
         self.stats.transactions += 1
         self.stats.operations += len(batch)
+
+    def _count(self, ref: int, envelopes: int, size: int) -> None:
+        """Record a mailbox change of this transaction (applied after its commit)."""
+        n, b = self._usage_delta.get(ref, (0, 0))
+        self._usage_delta[ref] = (n + envelopes, b + size)
+
+    def _apply_usage(self) -> None:
+        usage = self._usage
+        for ref, (dn, db) in self._usage_delta.items():
+            n, b = usage.get(ref, (0, 0))
+            if n + dn > 0:
+                usage[ref] = (n + dn, max(0, b + db))
+            else:
+                usage.pop(ref, None)
+        self._usage_delta.clear()
+
+    async def account_created_ms(self, address: str) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT created_ms FROM accounts WHERE address = ?", (address,)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        result: int | None = await self._call(op)
+        return result
+
+    def mailbox_usage(self, device_ref: int) -> tuple[int, int]:
+        return self._usage.get(device_ref, (0, 0))
 
     @staticmethod
     def _run_call(conn: sqlite3.Connection, op: _Op) -> None:
@@ -299,6 +339,8 @@ class SqliteStore(Store):
         inserted = conn.total_changes - before
         self.stats.envelopes_stored += inserted
         if inserted == len(rows):
+            for row in rows:
+                self._count(row[1], 1, len(row[5]))
             return
         # Some (device, envelope_id) were already queued: find which (rare path).
         for op in run:
@@ -308,7 +350,10 @@ class SqliteStore(Store):
                     "SELECT seq FROM mailbox WHERE device_ref = ? AND envelope_id = ?",
                     (env.device_ref, env.envelope_id),
                 ).fetchone()
-                out.append(s if got is not None and got[0] == s else None)
+                stored = got is not None and got[0] == s
+                out.append(s if stored else None)
+                if stored:
+                    self._count(env.device_ref, 1, len(env.content))
             op.result = out
 
     def _run_ack(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
@@ -320,14 +365,16 @@ class SqliteStore(Store):
             if op.future is None and op.callback is None:
                 shared.extend([(ref, eid) for eid in ids])
                 continue
-            before = conn.total_changes
-            _multi_row(conn, _DELETE_SQL, [(ref, eid) for eid in ids])
-            op.result = conn.total_changes - before
+            gone = _multi_row(conn, _DELETE_SQL, [(ref, eid) for eid in ids])
+            op.result = len(gone)
             self.stats.envelopes_deleted += op.result
+            for dref, size in gone:
+                self._count(dref, -1, -size)
         if shared:
-            before = conn.total_changes
-            _multi_row(conn, _DELETE_SQL, shared)
-            self.stats.envelopes_deleted += conn.total_changes - before
+            gone = _multi_row(conn, _DELETE_SQL, shared)
+            self.stats.envelopes_deleted += len(gone)
+            for dref, size in gone:
+                self._count(dref, -1, -size)
 
     @staticmethod
     def _resolve(batch: list[_Op]) -> None:
@@ -503,7 +550,13 @@ class SqliteStore(Store):
     async def sweep_expired(self, now_ms: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM used_challenges WHERE expires_ms <= ?", (now_ms,))
-            return conn.execute("DELETE FROM mailbox WHERE expires_ms <= ?", (now_ms,)).rowcount
+            gone = conn.execute(
+                "DELETE FROM mailbox WHERE expires_ms <= ? RETURNING device_ref, LENGTH(content)",
+                (now_ms,),
+            ).fetchall()
+            for ref, size in gone:
+                self._count(ref, -1, -size)
+            return len(gone)
 
         result: int = await self._call(op)
         return result
@@ -545,7 +598,8 @@ _INSERT_SQL = (
 _DELETE_SQL = (
     # The join form uses the (device_ref, envelope_id) index; "(a, b) IN (VALUES ...)" scans.
     "DELETE FROM mailbox WHERE seq IN (SELECT m.seq FROM (VALUES {}) AS v"
-    " JOIN mailbox AS m ON m.device_ref = v.column1 AND m.envelope_id = v.column2)",
+    " JOIN mailbox AS m ON m.device_ref = v.column1 AND m.envelope_id = v.column2)"
+    " RETURNING device_ref, LENGTH(content)",  # the mailbox quota's accounting
     "(?,?)",
 )
 _CHUNKS = (256, 64, 16, 4, 1)
@@ -554,8 +608,10 @@ _sql_cache: dict[tuple[str, int], str] = {}
 
 def _multi_row(
     conn: sqlite3.Connection, template: tuple[str, str], rows: list[tuple[Any, ...]]
-) -> None:
-    """Run ``template`` over ``rows`` in as few statements as the fixed chunk sizes allow."""
+) -> list[Any]:
+    """Run ``template`` over ``rows`` in as few statements as the fixed chunk sizes allow;
+    return what its RETURNING clause (if any) produced."""
+    out: list[Any] = []
     i, n = 0, len(rows)
     for size in _CHUNKS:
         if n - i < size:
@@ -565,8 +621,9 @@ def _multi_row(
             sql = template[0].format(",".join([template[1]] * size))
             _sql_cache[(template[0], size)] = sql
         while n - i >= size:
-            conn.execute(sql, [v for row in rows[i : i + size] for v in row])
+            out.extend(conn.execute(sql, [v for row in rows[i : i + size] for v in row]))
             i += size
+    return out
 
 
 def _name_os_thread(name: bytes) -> None:
