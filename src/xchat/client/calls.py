@@ -527,6 +527,8 @@ class CallManager:
                             await self._after(call, tr)
                         except XChatError as exc:
                             log.info("call timer: %s", exc)
+                        except Exception:
+                            log.exception("call timer failed for call %s", call.id[:8])
 
     # --- media -------------------------------------------------------------------------------
 
@@ -593,6 +595,8 @@ class CallManager:
                 await coro
             except XChatError as exc:
                 log.info("call media event: %s", exc)
+            except Exception:
+                log.exception("call media event failed")
 
         task = asyncio.ensure_future(run())
         self._bg.add(task)
@@ -635,6 +639,8 @@ class CallManager:
                 log.info("ignoring call signal: %s", exc)  # late or duplicated: normal
             except XChatError as exc:
                 log.warning("bad call signal from a contact: %s", exc)
+            except Exception:  # a media-stack surprise must not stop every later call
+                log.exception("call signal %s failed", e.type)
             if self._inbox.empty():
                 ready, self._announce = self._announce, []
                 for call in ready:
