@@ -37,6 +37,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("forwarder", "forwarder_bench.py", ()),
     ("synapse", "synapse_bench.py", ()),
     ("relay", "relay_bench.py", ()),
+    ("backup", "backup_bench.py", ()),
 )
 
 TITLES = {
@@ -47,6 +48,7 @@ TITLES = {
     "forwarder": "Raw floor: bare websockets forwarder",
     "synapse": "Peer: Matrix Synapse",
     "relay": "XChat relay",
+    "backup": "Backup and recovery: restore time, realm CPU per guess, backup size",
 }
 
 MSGS_KEYS = ("msgs_per_s", "max_load.msgs_per_s", "throughput_msgs_per_s", "msgs_per_sec")
