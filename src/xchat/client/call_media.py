@@ -167,9 +167,10 @@ class WavRecorder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._w = wave.open(str(self.path), "wb")  # noqa: SIM115 - closed in close()
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
-            raise MediaError(f"cannot write {path}: {exc}") from None
+            raise MediaError(f"cannot write {path}: {exc.strerror}") from None
+        self._w = wave.open(self._file, "wb")  # noqa: SIM115 - closed in close()
         self._w.setnchannels(1)
         self._w.setsampwidth(2)
         self._w.setframerate(SAMPLE_RATE)
@@ -185,6 +186,7 @@ class WavRecorder:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._w.close()
+        self._file.close()
 
 
 # --- tracks we send --------------------------------------------------------------------------
