@@ -192,7 +192,17 @@ async def run_load(
         if all(set(acked[p]) <= set(shown[p]) for p in range(pairs)):
             break
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # let late redeliveries (if any) show up as duplicates
+    # A fence per pair instead of a sleep: a mailbox is delivered in order, so once the fence
+    # is shown, every redelivery stored before it (a duplicate, if any) has been seen too.
+    fences = [await send_until_acked(senders[p], recipients[p].address, "fence", res)
+              for p in range(pairs)]  # fmt: skip
+    while time.monotonic() < deadline + 60:
+        if all(shown[p][fences[p]] for p in range(pairs)):
+            break
+        await asyncio.sleep(0.05)
+    for p in range(pairs):
+        assert shown[p][fences[p]], f"pair {p}: the fence never arrived"
+        del shown[p][fences[p]], received_text[p][fences[p]]
 
     for p in range(pairs):
         hist = recipients[p].store.history(senders[p].address, per_pair * 2 + 10)
