@@ -648,6 +648,8 @@ class CallManager:
                         await self._emit(CallIncoming(call.id, call.peer, call.handle, call.video))
 
     async def _receive(self, e: ev.CallSignalReceived, sig: Signal) -> None:
+        if e.sender == self.client.address:
+            return  # a copy of our own signal on a linked device: not a call to us
         if sig.type == "call_offer":
             await self._receive_offer(e, sig)
             return
