@@ -21,7 +21,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from xchat.app.server import (
+from xchat.app.common import (
     MAX_FILE_BYTES,
     MAX_UPLOAD_JSON,
     PREVIEW_TYPES,
@@ -125,6 +125,7 @@ async def fetch_file(request: Request, st: AppState) -> Response:
                     blobs, man, target, progress=_progress(st, message_id, "down")
                 )
             st.remember_file(key, path)
+            st.client.messaging.record_file(peer, message_id, str(path))  # Part VIII §4, §6
     st.fetch_locks.pop(key, None)
     with open(path, "rb") as fh:
         image = detect_image(fh.read(16))

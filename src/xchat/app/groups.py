@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from xchat.app.server import (
+from xchat.app.common import (
     AppState,
     HttpError,
     _group,

@@ -1,0 +1,414 @@
+"""The account layer of the client: profile, identity, auth, certificates, prekeys,
+events (PROTOCOL.md Part IV §1, §4).
+
+The bottom of the client's layers (account -> contacts -> sending -> receiving ->
+:class:`~xchat.client.client.Client`); it imports none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from xchat.client import content as ct
+from xchat.client import e2e
+from xchat.client import events as ev
+from xchat.client.api import Api, b64d, b64e
+from xchat.client.model import AccountInfo, HistoryItem, _int, _row_key, now_ms
+from xchat.client.profile import Profile, default_home
+from xchat.client.replay import ReplayGuard
+from xchat.client.store import Store
+from xchat.client.transport import BACKOFF_CAP, ReceiveLoop, SendChannel
+from xchat.client.wallet import Wallet, probe_account
+from xchat.crypto import pow as xpow
+from xchat.crypto.certificate import SenderCertificate
+from xchat.crypto.keys import IdentityKeyPair, address_matches
+from xchat.errors import (
+    ApiError,
+    CryptoError,
+    DecodeError,
+    ProfileError,
+    ProtocolError,
+    UnknownContact,
+)
+
+log = logging.getLogger(__name__)
+
+# Prekey stock (PROTOCOL.md Part IV §4).
+ONE_TIME_BATCH = 100
+PREKEY_LOW_WATER = 20
+# Refresh the sender certificate when less than this remains (server issues 24 h).
+CERT_REFRESH_MARGIN_MS = 3600 * 1000
+TOKEN_REFRESH_MARGIN_MS = 60 * 1000
+
+ProgressCallback = Callable[[int], None]
+
+
+class AccountClient:
+    """Profile, identity and the authenticated relay API of one device."""
+
+    def __init__(
+        self,
+        profile_dir: str | os.PathLike[str] | None = None,
+        *,
+        passphrase: str | None = None,
+        reconnect_cap: float = BACKOFF_CAP,
+    ) -> None:
+        self.profile = Profile.open(profile_dir if profile_dir is not None else default_home())
+        self._passphrase = passphrase
+        self._reconnect_cap = reconnect_cap  # longest pause between reconnect attempts
+        self._store: Store | None = None
+        self._identity: IdentityKeyPair | None = None
+        self._api: Api | None = None
+        self._wallet: Wallet | None = None  # anonymous access tokens (PROTOCOL Part XI)
+        self._replay: ReplayGuard | None = None  # replay-safe resets (PROTOCOL Part IV §3.7)
+        self._sender: SendChannel | None = None
+        self._recv: ReceiveLoop | None = None
+        self._recv_task: asyncio.Task[None] | None = None
+        self._token: tuple[str, int] | None = None
+        self._token_lock = asyncio.Lock()
+        self._listeners: list[Callable[[ev.Event], Awaitable[None] | None]] = []
+        self._queues: list[asyncio.Queue[ev.Event]] = []
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._send_lock = asyncio.Lock()
+        self._resolved: dict[str, str] = {}
+        self._reset_sent: set[str] = set()
+        self._receipt_scheduled: set[str] = set()  # senders with a flush task waiting
+        self._receipt_lock = asyncio.Lock()
+        self._receipt_retry: asyncio.Task[None] | None = None
+        self._started = False  # start() is running (background retries allowed)
+        self._resent: dict[str, list[HistoryItem]] = {}  # retry_pending() this lifetime
+        self._held_unseen: set[tuple[str, str]] = set()  # keep_unseen(), not yet shown
+        self._rejected_claims: set[tuple[str, str]] = set()
+        self._addresses: dict[bytes, str] = {}
+        try:
+            if self.profile.initialised:
+                self._unlock()
+        except BaseException:
+            self.profile.close()
+            raise
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def _unlock(self) -> None:
+        key = self.profile.unlock(self._passphrase)
+        self._store = Store(self.profile.store_path, key)
+        seed = self._store.get_meta("identity_seed")
+        if seed is None:
+            raise ProfileError("profile store has no identity (incomplete account creation)")
+        self._identity = IdentityKeyPair.from_seed(seed)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise ProfileError(
+                f"no account in profile {self.profile.path} (run `xchat account create`)"
+            )
+        return self._store
+
+    @property
+    def identity(self) -> IdentityKeyPair:
+        if self._identity is None:
+            raise ProfileError(
+                f"no account in profile {self.profile.path} (run `xchat account create`)"
+            )
+        return self._identity
+
+    @property
+    def address(self) -> str:
+        return self.identity.public.address()
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            server = self.profile.config.server
+            if server is None:
+                raise ProfileError("profile has no server configured")
+            self._api = Api(server)
+            self._api.reauth = self._fresh_token
+            self._api.anon = self._anon_token
+        return self._api
+
+    @property
+    def wallet(self) -> Wallet:
+        """Anonymous tokens for lookups and bundle fetches (PROTOCOL Part XI §5)."""
+        if self._wallet is None:
+            self._wallet = Wallet(self.store, self.api.token_keys, self._issue_tokens)
+        return self._wallet
+
+    @property
+    def replay_guard(self) -> ReplayGuard:
+        if self._replay is None:
+            self._replay = ReplayGuard(self.store)
+        return self._replay
+
+    async def _issue_tokens(self, epoch: int, blinded: list[bytes]) -> dict[str, Any]:
+        api = await self._authed()
+        return await api.issue_tokens(epoch, blinded)
+
+    async def _anon_token(self) -> str:
+        return await self.wallet.take()
+
+    def whoami(self) -> AccountInfo:
+        cfg = self.profile.config
+        if not self.profile.initialised or cfg.server is None:
+            raise ProfileError(
+                f"no account in profile {self.profile.path} (run `xchat account create`)"
+            )
+        return AccountInfo(self.address, cfg.handle, cfg.server, cfg.device_id or 1)
+
+    # --- account creation / restore (PROTOCOL Part IV §1) --------------------------------------
+
+    async def create_account(
+        self,
+        server: str,
+        handle: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        use_keyring: bool = True,
+    ) -> AccountInfo:
+        """Generate an identity, solve the registration PoW, register, upload prekeys."""
+        if self.profile.initialised:
+            raise ProfileError(f"profile {self.profile.path} already has an account")
+        identity = IdentityKeyPair.generate()
+        info = await self._register(server, identity, handle, progress, use_keyring)
+        return AccountInfo(
+            info.address, info.handle, info.server, info.device_id, identity.mnemonic()
+        )
+
+    async def restore_account(
+        self,
+        server: str,
+        phrase: str,
+        *,
+        progress: ProgressCallback | None = None,
+        use_keyring: bool = True,
+    ) -> AccountInfo:
+        """Re-register the identity of a recovery phrase: same keys, same address."""
+        if self.profile.initialised:
+            raise ProfileError(f"profile {self.profile.path} already has an account")
+        identity = IdentityKeyPair.from_mnemonic(phrase)  # InvalidMnemonic
+        api = Api(server)
+        try:
+            # Signed with the phrase's identity: a 404 means no such account. The lookup
+            # that follows (for the handle) is paid with an anonymous token (Part XI).
+            existing = await probe_account(api, identity)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise UnknownContact(
+                    "no account for this recovery phrase on this server (wrong phrase?)"
+                ) from None
+            raise
+        finally:
+            await api.aclose()
+        handle = existing.get("handle") if isinstance(existing.get("handle"), str) else None
+        return await self._register(server, identity, None, progress, use_keyring, handle)
+
+    async def _register(
+        self,
+        server: str,
+        identity: IdentityKeyPair,
+        handle: str | None,
+        progress: ProgressCallback | None,
+        use_keyring: bool,
+        known_handle: str | None = None,
+    ) -> AccountInfo:
+        server = server.rstrip("/")
+        api = Api(server)
+        try:
+            info = await api.server_info()
+            signing_key = b64d(info.get("signing_key"), "signing_key")
+            if len(signing_key) != 32:
+                raise ProtocolError("server signing key must be 32 bytes")
+            chal = await api.challenge()
+            challenge = b64d(chal.get("challenge"), "challenge")
+            bits = _int(chal.get("pow_bits", info.get("pow_bits", 0)), "pow_bits")
+            nonce = await asyncio.to_thread(
+                xpow.solve, challenge, identity.public.encode(), bits, progress
+            )
+            t = now_ms()
+            keys = e2e.PreKeyBatch.generate(identity, now_ms=t, count=ONE_TIME_BATCH)
+            body = {
+                "identity_key": b64e(identity.public.encode()),
+                "challenge": b64e(challenge),
+                "signature": b64e(identity.sign(b"XChat-v1-register" + challenge)),
+                "pow_nonce": nonce,
+                "handle": handle.lower() if handle else None,
+                "keys": keys.upload(),
+            }
+            reg = await api.register(body)
+        finally:
+            await api.aclose()
+        address = reg.get("address")
+        if not isinstance(address, str) or not address_matches(address, identity.public):
+            raise ProtocolError("server returned an address that does not match our identity")
+        # Persist: key first, then the store, then the config that marks us initialised.
+        # Leftovers of an earlier, interrupted creation are sealed under a lost key.
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.profile.store_path) + suffix).unlink(missing_ok=True)
+        key = self.profile.create_key(self._passphrase, use_keyring=use_keyring)
+        store = Store(self.profile.store_path, key)
+        with store.transaction():
+            store.put_meta("identity_seed", identity.seed)
+            store.put_meta("server_signing_key", signing_key)
+            keys.save(store)
+        self._store = store
+        self._identity = identity
+        cfg = self.profile.config
+        cfg.server = server
+        cfg.address = address
+        cfg.device_id = _int(reg.get("device_id", 1), "device_id")
+        chosen = handle or known_handle
+        cfg.handle = chosen.lower() if chosen else None
+        self.profile.save_config()
+        token = reg.get("token")
+        if isinstance(token, str):
+            self._token = (token, _int(reg.get("expires_ms", now_ms() + 3600_000), "expires_ms"))
+        await self._rotate_delivery_token()
+        # Tokens ahead of need: the first lookup then does not follow an issuance (Part XI §5).
+        await self.wallet.top_up()
+        return self.whoami()
+
+    async def set_handle(self, handle: str) -> None:
+        await self.api.set_handle(handle)
+        self.profile.config.handle = handle.lower()
+        self.profile.save_config()
+
+    # --- auth token ---------------------------------------------------------------------
+
+    async def _fresh_token(self) -> str:
+        return await self._auth_token(force=True)
+
+    async def _auth_token(self, force: bool = False) -> str:
+        async with self._token_lock:
+            if (
+                not force
+                and self._token is not None
+                and self._token[1] - TOKEN_REFRESH_MARGIN_MS > now_ms()
+            ):
+                return self._token[0]
+            api = self.api
+            chal = await api.challenge()
+            challenge = b64d(chal.get("challenge"), "challenge")
+            resp = await api.auth(
+                {
+                    "address": self.address,
+                    "device_id": self.profile.config.device_id or 1,
+                    "challenge": b64e(challenge),
+                    "signature": b64e(self.identity.sign(b"XChat-v1-auth" + challenge)),
+                }
+            )
+            token = resp.get("token")
+            if not isinstance(token, str):
+                raise ProtocolError("server sent no token")
+            self._token = (token, _int(resp.get("expires_ms", now_ms() + 3600_000), "expires_ms"))
+            api.token = token
+            return token
+
+    async def _authed(self) -> Api:
+        api = self.api
+        api.token = await self._auth_token()
+        return api
+
+    # --- delivery token, sender certificate ---------------------------------------------
+
+    async def _rotate_delivery_token(self) -> bytes:
+        """New random 16-byte delivery token; the server stores only SHA-256 of it."""
+        token = secrets.token_bytes(16)
+        api = await self._authed()
+        await api.put_delivery_token_hash(hashlib.sha256(token).digest())
+        self.store.put_meta("delivery_token", token)
+        return token
+
+    def _own_sender_info(self) -> ct.SenderInfo:
+        return ct.SenderInfo(
+            handle=self.profile.config.handle, delivery_token=self.store.get_meta("delivery_token")
+        )
+
+    async def _sender_certificate(self) -> bytes:
+        raw = self.store.get_meta("sender_cert")
+        if raw is not None:
+            with contextlib.suppress(DecodeError, CryptoError):
+                cert = SenderCertificate.decode(raw)
+                if cert.expires_ms - CERT_REFRESH_MARGIN_MS > now_ms():
+                    return raw
+        api = await self._authed()
+        resp = await api.sender_certificate()
+        raw = b64d(resp.get("certificate"), "certificate")
+        try:
+            cert = SenderCertificate.decode(raw)
+            cert.verify(self._server_signing_key(), now_ms())
+        except (DecodeError, CryptoError) as exc:
+            raise ProtocolError(f"server issued an invalid sender certificate: {exc}") from None
+        if cert.identity != self.identity.public:
+            raise ProtocolError("server issued a sender certificate for another identity")
+        self.store.put_meta("sender_cert", raw)
+        return raw
+
+    def _server_signing_key(self) -> bytes:
+        key = self.store.get_meta("server_signing_key")
+        if key is None:
+            raise ProfileError("profile has no pinned server signing key")
+        return key
+
+    # --- prekeys (PROTOCOL Part IV §4) ---------------------------------------------------------
+
+    async def replenish_prekeys(self, *, force: bool = False) -> int:
+        """Upload a batch of one-time prekeys if the server's stock is low; returns how
+        many keys were uploaded."""
+        api = await self._authed()
+        if not force:
+            counts = await api.key_count()
+            ec = _int(counts.get("ec", 0), "ec")
+            kem = _int(counts.get("kem", 0), "kem")
+            if ec >= PREKEY_LOW_WATER and kem >= PREKEY_LOW_WATER:
+                return 0
+        batch = e2e.PreKeyBatch.one_time(
+            self.identity, self.store, now_ms=now_ms(), count=ONE_TIME_BATCH
+        )
+        await api.put_keys(batch.upload())
+        with self.store.transaction():
+            batch.save(self.store)
+        return 2 * ONE_TIME_BATCH
+
+    # --- events -------------------------------------------------------------------------
+
+    def on_event(self, callback: Callable[[ev.Event], Awaitable[None] | None]) -> None:
+        """Call ``callback(event)`` (sync or async) for every event, in order."""
+        self._listeners.append(callback)
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Async iterator over events from now on (run :meth:`start` to receive)."""
+        q: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._queues.append(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._queues.remove(q)
+
+    async def _emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.MessageReceived) and self._store is not None:
+            # Handed to the app now: no replay by the next receive()/start() (PROTOCOL Part IV
+            # §5.3). Cleared BEFORE the callbacks run (at most once): a SIGKILL between a
+            # print and this UPDATE would otherwise show the message twice. A callback
+            # that shows it only later opts into at-least-once with keep_unseen().
+            self._store.clear_unseen(*_row_key(event))
+        for q in self._queues:
+            q.put_nowait(event)
+        for cb in list(self._listeners):
+            # A failing app callback must not stop the receive loop (the data is
+            # already stored and acknowledged): log it and go on.
+            try:
+                r = cb(event)
+                if r is not None:
+                    await r
+            except Exception:
+                log.exception("event callback failed for %s", type(event).__name__)
