@@ -37,6 +37,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("forwarder", "forwarder_bench.py", ()),
     ("synapse", "synapse_bench.py", ()),
     ("relay", "relay_bench.py", ()),
+    ("cluster", "cluster_bench.py", ("synapse_pg",)),
     ("backup", "backup_bench.py", ()),
 )
 
@@ -48,6 +49,7 @@ TITLES = {
     "forwarder": "Raw floor: bare websockets forwarder",
     "synapse": "Peer: Matrix Synapse",
     "relay": "XChat relay",
+    "cluster": "Scale-out: PostgreSQL + Redis nodes vs Synapse on PostgreSQL",
     "backup": "Backup and recovery: restore time, realm CPU per guess, backup size",
 }
 

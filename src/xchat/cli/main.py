@@ -21,6 +21,7 @@ import click
 
 from xchat import __version__
 from xchat.app.cli import app_command
+from xchat.cli.admin import admin_group
 from xchat.cli.backup import backup_group, history_after_phrase, restore_from_backup
 from xchat.cli.calls import call_command, call_json, call_line, calls_group
 from xchat.cli.files import file_group
@@ -646,6 +647,7 @@ def verify(obj: Ctx, to: str, mark_verified: bool, as_json: bool) -> None:
 
 # --- `xchat serve` (server stream) -----------------------------------------------------------
 cli.add_command(serve_command)
+cli.add_command(admin_group)
 cli.add_command(file_group)
 cli.add_command(group_group)
 cli.add_command(app_command)

@@ -120,8 +120,6 @@ class PostgresStore(Store):
         #: Bumped on every change of the directory cache (see :meth:`sync`).
         self.generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Called with (key, value) when another node changed an operator setting.
-        self.on_setting: Callable[[str, str], None] | None = None
 
     # --- lifecycle ---
 
