@@ -77,7 +77,10 @@ def ensure_synapse(venv: Path = common.SYNAPSE_VENV) -> Path:
     print(f"installing matrix-synapse into {venv} (one-off, takes a minute)...", flush=True)
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "matrix-synapse"], check=True)
+    # [postgres]: psycopg2 for the PostgreSQL mode (``--database``, issue #16)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "matrix-synapse[postgres]"], check=True
+    )
     return py
 
 
@@ -91,7 +94,19 @@ def _high(n: float = 100000) -> dict[str, float]:
     return {"per_second": n, "burst_count": n}
 
 
-def homeserver_config(data_dir: Path, port: int) -> dict[str, Any]:
+def _database(data_dir: Path, dsn: str | None) -> dict[str, Any]:
+    """SQLite by default; with ``--database postgresql://user@host:port/db`` Synapse's own
+    PostgreSQL driver (psycopg2), as a production Synapse runs (issue #16)."""
+    if not dsn:
+        return {"name": "sqlite3", "args": {"database": str(data_dir / "homeserver.db")}}
+    from urllib.parse import urlparse
+
+    u = urlparse(dsn)
+    args = {"user": u.username, "host": u.hostname, "port": u.port, "database": u.path[1:]}
+    return {"name": "psycopg2", "args": {**args, "cp_min": 5, "cp_max": 10}}
+
+
+def homeserver_config(data_dir: Path, port: int, dsn: str | None = None) -> dict[str, Any]:
     """Synapse config (YAML is a superset of JSON, so it is written as JSON)."""
     return {
         "server_name": SERVER_NAME,
@@ -106,7 +121,7 @@ def homeserver_config(data_dir: Path, port: int) -> dict[str, Any]:
                 "resources": [{"names": ["client"], "compress": False}],
             }
         ],
-        "database": {"name": "sqlite3", "args": {"database": str(data_dir / "homeserver.db")}},
+        "database": _database(data_dir, dsn),
         "log_config": str(data_dir / "log.config"),
         "media_store_path": str(data_dir / "media_store"),
         "signing_key_path": str(data_dir / "signing.key"),
@@ -191,7 +206,9 @@ class SynapseStartError(RuntimeError):
     pass
 
 
-def start_synapse(py: Path, data_dir: Path, timeout_s: float = 120.0) -> SynapseProcess:
+def start_synapse(
+    py: Path, data_dir: Path, timeout_s: float = 120.0, dsn: str | None = None
+) -> SynapseProcess:
     """Fresh data dir, generated keys, real Synapse process; waits for /health."""
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -583,6 +600,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="default bench/results/synapse.json")
     ap.add_argument("--quick", action="store_true", help="short windows, fewer points")
     ap.add_argument("--start-timeout", type=float, default=120.0)
+    ap.add_argument(
+        "--database",
+        default=None,
+        help="postgresql://user@host:port/db (created with C collation): Synapse on PostgreSQL",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 5.0)
@@ -600,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synapse_bench: cannot install matrix-synapse: {e}", file=sys.stderr)
         return 2
     try:
-        sp = start_synapse(py, DATA_DIR, args.start_timeout)
+        sp = start_synapse(py, DATA_DIR, args.start_timeout, args.database)
     except SynapseStartError as e:
         print(f"synapse_bench: Synapse failed to start: {e}", file=sys.stderr)
         return 3

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 from xchat.crypto.pow import stamp_ok
@@ -116,6 +117,9 @@ class Relay:
         await self.store.open()
         self.challenges.load(self.store.used_challenges())
         self.store.on_challenge_used = lambda ch, exp: self.challenges.load({ch: exp})
+        for key, value in self.store.settings().items():
+            self._setting_changed(key, value)
+        self.store.on_setting = self._setting_changed
         await self.fanout.start()
         self._sweeper = asyncio.create_task(self._sweep_loop())
 
@@ -124,6 +128,12 @@ class Relay:
             self._sweeper.cancel()
         await self.fanout.stop()
         await self.store.close()
+
+    def _setting_changed(self, key: str, value: str) -> None:
+        """An operator setting (``xchat admin pow``) overrides the configured value."""
+        if key == "pow_bits" and value.isdigit() and 0 <= int(value) <= 40:
+            self.config = replace(self.config, pow_bits=int(value))
+            log.info("setting changed", extra={"pow_bits": int(value)})
 
     def _epoch_changed(self, device: DeviceRecord) -> None:
         """Store hook, run right after the commit that bumped the epoch and before any

@@ -106,6 +106,14 @@ class Store(abc.ABC):
     #: challenge, so every node refuses it (PROTOCOL Part III §3). Single-node stores: never.
     on_challenge_used: Callable[[bytes, int], None] | None = None
 
+    #: Called with ``(key, value)`` when an operator changed a setting while the relay runs
+    #: (``xchat admin pow`` on a shared store). Single-node stores read settings at start.
+    on_setting: Callable[[str, str], None] | None = None
+
+    def settings(self) -> dict[str, str]:
+        """Operator settings persisted by ``xchat admin`` (e.g. ``pow_bits``). Default: none."""
+        return {}
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or migrate the schema and load caches."""

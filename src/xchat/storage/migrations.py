@@ -60,6 +60,13 @@ MIGRATIONS: list[str] = [
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2 -> 3: operator settings (``xchat admin pow``), read when the relay starts.
+    """
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 

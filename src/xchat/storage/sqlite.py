@@ -92,6 +92,7 @@ class SqliteStore(Store):
         self._handles: dict[str, str] = {}
         self._devices: dict[int, DeviceRecord] = {}
         self._used: dict[bytes, int] = {}
+        self._settings: dict[str, str] = {}
         self._next_seq = 1
         #: device ref -> (envelopes, bytes) queued: the mailbox quota (PROTOCOL Part III §6),
         #: read by the event loop, changed by the writer only after a commit.
@@ -158,6 +159,7 @@ class SqliteStore(Store):
         now = time.time_ns() // 1_000_000
         conn.execute("DELETE FROM used_challenges WHERE expires_ms <= ?", (now,))
         self._used = dict(conn.execute("SELECT challenge, expires_ms FROM used_challenges"))
+        self._settings = dict(conn.execute("SELECT key, value FROM settings"))
         self._conn = conn
 
     async def close(self) -> None:
@@ -563,6 +565,9 @@ class SqliteStore(Store):
 
     def used_challenges(self) -> dict[bytes, int]:
         return dict(self._used)
+
+    def settings(self) -> dict[str, str]:
+        return dict(self._settings)
 
     def challenge_used_nowait(self, challenge: bytes, expires_ms: int) -> None:
         """Joins the next group commit (before any operation queued after it, e.g. the
