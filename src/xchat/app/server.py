@@ -347,6 +347,7 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 ROUTE_MODULES: tuple[str, ...] = (
     "xchat.app.files",
     "xchat.app.groups",
+    "xchat.app.backup",
 )
 
 RouteSpec = tuple[str, str, Handler]

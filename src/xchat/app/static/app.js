@@ -16,6 +16,7 @@ import './compose.js';
 import './files-ui.js';
 import './groups-ui.js';
 import './safety.js';
+import './backup.js';
 // Feature modules (one line each):
 
 async function boot() {
