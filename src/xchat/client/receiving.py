@@ -371,6 +371,12 @@ class ReceivingClient(SendingClient):
                 events.append(ev.ReceiptReceived(sender, ids, msg.ts))
         elif msg.type in PAIRWISE_TYPES:  # group updates and sender keys (PROTOCOL Part V §10)
             self._groups.receive_pairwise(sender, msg, device_id, t, batch)
+        elif (  # call signals, never stored (PROTOCOL Part IX §2)
+            msg.type in ct.CALL_TYPES
+            and msg.call is not None
+            and self.store.mark_seen(sender, msg.id, t)
+        ):
+            events.append(ev.CallSignalReceived(sender, device_id, msg.type, msg.call, msg.ts))
         # "profile" and unknown types: sender info above is all we use for now.
 
     async def _reset_session(self, address: str) -> None:
