@@ -50,7 +50,7 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
-    (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=()"),
+    (b"permissions-policy", b"camera=(self), microphone=(self), geolocation=(), payment=()"),
     (b"cache-control", b"no-store"),
 ]
 

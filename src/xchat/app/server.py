@@ -230,7 +230,15 @@ async def messages(request: Request, st: AppState) -> Response:
         head = {"contact": contact_json(c)}
         hist = st.client.store.history(c.address, HISTORY_LIMIT)
     handles = _handles(st)
-    return JSONResponse({**head, "messages": [message_json(m, handles) for m in hist]})
+    items = [message_json(m, handles) for m in hist]
+    if "contact" in head:  # calls are entries of the 1:1 conversation (PROTOCOL Part IX §8)
+        from xchat.app.calls import conversation_entries
+
+        items = sorted(
+            [*items, *conversation_entries(st, head["contact"]["address"])],
+            key=lambda m: m["ts_ms"],
+        )
+    return JSONResponse({**head, "messages": items})
 
 
 async def send_message(request: Request, st: AppState) -> Response:
@@ -348,6 +356,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "xchat.app.files",
     "xchat.app.groups",
     "xchat.app.backup",
+    "xchat.app.calls",
 )
 
 RouteSpec = tuple[str, str, Handler]
@@ -398,6 +407,10 @@ def build_app(state: AppState) -> Guard:
     )
     app.state.xchat = state
     state.client.on_event(state.on_client_event)
+    for name in ROUTE_MODULES:  # a feature module may also listen to the client's events
+        attach = getattr(importlib.import_module(name), "attach", None)
+        if attach is not None:
+            attach(state)
     return Guard(app, state.secret, state.port)
 
 

@@ -19,6 +19,7 @@ import './safety.js';
 import './backup.js';
 // Feature modules (one line each):
 
+import './calls.js';
 async function boot() {
   applyTheme(currentTheme());
   if (!secret) { showLocked(); return; }
