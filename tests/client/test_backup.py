@@ -288,11 +288,12 @@ async def test_a_backup_of_another_account_cannot_be_restored(env: Env) -> None:
         with pytest.raises(DecryptionError):
             await bk.restore_history(c)
         assert c.contacts() == []  # nothing of Carol's
-    # Nor do Carol's realm shares restore Alice: the record ids differ per account, and
-    # Alice's PIN cannot open Carol's (the realms answer for Alice's records only).
-    async with Client(env.profile("carol-as-alice")) as c:
-        info, _ = await bk.restore_with_pin(c, env.relay.url, alice_addr, PIN)
-        assert info.address == alice_addr
+    # With the PIN the same: Alice's identity comes back from her own realm records, and the
+    # swapped history is refused, not imported.
+    async with Client(env.profile("alice-pin")) as c:
+        with pytest.raises(DecryptionError):
+            await bk.restore_with_pin(c, env.relay.url, alice_addr, PIN)
+        assert c.address == alice_addr and c.contacts() == []
 
 
 async def test_realm_data_alone_reveals_nothing(env: Env) -> None:
