@@ -20,6 +20,7 @@ import base64
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -246,3 +247,64 @@ async def test_one_device_on_two_nodes_gets_each_message_once(cluster: Cluster) 
 @pytest.mark.slow
 async def test_kill9_a_node_under_load_long(cluster: Cluster, tmp_path: Path) -> None:
     await _kill_node(cluster, tmp_path, pairs=6, per_pair=150)
+
+
+def test_make_cluster_command_writes_pid_files_and_stops_exactly_those(tmp_path: Path) -> None:
+    """What ``make cluster`` / ``make cluster-stop`` run: the URL line, one pid file per
+    process, a working relay behind HAProxy, and a stop that leaves nothing running."""
+    from xchat.ops.services import alive
+
+    root = Path(tempfile.mkdtemp(prefix="xchat-make-cluster-"))
+    cmd = [sys.executable, "-m", "xchat.ops.cluster"]
+    try:
+        r = subprocess.run([*cmd, "start", str(root), "--port", "0"], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        url = r.stdout.split("cluster: ", 1)[1].split()[0]
+        names = sorted(p.stem for p in root.glob("*.pid"))
+        assert names == ["haproxy", "node1", "node2", "node3", "postgres", "redis"]
+        pids = {n: int((root / f"{n}.pid").read_text()) for n in names}
+        assert all(alive(p) for p in pids.values())
+        with httpx.Client(base_url=url, timeout=10) as c:
+            register(c)  # a real account through HAProxy
+        again = subprocess.run([*cmd, "start", str(root)], capture_output=True, text=True)
+        assert again.returncode == 1 and "already running" in again.stdout
+    finally:
+        r = subprocess.run([*cmd, "stop", str(root)], capture_output=True, text=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+    assert r.returncode == 0 and "cluster stopped" in r.stdout
+    assert not any(alive(p) for p in pids.values())
+
+
+def test_haproxy_example_is_valid(tmp_path: Path) -> None:
+    """docs/haproxy.cfg passes ``haproxy -c`` (with a generated certificate in place)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay.example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = tmp_path / "xchat.pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    doc = Path(__file__).resolve().parents[2] / "docs" / "haproxy.cfg"
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(doc.read_text().replace("/etc/haproxy/xchat.pem", str(pem)))
+    r = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
