@@ -340,3 +340,17 @@ async def test_disable_deletes_shares_and_blobs(env: Env) -> None:
     assert all(_records(r, address) == 0 for r in env.realms)
     r = httpx.head(f"{env.relay.url}/api/v1/blobs/{blob}")
     assert r.status_code == 404
+
+
+async def test_daily_backup_runs_when_a_day_has_passed(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b8")
+    async with Client(alice) as a:
+        assert not await bk.maybe_backup(a)  # backup off: nothing to do
+        await bk.enable(a, PIN)
+        assert not await bk.maybe_backup(a)  # just backed up
+        cfg = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
+        cfg["history"]["last_ms"] -= 2 * bk.BACKUP_INTERVAL_MS
+        a.store.put_meta(bk.META_KEY, json.dumps(cfg).encode())
+        before = cfg["history"]["last_ms"]
+        assert await bk.maybe_backup(a)
+        assert (bk.status(a).last_backup_ms or 0) > before + bk.BACKUP_INTERVAL_MS

@@ -17,7 +17,7 @@ import click
 
 from xchat.cli.output import print_json
 from xchat.client import backup as bk
-from xchat.errors import BackupUnavailable, ProfileLocked
+from xchat.errors import BackupUnavailable, ProfileLocked, XChatError
 
 
 def read_pin(*, confirm: bool = False) -> str:
@@ -158,3 +158,13 @@ async def history_after_phrase(c: Any) -> None:
     except BackupUnavailable:
         return
     _history_note(restored)
+
+
+async def daily_backup(c: Any) -> None:
+    """The automatic daily backup for command-line users: ``xchat recv`` takes one when the
+    last is a day old (a no-op when backup is off). A failure is one warning line; the
+    command itself still succeeds."""
+    try:
+        await bk.maybe_backup(c)
+    except XChatError as exc:
+        sys.stderr.write(f"xchat: warning: daily backup skipped ({exc})\n")

@@ -22,7 +22,12 @@ import click
 from xchat import __version__
 from xchat.app.cli import app_command
 from xchat.cli.admin import admin_group
-from xchat.cli.backup import backup_group, history_after_phrase, restore_from_backup
+from xchat.cli.backup import (
+    backup_group,
+    daily_backup,
+    history_after_phrase,
+    restore_from_backup,
+)
 from xchat.cli.calls import call_command, call_json, call_line, calls_group
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
@@ -471,6 +476,7 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
             for m in files:
                 emit(m, await _save_file(c, m))
                 c.mark_shown(m)
+            await daily_backup(c)
         _report_retry(res)
 
     run(go())
