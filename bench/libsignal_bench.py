@@ -93,8 +93,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"Command: `{results['command']}`",
         f"Ran {results['finished_at']}; both pinned to core {results['core']} of "
-        f"{m['cores']}; 1-min load avg start {m['loadavg_at_start'][0]}, end "
-        f"{m['loadavg_at_end'][0]}. libsignal {results['libsignal_version']} via Node "
+        f"{m['cores']}; 1-min load avg start {m['loadavg_at_start'][0]:.2f}, end "
+        f"{m['loadavg_at_end'][0]:.2f}. libsignal {results['libsignal_version']} via Node "
         f"{results['node_version']}; {results['runs']} interleaved runs, medians.",
         "",
         "| workload | unit | XChat (wall) | libsignal (wall) | ratio wall | ratio CPU |",
