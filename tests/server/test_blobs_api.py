@@ -191,3 +191,24 @@ def test_ttl_expiry(tmp_path: Path) -> None:
             _create(h, 1)  # triggers the sweep
             files = [p for p in (s.data_dir / "blobs").rglob("*") if p.name == blob]
             assert files == []
+
+
+def test_invalid_range_is_ignored_and_errors_are_json(
+    http: httpx.Client, srv: ServerProcess
+) -> None:
+    """RFC 9110 §14.2: a reversed or otherwise invalid Range is ignored (200, whole blob);
+    one no range of which overlaps the blob is 416, with a JSON body (issue #18)."""
+    data = bytes(range(100))
+    blob = _create(http, len(data))
+    assert _patch(http, blob, 0, data).json()["complete"]
+    url = f"{srv.url}/api/v1/blobs/{blob}"
+    for ignored in ("bytes=5-2", "bytes=abc", "items=0-1", "bytes=", "bytes=-0", "bytes=1-2,9-3"):
+        r = httpx.get(url, headers={"Range": ignored})
+        assert r.status_code == 200 and r.content == data, ignored
+    r = httpx.get(url, headers={"Range": "bytes=200-300"})
+    assert r.status_code == 416 and r.json() == {"error": "range not satisfiable"}
+    assert r.headers["Content-Range"] == "bytes */100"
+    r = httpx.get(url, headers={"Range": "bytes=90-"})
+    assert r.status_code == 206 and r.content == data[90:]
+    r = http.post("/api/v1/blobs", json={"size": True})
+    assert r.status_code == 422 and "error" in r.json()

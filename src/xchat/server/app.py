@@ -45,7 +45,9 @@ class _BodyTooLarge(StarletteHTTPException):
     generic 400 "error parsing the body"; the handler renders 413 ``{"error"}``."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body larger than {limit} bytes")
+        super().__init__(
+            413, f"request body larger than {limit} bytes", headers={"connection": "close"}
+        )
 
 
 async def _plain_json(send: Send, status: int, body: bytes, extra: list[Any] | None = None) -> None:
@@ -57,6 +59,8 @@ async def _plain_json(send: Send, status: int, body: bytes, extra: list[Any] | N
 
 
 BLOB_PREFIX = "/api/v1/blobs/"
+#: An answer given before the body was read ends the connection (gracefully, issue #18).
+_CLOSE = [(b"connection", b"close")]
 
 
 class LimitsMiddleware:
@@ -91,8 +95,8 @@ class LimitsMiddleware:
                     too_big = int(value) > limit
                 except ValueError:
                     too_big = False
-                if too_big:
-                    await _plain_json(send, 413, _too_large_body(limit))
+                if too_big:  # close after it (lingering: httpguard), not read 2 MiB of junk
+                    await _plain_json(send, 413, _too_large_body(limit), _CLOSE)
                     return
         total = 0
         started = False
@@ -116,7 +120,7 @@ class LimitsMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _plain_json(send, 413, _too_large_body(limit))
+                await _plain_json(send, 413, _too_large_body(limit), _CLOSE)
 
 
 class RequestLogMiddleware:

@@ -27,6 +27,7 @@ and account store) and keeps its :class:`FilesystemBlobStore` at
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -34,12 +35,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from xchat.errors import ApiError
 from xchat.server.directory import BEARER
-from xchat.server.models import errors
+from xchat.server.models import ErrorOut, errors
 from xchat.storage.blobs import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -64,7 +65,10 @@ def age_quota(age_ms: int, new_bytes: int, per_day_bytes: int, max_bytes: int) -
 
 
 class BlobCreate(BaseModel):
-    """Body of ``POST /api/v1/blobs``: the (already padded) ciphertext size."""
+    """Body of ``POST /api/v1/blobs``: the (already padded) ciphertext size (a JSON integer:
+    strict, so ``true`` is refused)."""
+
+    model_config = ConfigDict(strict=True)
 
     size: int = Field(ge=0, description="Total bytes the blob will hold")
 
@@ -250,7 +254,12 @@ class _BigFileResponse(FileResponse):
 @router.get(
     BLOBS_PATH + "/{blob_id}",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, **errors(404, 409)},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        206: {},
+        416: {"model": ErrorOut, "description": "No requested range overlaps the blob"},
+        **errors(404, 409),
+    },
 )
 async def download_blob(blob_id: str, request: Request) -> Response:
     """Stream a complete blob. No authentication on purpose: the 128-bit id is the
@@ -263,6 +272,15 @@ async def download_blob(blob_id: str, request: Request) -> Response:
         raise ApiError(409, "blob upload is not complete")
     path = st.store.path_of(blob_id)
     headers = {"Cache-Control": "no-store"}
+    verdict = range_verdict(request.headers.get("range"), info.size)
+    if verdict == "ignore":  # RFC 9110 §14.2: an invalid Range is ignored (200, whole blob)
+        request.scope["headers"] = [(k, v) for k, v in request.scope["headers"] if k != b"range"]
+    elif verdict == "unsatisfiable":
+        return JSONResponse(
+            {"error": "range not satisfiable"},
+            status_code=416,
+            headers={**headers, "Content-Range": f"bytes */{info.size}"},
+        )
     if path is not None:
         return _BigFileResponse(path, media_type="application/octet-stream", headers=headers)
     return StreamingResponse(  # pragma: no cover - remote backends
@@ -270,6 +288,35 @@ async def download_blob(blob_id: str, request: Request) -> Response:
         media_type="application/octet-stream",
         headers=headers,
     )
+
+
+_RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+
+
+def range_verdict(header: str | None, size: int) -> str:
+    """What to do with a ``Range`` header (RFC 9110 §14.1.1–§14.2): ``"none"`` (absent),
+    ``"ignore"`` (another unit or a syntactically invalid set, e.g. ``bytes=5-2``: served
+    whole, 200), ``"unsatisfiable"`` (no range overlaps the blob: 416) or ``"serve"``."""
+    if header is None:
+        return "none"
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return "ignore"
+    satisfiable = False
+    for part in spec.split(","):
+        found = _RANGE_SPEC.match(part)
+        if found is None or (not found.group(1) and not found.group(2)):
+            return "ignore"
+        first, last = found.group(1), found.group(2)
+        if first:
+            if last and int(last) < int(first):
+                return "ignore"
+            satisfiable |= int(first) < size
+        else:  # suffix range "-n"
+            if int(last) == 0:
+                return "ignore"
+            satisfiable |= size > 0
+    return "serve" if satisfiable else "unsatisfiable"
 
 
 async def close_blob_store(app_state: Any) -> None:

@@ -16,6 +16,7 @@ from xchat import PROTOCOL_VERSION
 from xchat.crypto.certificate import issue_sender_certificate
 from xchat.crypto.keys import IdentityPublicKey, is_address, normalize_address
 from xchat.crypto.pow import stamp_ok
+from xchat.crypto.prekeys import mlkem_public_from_bytes
 from xchat.errors import ApiError, XChatError
 from xchat.protocol.frames import KeysLow, encode_frame
 from xchat.server import models as m
@@ -98,6 +99,11 @@ def _signed(
     key = m.b64(k.key, f"{what}.key", n)
     if key[0] != prefix:
         raise ApiError(400, f"{what}.key: wrong key type byte")
+    if prefix == MLKEM_PREFIX:  # FIPS 203 §7.2 modulus check, as every sender will do
+        try:
+            mlkem_public_from_bytes(key[1:])
+        except XChatError:
+            raise ApiError(400, f"{what}.key: not a valid ML-KEM-1024 public key") from None
     sig = m.b64(k.signature, f"{what}.signature", 64)
     try:
         identity.verify(sig, LABEL_PREKEY + key)

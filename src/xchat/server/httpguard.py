@@ -16,12 +16,19 @@ uvicorn's httptools protocol plus one lazily re-armed timer per connection:
 On expiry the relay answers ``408 {"error": ...}`` with ``Connection: close`` if no response
 has started yet, and closes the connection. The timer is re-armed only when it fires, so
 the per-chunk cost is one float assignment.
+
+Lingering close (issue #18; RFC 9112 §9.6, as Apache and nginx do): when the relay answers
+before the request body has fully arrived (413 for an oversized body) and then closes,
+closing at once would make the kernel answer the client's further bytes with a TCP reset,
+which can destroy the response before the client reads it. Instead the write side is shut
+down after the response (FIN), the rest of the body is read and discarded for at most
+:data:`LINGER_SECONDS` or :data:`LINGER_BYTES`, and only then is the socket closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -37,6 +44,34 @@ TOO_MANY_RESPONSE = (
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 10\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
+
+
+#: Longest a closing connection keeps draining a request body nobody will read.
+LINGER_SECONDS = 2.0
+#: Most bytes drained that way (a client sending more gets the reset).
+LINGER_BYTES = 16 * 1024 * 1024
+
+
+class _LingeringTransport:
+    """The transport uvicorn sees: ``close()`` while a request body is still arriving
+    becomes a lingering close (module docstring); everything else goes to the socket."""
+
+    def __init__(self, raw: Any, protocol: GuardedHttpProtocol) -> None:
+        self._xc_raw = raw
+        self._xc_protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._xc_raw, name)
+
+    def is_closing(self) -> bool:
+        return bool(self._xc_protocol.xc_lingering or self._xc_raw.is_closing())
+
+    def close(self) -> None:
+        protocol = self._xc_protocol
+        if protocol.xc_phase == _BODY and not protocol.xc_lingering:
+            protocol.xc_linger()
+        elif not protocol.xc_lingering:
+            self._xc_raw.close()
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -63,6 +98,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.xc_phase = _HEAD
         self.xc_since = self.loop.time() if started is None else started
         self.xc_timer: asyncio.TimerHandle | None = None
+        self.xc_lingering = False
+        self.xc_drained = 0
+        self.xc_raw: Any = None
 
     # --- timer ---
 
@@ -93,12 +131,48 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if phase == _BODY and cycle is not None:
             cycle.disconnected = True  # the app's late response (if any) is dropped
             cycle.message_event.set()
+        self.xc_phase = _APP  # a stalled client gets no lingering close
         transport.close()
+
+    # --- lingering close ---
+
+    def xc_linger(self) -> None:
+        """Half-close after the response, then drain (see the module docstring)."""
+        raw = self.xc_raw
+        self.xc_lingering = True
+        self.xc_phase = _APP
+        if self.xc_timer is not None:
+            self.xc_timer.cancel()
+            self.xc_timer = None
+        self.xc_relay.metrics.inc("http_lingering_closes_total")
+        try:
+            raw.resume_reading()
+            if raw.can_write_eof():
+                raw.write_eof()  # FIN after the buffered response
+        except (OSError, RuntimeError):
+            raw.close()
+            return
+        self.loop.call_later(LINGER_SECONDS, raw.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.xc_lingering:  # the rest of a body nobody reads: count and drop it
+            self.xc_drained += len(data)
+            if self.xc_drained > LINGER_BYTES:
+                self.xc_raw.close()
+            return
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self.xc_lingering:
+            self.xc_raw.close()  # the client sent everything and read our answer
+            return
+        super().eof_received()
 
     # --- uvicorn hooks ---
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        self.xc_raw = transport
+        super().connection_made(cast(asyncio.Transport, _LingeringTransport(transport, self)))
         self._xc_arm(self.xc_head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -18,7 +18,10 @@ MAX_LIST = 1000
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Strict types (issue #18): JSON ``true`` is not an integer and ``"1"`` is not a number
+    here (Part III §1: every integer field is a JSON integer); an int still fills a float."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ErrorOut(BaseModel):
