@@ -659,12 +659,6 @@ class GroupMethods:
     async def rename_group(self, group: str, name: str) -> GroupInfo:
         return await self._groups.change(group, [GroupOp.rename(name)])
 
-    async def add_group_member(self, group: str, member: str) -> GroupInfo:
-        return await self.add_members(group, [member])
-
-    async def remove_group_member(self, group: str, member: str) -> GroupInfo:
-        return await self.remove_members(group, [member])
-
     async def send_group(self, group: str, text: str, *, reply_to: str | None = None) -> str:
         """Encrypt ``text`` once with our sender key and send it in ONE upload to every
         member device; returns the message id once the server acked."""
@@ -703,10 +697,6 @@ class GroupMethods:
 
 def _now() -> int:
     return now_ms()
-
-
-def is_group_peer(peer: str) -> bool:
-    return peer.startswith(GROUP_PEER_PREFIX)
 
 
 __all__ = [

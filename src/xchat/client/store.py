@@ -252,9 +252,6 @@ class Store:
     def max_prekey_id(self, kind: str) -> int:
         return self._scalar("SELECT COALESCE(MAX(id), 0) FROM prekeys WHERE kind = ?", kind) or 0
 
-    def delete_prekeys(self, kind: str) -> None:
-        self._db.execute("DELETE FROM prekeys WHERE kind = ?", (kind,))
-
     # --- sessions -----------------------------------------------------------------------
 
     def put_session(self, address: str, device_id: int, state: bytes, now_ms: int) -> None:
