@@ -80,6 +80,24 @@ PG_MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2 -> 3: the account's signed device list, opaque to the relay (PROTOCOL Part VII §2).
+    """
+    CREATE TABLE device_lists (
+        address       TEXT PRIMARY KEY,
+        version       BIGINT NOT NULL,
+        list          BYTEA NOT NULL,
+        max_device_id INTEGER NOT NULL
+    );
+    """,
+    # 2 -> 3: the account's signed device list (SQLite migration 4, PROTOCOL Part VII §2).
+    """
+    CREATE TABLE device_lists (
+        address       TEXT PRIMARY KEY,
+        version       BIGINT NOT NULL,
+        list          BYTEA NOT NULL,
+        max_device_id INTEGER NOT NULL
+    );
+    """,
 ]
 
 #: Sequences to move past copied ids after ``xchat admin migrate`` (table, column).

@@ -54,6 +54,7 @@ from xchat.storage.sqlite import StoreStats
 log = logging.getLogger("xchat.storage.postgres")
 
 MAX_BATCH = 4096  # operations per transaction
+USAGE_SECONDS = 5.0  # how often the per-device mailbox usage is re-read from the database
 CONNECT_TIMEOUT = 3.0
 COMMAND_TIMEOUT = 15.0
 DIRECTORY_CHANNEL = "xchat_directory"
@@ -79,7 +80,7 @@ _INSERT_SQL = (
 )
 _DELETE_SQL = (
     "DELETE FROM mailbox AS m USING unnest($1::int[], $2::bigint[], $3::bytea[]) AS v(i, r, e)"
-    " WHERE m.device_ref = v.r AND m.envelope_id = v.e RETURNING v.i"
+    " WHERE m.device_ref = v.r AND m.envelope_id = v.e RETURNING v.i, v.r, length(m.content)"
 )
 
 
@@ -117,6 +118,10 @@ class PostgresStore(Store):
         self._used: dict[bytes, int] = {}
         self._settings: dict[str, str] = {}
         self._sync_lock = asyncio.Lock()
+        #: Queued (envelopes, bytes) per device for the mailbox quota: this node's commits
+        #: applied at once, every node's re-read every USAGE_SECONDS (see _watch).
+        self._usage: dict[int, tuple[int, int]] = {}
+        self._usage_delta: dict[int, tuple[int, int]] = {}
         #: Bumped on every change of the directory cache (see :meth:`sync`).
         self.generation = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -135,6 +140,7 @@ class PostgresStore(Store):
             self._used = {bytes(r[0]): int(r[1]) for r in rows}
             rows = await conn.fetch("SELECT key, value FROM settings")
             self._settings = {str(r[0]): str(r[1]) for r in rows}
+            self._usage = await _usage(conn)
         except BaseException:
             await conn.close()
             raise
@@ -179,8 +185,15 @@ class PostgresStore(Store):
     async def _watch(self) -> None:
         """Reconnect the LISTEN connection when it drops; a node that may have missed
         notifications reloads the whole directory (and fires epoch hooks for changes)."""
+        next_usage = time.monotonic() + USAGE_SECONDS
         while not self._closing:
             await asyncio.sleep(0.5)
+            if time.monotonic() >= next_usage:
+                next_usage = time.monotonic() + USAGE_SECONDS
+                with contextlib.suppress(Exception):
+                    fresh = await self._call(_usage)
+                    self._usage = fresh
+                    self._usage_delta.clear()
             if self._listen is not None and not self._listen.is_closed():
                 continue
             try:
@@ -433,7 +446,9 @@ class PostgresStore(Store):
                 tc = time.perf_counter()
                 await tr.commit()
                 self.stats.last_commit = time.perf_counter() - tc
+                self._apply_usage()
             except BaseException:
+                self._usage_delta.clear()
                 if not conn.is_closed():
                     with contextlib.suppress(BaseException):
                         await tr.rollback()
@@ -480,6 +495,10 @@ class PostgresStore(Store):
         rows = await conn.fetch(_INSERT_SQL, refs, eids, ts, exp, content)
         got = {(r[1], bytes(r[2])): r[0] for r in rows}
         self.stats.envelopes_stored += len(rows)
+        if rows:
+            size = {(e.device_ref, e.envelope_id): len(e.content) for op in run for e in op.payload}
+            for r in rows:
+                self._count(r[1], 1, size[(r[1], bytes(r[2]))])
         for op in run:
             op.result = [got.pop((e.device_ref, e.envelope_id), None) for e in op.payload]
 
@@ -499,6 +518,7 @@ class PostgresStore(Store):
         rows = await conn.fetch(_DELETE_SQL, idx, refs, eids)
         for r in rows:
             run[r[0]].result += 1
+            self._count(r[1], -1, -r[2])
         self.stats.envelopes_deleted += len(rows)
 
     @staticmethod
@@ -683,6 +703,27 @@ class PostgresStore(Store):
         result: int = await self._call(lambda conn: conn.fetchval("SELECT COUNT(*) FROM mailbox"))
         return result
 
+    # --- mailbox quota (PROTOCOL Part III §6) ---
+
+    def _count(self, ref: int, envelopes: int, size: int) -> None:
+        n, b = self._usage_delta.get(ref, (0, 0))
+        self._usage_delta[ref] = (n + envelopes, b + size)
+
+    def _apply_usage(self) -> None:
+        usage = self._usage
+        for ref, (dn, db) in self._usage_delta.items():
+            n, b = usage.get(ref, (0, 0))
+            if n + dn > 0:
+                usage[ref] = (n + dn, max(0, b + db))
+            else:
+                usage.pop(ref, None)
+        self._usage_delta.clear()
+
+    def mailbox_usage(self, device_ref: int) -> tuple[int, int]:
+        """From memory (hot path). Across nodes it lags by up to USAGE_SECONDS: the quota
+        can be overshot by what other nodes queue for the device in that time."""
+        return self._usage.get(device_ref, (0, 0))
+
     # --- used challenges ---
 
     def used_challenges(self) -> dict[bytes, int]:
@@ -749,6 +790,13 @@ class PostgresStore(Store):
             lambda conn: conn.fetchval("SELECT address FROM accounts WHERE handle = $1", handle)
         )
         return result
+
+
+async def _usage(conn: Conn) -> dict[int, tuple[int, int]]:
+    rows = await conn.fetch(
+        "SELECT device_ref, COUNT(*), SUM(length(content)) FROM mailbox GROUP BY device_ref"
+    )
+    return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
 
 async def _notify(conn: Conn, channel: str, payload: str) -> None:
