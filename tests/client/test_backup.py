@@ -4,6 +4,7 @@ channel, an interrupted history upload, and another account's backup."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -296,35 +297,48 @@ async def test_a_backup_of_another_account_cannot_be_restored(env: Env) -> None:
         assert c.address == alice_addr and c.contacts() == []
 
 
-async def test_realm_data_alone_reveals_nothing(env: Env) -> None:
-    """The test's attacker: one realm's operator (its whole data directory) plus the
-    victim's address and handle. It finds no address, handle or PIN in the data, cannot
-    test the real PIN offline, and cannot open the secret with its share."""
-    alice = await _account(env, "alice", "alice_b6")
-    async with Client(alice) as a:
-        address = a.address
-        await bk.enable(a, PIN)
-    data = env.realms[1].data_dir
-    everything = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
-    for needle in (address, "alice_b6", PIN):
-        assert needle.encode() not in everything
-    key = rc.b64d(httpx.get(env.realms[1].url + "/api/v1/realm").json()["public_key"], "k", 32)
-    db = sqlite3.connect(data / "realm.sqlite3")
+def _stolen(realm: RealmProcess, address: str) -> rc.Registration:
+    """Everything one realm's operator holds about this account (its database row)."""
+    key = rc.b64d(httpx.get(realm.url + "/api/v1/realm").json()["public_key"], "k", 32)
+    db = sqlite3.connect(realm.data_dir / "realm.sqlite3")
     ((reg_json,),) = db.execute(
         "SELECT registration FROM records WHERE id = ?", (rc.record_id(key, address),)
     ).fetchall()
     db.close()
-    reg = rc.Registration.from_json(json.loads(reg_json))
+    return rc.Registration.from_json(json.loads(reg_json))
+
+
+@pytest.mark.parametrize("threshold,stolen", [(2, 1), (3, 2)])
+async def test_realm_data_alone_reveals_nothing(env: Env, threshold: int, stolen: int) -> None:
+    """The test's attacker: the whole data directory of one realm (2-of-3) or of two realms
+    (3-of-3), plus the victim's address and handle and — to make it as strong as possible —
+    the right PIN. It finds no address, handle or PIN in the data, cannot confirm the PIN
+    offline (its OPRF key shares do not give the commitment) and cannot open the secret
+    with its key shares."""
     from xchat.crypto import oprf
     from xchat.crypto.pin import stretch_pin
 
-    sp = stretch_pin(PIN, reg.version, address)  # even knowing the right PIN ...
-    y = oprf.evaluate(reg.oprf_key, sp.access_key, rc.OPRF_MODE)
-    assert rc._unlock(y)[1] != reg.unlock_commitment  # ... one share cannot confirm it
+    name = f"alice_b6{threshold}"
+    alice = await _account(env, "alice", name)
+    async with Client(alice) as a:
+        address = a.address
+        await bk.enable(a, PIN, threshold=threshold)
+    for realm in env.realms[:stolen]:
+        everything = b"".join(p.read_bytes() for p in realm.data_dir.rglob("*") if p.is_file())
+        for needle in (address, name, PIN):
+            assert needle.encode() not in everything
+    regs = [_stolen(r, address) for r in env.realms[:stolen]]
+    sp = stretch_pin(PIN, regs[0].version, address)
+    element = oprf.hash_to_group(sp.access_key, rc.OPRF_MODE)
+    partial = {r.index: oprf.blind_evaluate(r.oprf_key, element) for r in regs}
+    combined = rc.combine_evaluations(partial)  # as if these shares were enough
+    lp = lambda b: len(b).to_bytes(2, "big") + b  # noqa: E731 - RFC 9497 length prefix
+    y = hashlib.sha512(lp(sp.access_key) + lp(combined) + b"Finalize").digest()
+    assert rc._unlock(y)[1] != regs[0].unlock_commitment
     attempt = rc.Recovery(PIN, address)
-    attempt.version, attempt.threshold, attempt._stretched = reg.version, 1, sp
+    attempt.version, attempt.threshold, attempt._stretched = regs[0].version, stolen, sp
     with pytest.raises(DecryptionError):
-        attempt.open_secret({reg.index: (reg.key_share, reg.encrypted_secret)})
+        attempt.open_secret({r.index: (r.key_share, r.encrypted_secret) for r in regs})
 
 
 async def test_disable_deletes_shares_and_blobs(env: Env) -> None:

@@ -5,11 +5,23 @@ connections (the same ready-line convention as ``xchat serve``)."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before serving (so ``--port 0`` works and the ready line has the real port);
+    the realm does not import the relay's server modules."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 @click.group("realm")
@@ -42,14 +54,13 @@ def serve(host: str, port: int, data: Path, name: str, pow_bits: int | None) -> 
     from xchat.realm.service import DEFAULT_POW_BITS, RealmService
     from xchat.realm.store import RealmStore
     from xchat.server.logs import setup_logging
-    from xchat.server.serve import bind_socket
 
     if pow_bits is None:
         pow_bits = int(os.environ.get("XCHAT_REALM_POW_BITS", DEFAULT_POW_BITS))
     rate = float(os.environ.get("XCHAT_REALM_RATE_PER_S", "20"))
     setup_logging(os.environ.get("XCHAT_LOG_LEVEL", "info"))
     service = RealmService(RealmStore(data), name=name, pow_bits=pow_bits)
-    sock = bind_socket(host, port)
+    sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     config = uvicorn.Config(

@@ -1,6 +1,6 @@
 """Test helpers: real realm processes on loopback (like :mod:`xchat.testing` for the relay).
 
-``running_realms(tmp_path, 3)`` starts three ``python -m xchat realm serve --port 0``
+``running_realms(tmp_path, 3)`` starts three ``python -m xchat.realm serve --port 0``
 subprocesses, waits for each ready line and ``/healthz``; ``RealmProcess.kill9()`` takes
 one down mid-test.
 """
@@ -46,8 +46,7 @@ class RealmProcess:
         cmd = [
             sys.executable,
             "-m",
-            "xchat",
-            "realm",
+            "xchat.realm",
             "serve",
             "--port",
             str(self.port),
