@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -46,6 +47,12 @@ METRICS_TOKEN = "cluster-bench"
 USERS = 100_000_000
 MSGS_PER_USER_DAY = 50
 PEAK_FACTOR = 3.0  # peak hour vs the daily average
+DEVICES_PER_USER = 1.5
+ONLINE = 0.2  # share of devices holding a socket at peak
+SOCKETS_PER_PROCESS = 50_000  # the relay's per-process socket target (bench/relay_bench.py)
+SOCKET_BYTES = 10_000  # ~1.8 KiB measured in the relay + kernel socket buffers, rounded up
+WAL_MB_S = 50.0  # WAL a single PostgreSQL primary sustains comfortably (replicas, archiving)
+DIRECTORY_BYTES = 300  # per account in a node's in-memory directory cache (address, keys…)
 
 
 class Target:
@@ -239,14 +246,21 @@ def sizing(three: dict[str, Any]) -> dict[str, Any]:
         "avg_msgs_per_s": round(avg),
         "peak_msgs_per_s": round(peak),
         "relay_cores": round(node_cores),
-        "relay_nodes_8_cores": max(1, round(node_cores / 8)),
+        "relay_nodes_8_cores": max(1, math.ceil(node_cores / 8)),
         "pg_cores": round(pg_cores),
-        "pg_shards_16_cores": max(1, round(pg_cores / per_pg_shard_cores + 0.5)),
+        # by CPU or by WAL volume (~50 MB/s per primary), whichever needs more
+        "pg_shards_16_cores": max(
+            1, math.ceil(pg_cores / per_pg_shard_cores), math.ceil(peak * wal / 1e6 / WAL_MB_S)
+        ),
         "pg_wal_mb_per_s_peak": round(peak * wal / 1e6, 1),
         "redis_cores": round(peak * redis_us / 1e6 / core_util, 1),
+        "online_devices": round(USERS * DEVICES_PER_USER * ONLINE),
+        "socket_processes": round(USERS * DEVICES_PER_USER * ONLINE / SOCKETS_PER_PROCESS),
+        "socket_ram_gb": round(USERS * DEVICES_PER_USER * ONLINE * SOCKET_BYTES / 1e9),
+        "directory_cache_gb_per_node": round(USERS * DIRECTORY_BYTES / 1e9),
         "redis_bytes_per_route": three.get("redis_bytes_per_route", 0.0),
         "redis_gb_for_routes_20pct_online": round(
-            USERS * 1.5 * 0.2 * three.get("redis_bytes_per_route", 0.0) / 1e9, 1
+            USERS * DEVICES_PER_USER * ONLINE * three.get("redis_bytes_per_route", 0.0) / 1e9, 1
         ),
     }
 
@@ -287,11 +301,31 @@ def render(doc: dict[str, Any]) -> str:
             f"On paper, from the 3-node costs: {USERS:,} users × {MSGS_PER_USER_DAY} messages/day"
             f" = {s['avg_msgs_per_s']:,} msgs/s average, {s['peak_msgs_per_s']:,} msgs/s at a"
             f" {PEAK_FACTOR:.0f}× peak. Relay CPU ≈ {s['relay_cores']} cores at 60 % ="
-            f" ~{s['relay_nodes_8_cores']} nodes of 8 cores; PostgreSQL CPU ≈ {s['pg_cores']}"
-            f" cores = ~{s['pg_shards_16_cores']} shards of 16 cores (mailbox rows sharded by"
-            f" device ref), writing {s['pg_wal_mb_per_s_peak']} MB/s of WAL at peak; Redis"
+            f" {s['relay_nodes_8_cores']} machine(s) of 8 cores for the message rate alone;"
+            f" PostgreSQL CPU ≈ {s['pg_cores']} cores, and {s['pg_wal_mb_per_s_peak']} MB/s of"
+            f" WAL at peak, so ~{s['pg_shards_16_cores']} primaries of 16 cores (mailbox rows"
+            f" sharded by device ref, at most {WAL_MB_S:.0f} MB/s of WAL each); Redis"
             f" {s['redis_cores']} cores and {s['redis_gb_for_routes_20pct_online']} GB of"
             f" routes with 20 % of 150 M devices online ({per_route} bytes per route key).",
+            "",
+            "What changes first at that scale, in order:",
+            "",
+            f"1. **Open sockets, not messages, size the node fleet.** {s['online_devices']:,}"
+            f" online devices at {SOCKETS_PER_PROCESS:,} sockets per process is"
+            f" ~{s['socket_processes']} relay processes (~{s['socket_ram_gb']} GB of socket"
+            " memory in all), against the handful of cores the message rate needs.",
+            f"2. **The per-node directory cache** (every account in memory,"
+            f" ~{s['directory_cache_gb_per_node']} GB per node at {DIRECTORY_BYTES} B/account)"
+            " must become a bounded LRU over PostgreSQL, and the NOTIFY fan-out of directory"
+            " changes to hundreds of nodes must move to a Redis stream or be partitioned.",
+            f"3. **PostgreSQL write volume**: {s['pg_wal_mb_per_s_peak']} MB/s of WAL at peak"
+            " (an insert and a delete per message, with their index entries) is past what one"
+            " primary sustains comfortably: shard the mailbox by device ref (the relay"
+            " already addresses every row by it), keep accounts/prekeys on their own"
+            " cluster, and tune autovacuum for a queue that is emptied as fast as it fills.",
+            "4. **Redis** stays small (routes are soft state) but a node loss makes"
+            " its devices reconnect at once: connection storms, not memory, bound it;"
+            " shard routes by ref with Redis Cluster when one instance is not enough.",
         ]
     lines += [""] + [f"- {n}" for n in doc.get("notes", [])]
     return "\n".join(x for x in lines if x is not None)

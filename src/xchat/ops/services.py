@@ -294,7 +294,11 @@ class Node:
                "--database", self.database, "--redis", self.redis, *self.args]  # fmt: skip
         self.proc = _spawn(cmd, self.log, {**os.environ, **self.env})
         self.pid = self.proc.pid
-        wait_healthy(self.url, timeout, self.proc)
+        try:
+            wait_healthy(self.url, timeout, self.proc)
+        except ServiceError as exc:
+            tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
+            raise ServiceError(f"{self.name}: {exc}\n{tail}") from None
 
     def kill9(self) -> None:
         if self.pid:
