@@ -41,7 +41,8 @@ class RealmProcess:
         assert self._proc is not None
         return self._proc.pid
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 15.0, rate_per_s: float = 0.0) -> None:
+        """Start (again, on the same port once it had one); ``rate_per_s`` 0 = no limit."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable,
@@ -58,7 +59,7 @@ class RealmProcess:
             str(self.pow_bits),
         ]
         self._log = open(self.data_dir / "realm.log", "a")  # noqa: SIM115
-        env = {**os.environ, "XCHAT_REALM_RATE_PER_S": "0"}
+        env = {**os.environ, "XCHAT_REALM_RATE_PER_S": str(rate_per_s)}
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env
         )
