@@ -142,18 +142,22 @@ async def enrol(
 ) -> None:
     """Register one share at every realm (all must accept: a backup that starts short of
     realms would silently lower its own fault tolerance)."""
-    regs = rc.enrol(
-        secret, pin, address, [r.public_key for r in realms], threshold, guess_limit=guess_limit
+    keys = [r.public_key for r in realms]
+    regs = await asyncio.to_thread(
+        rc.enrol, secret, pin, address, keys, threshold, guess_limit=guess_limit
     )
 
-    async def one(info: RealmInfo, reg: rc.Registration) -> None:
+    # Every realm must answer before any record changes: a half-done re-enrolment would
+    # leave realms with two different versions of the backup.
+    current = await asyncio.gather(*(_info(r, address) for r in realms))
+
+    async def one(info: RealmInfo, reg: rc.Registration, now: dict[str, Any]) -> None:
         client = RealmClient(info)
         try:
             record = rc.record_id(info.public_key, address)
             body: dict[str, Any] = {"registration": reg.to_json()}
-            current = await client.call("info", record, {})
-            if current.get("status") == "registered":
-                version = b64d(current.get("version"), "version", rc.VERSION_LEN)
+            if now.get("status") == "registered":
+                version = b64d(now.get("version"), "version", rc.VERSION_LEN)
                 body["owner_signature"] = _owner_signer(secret, info, "register", record, version)
             answer = await client.call(
                 "register", record, body, pow_resource=rc.register_pow_resource(record)
@@ -166,7 +170,15 @@ async def enrol(
         finally:
             await client.aclose()
 
-    await asyncio.gather(*(one(r, g) for r, g in zip(realms, regs, strict=True)))
+    await asyncio.gather(*(one(r, g, c) for r, g, c in zip(realms, regs, current, strict=True)))
+
+
+async def _info(info: RealmInfo, address: str) -> dict[str, Any]:
+    client = RealmClient(info)
+    try:
+        return await client.call("info", rc.record_id(info.public_key, address), {})
+    finally:
+        await client.aclose()
 
 
 def _owner_signer(secret: bytes, info: RealmInfo, op: str, record: bytes, version: bytes) -> Any:
