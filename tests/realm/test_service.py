@@ -66,8 +66,9 @@ def enrol(realms: list[RealmService], secret: bytes, t: int, pin: str = PIN) -> 
         assert call(r, "register", {"registration": reg.to_json()})["status"] == "registered"
 
 
-def attempt(live: list[RealmService], pin: str) -> bytes:
-    """One recovery; WrongPin raised as the client would."""
+def attempt(live: list[RealmService], pin: str, liar: int | None = None) -> bytes:
+    """One recovery; WrongPin raised as the client would. Realm ``liar`` (an index in
+    ``live``) answers with a forged unlock commitment."""
     rv = rc.Recovery(pin, ADDRESS)
     infos = {r.store.public_key: call(r, "info", {}) for r in live}
     idx = rv.choose({k: v for k, v in infos.items() if v["status"] == "registered"})
@@ -76,10 +77,13 @@ def attempt(live: list[RealmService], pin: str) -> bytes:
     for r in live:
         a = call(r, "evaluate", {"blinded": rc.b64e(blinded), "version": rc.b64e(rv.version)})
         if a["status"] == "ok":
-            evals[idx[r.store.public_key]] = tuple(
+            z, proof, commitment = (
                 rc.b64d(a[f], f) for f in ("evaluated", "proof", "unlock_commitment")
             )
-    ok = rv.check_evaluations(evals)  # type: ignore[arg-type]
+            if liar is not None and r is live[liar]:
+                commitment = os.urandom(32)
+            evals[idx[r.store.public_key]] = (z, proof, commitment)
+    ok = rv.check_evaluations(evals)
     released = {}
     for r in live:
         tag = rc.b64e(rv.tag(r.store.public_key))
@@ -258,3 +262,12 @@ def test_guesses_need_a_fresh_proof_of_work(realms: list[RealmService]) -> None:
             {**body, "blinded": rc.b64e(other), **{"challenge": chal2["challenge"]}},
             now(),
         )
+
+
+def test_a_realm_lying_about_the_commitment_cannot_fail_a_right_pin(
+    realms: list[RealmService],
+) -> None:
+    secret = os.urandom(32)
+    enrol(realms, secret, 2)
+    for liar in range(3):
+        assert attempt(realms, PIN, liar=liar) == secret
