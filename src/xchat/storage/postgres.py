@@ -523,12 +523,20 @@ class PostgresStore(Store):
 
     @staticmethod
     def _resolve(batch: list[_Op]) -> None:
+        """Hand results out; a failing callback is logged, never fatal to the writer."""
         for op in batch:
             if op.error is None and op.after_commit is not None:
-                op.after_commit(op.result)
+                try:
+                    op.after_commit(op.result)
+                except Exception as exc:
+                    log.exception("store cache update failed")
+                    op.error = exc
             cb = op.callback
             if cb is not None:
-                cb(op.result if op.error is None else None, op.error)
+                try:
+                    cb(op.result if op.error is None else None, op.error)
+                except Exception:
+                    log.exception("store callback failed")
                 continue
             fut = op.future
             if fut is None or fut.done():
