@@ -312,7 +312,8 @@ def call_json(r: CallRecord, handle: str | None) -> dict[str, Any]:
         "handle": handle,
         "state": r.state,
         "video": r.video,
-        "start": r.started_ms,
+        "start": r.started_ms,  # ms since the epoch
+        "duration": r.duration_s,  # seconds of connected media
         "duration_s": r.duration_s,
         "reason": r.reason,
     }
