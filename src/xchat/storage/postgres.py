@@ -640,9 +640,6 @@ class PostgresStore(Store):
         result: list[int | None] = await self._submit(_ENQUEUE, envelopes)
         return result
 
-    def enqueue_future(self, envelopes: list[NewEnvelope]) -> asyncio.Future[list[int | None]]:
-        return self._submit(_ENQUEUE, envelopes)
-
     def enqueue_cb(
         self,
         envelopes: list[NewEnvelope],
@@ -707,10 +704,6 @@ class PostgresStore(Store):
         result: int = await self._call(op)
         return result
 
-    async def queued_count(self) -> int:
-        result: int = await self._call(lambda conn: conn.fetchval("SELECT COUNT(*) FROM mailbox"))
-        return result
-
     # --- mailbox quota (PROTOCOL Part III §6) ---
 
     def _count(self, ref: int, envelopes: int, size: int) -> None:
@@ -759,45 +752,6 @@ class PostgresStore(Store):
     def settings(self) -> dict[str, str]:
         return dict(self._settings)
 
-    async def put_setting(self, key: str, value: str) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute(
-                "INSERT INTO settings (key, value) VALUES ($1, $2)"
-                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                key,
-                value,
-            )
-            await _notify(conn, SETTINGS_CHANNEL, f"{key}={value}")
-
-        def cache(_: None) -> None:
-            self._settings[key] = value
-
-        await self._call(op, cache)
-
-    async def counts(self) -> dict[str, int]:
-        """Aggregate sizes for operators: never content, never who talks to whom."""
-
-        async def op(conn: Conn) -> dict[str, int]:
-            row = await conn.fetchrow(
-                "SELECT (SELECT COUNT(*) FROM accounts), (SELECT COUNT(*) FROM devices),"
-                " (SELECT COUNT(*) FROM accounts WHERE handle IS NOT NULL),"
-                " (SELECT COUNT(*) FROM mailbox),"
-                " (SELECT COALESCE(SUM(length(content)), 0) FROM mailbox),"
-                " (SELECT COUNT(*) FROM otk_ec) + (SELECT COUNT(*) FROM otk_kem)"
-            )
-            keys = ("accounts", "devices", "handles", "queued_envelopes", "queued_bytes")
-            out = {k: int(v) for k, v in zip(keys, row, strict=False)}
-            out["one_time_prekeys"] = int(row[5])
-            return out
-
-        result: dict[str, int] = await self._call(op)
-        return result
-
-    async def address_of_handle(self, handle: str) -> str | None:
-        result: str | None = await self._call(
-            lambda conn: conn.fetchval("SELECT address FROM accounts WHERE handle = $1", handle)
-        )
-        return result
 
 
 async def _usage(conn: Conn) -> dict[int, tuple[int, int]]:
