@@ -70,6 +70,9 @@ def test_issuer_refuses_bad_configuration(tmp_path: Path) -> None:
     issuer = TurnIssuer(("turn:h:1",), b"k" * 16, 60)
     user, cred, exp = issuer.issue(1000.0)
     assert exp == 1060 and user.startswith("1060:")
+    assert (
+        cred == base64.b64encode(hmac.new(b"k" * 16, user.encode(), hashlib.sha1).digest()).decode()
+    )
 
 
 def test_serve_with_missing_secret_file_exits_with_one_line(tmp_path: Path) -> None:
