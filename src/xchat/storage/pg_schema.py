@@ -80,15 +80,6 @@ PG_MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
-    # 2 -> 3: the account's signed device list, opaque to the relay (PROTOCOL Part VII §2).
-    """
-    CREATE TABLE device_lists (
-        address       TEXT PRIMARY KEY,
-        version       BIGINT NOT NULL,
-        list          BYTEA NOT NULL,
-        max_device_id INTEGER NOT NULL
-    );
-    """,
     # 2 -> 3: the account's signed device list (SQLite migration 4, PROTOCOL Part VII §2).
     """
     CREATE TABLE device_lists (
