@@ -38,6 +38,7 @@ _ERRORS = {
     403: "Authenticated but not allowed (not the owner)",
     404: "Unknown address, handle, device or blob",
     409: "Conflict (handle taken, device list mismatch, blob state)",
+    410: "Gone (a single-use code already used or expired)",
     413: "Body, envelope or blob too large",
     429: "Rate limited (see Retry-After) or too many connections from the network",
     503: "Storage unavailable (retry)",
