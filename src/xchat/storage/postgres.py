@@ -706,7 +706,7 @@ class PostgresStore(Store):
 
     # --- mailbox quota (PROTOCOL Part III §6) ---
 
-    def _count(self, ref: int, envelopes: int, size: int) -> None:
+    def _note_usage(self, ref: int, envelopes: int, size: int) -> None:
         n, b = self._usage_delta.get(ref, (0, 0))
         self._usage_delta[ref] = (n + envelopes, b + size)
 
