@@ -498,7 +498,7 @@ class PostgresStore(Store):
         if rows:
             size = {(e.device_ref, e.envelope_id): len(e.content) for op in run for e in op.payload}
             for r in rows:
-                self._count(r[1], 1, size[(r[1], bytes(r[2]))])
+                self._note_usage(r[1], 1, size[(r[1], bytes(r[2]))])
         for op in run:
             op.result = [got.pop((e.device_ref, e.envelope_id), None) for e in op.payload]
 
@@ -518,7 +518,7 @@ class PostgresStore(Store):
         rows = await conn.fetch(_DELETE_SQL, idx, refs, eids)
         for r in rows:
             run[r[0]].result += 1
-            self._count(r[1], -1, -r[2])
+            self._note_usage(r[1], -1, -r[2])
         self.stats.envelopes_deleted += len(rows)
 
     @staticmethod
