@@ -10,7 +10,7 @@ own call's media; it never sees a key that outlives the call.
 Routes (JSON)::
 
     GET  /api/calls/ice                 {ice_servers: [{urls, username, credential}]}
-    GET  /api/calls/live                {call: CALL | null}  (after a page reload)
+    GET  /api/calls/live                {call: CALL | null, sdp}  (after a page reload)
     GET  /api/calls/history?peer=ADDR   {calls: [ENTRY, ...]} newest first
     POST /api/calls/place               {to, sdp, video}      -> {call: CALL}
     POST /api/calls/answer              {call_id, sdp}        -> {call: CALL}
@@ -182,8 +182,13 @@ async def ice(request: Request, st: AppState) -> Response:
 
 
 async def live(request: Request, st: AppState) -> Response:
+    """The live call after a page (re)load: a ringing one comes with its offer, so the
+    page can still answer it; any other lost its media with the old page."""
     call = manager(st).live()
-    return JSONResponse({"call": call_json(st, call) if call is not None else None})
+    if call is None:
+        return JSONResponse({"call": None})
+    sdp = call.remote_sdp if call.state == "incoming" else None
+    return JSONResponse({"call": call_json(st, call), "sdp": sdp})
 
 
 async def history(request: Request, st: AppState) -> Response:

@@ -222,7 +222,7 @@ function render() {
   const status = {
     dialing: `Calling… (${kind})`, ringing: 'Ringing…', incoming: `Incoming ${kind}`, connecting: 'Connecting…',
   }[call.state];
-  $('call-status').textContent = ended ? call.endText : call.connectedAt ? fmtDuration((Date.now() - call.connectedAt) / 1000) : status || call.state;
+  $('call-status').textContent = ended ? call.endText : call.orphan ? 'In progress in another tab (no sound here)' : call.connectedAt ? fmtDuration((Date.now() - call.connectedAt) / 1000) : status || call.state;
   show($('btn-call-accept'), incoming);
   show($('btn-call-decline'), incoming);
   show($('btn-call-mute'), !incoming && !ended);
@@ -342,6 +342,22 @@ function toggleCamera() {
   announce(call.cameraOff ? 'Camera off' : 'Camera on');
   render();
 }
+
+// A page (re)load: a call still ringing can be answered here; one in progress has its media
+// in another tab (or in a page that was closed): show it with a Hang up button.
+on('app-entered', async () => {
+  let r;
+  try { r = await get('/api/calls/live'); } catch (e) { return; }
+  if (!r.call || current) return;
+  if (r.call.state === 'incoming' && r.sdp) {
+    current = newCall({ ...r.call, id: r.call.call_id, state: 'incoming', offer: r.sdp });
+    startRing();
+    render();
+  } else {
+    current = newCall({ ...r.call, id: r.call.call_id, orphan: true });
+    render();
+  }
+});
 
 // --- events from the app process ---------------------------------------------------------------
 const mine = (ev) => current && current.id && ev.call_id === current.id;
