@@ -605,6 +605,69 @@ def _challenge_seeds() -> list[Any]:
     return [ch]
 
 
+# --- backup and recovery (PROTOCOL.md Part X) ------------------------------------------------
+
+BACKUP_ADDRESS = "xc1qzxrggj7p8xpavs8pgph06jff403uml5my3rjmm4"
+BACKUP_SECRET = bytes(range(32))
+
+
+@cache
+def _backup_world() -> dict[str, Any]:
+    from xchat.client import archive
+    from xchat.crypto import recovery as rc
+
+    realm = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    realm_pub = realm.public_key().public_bytes_raw()
+    regs = rc.enrol(BACKUP_SECRET, "482913", BACKUP_ADDRESS, [realm_pub], 1, rng=_rng(15))
+    record = rc.record_id(realm_pub, BACKUP_ADDRESS)
+    nonce = bytes(16)
+    answer = rc.sign_response(
+        realm,
+        nonce,
+        {"op": "info", "record": record.hex(), "nonce": rc.b64e(nonce), "status": "ok"},
+    )
+    segment = {"v": 1, "address": BACKUP_ADDRESS, "kind": "full", "messages": [], "contacts": []}
+    manifest = {"v": 1, "address": BACKUP_ADDRESS, "segments": []}
+    return {
+        "realm_pub": realm_pub,
+        "record": record,
+        "nonce": nonce,
+        "registration": regs[0].to_json(),
+        "answer": answer,
+        "segment": archive.encode_segment(segment),
+        "manifest": archive.seal_manifest(BACKUP_SECRET, BACKUP_ADDRESS, manifest, _rng(16)),
+    }
+
+
+def _realm_registration(obj: Any) -> object:
+    from xchat.crypto.recovery import Registration
+
+    return Registration.from_json(obj)
+
+
+def _realm_answer(obj: Any) -> object:
+    from xchat.crypto.recovery import open_response
+
+    w = _backup_world()
+    return open_response(w["realm_pub"], "info", w["record"], w["nonce"], obj)
+
+
+def _backup_segment(data: bytes) -> object:
+    from xchat.client.archive import decode_segment
+
+    return decode_segment(data, BACKUP_ADDRESS)
+
+
+def _backup_manifest(data: bytes) -> object:
+    from xchat.client.archive import open_manifest
+
+    return open_manifest(BACKUP_SECRET, BACKUP_ADDRESS, data)
+
+
+def _bw(name: str) -> Callable[[], list[Any]]:
+    return lambda: [_backup_world()[name]]
+
+
 DECODERS: tuple[Decoder, ...] = (
     Decoder("frames", "bytes", _frames, _w("frames")),
     Decoder("frames_send_fast", "bytes", _frames_send, _w("send_frames")),
@@ -651,6 +714,10 @@ DECODERS: tuple[Decoder, ...] = (
     Decoder("image_metadata_strip", "bytes", _image, _image_seeds),
     Decoder("server_bearer_token", "text", _token, _token_seeds),
     Decoder("server_challenge", "bytes", _challenge, _challenge_seeds),
+    Decoder("realm_registration_json", "json", _realm_registration, _bw("registration")),
+    Decoder("realm_answer_json", "json", _realm_answer, _bw("answer")),
+    Decoder("backup_segment", "bytes", _backup_segment, _bw("segment")),
+    Decoder("backup_manifest", "bytes", _backup_manifest, _bw("manifest")),
 )
 
 BY_NAME: dict[str, Decoder] = {d.name: d for d in DECODERS}

@@ -1,0 +1,6 @@
+"""atheris target for decoder ``backup_manifest`` (fuzz/xchat_decoders.py)."""
+
+from _target import main
+
+if __name__ == "__main__":
+    main("backup_manifest")

@@ -1,0 +1,6 @@
+"""atheris target for decoder ``realm_registration_json`` (fuzz/xchat_decoders.py)."""
+
+from _target import main
+
+if __name__ == "__main__":
+    main("realm_registration_json")
