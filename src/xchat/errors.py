@@ -166,6 +166,11 @@ class IdentityChanged(ClientError):
     """A verified contact's identity key changed; sending is blocked until re-verified."""
 
 
+class RelayKeyMismatch(IdentityChanged):
+    """The relay's signing key does not match the fingerprint in the address the user was
+    given (``http://host:port#<fingerprint>``, PROTOCOL Part III §3.1): not that relay."""
+
+
 class NotAllowed(ClientError):
     """A rich-messaging rule refuses the action (PROTOCOL.md Part VIII): editing or deleting
     someone else's message for everyone, an edit after 24 h, sending to a blocked contact."""

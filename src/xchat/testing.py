@@ -49,6 +49,7 @@ class ServerProcess:
         env.setdefault("XCHAT_METRICS_TOKEN", "test-metrics-" + secrets.token_hex(8))
         self.env = env
         self.url = ""
+        self.address = ""  # url#fingerprint (PROTOCOL Part III §3.1), once started
         self.port = port
         self._proc: subprocess.Popen[str] | None = None
         self._log: Any = None
@@ -94,6 +95,9 @@ class ServerProcess:
             raise RuntimeError(f"server did not start: {line!r} (see {self.data_dir}/server.log)")
         self.url = line[len(READY_PREFIX) :].strip()
         self.port = int(self.url.rsplit(":", 1)[1])
+        # The next line is the shareable address with the key fingerprint (Part III §3.1).
+        second = _readline_with_timeout(self._proc, timeout)
+        self.address = second.rsplit(" ", 1)[-1].strip() if "#" in second else self.url
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -223,3 +223,19 @@ def test_in_memory_store(records: Any) -> None:
     store = InMemoryPreKeyStore([spk], [otk], [kem])
     assert store.signed_prekey(11) is spk and store.kem_prekey(22) is kem
     assert store.one_time_prekey(33) is otk and store.one_time_prekey(34) is None
+
+
+def test_rotation_plan_rotates_weekly_and_deletes_after_the_grace_period() -> None:
+    from xchat.crypto.prekeys import DAY_MS, GRACE_MS, ROTATE_AFTER_MS, rotation_plan
+
+    assert rotation_plan([], 0).rotate  # nothing held: create one
+    fresh = rotation_plan([(1, 0)], ROTATE_AFTER_MS - 1)
+    assert not fresh.rotate and fresh.delete == ()
+    assert rotation_plan([(1, 0)], ROTATE_AFTER_MS).rotate
+    # Key 1 was replaced by key 2 on day 7: kept through the grace period, then deleted.
+    gens = [(1, 0), (2, 7 * DAY_MS)]
+    assert rotation_plan(gens, 7 * DAY_MS + GRACE_MS - 1).delete == ()
+    plan = rotation_plan(gens, 7 * DAY_MS + GRACE_MS)
+    assert plan.delete == (1,) and plan.rotate  # and key 2 is itself due by then
+    # Order of the input does not matter; the newest is the current one.
+    assert rotation_plan([(2, 7 * DAY_MS), (1, 0)], 8 * DAY_MS) == rotation_plan(gens, 8 * DAY_MS)

@@ -85,3 +85,38 @@ async def test_keys_low_frame_and_count(server: ServerProcess) -> None:
         await ws.close()
         upload = {"one_time_ec": [k.to_public_json() for k in generate_one_time_prekeys(7, 4)]}
         assert c.put("/api/v1/keys", json=upload, headers=bob.headers).json() == {"ec": 6, "kem": 2}
+
+
+def test_prekey_drain_is_bounded_per_target(tmp_path) -> None:
+    """Attack 5 of issue #18: 35 bundle fetches used to empty an account's one-time keys
+    (35 → 0/0). Now one-time keys go out at a bounded rate per target account and the
+    rest of the fetches get the signed and last-resort keys (PROTOCOL Part III §4.3)."""
+    from xchat.testing import running_server
+
+    with (
+        running_server(
+            tmp_path / "relay", pow_bits=2, rate_ip_per_s=1000, rate_ip_burst=1000
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as c,
+    ):
+        victim = register(c, n_ec=35, n_kem=35)
+        attacker = register(c)
+        one_time = last_resort = 0
+        for h in anon_headers(c, attacker, 35):
+            r = c.get(f"/api/v1/bundles/{victim.address}", headers=h)
+            assert r.status_code == 200, r.text
+            dev = r.json()["devices"][0]
+            if dev["kem_prekey"]["last_resort"]:
+                assert dev["one_time_ec"] is None
+                last_resort += 1
+            else:
+                one_time += 1
+        assert one_time == 10 and last_resort == 25  # otk_burst = 10 per target
+        assert c.get("/api/v1/keys/count", headers=victim.headers).json() == {"ec": 25, "kem": 25}
+        # Bundles stay usable: a drained fetch still verifies and names the last-resort key.
+        assert bundles_from_response(r.json())[0].kem_last_resort
+        # Another target's budget is its own.
+        other = register(c, n_ec=2, n_kem=2)
+        (h,) = anon_headers(c, attacker, 1)
+        dev = c.get(f"/api/v1/bundles/{other.address}", headers=h).json()["devices"][0]
+        assert dev["one_time_ec"] is not None

@@ -28,6 +28,7 @@ from xchat.client.store import Store
 from xchat.client.transport import BACKOFF_CAP, ReceiveLoop, SendChannel
 from xchat.client.wallet import Wallet, probe_account
 from xchat.crypto import pow as xpow
+from xchat.crypto import relaykey
 from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair, address_matches
 from xchat.errors import (
@@ -36,6 +37,7 @@ from xchat.errors import (
     DecodeError,
     ProfileError,
     ProtocolError,
+    RelayKeyMismatch,
     UnknownContact,
 )
 
@@ -195,7 +197,7 @@ class AccountClient:
         if self.profile.initialised:
             raise ProfileError(f"profile {self.profile.path} already has an account")
         identity = IdentityKeyPair.from_mnemonic(phrase)  # InvalidMnemonic
-        api = Api(server)
+        api = Api(relaykey.split_address(server)[0])
         try:
             # Signed with the phrase's identity: a 404 means no such account. The lookup
             # that follows (for the handle) is paid with an anonymous token (Part XI).
@@ -220,13 +222,20 @@ class AccountClient:
         use_keyring: bool,
         known_handle: str | None = None,
     ) -> AccountInfo:
-        server = server.rstrip("/")
+        # ``http://host:port#<fingerprint>`` pins the relay key from the start (Part III §3.1);
+        # the fragment is never sent and not stored in the profile's server URL.
+        server, expected_fp = relaykey.split_address(server)
         api = Api(server)
         try:
             info = await api.server_info()
             signing_key = b64d(info.get("signing_key"), "signing_key")
             if len(signing_key) != 32:
                 raise ProtocolError("server signing key must be 32 bytes")
+            if expected_fp is not None and not relaykey.matches(signing_key, expected_fp):
+                raise RelayKeyMismatch(
+                    "the relay's signing key does not match the fingerprint in its address "
+                    f"(got {relaykey.fingerprint(signing_key)}): refusing to register"
+                )
             chal = await api.challenge()
             challenge = b64d(chal.get("challenge"), "challenge")
             bits = _int(chal.get("pow_bits", info.get("pow_bits", 0)), "pow_bits")
@@ -360,9 +369,27 @@ class AccountClient:
 
     # --- prekeys (PROTOCOL Part IV §4) ---------------------------------------------------------
 
+    async def rotate_prekeys(self, *, now: int | None = None) -> bool:
+        """Replace the signed and last-resort prekeys when a week old, and delete replaced
+        ones after the grace period (PROTOCOL Part II §1.5). True if a new pair went up."""
+        t = now_ms() if now is None else now
+        rotation = e2e.plan_rotation(self.identity, self.store, now_ms=t)
+        if rotation.batch is not None:
+            # Private halves first: a crash before the upload leaves an unused row, never
+            # a published key we cannot open.
+            with self.store.transaction():
+                rotation.batch.save(self.store)
+            api = await self._authed()
+            await api.put_keys(rotation.batch.upload())
+        if rotation.batch or rotation.retire or self.store.get_meta(e2e.META_GENERATIONS) is None:
+            with self.store.transaction():
+                e2e.finish_rotation(self.store, rotation, self.replay_guard.record_used, t)
+        return rotation.batch is not None
+
     async def replenish_prekeys(self, *, force: bool = False) -> int:
-        """Upload a batch of one-time prekeys if the server's stock is low; returns how
-        many keys were uploaded."""
+        """Rotate the medium-term prekeys when due, then upload a batch of one-time
+        prekeys if the server's stock is low; returns how many one-time keys went up."""
+        await self.rotate_prekeys()
         api = await self._authed()
         if not force:
             counts = await api.key_count()

@@ -13,14 +13,17 @@ decrypted successfully becomes the active one, so both sides converge.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from xchat.client.store import Store
 from xchat.crypto import padding, sealed
+from xchat.crypto.constants import MAX_PREKEY_ID
 from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey
 from xchat.crypto.prekeys import (
     KemPreKeyRecord,
@@ -31,9 +34,10 @@ from xchat.crypto.prekeys import (
     generate_kem_prekeys,
     generate_one_time_prekeys,
     prekey_upload,
+    rotation_plan,
 )
+from xchat.crypto.session import PREKEY_HEADER_LEN, Session, message_kind
 from xchat.crypto.session import MessageKind as _Kind
-from xchat.crypto.session import Session, message_kind
 from xchat.errors import (
     DecodeError,
     DecryptionError,
@@ -121,9 +125,10 @@ def initiate(
     return s
 
 
-def encrypt(s: SessionSet, plaintext: bytes) -> bytes:
-    """Pad, then encrypt with the active session."""
-    return s.active.encrypt(padding.pad(plaintext))
+def encrypt(s: SessionSet, plaintext: bytes, *, raw: bool = False) -> bytes:
+    """Pad, then encrypt with the active session. ``raw``: no padding (a fixed-size
+    payload such as the 32-byte key of a device fan-out, PROTOCOL Part VII §4)."""
+    return s.active.encrypt(plaintext if raw else padding.pad(plaintext))
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class DecryptResult:
     plaintext: bytes
     used_one_time: list[tuple[str, int]]
     new_session: bool
+    prekey_digest: bytes | None = None  # of the PreKey message that created the session
 
 
 def decrypt(
@@ -140,11 +146,16 @@ def decrypt(
     state: bytes | None,
     message: bytes,
     prekeys: StorePreKeys,
+    *,
+    replayed: Callable[[bytes], bool] | None = None,
+    raw: bool = False,
 ) -> DecryptResult:
     """Decrypt a session message from ``sender`` (already authenticated by sealed sender).
 
     Tries every stored session of that device (a PreKey message only with the session it
-    created); if none fits and it is a PreKey message, responds with a new session.
+    created); if none fits and it is a PreKey message, responds with a new session —
+    unless ``replayed(digest)`` says its PQXDH part was accepted before (then it is a
+    replay of a session since archived away: DuplicateMessage, PROTOCOL Part IV §3.7).
     DuplicateMessage if any session reports the key as already used.
     """
     sset = SessionSet.from_bytes(state) if state is not None else SessionSet()
@@ -161,11 +172,14 @@ def decrypt(
         except DecryptionError:
             continue
         sset.promote(i)
-        return DecryptResult(sset, padding.unpad(padded), [], False)
+        return DecryptResult(sset, padded if raw else padding.unpad(padded), [], False)
     if duplicate:
         raise DuplicateMessage("message already decrypted")
     if kind != _Kind.PREKEY:
         raise DecryptionError("no session for this message")
+    digest = hashlib.sha256(message[:PREKEY_HEADER_LEN]).digest()
+    if replayed is not None and replayed(digest):
+        raise DuplicateMessage("PreKey message already processed")
     session, padded, used = Session.respond(identity, prekeys, message)
     if session.remote_identity != sender:
         raise UntrustedIdentity("PreKey message identity does not match the sealed sender")
@@ -175,7 +189,8 @@ def decrypt(
         consumed.append((KIND_EC, used.one_time_prekey_id))
     if not used.kem_last_resort:
         consumed.append((KIND_KEM, used.kem_prekey_id))
-    return DecryptResult(sset, padding.unpad(padded), consumed, True)
+    plain = padded if raw else padding.unpad(padded)
+    return DecryptResult(sset, plain, consumed, True, digest)
 
 
 # --- sealed sender ---------------------------------------------------------------------------
@@ -283,6 +298,90 @@ class PreKeyBatch:
             store.put_prekey(KIND_KEM, q.id, q.to_bytes(), t)
 
 
+# --- rotation of the signed and last-resort prekeys (PROTOCOL Part II §1.5) -------------------
+
+META_GENERATIONS = (
+    "prekey_generations"  # JSON {"signed": [[id, created_ms]...], "last_resort": ...}
+)
+
+
+@dataclass
+class Rotation:
+    """One step of the rotation schedule: a new current pair to publish (or None) and the
+    replaced keys whose grace period is over (their private halves are deleted)."""
+
+    batch: PreKeyBatch | None
+    retire: list[tuple[str, int]]
+    generations: dict[str, list[list[int]]]
+
+
+def _generations(store: Store) -> dict[str, list[list[int]]]:
+    raw = store.get_meta(META_GENERATIONS)
+    if raw is not None:
+        gens: dict[str, list[list[int]]] = json.loads(raw)
+        return gens
+    # A profile from before rotation existed: its keys are the registration's.
+    signed = [
+        [int(i), int(c)]
+        for i, c in store._db.execute(
+            "SELECT id, created_ms FROM prekeys WHERE kind = ? ORDER BY created_ms, id",
+            (KIND_SIGNED,),
+        )
+    ]
+    last_resort = []
+    for (i,) in store._db.execute("SELECT id FROM prekeys WHERE kind = ? ORDER BY id", (KIND_KEM,)):
+        raw_rec = store.get_prekey(KIND_KEM, int(i))
+        if raw_rec is not None:
+            rec = KemPreKeyRecord.from_bytes(raw_rec)
+            if rec.last_resort:
+                last_resort.append([rec.id, rec.created_ms])
+    return {"signed": signed, "last_resort": last_resort}
+
+
+def plan_rotation(identity: IdentityKeyPair, store: Store, *, now_ms: int) -> Rotation:
+    """Rotate both medium-term keys together, weekly; forget replaced ones after the grace
+    period (``xchat.crypto.prekeys.rotation_plan``)."""
+    gens = _generations(store)
+    plans = {k: rotation_plan([(g[0], g[1]) for g in gens.get(k, [])], now_ms) for k in gens}
+    plans.setdefault("signed", rotation_plan([], now_ms))
+    plans.setdefault("last_resort", rotation_plan([], now_ms))
+    retire = [(KIND_SIGNED, i) for i in plans["signed"].delete]
+    retire += [(KIND_KEM, i) for i in plans["last_resort"].delete]
+    batch = None
+    if plans["signed"].rotate or plans["last_resort"].rotate:
+        spk_id = (store.max_prekey_id(KIND_SIGNED) + 1) & MAX_PREKEY_ID
+        kem_id = (store.max_prekey_id(KIND_KEM) + 1) & MAX_PREKEY_ID
+        batch = PreKeyBatch(
+            signed=SignedPreKeyRecord.generate(identity, spk_id, created_ms=now_ms),
+            last_resort=KemPreKeyRecord.generate(
+                identity, kem_id, last_resort=True, created_ms=now_ms
+            ),
+            created_ms=now_ms,
+        )
+    return Rotation(batch, retire, gens)
+
+
+def finish_rotation(
+    store: Store, rotation: Rotation, retired: Callable[[str, int, int], None], now_ms: int
+) -> None:
+    """After the relay took the new pair: record the generations and delete what retired
+    (each id also goes to ``retired(kind, id, now)``, the replay log: a PreKey message that
+    names it can only be an old one, PROTOCOL Part IV §3.7)."""
+    gens = rotation.generations
+    gens.setdefault("signed", [])
+    gens.setdefault("last_resort", [])
+    if rotation.batch is not None:
+        assert rotation.batch.signed is not None and rotation.batch.last_resort is not None
+        gens["signed"].append([rotation.batch.signed.id, now_ms])
+        gens["last_resort"].append([rotation.batch.last_resort.id, now_ms])
+    for kind, key_id in rotation.retire:
+        store.delete_prekey(kind, key_id)
+        retired("signed" if kind == KIND_SIGNED else "kem", key_id, now_ms)
+        name = "signed" if kind == KIND_SIGNED else "last_resort"
+        gens[name] = [g for g in gens[name] if g[0] != key_id]
+    store.put_meta(META_GENERATIONS, json.dumps(gens).encode())
+
+
 def parse_bundles(response: Mapping[str, Any]) -> list[PreKeyBundle]:
     """Parse (and check address/identity of) a bundles response; ProtocolError-free:
     DecodeError / UntrustedIdentity propagate as typed XChat errors."""
@@ -297,13 +396,16 @@ def parse_bundles(response: Mapping[str, Any]) -> list[PreKeyBundle]:
 __all__ = [
     "DecryptResult",
     "PreKeyBatch",
+    "Rotation",
     "SessionSet",
     "StorePreKeys",
     "decrypt",
     "encrypt",
+    "finish_rotation",
     "initiate",
     "load_session",
     "parse_bundles",
+    "plan_rotation",
     "seal",
     "session_bytes",
     "unseal",

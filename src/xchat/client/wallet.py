@@ -50,7 +50,9 @@ class Wallet:
 
     def __init__(self, store: Store, keys: KeysCall, issue: IssueCall) -> None:
         self._db: sqlite3.Connection = store._db  # the profile's one connection
-        self._db.executescript(_SCHEMA)
+        for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT an open
+            if statement.strip():  # transaction (this may be created inside one)
+                self._db.execute(statement)
         self._keys = keys
         self._issue = issue
         self._lock = asyncio.Lock()

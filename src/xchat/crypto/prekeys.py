@@ -278,6 +278,37 @@ def generate_kem_prekeys(
     ]
 
 
+# --- rotation of the signed and last-resort prekeys (PROTOCOL Part II §1.5) ---------------
+
+DAY_MS = 86_400_000
+#: A signed (or last-resort) prekey older than this is replaced. Weekly, as Signal does:
+#: it bounds how long one compromised medium-term key opens new sessions.
+ROTATE_AFTER_MS = 7 * DAY_MS
+#: A replaced key's private half is kept this long, then deleted. It must cover a PreKey
+#: message built from the old bundle and still waiting in a mailbox: the relay keeps mail
+#: 30 days (Part III §2), plus a day of clock and delivery slack.
+GRACE_MS = 31 * DAY_MS
+
+
+@dataclass(frozen=True)
+class RotationPlan:
+    """What to do with one kind of medium-term prekey at ``now``."""
+
+    rotate: bool  # publish a new current key
+    delete: tuple[int, ...]  # ids of replaced keys whose grace period is over
+
+
+def rotation_plan(generations: Iterable[tuple[int, int]], now_ms: int) -> RotationPlan:
+    """Decide from ``(id, created_ms)`` of every key still held, oldest first (the last is
+    the current one). A replaced key is retired when its successor was created; it is
+    deleted :data:`GRACE_MS` after that. No key at all means: create one."""
+    gens = sorted(generations, key=lambda g: (g[1], g[0]))
+    if not gens:
+        return RotationPlan(True, ())
+    delete = tuple(gens[i][0] for i in range(len(gens) - 1) if now_ms - gens[i + 1][1] >= GRACE_MS)
+    return RotationPlan(now_ms - gens[-1][1] >= ROTATE_AFTER_MS, delete)
+
+
 def prekey_upload(
     *,
     signed_prekey: SignedPreKeyRecord | None = None,

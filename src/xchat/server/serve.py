@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from xchat.crypto.relaykey import relay_address
 from xchat.server.app import create_app
 from xchat.server.backends import BackendError
 from xchat.server.backends import check as check_backends
@@ -112,5 +113,11 @@ def run_server(config: ServerConfig) -> None:
         ssl_keyfile=config.tls_key or None,
     )
     scheme = "https" if config.tls_cert else "http"
-    server = _Server(uconfig, f"xchat server listening on {scheme}://{shown}:{port}")
+    url = f"{scheme}://{shown}:{port}"
+    # The second line is the address to share: the fragment pins the relay's signing key
+    # in every client given it (PROTOCOL Part III §3.1).
+    address = relay_address(url, app.state.relay.secrets.signing_public)
+    server = _Server(
+        uconfig, f"xchat server listening on {url}\nxchat relay address (share this): {address}"
+    )
     server.run(sockets=[sock])
