@@ -186,3 +186,105 @@ def test_static_assets_have_no_inline_script_or_html_injection() -> None:
         assert len(js.splitlines()) <= 800, f"{path.name} is over 800 lines: split it"
     css = (STATIC / "app.css").read_text()
     assert "url(" not in css and "@import" not in css
+
+
+def near_misses(port: int) -> list[str]:
+    """Origins that differ from ``http://127.0.0.1:PORT`` / ``http://localhost:PORT`` by a
+    little: a prefix or suffix match, a case-insensitive or a parsed comparison would let one
+    through (issue #21: a prefix match used to pass every test)."""
+    out = []
+    for host in ("127.0.0.1", "localhost"):
+        good = f"http://{host}:{port}"
+        out += [
+            good + "0",  # a longer port
+            good[:-1],  # a shorter port
+            good + "/",  # trailing slash
+            good + ".evil.example",  # a longer host name
+            good + "@evil.example",  # userinfo the other way round
+            f"http://evil@{host}:{port}",  # userinfo
+            f"http://{host}:{port}:{port}",
+            f"https://{host}:{port}",  # other schemes
+            f"ws://{host}:{port}",
+            f"file://{host}:{port}",
+            f"HTTP://{host.upper()}:{port}",
+            f"http://{host}",  # no port
+            f" {good}",
+            f"{good} ",
+            good + "\x00",
+            good + ", http://evil.example",
+        ]
+    out += [f"http://127.0.0.2:{port}", f"http://[::1]:{port}", f"http://0.0.0.0:{port}", ""]
+    return out
+
+
+def test_guard_refuses_every_near_miss_origin_and_host() -> None:
+    g = Guard(lambda *a: None, "k", 8471)  # type: ignore[arg-type, return-value]
+    base = {"host": "127.0.0.1:8471", "x-xchat-secret": "k"}
+    assert g.check("GET", "/api/x", {**base, "origin": "http://127.0.0.1:8471"}) == (0, "")
+    assert g.check("GET", "/api/x", {**base, "origin": "http://localhost:8471"}) == (0, "")
+    for origin in near_misses(8471):
+        assert g.check("GET", "/api/x", {**base, "origin": origin})[0] == 403, repr(origin)
+        assert g.check("GET", "/", {"host": "127.0.0.1:8471", "origin": origin})[0] == 403
+    for host in (
+        "127.0.0.1:84710",
+        "127.0.0.1:847",
+        "127.0.0.1:8471.evil.example",
+        "evil@127.0.0.1:8471",
+        "127.0.0.1:8471/",
+        "LOCALHOST:8471",
+        "127.0.0.1",
+        " 127.0.0.1:8471",
+        "127.0.0.1:8471 ",
+        "127.0.0.2:8471",
+        "[::1]:8471",
+    ):
+        assert g.check("GET", "/", {"host": host})[0] == 403, repr(host)
+    for site in ("same-site", "cross-site", "same-origin ", "Same-Origin", "same-origin, none", ""):
+        assert g.check("GET", "/api/x", {**base, "sec-fetch-site": site})[0] == 403, repr(site)
+    for ctype in (
+        "application/jsonx",
+        "application/json-patch+json",
+        "text/json",
+        "application/x-www-form-urlencoded; application/json",
+        "application/ json",
+    ):
+        assert g.check("POST", "/api/x", {**base, "content-type": ctype})[0] == 415, ctype
+    for secret in ("", "K", "k ", " k", "kk", "k\x00"):
+        assert g.check("GET", "/api/x", {**base, "x-xchat-secret": secret})[0] == 401, secret
+    assert g.check("GET", "/apix", {"host": "127.0.0.1:8471"}) == (0, "")  # a page, not the API
+    assert g.check("GET", "/API/x", {"host": "127.0.0.1:8471"}) == (0, "")  # 404 later, no data
+
+
+def test_foreign_near_miss_origins_are_403_on_the_real_process(app: AppProcess) -> None:
+    for origin in near_misses(app.port):
+        if any(c in origin for c in "\x00\n") or origin != origin.strip():
+            continue  # httpx refuses to send these; the unit test covers them
+        h = {**_ok_headers(app), "Origin": origin}
+        assert httpx.get(app.base + "/api/state", headers=h).status_code == 403, origin
+
+
+def test_guard_sessions_need_both_halves() -> None:
+    valid = {("c" * 43, "k" * 43)}
+    g = Guard(lambda *a: None, "s", 8471, sessions=lambda c, k: (c, k) in valid)  # type: ignore[arg-type, return-value]
+    base = {"host": "127.0.0.1:8471"}
+    ok = {**base, "cookie": f"xchat_8471={'c' * 43}", "x-xchat-key": "k" * 43}
+    assert g.check("GET", "/api/x", ok) == (0, "")
+    assert g.credential(ok) == "session"
+    assert g.credential({**base, "x-xchat-secret": "s"}) == "secret"
+    for bad in (
+        {**base, "cookie": f"xchat_8471={'c' * 43}"},  # cookie alone
+        {**base, "x-xchat-key": "k" * 43},  # key alone
+        {**ok, "cookie": f"xchat_8472={'c' * 43}"},  # another port's cookie
+        {**ok, "cookie": f"xchat_84710={'c' * 43}"},
+        {**ok, "cookie": f"xchat_847={'c' * 43}"},
+        {**ok, "cookie": f"xchat_8471={'c' * 42}"},
+        {**ok, "cookie": f"xchat_8471={'c' * 43}x"},
+        {**ok, "cookie": f"xchat_8471={'c' * 43}; xchat_8471={'c' * 43}"},  # planted twin
+        {**ok, "x-xchat-key": "k" * 43 + " "},
+        {**ok, "x-xchat-key": "K" * 43},
+    ):
+        assert g.check("GET", "/api/x", bad)[0] == 401, bad
+    # A stale launch secret (the app restarted) next to a valid session still passes.
+    assert g.check("GET", "/api/x", {**ok, "x-xchat-secret": "old"}) == (0, "")
+    no_sessions = Guard(lambda *a: None, "s", 8471)  # type: ignore[arg-type, return-value]
+    assert no_sessions.check("GET", "/api/x", ok)[0] == 401

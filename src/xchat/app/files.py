@@ -16,6 +16,7 @@ import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -155,6 +156,36 @@ async def file_content(request: Request, st: AppState) -> Response:
         media_type=media,
         headers={"content-disposition": f"attachment; filename*=UTF-8''{quote(path.name)}"},
     )
+
+
+def mark_auto_previews(st: AppState, items: list[dict[str, Any]]) -> None:
+    """Set ``file.auto`` on image messages the page may download by itself: our own, and
+    those from people we write to (we sent them a 1:1 message, opened the chat, or verified
+    them). From anyone else the download waits for a click, because fetching the blob tells
+    the uploader's relay when the chat was opened (issue #18)."""
+    known: dict[str, bool] = {}
+    chats: set[str] | None = None
+    for m in items:
+        f = m.get("file")
+        if not isinstance(f, dict) or not f.get("image"):
+            continue
+        sender = m.get("sender")
+        if m.get("direction") != "in" or not isinstance(sender, str):
+            f["auto"] = True
+            continue
+        if sender not in known:
+            chats = st.chats() if chats is None else chats
+            known[sender] = _writes_to(st, sender, chats)
+        f["auto"] = known[sender]
+
+
+def _writes_to(st: AppState, address: str, chats: set[str]) -> bool:
+    if address in chats:
+        return True
+    c = st.client.store.get_contact(address)
+    if c is not None and c.verified:
+        return True
+    return any(m.direction == "out" for m in st.client.store.history(address, 200))
 
 
 ROUTES = [

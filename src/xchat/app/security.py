@@ -10,8 +10,19 @@ front of every route and enforces, in order:
    ``http://localhost:PORT``; ``Sec-Fetch-Site``, when present, must be ``same-origin`` or
    ``none`` -> 403. (Cross-site reads are also blocked by the absence of CORS headers.)
 3. ``/api/*`` needs the per-launch secret in ``X-XChat-Secret``, compared in constant time
-   with :func:`hmac.compare_digest` -> 401. The secret travels in the URL *fragment*, which
-   browsers never send to servers or in ``Referer``.
+   with :func:`hmac.compare_digest`, or a *browser session* -> 401. The secret travels in
+   the URL *fragment*, which browsers never send to servers or in ``Referer`` (a ``?s=``
+   query secret is not accepted: queries end up in history, logs and Referer).
+
+   A browser session lets the page be reopened after a restart without the terminal
+   (:mod:`xchat.app.session`). It is two random 32-byte halves, both required on every
+   request: an ``HttpOnly; SameSite=Strict; Path=/api`` cookie named after the port
+   (``xchat_<port>``), and ``X-XChat-Key`` from the page's ``localStorage``. The cookie
+   keeps the session away from page scripts and from every cross-site request; the key
+   is origin-scoped (port included), which cookies are not, so another program listening
+   on a different 127.0.0.1 port that lures the browser gets at most the cookie, which is
+   useless alone; and as a custom header it cannot be sent cross-origin without a CORS
+   preflight, which is never answered. Only the launch secret can create a session.
 4. ``/api/*`` accepts only GET (reads) and POST with ``Content-Type: application/json``
    (writes): an HTML form cannot produce that without a CORS preflight, which we never
    answer -> 405 / 415.
@@ -29,7 +40,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 SECRET_HEADER = "x-xchat-secret"
-SECRET_BYTES = 32
+KEY_HEADER = "x-xchat-key"
+AUTH_SCOPE_KEY = "xchat.auth"  # "secret" or "session": which credential let the request in
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,12 +70,20 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 class Guard:
     """ASGI middleware enforcing the rules in the module docstring."""
 
-    def __init__(self, app: ASGIApp, secret: str, port: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret: str,
+        port: int,
+        sessions: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.app = app
         self._secret = secret.encode("ascii")
         self.port = port
         self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
         self.origins = {f"http://{h}" for h in self.hosts}
+        self.cookie_name = cookie_name(port)
+        self._sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -78,6 +98,7 @@ class Guard:
         if status:
             await _deny(send, status, reason)
             return
+        scope[AUTH_SCOPE_KEY] = self.credential(headers)
 
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -109,8 +130,7 @@ class Guard:
             if method not in ("GET", "HEAD"):
                 return 405, "method not allowed"
             return 0, ""
-        given = headers.get(SECRET_HEADER, "").encode("ascii", "replace")
-        if not hmac.compare_digest(given, self._secret):
+        if self.credential(headers) is None:
             return 401, "missing or wrong app secret"
         if method == "GET":
             return 0, ""
@@ -120,6 +140,35 @@ class Guard:
         if ctype != "application/json":
             return 415, "POST bodies must be application/json"
         return 0, ""
+
+    def credential(self, headers: dict[str, str]) -> str | None:
+        """Which credential the request carries: "secret", "session", or None."""
+        given = headers.get(SECRET_HEADER, "").encode("ascii", "replace")
+        if hmac.compare_digest(given, self._secret):
+            return "secret"
+        cookie = cookie_value(headers.get("cookie", ""), self.cookie_name)
+        key = headers.get(KEY_HEADER, "")
+        if self._sessions is not None and cookie and key and self._sessions(cookie, key):
+            return "session"
+        return None
+
+
+def cookie_name(port: int) -> str:
+    """Cookies are not port-scoped: each app's cookie carries its port in its name."""
+    return f"xchat_{port}"
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header; None if absent or repeated (a
+    second copy could be planted by another 127.0.0.1 port: fail closed)."""
+    found = None
+    for part in header.split(";"):
+        k, sep, v = part.strip().partition("=")
+        if sep and k == name:
+            if found is not None:
+                return None
+            found = v
+    return found
 
 
 def _headers(scope: Scope) -> dict[str, str]:

@@ -57,11 +57,11 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from xchat.app.account import displaced
 from xchat.app.common import (  # route modules import these from xchat.app.common
     AppState,
     Handler,
     HttpError,
-    _account,
     _contact,
     _conv_history,
     _group,
@@ -78,103 +78,20 @@ from xchat.app.common import (  # route modules import these from xchat.app.comm
     read_json,
     route,
 )
+from xchat.app.compose import apply_status
+from xchat.app.files import mark_auto_previews
 from xchat.app.security import Guard
+from xchat.app.session import sessions_for
 
 log = logging.getLogger(__name__)
 
 HISTORY_LIMIT = 200
 UNREAD_WINDOW = 100
 HEARTBEAT_S = 15.0
-CONFIRM_WORDS = 3
 
 
 def static_dir() -> Path:
     return Path(str(resources.files("xchat.app") / "static"))
-
-
-# --- routes: account -------------------------------------------------------------------------
-
-
-async def get_state(request: Request, st: AppState) -> Response:
-    return JSONResponse(
-        {
-            "account": _account(st),
-            "default_server": st.default_server,
-            "connected": st.connected,
-            "phrase_pending": st.pending_phrase is not None,
-            "confirm_indices": [i + 1 for i in st.confirm_indices],
-        }
-    )
-
-
-async def create_account(request: Request, st: AppState) -> Response:
-    data = await read_json(request)
-    server = _str(data, "server", limit=2048).strip()
-    handle = _str(data, "handle", required=False, limit=64).strip().removeprefix("@") or None
-    if not server.startswith(("http://", "https://")):
-        raise HttpError(400, "server URL must start with http:// or https://")
-    info = await st.client.create_account(server, handle)
-    words = (info.recovery_phrase or "").split()
-    st.pending_phrase = words
-    st.confirm_indices = sorted(secrets.SystemRandom().sample(range(len(words)), CONFIRM_WORDS))
-    await st.start_receiving()
-    return JSONResponse(
-        {
-            "account": _account(st),
-            "recovery_phrase": words,
-            "confirm_indices": [i + 1 for i in st.confirm_indices],
-        }
-    )
-
-
-async def recovery_phrase(request: Request, st: AppState) -> Response:
-    """The phrase again, only while it waits for confirmation (e.g. after a reload)."""
-    await read_json(request)
-    if st.pending_phrase is None:
-        raise HttpError(409, "no recovery phrase waiting for confirmation")
-    return JSONResponse(
-        {
-            "recovery_phrase": st.pending_phrase,
-            "confirm_indices": [i + 1 for i in st.confirm_indices],
-        }
-    )
-
-
-async def confirm_phrase(request: Request, st: AppState) -> Response:
-    data = await read_json(request)
-    words = data.get("words")
-    if st.pending_phrase is None:
-        raise HttpError(409, "no recovery phrase waiting for confirmation")
-    if not isinstance(words, list) or len(words) != CONFIRM_WORDS:
-        raise HttpError(400, f"send the {CONFIRM_WORDS} requested words")
-    ok = True
-    for i, w in zip(st.confirm_indices, words, strict=True):
-        given = (w if isinstance(w, str) else "").strip().lower().encode()
-        ok &= secrets.compare_digest(given, st.pending_phrase[i].encode())
-    if not ok:
-        raise HttpError(400, "those words do not match your recovery phrase")
-    st.pending_phrase = None
-    st.confirm_indices = []
-    return JSONResponse({"ok": True})
-
-
-async def restore_account(request: Request, st: AppState) -> Response:
-    data = await read_json(request)
-    server = _str(data, "server", limit=2048).strip()
-    phrase = " ".join(_str(data, "phrase", limit=1024).lower().split())
-    if not server.startswith(("http://", "https://")):
-        raise HttpError(400, "server URL must start with http:// or https://")
-    await st.client.restore_account(server, phrase)
-    await st.start_receiving()
-    return JSONResponse({"account": _account(st)})
-
-
-async def set_handle(request: Request, st: AppState) -> Response:
-    _require_account(st)
-    data = await read_json(request)
-    handle = _str(data, "handle", limit=64).strip().removeprefix("@")
-    await st.client.set_handle(handle)
-    return JSONResponse({"account": _account(st)})
 
 
 # --- routes: conversations and messages ------------------------------------------------------
@@ -230,7 +147,8 @@ async def messages(request: Request, st: AppState) -> Response:
         head = {"contact": contact_json(c)}
         hist = st.client.store.history(c.address, HISTORY_LIMIT)
     handles = _handles(st)
-    items = [message_json(m, handles) for m in hist]
+    items = apply_status(st, [message_json(m, handles) for m in hist])
+    mark_auto_previews(st, items)
     if "contact" in head:  # calls are entries of the 1:1 conversation (PROTOCOL Part IX §8)
         from xchat.app.calls import conversation_entries
 
@@ -239,18 +157,6 @@ async def messages(request: Request, st: AppState) -> Response:
             key=lambda m: m["ts_ms"],
         )
     return JSONResponse({**head, "messages": items})
-
-
-async def send_message(request: Request, st: AppState) -> Response:
-    _require_account(st)
-    data = await read_json(request)
-    to = _str(data, "to", limit=128)
-    text = _str(data, "text", limit=16 * 1024)
-    if _is_group(to):
-        msg_id = await st.client.send_group(_group(st, to).id, text)
-    else:
-        msg_id = await st.client.send_text(to, text)
-    return JSONResponse({"id": msg_id})
 
 
 async def mark_read(request: Request, st: AppState) -> Response:
@@ -317,7 +223,7 @@ async def events(request: Request, st: AppState) -> Response:
     async def stream() -> AsyncIterator[bytes]:
         try:
             yield b"retry: 2000\n\n"
-            hello = {"type": "hello", "connected": st.connected}
+            hello = {"type": "hello", "connected": st.connected, "displaced": await displaced(st)}
             yield f"data: {json.dumps(hello)}\n\n".encode()
             while True:
                 try:
@@ -353,6 +259,9 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 # with ``async handler(request, state) -> Response``; build_app mounts them behind the same
 # Guard and error mapping as the routes here. A feature adds its module with one line.
 ROUTE_MODULES: tuple[str, ...] = (
+    "xchat.app.account",
+    "xchat.app.compose",
+    "xchat.app.session",
     "xchat.app.files",
     "xchat.app.groups",
     "xchat.app.backup",
@@ -362,18 +271,11 @@ ROUTE_MODULES: tuple[str, ...] = (
 RouteSpec = tuple[str, str, Handler]
 
 CORE_ROUTES: list[RouteSpec] = [
-    ("GET", "/api/state", get_state),
     ("GET", "/api/events", events),
-    ("POST", "/api/account/create", create_account),
-    ("POST", "/api/account/phrase", recovery_phrase),
-    ("POST", "/api/account/confirm", confirm_phrase),
-    ("POST", "/api/account/restore", restore_account),
-    ("POST", "/api/account/handle", set_handle),
     ("GET", "/api/conversations", conversations),
     ("POST", "/api/contacts/resolve", resolve_contact),
     ("POST", "/api/contacts/verify", verify_contact),
     ("GET", "/api/messages", messages),
-    ("POST", "/api/messages/send", send_message),
     ("POST", "/api/conversations/read", mark_read),
     ("GET", "/api/safety", safety),
     ("GET", "/api/safety.svg", safety_svg),
@@ -411,7 +313,7 @@ def build_app(state: AppState) -> Guard:
         attach = getattr(importlib.import_module(name), "attach", None)
         if attach is not None:
             attach(state)
-    return Guard(app, state.secret, state.port)
+    return Guard(app, state.secret, state.port, sessions=sessions_for(state).valid)
 
 
 def new_secret() -> str:

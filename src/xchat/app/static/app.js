@@ -5,7 +5,7 @@
 // This is the entry module (index.html loads it with type="module"). Each feature lives
 // in its own module and plugs in through the hooks in state.js; a new feature adds its
 // module with one import line below.
-import { get, post, secret } from './api.js';
+import { canAuthenticate, ensureSession, get, post } from './api.js';
 import { $, showLocked, showOnly } from './dom.js';
 import { state } from './state.js';
 import { enterApp, setConn } from './conversations.js';
@@ -15,20 +15,23 @@ import { applyTheme, currentTheme } from './settings.js';
 import './compose.js';
 import './files-ui.js';
 import './groups-ui.js';
+import './notify.js';
 import './safety.js';
 import './backup.js';
 // Feature modules (one line each):
-
 import './calls.js';
+
 async function boot() {
   applyTheme(currentTheme());
-  if (!secret) { showLocked(); return; }
+  if (!canAuthenticate()) { showLocked(); return; }
+  await ensureSession();
   let st;
   try { st = await get('/api/state'); } catch (e) {
     if (e.status !== 401) { showOnly('view-loading'); $('view-loading').firstElementChild.textContent = e.message; }
     return;
   }
   state.defaultServer = st.default_server || '';
+  state.restored = Boolean(st.restored);
   if (!st.account) {
     startOnboarding();
   } else if (st.phrase_pending) {
@@ -40,7 +43,7 @@ async function boot() {
     state.account = st.account;
     enterApp();
   }
-  setConn(st.connected);
+  setConn(st.connected, st.displaced);
   connectEvents();
 }
 

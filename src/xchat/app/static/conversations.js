@@ -1,7 +1,7 @@
 // The main view: the conversation list, the open conversation (header and messages), the
 // connection status, and the live events that refresh them.
 import { get, post } from './api.js';
-import { $, alertText, announce, el, fmtTime, shortAddr, show, showOnly } from './dom.js';
+import { $, alertText, announce, el, fmtFull, fmtTime, linkify, plural, shortAddr, show, showOnly } from './dom.js';
 import {
   convName, displayName, emit, isGroup, memberName, on, preview, renderers, senderName, state,
 } from './state.js';
@@ -9,17 +9,41 @@ import { renderWhoami } from './settings.js';
 
 export function enterApp() {
   showOnly('view-app');
+  show($('restore-note'), state.restored);
   renderWhoami();
   refreshConversations();
   $('newchat-input').focus();
   emit('app-entered');
 }
 
-export function setConn(connected) {
+// Three different troubles, told apart: the relay is unreachable (the app process keeps
+// messages in its outbox and reconnects), another copy of the account took the connection
+// (no automatic reconnect: the two copies would take it from each other forever), and the
+// app process itself stopped (nothing works until it is started again).
+export function setConn(connected, displaced) {
   const c = $('conn-status');
-  if (connected === true) { c.dataset.state = 'online'; c.textContent = 'Connected'; }
-  else if (connected === false) { c.dataset.state = 'offline'; c.textContent = 'Offline — reconnecting'; }
+  const here = $('btn-use-here');
+  show(here, Boolean(displaced));
+  if (displaced) {
+    c.dataset.state = 'displaced';
+    c.textContent = displaced;
+  } else if (connected === true) { c.dataset.state = 'online'; c.textContent = 'Connected'; }
+  else if (connected === false) { c.dataset.state = 'offline'; c.textContent = 'Relay unreachable — reconnecting; messages wait to be sent'; }
   else { delete c.dataset.state; c.textContent = ''; }
+}
+
+/** The event stream broke: is the app process gone, or was it a blip? */
+async function checkApp() {
+  try {
+    await get('/api/state');
+  } catch (e) {
+    if (e.status === 0) {
+      const c = $('conn-status');
+      c.dataset.state = 'app-down';
+      c.textContent = 'The XChat app stopped: start it again (make run, or xchat app), then reload this page';
+      show($('btn-use-here'), false);
+    }
+  }
 }
 
 export async function refreshConversations() {
@@ -40,7 +64,7 @@ export function renderConversations() {
   list.replaceChildren(...state.convs.map((c) => {
     const name = convName(c);
     const last = c.last;
-    const kind = c.kind === 'group' ? `group with ${c.members.length} members` : '';
+    const kind = c.kind === 'group' ? `group with ${plural(c.members.length, 'member')}` : '';
     const label = [name, kind, c.unread ? `${c.unread} unread` : '', last ? `last message: ${preview(last)}` : '']
       .filter(Boolean).join(', ');
     const btn = el('button', {
@@ -56,6 +80,7 @@ export function renderConversations() {
     c.unread ? el('span', { class: 'unread', text: String(c.unread), 'aria-hidden': 'true' }) : el('span'));
     return el('li', {}, btn);
   }));
+  emit('conversations-rendered', state.convs);
 }
 
 $('form-newchat').addEventListener('submit', async (e) => {
@@ -75,6 +100,7 @@ $('form-newchat').addEventListener('submit', async (e) => {
 
 export async function openConversation(conv) {
   if (conv !== state.current) {
+    emit('conversation-switch', state.current, conv);
     state.messages = [];
     $('messages').replaceChildren();
   }
@@ -92,6 +118,7 @@ export async function openConversation(conv) {
 $('btn-back').addEventListener('click', () => {
   $('view-app').classList.remove('show-conv');
   const conv = state.current || '';
+  emit('conversation-switch', state.current, null);
   state.current = null;
   renderConversations();
   (document.querySelector(`.conv-item[data-conv="${CSS.escape(conv)}"]`) || $('newchat-input')).focus();
@@ -135,7 +162,7 @@ export function renderHeader() {
     $('conv-title').textContent = g.name;
     $('conv-subtitle').textContent = g.left
       ? 'You are no longer a member of this group'
-      : `${g.members.length} members: ${g.members.map(memberName).join(', ')}`;
+      : `${plural(g.members.length, 'member')}: ${g.members.map(memberName).join(', ')}`;
     show($('identity-warning'), false);
     return;
   }
@@ -153,12 +180,34 @@ export function renderHeader() {
 }
 
 function statusLabel(s) {
-  return { sending: 'Sending…', sent: 'Sent', delivered: 'Delivered', received: '', failed: 'Not sent' }[s] ?? s;
+  return {
+    sending: '🕓 Sending…', pending: '🕓 Waiting to send', sent: 'Sent ✓', delivered: 'Delivered ✓✓',
+    received: '', failed: 'Not sent',
+  }[s] ?? s;
+}
+
+// Stick to the newest message while the user has not scrolled up: content that grows later
+// (an image decoding, a preview arriving) must not leave the view above the end.
+// Only the user's own scrolling (wheel, touch, keys, scrollbar) may unstick it: scroll
+// events caused by layout (an image growing just after a programmatic scroll) must not.
+let stick = true;
+let userScrollUntil = 0;
+const box0 = $('messages');
+for (const type of ['wheel', 'touchmove', 'keydown', 'mousedown']) {
+  box0.addEventListener(type, () => { userScrollUntil = Date.now() + 1000; }, { passive: true });
+}
+box0.addEventListener('scroll', () => {
+  if (Date.now() < userScrollUntil) stick = box0.scrollHeight - box0.scrollTop - box0.clientHeight < 80;
+});
+function toEnd() { box0.scrollTop = box0.scrollHeight; }
+box0.addEventListener('load', () => { if (stick) toEnd(); }, true);  // <img> loads (capture)
+if (window.ResizeObserver) {
+  new ResizeObserver(() => { if (stick) toEnd(); }).observe(box0);
 }
 
 export function renderMessages(scrollToEnd) {
   const box = $('messages');
-  const nearEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  const nearEnd = stick || box.scrollHeight - box.scrollTop - box.clientHeight < 80;
   let lastDay = '';
   let lastSender = null;
   const items = [];
@@ -174,7 +223,7 @@ export function renderMessages(scrollToEnd) {
     lastSender = from;
   }
   box.replaceChildren(...items);
-  if (scrollToEnd || nearEnd) box.scrollTop = box.scrollHeight;
+  if (scrollToEnd || nearEnd) { stick = true; toEnd(); }
 }
 
 export function renderMessage(m, firstOfRun) {
@@ -183,7 +232,7 @@ export function renderMessage(m, firstOfRun) {
   let body;
   const custom = renderers.get(m.kind);
   if (m.kind === 'text') {
-    body = el('div', { class: 'bubble', text: m.text });
+    body = el('div', { class: 'bubble' }, ...linkify(m.text));
   } else if (custom) {
     body = custom(m);
   } else {
@@ -192,9 +241,9 @@ export function renderMessage(m, firstOfRun) {
   const sender = inGroup && m.direction === 'in' && firstOfRun
     ? el('span', { class: 'sender', 'aria-hidden': 'true', text: who }) : null;
   const status = m.direction === 'out'
-    ? el('span', { class: 'status', 'data-status': m.status, text: ` · ${statusLabel(m.status)}${m.status === 'delivered' ? ' ✓✓' : m.status === 'sent' ? ' ✓' : ''}` })
+    ? el('span', { class: 'status', 'data-status': m.status, title: m.error || null, text: ` · ${statusLabel(m.status)}` })
     : null;
-  const time = el('time', { datetime: new Date(m.ts_ms).toISOString(), text: fmtTime(m.ts_ms) });
+  const time = el('time', { datetime: new Date(m.ts_ms).toISOString(), title: fmtFull(m.ts_ms), text: fmtTime(m.ts_ms) });
   const li = el('li', { class: `msg ${m.direction}`, 'data-id': m.id, 'data-sender': m.sender, 'aria-label': `${who}, ${fmtTime(m.ts_ms)}` },
     sender, body, el('div', { class: 'meta' }, time, status));
   emit('message-rendered', li, m);
@@ -206,10 +255,22 @@ document.addEventListener('visibilitychange', () => {
   if (document.visibilityState === 'visible' && state.current) loadMessages(false).then(refreshSoon);
 });
 
-on('event:hello', (ev) => { if (ev.connected !== null && ev.connected !== undefined) setConn(ev.connected); });
-on('event:connection', (ev) => setConn(ev.connected));
+on('event:hello', (ev) => { if (ev.connected !== null && ev.connected !== undefined) setConn(ev.connected, ev.displaced); });
+on('event:connection', (ev) => setConn(ev.connected, ev.displaced));
 on('event:drained', () => setConn(true));
-on('events-lost', () => setConn(false));
+on('events-lost', checkApp);
+on('event:outbox', () => {
+  if (state.current) loadMessages(false);
+  refreshSoon();
+});
+$('btn-restore-note-ok').addEventListener('click', async () => {
+  state.restored = false;
+  show($('restore-note'), false);
+  await post('/api/account/restored-seen', {}).catch(() => {});
+});
+$('btn-use-here').addEventListener('click', async () => {
+  try { await post('/api/connection/reconnect', {}); } catch (e) { alertText(e.message); }
+});
 on('event:message', (ev) => {
   const from = ev.handle ? `@${ev.handle}` : shortAddr(ev.peer);
   const where = ev.group ? ` in ${ev.group.name}` : '';

@@ -54,3 +54,39 @@ export function fmtSize(n) {
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
   return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
+
+/** The full date and time, for hover titles. */
+export function fmtFull(ms) {
+  return new Date(ms).toLocaleString([], { dateStyle: 'full', timeStyle: 'medium' });
+}
+export function plural(n, word) { return `${n} ${word}${n === 1 ? '' : 's'}`; }
+
+// http(s) links become <a> elements (opened in a new tab, no referrer, no preview: a
+// preview would fetch the linked site and tell it who is reading); everything is text.
+const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
+export function linkify(text) {
+  const out = [];
+  let last = 0;
+  for (const m of text.matchAll(URL_RE)) {
+    let url = m[0].replace(/[).,;:!?\]]+$/, '');
+    if (!url) continue;
+    if (m.index > last) out.push(text.slice(last, m.index));
+    let href = null;
+    try { href = new URL(url).href; } catch (e) { /* not a URL: keep it as text */ }
+    out.push(href ? el('a', { href, target: '_blank', rel: 'noopener noreferrer', class: 'link', text: url }) : url);
+    last = m.index + url.length;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
+// --- the checks the app process makes too, said before a round trip --------------------------
+export const HANDLE_RE = /^[A-Za-z][A-Za-z0-9_]{2,31}$/;
+export function handleProblem(handle) {
+  return HANDLE_RE.test(handle) ? '' : 'A handle is 3–32 letters, digits or _, starting with a letter.';
+}
+
+/** A recovery phrase as written down: "1. word 2. word", commas, extra spaces, capitals. */
+export function phraseWords(text) {
+  return text.toLowerCase().replace(/\b\d+\s*[.):-]?/g, ' ').split(/[\s,;·•]+/).filter(Boolean);
+}

@@ -1,6 +1,6 @@
 // Live events from the app process: Server-Sent Events read through fetch (so the secret
 // stays in a header), dispatched to the modules that registered for each type (state.js).
-import { secret } from './api.js';
+import { authHeaders } from './api.js';
 import { showLocked } from './dom.js';
 import { emit } from './state.js';
 
@@ -8,7 +8,7 @@ let backoff = 500;
 
 export async function connectEvents() {
   try {
-    const res = await fetch('/api/events', { headers: { 'X-XChat-Secret': secret }, cache: 'no-store', credentials: 'omit' });
+    const res = await fetch('/api/events', { headers: authHeaders(), cache: 'no-store', credentials: 'same-origin' });
     if (res.status === 401) { showLocked(); return; }
     if (!res.ok || !res.body) throw new Error('events unavailable');
     backoff = 500;

@@ -1,20 +1,26 @@
 // Files: sent encrypted through the app process; received ones downloaded, verified and
-// decrypted locally by it on demand (images automatically), shown from blob: URLs.
+// decrypted locally by it on demand, shown from blob: URLs. Images download by themselves
+// only from people you write to (m.file.auto, decided by the app process); from anyone
+// else they wait for a click, since a download tells the sender's relay you opened the chat.
 import { get, post } from './api.js';
 import { $, announce, el, fmtSize } from './dom.js';
 import { on, renderers, state } from './state.js';
 import { loadMessages, refreshConversations, renderMessages } from './conversations.js';
 
 const AUTO_PREVIEW_BYTES = 10 * 1024 * 1024;
+export const MAX_FILE_BYTES = 25 * 1024 * 1024;  // the app's upload limit (app/files.py)
 
 function renderFile(m) {
   const f = m.file;
   const frag = document.createDocumentFragment();
   const url = state.previews.get(m.id);
   if (url) {
-    frag.append(el('img', { src: url, alt: `Image: ${f.name}` }));
-  } else if (f.image && f.size <= AUTO_PREVIEW_BYTES) {
+    frag.append(el('button', { type: 'button', class: 'image-btn', 'aria-label': `View ${f.name} full size`, onclick: () => viewImage(url, f.name) },
+      el('img', { src: url, alt: `Image: ${f.name}` })));
+  } else if (f.image && f.auto && f.size <= AUTO_PREVIEW_BYTES) {
     queuePreview(m);
+  } else if (f.image) {
+    frag.append(el('button', { type: 'button', class: 'small-btn show-image-btn', onclick: () => queuePreview(m) }, 'Show image'));
   }
   const t = state.transfers.get(`down-${m.id}`);
   const saved = state.saved.get(m.id);
@@ -105,7 +111,22 @@ function base64Of(buffer) {
   return btoa(out);
 }
 
+function viewImage(url, name) {
+  const dlg = $('dlg-image');
+  $('image-full').src = url;
+  $('image-full').alt = `Image: ${name}`;
+  $('image-title').textContent = name;
+  dlg.showModal();
+}
+$('btn-image-close').addEventListener('click', () => $('dlg-image').close());
+$('dlg-image').addEventListener('click', (e) => { if (e.target === $('dlg-image')) $('dlg-image').close(); });
+
 export async function sendFile(file, to) {
+  if (file.size > MAX_FILE_BYTES) {
+    // Said before anything is read or uploaded.
+    $('composer-error').textContent = `${file.name} is ${(file.size / 1048576).toFixed(1)} MiB: files can be up to 25 MiB.`;
+    return;
+  }
   const transfer = crypto.getRandomValues(new Uint32Array(2)).join('');
   state.transfers.set(transfer, { label: `Encrypting and sending ${file.name}`, done: 0, total: file.size });
   renderTransfers();

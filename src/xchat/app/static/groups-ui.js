@@ -1,8 +1,10 @@
 // Groups: create one, the members dialog (admins add, remove, rename).
 import { get, post } from './api.js';
-import { $, announce, el, shortAddr, show } from './dom.js';
+import { $, announce, el, plural, shortAddr, show } from './dom.js';
 import { memberName, on, state } from './state.js';
-import { openConversation, refreshConversations, refreshSoon, renderHeader } from './conversations.js';
+import {
+  openConversation, refreshConversations, refreshSoon, renderConversations, renderHeader,
+} from './conversations.js';
 
 function splitMembers(text) {
   return text.split(/[\s,]+/).map((m) => m.trim()).filter(Boolean);
@@ -40,7 +42,7 @@ $('form-group').addEventListener('submit', async (e) => {
 function renderMembers(g) {
   state.group = g;
   const admin = g.admin && !g.left;
-  $('members-title').textContent = `${g.name}: ${g.members.length} members`;
+  $('members-title').textContent = `${g.name}: ${plural(g.members.length, 'member')}`;
   $('members-note').textContent = g.left
     ? 'You are no longer a member of this group.'
     : admin ? 'You are an admin: you can add and remove members and rename the group.'
@@ -53,7 +55,7 @@ function renderMembers(g) {
       m.admin ? el('span', { class: 'badge admin', text: 'Admin' }) : null,
       admin && !m.me ? el('button', {
         type: 'button', class: 'small-btn danger', 'aria-label': `Remove ${memberName(m)}`,
-        onclick: () => changeMembers({ remove: [m.address] }, `${memberName(m)} removed`),
+        onclick: (e) => confirmRemove(m, e.currentTarget),
       }, 'Remove') : null))));
   show($('members-admin'), admin);
   $('rename-input').value = g.name;
@@ -70,14 +72,41 @@ async function openMembers() {
   if (!$('dlg-members').open) $('dlg-members').showModal();
 }
 
+// Removing someone re-keys the group for everyone left (seconds with many members): ask
+// first, show the work in progress, and update every count the moment it is done.
+function confirmRemove(m, button) {
+  const dlg = $('dlg-confirm');
+  $('confirm-text').textContent = `Remove ${memberName(m)} from ${state.group.name}? They stop receiving new messages; the group gets new keys.`;
+  $('btn-confirm-ok').textContent = 'Remove';
+  dlg.returnValue = '';
+  dlg.onclose = () => {
+    dlg.onclose = null;
+    if (dlg.returnValue !== 'ok') { button.focus(); return; }
+    button.disabled = true;
+    button.textContent = 'Removing…';
+    button.setAttribute('aria-busy', 'true');
+    $('members-list').setAttribute('aria-busy', 'true');
+    changeMembers({ remove: [m.address] }, `${memberName(m)} removed`).finally(() => {
+      $('members-list').removeAttribute('aria-busy');
+      if (button.isConnected) { button.disabled = false; button.textContent = 'Remove'; button.removeAttribute('aria-busy'); }
+    });
+  };
+  dlg.showModal();
+  $('btn-confirm-cancel').focus();
+}
+$('btn-confirm-ok').addEventListener('click', () => $('dlg-confirm').close('ok'));
+$('btn-confirm-cancel').addEventListener('click', () => $('dlg-confirm').close('cancel'));
+
 async function changeMembers(body, done) {
   $('members-error').textContent = '';
   const g = state.group;
   try {
     const r = await post('/api/groups/members', { group: g.id, ...body });
     renderMembers(r.group);
+    const entry = state.convs.find((c) => c.conv === r.group.conv);
+    if (entry) { entry.members = r.group.members; renderConversations(); }
     announce(done);
-    refreshSoon();
+    refreshConversations();
   } catch (err) { $('members-error').textContent = err.message; }
 }
 

@@ -1,6 +1,6 @@
 // First run: create an account (then show and confirm the recovery phrase) or restore one.
 import { post } from './api.js';
-import { $, el, show, showOnly } from './dom.js';
+import { $, el, handleProblem, phraseWords, show, showOnly } from './dom.js';
 import { state } from './state.js';
 import { enterApp } from './conversations.js';
 
@@ -47,7 +47,7 @@ $('form-create').addEventListener('submit', async (e) => {
   const handle = $('create-handle').value.trim().replace(/^@/, '');
   $('onboarding-error').textContent = '';
   if (!/^https?:\/\//.test(server)) { $('onboarding-error').textContent = 'Enter the server URL, e.g. http://127.0.0.1:8080'; $('create-server').focus(); return; }
-  if (handle && !/^[A-Za-z][A-Za-z0-9_]{2,31}$/.test(handle)) { $('onboarding-error').textContent = 'A handle is 3–32 letters, digits or _, starting with a letter.'; $('create-handle').focus(); return; }
+  if (handle && handleProblem(handle)) { $('onboarding-error').textContent = handleProblem(handle); $('create-handle').focus(); return; }
   busy('Creating your keys and account (solving a small proof of work)…');
   try {
     const r = await post('/api/account/create', { server, handle });
@@ -63,14 +63,16 @@ $('form-create').addEventListener('submit', async (e) => {
 $('form-restore').addEventListener('submit', async (e) => {
   e.preventDefault();
   const server = $('restore-server').value.trim();
-  const phrase = $('restore-phrase').value.trim();
+  const words = phraseWords($('restore-phrase').value);
+  const phrase = words.join(' ');
   $('onboarding-error').textContent = '';
   if (!/^https?:\/\//.test(server)) { $('onboarding-error').textContent = 'Enter the server URL.'; return; }
-  if (phrase.split(/\s+/).length !== 24) { $('onboarding-error').textContent = 'The recovery phrase has 24 words.'; return; }
+  if (words.length !== 24) { $('onboarding-error').textContent = `The recovery phrase has 24 words; this has ${words.length}.`; return; }
   busy('Restoring your account…');
   try {
     const r = await post('/api/account/restore', { server, phrase });
     state.account = r.account;
+    state.restored = true;
     busy('');
     $('restore-phrase').value = '';
     enterApp();

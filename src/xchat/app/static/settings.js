@@ -1,6 +1,6 @@
 // Theme (system/light/dark) and the Settings dialog: server, address (copy, QR), handle.
-import { get, post } from './api.js';
-import { $, alertText, announce, show } from './dom.js';
+import { forgetSession, get, post } from './api.js';
+import { $, alertText, announce, handleProblem, show } from './dom.js';
 import { state } from './state.js';
 
 const THEME_KEY = 'xchat-theme';
@@ -56,12 +56,20 @@ $('btn-show-address-qr').addEventListener('click', async () => {
 $('form-handle').addEventListener('submit', async (e) => {
   e.preventDefault();
   const handle = $('set-handle').value.trim().replace(/^@/, '');
+  const problem = handleProblem(handle);
+  if (problem) { $('handle-status').textContent = problem; $('set-handle').focus(); return; }
+  if (state.account && handle === state.account.handle) { $('handle-status').textContent = `You are already @${handle}`; return; }
+  $('handle-status').textContent = 'Saving…';
   try {
     const r = await post('/api/account/handle', { handle });
     state.account = r.account;
     $('handle-status').textContent = `Saved: you are @${r.account.handle}`;
     renderWhoami();
   } catch (err) { $('handle-status').textContent = err.message; }
+});
+$('btn-forget-browser').addEventListener('click', async () => {
+  await forgetSession().catch(() => {});
+  $('forget-status').textContent = 'This browser is signed out: next time, open the URL that xchat app prints.';
 });
 for (const r of document.querySelectorAll('input[name="theme"]')) {
   r.addEventListener('change', () => applyTheme(r.value));

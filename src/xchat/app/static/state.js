@@ -22,6 +22,7 @@ export const state = {
   saved: new Map(),     // message id -> file name it was saved under
   transfers: new Map(), // transfer id -> {label, done, total}
   defaultServer: '',
+  restored: false,      // restored from the phrase: no history here (the page says why)
 };
 
 const hooks = new Map();
