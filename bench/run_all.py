@@ -39,6 +39,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("relay", "relay_bench.py", ()),
     ("cluster", "cluster_bench.py", ("synapse_pg",)),
     ("backup", "backup_bench.py", ()),
+    ("calls", "call_bench.py", ()),
 )
 
 TITLES = {
@@ -51,6 +52,7 @@ TITLES = {
     "relay": "XChat relay",
     "cluster": "Scale-out: PostgreSQL + Redis nodes vs Synapse on PostgreSQL",
     "backup": "Backup and recovery: restore time, realm CPU per guess, backup size",
+    "calls": "Calls: setup, media CPU, calls per core",
 }
 
 MSGS_KEYS = ("msgs_per_s", "max_load.msgs_per_s", "throughput_msgs_per_s", "msgs_per_sec")
