@@ -36,6 +36,7 @@ from xchat.client import events as ev
 from xchat.client.call_log import CallLog, CallRecord
 from xchat.client.client import Client, RetryResult
 from xchat.client.profile import PROFILE_FILE, default_home
+from xchat.client.reports import mark_reported
 from xchat.errors import (
     ApiError,
     ClientError,
@@ -327,19 +328,27 @@ def send(
     if not text.strip():
         raise InvalidInput("refusing to send an empty message")
 
-    async def go() -> None:
+    async def go() -> tuple[str, Path]:
         async with obj.client() as c:
             c.on_event(_print_identity_warning)
             res = await c.retry_pending()
             msg_id = await c.send_text(to, text, reply_to=reply_to, resume=True)
             contact = await c.contact(to)
+            store_path = c.profile.store_path
         _report_retry(res, resumed=msg_id)
         if as_json:
             print_json({"id": msg_id, "to": contact.address, "handle": contact.handle})
         else:
             click.echo(msg_id)
+        return msg_id, store_path
 
-    run(go())
+    msg_id, store_path = run(go())
+    # Reported: only now is the send finished for a re-run (PROTOCOL Part IV §3.8). Exit at
+    # once, so no kill can land between this and the exit (interpreter teardown took ~60 ms).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mark_reported(store_path, msg_id)
+    os._exit(0)
 
 
 def _send_retry(obj: Ctx, as_json: bool) -> None:

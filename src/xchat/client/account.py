@@ -24,6 +24,7 @@ from xchat.client.api import Api, b64d, b64e
 from xchat.client.model import AccountInfo, HistoryItem, _int, _row_key, now_ms
 from xchat.client.profile import Profile, default_home
 from xchat.client.replay import ReplayGuard
+from xchat.client.reports import SendReports
 from xchat.client.store import Store
 from xchat.client.transport import BACKOFF_CAP, ReceiveLoop, SendChannel
 from xchat.client.wallet import Wallet, probe_account
@@ -71,6 +72,7 @@ class AccountClient:
         self._api: Api | None = None
         self._wallet: Wallet | None = None  # anonymous access tokens (PROTOCOL Part XI)
         self._replay: ReplayGuard | None = None  # replay-safe resets (PROTOCOL Part IV §3.7)
+        self._reports: SendReports | None = None  # sends not yet reported (Part IV §3.8)
         self._sender: SendChannel | None = None
         self._recv: ReceiveLoop | None = None
         self._recv_task: asyncio.Task[None] | None = None
@@ -144,6 +146,12 @@ class AccountClient:
         if self._wallet is None:
             self._wallet = Wallet(self.store, self.api.token_keys, self._issue_tokens)
         return self._wallet
+
+    @property
+    def send_reports(self) -> SendReports:
+        if self._reports is None:
+            self._reports = SendReports(self.store)
+        return self._reports
 
     @property
     def replay_guard(self) -> ReplayGuard:

@@ -53,6 +53,8 @@ class SendingClient(ContactsClient):
                 return resumed
         sender = None if c.token_shared else self._own_sender_info()
         msg = ct.text_message(text, now_ms(), reply_to=reply_to, sender=sender)
+        if resume:  # noted until the caller reports it (client/reports.py)
+            self.send_reports.note(c.address, msg.id, now_ms())
         await self._send_content(c, msg, store_as_message=True)
         return msg.id
 
@@ -86,6 +88,15 @@ class SendingClient(ContactsClient):
             if h.text == text and h.reply_to == reply_to and h.file is None:
                 await self._resend_row(c, m.id)
                 return m.id
+        # Confirmed by the relay but never reported (the run died after the ack was
+        # recorded): that message is complete; do not send it again under a new id.
+        for msg_id in self.send_reports.unreported(c.address, now_ms()):
+            row = self.store.get_message(c.address, msg_id)
+            if row is None or row.direction != "out" or row.status not in ("sent", "delivered"):
+                continue
+            h = _history_item(row)
+            if h.text == text and h.reply_to == reply_to and h.file is None:
+                return row.id
         return None
 
     async def retry_pending(self) -> RetryResult:
