@@ -75,6 +75,11 @@ class ExpiredCertificate(InvalidCertificate):
     """A sender certificate that was valid but has expired."""
 
 
+class UntrustedDevice(CryptoError):
+    """An account's device list is forged, rolled back or forked, or the relay names a
+    device that the newest signed list does not contain (PROTOCOL.md Part VII)."""
+
+
 class InvalidAddress(DecodeError):
     """A string is not a valid XChat address (bad checksum, prefix or length)."""
 
@@ -169,6 +174,11 @@ class IdentityChanged(ClientError):
 class RelayKeyMismatch(IdentityChanged):
     """The relay's signing key does not match the fingerprint in the address the user was
     given (``http://host:port#<fingerprint>``, PROTOCOL Part III §3.1): not that relay."""
+
+
+class LinkError(ClientError):
+    """Linking a device failed: a wrong, used or expired link code, or no answer in time
+    (PROTOCOL.md Part VII §3)."""
 
 
 class NotAllowed(ClientError):

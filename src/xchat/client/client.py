@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from xchat.client.devices import DeviceMethods, Devices
 from xchat.client.groups import GroupMethods, Groups
 from xchat.client.model import (
     AccountInfo,
@@ -36,10 +37,11 @@ from xchat.client.receiving import ReceivingClient
 from xchat.client.transport import BACKOFF_CAP
 
 
-class Client(ReceivingClient, GroupMethods):
+class Client(ReceivingClient, GroupMethods, DeviceMethods):
     """One device's client. Opening takes the profile lock (ProfileLocked if taken).
     Group methods (``create_group``, ``send_group``, ...) come from
-    :class:`~xchat.client.groups.GroupMethods`."""
+    :class:`~xchat.client.groups.GroupMethods`, device methods (``link_device``,
+    ``devices``, ...) from :class:`~xchat.client.devices.DeviceMethods`."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class Client(ReceivingClient, GroupMethods):
         reconnect_cap: float = BACKOFF_CAP,
     ) -> None:
         self._groups = Groups(self)
+        self._devices = Devices(self)
         super().__init__(profile_dir, passphrase=passphrase, reconnect_cap=reconnect_cap)
 
     async def __aenter__(self) -> Client:

@@ -57,6 +57,8 @@ TYPES = TYPES + CALL_TYPES
 #: rich messaging (PROTOCOL Part VIII): each carries its fields in ``Content.rich``
 RICH_TYPES = ("reaction", "edit", "delete", "typing", "disappear")
 TYPES = TYPES + RICH_TYPES
+#: between one account's own devices (PROTOCOL Part VII §5), with a ``Content.sync`` object
+TYPES = (*TYPES, "sync")
 #: top-level JSON keys of Part VIII, each an object validated by ``client.rich_content``
 RICH_KEYS = ("reaction", "edit", "delete", "typing", "disappear", "receipt", "quote", "expires")
 
@@ -95,6 +97,9 @@ class Content:
     call: dict[str, Any] | None = None
     #: Part VIII objects by key (RICH_KEYS), validated by ``client.rich_content``.
     rich: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: type "sync" (own devices only): ``{"kind": ..., ...}`` (PROTOCOL Part VII §5),
+    #: validated by ``client.device_sync``.
+    sync: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         obj: dict[str, Any] = {
@@ -117,6 +122,8 @@ class Content:
             obj["call"] = self.call
         for key, value in self.rich.items():
             obj[key] = value
+        if self.sync is not None:
+            obj["sync"] = self.sync
         if self.sender is not None:
             obj["sender"] = {
                 "handle": self.sender.handle,
@@ -175,6 +182,9 @@ class Content:
         call = obj.get("call")
         if call is not None and not isinstance(call, dict):
             raise DecodeError("content call must be a JSON object")
+        sync = obj.get("sync")
+        if sync is not None and not isinstance(sync, dict):
+            raise DecodeError("content sync must be a JSON object")
         rich = {k: obj[k] for k in RICH_KEYS if k in obj}
         if not all(isinstance(v, dict) for v in rich.values()):
             raise DecodeError("content rich field must be a JSON object")
@@ -190,6 +200,7 @@ class Content:
             group=group,
             call=call,
             rich=rich,
+            sync=sync,
         )
 
 

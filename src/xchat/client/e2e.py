@@ -51,6 +51,7 @@ SESSION_SET_VERSION = 0x01
 MAX_ARCHIVED = 4  # previous sessions kept per device (libsignal keeps up to 40)
 SESSION_CONTENT_TYPE = 0x01  # sealed inner content type: a session message
 GROUP_CONTENT_TYPE = 0x02  # a sender-key (group) message (PROTOCOL Part V §2.1, §10)
+FANOUT_CONTENT_TYPE = 0x03  # a 1:1 message to several devices (PROTOCOL Part VII §4)
 
 # Prekey kinds in the local store.
 KIND_SIGNED = "signed"
@@ -212,7 +213,7 @@ def unseal(
     identity: IdentityKeyPair, data: bytes, server_key: bytes, now_ms: int, device_id: int
 ) -> sealed.UnsealedMessage:
     msg = sealed.unseal(identity, data, server_key, now_ms, own_device_id=device_id)
-    if msg.content_type not in (SESSION_CONTENT_TYPE, GROUP_CONTENT_TYPE):
+    if msg.content_type not in (SESSION_CONTENT_TYPE, GROUP_CONTENT_TYPE, FANOUT_CONTENT_TYPE):
         raise DecodeError(f"unknown sealed content type {msg.content_type}")
     return msg
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from xchat.client.device_events import DeviceEvent
 from xchat.client.rich_events import RichEvent
 
 
@@ -119,4 +120,5 @@ Event = (
     | ConnectionChanged
     | Drained
     | RichEvent  # PROTOCOL Part VIII (xchat.client.rich_events)
+    | DeviceEvent  # PROTOCOL Part VII (xchat.client.device_events)
 )

@@ -12,8 +12,10 @@ from dataclasses import replace
 from typing import Any
 
 from xchat.client import content as ct
-from xchat.client import e2e
+from xchat.client import device_events as dev_ev
+from xchat.client import device_sync, e2e
 from xchat.client import events as ev
+from xchat.client import fanout as fo
 from xchat.client.groups import GROUP_CONTENT_TYPE, PAIRWISE_TYPES, Groups
 from xchat.client.model import GROUP_PEER_PREFIX, _Batch, _row_key, now_ms
 from xchat.client.sending import SendingClient
@@ -23,6 +25,7 @@ from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import (
     ApiError,
     ClientError,
+    DecodeError,
     DecryptionError,
     DuplicateMessage,
     ServerUnreachable,
@@ -261,8 +264,11 @@ class ReceivingClient(SendingClient):
             )
             peer = unsealed.sender
             sender = self._address_of(peer)
-            c = self.store.ensure_contact(sender, t)
-            if c.identity_key is not None and c.identity_key != peer.encode():
+            own = sender == self.address  # a copy from our own other device (Part VII §4)
+            c = None if own else self.store.ensure_contact(sender, t)
+            if c is None:
+                pass
+            elif c.identity_key is not None and c.identity_key != peer.encode():
                 # Unreachable for an honest server (address = hash of key); treat as change.
                 self.store.update_contact(sender, identity_key=peer.encode(), identity_changed=True)
                 self.store.delete_sessions(sender)
@@ -276,15 +282,22 @@ class ReceivingClient(SendingClient):
             if unsealed.content_type == GROUP_CONTENT_TYPE:  # one upload for the group
                 self._groups.receive_message(unsealed, sender, env_id, t, batch)
                 return
+            session_msg, fan = unsealed.content, None
+            if unsealed.content_type == fo.FANOUT_CONTENT_TYPE:  # several devices, one upload
+                fan = fo.decode(unsealed.content)
+                if not own and fan.to != self.address:
+                    raise DecodeError("fan-out addressed to another account")
+                session_msg = fan.entry(own, self.device_id).message
             state = self.store.get_session(sender, unsealed.device_id)
             guard = self.replay_guard
             result = e2e.decrypt(
                 self.identity,
                 peer,
                 state,
-                unsealed.content,
+                session_msg,
                 e2e.StorePreKeys(self.store),
                 replayed=guard.seen,
+                raw=fan is not None,
             )
             self.store.put_session(sender, unsealed.device_id, e2e.session_bytes(result.session), t)
             if result.prekey_digest is not None:
@@ -292,7 +305,10 @@ class ReceivingClient(SendingClient):
             for kind, key_id in result.used_one_time:
                 self.store.delete_prekey(kind, key_id)
                 guard.record_used(kind, key_id, t)
-            msg = ct.Content.decode(result.plaintext)
+            plaintext = result.plaintext
+            if fan is not None:
+                plaintext = fo.open_body(plaintext, fan.to, fan.body)
+            msg = ct.Content.decode(plaintext)
         except DuplicateMessage:
             return  # a redelivery (or a replay) of something already processed: just ack it
         except (DecryptionError, UnknownPreKey) as exc:
@@ -304,7 +320,7 @@ class ReceivingClient(SendingClient):
             if (
                 sender is not None
                 and self.replay_guard.fresh_prekey_failure(
-                    unsealed.content, unsealed.certificate.expires_ms, now_ms()
+                    session_msg, unsealed.certificate.expires_ms, now_ms()
                 )
                 and self.replay_guard.allow(sender, "reset", t)
             ):
@@ -314,12 +330,41 @@ class ReceivingClient(SendingClient):
             events.append(ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender))
             return
         assert sender is not None
-        self._apply_content(sender, msg, result.plaintext, unsealed.device_id, t, batch)
+        if own:
+            if fan is not None:
+                self._apply_own_copy(fan.to, msg, plaintext, unsealed.device_id, t, batch)
+            return
+        self._apply_content(sender, msg, plaintext, unsealed.device_id, t, batch)
         if msg.type == "reset" and result.new_session and self.store.mark_seen(sender, msg.id, t):
             # The peer lost its session (and our delivery token): share the token again
             # and re-send what it never confirmed; content ids make this idempotent.
             self.store.update_contact(sender, token_shared=False)
             followups.append(("resend", sender))
+
+    def _apply_own_copy(
+        self, to: str, msg: ct.Content, plaintext: bytes, device_id: int, t: int, batch: _Batch
+    ) -> None:
+        """What our own other device sent (PROTOCOL Part VII §4–§5): a sent message shows
+        here too, a sync message updates local state, our group changes are folded in."""
+        if msg.type == "sync" and to == self.address and msg.sync is not None:
+            if self.store.mark_seen(to, msg.id, t):
+                batch.events.extend(device_sync.apply(self, msg.sync, t))
+            return
+        if to == self.address:
+            return
+        if msg.type in STORED_TYPES:
+            self.store.ensure_contact(to, t)
+            if self.store.add_message(
+                msg.id, to, "out", msg.ts, "sent", plaintext, t, unseen=False
+            ):
+                batch.events.append(
+                    dev_ev.MessageSynced(msg.id, to, msg.text or "", msg.ts, device_id, msg.file)
+                )
+        elif msg.type in PAIRWISE_TYPES:
+            try:  # our own update to a member: the same update for every member, fold it once
+                self._groups.receive_pairwise(self.address, msg, device_id, t, batch)
+            except XChatError as exc:
+                log.debug("own group copy not applied: %s", exc)
 
     def _apply_content(
         self,

@@ -10,12 +10,16 @@ from typing import Any
 
 from xchat.client import content as ct
 from xchat.client import e2e
-from xchat.client.api import b64d
-from xchat.client.contacts import ContactsClient
-from xchat.client.model import HistoryItem, RetryResult, _history_item, _int, now_ms
-from xchat.client.store import ContactRecord
+from xchat.client.fanout_send import FanoutClient
+from xchat.client.model import (
+    GROUP_PEER_PREFIX,
+    HistoryItem,
+    RetryResult,
+    _history_item,
+    now_ms,
+)
+from xchat.client.store import ContactRecord, MessageRecord
 from xchat.client.transport import Backoff, SendChannel, ws_url
-from xchat.crypto import pow as xpow
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import (
     ApiError,
@@ -33,8 +37,12 @@ MAX_RATE_WAIT = 2.0  # seconds of Retry-After the SDK waits out by itself
 PENDING_LIMIT = 1000  # unconfirmed outgoing rows re-sent per retry_pending() pass
 
 
-class SendingClient(ContactsClient):
+class SendingClient(FanoutClient):
     """1:1 sending: texts, file manifests, resumable and retried sends."""
+
+    #: Re-sends one unconfirmed group row (set by :class:`xchat.client.groups.Groups`, the
+    #: layer above; True if it was sent, False if confirmed meanwhile or not re-sendable).
+    _group_resend: Callable[[MessageRecord], Awaitable[bool]] | None = None
 
     async def send_text(
         self, to: str, text: str, *, reply_to: str | None = None, resume: bool = False
@@ -114,12 +122,20 @@ class SendingClient(ContactsClient):
         sent: list[HistoryItem] = []
         failed: list[tuple[HistoryItem, str]] = []
         for m in self.store.pending_outgoing(PENDING_LIMIT):
-            c = self.store.get_contact(m.peer)  # None for group rows (PROTOCOL Part V: gap)
-            if c is None or c.identity_key is None or (c.verified and c.identity_changed):
+            group_row = m.peer.startswith(GROUP_PEER_PREFIX)
+            c = None if group_row else self.store.get_contact(m.peer)
+            if group_row:
+                if self._group_resend is None:
+                    continue
+            elif c is None or c.identity_key is None or (c.verified and c.identity_changed):
                 continue
             item = _history_item(m)
             try:
-                done = await self._resend_row(c, m.id)
+                if c is None:  # a group message: re-encrypted under our sender key
+                    assert self._group_resend is not None
+                    done = await self._group_resend(m)
+                else:
+                    done = await self._resend_row(c, m.id)
             except ServerUnreachable:
                 raise
             except ApiError as exc:
@@ -171,6 +187,9 @@ class SendingClient(ContactsClient):
         self, c: ContactRecord, msg: ct.Content, *, store_as_message: bool
     ) -> None:
         cert = await self._sender_certificate()
+        if await self._use_fanout(c):  # several devices on either side (PROTOCOL Part VII §4)
+            await self._fanout_locked(c, msg, cert, store_as_message=store_as_message)
+            return
         envelopes = await self._encrypt_for(c, msg, cert, store_as_message)
 
         async def restart() -> list[fr.OutEnvelope]:
@@ -183,12 +202,34 @@ class SendingClient(ContactsClient):
 
         try:
             await self._deliver(c, envelopes, restart)
+        except ApiError as exc:
+            # 409: the peer has linked a device since (or the relay lies): learn its list.
+            assert c.identity_key is not None
+            peer = IdentityPublicKey.decode(c.identity_key)
+            if not await self._learn_devices(c.address, peer, exc):
+                if store_as_message:
+                    self.store.mark_failed(c.address, msg.id)
+                raise
+            await self._fanout_locked(c, msg, cert, store_as_message=store_as_message)
+            return
         except BaseException:
             if store_as_message:
                 self.store.mark_failed(c.address, msg.id)
             raise
         if store_as_message:
             # never downgrade: a receipt processed before the ack set "delivered"
+            self.store.mark_sent(c.address, msg.id)
+
+    async def _fanout_locked(
+        self, c: ContactRecord, msg: ct.Content, cert: bytes, *, store_as_message: bool
+    ) -> None:
+        try:
+            await self._send_fanout(c, msg, cert, store_as_message=store_as_message)
+        except BaseException:
+            if store_as_message:
+                self.store.mark_failed(c.address, msg.id)
+            raise
+        if store_as_message:
             self.store.mark_sent(c.address, msg.id)
 
     async def _encrypt_for(
@@ -257,13 +298,6 @@ class SendingClient(ContactsClient):
                 if restart is not None and self.replay_guard.allow(c.address, "restart", now_ms()):
                     envelopes = await restart()
         await self._send_frame(c.address, await self._pow_access(c.address), envelopes)
-
-    async def _pow_access(self, address: str) -> fr.PowAccess:
-        chal = await self.api.challenge()
-        challenge = b64d(chal.get("challenge"), "challenge")
-        bits = _int(chal.get("pow_bits", 0), "pow_bits")
-        nonce = await asyncio.to_thread(xpow.solve, challenge, address.encode("ascii"), bits)
-        return fr.PowAccess(challenge, nonce)
 
     async def _send_frame(
         self, address: str, access: fr.Access, envelopes: list[fr.OutEnvelope]

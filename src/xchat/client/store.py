@@ -279,6 +279,12 @@ class Store:
     def delete_sessions(self, address: str) -> None:
         self._db.execute("DELETE FROM sessions WHERE address = ?", (address,))
 
+    def delete_session(self, address: str, device_id: int) -> None:
+        """One device's session (a device removed from its account's list, Part VII)."""
+        self._db.execute(
+            "DELETE FROM sessions WHERE address = ? AND device_id = ?", (address, device_id)
+        )
+
     # --- contacts -----------------------------------------------------------------------
 
     def get_contact(self, address: str) -> ContactRecord | None:

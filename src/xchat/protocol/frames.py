@@ -511,7 +511,11 @@ def expand_send_multi(frame: SendMulti) -> list[SendItem]:
         (
             encode_address(d.address_hash),
             d.access,
-            [(e.device_id, e.envelope_id, e.header + shared) for e in d.envelopes],
+            # an empty header: the sender's own device, counted but not stored (Part VII §4)
+            [
+                (e.device_id, e.envelope_id, e.header + shared if e.header else b"")
+                for e in d.envelopes
+            ],
         )
         for d in frame.destinations
     ]

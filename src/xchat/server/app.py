@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xchat import __version__
 from xchat.errors import ApiError, XChatError
-from xchat.server import backups, blobs, directory, mailbox, realtime, tokens, turn
+from xchat.server import backups, blobs, devices, directory, mailbox, realtime, tokens, turn
 from xchat.server.backends import make_blob_store
 from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
@@ -245,6 +245,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return relay.metrics.render()
 
     app.include_router(directory.router)
+    app.include_router(devices.router)
     app.include_router(mailbox.router)
     app.include_router(realtime.router)
     app.include_router(blobs.router)

@@ -46,7 +46,8 @@ def _multi_dest(d: m.MultiDestinationIn, shared: bytes) -> SendDest:
         header = m.b64(e.header, "header")
         if len(header) > 255:
             raise ApiError(400, "header: at most 255 bytes")
-        envelopes.append((e.device_id, m.b64(e.id, "envelope id", 16), header + shared))
+        content = header + shared if header else b""  # empty: the sender's own device
+        envelopes.append((e.device_id, m.b64(e.id, "envelope id", 16), content))
     return SendDest(address, access, envelopes)
 
 

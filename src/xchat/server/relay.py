@@ -227,6 +227,8 @@ class Relay:
                 refs = [devices[i] for i in ids]
             for ref, (_, envelope_id, content) in zip(refs, envelopes, strict=True):
                 size = len(content)
+                if not size:  # the sending device itself: in the device set, never stored
+                    continue  # (PROTOCOL Part VII §4)
                 if size > max_envelope:
                     raise ApiError(413, f"envelope larger than {max_envelope} bytes")
                 if len(envelope_id) != 16:

@@ -161,6 +161,33 @@ class Store(abc.ABC):
         ``one_time=False`` (the per-target drain limit, PROTOCOL Part III §4.3) hands out
         the signed and last-resort keys only and consumes nothing."""
 
+    # --- linked devices (PROTOCOL Part VII §2) ---
+
+    async def add_device(
+        self,
+        address: str,
+        device_id: int,
+        keys: PreKeySet,
+        device_list: bytes,
+        list_version: int,
+        now_ms: int,
+    ) -> DeviceRecord:
+        """Create device ``device_id`` (epoch 1) with its prekeys and store the account's
+        new signed device list, in one transaction."""
+        raise NotImplementedError
+
+    async def set_device_list(
+        self, address: str, device_list: bytes, list_version: int, remove: tuple[int, ...]
+    ) -> None:
+        """Store a new signed device list and delete the devices in ``remove`` (their
+        prekeys and queued mail too); their open sockets are cut via ``on_epoch_change``
+        with epoch -1."""
+        raise NotImplementedError
+
+    async def get_device_list(self, address: str) -> tuple[int, bytes, int] | None:
+        """``(version, list, highest device id ever used)``, or None before the first list."""
+        raise NotImplementedError
+
     # --- mailbox ---
 
     @abc.abstractmethod

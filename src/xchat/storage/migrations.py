@@ -67,6 +67,15 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 3 -> 4: the account's signed device list, opaque to the relay (PROTOCOL Part VII §2).
+    """
+    CREATE TABLE device_lists (
+        address       TEXT PRIMARY KEY,
+        version       INTEGER NOT NULL,
+        list          BLOB NOT NULL,
+        max_device_id INTEGER NOT NULL
+    );
+    """,
 ]
 
 

@@ -484,6 +484,69 @@ class SqliteStore(Store):
         result: tuple[int, int] = await self._call(op)
         return result
 
+    # --- linked devices (PROTOCOL Part VII §2) ---
+
+    async def add_device(
+        self,
+        address: str,
+        device_id: int,
+        keys: PreKeySet,
+        device_list: bytes,
+        list_version: int,
+        now_ms: int,
+    ) -> DeviceRecord:
+        def op(conn: sqlite3.Connection) -> DeviceRecord:
+            cur = conn.execute(
+                "INSERT INTO devices (address, device_id, epoch, created_ms) VALUES (?, ?, 1, ?)",
+                (address, device_id, now_ms),
+            )
+            assert cur.lastrowid is not None
+            _put_keys(conn, cur.lastrowid, keys)
+            _put_list(conn, address, list_version, device_list, device_id)
+            return DeviceRecord(cur.lastrowid, address, device_id, 1)
+
+        dev: DeviceRecord = await self._call(op, self._cache_device)
+        return dev
+
+    async def set_device_list(
+        self, address: str, device_list: bytes, list_version: int, remove: tuple[int, ...]
+    ) -> None:
+        acct = self._accounts.get(address)
+        gone = [d for d in (acct.devices if acct else ()) if d.device_id in remove]
+
+        def op(conn: sqlite3.Connection) -> None:
+            for d in gone:
+                for table in ("otk_ec", "otk_kem", "mailbox"):
+                    conn.execute(f"DELETE FROM {table} WHERE device_ref = ?", (d.ref,))
+                conn.execute("DELETE FROM devices WHERE ref = ?", (d.ref,))
+            top = max((d.device_id for d in (acct.devices if acct else ())), default=1)
+            _put_list(conn, address, list_version, device_list, top)
+
+        def cache(_: None) -> None:
+            current = self._accounts.get(address)
+            if current is None:
+                return
+            refs = {d.ref for d in gone}
+            kept = tuple(d for d in current.devices if d.ref not in refs)
+            self._accounts[address] = replace(current, devices=kept)
+            for d in gone:
+                self._devices.pop(d.ref, None)
+                if self.on_epoch_change is not None:
+                    self.on_epoch_change(replace(d, epoch=-1))
+
+        await self._call(op, cache)
+
+    async def get_device_list(self, address: str) -> tuple[int, bytes, int] | None:
+        def op(conn: sqlite3.Connection) -> tuple[int, bytes, int] | None:
+            row = conn.execute(
+                "SELECT version, list, max_device_id FROM device_lists WHERE address = ?",
+                (address,),
+            ).fetchone()
+            return (int(row[0]), bytes(row[1]), int(row[2])) if row else None
+
+        result: tuple[int, bytes, int] | None = await self._call(op)
+        return result
+
     async def count_prekeys(self, device_ref: int) -> tuple[int, int]:
         result: tuple[int, int] = await self._call(lambda conn: _count(conn, device_ref))
         return result
@@ -641,6 +704,18 @@ def _name_os_thread(name: bytes) -> None:
         libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass
+
+
+def _put_list(
+    conn: sqlite3.Connection, address: str, version: int, blob: bytes, device_id: int
+) -> None:
+    """Upsert the device list; ``max_device_id`` only grows (ids are never reused)."""
+    conn.execute(
+        "INSERT INTO device_lists (address, version, list, max_device_id) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (address) DO UPDATE SET version = excluded.version, list = excluded.list,"
+        " max_device_id = MAX(device_lists.max_device_id, excluded.max_device_id)",
+        (address, version, blob, device_id),
+    )
 
 
 def _put_keys(conn: sqlite3.Connection, ref: int, keys: PreKeySet) -> None:

@@ -1,0 +1,87 @@
+"""Applying what our own other devices tell us (content type ``sync``, PROTOCOL.md Part VII §5).
+
+Sync messages travel only between one account's devices (a fan-out to our own address), so
+every kind here is trusted exactly as much as the device that sent it: one of ours. Each
+kind is idempotent (a redelivered sync changes nothing twice).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from typing import TYPE_CHECKING, Any
+
+from xchat.client import device_events as dev_ev
+from xchat.errors import DecodeError, XChatError
+
+if TYPE_CHECKING:
+    from xchat.client.device_lists import DeviceListClient
+
+KINDS = ("device_list", "contact", "settings", "read", "delete")
+
+
+def _b64(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise DecodeError(f"sync {what} missing")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError(f"sync {what} is not base64") from None
+
+
+def read_mark(client: DeviceListClient, peer: str) -> int:
+    """The newest read position of a conversation, as synced between our devices."""
+    raw = client.store.get_meta(f"read:{peer}")
+    return struct.unpack(">Q", raw)[0] if raw is not None and len(raw) == 8 else 0
+
+
+def set_read_mark(client: DeviceListClient, peer: str, ts_ms: int) -> bool:
+    if ts_ms <= read_mark(client, peer):
+        return False
+    client.store.put_meta(f"read:{peer}", struct.pack(">Q", ts_ms))
+    return True
+
+
+def apply(client: DeviceListClient, sync: dict[str, Any], t: int) -> list[dev_ev.DeviceSynced]:
+    """Apply one sync object inside the caller's store transaction; returns its events.
+    A malformed object is ignored (it came from our own device: a newer version)."""
+    kind = sync.get("kind")
+    try:
+        if kind == "device_list":
+            client.adopt_list(
+                client.address, client.identity.public, _b64(sync.get("list"), "list")
+            )
+        elif kind == "contact":
+            address = sync.get("address")
+            if not isinstance(address, str) or address == client.address:
+                raise DecodeError("sync contact address")
+            c = client.store.ensure_contact(address, t)
+            ik = sync.get("identity_key")
+            key = _b64(ik, "identity_key") if ik is not None else None
+            if key is not None and c.identity_key not in (None, key):
+                raise DecodeError("synced identity key differs from the pinned one")
+            handle = sync.get("handle")
+            verified = sync.get("verified")
+            client.store.update_contact(
+                address,
+                handle=handle if isinstance(handle, str) else None,
+                identity_key=key if c.identity_key is None else None,
+                verified=verified if isinstance(verified, bool) else None,
+                identity_changed=False if verified is True else None,
+            )
+        elif kind == "settings":
+            handle = sync.get("handle")
+            if isinstance(handle, str) or handle is None:
+                client.profile.config.handle = handle
+                client.profile.save_config()
+        elif kind == "read":
+            peer, ts = sync.get("peer"), sync.get("ts")
+            if not isinstance(peer, str) or not isinstance(ts, int):
+                raise DecodeError("sync read")
+            set_read_mark(client, peer, ts)
+        elif kind != "delete":  # "delete" is for the app to act on (its event below)
+            return []
+    except XChatError:
+        return []
+    return [dev_ev.DeviceSynced(str(kind), dict(sync))]

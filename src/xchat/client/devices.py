@@ -1,0 +1,456 @@
+"""Linked devices: linking (both sides), listing, renaming, removal, own-device sync
+(PROTOCOL.md Part VII).
+
+Linking. The NEW device picks a 120-bit code and an ephemeral X25519 key, puts an offer
+(the key, sealed under the code) in a relay link slot named by a hash of the code, and
+shows the code and a QR (relay URL, code, key). An EXISTING device that is given the code
+opens the offer, and answers with the provisioning data (the identity seed, the account's
+current signed device list, the id the new device takes, the delivery token and the
+history archive's blob reference and key), encrypted to the ephemeral key with the code
+mixed into the key derivation. The relay carries only ciphertext. The new device then
+registers itself (``POST /devices``) with its own prekeys and the list that adds it,
+signed with the identity key it now holds. Slots expire after 10 minutes and are single
+use; a wrong, used or expired code is a :class:`~xchat.errors.LinkError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from xchat.client import content as ct
+from xchat.client import device_history as dh
+from xchat.client import e2e
+from xchat.client.account import ONE_TIME_BATCH
+from xchat.client.api import Api, b64d, b64e
+from xchat.client.files import BlobClient
+from xchat.client.model import now_ms
+from xchat.client.store import ContactRecord, Store
+from xchat.crypto import devicelist as dl
+from xchat.crypto.keys import IdentityKeyPair, address_matches
+from xchat.errors import (
+    ApiError,
+    ClientError,
+    DecodeError,
+    DecryptionError,
+    LinkError,
+    ProfileError,
+    ProtocolError,
+    XChatError,
+)
+
+if TYPE_CHECKING:
+    from xchat.client.sending import SendingClient
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+LABEL_LINK_DEVICE = b"XChat-v1-link-device"
+POLL_S = 25.0
+UPLOAD_CHUNK = 256 * 1024
+
+#: progress(phase, done, total): phase "upload" (approving side) or "download"/"import"
+LinkProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One row of ``xchat devices`` (also the web app's JSON shape)."""
+
+    id: int
+    name: str
+    current: bool
+    linked_at: int  # ms
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """What the new device got: its id, and how much history it imported."""
+
+    address: str
+    device_id: int
+    name: str
+    messages: int
+    history_bytes: int
+
+
+@dataclass(frozen=True)
+class Approval:
+    """What the approving device sent."""
+
+    device_id: int
+    name: str
+    history_bytes: int
+
+
+def _link_error(exc: ApiError) -> LinkError:
+    if exc.status == 404:
+        return LinkError("unknown link code (mistyped, or made for another server?)")
+    if exc.status == 410:
+        return LinkError(exc.message)
+    return LinkError(f"the relay refused the link: {exc.message} (HTTP {exc.status})")
+
+
+class Devices:
+    """Device operations of one client (use through the client's methods)."""
+
+    def __init__(self, client: SendingClient) -> None:
+        self.c = client
+
+    # --- the list -------------------------------------------------------------------------
+
+    async def all(self) -> list[DeviceInfo]:
+        own = await self.c.own_list(refresh=True)
+        names = self.c.device_names(own)
+        me = self.c.device_id
+        return [
+            DeviceInfo(e.device_id, names[e.device_id], e.device_id == me, e.linked_ms)
+            for e in own.entries
+        ]
+
+    async def remove(self, device_id: int) -> list[DeviceInfo]:
+        """Sign a list without ``device_id``: the relay deletes it (its keys, queued mail,
+        socket), every sender stops encrypting to it on its next send."""
+        own = await self.c.own_list(refresh=True)
+        if device_id not in own.device_ids:
+            raise ClientError(f"no device {device_id} on this account")
+        if len(own.device_ids) == 1:
+            raise ClientError("cannot remove the account's only device")
+        entries = tuple(e for e in own.entries if e.device_id != device_id)
+        new = await self.c.publish_own_list(entries, own.version + 1)
+        await self.sync_own("device_list", {"list": b64e(new.encode())})
+        return await self.all()
+
+    async def rename(self, device_id: int, name: str) -> list[DeviceInfo]:
+        name = name.strip()
+        if not name or len(name.encode()) > dl.MAX_NAME_LEN:
+            raise ClientError(f"a device name is 1-{dl.MAX_NAME_LEN} bytes")
+        own = await self.c.own_list(refresh=True)
+        if device_id not in own.device_ids:
+            raise ClientError(f"no device {device_id} on this account")
+        entries = tuple(
+            self.c.new_entry(e.device_id, name, e.linked_ms) if e.device_id == device_id else e
+            for e in own.entries
+        )
+        new = await self.c.publish_own_list(entries, own.version + 1)
+        await self.sync_own("device_list", {"list": b64e(new.encode())})
+        return await self.all()
+
+    async def sync_own(self, kind: str, data: dict[str, Any]) -> bool:
+        """Tell our other devices (content type ``sync``, PROTOCOL Part VII §5); False if
+        there are none."""
+        if not self.c.own_other_devices():
+            return False
+        me = ContactRecord(
+            self.c.address, None, self.c.identity.public.encode(), None, False, False, True
+        )
+        msg = ct.Content(
+            id=ct.new_message_id(), type="sync", ts=now_ms(), sync={"kind": kind, **data}
+        )
+        await self.c._send_content(me, msg, store_as_message=False)
+        return True
+
+    # --- approving (an existing device) ----------------------------------------------------
+
+    async def approve(
+        self, code_text: str, *, history: bool = True, progress: LinkProgress | None = None
+    ) -> Approval:
+        try:
+            code = dl.parse_code(code_text)
+        except DecodeError as exc:
+            raise LinkError(str(exc)) from None
+        sid = dl.slot_id(code)
+        api = await self.c._authed()
+        try:
+            resp = await api.request("GET", f"{API}/links/{sid}")
+        except ApiError as exc:
+            raise _link_error(exc) from None
+        try:
+            offer_key, raw = dl.open_offer(code, b64d(resp.get("offer"), "offer"))
+            offer = json.loads(raw)
+        except (DecryptionError, DecodeError, ValueError):
+            raise LinkError("the link offer does not match this code") from None
+        name = str(offer.get("name") or "new device")[: dl.MAX_NAME_LEN]
+        own = await self.c.own_list(refresh=True)
+        if len(own.device_ids) >= dl.MAX_DEVICES:
+            raise LinkError(f"this account already has {dl.MAX_DEVICES} devices")
+        info = await api.anonymous("GET", f"{API}/devices/{self.c.address}")
+        next_id = info.get("next_device_id") if isinstance(info, dict) else None
+        if not isinstance(next_id, int) or next_id <= max(own.device_ids):
+            next_id = max(own.device_ids) + 1
+        archive = None
+        size = 0
+        if history and offer.get("history", True):
+            archive, size = await self._upload_history(api, progress)
+        cfg = self.c.profile.config
+        token = self.c.store.get_meta("delivery_token")
+        payload = {
+            "v": 1,
+            "seed": b64e(self.c.identity.seed),
+            "address": self.c.address,
+            "handle": cfg.handle,
+            "server_signing_key": b64e(self.c._server_signing_key()),
+            "list": b64e(own.encode()),
+            "device_id": next_id,
+            "delivery_token": b64e(token) if token else None,
+            "history": archive,
+        }
+        answer = dl.seal_answer(code, offer_key, json.dumps(payload).encode())
+        try:
+            await api.request(
+                "POST", f"{API}/links/{sid}/answer", auth=True, json={"answer": b64e(answer)}
+            )
+        except ApiError as exc:
+            raise _link_error(exc) from None
+        return Approval(next_id, name, size)
+
+    async def _upload_history(
+        self, api: Api, progress: LinkProgress | None
+    ) -> tuple[dict[str, Any], int]:
+        settings = {"handle": self.c.profile.config.handle}
+        plain = dh.export(self.c.store, settings)
+        key, blob, digest = dh.seal(plain)
+
+        async def pieces(skip: int) -> AsyncIterator[bytes]:
+            for i in range(skip, len(blob), UPLOAD_CHUNK):
+                yield blob[i : i + UPLOAD_CHUNK]
+
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress("upload", done, total)
+
+        bc = BlobClient.from_api(api)
+        try:
+            blob_id = await bc.create(len(blob))
+            await bc.upload(blob_id, len(blob), pieces, report, offset=0)
+        finally:
+            await bc.aclose()
+        ref = {"blob": blob_id, "size": len(blob), "key": b64e(key), "digest": b64e(digest)}
+        return ref, len(blob)
+
+    # --- linking (the new device) -------------------------------------------------------
+
+    async def link(
+        self,
+        server: str,
+        name: str,
+        *,
+        history: bool = True,
+        wait: float = 600.0,
+        on_code: Callable[[str, str], None] | None = None,
+        progress: LinkProgress | None = None,
+        use_keyring: bool = True,
+    ) -> LinkResult:
+        c = self.c
+        if c.profile.initialised:
+            raise ProfileError(f"profile {c.profile.path} already has an account")
+        server = server.rstrip("/")
+        code = dl.new_code()
+        ephemeral = X25519PrivateKey.generate()
+        e_pub = ephemeral.public_key().public_bytes_raw()
+        sid = dl.slot_id(code)
+        offer = dl.seal_offer(code, e_pub, json.dumps({"name": name, "history": history}).encode())
+        api = Api(server)
+        try:
+            await api.request("PUT", f"{API}/links/{sid}", json={"offer": b64e(offer)})
+            if on_code is not None:
+                on_code(dl.format_code(code), dl.link_uri(server, code, e_pub))
+            deadline = time.monotonic() + min(wait, dl.LINK_TTL_MS / 1000)
+            answer: bytes | None = None
+            while answer is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LinkError(
+                        f"not approved within {wait:g} s (run `xchat device add CODE` on a "
+                        "device of the account)"
+                    )
+                try:
+                    resp = await api.request(
+                        "GET", f"{API}/links/{sid}/answer", params={"wait": min(POLL_S, remaining)}
+                    )
+                except ApiError as exc:
+                    raise _link_error(exc) from None
+                if isinstance(resp, dict) and isinstance(resp.get("answer"), str):
+                    answer = b64d(resp["answer"], "answer")
+            try:
+                payload = json.loads(dl.open_answer(code, ephemeral, answer))
+            except (DecryptionError, DecodeError, ValueError):
+                raise LinkError("the link answer does not decrypt (tampered?)") from None
+            return await self._provision(api, server, name, payload, progress, use_keyring)
+        finally:
+            await api.aclose()
+
+    async def _provision(
+        self,
+        api: Api,
+        server: str,
+        name: str,
+        payload: dict[str, Any],
+        progress: LinkProgress | None,
+        use_keyring: bool,
+    ) -> LinkResult:
+        c = self.c
+        try:
+            seed = b64d(payload.get("seed"), "seed")
+            identity = IdentityKeyPair.from_seed(seed)
+            address = payload.get("address")
+            if not isinstance(address, str) or not address_matches(address, identity.public):
+                raise ProtocolError("link answer: address does not match the identity")
+            current = dl.DeviceList.decode(b64d(payload.get("list"), "list"))
+            current.verify(identity.public)
+            device_id = payload.get("device_id")
+            if not isinstance(device_id, int) or device_id in current.device_ids:
+                raise ProtocolError("link answer: bad device id")
+            signing_key = b64d(payload.get("server_signing_key"), "server_signing_key")
+            info = await api.server_info()
+            if b64d(info.get("signing_key"), "signing_key") != signing_key:
+                raise ProtocolError("this relay is not the account's relay (signing key differs)")
+        except XChatError as exc:
+            if isinstance(exc, ProtocolError):
+                raise LinkError(str(exc)) from None
+            raise LinkError(f"link answer malformed: {exc}") from None
+        t = now_ms()
+        entry = dl.DeviceEntry(device_id, t, dl.seal_name(seed, device_id, name))
+        new_list = dl.DeviceList.sign(identity, current.version + 1, t, (*current.entries, entry))
+        keys = e2e.PreKeyBatch.generate(identity, now_ms=t, count=ONE_TIME_BATCH)
+        chal = await api.challenge()
+        challenge = b64d(chal.get("challenge"), "challenge")
+        body = {
+            "address": address,
+            "device_id": device_id,
+            "challenge": b64e(challenge),
+            "signature": b64e(
+                identity.sign(LABEL_LINK_DEVICE + challenge + struct.pack(">I", device_id))
+            ),
+            "keys": keys.upload(),
+            "list": b64e(new_list.encode()),
+        }
+        try:
+            reg = await api.request("POST", f"{API}/devices", json=body)
+        except ApiError as exc:
+            raise LinkError(f"the relay refused the new device: {exc.message}") from None
+        # Persist as account creation does (PROTOCOL Part IV §1): key, store, then config.
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(c.profile.store_path) + suffix).unlink(missing_ok=True)
+        pkey = c.profile.create_key(c._passphrase, use_keyring=use_keyring)
+        store = Store(c.profile.store_path, pkey)
+        token = payload.get("delivery_token")
+        with store.transaction():
+            store.put_meta("identity_seed", seed)
+            store.put_meta("server_signing_key", signing_key)
+            if isinstance(token, str):
+                store.put_meta("delivery_token", b64d(token, "delivery_token"))
+            keys.save(store)
+        c._store = store
+        c._identity = identity
+        c._save_list(address, new_list)
+        cfg = c.profile.config
+        cfg.server, cfg.address, cfg.device_id = server, address, device_id
+        handle = payload.get("handle")
+        cfg.handle = handle if isinstance(handle, str) else None
+        c.profile.save_config()
+        if isinstance(reg, dict) and isinstance(reg.get("token"), str):
+            expires = reg.get("expires_ms")
+            c._token = (reg["token"], expires if isinstance(expires, int) else t + 3600_000)
+        imported, size = 0, 0
+        ref = payload.get("history")
+        if isinstance(ref, dict):
+            imported, size = await self._download_history(server, ref, progress)
+        try:
+            await self.sync_own("device_list", {"list": b64e(new_list.encode())})
+        except XChatError as exc:  # they learn it on their next send anyway (a 409)
+            log.info("could not tell the other devices: %s", exc)
+        return LinkResult(address, device_id, name, imported, size)
+
+    async def _download_history(
+        self, server: str, ref: dict[str, Any], progress: LinkProgress | None
+    ) -> tuple[int, int]:
+        size = ref.get("size")
+        blob_id = ref.get("blob")
+        if not isinstance(size, int) or not isinstance(blob_id, str):
+            raise LinkError("link answer: malformed history reference")
+        buf = bytearray()
+
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress("download", done, total)
+
+        async with BlobClient(server) as bc:
+            await bc.download(blob_id, size, buf.extend, report)
+        try:
+            plain = dh.open_sealed(
+                b64d(ref.get("key"), "key"), bytes(buf), b64d(ref.get("digest"), "digest")
+            )
+            doc = dh.load(plain)
+        except XChatError as exc:
+            raise LinkError(f"history archive refused: {exc}") from None
+
+        def imported(done: int, total: int) -> None:
+            if progress is not None:
+                progress("import", done, total)
+
+        n = dh.import_into(self.c.store, doc, now_ms(), imported)
+        settings = doc.get("settings")
+        if isinstance(settings, dict) and isinstance(settings.get("handle"), str):
+            self.c.profile.config.handle = settings["handle"]
+            self.c.profile.save_config()
+        return n, size
+
+
+class DeviceMethods:
+    """The device API of :class:`~xchat.client.client.Client` (mixed in; Part VII)."""
+
+    _devices: Devices
+
+    async def link_device(
+        self,
+        server: str,
+        *,
+        name: str = "new device",
+        history: bool = True,
+        wait: float = 600.0,
+        on_code: Callable[[str, str], None] | None = None,
+        progress: LinkProgress | None = None,
+        use_keyring: bool = True,
+    ) -> LinkResult:
+        """On a NEW (empty) profile: show a link code (``on_code(code, qr_uri)``), wait for
+        an existing device to approve it, become a device of that account, import the
+        history. LinkError on a timeout or a refused code."""
+        return await self._devices.link(
+            server,
+            name,
+            history=history,
+            wait=wait,
+            on_code=on_code,
+            progress=progress,
+            use_keyring=use_keyring,
+        )
+
+    async def approve_device(
+        self, code: str, *, history: bool = True, progress: LinkProgress | None = None
+    ) -> Approval:
+        """On an existing device: approve the device showing ``code`` (and send it the
+        history unless ``history`` is False)."""
+        return await self._devices.approve(code, history=history, progress=progress)
+
+    async def devices(self) -> list[DeviceInfo]:
+        """The account's devices, from its signed list."""
+        return await self._devices.all()
+
+    async def remove_device(self, device_id: int) -> list[DeviceInfo]:
+        return await self._devices.remove(device_id)
+
+    async def rename_device(self, device_id: int, name: str) -> list[DeviceInfo]:
+        return await self._devices.rename(device_id, name)
+
+    async def sync_own_devices(self, kind: str, data: dict[str, Any]) -> bool:
+        """Send a sync object to our other devices (PROTOCOL Part VII §5)."""
+        return await self._devices.sync_own(kind, data)
