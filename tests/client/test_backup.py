@@ -368,3 +368,24 @@ async def test_daily_backup_runs_when_a_day_has_passed(env: Env) -> None:
         before = cfg["history"]["last_ms"]
         assert await bk.maybe_backup(a)
         assert (bk.status(a).last_backup_ms or 0) > before + bk.BACKUP_INTERVAL_MS
+
+
+async def test_attachments_are_backed_up_when_asked(env: Env) -> None:
+    alice = await _account(env, "alice", "alice_b9")
+    data = os.urandom(300_000)
+    async with Client(alice) as a:
+        await bk.enable(a, PIN, attachments=True)
+        downloads = Path(a.profile.path) / "downloads"
+        downloads.mkdir(exist_ok=True)
+        (downloads / "photo.jpg").write_bytes(data)
+        st = await bk.backup_now(a)
+        assert st.attachments and st.files == 1 and (st.last_backup_size or 0) > len(data)
+        again = await bk.backup_now(a)  # unchanged: not uploaded twice
+        assert again.files == 1 and again.last_backup_size == st.last_backup_size
+        phrase = mnemonic_from_seed(a.identity.seed)
+    async with Client(env.profile("alice-files")) as c:
+        await c.restore_account(env.relay.url, phrase)
+        got = await bk.restore_history(c)
+        assert got.files == 1
+        assert (Path(c.profile.path) / "downloads" / "photo.jpg").read_bytes() == data
+        assert bk.status(c).attachments

@@ -57,6 +57,8 @@ def _print_status(st: bk.BackupStatus, as_json: bool) -> None:
     )
     click.echo(f"last backup: {when}, {_fmt_size(st.last_backup_size)}")
     click.echo(f"history:     {st.messages} messages in {st.segments} segment(s)")
+    if st.attachments:
+        click.echo(f"attachments: {st.files} file(s)")
     if st.pending_upload:
         click.echo("             an interrupted upload resumes at the next `xchat backup now`")
 
@@ -73,15 +75,26 @@ def backup_group() -> None:
 @click.option(
     "--threshold", type=int, default=None, help="Realms needed to restore (default: a majority)."
 )
+@click.option(
+    "--attachments/--no-attachments",
+    default=None,
+    help="Also back up received files (<profile>/downloads); off by default.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_obj
-def enable(obj: Any, realms: tuple[str, ...], threshold: int | None, as_json: bool) -> None:
+def enable(
+    obj: Any,
+    realms: tuple[str, ...],
+    threshold: int | None,
+    attachments: bool | None,
+    as_json: bool,
+) -> None:
     """Set a PIN, split your account secret across the realms, back up now."""
     pin = read_pin(confirm=True)
 
     async def go() -> bk.BackupStatus:
         async with obj.client() as c:
-            return await bk.enable(c, pin, list(realms) or None, threshold)
+            return await bk.enable(c, pin, list(realms) or None, threshold, attachments=attachments)
 
     _print_status(asyncio.run(go()), as_json)
 
@@ -138,7 +151,7 @@ def _history_note(restored: bk.HistoryRestored | None) -> None:
     else:
         sys.stderr.write(
             f"xchat: history restored: {restored.messages} messages, "
-            f"{restored.contacts} contacts, {restored.groups} groups\n"
+            f"{restored.contacts} contacts, {restored.groups} groups, {restored.files} files\n"
         )
 
 

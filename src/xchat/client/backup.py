@@ -34,7 +34,7 @@ from typing import Any, Final
 from xchat.client import archive
 from xchat.client import realms as rl
 from xchat.client.api import Api
-from xchat.client.files import BlobClient
+from xchat.client.files import BlobClient, FileManifest, downloads_dir, receive_file, send_file
 from xchat.client.realms import RealmInfo
 from xchat.client.store import GroupRow, Store
 from xchat.crypto import pow as xpow
@@ -80,6 +80,8 @@ class BackupStatus:
     segments: int = 0
     messages: int = 0
     pending_upload: bool = False
+    attachments: bool = False
+    files: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +94,8 @@ class BackupStatus:
             "segments": self.segments,
             "messages": self.messages,
             "pending_upload": self.pending_upload,
+            "attachments": self.attachments,
+            "files": self.files,
         }
 
 
@@ -100,6 +104,7 @@ class HistoryRestored:
     messages: int
     contacts: int
     groups: int
+    files: int = 0
 
 
 # --- local configuration ---------------------------------------------------------------------
@@ -134,6 +139,8 @@ def status(client: Any) -> BackupStatus:
         segments=len(hist.get("segments", [])),
         messages=int(hist.get("messages", 0)),
         pending_upload=_get_pending(client) is not None,
+        attachments=bool(cfg.get("attachments")),
+        files=len(hist.get("files", [])),
     )
 
 
@@ -152,6 +159,7 @@ async def enable(
     threshold: int | None = None,
     *,
     guess_limit: int = DEFAULT_GUESS_LIMIT,
+    attachments: bool | None = None,
     blobs: BlobClient | None = None,
 ) -> BackupStatus:
     """Enrol the PIN at the realms (default: the relay's recommended ones) and take the
@@ -182,6 +190,7 @@ async def enable(
         "threshold": t,
         "guess_limit": guess_limit,
         "enrolled_ms": now_ms(),
+        "attachments": bool(old.get("attachments")) if attachments is None else attachments,
     }
     _save(client.store, cfg)
     await backup_now(client, blobs=blobs)
@@ -306,6 +315,8 @@ async def backup_now(
         if pending is not None:
             await _upload_pending(client, bc, pending)
             cfg = _commit_segment(client, cfg, pending)
+        if cfg.get("attachments"):
+            cfg = await _backup_files(client, cfg, bc)
         await _put_manifest(client, cfg)
     finally:
         if owned:
@@ -416,18 +427,21 @@ def _commit_segment(client: Any, cfg: dict[str, Any], pending: dict[str, Any]) -
 async def _put_manifest(client: Any, cfg: dict[str, Any]) -> None:
     hist = dict(cfg.get("history", {}))
     segments = hist.get("segments", [])
+    files = hist.get("files", [])
     manifest = {
         "v": archive.ARCHIVE_VERSION,
         "address": client.address,
         "created_ms": now_ms(),
         "segments": segments,
+        "files": [f["manifest"] for f in files],
     }
     sealed = archive.seal_manifest(client.identity.seed, client.address, manifest)
+    blob_ids = [s["blob"] for s in segments] + [f["manifest"]["blob"] for f in files]
     body = await client.api.request(
         "PUT",
         "/api/v1/backup",
         auth=True,
-        json={"manifest": archive.b64(sealed), "blobs": [s["blob"] for s in segments]},
+        json={"manifest": archive.b64(sealed), "blobs": blob_ids},
     )
     t = now_ms()
     expires = body.get("expires_ms") if isinstance(body, dict) else None
@@ -436,8 +450,43 @@ async def _put_manifest(client: Any, cfg: dict[str, Any]) -> None:
         expires = oldest + FALLBACK_LIFETIME_MS
     hist["refresh_before"] = expires - REFRESH_MARGIN_MS
     hist["last_ms"] = t
-    hist["size"] = sum(int(s["blob_size"]) for s in segments) + len(sealed)
+    file_bytes = sum(FileManifest.from_json(f["manifest"]).blob_size for f in files)
+    hist["size"] = sum(int(s["blob_size"]) for s in segments) + file_bytes + len(sealed)
     _save(client.store, {**cfg, "history": hist})
+
+
+async def _backup_files(client: Any, cfg: dict[str, Any], bc: BlobClient) -> dict[str, Any]:
+    """Optional attachments (§9.8): every file in ``<profile>/downloads`` not backed up yet
+    goes up through the ordinary file path (Part VI: its own key, padded, resumable within
+    the call); files deleted locally leave the backup at the next record update."""
+    hist = dict(cfg.get("history", {}))
+    known = {(f["name"], f["size"], f["mtime_ns"]): f for f in hist.get("files", [])}
+    folder = downloads_dir(client.profile.path)
+    current: list[dict[str, Any]] = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        st = path.stat()
+        ident = (path.name, st.st_size, st.st_mtime_ns)
+        if ident in known:
+            current.append(known[ident])
+            continue
+        m = await send_file(bc, path, keep_metadata=True)
+        current.append(
+            {
+                "name": path.name,
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "manifest": m.to_json(),
+            }
+        )
+        hist["files"] = current + [f for f in hist.get("files", []) if f not in current]
+        cfg = {**cfg, "history": hist}
+        _save(client.store, cfg)  # a file uploaded is not uploaded again after a crash
+    hist["files"] = current
+    cfg = {**cfg, "history": hist}
+    _save(client.store, cfg)
+    return cfg
 
 
 async def maybe_backup(client: Any) -> bool:
@@ -472,17 +521,28 @@ async def restore_history(client: Any, *, blobs: BlobClient | None = None) -> Hi
     bc = blobs if blobs is not None else BlobClient(client.api.base_url)  # downloads: no token
     try:
         segments = [await _fetch_segment(bc, s, address) for s in manifest["segments"]]
+        result = _apply(client, segments)
+        files: list[dict[str, Any]] = []
+        for f in manifest.get("files", []) if isinstance(manifest.get("files"), list) else []:
+            fm = FileManifest.from_json(f)
+            path = await receive_file(bc, fm, downloads_dir(client.profile.path))
+            st = path.stat()
+            entry = {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            files.append({**entry, "manifest": fm.to_json()})  # not uploaded again
     finally:
         if owned:
             await bc.aclose()
-    result = _apply(client, segments)
+    result = HistoryRestored(result.messages, result.contacts, result.groups, len(files))
     cfg = _load(client.store)
     hist = {
         "segments": manifest["segments"],
         "seq": client.store.last_seq(),
         "messages": sum(int(s.get("messages", 0)) for s in manifest["segments"]),
         "last_ms": rec.get("updated_ms"),
+        "files": files,
     }
+    if files:
+        cfg["attachments"] = True
     _save(client.store, {**cfg, "history": hist})
     return result
 
