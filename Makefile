@@ -15,14 +15,14 @@ bootstrap: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip >/dev/null
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP) $(RUN_STAMP)
 
 # No pip self-upgrade and no dev tools: the URL is printed within seconds of a fresh clone.
 $(RUN_STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@bash scripts/bootstrap-run.sh "$(PYTHON)" "$(VENV)"
 	@touch $(RUN_STAMP)
 
 run: $(RUN_STAMP)
