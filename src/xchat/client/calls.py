@@ -649,7 +649,19 @@ class CallManager:
 
     async def _receive(self, e: ev.CallSignalReceived, sig: Signal) -> None:
         if e.sender == self.client.address:
-            return  # a copy of our own signal on a linked device: not a call to us
+            # A copy of our own account's signal (linked devices): never a call to us, but
+            # an answer or decline by another of our devices stops this one ringing.
+            own = self.calls.get(sig.call_id)
+            if own is not None and own.machine.state is State.INCOMING:
+                if sig.type == "call_answer":
+                    await self._apply(
+                        own, "answered_elsewhere", reason="answered on another device"
+                    )
+                elif sig.type == "call_decline":
+                    await self._apply(
+                        own, "decline", reason="declined on another device", send=False
+                    )
+            return
         if sig.type == "call_offer":
             await self._receive_offer(e, sig)
             return
