@@ -52,6 +52,16 @@ class Party:
 async def party(url: str, home: Path, handle: str, **kw: Any) -> AsyncIterator[Party]:
     c = Client(home)
     await c.create_account(url, handle)
+    p = await join(c, **kw)
+    try:
+        yield p
+    finally:
+        await p.calls.close()
+        await c.close()
+
+
+async def join(c: Client, **kw: Any) -> Party:
+    """A call manager on ``c`` whose rings and ends land in queues; starts receiving."""
     mgr = CallManager(c, **kw)
     p = Party(c, mgr, asyncio.Queue(), asyncio.Queue())
 
@@ -64,11 +74,7 @@ async def party(url: str, home: Path, handle: str, **kw: Any) -> AsyncIterator[P
     mgr.on_event(route)
     await mgr.start()
     await c.start()
-    try:
-        yield p
-    finally:
-        await mgr.close()
-        await c.close()
+    return p
 
 
 async def until(cond: Any, what: str) -> None:
@@ -343,3 +349,44 @@ async def test_relay_only_call_goes_through_coturn_with_no_host_candidates(
             assert ra.audio_frames_received > 0
         log = turn.log_text()
         assert "ALLOCATE processed, success" in log, log[-2000:]
+
+
+async def test_a_call_rings_every_linked_device_and_the_first_answer_takes_it(
+    server: ServerProcess, tmp_path: Path, handle: Any
+) -> None:
+    """Bob has two devices (PROTOCOL Part VII): both ring; the one that answers carries the
+    call and the other stops ringing ("answered elsewhere", PROTOCOL Part IX §3.4)."""
+    async with party(server.url, tmp_path / "a", handle("alice")) as a:
+        b1 = Client(tmp_path / "b1")
+        await b1.create_account(server.url, handle("bob"))
+        b2 = Client(tmp_path / "b2")
+        code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        link = asyncio.create_task(
+            b2.link_device(
+                server.url, name="laptop", history=False, on_code=lambda c, _u: code.set_result(c)
+            )
+        )
+        await b1.approve_device(await code)
+        await link
+        bobs: list[Party] = []
+        try:
+            for c in (b1, b2):
+                bobs.append(await join(c))
+            call = await a.calls.place(b1.address)
+            rings = [await p.next_incoming() for p in bobs]
+            assert {r.call_id for r in rings} == {call.id}
+            answered = await bobs[0].calls.answer(call.id)
+            other = (await bobs[1].next_ended()).result
+            assert other.state == "answered_elsewhere"
+            await until(
+                lambda: call.state == "connected" and answered.state == "connected", "the call"
+            )
+            await a.calls.hangup()
+            assert (await call.wait(WAIT)).state == "ended"
+            assert (await bobs[0].next_ended()).result.state == "ended"
+            assert [r.state for r in bobs[1].calls.history()] == ["answered_elsewhere"]
+        finally:
+            for p in bobs:
+                await p.calls.close()
+            await b1.close()
+            await b2.close()
