@@ -16,35 +16,28 @@ would tie the lookup to the account at the TCP level.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
-from xchat.errors import ApiError, ProtocolError, ServerUnreachable
+from xchat import encoding
+from xchat.errors import ApiError, DecodeError, ProtocolError, ServerUnreachable
 
 API = "/api/v1"
 DEFAULT_TIMEOUT = 30.0
 
 
-def b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+b64e = encoding.b64encode
+b64url = encoding.b64url_encode
 
 
 def b64d(value: object, what: str = "value") -> bytes:
-    """Decode a standard-base64 field from a server response; ProtocolError if bad."""
-    if not isinstance(value, str):
-        raise ProtocolError(f"server sent a non-string {what}")
+    """A base64 field of a server response (``xchat.encoding``); ProtocolError if bad."""
     try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(f"server sent invalid base64 in {what}") from None
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+        return encoding.b64decode(value, what)
+    except DecodeError as exc:
+        raise ProtocolError(f"server sent {exc}") from None
 
 
 class Api:

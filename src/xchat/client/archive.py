@@ -29,6 +29,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from xchat import encoding
 from xchat.crypto.keys import hkdf
 from xchat.crypto.padding import padme_size
 from xchat.errors import DecodeError, DecryptionError, TooLarge
@@ -130,14 +131,8 @@ def body_from_json(obj: object) -> bytes:
     raise DecodeError("backup message body is malformed")
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+b64 = encoding.b64encode
 
 
 def unb64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise DecodeError(f"backup {what} is not base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"backup {what} is not base64") from None
+    return encoding.b64decode(value, f"backup {what}")

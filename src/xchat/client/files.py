@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import inspect
 import mimetypes
@@ -36,6 +35,7 @@ from typing import Any, Final, TypeGuard
 
 import httpx
 
+from xchat import encoding
 from xchat.client.metadata import detect_image, strip_file
 from xchat.crypto.attachment import (
     DIGEST_LEN,
@@ -153,15 +153,7 @@ def _is_int(v: object) -> TypeGuard[int]:
 
 
 def _b64field(v: object, length: int, what: str) -> bytes:
-    if not isinstance(v, str):
-        raise DecodeError(f"file manifest {what} missing")
-    try:
-        raw = base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"file manifest {what} is not base64") from None
-    if len(raw) != length:
-        raise DecodeError(f"file manifest {what} must be {length} bytes")
-    return raw
+    return encoding.b64decode(v, f"file manifest {what}", length)
 
 
 def clean_content_type(ctype: str) -> str:

@@ -18,8 +18,6 @@ stores in its sealed local database; the ML-KEM private key is kept as its 64-by
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import (
 )
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from xchat import encoding
 from xchat.crypto import constants as C
 from xchat.crypto.keys import (
     IdentityKeyPair,
@@ -370,17 +369,11 @@ class InMemoryPreKeyStore:
 # --- bundle ---------------------------------------------------------------------------------
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+_b64 = encoding.b64encode
 
 
 def _unb64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise DecodeError(f"{what} must be a base64 string")
-    try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
-        raise DecodeError(f"{what} is not valid base64") from exc
+    return encoding.b64decode(value, what)
 
 
 def _obj(value: object, what: str) -> Mapping[str, Any]:

@@ -35,8 +35,6 @@ server (:mod:`xchat.realm`) move these values over HTTP.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -51,6 +49,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from xchat import encoding
 from xchat.crypto import ed25519, oprf, shamir
 from xchat.crypto.keys import hkdf
 from xchat.crypto.pin import StretchedPin, stretch_pin
@@ -91,21 +90,8 @@ LABEL_REGISTER_POW: Final = b"XChat-v1-realm-register"
 Rng = Callable[[int], bytes]
 
 
-def b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def b64d(value: object, what: str, length: int | None = None) -> bytes:
-    """Strict standard base64 (with padding) of exactly ``length`` bytes, else DecodeError."""
-    if not isinstance(value, str):
-        raise DecodeError(f"{what} must be a base64 string")
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"{what} is not valid base64") from None
-    if length is not None and len(data) != length:
-        raise DecodeError(f"{what} must be {length} bytes")
-    return data
+b64e = encoding.b64encode
+b64d = encoding.b64decode
 
 
 def _int(obj: Mapping[str, Any], name: str, lo: int, hi: int) -> int:

@@ -26,8 +26,6 @@ accepted during epochs E and E+1 (a client's stock survives one rotation).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -35,8 +33,9 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from xchat import encoding
 from xchat.crypto import oprf
-from xchat.errors import InvalidToken
+from xchat.errors import DecodeError, InvalidToken
 
 TOKEN_TYPE = 0x5801  # private-use type: "type 1 shape, ristretto255-SHA512 VOPRF"
 NONCE_LEN = 32
@@ -108,14 +107,14 @@ def _token_input(epoch: int, nonce: bytes, kid: bytes) -> bytes:
 
 def encode_token(token: Token) -> str:
     """The header form: base64url without padding (``PrivateToken token="..."``)."""
-    return base64.urlsafe_b64encode(token.to_bytes()).rstrip(b"=").decode("ascii")
+    return encoding.b64url_encode(token.to_bytes())
 
 
 def decode_token(text: str) -> Token:
     """Parse the header form; :class:`InvalidToken` on bad base64url, length or type."""
     try:
-        raw = base64.urlsafe_b64decode(text.encode("ascii") + b"=" * (-len(text) % 4))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raw = encoding.b64url_decode(text, "access token")
+    except DecodeError:
         raise InvalidToken("access token is not base64url") from None
     return Token.from_bytes(raw)
 

@@ -42,7 +42,7 @@ from xchat.crypto import pow as xpow
 from xchat.errors import ApiError
 from xchat.server.blobs import _state as blob_state
 from xchat.server.directory import BEARER, normalize_handle
-from xchat.server.models import errors
+from xchat.server.models import b64, errors
 from xchat.storage.blobs import valid_blob_id
 
 BACKUP_RETENTION_MS: Final = 400 * 86_400_000  # > a year: a lost phone is found late
@@ -160,10 +160,7 @@ async def _describe(http: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
 @router.put("/api/v1/backup", responses=errors(400, 401, 404, 409))
 async def put_backup(body: BackupPut, owner: Owner, request: Request) -> dict[str, Any]:
     """Replace the caller's backup record and keep its blobs alive (§9.4)."""
-    try:
-        manifest = base64.b64decode(body.manifest, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "manifest is not valid base64") from None
+    manifest = b64(body.manifest, "manifest")
     if not 0 < len(manifest) <= MAX_MANIFEST:
         raise ApiError(400, f"manifest must be 1..{MAX_MANIFEST} bytes")
     ids = list(dict.fromkeys(body.blobs))
@@ -227,10 +224,7 @@ async def locate(body: Locate, request: Request) -> dict[str, str]:
     """Handle → address for a restoring device, for one proof of work (§9.6)."""
     relay = request.app.state.relay
     handle = normalize_handle(body.handle)
-    try:
-        challenge = base64.b64decode(body.challenge, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "challenge is not valid base64") from None
+    challenge = b64(body.challenge, "challenge")
     if not xpow.stamp_ok(
         challenge, LABEL_LOCATE + handle.encode(), body.pow_nonce, relay.config.pow_bits
     ):

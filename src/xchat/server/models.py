@@ -6,13 +6,12 @@ decoded by :func:`b64` in the handlers, which turns bad encodings into 400s.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xchat.errors import ApiError
+from xchat import encoding
+from xchat.errors import ApiError, DecodeError
 
 MAX_LIST = 1000
 
@@ -63,29 +62,22 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def b64(value: str, what: str, length: int | None = None) -> bytes:
-    """Standard base64 (RFC 4648 §4, padded) → bytes; ApiError 400 on anything else."""
+    """Strict standard base64 (``xchat.encoding``) → bytes; ApiError 400 otherwise."""
     try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ApiError(400, f"{what}: invalid base64") from None
-    if length is not None and len(raw) != length:
-        raise ApiError(400, f"{what}: expected {length} bytes, got {len(raw)}")
-    return raw
+        return encoding.b64decode(value, what, length)
+    except DecodeError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def b64url(value: str, what: str, length: int | None = None) -> bytes:
-    """URL-safe base64, padding optional (used in URL paths)."""
+    """Strict base64url, padding optional (URL paths); ApiError 400 otherwise."""
     try:
-        raw = base64.urlsafe_b64decode(value.encode("ascii") + b"=" * (-len(value) % 4))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ApiError(400, f"{what}: invalid base64url") from None
-    if length is not None and len(raw) != length:
-        raise ApiError(400, f"{what}: expected {length} bytes, got {len(raw)}")
-    return raw
+        return encoding.b64url_decode(value, what, length)
+    except DecodeError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
-def enc(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+enc = encoding.b64encode
 
 
 # --- keys ---
