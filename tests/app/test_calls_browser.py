@@ -159,3 +159,20 @@ def test_denied_microphone_says_so_and_places_no_call(callers: list[Any], playwr
         assert live == {"call": None}
     finally:
         browser.close()
+
+
+def test_relay_only_switch_without_turn_says_so(callers: list[Any], playwright: Any) -> None:
+    (app_a, _), (_, name_b) = callers
+    browser = _launch(playwright, fake_ui=True)
+    try:
+        page = browser.new_context().new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        _open_chat(page, app_a, name_b)
+        page.click("#btn-settings")
+        page.check("#set-relay-only")  # Settings → Calls → Relay calls
+        page.click("#btn-settings-close")
+        page.click("#btn-call-audio")
+        page.wait_for_selector("#call-error:has-text('no TURN server')")
+        assert page.get_attribute("#call-screen", "data-state") == "ended"
+    finally:
+        browser.close()
