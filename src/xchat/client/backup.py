@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from xchat.client.api import Api
 from xchat.client.files import BlobClient, FileManifest, downloads_dir, receive_file, send_file
 from xchat.client.realms import RealmInfo
 from xchat.client.store import GroupRow, Store
+from xchat.clock import now_ms
 from xchat.crypto import pow as xpow
 from xchat.crypto.attachment import encrypt_attachment
 from xchat.crypto.keys import IdentityKeyPair, is_address, mnemonic_from_seed, normalize_address
@@ -61,10 +61,6 @@ FALLBACK_LIFETIME_MS: Final = 30 * 86_400_000  # relay blob TTL when it cannot p
 MAX_MESSAGES_PER_SEGMENT: Final = 1_000_000
 MAX_SETTINGS_BYTES: Final = 1024 * 1024
 LABEL_LOCATE: Final = b"XChat-v1-backup-locate|"  # PoW resource prefix of a handle lookup
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass

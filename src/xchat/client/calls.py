@@ -46,6 +46,7 @@ from xchat.client.call_state import (
     Transition,
     parse_signal,
 )
+from xchat.clock import now_ms
 from xchat.errors import CallError, CallStateError, ProtocolError, XChatError
 
 if TYPE_CHECKING:
@@ -57,10 +58,6 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1  # how often ring/connect deadlines are checked
 TURN_PATH = "/api/v1/turn"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # --- events for apps -------------------------------------------------------------------------

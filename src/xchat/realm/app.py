@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.realm.service import RealmService
 from xchat.server.limits import RateLimiter, ip_bucket
@@ -33,10 +33,6 @@ from xchat.server.limits import RateLimiter, ip_bucket
 log = logging.getLogger("xchat.realm")
 
 MAX_BODY = 64 * 1024  # a registration is ~1.5 KiB; anything bigger is abuse
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def create_app(

@@ -30,7 +30,6 @@ import binascii
 import json
 import os
 import sqlite3
-import time
 from typing import Annotated, Any, Final
 
 import httpx
@@ -38,6 +37,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
+from xchat.clock import now_ms
 from xchat.crypto import pow as xpow
 from xchat.errors import ApiError
 from xchat.server.blobs import _state as blob_state
@@ -73,10 +73,6 @@ class Locate(BaseModel):
 class BackupPut(BaseModel):
     manifest: str = Field(description="base64 of the encrypted manifest")
     blobs: list[str] = Field(max_length=MAX_BACKUP_BLOBS)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Backups:

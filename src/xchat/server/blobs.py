@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -38,6 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
+from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.server.directory import BEARER
 from xchat.server.models import ErrorOut, errors
@@ -85,10 +85,6 @@ class BlobStatus(BaseModel):
     upload_offset: int
     size: int
     complete: bool
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _env_int(name: str, default: int) -> int:

@@ -14,11 +14,11 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
+from xchat.clock import now_ms
 from xchat.crypto.pow import stamp_ok
 from xchat.errors import ApiError
 from xchat.fanout.base import Fanout
@@ -66,10 +66,6 @@ class _DeviceSocketLike(Protocol):
 
 
 CLOSE_UNAUTHORIZED = 4401  # xchat.protocol.frames.CLOSE_UNAUTHORIZED
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Relay:
