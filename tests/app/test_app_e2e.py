@@ -419,6 +419,7 @@ def group_flow(
     a.click("#form-rename button[type=submit]")
     b.wait_for_selector("#members-title:has-text('Weekend trip')")
     a.click("#members-list li:has-text('@carol') button:has-text('Remove')")
+    a.click("#dlg-confirm[open] #btn-confirm-ok")  # asked first (issue #19)
     a.wait_for_function("() => document.querySelectorAll('#members-list li').length === 2")
     b.wait_for_function("() => document.querySelectorAll('#members-list li').length === 2")
     a.click("#btn-members-close")
