@@ -71,7 +71,7 @@ def create_app(
                 return error(413, f"request body larger than {MAX_BODY} bytes")
         try:
             obj: Any = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             return error(400, "request body is not JSON")
         try:
             answer = service.handle(request.path_params["op"], obj, now_ms())
