@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from _app_helpers import CHROMIUM, CHROMIUM_ARGS, AppProcess, start_app
+
+from xchat.testing import TURNSERVER, running_coturn, running_server
 
 SRC = Path(__file__).parents[2] / "src"
 MEDIA_ARGS = [
@@ -84,6 +87,18 @@ def playwright() -> Iterator[Any]:
         yield pw
 
 
+def _wait_frames(page: Any) -> int:
+    """Poll getStats until the page has decoded a video frame (``wait_for_function`` does
+    not await a promise, so it cannot run the async getStats itself)."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        n = int(page.evaluate("async () => await window.xchatCall.framesDecoded()"))
+        if n > 0:
+            return n
+        page.wait_for_timeout(100)
+    raise AssertionError("no video frame decoded")
+
+
 def _open_chat(page: Any, app: AppProcess, peer: str) -> None:
     page.goto(app.url)
     page.wait_for_selector("#view-app:not([hidden])", timeout=TIMEOUT_MS)
@@ -117,7 +132,7 @@ def test_two_browsers_video_call_decode_frames_and_hang_up(
 
         # both pages decode the other's (fake camera) video: getStats framesDecoded > 0
         for page in (a, b):
-            page.wait_for_function("async () => (await window.xchatCall.framesDecoded()) > 0")
+            _wait_frames(page)
             page.wait_for_selector("#call-screen[data-state='connected']")
             page.wait_for_selector("#btn-call-mute:not([hidden])")
             assert "Not verified" in page.text_content("#call-safety")
@@ -176,3 +191,48 @@ def test_relay_only_switch_without_turn_says_so(callers: list[Any], playwright: 
         assert page.get_attribute("#call-screen", "data-state") == "ended"
     finally:
         browser.close()
+
+
+@pytest.mark.skipif(not Path(TURNSERVER).exists(), reason="coturn is not installed")
+def test_relay_only_browser_call_goes_through_coturn(
+    tmp_path_factory: pytest.TempPathFactory, playwright: Any
+) -> None:
+    """Both pages set "Relay calls": the video still flows, and the pair WebRTC selected
+    uses a relayed (TURN) local candidate on both sides."""
+    base = tmp_path_factory.mktemp("relay-only")
+    tag = os.getpid() % 10_000
+    names = [f"ra{tag}", f"rb{tag}"]
+    with (
+        running_coturn(base / "turn") as turn,
+        running_server(base / "relay", pow_bits=2, **turn.server_env()) as srv,
+    ):
+        apps: list[AppProcess] = []
+        browser = _launch(playwright, fake_ui=True)
+        try:
+            for name in names:
+                _account(base / name, srv.url, name)
+                apps.append(start_app(base / name, srv.url))
+            a = browser.new_context().new_page()
+            b = browser.new_context().new_page()
+            for page, app in ((a, apps[0]), (b, apps[1])):
+                page.set_default_timeout(TIMEOUT_MS)
+                page.goto(app.url)
+                page.wait_for_selector("#view-app:not([hidden])")
+                page.evaluate("() => localStorage.setItem('xchat-calls-relay-only', '1')")
+            _open_chat(a, apps[0], names[1])
+            a.click("#btn-call-video")
+            b.wait_for_selector(
+                "#call-screen[data-state='incoming'] #btn-call-accept:not([hidden])"
+            )
+            b.click("#btn-call-accept")
+            for page in (a, b):
+                _wait_frames(page)
+                kind = page.evaluate("async () => window.xchatCall.selectedCandidateType()")
+                assert kind == "relay"
+            a.click("#btn-call-hangup")
+            b.wait_for_selector("#call-screen[data-state='ended']")
+        finally:
+            browser.close()
+            for app in apps:
+                app.stop()
+        assert "ALLOCATE processed, success" in turn.log_text()

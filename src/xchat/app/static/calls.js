@@ -419,5 +419,15 @@ window.xchatCall = {
     (await current.pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') n += r.framesDecoded || 0; });
     return n;
   },
+  /** "host", "srflx" or "relay": the local candidate of the pair WebRTC selected. */
+  async selectedCandidateType() {
+    if (!current || !current.pc) return null;
+    const stats = await current.pc.getStats();
+    let pair = null;
+    stats.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); });
+    if (!pair) stats.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
+    const local = pair && stats.get(pair.localCandidateId);
+    return local ? local.candidateType : null;
+  },
 };
 
