@@ -592,3 +592,16 @@ def test_reopening_after_a_restart_needs_no_terminal_and_app_stop_is_told_apart(
     finally:
         ctx.close()
         app.stop()
+
+
+def test_a_secret_in_the_query_string_is_not_accepted(browser: Any, apps: list[AppProcess]) -> None:
+    """Issue #18: ``?s=`` put the secret where history, logs and Referer keep it."""
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        page.goto(f"{apps[0].base}/?s={apps[0].secret}")
+        page.wait_for_selector("#view-locked", state="visible", timeout=TIMEOUT_MS)
+        stored = page.evaluate("JSON.stringify([{...sessionStorage}, {...localStorage}])")
+        assert apps[0].secret not in stored and "xchat-key" not in stored
+    finally:
+        ctx.close()

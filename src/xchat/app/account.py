@@ -79,14 +79,11 @@ async def displaced(st: AppState) -> str | None:
 
 
 def restored(st: AppState) -> bool:
-    return bool(st._load().get(RESTORED_KEY))
+    return st.flag(RESTORED_KEY)
 
 
 def set_restored(st: AppState, value: bool) -> None:
-    data = st._load()
-    if bool(data.get(RESTORED_KEY)) != value:
-        data[RESTORED_KEY] = value
-        st._store(data)
+    st.set_flag(RESTORED_KEY, value)
 
 
 async def get_state(request: Request, st: AppState) -> Response:

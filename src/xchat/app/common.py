@@ -104,6 +104,17 @@ class AppState:
         marks[conv] = ts_ms
         self._store(data)
 
+    def flag(self, key: str) -> bool:
+        """A UI-only yes/no remembered across restarts (e.g. "restored": say why there is
+        no history until the user dismissed it)."""
+        return bool(self._load().get(key))
+
+    def set_flag(self, key: str, value: bool) -> None:
+        data = self._load()
+        if bool(data.get(key)) != value:
+            data[key] = value
+            self._store(data)
+
     def chats(self) -> set[str]:
         """Contacts the user opened a 1:1 chat with (group members alone are not chats)."""
         chats = self._load().get("chats")

@@ -4,39 +4,33 @@ JSON API and a Server-Sent Events stream (docs/app-readme.md).
 Keys never leave the device: the browser page is only a view. It talks to this process
 on ``127.0.0.1``; this process holds the profile (and its lock), does all the crypto via
 the client SDK, and talks to the relay. The page authenticates with the per-launch
-secret (see :mod:`xchat.app.security` for the full list of request checks).
+secret or a browser session (see :mod:`xchat.app.security` for the full list of request
+checks).
 
 A *conversation id* is a contact's address (1:1) or ``group:<32 hex>`` (a group,
 PROTOCOL.md Part V §10). A message's ``peer`` is its storage key (the address, or
 ``group:<gid>:<sender address>``); file routes take that key.
 
-API (all JSON; reads are GET, writes are POST with ``application/json``)::
+API (all JSON; reads are GET, writes are POST with ``application/json``). This module
+serves the conversation core; the feature modules in :data:`ROUTE_MODULES` add theirs::
 
-    GET  /api/state                      account, default server
     GET  /api/events                     SSE: one JSON object per ``data:`` line
-    POST /api/account/create             {server, handle}  -> phrase + 3 word positions
-    POST /api/account/confirm            {words: [w, w, w]}
-    POST /api/account/restore            {server, phrase}
-    POST /api/account/handle             {handle}
     GET  /api/conversations              contacts and groups, last message, unread count
     POST /api/contacts/resolve           {to: "@handle" | address}
     GET  /api/messages?peer=CONV         history, oldest first (+ contact or group)
-    POST /api/messages/send              {to: CONV, text}
     POST /api/conversations/read         {peer: CONV}
     GET  /api/safety?peer=ADDR           60 digits, verified flags
     GET  /api/safety.svg?peer=ADDR       the safety-number QR code (SVG, segno)
     GET  /api/address.svg                QR code of our own address
     POST /api/contacts/verify            {address, verified}
-    POST /api/files/send                 {to: CONV, name, content_type, data: b64}
-    POST /api/files/fetch                {peer, message_id} -> download + decrypt locally
-    GET  /api/files/{message_id}?peer=P  the decrypted bytes (attachment / image)
-    POST /api/groups/create              {name, members: ["@handle" | address]}
-    GET  /api/groups/info?group=GID      members (with admin flags), our role
-    POST /api/groups/members             {group, add: [...], remove: [...]} (admins)
-    POST /api/groups/rename              {group, name} (admins)
+    account  (app/account.py)   GET /api/state; POST /api/account/{create,phrase,confirm,
+                                restore,restored-seen,handle}; POST /api/connection/reconnect
+    compose  (app/compose.py)   POST /api/messages/{send,retry}; GET/POST /api/drafts
+    session  (app/session.py)   POST /api/session, /api/session/forget (browser sessions)
+    files    (app/files.py)     POST /api/files/{send,fetch}; GET /api/files/{message_id}
+    groups   (app/groups.py)    POST /api/groups/{create,members,rename}; GET /api/groups/info
 
-Errors are ``{"error": "..."}`` with 400/403/404/409/413/502/503. The file routes live
-in :mod:`xchat.app.files`, the group routes in :mod:`xchat.app.groups`.
+Errors are ``{"error": "..."}`` with 400/403/404/409/413/502/503.
 """
 
 from __future__ import annotations
