@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1  # how often ring/connect deadlines are checked
 TURN_PATH = "/api/v1/turn"
+#: Credentials are refreshed this long before they expire (a call may start just then and
+#: must still allocate; coturn checks the expiry at allocation).
+TURN_REFRESH_MARGIN_S = 600
+TURN_ABSENT_RECHECK_S = 600  # a relay without TURN is asked again after this long
 
 
 # --- events for apps -------------------------------------------------------------------------
@@ -219,7 +223,8 @@ class CallManager:
         self.ring_timeout_ms = int(ring_timeout * 1000)
         self.relay_only = relay_only
         self.external_media = external_media
-        self._ice_servers = ice_servers  # None: ask the relay (GET /api/v1/turn) per call
+        self._ice_servers = ice_servers  # None: ask the relay (GET /api/v1/turn)
+        self._turn_cache: tuple[tuple[IceServer, ...], float] = ((), 0.0)
         self._loopback = loopback
         self._accept_from = accept_from
         self.log = CallLog(client.store)
@@ -254,6 +259,8 @@ class CallManager:
         if listen:
             self.client.on_event(self.feed)
         self._tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._ticker())]
+        if self._ice_servers is None:
+            self._soon(self._prefetch_turn())
 
     async def close(self) -> None:
         """Hang up whatever is live, then stop."""
@@ -552,10 +559,15 @@ class CallManager:
         )
 
     async def ice_servers(self) -> tuple[IceServer, ...]:
-        """TURN servers with fresh credentials from the relay (PROTOCOL Part IX §6); none
-        when the relay has no TURN configured (host candidates only)."""
+        """TURN servers with credentials from the relay (PROTOCOL Part IX §6); none when
+        the relay has no TURN configured (host candidates only). Fetched when the manager
+        starts and again shortly before they expire, never per call, so the relay cannot
+        tell from this request when someone calls."""
         if self._ice_servers is not None:
             return self._ice_servers
+        cached, until_s = self._turn_cache
+        if time.time() < until_s:
+            return cached
         from xchat.client.call_media import IceServer
         from xchat.errors import ApiError
 
@@ -564,19 +576,30 @@ class CallManager:
             data = await api.request("GET", TURN_PATH, auth=True)
         except ApiError as exc:
             if exc.status == 404:
+                self._turn_cache = ((), time.time() + TURN_ABSENT_RECHECK_S)
                 return ()
             raise
         if not isinstance(data, dict):
             raise ProtocolError("server sent a malformed TURN credential")
         urls, user, cred = data.get("urls"), data.get("username"), data.get("credential")
+        expires = data.get("expires")
         if (
             not isinstance(urls, list)
             or not all(isinstance(u, str) for u in urls)
             or not isinstance(user, str)
             or not isinstance(cred, str)
+            or not isinstance(expires, int)
         ):
             raise ProtocolError("server sent a malformed TURN credential")
-        return (IceServer(tuple(urls), user, cred),)
+        servers = (IceServer(tuple(urls), user, cred),)
+        self._turn_cache = (servers, expires - TURN_REFRESH_MARGIN_S)
+        return servers
+
+    async def _prefetch_turn(self) -> None:
+        try:
+            await self.ice_servers()
+        except XChatError as exc:  # the next call asks again
+            log.info("no TURN credentials yet: %s", exc)
 
     def _first_audio(self, call: Call) -> None:
         if call.answered_at is not None and call.setup_ms is None:
