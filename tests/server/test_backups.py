@@ -46,6 +46,8 @@ def test_backup_record_lifecycle(client: httpx.Client) -> None:
     first = _blob(client, a.headers, os.urandom(1000))
     r = _put(client, a.headers, [first])
     assert r.status_code == 200 and r.json()["ok"] is True
+    # pinned: the blob now outlives the 30-day blob TTL (400 days from now)
+    assert r.json()["expires_ms"] > r.json()["updated_ms"] + 300 * 86_400_000
     got = client.get("/api/v1/backup", headers=a.headers).json()
     assert got["blobs"] == [first] and base64.b64decode(got["manifest"])
     # a new record that no longer names the first blob deletes it

@@ -192,6 +192,25 @@ class PostgresBlobStore(FilesystemBlobStore):
         )
         return int(used)
 
+    async def set_expiry(
+        self, blob_id: str, owner: str, expires_ms: int, now_ms: int
+    ) -> int | None:
+        """History backups pin their blobs (PROTOCOL Part X §9.4), as the filesystem index."""
+        if not valid_blob_id(blob_id):
+            return None
+        pool = await self._get_pool()
+        try:
+            status = await pool.execute(
+                "UPDATE blobs SET expires_ms = $1 WHERE id = $2 AND owner = $3 AND expires_ms > $4",
+                expires_ms,
+                blob_id,
+                owner,
+                now_ms,
+            )
+        except UNAVAILABLE:
+            raise StorageUnavailable() from None
+        return expires_ms if str(status).endswith(" 1") else None
+
     async def expire(self, now_ms: int) -> int:
         pool = await self._get_pool()
         try:
