@@ -9,6 +9,7 @@ import base64
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -165,18 +166,22 @@ def test_pg_dump_and_restore_keep_queued_mail(
 
 
 def test_config_file_and_bad_options(tmp_path: Path) -> None:
-    cfg = tmp_path / "xchat.toml"
-    cfg.write_text('[server]\nhost = "127.0.0.1"\n\n[limits]\npow_bits = 3\nttl_days = 2\n')
     from xchat.server.config import ServerConfig
 
-    c = ServerConfig.from_file(cfg)
-    assert c.pow_bits == 3 and c.ttl_seconds == 2 * 86400
-    (tmp_path / "bad.toml").write_text("no_such_option = 1\n")
-    r = xchat("serve", "--config", str(tmp_path / "bad.toml"))
-    assert r.returncode != 0 and "unknown option 'no_such_option'" in r.stderr
-    (tmp_path / "bad2.toml").write_text('pow_bits = "many"\n')
-    r = xchat("serve", "--config", str(tmp_path / "bad2.toml"))
-    assert r.returncode != 0 and "pow_bits must be int" in r.stderr
+    cfg = tmp_path / "xchat.toml"
+    cfg.write_text('[server]\nhost = "127.0.0.1"\n\n[limits]\npow_bits = 3\nttl_days = 2\n')
+    c = ServerConfig.from_env({"XCHAT_POW_BITS": "5"}, base=ServerConfig.from_file(cfg))
+    assert c.pow_bits == 5 and c.ttl_seconds == 2 * 86400  # env over file, file over default
+    for text, message in (
+        ("no_such_option = 1\n", "unknown option 'no_such_option'"),
+        ('pow_bits = "many"\n', "pow_bits must be int"),
+        ("pow_bits = [\n", "is not valid TOML"),
+    ):
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            ServerConfig.from_file(tmp_path / "bad.toml")
+    r = xchat("serve", "--config", str(tmp_path / "bad.toml"))  # the command: one line, no trace
+    assert r.returncode != 0 and "is not valid TOML" in r.stderr and "Traceback" not in r.stderr
     r = xchat("serve", "--redis", "redis://127.0.0.1:1", "--data", str(tmp_path / "d"))
     assert r.returncode == 2 and "--redis needs --database" in r.stderr
 

@@ -113,16 +113,27 @@ def check(res: LoadResult, messages: int, failures: int = 1) -> None:
 
 async def _kill_node(cluster: Cluster, tmp_path: Path, pairs: int, per_pair: int) -> None:
     killed: list[str] = []
+    survivors_before: list[float] = []
+    moved: list[bool] = []
 
     def fail() -> None:
         victim = max(cluster.nodes, key=lambda n: ws_sockets(n.url))
         assert ws_sockets(victim.url) > 0, "no node holds a socket: the load is not spread"
         killed.append(victim.name)
+        others = [n for n in cluster.nodes if n is not victim]
+        survivors_before.append(sum(ws_sockets(n.url) for n in others))
         victim.kill9()
 
     def recover() -> None:
         node = next(n for n in cluster.nodes if n.name == killed[-1])
-        cluster.start_node(node)  # same port: HAProxy's health check takes it back
+        others = [n for n in cluster.nodes if n is not node]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # its clients come back through HAProxy...
+            if sum(ws_sockets(n.url) for n in others) > survivors_before[-1]:
+                moved.append(True)
+                break
+            time.sleep(0.05)
+        cluster.start_node(node)  # ...then it rejoins (same port, HAProxy's health check)
 
     res = await run_load(
         Chaos(cluster.url, fail, recover),
@@ -132,6 +143,7 @@ async def _kill_node(cluster: Cluster, tmp_path: Path, pairs: int, per_pair: int
         kill_after=(pairs * per_pair // 3,),
     )
     check(res, pairs * per_pair)
+    assert moved, "no client of the killed node reconnected to another node"
 
 
 async def test_kill9_a_node_under_load(cluster: Cluster, tmp_path: Path) -> None:
@@ -308,3 +320,36 @@ def test_haproxy_example_is_valid(tmp_path: Path) -> None:
     cfg.write_text(doc.read_text().replace("/etc/haproxy/xchat.pem", str(pem)))
     r = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_read_your_writes_across_nodes(cluster: Cluster) -> None:
+    """Register through node 1, then at once use the account through nodes 2 and 3: a
+    node whose directory cache has not yet seen the NOTIFY must catch up, not refuse."""
+    n1, n2, n3 = (n.url for n in cluster.nodes)
+    with httpx.Client(base_url=n1, timeout=10) as c1, httpx.Client(timeout=10) as c:
+        for _ in range(10):
+            acct = register(c1)
+            r = c.get(n2 + "/api/v1/keys/count", headers=acct.headers)  # bearer check on n2
+            assert r.status_code == 200, r.text
+            dest = {
+                "address": acct.address,
+                "delivery_token": b64(acct.delivery_token),
+                "envelopes": [{"device_id": 1, "id": b64(os.urandom(16)), "content": b64(b"x")}],
+            }
+            r = c.post(n3 + "/api/v1/messages", json={"destinations": [dest]})
+            assert r.status_code == 200, r.text  # address and token hash known on n3
+
+
+def test_blob_uploaded_through_one_node_downloads_through_another(cluster: Cluster) -> None:
+    n1, n2 = cluster.nodes[0].url, cluster.nodes[1].url
+    with httpx.Client(base_url=n1, timeout=10) as c1:
+        acct = register(c1)
+        blob = c1.post("/api/v1/blobs", json={"size": 5}, headers=acct.headers).json()
+        r = c1.patch(
+            f"/api/v1/blobs/{blob['id']}",
+            content=b"hello",
+            headers={**acct.headers, "Upload-Offset": "0"},
+        )
+        assert r.status_code == 200, r.text
+    r = httpx.get(f"{n2}/api/v1/blobs/{blob['id']}", timeout=10)
+    assert r.status_code == 200 and r.content == b"hello"
