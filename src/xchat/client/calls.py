@@ -34,6 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from xchat.client import content as ct
 from xchat.client import events as ev
+from xchat.client.call_events import (
+    CallEnded,
+    CallEvent,
+    CallIncoming,
+    CallRemoteCandidates,
+    CallRemoteDescription,
+    CallResult,
+    CallStateChanged,
+)
 from xchat.client.call_log import CallLog, CallRecord
 from xchat.client.call_state import (
     MAX_OFFER_AGE_MS,
@@ -56,95 +65,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Call",
+    "CallEnded",
+    "CallEvent",
+    "CallIncoming",
+    "CallManager",
+    "CallRemoteCandidates",
+    "CallRemoteDescription",
+    "CallResult",
+    "CallStateChanged",
+]
+
 TICK_S = 0.1  # how often ring/connect deadlines are checked
 TURN_PATH = "/api/v1/turn"
 #: Credentials are refreshed this long before they expire (a call may start just then and
 #: must still allocate; coturn checks the expiry at allocation).
 TURN_REFRESH_MARGIN_S = 600
 TURN_ABSENT_RECHECK_S = 600  # a relay without TURN is asked again after this long
-
-
-# --- events for apps -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CallIncoming:
-    """A contact is calling us; this device rings (answer or decline it)."""
-
-    call_id: str
-    peer: str
-    handle: str | None
-    video: bool
-
-
-@dataclass(frozen=True)
-class CallStateChanged:
-    """A live call moved to ``state`` (ringing, connecting, connected)."""
-
-    call_id: str
-    state: str
-
-
-@dataclass(frozen=True)
-class CallEnded:
-    call_id: str
-    result: CallResult
-
-
-@dataclass(frozen=True)
-class CallRemoteDescription:
-    """``external_media`` only: the peer's answer SDP for the page's RTCPeerConnection."""
-
-    call_id: str
-    type: str  # "answer"
-    sdp: str
-
-
-@dataclass(frozen=True)
-class CallRemoteCandidates:
-    """``external_media`` only: ICE candidates the peer trickled (empty: end of them)."""
-
-    call_id: str
-    candidates: tuple[IceCandidate, ...]
-
-
-CallEvent = (
-    CallIncoming | CallStateChanged | CallEnded | CallRemoteDescription | CallRemoteCandidates
-)
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """The end of a call as apps and ``xchat call --json`` report it."""
-
-    call_id: str
-    peer: str
-    direction: str  # "out" | "in"
-    state: str  # ended | declined | busy | missed | failed | answered_elsewhere
-    reason: str | None
-    video: bool
-    setup_ms: float | None  # answer -> first audio frame from the peer
-    duration_s: float
-    audio_frames_sent: int = 0
-    audio_frames_received: int = 0
-    video_frames_received: int = 0
-    local_candidate_types: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "call_id": self.call_id,
-            "peer": self.peer,
-            "direction": self.direction,
-            "state": self.state,
-            "reason": self.reason,
-            "video": self.video,
-            "setup_ms": None if self.setup_ms is None else round(self.setup_ms, 1),
-            "duration_s": round(self.duration_s, 3),
-            "audio_frames_sent": self.audio_frames_sent,
-            "audio_frames_received": self.audio_frames_received,
-            "video_frames_received": self.video_frames_received,
-            "local_candidate_types": sorted(set(self.local_candidate_types)),
-        }
 
 
 # --- one call --------------------------------------------------------------------------------
@@ -755,11 +693,19 @@ class CallManager:
             except XChatError as exc:
                 await self._media_event(call, "media_failed", str(exc))
                 return
-        if len(self.client.store.session_devices(call.peer)) > 1:
+        if len(self._devices_of(call.peer)) > 1:
             # Every device of the callee rang: the others stop now (PROTOCOL Part IX §3.4).
             stop = Signal("call_hangup", call.id, reason="answered_elsewhere")
             stop = Signal(stop.type, stop.call_id, reason=stop.reason, answered_by=e.device_id)
             self._soon(self._send(call, stop))
+
+    def _devices_of(self, address: str) -> list[int]:
+        """The peer's devices: its signed device list (PROTOCOL Part VII) when the client
+        keeps them, else the devices we hold sessions with."""
+        listed = getattr(self.client, "device_ids", None)
+        if callable(listed):
+            return list(listed(address))
+        return self.client.store.session_devices(address)
 
     async def _receive_ice(self, call: Call, sig: Signal) -> None:
         if self.external_media:
