@@ -105,7 +105,7 @@ def test_enable_status_restore_disable(
     assert "history restored: 2 messages" in r.stderr
 
     gone = json.loads(ok(xchat(new, "backup", "disable", "--json")))
-    assert gone == {"deleted_realm_shares": 3, "deleted_blobs": 1}
+    assert gone == {"deleted_realm_shares": 3, "deleted_blobs": 1, "unreachable_realms": []}
     assert json.loads(ok(xchat(new, "backup", "status", "--json")))["enabled"] is False
     after = xchat(
         tmp_path / "a4",

@@ -348,9 +348,16 @@ async def test_disable_deletes_shares_and_blobs(env: Env) -> None:
         await bk.enable(a, PIN)
         cfg: dict[str, Any] = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
         blob = cfg["history"]["segments"][0]["blob"]
-        out = await bk.disable(a)
-        assert out == {"realms": 3, "blobs": 1}
+        env.realms[2].kill9()  # one realm is down when the user disables the backup
+        try:
+            out = await bk.disable(a)
+        finally:
+            env.realms[2].start()
+        assert out == {"realms": 2, "blobs": 1, "unreachable": [env.realms[2].url]}
         assert not bk.status(a).enabled
+        assert _records(env.realms[2], address) == 1  # still there: it was unreachable
+        again = await bk.disable(a)  # the second run reaches it
+        assert again == {"realms": 1, "blobs": 0, "unreachable": []}
     assert all(_records(r, address) == 0 for r in env.realms)
     r = httpx.head(f"{env.relay.url}/api/v1/blobs/{blob}")
     assert r.status_code == 404

@@ -132,13 +132,24 @@ def status(obj: Any, as_json: bool) -> None:
 def disable(obj: Any, as_json: bool) -> None:
     """Delete the shares at every realm and the history backup at the relay."""
 
-    async def go() -> dict[str, int]:
+    async def go() -> dict[str, Any]:
         async with obj.client() as c:
             return await bk.disable(c)
 
     out = asyncio.run(go())
+    for url in out["unreachable"]:
+        sys.stderr.write(
+            f"xchat: warning: realm {url} is unreachable; its share stays until you run "
+            "`xchat backup disable` again\n"
+        )
     if as_json:
-        print_json({"deleted_realm_shares": out["realms"], "deleted_blobs": out["blobs"]})
+        print_json(
+            {
+                "deleted_realm_shares": out["realms"],
+                "deleted_blobs": out["blobs"],
+                "unreachable_realms": out["unreachable"],
+            }
+        )
     else:
         click.echo(
             f"backup: off; deleted {out['realms']} realm share(s) and {out['blobs']} blob(s)"

@@ -177,7 +177,7 @@ async def enable(
         for r in old.get("realms", [])
         if RealmInfo.from_json(r).public_key not in {x.public_key for x in realms}
     ]
-    if dropped:  # realms no longer used must not keep a share
+    if dropped:  # realms no longer used must not keep a share (best effort)
         await rl.delete(client.identity.seed, client.address, dropped)
     cfg = {
         **old,
@@ -193,16 +193,18 @@ async def enable(
     return status(client)
 
 
-async def disable(client: Any) -> dict[str, int]:
-    """Delete the shares at every realm and the history backup at the relay."""
+async def disable(client: Any) -> dict[str, Any]:
+    """Delete the shares at every realm and the history backup at the relay. Realms that
+    cannot be reached are listed in ``unreachable`` and kept in the settings, so that
+    running it again deletes their shares too."""
     cfg = _load(client.store)
     realms = [RealmInfo.from_json(r) for r in cfg.get("realms", [])]
-    deleted_realms = await rl.delete(client.identity.seed, client.address, realms)
+    deleted_realms, unreachable = await rl.delete(client.identity.seed, client.address, realms)
     body = await client.api.request("DELETE", "/api/v1/backup", auth=True)
     blobs = int(body.get("deleted", 0)) if isinstance(body, dict) else 0
     _forget_pending(client)
-    _save(client.store, {"enabled": False})
-    return {"realms": deleted_realms, "blobs": blobs}
+    _save(client.store, {"enabled": False, "realms": [r.to_json() for r in unreachable]})
+    return {"realms": deleted_realms, "blobs": blobs, "unreachable": [r.url for r in unreachable]}
 
 
 # --- history backup ------------------------------------------------------------------------------

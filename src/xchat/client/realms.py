@@ -186,10 +186,13 @@ def _owner_signer(secret: bytes, info: RealmInfo, op: str, record: bytes, versio
     return lambda nonce: key.sign(rc.owner_message(op, record, version, nonce))
 
 
-async def delete(secret: bytes, address: str, realms: Sequence[RealmInfo]) -> int:
-    """Delete this account's record at every reachable realm; how many were deleted."""
+async def delete(
+    secret: bytes, address: str, realms: Sequence[RealmInfo]
+) -> tuple[int, list[RealmInfo]]:
+    """Delete this account's record at every realm: (how many were deleted, the realms that
+    could not be reached — their record stays until a later attempt)."""
 
-    async def one(info: RealmInfo) -> bool:
+    async def one(info: RealmInfo) -> bool | None:
         client = RealmClient(info)
         try:
             record = rc.record_id(info.public_key, address)
@@ -200,12 +203,15 @@ async def delete(secret: bytes, address: str, realms: Sequence[RealmInfo]) -> in
             signer = _owner_signer(secret, info, "delete", record, version)
             answer = await client.call("delete", record, {"owner_signature": signer})
             return answer.get("status") == "deleted"
-        except ServerUnreachable:
-            return False
+        except (ServerUnreachable, ApiError):
+            return None
         finally:
             await client.aclose()
 
-    return sum(await asyncio.gather(*(one(r) for r in realms)))
+    results = await asyncio.gather(*(one(r) for r in realms))
+    return sum(1 for x in results if x), [
+        r for r, x in zip(realms, results, strict=True) if x is None
+    ]
 
 
 # --- recovery ------------------------------------------------------------------------------------
