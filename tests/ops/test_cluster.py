@@ -322,15 +322,22 @@ def test_haproxy_example_is_valid(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_read_your_writes_across_nodes(cluster: Cluster) -> None:
+async def test_read_your_writes_across_nodes(cluster: Cluster) -> None:
     """Register through node 1, then at once use the account through nodes 2 and 3: a
-    node whose directory cache has not yet seen the NOTIFY must catch up, not refuse."""
+    node whose directory cache has not yet seen the NOTIFY must catch up, not refuse
+    (HTTP bearer check, sealed send, and the WebSocket upgrade)."""
     n1, n2, n3 = (n.url for n in cluster.nodes)
+    ws2 = n2.replace("http", "ws") + "/api/v1/ws"
     with httpx.Client(base_url=n1, timeout=10) as c1, httpx.Client(timeout=10) as c:
-        for _ in range(10):
+        for i in range(12):
             acct = register(c1)
-            r = c.get(n2 + "/api/v1/keys/count", headers=acct.headers)  # bearer check on n2
-            assert r.status_code == 200, r.text
+            if i % 2:
+                r = c.get(n2 + "/api/v1/keys/count", headers=acct.headers)  # bearer on n2
+                assert r.status_code == 200, r.text
+            else:
+                ws = await ws_connect(ws2, acct.token)  # the upgrade's token check on n2
+                assert await recv_until_drained(ws) == []
+                await ws.close()
             dest = {
                 "address": acct.address,
                 "delivery_token": b64(acct.delivery_token),

@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - exercised by tests/server/test_wsfast.
 
 from xchat.errors import ApiError
 from xchat.protocol import frames as F
+from xchat.server.consistency import retry_when_fresh
 from xchat.server.httpguard import TIMEOUT_RESPONSE, TOO_MANY_RESPONSE, GuardedHttpProtocol
 from xchat.server.limits import ip_bucket
 from xchat.server.realtime import DeviceConnection
@@ -452,7 +453,31 @@ class RelayHttpProtocol(asyncio.Protocol):
         transport.set_protocol(inner)
         inner.data_received(buf)
 
-    def _upgrade(self, buf: bytes) -> None:
+    def _stale_auth(self, request: Request, buf: bytes) -> bool:
+        """Scaled out: a token this node cannot verify yet may belong to a device registered
+        through another node a moment ago. Pause reading, wait for the directory barrier
+        (``server/consistency.py``), then redo the upgrade; True if that was started."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            return False
+        try:
+            self.relay.tokens.from_header(header, self.relay.store, now_ms())
+            return False
+        except ApiError as exc:
+
+            def again() -> None:
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    transport.resume_reading()
+                    self._upgrade(buf, retried=True)
+
+            if not retry_when_fresh(self.relay, exc, again, again):
+                return False
+        assert self.transport is not None
+        self.transport.pause_reading()
+        return True
+
+    def _upgrade(self, buf: bytes, retried: bool = False) -> None:
         transport = self.transport
         assert transport is not None
         split = buf.index(b"\r\n\r\n") + 4
@@ -464,6 +489,8 @@ class RelayHttpProtocol(asyncio.Protocol):
         request = events[0]
         if "websocket" not in request.headers.get("Upgrade", "").lower():
             return self._to_http(buf)  # plain GET: let the ASGI app answer it
+        if not retried and self._stale_auth(request, buf):
+            return None
         self._stop_timer()
         response = hs.accept(request)
         hs.send_response(response)
