@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,11 +253,16 @@ async def test_interrupted_backup_upload_resumes(env: Env) -> None:
         async with BlobClient(a.api.base_url) as probe:
             done = await probe.offset(pending["blob"])
         assert 0 < done < pending["blob_size"]  # the relay kept what arrived
-        st = await bk.backup_now(a)  # resumes the same blob from the relay's offset
-        assert not st.pending_upload and st.messages == 400
+        phrase = mnemonic_from_seed(a.identity.seed)
+    # Another process (the CLI) resumes the same blob from the relay's offset.
+    cmd = [sys.executable, "-m", "xchat", "--profile", str(alice), "backup", "now", "--json"]
+    done_proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done_proc.returncode == 0, done_proc.stderr
+    st = json.loads(done_proc.stdout)
+    assert not st["pending_upload"] and st["messages"] == 400
+    async with Client(alice) as a:
         cfg = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
         assert cfg["history"]["segments"][-1]["blob"] == pending["blob"]
-        phrase = mnemonic_from_seed(a.identity.seed)
     async with Client(env.profile("alice-restored")) as c:
         await c.restore_account(env.relay.url, phrase)
         got = await bk.restore_history(c)
