@@ -305,6 +305,31 @@ def test_drafts_stay_with_their_conversation_and_survive_a_reload(
     assert group["group"]["conv"] in api(ann, "GET", "/api/drafts")["drafts"]
 
 
+def test_group_message_while_relay_is_down_goes_out_once(
+    people: dict[str, Any], relay: ServerProcess
+) -> None:
+    a, b = people["a"], people["b"]
+    open_chat(a, "Drafts club")  # made by the drafts test: ann and ben
+    b.wait_for_selector(".conv-item:has-text('Drafts club')")
+    open_chat(b, "Drafts club")
+    roundtrip(a, b, "club, before")
+    relay.stop()
+    try:
+        wait_text(a, "#conn-status", "Relay unreachable")
+        a.fill("#composer-input", "club, during the outage")
+        a.press("#composer-input", "Enter")
+        bubble = a.locator(".msg.out:has(.bubble:text-is('club, during the outage'))")
+        bubble.locator(".status[data-status='pending']").wait_for()
+        msg_id = bubble.get_attribute("data-id")
+    finally:
+        relay.start()
+    a.wait_for_selector(f".msg.out[data-id='{msg_id}'] .status[data-status='sent']")
+    b.wait_for_selector(f".msg.in[data-id='{msg_id}']")
+    roundtrip(a, b, "club, after")
+    assert b.locator(f".msg.in[data-id='{msg_id}']").count() == 1
+    assert a.locator(".msg.out:has(.bubble:text-is('club, during the outage'))").count() == 1
+
+
 def wait_for_drafts(app: AppProcess, texts: set[str]) -> None:
     import time
 
@@ -468,16 +493,10 @@ def test_error_texts_for_people(people: dict[str, Any], tmp_path: Path) -> None:
     open_chat(a, "@ben")
     uploads: list[str] = []
     a.on("request", lambda r: uploads.append(r.url) if "/api/files/send" in r.url else None)
-    a.set_input_files(
-        "#file-input",
-        files=[
-            {
-                "name": "huge.bin",
-                "mimeType": "application/octet-stream",
-                "buffer": b"\0" * (25 * 1024 * 1024 + 1),
-            }
-        ],
-    )
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as fh:  # sparse: 25 MiB + 1 byte without writing them
+        fh.truncate(25 * 1024 * 1024 + 1)
+    a.set_input_files("#file-input", str(huge))
     wait_text(a, "#composer-error", "25 MiB")
     assert uploads == []
 

@@ -183,7 +183,7 @@ async def retry_message(request: Request, st: AppState) -> Response:
     conv = _str(data, "conv", limit=128)
     msg_id = _str(data, "id", limit=64)
     if _is_group(conv):
-        raise HttpError(400, "group messages are re-sent by the app process itself")
+        return await _retry_group(st, conv, msg_id)
     c = _contact(st, conv)
     m = st.client.store.get_message(c.address, msg_id)
     if m is None or m.direction != "out":
@@ -208,6 +208,32 @@ async def retry_message(request: Request, st: AppState) -> Response:
     _set_failure(st, c.address, sent_id, None)
     st.broadcast({"type": "outbox"})
     return JSONResponse({"id": sent_id, "status": "sent"})
+
+
+async def _retry_group(st: AppState, conv: str, msg_id: str) -> Response:
+    """A group row is re-sent by the client's outbox pass (re-encrypted under our sender
+    key, same id): run one now and report where the row stands."""
+    gid = _group(st, conv).id
+
+    def row() -> Any:
+        rows = st.client.store.group_history(gid, 500)
+        return next((m for m in rows if m.id == msg_id and m.direction == "out"), None)
+
+    m = row()
+    if m is None:
+        raise HttpError(404, "no such message")
+    if m.status in UNCONFIRMED:
+        _set_failure(st, m.peer, msg_id, None)
+        await outbox_pass(st)
+        m = row()
+    status = "sent" if m is None or m.status not in UNCONFIRMED else None
+    if status is None:
+        reason = failures(st).get(f"{m.peer}/{msg_id}")
+        body = {"id": msg_id, "status": "failed" if reason else "pending"}
+        if reason:
+            body["error"] = reason
+        return JSONResponse(body, status_code=202)
+    return JSONResponse({"id": msg_id, "status": m.status if m is not None else status})
 
 
 async def outbox_pass(st: AppState) -> None:
