@@ -288,3 +288,33 @@ def test_guard_sessions_need_both_halves() -> None:
     assert g.check("GET", "/api/x", {**ok, "x-xchat-secret": "old"}) == (0, "")
     no_sessions = Guard(lambda *a: None, "s", 8471)  # type: ignore[arg-type, return-value]
     assert no_sessions.check("GET", "/api/x", ok)[0] == 401
+
+
+def test_browser_session_on_the_real_process(app: AppProcess) -> None:
+    """Created only with the launch secret; then cookie + key work, each alone does not,
+    and a same-site page on another port (which does get the cookie) is still refused."""
+    r = httpx.post(app.base + "/api/session", headers=_ok_headers(app), json={})
+    assert r.status_code == 200
+    key = r.json()["key"]
+    set_cookie = r.headers["set-cookie"]
+    name = f"xchat_{app.port}"
+    assert set_cookie.startswith(f"{name}=")
+    attrs = {a.strip().split("=")[0].lower() for a in set_cookie.split(";")[1:]}
+    assert {"httponly", "samesite", "path", "max-age"} <= attrs and "domain" not in attrs
+    assert "SameSite=Strict" in set_cookie and "Path=/api" in set_cookie
+    cookie = set_cookie.split(";")[0].split("=", 1)[1]
+    both = {"Cookie": f"{name}={cookie}", "X-XChat-Key": key}
+    assert httpx.get(app.base + "/api/state", headers=both).status_code == 200
+    assert httpx.get(app.base + "/api/state", headers={"Cookie": both["Cookie"]}).status_code == 401
+    assert httpx.get(app.base + "/api/state", headers={"X-XChat-Key": key}).status_code == 401
+    other_port = {**both, "Origin": f"http://127.0.0.1:{app.port + 1}"}
+    assert httpx.get(app.base + "/api/state", headers=other_port).status_code == 403
+    same_site = {**both, "Sec-Fetch-Site": "same-site"}
+    assert httpx.get(app.base + "/api/state", headers=same_site).status_code == 403
+    # A session cannot mint sessions (only the terminal's URL can).
+    r = httpx.post(app.base + "/api/session", headers=both, json={})
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+    # Signing out ends it for good.
+    r = httpx.post(app.base + "/api/session/forget", headers=both, json={})
+    assert r.status_code == 200 and "Max-Age=0" in r.headers["set-cookie"]
+    assert httpx.get(app.base + "/api/state", headers=both).status_code == 401

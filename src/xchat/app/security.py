@@ -22,7 +22,10 @@ front of every route and enforces, in order:
    is origin-scoped (port included), which cookies are not, so another program listening
    on a different 127.0.0.1 port that lures the browser gets at most the cookie, which is
    useless alone; and as a custom header it cannot be sent cross-origin without a CORS
-   preflight, which is never answered. Only the launch secret can create a session.
+   preflight, which is never answered. (SameSite does not separate ports: a page on
+   ``http://127.0.0.1:9999`` is the *same site*, and its requests carry the cookie. They
+   still lack the key, carry a foreign ``Origin`` and ``Sec-Fetch-Site: same-site``, and
+   each of those alone gets them refused.) Only the launch secret can create a session.
 4. ``/api/*`` accepts only GET (reads) and POST with ``Content-Type: application/json``
    (writes): an HTML form cannot produce that without a CORS preflight, which we never
    answer -> 405 / 415.
