@@ -462,6 +462,7 @@ async def test_owed_receipt_survives_a_failed_send(
     run when the first attempt fails."""
     a, b = await _pair(server, tmp_path, handle)
     try:
+        await b.messaging.accept(a.address)  # a contact, not a request (PROTOCOL Part VIII §7)
         mid = await a.send_text(b.address, "confirm me")
         b._deliver = _relay_down  # type: ignore[method-assign]
         assert _texts(await b.receive()) == ["confirm me"]  # the receipt attempt failed

@@ -406,6 +406,7 @@ async def test_receipt_survives_relay_crash(server: ServerProcess, tmp_path: Pat
     a = await _account(tmp_path / "a", server)
     b = await _account(tmp_path / "b", server)
     try:
+        await b.messaging.accept(a.address)  # a contact, not a request (PROTOCOL Part VIII §7)
         mid = await a.send_text(b.address, "please confirm")  # carries A's delivery token
         killed = asyncio.Event()
 

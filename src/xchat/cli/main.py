@@ -31,6 +31,16 @@ from xchat.cli.backup import (
 from xchat.cli.calls import call_command, call_json, call_line, calls_group
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
+from xchat.cli.messages import COMMANDS as MESSAGE_COMMANDS
+from xchat.cli.messages import (
+    BadInput,
+    event_json,
+    event_line,
+    history_extras,
+    history_rows,
+    history_text,
+    message_extras,
+)
 from xchat.cli.output import escape_terminal, fmt_time, print_json, short_address, warn, who
 from xchat.client import events as ev
 from xchat.client.call_log import CallLog, CallRecord
@@ -43,6 +53,7 @@ from xchat.errors import (
     IdentityChanged,
     InvalidAddress,
     InvalidMnemonic,
+    NotAllowed,
     ProfileError,
     ProfileLocked,
     ServerUnreachable,
@@ -65,6 +76,7 @@ EXIT_PROFILE_LOCKED = 5
 EXIT_IDENTITY_CHANGED = 6
 EXIT_UNKNOWN_CONTACT = 7
 EXIT_BAD_PHRASE = 8
+EXIT_NOT_ALLOWED = 9  # a rich-messaging rule refused it (PROTOCOL Part VIII)
 EXIT_INTERRUPTED = 130
 
 
@@ -80,6 +92,8 @@ EXIT_CODES: list[tuple[type[XChatError], int]] = [
     (IdentityChanged, EXIT_IDENTITY_CHANGED),
     (UnknownContact, EXIT_UNKNOWN_CONTACT),
     (InvalidMnemonic, EXIT_BAD_PHRASE),
+    (BadInput, EXIT_USAGE),
+    (NotAllowed, EXIT_NOT_ALLOWED),
     (WrongPin, EXIT_BAD_PHRASE),  # backup PIN: the message says how many guesses remain
     (WeakPin, EXIT_USAGE),
 ]
@@ -304,6 +318,7 @@ def _report_retry(res: RetryResult, *, resumed: str | None = None) -> None:
 @click.argument("to", required=False)
 @click.argument("text", required=False)
 @click.option("--reply-to", default=None, help="Id of the message this replies to.")
+@click.option("--group", "group", default=None, help="Send to this group (instead of TO).")
 @click.option(
     "--retry",
     is_flag=True,
@@ -313,7 +328,13 @@ def _report_retry(res: RetryResult, *, resumed: str | None = None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def send(
-    obj: Ctx, to: str | None, text: str | None, reply_to: str | None, retry: bool, as_json: bool
+    obj: Ctx,
+    to: str | None,
+    text: str | None,
+    reply_to: str | None,
+    group: str | None,
+    retry: bool,
+    as_json: bool,
 ) -> None:
     """Send TEXT to TO (@handle or address). Exits 0 once the server has it.
 
@@ -323,6 +344,8 @@ def send(
         if to is not None or text is not None or reply_to is not None:
             raise click.UsageError("--retry takes no TO, TEXT or --reply-to")
         return _send_retry(obj, as_json)
+    if group is not None:  # xchat send --group NAME TEXT (PROTOCOL Part VIII)
+        return _send_group(obj, group, to if text is None else text, to, reply_to, as_json)
     if to is None or text is None:
         raise click.UsageError("missing TO and TEXT (or use --retry)")
     if not text.strip():
@@ -349,6 +372,31 @@ def send(
     sys.stderr.flush()
     mark_reported(store_path, msg_id)
     os._exit(0)
+
+
+def _send_group(
+    obj: Ctx,
+    group: str,
+    text: str | None,
+    extra: str | None,
+    reply_to: str | None,
+    as_json: bool,
+) -> None:
+    if text is None or (extra is not None and extra != text):
+        raise click.UsageError("with --group give only TEXT: xchat send --group NAME TEXT")
+    if not text.strip():
+        raise InvalidInput("refusing to send an empty message")
+
+    async def go() -> None:
+        async with obj.client() as c:
+            msg_id = await c.send_group(group, text, reply_to=reply_to)
+            gid = c.group_info(group).id
+        if as_json:
+            print_json({"id": msg_id, "group": gid})
+        else:
+            click.echo(msg_id)
+
+    run(go())
 
 
 def _send_retry(obj: Ctx, as_json: bool) -> None:
@@ -407,6 +455,8 @@ async def _save_file(c: Client, m: ev.MessageReceived) -> dict[str, Any]:
         out["name"], out["size"] = manifest.name, manifest.size
         async with xf.BlobClient(c.api.base_url) as blobs:
             path = await xf.receive_file(blobs, manifest, xf.downloads_dir(c.profile.path))
+        peer = f"group:{m.group['id']}:{m.sender}" if m.group is not None else m.sender
+        c.messaging.record_file(peer, m.id, str(path))  # deleted with the message (Part VIII)
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -451,13 +501,13 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
     downloaded and decrypted into <profile>/downloads (printed once saved)."""
     files: list[ev.MessageReceived] = []
 
+    client: list[Client] = []
+
     def emit(e: ev.MessageReceived, saved: dict[str, Any] | None = None) -> None:
         if as_json:
-            print_json(_message_json(e, saved))
+            print_json({**_message_json(e, saved), **message_extras(client[0], e)})
         else:
             _print_message(e, saved)
-
-    client: list[Client] = []
 
     def show(e: ev.Event) -> None:
         if isinstance(e, ev.MessageReceived):
@@ -470,6 +520,11 @@ def recv(obj: Ctx, wait: float, as_json: bool) -> None:
             warn(f"dropped an undecryptable message ({escape_terminal(e.reason)})")
         elif isinstance(e, ev.GroupUpdateRejected):
             warn(f"rejected a group change by {e.sender} ({escape_terminal(e.reason)})")
+        elif (rich := event_json(e)) is not None:  # PROTOCOL Part VIII kinds
+            if as_json:
+                print_json(rich)
+            elif (line := event_line(e)) is not None:
+                click.echo(line)
         else:
             _print_identity_warning(e)
 
@@ -561,16 +616,21 @@ def contacts(obj: Ctx, as_json: bool) -> None:
 
 
 def _history_ts(m: Any) -> int:
+    if isinstance(m, dict):  # a Part VIII notice
+        return int(m["ts"])
     return int(m.started_ms if isinstance(m, CallRecord) else m.ts_ms)
 
 
 @cli.command()
-@click.argument("to")
+@click.argument("to", required=False)
+@click.option("--group", "group", default=None, help="A group's history (instead of TO).")
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
-    """Show the stored conversation with TO."""
+def history(obj: Ctx, to: str | None, group: str | None, limit: int, as_json: bool) -> None:
+    """Show the stored conversation with TO (or --group NAME)."""
+    if group is not None or to is None:
+        return _group_history(obj, group, limit, as_json)
     c = obj.client()
     try:
         contact = c.find_contact(to)
@@ -579,10 +639,17 @@ def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
         items = c.history(contact, limit)
         calls = CallLog(c.store).list(contact.address, limit)  # calls too (PROTOCOL Part IX §7)
         me = c.address
+        rich, notices = history_extras(c, contact.address, [m.id for m in items])
     finally:
         run(c.close())
-    merged: list[Any] = sorted([*items, *calls], key=_history_ts)
+    merged: list[Any] = sorted([*items, *calls, *notices], key=_history_ts)
     for m in merged:
+        if isinstance(m, dict):  # a Part VIII notice (disappearing timer set, ...)
+            if as_json:
+                print_json(m)
+            else:
+                click.echo(history_text(m, me))
+            continue
         if isinstance(m, CallRecord):
             if as_json:
                 print_json({"type": "call", **call_json(m, contact.handle)})
@@ -602,6 +669,8 @@ def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
                     "status": m.status,
                     "reply_to": m.reply_to,
                     **({"file": m.file} if m.file is not None else {}),
+                    "type": "file" if m.file is not None else "text",
+                    **rich.get(m.id, {}),
                 }
             )
         else:
@@ -609,6 +678,23 @@ def history(obj: Ctx, to: str, limit: int, as_json: bool) -> None:
             status = f" ({m.status})" if m.direction == "out" else ""
             text = escape_terminal(m.text or "", keep_newlines=True)
             click.echo(f"[{fmt_time(m.ts_ms)}] {arrow}: {text}{_file_note(m.file)}{status}")
+
+
+def _group_history(obj: Ctx, group: str | None, limit: int, as_json: bool) -> None:
+    if group is None:
+        raise click.UsageError("missing TO (or --group NAME)")
+    c = obj.client()
+    try:
+        gid = c.group_info(group).id
+        rows = history_rows(c, f"group:{gid}", limit)
+        me = c.address
+    finally:
+        run(c.close())
+    for row in rows:
+        if as_json:
+            print_json(row)
+        else:
+            click.echo(history_text(row, me))
 
 
 @cli.command()
@@ -665,6 +751,8 @@ cli.add_command(serve_command)
 cli.add_command(admin_group)
 cli.add_command(file_group)
 cli.add_command(group_group)
+for _command in MESSAGE_COMMANDS:  # react, edit, delete, ... (PROTOCOL Part VIII)
+    cli.add_command(_command)
 cli.add_command(app_command)
 cli.add_command(realm_group)
 cli.add_command(backup_group)

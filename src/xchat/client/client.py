@@ -34,6 +34,7 @@ from xchat.client.model import (
     profile_path,
 )
 from xchat.client.receiving import ReceivingClient
+from xchat.client.rich_send import Messaging
 from xchat.client.transport import BACKOFF_CAP
 
 
@@ -51,8 +52,10 @@ class Client(ReceivingClient, GroupMethods, DeviceMethods):
         reconnect_cap: float = BACKOFF_CAP,
     ) -> None:
         self._groups = Groups(self)
+        self.messaging = Messaging(self)  # PROTOCOL Part VIII
         self._devices = Devices(self)
         super().__init__(profile_dir, passphrase=passphrase, reconnect_cap=reconnect_cap)
+        self.on_event(self.messaging.on_event)
 
     async def __aenter__(self) -> Client:
         return self
@@ -74,6 +77,8 @@ class Client(ReceivingClient, GroupMethods, DeviceMethods):
         if self._api is not None:
             await self._api.aclose()
             self._api = None
+        await self.messaging.stop()
+        self.messaging.close()
         if self._store is not None:
             self._store.close()
             self._store = None

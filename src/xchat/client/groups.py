@@ -344,6 +344,8 @@ class Groups:
         if row.left:
             raise ClientError("you are no longer a member of this group")
         gid = row.id
+        if msg.type in ("text", "file"):  # quote and timer (PROTOCOL Part VIII)
+            msg = await self.c.messaging.prepare_outgoing(f"{GROUP_PEER_PREFIX}{gid}", msg)
         state = self._history(row).state
         me = self.c.address
         others = set(state.members) - {me}
@@ -377,6 +379,7 @@ class Groups:
             own = SenderKeyState.from_bytes(row.own_key)
             plaintext = msg.encode()
             message = own.encrypt(padding.pad(plaintext))
+            store = msg.type in ("text", "file")  # Part VIII control content: no row
             recipients: list[tuple[IdentityPublicKey, int]] = []
             routes: list[tuple[str, list[int]]] = []
             for address in sorted(state.members):
@@ -394,17 +397,20 @@ class Groups:
                 c.store.put_group(
                     GroupRow(gid, row.history, own.to_bytes(), row.pending, row.left), t
                 )
-                c.store.add_message(msg.id, group_peer(gid, me), "out", msg.ts, "sending",
-                                    plaintext, t)  # fmt: skip
+                if store:
+                    c.store.add_message(msg.id, group_peer(gid, me), "out", msg.ts, "sending",
+                                        plaintext, t)  # fmt: skip
             shared, headers = await asyncio.to_thread(
                 sealed.seal_multi, c.identity, cert, recipients, GROUP_CONTENT_TYPE, message
             )
             try:
                 await self._deliver_multi(shared, headers, routes, state)
             except BaseException:
-                c.store.mark_failed(group_peer(gid, me), msg.id)
+                if store:
+                    c.store.mark_failed(group_peer(gid, me), msg.id)
                 raise
-            c.store.mark_sent(group_peer(gid, me), msg.id)
+            if store:
+                c.store.mark_sent(group_peer(gid, me), msg.id)
 
     async def _deliver_multi(
         self,
@@ -488,12 +494,22 @@ class Groups:
         except XChatError as exc:
             batch.events.append(ev.DecryptionFailed(env_id, f"{type(exc).__name__}: {exc}", sender))
             return
+        rich = self.c.messaging.state  # PROTOCOL Part VIII
+        conv = f"{GROUP_PEER_PREFIX}{gid}"
+        if not rich.admit(sender, conv):
+            return  # a blocked member (or group): dropped
+        if rich.handles(msg):
+            if self.c.store.mark_seen(group_peer(gid, sender), msg.id, t):
+                rich.apply(sender, conv, msg, batch.origin_ms or t, t, batch.events)
+            return
         if msg.type not in ("text", "file"):
             return
         if not self.c.store.add_message(
             msg.id, group_peer(gid, sender), "in", msg.ts, "received", plaintext, t
         ):
             return
+        origin = batch.origin_ms or t
+        rich.message_stored(group_peer(gid, sender), sender, msg, origin, t, batch.events)
         contact = self.c.store.get_contact(sender)
         batch.events.append(
             ev.MessageReceived(

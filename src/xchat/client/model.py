@@ -64,6 +64,7 @@ class _Batch:
     receipts: dict[str, list[str]] = field(default_factory=dict)
     followups: list[tuple[str, str]] = field(default_factory=list)  # (action, address)
     claims: dict[str, str] = field(default_factory=dict)  # address -> claimed handle
+    origin_ms: int = 0  # relay timestamp of the envelope being applied (Part VIII §4)
 
 
 def _history_item(m: MessageRecord) -> HistoryItem:

@@ -119,6 +119,7 @@ class ReceivingClient(SendingClient):
         if self._recv is None:
             self._started = True
             await self._replay_unseen()
+            self.messaging.start()  # disappearing-message timers (PROTOCOL Part VIII §6)
             self._recv = ReceiveLoop(
                 ws_url(self.whoami().server),
                 self._ws_token,
@@ -131,6 +132,7 @@ class ReceivingClient(SendingClient):
 
     async def stop(self) -> None:
         self._started = False
+        await self.messaging.stop()
         retry, self._receipt_retry = self._receipt_retry, None
         if retry is not None:
             retry.cancel()
@@ -176,6 +178,7 @@ class ReceivingClient(SendingClient):
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._flush_background()
+            await self.messaging.expire_now()  # PROTOCOL Part VIII §6
         finally:
             self._listeners.remove(seen.append)
             await self.stop()
@@ -250,6 +253,7 @@ class ReceivingClient(SendingClient):
     ) -> None:
         events, followups = batch.events, batch.followups
         env_id = item.envelope_id.hex()
+        batch.origin_ms = item.ts_ms or t
         sender: str | None = None
         try:
             # The certificate must have been valid when the server ACCEPTED the envelope
@@ -334,6 +338,8 @@ class ReceivingClient(SendingClient):
             if fan is not None:
                 self._apply_own_copy(fan.to, msg, plaintext, unsealed.device_id, t, batch)
             return
+        if not self.messaging.state.admit(sender):
+            return  # blocked: dropped without a trace (PROTOCOL Part VIII §7)
         self._apply_content(sender, msg, plaintext, unsealed.device_id, t, batch)
         if msg.type == "reset" and result.new_session and self.store.mark_seen(sender, msg.id, t):
             # The peer lost its session (and our delivery token): share the token again
@@ -357,8 +363,15 @@ class ReceivingClient(SendingClient):
             if self.store.add_message(
                 msg.id, to, "out", msg.ts, "sent", plaintext, t, unseen=False
             ):
+                # its disappearing timer runs from the send here too (PROTOCOL Part VIII §6)
+                self.messaging.state.outgoing(to, msg, batch.origin_ms or t)
                 batch.events.append(
                     dev_ev.MessageSynced(msg.id, to, msg.text or "", msg.ts, device_id, msg.file)
+                )
+        elif self.messaging.state.handles(msg) and msg.group is None:  # Part VIII
+            if self.store.mark_seen(self.address, msg.id, t):
+                self.messaging.state.apply(
+                    self.address, to, msg, batch.origin_ms or t, t, batch.events
                 )
         elif msg.type in PAIRWISE_TYPES:
             try:  # our own update to a member: the same update for every member, fold it once
@@ -389,9 +402,12 @@ class ReceivingClient(SendingClient):
             if not self.store.add_message(msg.id, sender, "in", msg.ts, "received", plaintext, t):
                 return  # duplicate content id (e.g. re-sent after a crash)
             # Owed receipt persisted with the message: a relay outage or a crash before
-            # it leaves does not lose it (PROTOCOL Part IV §3.6).
-            self.store.add_pending_receipt(sender, msg.id, t)
-            receipts.setdefault(sender, []).append(msg.id)
+            # it leaves does not lose it (PROTOCOL Part IV §3.6). A message request owes
+            # nothing until accepted (PROTOCOL Part VIII §7).
+            rich = self.messaging.state
+            if rich.message_stored(sender, sender, msg, batch.origin_ms or t, t, events):
+                self.store.add_pending_receipt(sender, msg.id, t)
+                receipts.setdefault(sender, []).append(msg.id)
             events.append(
                 ev.MessageReceived(
                     msg.id,
@@ -404,6 +420,10 @@ class ReceivingClient(SendingClient):
                     msg.file,
                 )
             )
+        elif self.messaging.state.handles(msg):  # PROTOCOL Part VIII
+            conv = self.messaging.pairwise_conv(sender, msg)
+            if conv is not None and self.store.mark_seen(sender, msg.id, t):
+                self.messaging.state.apply(sender, conv, msg, batch.origin_ms or t, t, events)
         elif msg.type == "receipt":
             if not self.store.mark_seen(sender, msg.id, t):
                 return

@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS rich_receipts (
     read_ms     INTEGER,
     PRIMARY KEY (peer, id, member)
 );
-CREATE TABLE IF NOT EXISTS rich_outbox (  -- receipts owed (read; group delivered)
+CREATE TABLE IF NOT EXISTS rich_outbox (  -- receipts owed (read, group delivered)
     recipient   TEXT NOT NULL,
     conv        TEXT NOT NULL,
     kind        TEXT NOT NULL,            -- 'delivered' | 'read'
@@ -137,7 +137,11 @@ class RichStore:
             is None
         )
         self.db.execute("PRAGMA secure_delete=ON")
-        self.db.executescript(_SCHEMA)
+        # One statement at a time, not executescript (which COMMITs first): the store may
+        # be opened here inside the receive path's transaction.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
         if fresh:
             # A profile from before Part VIII: everyone it already talks to is a contact,
             # not a request (PROTOCOL Part VIII §7).

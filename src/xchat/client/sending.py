@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xchat.client import content as ct
 from xchat.client import e2e
@@ -32,6 +32,9 @@ from xchat.errors import (
 )
 from xchat.protocol import frames as fr
 
+if TYPE_CHECKING:
+    from xchat.client.rich_send import Messaging
+
 SEND_ATTEMPTS = 4
 MAX_RATE_WAIT = 2.0  # seconds of Retry-After the SDK waits out by itself
 PENDING_LIMIT = 1000  # unconfirmed outgoing rows re-sent per retry_pending() pass
@@ -39,6 +42,9 @@ PENDING_LIMIT = 1000  # unconfirmed outgoing rows re-sent per retry_pending() pa
 
 class SendingClient(FanoutClient):
     """1:1 sending: texts, file manifests, resumable and retried sends."""
+
+    #: rich messaging (PROTOCOL Part VIII), created by ``Client.__init__``
+    messaging: Messaging
 
     #: Re-sends one unconfirmed group row (set by :class:`xchat.client.groups.Groups`, the
     #: layer above; True if it was sent, False if confirmed meanwhile or not re-sendable).
@@ -61,6 +67,7 @@ class SendingClient(FanoutClient):
                 return resumed
         sender = None if c.token_shared else self._own_sender_info()
         msg = ct.text_message(text, now_ms(), reply_to=reply_to, sender=sender)
+        msg = await self.messaging.prepare_outgoing(c.address, msg)  # PROTOCOL Part VIII
         if resume:  # noted until the caller reports it (client/reports.py)
             self.send_reports.note(c.address, msg.id, now_ms())
         await self._send_content(c, msg, store_as_message=True)
@@ -80,6 +87,7 @@ class SendingClient(FanoutClient):
             sender=sender,
             file=manifest,
         )
+        msg = await self.messaging.prepare_outgoing(c.address, msg)  # PROTOCOL Part VIII
         await self._send_content(c, msg, store_as_message=True)
         return msg.id
 
