@@ -76,12 +76,56 @@ _CALL, _ENQUEUE, _ACK = 0, 1, 2
 _INSERT_SQL = (
     "INSERT INTO mailbox (device_ref, envelope_id, ts_ms, expires_ms, content)"
     " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[])"
-    " ON CONFLICT (device_ref, envelope_id) DO NOTHING RETURNING seq, device_ref, envelope_id"
+    " ON CONFLICT (device_ref, envelope_id) DO NOTHING"
+    " RETURNING seq, device_ref, envelope_id, length(content)"
 )
 _DELETE_SQL = (
     "DELETE FROM mailbox AS m USING unnest($1::int[], $2::bigint[], $3::bytea[]) AS v(i, r, e)"
     " WHERE m.device_ref = v.r AND m.envelope_id = v.e RETURNING v.i, v.r, length(m.content)"
 )
+#: Both in one statement (the hot path): kind 0 = inserted, 1 = deleted.
+_COMBINED_SQL = (
+    "WITH ins AS (INSERT INTO mailbox (device_ref, envelope_id, ts_ms, expires_ms, content)"
+    " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[])"
+    " ON CONFLICT (device_ref, envelope_id) DO NOTHING"
+    " RETURNING seq, device_ref, envelope_id, length(content) AS n),"
+    " del AS (DELETE FROM mailbox AS m USING unnest($6::int[], $7::bigint[], $8::bytea[])"
+    " AS v(i, r, e) WHERE m.device_ref = v.r AND m.envelope_id = v.e"
+    " RETURNING v.i, v.r, length(m.content) AS n)"
+    " SELECT 0, seq, device_ref, envelope_id, n FROM ins"
+    " UNION ALL SELECT 1, i::bigint, r, NULL::bytea, n FROM del"
+)
+
+
+def _enqueue_args(
+    run: list[_Op],
+) -> tuple[list[int], list[bytes], list[int], list[int], list[bytes]]:
+    refs: list[int] = []
+    eids: list[bytes] = []
+    ts: list[int] = []
+    exp: list[int] = []
+    content: list[bytes] = []
+    for op in run:
+        for env in op.payload:
+            refs.append(env.device_ref)
+            eids.append(env.envelope_id)
+            ts.append(env.ts_ms)
+            exp.append(env.expires_ms)
+            content.append(env.content)
+    return refs, eids, ts, exp, content
+
+
+def _ack_args(run: list[_Op]) -> tuple[list[int], list[int], list[bytes]]:
+    idx: list[int] = []
+    refs: list[int] = []
+    eids: list[bytes] = []
+    for i, op in enumerate(run):
+        ref, ids = op.payload
+        for eid in ids:
+            idx.append(i)
+            refs.append(ref)
+            eids.append(eid)
+    return idx, refs, eids
 
 
 @dataclass(slots=True)
@@ -431,29 +475,14 @@ class PostgresStore(Store):
     async def _execute(self, batch: list[_Op]) -> None:
         try:
             conn = await self._writer_conn()
-            tr = conn.transaction()
-            await tr.start()
-            try:
-                enq = [op for op in batch if op.kind == _ENQUEUE]
-                acks = [op for op in batch if op.kind == _ACK]
-                if enq:
-                    await self._run_enqueue(conn, enq)
-                if acks:
-                    await self._run_ack(conn, acks)
-                for op in batch:
-                    if op.kind == _CALL:
-                        await self._run_call(conn, op)
-                tc = time.perf_counter()
-                await tr.commit()
-                self.stats.last_commit = time.perf_counter() - tc
-                self._apply_usage()
-            except BaseException:
-                self._usage_delta.clear()
-                if not conn.is_closed():
-                    with contextlib.suppress(BaseException):
-                        await tr.rollback()
-                raise
+            enq = [op for op in batch if op.kind == _ENQUEUE]
+            acks = [op for op in batch if op.kind == _ACK]
+            if len(enq) + len(acks) == len(batch):
+                await self._mailbox_only(conn, enq, acks)
+            else:
+                await self._transaction(conn, batch, enq, acks)
         except UNAVAILABLE as exc:
+            self._usage_delta.clear()
             log.warning("database unavailable", extra={"error_type": type(exc).__name__})
             if self._conn is not None:
                 with contextlib.suppress(BaseException):
@@ -463,11 +492,52 @@ class PostgresStore(Store):
             for op in batch:
                 op.error = err
         except Exception as exc:  # the whole transaction failed (deadlock, ...)
+            self._usage_delta.clear()
             log.error("store batch failed", extra={"error_type": type(exc).__name__})
             for op in batch:
                 op.error = exc
         self.stats.transactions += 1
         self.stats.operations += len(batch)
+
+    async def _mailbox_only(self, conn: Conn, enq: list[_Op], acks: list[_Op]) -> None:
+        """The hot path: a batch of only sends and acks is ONE statement (data-modifying
+        CTEs) in its own implicit transaction — one round trip, durable when it returns —
+        instead of BEGIN, INSERT, DELETE, COMMIT."""
+        ins = _enqueue_args(enq)
+        dels = _ack_args(acks)
+        tc = time.perf_counter()
+        rows = await conn.fetch(_COMBINED_SQL, *ins, *dels)
+        self.stats.last_commit = time.perf_counter() - tc
+        self._apply_enqueue(enq, [r for r in rows if r[0] == 0])
+        self._apply_ack(acks, [(r[1], r[2], r[4]) for r in rows if r[0] == 1])
+        self._apply_usage()
+
+    async def _transaction(
+        self, conn: Conn, batch: list[_Op], enq: list[_Op], acks: list[_Op]
+    ) -> None:
+        """A batch with other operations: one explicit transaction, each other operation in
+        a savepoint (one failing operation does not fail the batch)."""
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            if enq:
+                rows = await conn.fetch(_INSERT_SQL, *_enqueue_args(enq))
+                self._apply_enqueue(enq, [(0, r[0], r[1], r[2], r[3]) for r in rows])
+            if acks:
+                rows = await conn.fetch(_DELETE_SQL, *_ack_args(acks))
+                self._apply_ack(acks, [(r[0], r[1], r[2]) for r in rows])
+            for op in batch:
+                if op.kind == _CALL:
+                    await self._run_call(conn, op)
+            tc = time.perf_counter()
+            await tr.commit()
+            self.stats.last_commit = time.perf_counter() - tc
+            self._apply_usage()
+        except BaseException:
+            if not conn.is_closed():
+                with contextlib.suppress(BaseException):
+                    await tr.rollback()
+            raise
 
     @staticmethod
     async def _run_call(conn: Conn, op: _Op) -> None:
@@ -479,46 +549,23 @@ class PostgresStore(Store):
         except Exception as exc:
             op.error = exc
 
-    async def _run_enqueue(self, conn: Conn, run: list[_Op]) -> None:
-        refs: list[int] = []
-        eids: list[bytes] = []
-        ts: list[int] = []
-        exp: list[int] = []
-        content: list[bytes] = []
-        for op in run:
-            for env in op.payload:
-                refs.append(env.device_ref)
-                eids.append(env.envelope_id)
-                ts.append(env.ts_ms)
-                exp.append(env.expires_ms)
-                content.append(env.content)
-        rows = await conn.fetch(_INSERT_SQL, refs, eids, ts, exp, content)
-        got = {(r[1], bytes(r[2])): r[0] for r in rows}
+    def _apply_enqueue(self, run: list[_Op], rows: list[Any]) -> None:
+        """Rows ``(kind, seq, device_ref, envelope_id, length)`` of the inserted envelopes;
+        an envelope not among them was already queued (``None``: an idempotent retry)."""
+        got = {(r[2], bytes(r[3])): r[1] for r in rows}
         self.stats.envelopes_stored += len(rows)
-        if rows:
-            size = {(e.device_ref, e.envelope_id): len(e.content) for op in run for e in op.payload}
-            for r in rows:
-                self._note_usage(r[1], 1, size[(r[1], bytes(r[2]))])
+        for r in rows:
+            self._note_usage(r[2], 1, r[4])
         for op in run:
             op.result = [got.pop((e.device_ref, e.envelope_id), None) for e in op.payload]
 
-    async def _run_ack(self, conn: Conn, run: list[_Op]) -> None:
-        idx: list[int] = []
-        refs: list[int] = []
-        eids: list[bytes] = []
-        for i, op in enumerate(run):
-            ref, ids = op.payload
-            for eid in ids:
-                idx.append(i)
-                refs.append(ref)
-                eids.append(eid)
+    def _apply_ack(self, run: list[_Op], rows: list[tuple[int, int, int]]) -> None:
+        """Rows ``(op index, device_ref, length)`` of the deleted envelopes."""
+        for op in run:
             op.result = 0
-        if not idx:
-            return
-        rows = await conn.fetch(_DELETE_SQL, idx, refs, eids)
-        for r in rows:
-            run[r[0]].result += 1
-            self._note_usage(r[1], -1, -r[2])
+        for i, ref, size in rows:
+            run[i].result += 1
+            self._note_usage(ref, -1, -size)
         self.stats.envelopes_deleted += len(rows)
 
     @staticmethod
