@@ -116,8 +116,8 @@ const restoreForm = el('form', { id: 'form-restore-backup', novalidate: true, hi
   el('p', { id: 'backup-restore-error', class: 'error', role: 'alert' }),
   el('p', { id: 'backup-restore-busy', class: 'muted small', role: 'status' }),
   el('button', { type: 'submit', class: 'primary', id: 'btn-restore-backup', text: 'Restore from backup' }));
-const toggle = el('button', { type: 'button', id: 'btn-show-restore-backup', class: 'link-btn', 'aria-expanded': 'false', 'aria-controls': 'form-restore-backup', text: 'Restore from backup (PIN)' });
-$('onboarding-start').append(toggle, restoreForm);
+const toggle = el('button', { type: 'button', id: 'btn-show-restore-backup', class: 'small-btn', 'aria-expanded': 'false', 'aria-controls': 'form-restore-backup', text: 'Restore from backup (PIN)' });
+$('onboarding-start').append(el('div', { class: 'row end' }, toggle), restoreForm);
 toggle.addEventListener('click', () => {
   const open = restoreForm.hidden;
   show(restoreForm, open);
