@@ -334,3 +334,36 @@ async def test_sender_keys_for_unknown_groups_are_bounded(crowd: Crowd) -> None:
     assert len(_rejected(got)) == sent - MAX_ORPHAN_KEYS_PER_SENDER
     mine, _ = victim.store.orphan_sender_key_counts(stranger.address)
     assert mine == MAX_ORPHAN_KEYS_PER_SENDER
+
+
+async def test_retry_pending_resends_group_messages(crowd: Crowd) -> None:
+    """Issue #18 client gap: ``retry_pending`` skipped group rows. A group message whose
+    SEND_MULTI was never confirmed (the process died) is re-sent with its original id; one
+    the relay had stored before the ack was lost is still shown once."""
+    from xchat.client import content as ct
+    from xchat.client.groups import group_peer
+
+    a, b = await crowd.make(2)
+    info = await a.create_group("retry", [b.address])
+    await b.receive()
+    await a.send_group(info.id, "first")  # also distributes a's sender key
+    assert _texts(await b.receive()) == ["first"]
+    peer = group_peer(info.id, a.address)
+    # 1. died before the upload: the row is 'sending', nothing reached the relay
+    lost = ct.Content(
+        id=ct.new_message_id(), type="text", ts=1, text="never left", group={"id": info.id}
+    )
+    a.store.add_message(lost.id, peer, "out", lost.ts, "sending", lost.encode(), 1)
+    # 2. the relay stored it but the ack was lost: delivered once, still unconfirmed
+    acked = await a.send_group(info.id, "ack lost")
+    a.store._db.execute(
+        "UPDATE messages SET status = 'sending' WHERE peer = ? AND id = ?", (peer, acked)
+    )
+    result = await a.retry_pending()
+    assert {item.id for item in result.sent} == {lost.id, acked} and not result.failed
+    got = _msgs(await b.receive())
+    assert sorted((m.id, m.text) for m in got) == sorted(
+        [(lost.id, "never left"), (acked, "ack lost")]
+    )
+    assert {h.status for h in a.group_history(info.id)} == {"sent"}
+    assert (await a.retry_pending()).sent == ()

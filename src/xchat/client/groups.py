@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from xchat.client import content as ct
 from xchat.client import events as ev
 from xchat.client.model import GROUP_PEER_PREFIX, _Batch, _history_item, now_ms
-from xchat.client.store import ContactRecord, GroupRow
+from xchat.client.store import ContactRecord, GroupRow, MessageRecord
 from xchat.client.transport import Backoff, SendChannel, ws_url
 from xchat.crypto import padding, sealed
 from xchat.crypto.group import (
@@ -142,6 +142,7 @@ class Groups:
 
     def __init__(self, client: SendingClient) -> None:
         self.c = client
+        client._group_resend = self.resend_row  # retry_pending covers group rows too
         self._histories: dict[str, GroupHistory] = {}
         #: bytes of the last SEND_MULTI frame (bench and tests read it)
         self.last_upload_bytes = 0
@@ -339,7 +340,7 @@ class Groups:
 
     # --- sending a group message (PROTOCOL Part V §7, §10.3) ----------------------------------
 
-    async def send(self, group: str, msg: ct.Content) -> str:
+    async def send(self, group: str, msg: ct.Content, resend: bool = False) -> str:
         row = self.resolve(group)
         if row.left:
             raise ClientError("you are no longer a member of this group")
@@ -366,13 +367,34 @@ class Groups:
                 log.warning("sender key not delivered to %s: %s", address, exc)
                 continue
             self._drop_pending(gid, {address})
-        await self._send_encrypted(gid, state, msg)
+        await self._send_encrypted(gid, state, msg, resend)
         return msg.id
 
-    async def _send_encrypted(self, gid: str, state: GroupState, msg: ct.Content) -> None:
+    async def resend_row(self, m: MessageRecord) -> bool:
+        """Re-send one of our group messages whose SEND_MULTI was never confirmed (the
+        process died, or the send gave up), with its ORIGINAL content id, re-encrypted
+        under our current sender key: members keep one message per (sender, content id),
+        so one the relay had already stored is shown once (PROTOCOL Part IV §3.8, Part V
+        §10.3). False if it was confirmed meanwhile; ClientError if we left the group."""
+        gid = m.peer[len(GROUP_PEER_PREFIX) :].split(":", 1)[0]
+        row = self._row(gid)
+        if row is None or row.left:
+            raise ClientError("you are no longer a member of this group")
+        msg = ct.Content.decode(m.body)
+        await self.send(gid, msg, resend=True)
+        stored = self.c.store.get_message(m.peer, m.id)
+        return stored is not None and stored.status == "sent"
+
+    async def _send_encrypted(
+        self, gid: str, state: GroupState, msg: ct.Content, resend: bool = False
+    ) -> None:
         c = self.c
         me = c.address
         async with c._send_lock:
+            if resend:  # under the lock, so a send in flight here is never doubled
+                stored = c.store.get_message(group_peer(gid, me), msg.id)
+                if stored is None or stored.status not in ("sending", "failed"):
+                    return
             cert = await c._sender_certificate()
             row = self._row(gid)
             assert row is not None and row.own_key is not None
