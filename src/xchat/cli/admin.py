@@ -145,11 +145,16 @@ def stats(data: Path | None, database: str | None, as_json: bool) -> None:
 
 
 @admin_group.command("pow")
-@click.argument("bits", type=click.IntRange(0, 40))
+@click.argument("level", type=click.IntRange(0, 40), required=False)
+@click.option("--bits", type=click.IntRange(0, 40), default=None, help="Same as LEVEL.")
 @_data_opt
 @_db_opt
-def pow_level(bits: int, data: Path | None, database: str | None) -> None:
+def pow_level(level: int | None, bits: int | None, data: Path | None, database: str | None) -> None:
     """Set the proof-of-work difficulty (0-40 bits) for registration and first contact."""
+    if level is None and bits is None:
+        raise click.UsageError("give the level: xchat admin pow 22 (or --bits 22)")
+    bits = level if level is not None else bits
+    assert bits is not None
     data, dsn = _target(data, database)
     if dsn:
 
