@@ -48,8 +48,10 @@ else
   NOTES+=("turn:     not installed (apt-get install coturn): calls use direct connections only")
 fi
 
-# --- the relay ---------------------------------------------------------------------------
+# --- the relay and the web app, started together (the app connects to the relay when
+# it is up); the app's one stdout line is the URL (with the per-launch secret) ------------
 "$BIN/xchat" serve "${RELAY_ARGS[@]}" >>"$RELAY_LOG" 2>&1 &
+coproc APP { exec "$BIN/xchat" --profile "$PROFILE" app --server "$SERVER" --port "$APP_PORT" 2>>"$APP_LOG"; }
 "$BIN/python" - "$SERVER/healthz" <<'PY'
 import sys, time, urllib.request
 for _ in range(100):  # the relay is ready in well under a second
@@ -62,8 +64,6 @@ else:
     sys.exit("the relay did not start: see the log named below")
 PY
 
-# --- the web app: its one stdout line is the URL (with the per-launch secret) --------------
-coproc APP { exec "$BIN/xchat" --profile "$PROFILE" app --server "$SERVER" --port "$APP_PORT" 2>>"$APP_LOG"; }
 URL=""
 if ! read -r -t 30 URL <&"${APP[0]}" || [ -z "$URL" ]; then
   echo "the web app did not start: see $APP_LOG" >&2
