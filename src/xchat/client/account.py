@@ -361,13 +361,53 @@ class AccountClient:
         raw = b64d(resp.get("certificate"), "certificate")
         try:
             cert = SenderCertificate.decode(raw)
-            cert.verify(self._server_signing_key(), now_ms())
+            try:
+                cert.verify(self._server_signing_key(), now_ms())
+            except CryptoError:
+                if not await self._check_relay_rotation():  # a signed rotation (III §3.1)?
+                    raise
+                cert.verify(self._server_signing_key(), now_ms())
         except (DecodeError, CryptoError) as exc:
             raise ProtocolError(f"server issued an invalid sender certificate: {exc}") from None
         if cert.identity != self.identity.public:
             raise ProtocolError("server issued a sender certificate for another identity")
         self.store.put_meta("sender_cert", raw)
         return raw
+
+    def _server_keys(self, ts_ms: int) -> list[bytes]:
+        """Relay keys whose certificates are accepted for mail the relay took at ``ts_ms``:
+        the pinned key, and the previous one until its rotation overlap ends (III §3.1)."""
+        keys = [self._server_signing_key()]
+        prev = self.store.get_meta("server_signing_prev")
+        if prev is not None and len(prev) == 40 and ts_ms <= int.from_bytes(prev[32:], "big"):
+            keys.append(prev[:32])
+        return keys
+
+    async def _check_relay_rotation(self) -> bool:
+        """The relay may present a new signing key only with a rotation statement signed
+        by the pinned key (PROTOCOL Part III §3.1). True if the pin moved to a new key;
+        RelayKeyMismatch if the key changed without a valid statement."""
+        info = await self.api.server_info()
+        key = b64d(info.get("signing_key"), "signing_key")
+        pinned = self._server_signing_key()
+        if key == pinned:
+            return False
+        raw = info.get("key_rotation")
+        try:
+            if not isinstance(raw, str):
+                raise DecodeError("no key_rotation")
+            rotation = relaykey.verify_rotation(pinned, b64d(raw, "key_rotation"))
+        except (DecodeError, CryptoError, ProtocolError):
+            raise RelayKeyMismatch(
+                "the relay's signing key changed without a rotation signed by the pinned key"
+            ) from None
+        if rotation.new_key != key:
+            raise RelayKeyMismatch("the relay's key rotation names another key")
+        with self.store.transaction():
+            self.store.put_meta("server_signing_key", key)
+            prev = pinned + rotation.old_valid_until_ms.to_bytes(8, "big")
+            self.store.put_meta("server_signing_prev", prev)
+        return True
 
     def _server_signing_key(self) -> bytes:
         key = self.store.get_meta("server_signing_key")

@@ -42,6 +42,8 @@ from xchat.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessage,
+    ExpiredCertificate,
+    InvalidCertificate,
     UnsupportedVersion,
     UntrustedIdentity,
     XChatError,
@@ -207,6 +209,22 @@ def seal(
     return sealed.seal(
         identity, cert, recipient, SESSION_CONTENT_TYPE, ciphertext, recipient_device_id=device_id
     )
+
+
+def unseal_any(
+    identity: IdentityKeyPair, data: bytes, server_keys: list[bytes], now_ms: int, device_id: int
+) -> sealed.UnsealedMessage:
+    """:func:`unseal` with each accepted relay key in turn: the pinned one, then during a
+    key rotation's overlap the previous one (PROTOCOL Part III §3.1). Nothing is changed
+    by a failed attempt (the certificate is checked before any session state is used)."""
+    for key in server_keys[:-1]:
+        try:
+            return unseal(identity, data, key, now_ms, device_id)
+        except ExpiredCertificate:
+            raise
+        except InvalidCertificate:
+            continue
+    return unseal(identity, data, server_keys[-1], now_ms, device_id)
 
 
 def unseal(
@@ -410,4 +428,5 @@ __all__ = [
     "seal",
     "session_bytes",
     "unseal",
+    "unseal_any",
 ]

@@ -65,6 +65,10 @@ class _Batch:
     followups: list[tuple[str, str]] = field(default_factory=list)  # (action, address)
     claims: dict[str, str] = field(default_factory=dict)  # address -> claimed handle
     origin_ms: int = 0  # relay timestamp of the envelope being applied (Part VIII §4)
+    #: Envelopes whose certificate no accepted relay key verifies: retried once after the
+    #: client checked for a signed relay key rotation (PROTOCOL Part III §3.1).
+    cert_retry: list[Any] = field(default_factory=list)
+    retrying: bool = False
 
 
 def _history_item(m: MessageRecord) -> HistoryItem:

@@ -28,6 +28,8 @@ from xchat.errors import (
     DecodeError,
     DecryptionError,
     DuplicateMessage,
+    ExpiredCertificate,
+    InvalidCertificate,
     ServerUnreachable,
     UnknownPreKey,
     XChatError,
@@ -226,6 +228,15 @@ class ReceivingClient(SendingClient):
         with self.store.transaction():
             for item in frame.envelopes:
                 self._process_envelope(item, t, batch)
+        if batch.cert_retry:
+            # Certificates no accepted relay key verifies: learn a signed key rotation, if
+            # the relay has one (PROTOCOL Part III §3.1), then try those envelopes once more.
+            with contextlib.suppress(XChatError):
+                await self._check_relay_rotation()
+            batch.retrying = True
+            with self.store.transaction():
+                for item in batch.cert_retry:
+                    self._process_envelope(item, t, batch)
         # Stored durably: only now may the server delete the envelopes.
         await loop.send_ack([d.envelope_id for d in frame.envelopes])
         if batch.claims:
@@ -259,13 +270,19 @@ class ReceivingClient(SendingClient):
             # The certificate must have been valid when the server ACCEPTED the envelope
             # (its DELIVER timestamp), not now: mail may wait in the queue for days while
             # certificates live 24 h (as Signal checks against the server timestamp).
-            unsealed = e2e.unseal(
-                self.identity,
-                item.content,
-                self._server_signing_key(),
-                item.ts_ms or t,
-                self.profile.config.device_id or 1,
-            )
+            try:
+                unsealed = e2e.unseal_any(
+                    self.identity,
+                    item.content,
+                    self._server_keys(item.ts_ms or t),
+                    item.ts_ms or t,
+                    self.profile.config.device_id or 1,
+                )
+            except InvalidCertificate as exc:
+                if isinstance(exc, ExpiredCertificate) or batch.retrying:
+                    raise
+                batch.cert_retry.append(item)  # perhaps a relay key rotation (III §3.1)
+                return
             peer = unsealed.sender
             sender = self._address_of(peer)
             own = sender == self.address  # a copy from our own other device (Part VII §4)

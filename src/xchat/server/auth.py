@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from xchat.crypto import relaykey
 from xchat.errors import ApiError
 from xchat.storage.base import DeviceRecord, Store
 
@@ -33,6 +34,31 @@ _CHALLENGE = struct.Struct(">BQ16s")  # version, expires_ms, random
 CHALLENGE_LEN = _CHALLENGE.size + MAC_LEN  # 41
 _TOKEN = struct.Struct(">BQIQ")  # version, device ref, epoch, expires_ms
 TOKEN_LEN = _TOKEN.size + MAC_LEN  # 37
+
+
+ROTATION_FILE = "server_signing.rotation"
+
+
+def rotate_signing_key(data_dir: Path, now_ms: int, overlap_ms: int) -> bytes:
+    """Replace the relay's signing key by a new one signed by the old (PROTOCOL Part III
+    §3.1): clients that pinned the old key accept the new one through the statement, and
+    keep accepting certificates of the old key for ``overlap_ms``. Run while the relay is
+    stopped; returns the new public key. The old seed is kept as ``server_signing.key.<ms>``."""
+    path = data_dir / "server_signing.key"
+    old = Ed25519PrivateKey.from_private_bytes(_load_or_create(path, 32))
+    new_seed = os.urandom(32)
+    new = Ed25519PrivateKey.from_private_bytes(new_seed)
+    new_pub = new.public_key().public_bytes_raw()
+    statement = relaykey.sign_rotation(old, new_pub, now_ms, now_ms + overlap_ms)
+    os.replace(path, data_dir / f"server_signing.key.{now_ms}")
+    for name, data in (("server_signing.key", new_seed), (ROTATION_FILE, statement)):
+        tmp = data_dir / (name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, data_dir / name)
+    return new_pub
 
 
 def _load_or_create(path: Path, make: int) -> bytes:
@@ -58,6 +84,9 @@ class ServerSecrets:
         seed = _load_or_create(data_dir / "server_signing.key", 32)
         self.signing_key = Ed25519PrivateKey.from_private_bytes(seed)
         self.signing_public = self.signing_key.public_key().public_bytes_raw()
+        #: The previous key's signature over this one (PROTOCOL Part III §3.1), if rotated.
+        rotation = data_dir / ROTATION_FILE
+        self.rotation = rotation.read_bytes() if rotation.exists() else None
 
     def mac(self, label: bytes, data: bytes) -> bytes:
         return hmac.new(self.mac_key, label + data, hashlib.sha256).digest()[:MAC_LEN]

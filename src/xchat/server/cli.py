@@ -54,6 +54,14 @@ from xchat.server.config import ServerConfig
     help="Serve GET /metrics to 'Authorization: Bearer TOKEN' only [XCHAT_METRICS_TOKEN; "
     "unset: /metrics is off].",
 )
+@click.option(
+    "--rotate-signing-key",
+    "rotate_hours",
+    type=click.FloatRange(24, 24 * 90),
+    default=None,
+    help="Replace the signing key by one signed by the current key, old certificates "
+    "accepted for this many hours (>= 24); prints the new address and exits (relay stopped).",
+)
 def serve_command(
     host: str | None,
     port: int | None,
@@ -70,9 +78,20 @@ def serve_command(
     turn_secret_file: str | None,
     realms: tuple[str, ...] = (),
     metrics_token: str | None = None,
+    rotate_hours: float | None = None,
 ) -> None:
     """Run the XChat relay server."""
     from xchat.server.serve import run_server
+
+    if rotate_hours is not None:  # PROTOCOL Part III §3.1
+        from xchat.clock import now_ms
+        from xchat.crypto.relaykey import fingerprint
+        from xchat.server.auth import rotate_signing_key
+
+        data_dir = data or ServerConfig.from_env().data
+        new = rotate_signing_key(data_dir, now_ms(), int(rotate_hours * 3600_000))
+        click.echo(f"xchat relay signing key rotated; new fingerprint: {fingerprint(new)}")
+        return
 
     ttl = int(ttl_days * 86400) if ttl_days is not None else None
     config = ServerConfig.from_env(

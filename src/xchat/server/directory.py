@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xchat import PROTOCOL_VERSION
+from xchat.clock import now_ms
 from xchat.crypto.certificate import issue_sender_certificate
 from xchat.crypto.keys import IdentityPublicKey, is_address, normalize_address
 from xchat.crypto.pow import stamp_ok
@@ -22,7 +23,7 @@ from xchat.protocol.frames import KeysLow, encode_frame
 from xchat.server import models as m
 from xchat.server.auth import LABEL_AUTH, LABEL_REGISTER
 from xchat.server.limits import RateLimiter
-from xchat.server.relay import Relay, now_ms
+from xchat.server.relay import Relay
 from xchat.server.tokens import REDEEM
 from xchat.storage.base import AccountRecord, DeviceRecord, HandleTaken, PreKeySet, SignedKey
 
@@ -148,6 +149,7 @@ async def server_info(request: Request) -> m.ServerInfo:
         signing_key=m.enc(relay.secrets.signing_public),
         pow_bits=relay.config.pow_bits,
         limits=relay.config.limits(),
+        key_rotation=m.enc(relay.secrets.rotation) if relay.secrets.rotation else None,
     )
 
 

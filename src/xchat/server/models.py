@@ -134,6 +134,7 @@ class ServerInfo(_Model):
     signing_key: str
     pow_bits: int
     limits: dict[str, int | bool]
+    key_rotation: str | None = None  # b64(121): the old key's signature over this one (III §3.1)
 
 
 class ChallengeOut(_Model):

@@ -26,11 +26,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from xchat.clock import now_ms
 from xchat.crypto import tokens as tk
 from xchat.errors import ApiError, XChatError
 from xchat.server import models as m
 from xchat.server.auth import _load_or_create
-from xchat.server.relay import Relay, now_ms
+from xchat.server.relay import Relay
 from xchat.storage.base import DeviceRecord
 
 router = APIRouter(prefix="/api/v1")
