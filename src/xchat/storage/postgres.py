@@ -37,6 +37,7 @@ from typing import Any
 import asyncpg
 
 from xchat.errors import StorageUnavailable
+from xchat.storage import pg_sql as q
 from xchat.storage.base import (
     AccountRecord,
     BundleDevice,
@@ -44,7 +45,6 @@ from xchat.storage.base import (
     HandleTaken,
     NewEnvelope,
     PreKeySet,
-    SignedKey,
     Store,
     StoredEnvelope,
 )
@@ -72,60 +72,6 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 _CALL, _ENQUEUE, _ACK = 0, 1, 2
-
-_INSERT_SQL = (
-    "INSERT INTO mailbox (device_ref, envelope_id, ts_ms, expires_ms, content)"
-    " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[])"
-    " ON CONFLICT (device_ref, envelope_id) DO NOTHING"
-    " RETURNING seq, device_ref, envelope_id, length(content)"
-)
-_DELETE_SQL = (
-    "DELETE FROM mailbox AS m USING unnest($1::int[], $2::bigint[], $3::bytea[]) AS v(i, r, e)"
-    " WHERE m.device_ref = v.r AND m.envelope_id = v.e RETURNING v.i, v.r, length(m.content)"
-)
-#: Both in one statement (the hot path): kind 0 = inserted, 1 = deleted.
-_COMBINED_SQL = (
-    "WITH ins AS (INSERT INTO mailbox (device_ref, envelope_id, ts_ms, expires_ms, content)"
-    " SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::bigint[], $5::bytea[])"
-    " ON CONFLICT (device_ref, envelope_id) DO NOTHING"
-    " RETURNING seq, device_ref, envelope_id, length(content) AS n),"
-    " del AS (DELETE FROM mailbox AS m USING unnest($6::int[], $7::bigint[], $8::bytea[])"
-    " AS v(i, r, e) WHERE m.device_ref = v.r AND m.envelope_id = v.e"
-    " RETURNING v.i, v.r, length(m.content) AS n)"
-    " SELECT 0, seq, device_ref, envelope_id, n FROM ins"
-    " UNION ALL SELECT 1, i::bigint, r, NULL::bytea, n FROM del"
-)
-
-
-def _enqueue_args(
-    run: list[_Op],
-) -> tuple[list[int], list[bytes], list[int], list[int], list[bytes]]:
-    refs: list[int] = []
-    eids: list[bytes] = []
-    ts: list[int] = []
-    exp: list[int] = []
-    content: list[bytes] = []
-    for op in run:
-        for env in op.payload:
-            refs.append(env.device_ref)
-            eids.append(env.envelope_id)
-            ts.append(env.ts_ms)
-            exp.append(env.expires_ms)
-            content.append(env.content)
-    return refs, eids, ts, exp, content
-
-
-def _ack_args(run: list[_Op]) -> tuple[list[int], list[int], list[bytes]]:
-    idx: list[int] = []
-    refs: list[int] = []
-    eids: list[bytes] = []
-    for i, op in enumerate(run):
-        ref, ids = op.payload
-        for eid in ids:
-            idx.append(i)
-            refs.append(ref)
-            eids.append(eid)
-    return idx, refs, eids
 
 
 @dataclass(slots=True)
@@ -184,7 +130,7 @@ class PostgresStore(Store):
             self._used = {bytes(r[0]): int(r[1]) for r in rows}
             rows = await conn.fetch("SELECT key, value FROM settings")
             self._settings = {str(r[0]): str(r[1]) for r in rows}
-            self._usage = await _usage(conn)
+            self._usage = await q.mailbox_usage(conn)
         except BaseException:
             await conn.close()
             raise
@@ -235,7 +181,7 @@ class PostgresStore(Store):
             if time.monotonic() >= next_usage:
                 next_usage = time.monotonic() + USAGE_SECONDS
                 with contextlib.suppress(Exception):
-                    fresh = await self._call(_usage)
+                    fresh = await self._call(q.mailbox_usage)
                     self._usage = fresh
                     self._usage_delta.clear()
             if self._listen is not None and not self._listen.is_closed():
@@ -345,7 +291,7 @@ class PostgresStore(Store):
 
         async def op(conn: Conn) -> _AccountRows:
             await change(conn)
-            await _notify(conn, DIRECTORY_CHANNEL, address)
+            await q.notify(conn, DIRECTORY_CHANNEL, address)
             return await self._fetch_account(conn, address)
 
         await self._call(op, lambda rows: self._install(address, rows))
@@ -503,10 +449,10 @@ class PostgresStore(Store):
         """The hot path: a batch of only sends and acks is ONE statement (data-modifying
         CTEs) in its own implicit transaction — one round trip, durable when it returns —
         instead of BEGIN, INSERT, DELETE, COMMIT."""
-        ins = _enqueue_args(enq)
-        dels = _ack_args(acks)
+        ins = q.enqueue_args([op.payload for op in enq])
+        dels = q.ack_args([op.payload for op in acks])
         tc = time.perf_counter()
-        rows = await conn.fetch(_COMBINED_SQL, *ins, *dels)
+        rows = await conn.fetch(q.COMBINED_SQL, *ins, *dels)
         self.stats.last_commit = time.perf_counter() - tc
         self._apply_enqueue(enq, [r for r in rows if r[0] == 0])
         self._apply_ack(acks, [(r[1], r[2], r[4]) for r in rows if r[0] == 1])
@@ -521,10 +467,10 @@ class PostgresStore(Store):
         await tr.start()
         try:
             if enq:
-                rows = await conn.fetch(_INSERT_SQL, *_enqueue_args(enq))
+                rows = await conn.fetch(q.INSERT_SQL, *q.enqueue_args([op.payload for op in enq]))
                 self._apply_enqueue(enq, [(0, r[0], r[1], r[2], r[3]) for r in rows])
             if acks:
-                rows = await conn.fetch(_DELETE_SQL, *_ack_args(acks))
+                rows = await conn.fetch(q.DELETE_SQL, *q.ack_args([op.payload for op in acks]))
                 self._apply_ack(acks, [(r[0], r[1], r[2]) for r in rows])
             for op in batch:
                 if op.kind == _CALL:
@@ -616,7 +562,7 @@ class PostgresStore(Store):
             if row[1] > 1:  # restore: the old one-time keys are gone with the old device
                 await conn.execute("DELETE FROM otk_ec WHERE device_ref = $1", row[0])
                 await conn.execute("DELETE FROM otk_kem WHERE device_ref = $1", row[0])
-            await _put_keys(conn, row[0], keys)
+            await q.put_keys(conn, row[0], keys)
 
         await self._directory_write(address, change)
         acct = self._accounts[address]
@@ -647,8 +593,8 @@ class PostgresStore(Store):
 
     async def put_prekeys(self, device_ref: int, keys: PreKeySet) -> tuple[int, int]:
         async def op(conn: Conn) -> tuple[int, int]:
-            await _put_keys(conn, device_ref, keys)
-            return await _count(conn, device_ref)
+            await q.put_keys(conn, device_ref, keys)
+            return await q.count_prekeys(conn, device_ref)
 
         result: tuple[int, int] = await self._call(op)
         return result
@@ -664,7 +610,7 @@ class PostgresStore(Store):
         return result
 
     async def count_prekeys(self, device_ref: int) -> tuple[int, int]:
-        result: tuple[int, int] = await self._call(lambda conn: _count(conn, device_ref))
+        result: tuple[int, int] = await self._call(lambda conn: q.count_prekeys(conn, device_ref))
         return result
 
     async def take_bundle(self, address: str, *, one_time: bool = True) -> list[BundleDevice]:
@@ -674,7 +620,7 @@ class PostgresStore(Store):
         devices = acct.devices
 
         async def op(conn: Conn) -> list[BundleDevice]:
-            return [await _take_one(conn, dev, one_time) for dev in devices]
+            return [await q.take_one(conn, dev, one_time) for dev in devices]
 
         result: list[BundleDevice] = await self._call(op)
         return result
@@ -790,7 +736,7 @@ class PostgresStore(Store):
                 challenge,
                 expires_ms,
             )
-            await _notify(conn, CHALLENGE_CHANNEL, f"{challenge.hex()} {expires_ms}")
+            await q.notify(conn, CHALLENGE_CHANNEL, f"{challenge.hex()} {expires_ms}")
 
         self._put(_Op(_CALL, op, None))
 
@@ -798,101 +744,3 @@ class PostgresStore(Store):
 
     def settings(self) -> dict[str, str]:
         return dict(self._settings)
-
-
-
-async def _usage(conn: Conn) -> dict[int, tuple[int, int]]:
-    rows = await conn.fetch(
-        "SELECT device_ref, COUNT(*), SUM(length(content)) FROM mailbox GROUP BY device_ref"
-    )
-    return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
-
-
-async def _notify(conn: Conn, channel: str, payload: str) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
-
-
-async def _put_keys(conn: Conn, ref: int, keys: PreKeySet) -> None:
-    if keys.signed_prekey is not None:
-        k = keys.signed_prekey
-        await conn.execute(
-            "UPDATE devices SET spk_id = $1, spk_key = $2, spk_sig = $3 WHERE ref = $4",
-            k.id,
-            k.key,
-            k.signature,
-            ref,
-        )
-    if keys.kem_last_resort is not None:
-        k = keys.kem_last_resort
-        await conn.execute(
-            "UPDATE devices SET lr_id = $1, lr_key = $2, lr_sig = $3 WHERE ref = $4",
-            k.id,
-            k.key,
-            k.signature,
-            ref,
-        )
-    if keys.one_time_ec:
-        await conn.execute(
-            "INSERT INTO otk_ec (device_ref, id, key)"
-            " SELECT $1, * FROM unnest($2::bigint[], $3::bytea[]) ON CONFLICT DO NOTHING",
-            ref,
-            [k.id for k in keys.one_time_ec],
-            [k.key for k in keys.one_time_ec],
-        )
-    if keys.one_time_kem:
-        await conn.execute(
-            "INSERT INTO otk_kem (device_ref, id, key, sig)"
-            " SELECT $1, * FROM unnest($2::bigint[], $3::bytea[], $4::bytea[])"
-            " ON CONFLICT DO NOTHING",
-            ref,
-            [k.id for k in keys.one_time_kem],
-            [k.key for k in keys.one_time_kem],
-            [k.signature for k in keys.one_time_kem],
-        )
-
-
-async def _count(conn: Conn, ref: int) -> tuple[int, int]:
-    row = await conn.fetchrow(
-        "SELECT (SELECT COUNT(*) FROM otk_ec WHERE device_ref = $1),"
-        " (SELECT COUNT(*) FROM otk_kem WHERE device_ref = $1)",
-        ref,
-    )
-    return int(row[0]), int(row[1])
-
-
-async def _take_one(conn: Conn, dev: DeviceRecord, one_time: bool = True) -> BundleDevice:
-    """One bundle; the one-time keys are taken with ``FOR UPDATE SKIP LOCKED`` so two nodes
-    handing out bundles of the same device at once never hand out the same key."""
-    row = await conn.fetchrow(
-        "SELECT spk_id, spk_key, spk_sig, lr_id, lr_key, lr_sig FROM devices WHERE ref = $1",
-        dev.ref,
-    )
-    spk = SignedKey(row[0], bytes(row[1]), bytes(row[2])) if row and row[1] is not None else None
-    last_resort = (
-        SignedKey(row[3], bytes(row[4]), bytes(row[5])) if row and row[4] is not None else None
-    )
-    ec_row = kem_row = None
-    if one_time:  # False: the per-target drain limit (PROTOCOL Part III §4.3)
-        ec_row = await conn.fetchrow(
-            "DELETE FROM otk_ec WHERE device_ref = $1 AND id = (SELECT id FROM otk_ec WHERE"
-            " device_ref = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, key",
-            dev.ref,
-        )
-        kem_row = await conn.fetchrow(
-            "DELETE FROM otk_kem WHERE device_ref = $1 AND id = (SELECT id FROM otk_kem"
-            " WHERE device_ref = $1 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, key, sig",
-            dev.ref,
-        )
-    ec_left, kem_left = await _count(conn, dev.ref)
-    return BundleDevice(
-        device=dev,
-        signed_prekey=spk,
-        kem_prekey=SignedKey(kem_row[0], bytes(kem_row[1]), bytes(kem_row[2]))
-        if kem_row
-        else last_resort,
-        kem_last_resort=kem_row is None,
-        one_time_ec=SignedKey(ec_row[0], bytes(ec_row[1])) if ec_row else None,
-        ec_left=ec_left,
-        kem_left=kem_left,
-    )
