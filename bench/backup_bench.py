@@ -146,13 +146,13 @@ async def restore_timed(
     """restore_with_pin, step by step, with a clock around each step."""
     out: dict[str, float] = {}
     t = time.perf_counter()
-    address = await bk.resolve_target(server, "@" + handle)
+    address, locator = await bk.resolve_target(server, "@" + handle)
     out["lookup_s"] = time.perf_counter() - t
     t = time.perf_counter()
     relay = Api(server)
     realms = await rl.resolve_realms(realms_urls, relay)
     await relay.aclose()
-    secret, _ = await rl.recover(PIN, address, realms)
+    secret, _ = await rl.recover(PIN, address, realms, locator=locator)
     out["pin_recovery_s"] = time.perf_counter() - t
     async with Client(profile) as c:
         t = time.perf_counter()

@@ -29,6 +29,7 @@ from xchat.realm.testing import RealmProcess, running_realms
 from xchat.testing import ServerProcess, running_server
 
 PIN = "482913"
+_RELAY: list[ServerProcess] = []  # the module's relay, for _records()
 
 
 class Env:
@@ -49,6 +50,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with running_realms(tmp_path / "realms", 3) as realms:
         urls = ",".join(r.url for r in realms)
         with running_server(tmp_path / "relay", pow_bits=2, rate_limits=False, realms=urls) as s:
+            _RELAY[:] = [s]
             yield Env(s, realms, tmp_path)
 
 
@@ -76,13 +78,27 @@ def _texts(c: Client, to: str) -> list[str]:
     return [h.text for h in c.history(contact, 100)]
 
 
-def _records(realm: RealmProcess, address: str) -> int:
-    """Records of one account at one realm (the test knows the realm's key)."""
+def _locator(relay: ServerProcess, address: str) -> bytes:
+    """The account's backup locator, as the relay hands it to anyone who pays the PoW."""
+    from xchat.crypto import pow as xpow
+
+    chal = httpx.post(relay.url + "/api/v1/challenge").json()
+    ch = rc.b64d(chal["challenge"], "c")
+    nonce = xpow.solve(ch, b"XChat-v1-backup-locate|" + address.encode(), chal["pow_bits"])
+    body = {"address": address, "challenge": chal["challenge"], "pow_nonce": nonce}
+    found = httpx.post(relay.url + "/api/v1/backup/locate", json=body).json()
+    return rc.b64d(found["locator"], "locator", 16) if found.get("locator") else b""
+
+
+def _records(realm: RealmProcess, address: str, relay: ServerProcess | None = None) -> int:
+    """Records of one account at one realm (the test knows the realm's key and asks the
+    relay for the locator; without the relay it could not even name the record)."""
     key = rc.b64d(httpx.get(realm.url + "/api/v1/realm").json()["public_key"], "key", 32)
+    locator = _locator(relay or _RELAY[0], address)
     db = sqlite3.connect(realm.data_dir / "realm.sqlite3")
     try:
         row = db.execute(
-            "SELECT COUNT(*) FROM records WHERE id = ?", (rc.record_id(key, address),)
+            "SELECT COUNT(*) FROM records WHERE id = ?", (rc.record_id(key, address, locator),)
         ).fetchone()
         return int(row[0])
     finally:
@@ -305,11 +321,13 @@ async def test_a_backup_of_another_account_cannot_be_restored(env: Env) -> None:
 
 
 def _stolen(realm: RealmProcess, address: str) -> rc.Registration:
-    """Everything one realm's operator holds about this account (its database row)."""
+    """Everything one realm's operator holds about this account (its database row; the
+    attacker is even given the locator, which a realm alone does not have)."""
     key = rc.b64d(httpx.get(realm.url + "/api/v1/realm").json()["public_key"], "k", 32)
+    locator = _locator(_RELAY[0], address)
     db = sqlite3.connect(realm.data_dir / "realm.sqlite3")
     ((reg_json,),) = db.execute(
-        "SELECT registration FROM records WHERE id = ?", (rc.record_id(key, address),)
+        "SELECT registration FROM records WHERE id = ?", (rc.record_id(key, address, locator),)
     ).fetchall()
     db.close()
     return rc.Registration.from_json(json.loads(reg_json))
@@ -334,6 +352,12 @@ async def test_realm_data_alone_reveals_nothing(env: Env, threshold: int, stolen
         everything = b"".join(p.read_bytes() for p in realm.data_dir.rglob("*") if p.is_file())
         for needle in (address, name, PIN):
             assert needle.encode() not in everything
+    for realm in env.realms[:stolen]:  # without the relay's locator, no record to name
+        key = rc.b64d(httpx.get(realm.url + "/api/v1/realm").json()["public_key"], "k", 32)
+        db = sqlite3.connect(realm.data_dir / "realm.sqlite3")
+        bare = rc.record_id(key, address)
+        assert db.execute("SELECT COUNT(*) FROM records WHERE id = ?", (bare,)).fetchone()[0] == 0
+        db.close()
     regs = [_stolen(r, address) for r in env.realms[:stolen]]
     sp = stretch_pin(PIN, regs[0].version, address)
     element = oprf.hash_to_group(sp.access_key, rc.OPRF_MODE)

@@ -89,8 +89,24 @@ def test_locate_costs_a_proof_of_work(client: httpx.Client) -> None:
         "pow_nonce": nonce,
     }
     r = client.post("/api/v1/backup/locate", json=body)
-    assert r.status_code == 200 and r.json() == {"address": a.address}
+    assert r.status_code == 200 and r.json() == {"address": a.address, "locator": None}
     assert client.post("/api/v1/backup/locate", json=body).status_code == 401  # spent
+    # with a locator set, locate by address returns it; only its owner can set or read it
+    loc = base64.b64encode(os.urandom(16)).decode()
+    assert client.put("/api/v1/backup/locator", json={"locator": loc}).status_code == 401
+    assert client.get("/api/v1/backup/locator", headers=a.headers).status_code == 404
+    r = client.put("/api/v1/backup/locator", json={"locator": "AAAA"}, headers=a.headers)
+    assert r.status_code == 400  # not 16 bytes
+    r = client.put("/api/v1/backup/locator", json={"locator": loc}, headers=a.headers)
+    assert r.status_code == 200
+    assert client.get("/api/v1/backup/locator", headers=a.headers).json() == {"locator": loc}
+    ch, bits = get_challenge(client)
+    nonce = xpow.solve(ch, LOCATE + a.address.encode(), bits)
+    body2 = {"address": a.address, "challenge": base64.b64encode(ch).decode(), "pow_nonce": nonce}
+    r = client.post("/api/v1/backup/locate", json=body2)
+    assert r.json() == {"address": a.address, "locator": loc}
+    both = {**body2, "handle": handle}
+    assert client.post("/api/v1/backup/locate", json=both).status_code == 400
     ch, bits = get_challenge(client)
     wrong = next(
         n for n in range(10**6) if not xpow.stamp_ok(ch, LOCATE + handle.encode(), n, bits)

@@ -41,7 +41,7 @@ from xchat.crypto import pow as xpow
 from xchat.crypto.attachment import encrypt_attachment
 from xchat.crypto.keys import IdentityKeyPair, is_address, mnemonic_from_seed, normalize_address
 from xchat.crypto.pin import check_pin
-from xchat.crypto.recovery import DEFAULT_GUESS_LIMIT, MAX_REALMS
+from xchat.crypto.recovery import DEFAULT_GUESS_LIMIT, LOCATOR_LEN, MAX_REALMS
 from xchat.errors import (
     ApiError,
     BackupUnavailable,
@@ -171,14 +171,17 @@ async def enable(
     if not 1 <= t <= len(realms):
         raise ClientError(f"threshold must be between 1 and the number of realms ({len(realms)})")
     old = _load(client.store)
-    await rl.enrol(client.identity.seed, pin, client.address, realms, t, guess_limit)
+    locator = await _locator(client, old)
+    await rl.enrol(
+        client.identity.seed, pin, client.address, realms, t, guess_limit, locator=locator
+    )
     dropped = [
         RealmInfo.from_json(r)
         for r in old.get("realms", [])
         if RealmInfo.from_json(r).public_key not in {x.public_key for x in realms}
     ]
     if dropped:  # realms no longer used must not keep a share (best effort)
-        await rl.delete(client.identity.seed, client.address, dropped)
+        await rl.delete(client.identity.seed, client.address, dropped, locator=locator)
     cfg = {
         **old,
         "enabled": True,
@@ -187,6 +190,7 @@ async def enable(
         "guess_limit": guess_limit,
         "enrolled_ms": now_ms(),
         "attachments": bool(old.get("attachments")) if attachments is None else attachments,
+        "locator": archive.b64(locator),
     }
     _save(client.store, cfg)
     await backup_now(client, blobs=blobs)
@@ -199,11 +203,21 @@ async def disable(client: Any) -> dict[str, Any]:
     running it again deletes their shares too."""
     cfg = _load(client.store)
     realms = [RealmInfo.from_json(r) for r in cfg.get("realms", [])]
-    deleted_realms, unreachable = await rl.delete(client.identity.seed, client.address, realms)
+    locator = _cfg_locator(cfg)
+    deleted_realms, unreachable = await rl.delete(
+        client.identity.seed, client.address, realms, locator=locator
+    )
     body = await client.api.request("DELETE", "/api/v1/backup", auth=True)
     blobs = int(body.get("deleted", 0)) if isinstance(body, dict) else 0
     _forget_pending(client)
-    _save(client.store, {"enabled": False, "realms": [r.to_json() for r in unreachable]})
+    _save(
+        client.store,
+        {
+            "enabled": False,
+            "realms": [r.to_json() for r in unreachable],
+            "locator": archive.b64(locator),
+        },
+    )
     return {"realms": deleted_realms, "blobs": blobs, "unreachable": [r.url for r in unreachable]}
 
 
@@ -624,14 +638,15 @@ def _apply(client: Any, segments: list[dict[str, Any]]) -> HistoryRestored:
     return HistoryRestored(n_messages, len(last.get("contacts", [])), len(last.get("groups", [])))
 
 
-async def resolve_target(server: str, target: str) -> str:
-    """``@handle`` or address → address (the account to restore). A device without an
-    account has no anonymous tokens (Part XI), so a handle is looked up with a proof of
-    work at ``POST /api/v1/backup/locate`` (Part X §9.6)."""
+async def resolve_target(server: str, target: str) -> tuple[str, bytes]:
+    """``@handle`` or address → (address, backup locator) of the account to restore. A
+    device without an account has no anonymous tokens (Part XI), so the lookup is paid with
+    a proof of work at ``POST /api/v1/backup/locate`` (Part X §9.6)."""
     t = target.strip()
     if is_address(t):
-        return normalize_address(t)
-    handle = t.lstrip("@").lower()
+        field, key = "address", normalize_address(t)
+    else:
+        field, key = "handle", t.lstrip("@").lower()
     api = Api(server)
     try:
         chal = await api.challenge()
@@ -639,12 +654,12 @@ async def resolve_target(server: str, target: str) -> str:
         bits = chal.get("pow_bits")
         if not isinstance(bits, int):
             raise DecodeError("relay sent no pow_bits")
-        resource = LABEL_LOCATE + handle.encode()
+        resource = LABEL_LOCATE + key.encode()
         nonce = await asyncio.to_thread(xpow.solve, challenge, resource, bits)
         found = await api.request(
             "POST",
             "/api/v1/backup/locate",
-            json={"handle": handle, "challenge": archive.b64(challenge), "pow_nonce": nonce},
+            json={field: key, "challenge": archive.b64(challenge), "pow_nonce": nonce},
         )
     except ApiError as exc:
         if exc.status in (400, 404, 422):
@@ -655,7 +670,34 @@ async def resolve_target(server: str, target: str) -> str:
     address = found.get("address") if isinstance(found, dict) else None
     if not isinstance(address, str) or not is_address(address):
         raise UnknownContact(f"no account {target} on {server}")
-    return normalize_address(address)
+    raw = found.get("locator")
+    locator = archive.unb64(raw, "locator") if isinstance(raw, str) else b""
+    if len(locator) not in (0, LOCATOR_LEN):
+        raise DecodeError("relay sent a bad backup locator")
+    return normalize_address(address), locator
+
+
+def _cfg_locator(cfg: dict[str, Any]) -> bytes:
+    raw = cfg.get("locator")
+    return archive.unb64(raw, "locator") if isinstance(raw, str) else b""
+
+
+async def _locator(client: Any, cfg: dict[str, Any]) -> bytes:
+    """This account's backup locator: the one in the settings, else the relay's (a device
+    restored with the phrase), else a new random one registered at the relay."""
+    if cfg.get("locator"):
+        return _cfg_locator(cfg)
+    try:
+        body = await client.api.request("GET", "/api/v1/backup/locator", auth=True)
+        return archive.unb64(body.get("locator") if isinstance(body, dict) else None, "locator")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    locator = os.urandom(LOCATOR_LEN)
+    await client.api.request(
+        "PUT", "/api/v1/backup/locator", auth=True, json={"locator": archive.b64(locator)}
+    )
+    return locator
 
 
 async def restore_with_pin(
@@ -672,13 +714,13 @@ async def restore_with_pin(
     same identity and address, then its history. WrongPin says how many guesses are left.
     ``realm_transport`` (tests) carries the realm requests, e.g. through an attacker."""
     server = server.rstrip("/")
-    address = await resolve_target(server, target)
+    address, locator = await resolve_target(server, target)
     relay = Api(server)
     try:
         realms = await rl.resolve_realms(realm_urls or None, relay)
     finally:
         await relay.aclose()
-    secret, threshold = await rl.recover(pin, address, realms, realm_transport)
+    secret, threshold = await rl.recover(pin, address, realms, realm_transport, locator=locator)
     identity = IdentityKeyPair.from_seed(secret)
     if identity.public.address() != address:
         raise DecryptionError("the realms released a secret of another account")
@@ -690,6 +732,7 @@ async def restore_with_pin(
             "realms": [r.to_json() for r in realms],
             "threshold": threshold,
             "guess_limit": DEFAULT_GUESS_LIMIT,
+            "locator": archive.b64(locator),
         },
     )
     try:

@@ -139,9 +139,12 @@ async def enrol(
     realms: Sequence[RealmInfo],
     threshold: int,
     guess_limit: int = rc.DEFAULT_GUESS_LIMIT,
+    *,
+    locator: bytes = b"",
 ) -> None:
     """Register one share at every realm (all must accept: a backup that starts short of
-    realms would silently lower its own fault tolerance)."""
+    realms would silently lower its own fault tolerance). ``locator``: the account's backup
+    locator (Part X §9.6), mixed into every record id."""
     keys = [r.public_key for r in realms]
     regs = await asyncio.to_thread(
         rc.enrol, secret, pin, address, keys, threshold, guess_limit=guess_limit
@@ -149,12 +152,12 @@ async def enrol(
 
     # Every realm must answer before any record changes: a half-done re-enrolment would
     # leave realms with two different versions of the backup.
-    current = await asyncio.gather(*(_info(r, address) for r in realms))
+    current = await asyncio.gather(*(_info(r, address, locator) for r in realms))
 
     async def one(info: RealmInfo, reg: rc.Registration, now: dict[str, Any]) -> None:
         client = RealmClient(info)
         try:
-            record = rc.record_id(info.public_key, address)
+            record = rc.record_id(info.public_key, address, locator)
             body: dict[str, Any] = {"registration": reg.to_json()}
             if now.get("status") == "registered":
                 version = b64d(now.get("version"), "version", rc.VERSION_LEN)
@@ -173,10 +176,10 @@ async def enrol(
     await asyncio.gather(*(one(r, g, c) for r, g, c in zip(realms, regs, current, strict=True)))
 
 
-async def _info(info: RealmInfo, address: str) -> dict[str, Any]:
+async def _info(info: RealmInfo, address: str, locator: bytes) -> dict[str, Any]:
     client = RealmClient(info)
     try:
-        return await client.call("info", rc.record_id(info.public_key, address), {})
+        return await client.call("info", rc.record_id(info.public_key, address, locator), {})
     finally:
         await client.aclose()
 
@@ -187,7 +190,7 @@ def _owner_signer(secret: bytes, info: RealmInfo, op: str, record: bytes, versio
 
 
 async def delete(
-    secret: bytes, address: str, realms: Sequence[RealmInfo]
+    secret: bytes, address: str, realms: Sequence[RealmInfo], *, locator: bytes = b""
 ) -> tuple[int, list[RealmInfo]]:
     """Delete this account's record at every realm: (how many were deleted, the realms that
     could not be reached — their record stays until a later attempt)."""
@@ -195,7 +198,7 @@ async def delete(
     async def one(info: RealmInfo) -> bool | None:
         client = RealmClient(info)
         try:
-            record = rc.record_id(info.public_key, address)
+            record = rc.record_id(info.public_key, address, locator)
             current = await client.call("info", record, {})
             if current.get("status") != "registered":
                 return False
@@ -222,6 +225,8 @@ async def recover(
     address: str,
     realms: Sequence[RealmInfo],
     transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    locator: bytes = b"",
 ) -> tuple[bytes, int]:
     """Phases 1–3 of Part X §6 against every reachable realm; the account secret and the
     backup's threshold.
@@ -230,7 +235,7 @@ async def recover(
     threshold of realms hold the backup or answer; InvalidSignature / ProtocolError (the
     realm is then ignored) for a forged or replayed answer."""
     clients = {r.public_key: RealmClient(r, transport) for r in realms}
-    records = {k: rc.record_id(k, address) for k in clients}
+    records = {k: rc.record_id(k, address, locator) for k in clients}
     try:
         infos = await _each(clients, lambda k, c: c.call("info", records[k], {}))
         registered = {k: v for k, v in infos.items() if v.get("status") == "registered"}

@@ -104,11 +104,15 @@ def _int(obj: Mapping[str, Any], name: str, lo: int, hi: int) -> int:
 # --- identifiers and keys --------------------------------------------------------------------
 
 
-def record_id(realm_key: bytes, address: str) -> bytes:
-    """The realm-side name of an account's record: ``SHA-256(label || realm_key ||
-    address)``. The realm never receives the address; it can only test whether an address
-    it already knows has a record (threat model, Part X §7)."""
-    return hashlib.sha256(LABEL_RECORD + realm_key + address.encode("ascii")).digest()
+LOCATOR_LEN: Final = 16
+
+
+def record_id(realm_key: bytes, address: str, locator: bytes = b"") -> bytes:
+    """The realm-side name of an account's record: ``SHA-256(label || realm_key || address
+    || locator)``. ``locator`` is a random 16-byte value the account keeps at its relay
+    (Part X §9.6): the realm never receives the address, and without the relay's help it
+    cannot even test whether an address it knows has a record (threat model, §7)."""
+    return hashlib.sha256(LABEL_RECORD + realm_key + address.encode("ascii") + locator).digest()
 
 
 def owner_key(secret: bytes, realm_key: bytes) -> Ed25519PrivateKey:

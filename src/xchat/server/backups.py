@@ -13,9 +13,12 @@ encrypted history-backup pointer per account.
   are deleted.
 * ``GET /api/v1/backup`` (auth) → ``{"manifest", "blobs", "updated_ms"}`` or 404.
 * ``DELETE /api/v1/backup`` (auth) → ``{"deleted": n}`` (the record and its blobs).
-* ``POST /api/v1/backup/locate`` (no auth) ``{"handle", "challenge", "pow_nonce"}`` →
-  ``{"address"}``: the one handle lookup a device with no account yet can make (restoring
-  ``--from-backup @handle``), paid with a proof of work like a registration instead of an
+* ``PUT/GET /api/v1/backup/locator`` (auth) ``{"locator": b64(16)}``: the random value
+  mixed into the realms' record ids, so that no realm can tell which address a record
+  belongs to without asking the relay.
+* ``POST /api/v1/backup/locate`` (no auth) ``{"handle" | "address", "challenge",
+  "pow_nonce"}`` → ``{"address", "locator"}``: the lookup a device with no account yet makes
+  before restoring with the PIN, paid with a proof of work like a registration instead of an
   anonymous token (which only accounts can get, Part XI).
 
 The relay learns what it learns from any upload: which account stored how many padded
@@ -39,7 +42,8 @@ from pydantic import BaseModel, Field
 
 from xchat.clock import now_ms
 from xchat.crypto import pow as xpow
-from xchat.errors import ApiError
+from xchat.crypto.keys import normalize_address
+from xchat.errors import ApiError, XChatError
 from xchat.server.blobs import _state as blob_state
 from xchat.server.directory import BEARER, normalize_handle
 from xchat.server.models import b64, errors
@@ -58,6 +62,10 @@ CREATE TABLE IF NOT EXISTS backups (
     blobs      TEXT NOT NULL,      -- JSON list of blob ids
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS locators (
+    owner      TEXT PRIMARY KEY,   -- account address
+    locator    BLOB NOT NULL       -- 16 random bytes mixed into the realms' record ids
+);
 """
 
 
@@ -65,9 +73,14 @@ LABEL_LOCATE: Final = b"XChat-v1-backup-locate|"
 
 
 class Locate(BaseModel):
-    handle: str = Field(max_length=64)
+    handle: str | None = Field(default=None, max_length=64)
+    address: str | None = Field(default=None, max_length=90)
     challenge: str
     pow_nonce: int = Field(ge=0, lt=2**64)
+
+
+class LocatorPut(BaseModel):
+    locator: str = Field(description="base64 of 16 random bytes")
 
 
 class BackupPut(BaseModel):
@@ -216,17 +229,60 @@ async def delete_backup(owner: Owner, request: Request) -> dict[str, int]:
 
 
 @router.post("/api/v1/backup/locate", responses=errors(400, 401, 404))
-async def locate(body: Locate, request: Request) -> dict[str, str]:
-    """Handle → address for a restoring device, for one proof of work (§9.6)."""
+async def locate(body: Locate, request: Request) -> dict[str, str | None]:
+    """``@handle`` or address → address and backup locator, for a restoring device that
+    has no account (hence no anonymous tokens) yet: one proof of work per lookup (§9.6)."""
     relay = request.app.state.relay
-    handle = normalize_handle(body.handle)
+    if (body.handle is None) == (body.address is None):
+        raise ApiError(400, "give exactly one of handle and address")
+    if body.handle is not None:
+        key = normalize_handle(body.handle)
+    else:
+        try:
+            key = normalize_address(body.address or "")
+        except XChatError:
+            raise ApiError(400, "invalid address") from None
     challenge = b64(body.challenge, "challenge")
     if not xpow.stamp_ok(
-        challenge, LABEL_LOCATE + handle.encode(), body.pow_nonce, relay.config.pow_bits
+        challenge, LABEL_LOCATE + key.encode(), body.pow_nonce, relay.config.pow_bits
     ):
         raise ApiError(401, f"proof of work does not meet {relay.config.pow_bits} bits")
     relay.challenges.consume(challenge, now_ms())
-    acct = relay.store.get_account_by_handle(handle)
+    if body.handle is not None:
+        acct = relay.store.get_account_by_handle(key)
+    else:
+        acct = relay.store.get_account(key)
     if acct is None:
-        raise ApiError(404, "unknown handle")
-    return {"address": str(acct.address)}
+        raise ApiError(404, "unknown account")
+    row = (
+        _backups(request)
+        .db.execute("SELECT locator FROM locators WHERE owner = ?", (str(acct.address),))
+        .fetchone()
+    )
+    return {
+        "address": str(acct.address),
+        "locator": base64.b64encode(bytes(row[0])).decode() if row else None,
+    }
+
+
+@router.put("/api/v1/backup/locator", responses=errors(400, 401))
+async def put_locator(body: LocatorPut, owner: Owner, request: Request) -> dict[str, bool]:
+    """Set the caller's backup locator (the client draws it once, at its first enrolment)."""
+    locator = b64(body.locator, "locator", 16)
+    _backups(request).db.execute(
+        "INSERT OR REPLACE INTO locators (owner, locator) VALUES (?, ?)", (owner, locator)
+    )
+    return {"ok": True}
+
+
+@router.get("/api/v1/backup/locator", responses=errors(401, 404))
+async def get_locator(owner: Owner, request: Request) -> dict[str, str]:
+    """The caller's backup locator (a device restored with the phrase re-enrols under it)."""
+    row = (
+        _backups(request)
+        .db.execute("SELECT locator FROM locators WHERE owner = ?", (owner,))
+        .fetchone()
+    )
+    if row is None:
+        raise ApiError(404, "no backup locator for this account")
+    return {"locator": base64.b64encode(bytes(row[0])).decode()}
