@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from _relay_helpers import b64, get_challenge, recv_frame, register, send_body, ws_connect
 
 from xchat.crypto.keys import decode_address
@@ -92,12 +94,19 @@ def test_attack_one_pow_stamp_many_large_envelopes(client: httpx.Client) -> None
     assert _queued(client, victim) == []
 
 
-def test_attack_mailbox_fill_gets_429_until_drained(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_attack_mailbox_fill_gets_429_until_drained(
+    tmp_path: Path, backend: str, backend_env: Callable[[str], dict[str, Any]]
+) -> None:
     """A per-device quota in envelopes and in bytes: the sender is told 429 with the
     address, nothing is stored, and the mailbox takes mail again once drained."""
     with (
         running_server(
-            tmp_path, rate_limits=False, max_mailbox_envelopes=3, max_mailbox_bytes=50_000
+            tmp_path,
+            rate_limits=False,
+            max_mailbox_envelopes=3,
+            max_mailbox_bytes=50_000,
+            **backend_env(backend),
         ) as srv,
         httpx.Client(base_url=srv.url, timeout=10) as c,
     ):
