@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xchat.crypto import relaykey
 from xchat.errors import DecodeError, InvalidAddress, InvalidSignature
@@ -26,7 +30,8 @@ def test_fingerprint_address_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["ftp://x#abc", "relay.example", "http://x#short", "http://x#" + "!" * 43]
+    "bad",
+    ["ftp://x#abc", "relay.example", "http://x#short", "http://x#" + "!" * 43, "http://[::1"],
 )
 def test_bad_addresses(bad: str) -> None:
     with pytest.raises(InvalidAddress):
@@ -51,3 +56,16 @@ def test_rotation_is_signed_by_the_old_key() -> None:
         relaykey.verify_rotation(_pub(old), st[:-1])
     with pytest.raises(DecodeError):
         relaykey.sign_rotation(old, _pub(new), 5000, 1000)
+
+
+@given(st.text(max_size=120))
+def test_split_address_raises_only_invalid_address(text: str) -> None:
+    with contextlib.suppress(InvalidAddress):
+        relaykey.split_address(text)
+
+
+@given(st.binary(max_size=200))
+def test_verify_rotation_raises_only_typed_errors(data: bytes) -> None:
+    key = _pub(Ed25519PrivateKey.generate())
+    with contextlib.suppress(DecodeError, InvalidSignature):
+        relaykey.verify_rotation(key, data)

@@ -3,11 +3,15 @@ issuer tagging a batch with another key, epochs, encodings."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xchat.crypto import oprf
 from xchat.crypto import tokens as tk
-from xchat.errors import InvalidProof, InvalidToken
+from xchat.errors import InvalidProof, InvalidToken, XChatError
 
 SEED = bytes(range(32))
 
@@ -83,3 +87,19 @@ def test_bad_batches() -> None:
     pending = tk.begin_batch(1, pk, 2)
     with pytest.raises(InvalidToken):
         tk.finish_batch(pending, [pending.blinded[0]], bytes(64))
+
+
+@given(st.binary(max_size=300))
+def test_token_decoder_raises_only_invalid_token(data: bytes) -> None:
+    for parse in (tk.Token.from_bytes, lambda d: tk.decode_token(d.decode("latin-1"))):
+        with contextlib.suppress(InvalidToken):
+            parse(data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=3), st.binary())
+def test_finish_batch_never_raises_a_foreign_error(evaluated: list[bytes], proof: bytes) -> None:
+    _, pk = tk.epoch_key(SEED, 1)
+    pending = tk.begin_batch(1, pk, len(evaluated))
+    with contextlib.suppress(XChatError):
+        tk.finish_batch(pending, evaluated, proof)

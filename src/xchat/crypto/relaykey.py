@@ -56,7 +56,10 @@ def relay_address(base_url: str, signing_key: bytes) -> str:
 def split_address(address: str) -> tuple[str, str | None]:
     """``http(s)://host:port[/path]#fp`` → (URL without the fragment, fingerprint or None).
     :class:`InvalidAddress` for another scheme or a malformed fingerprint."""
-    parts = urlsplit(address.strip())
+    try:
+        parts = urlsplit(address.strip())
+    except ValueError:  # e.g. an unbalanced "[" of an IPv6 literal
+        raise InvalidAddress(f"not a relay address: {address!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidAddress(f"not a relay address (http:// or https://): {address!r}")
     fp = parts.fragment or None
