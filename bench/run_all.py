@@ -40,12 +40,14 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("cluster", "cluster_bench.py", ("synapse_pg",)),
     ("backup", "backup_bench.py", ()),
     ("calls", "call_bench.py", ()),
+    ("devices", "devices_bench.py", ()),
 )
 
 TITLES = {
     "crypto": "Crypto core vs vodozemac (Olm)",
     "libsignal": "Crypto core vs libsignal (Signal's library, through Node)",
     "group": "Groups vs vodozemac (Megolm)",
+    "devices": "Linked devices: fan-out and history transfer",
     "files": "Encrypted file transfer",
     "forwarder": "Raw floor: bare websockets forwarder",
     "synapse": "Peer: Matrix Synapse",

@@ -159,6 +159,11 @@ class ProfileError(ClientError):
     """The profile directory is missing, corrupt, or not initialised."""
 
 
+class DeviceRemoved(ProfileError):
+    """This device was removed from its account's device list (PROTOCOL.md Part VII §2):
+    the relay no longer knows it, so it can neither receive nor send."""
+
+
 class ProfileLocked(ProfileError):
     """The profile is in use by another process, or its key is unavailable/wrong."""
 

@@ -29,6 +29,7 @@ from xchat.cli.backup import (
     restore_from_backup,
 )
 from xchat.cli.calls import call_command, call_json, call_line, calls_group
+from xchat.cli.devices import device_group, devices_command
 from xchat.cli.files import file_group
 from xchat.cli.groups import group_group
 from xchat.cli.messages import COMMANDS as MESSAGE_COMMANDS
@@ -53,11 +54,13 @@ from xchat.errors import (
     IdentityChanged,
     InvalidAddress,
     InvalidMnemonic,
+    LinkError,
     NotAllowed,
     ProfileError,
     ProfileLocked,
     ServerUnreachable,
     UnknownContact,
+    UntrustedDevice,
     WeakPin,
     WrongPin,
     XChatError,
@@ -77,6 +80,8 @@ EXIT_IDENTITY_CHANGED = 6
 EXIT_UNKNOWN_CONTACT = 7
 EXIT_BAD_PHRASE = 8
 EXIT_NOT_ALLOWED = 9  # a rich-messaging rule refused it (PROTOCOL Part VIII)
+EXIT_LINK = 10  # a wrong, used or expired link code, or no approval in time (Part VII)
+EXIT_UNTRUSTED_DEVICE = 11  # a forged/rolled-back device list or an unlisted device
 EXIT_INTERRUPTED = 130
 
 
@@ -94,6 +99,8 @@ EXIT_CODES: list[tuple[type[XChatError], int]] = [
     (InvalidMnemonic, EXIT_BAD_PHRASE),
     (BadInput, EXIT_USAGE),
     (NotAllowed, EXIT_NOT_ALLOWED),
+    (LinkError, EXIT_LINK),
+    (UntrustedDevice, EXIT_UNTRUSTED_DEVICE),
     (WrongPin, EXIT_BAD_PHRASE),  # backup PIN: the message says how many guesses remain
     (WeakPin, EXIT_USAGE),
 ]
@@ -751,6 +758,8 @@ cli.add_command(serve_command)
 cli.add_command(admin_group)
 cli.add_command(file_group)
 cli.add_command(group_group)
+cli.add_command(device_group)
+cli.add_command(devices_command)
 for _command in MESSAGE_COMMANDS:  # react, edit, delete, ... (PROTOCOL Part VIII)
     cli.add_command(_command)
 cli.add_command(app_command)

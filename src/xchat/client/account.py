@@ -36,6 +36,7 @@ from xchat.errors import (
     ApiError,
     CryptoError,
     DecodeError,
+    DeviceRemoved,
     ProfileError,
     ProtocolError,
     RelayKeyMismatch,
@@ -314,14 +315,22 @@ class AccountClient:
             api = self.api
             chal = await api.challenge()
             challenge = b64d(chal.get("challenge"), "challenge")
-            resp = await api.auth(
-                {
-                    "address": self.address,
-                    "device_id": self.profile.config.device_id or 1,
-                    "challenge": b64e(challenge),
-                    "signature": b64e(self.identity.sign(b"XChat-v1-auth" + challenge)),
-                }
-            )
+            try:
+                resp = await api.auth(
+                    {
+                        "address": self.address,
+                        "device_id": self.profile.config.device_id or 1,
+                        "challenge": b64e(challenge),
+                        "signature": b64e(self.identity.sign(b"XChat-v1-auth" + challenge)),
+                    }
+                )
+            except ApiError as exc:
+                if exc.status == 404 and (self.profile.config.device_id or 1) != 1:
+                    raise DeviceRemoved(
+                        f"this device ({self.profile.config.device_id}) was removed from its "
+                        "account; link it again with `xchat device link`"
+                    ) from None
+                raise
             token = resp.get("token")
             if not isinstance(token, str):
                 raise ProtocolError("server sent no token")

@@ -48,13 +48,15 @@ class DeviceListClient(ContactsClient):
         return DeviceList.decode(raw) if raw is not None else None
 
     def _save_list(self, address: str, dl: DeviceList) -> None:
+        # No transaction of its own: it also runs inside the receive path's. The list is
+        # what decides where we encrypt, so a crash between the two leaves only a stale,
+        # unused session.
         old = self.cached_list(address)
-        with self.store.transaction():
-            self.store.put_meta(_meta_key(address), dl.encode())
-            if old is not None:
-                for gone in set(old.device_ids) - set(dl.device_ids):
-                    # A removed device loses its sessions here: nothing is encrypted to it.
-                    self.store.delete_session(address, gone)
+        self.store.put_meta(_meta_key(address), dl.encode())
+        if old is not None:
+            for gone in set(old.device_ids) - set(dl.device_ids):
+                # A removed device loses its session here: nothing is encrypted to it.
+                self.store.delete_session(address, gone)
 
     def adopt_list(self, address: str, identity: IdentityPublicKey, raw: bytes) -> DeviceList:
         """Verify ``raw`` as ``address``'s list (signature, no rollback) and keep it if newer."""

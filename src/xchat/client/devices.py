@@ -15,6 +15,7 @@ use; a wrong, used or expired code is a :class:`~xchat.errors.LinkError`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import struct
@@ -210,7 +211,21 @@ class Devices:
             )
         except ApiError as exc:
             raise _link_error(exc) from None
+        await self._await_registration(next_id)
         return Approval(next_id, name, size)
+
+    async def _await_registration(self, device_id: int, timeout: float = 60.0) -> None:
+        """Adopt the list that adds the new device as soon as it registered, so this
+        device's next sends already copy to it. A timeout is not an error: the new device
+        may be slow, and we learn its list on our next send anyway (a 409)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            got = await self.c.fetch_device_list(self.c.address, self.c.identity.public)
+            if got is not None and device_id in got.device_ids:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     async def _upload_history(
         self, api: Api, progress: LinkProgress | None

@@ -9,6 +9,7 @@ side, :meth:`FanoutClient._send_fanout` instead of its one-device SEND path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 
@@ -35,6 +36,7 @@ from xchat.protocol import frames as fr
 
 FANOUT_ATTEMPTS = 3  # a stale list is refreshed at most twice per send (409 device mismatch)
 SEND_MULTI_ATTEMPTS = 4
+INLINE_SEAL = 32  # recipients sealed on the event loop itself
 
 #: (address, identity, device ids, own account?) of one side of a fan-out
 Target = tuple[str, IdentityPublicKey, list[int], bool]
@@ -97,7 +99,8 @@ class FanoutClient(DeviceListClient):
     ) -> None:
         """Start sessions with the listed devices that have none (devices the relay hands
         out beyond the list are ignored)."""
-        missing = [d for d in ids if self.store.get_session(address, d) is None]
+        have = set(self.store.session_devices(address))  # one query, nothing unsealed
+        missing = [d for d in ids if d not in have]
         if not missing:
             return
         try:
@@ -148,9 +151,17 @@ class FanoutClient(DeviceListClient):
                         msg.id, c.address, "out", msg.ts, "sending", plaintext, t
                     )
             content = fo.encode(c.address, entries, fo.seal_body(key, c.address, plaintext))
-            shared, headers = await asyncio.to_thread(
+
+            # ~2 X25519 per device: inline for a few devices (a thread hop costs more than
+            # the work), in a thread for many so the event loop keeps serving sockets.
+            seal = functools.partial(
                 sealed.seal_multi, self.identity, cert, recipients, fo.FANOUT_CONTENT_TYPE, content
             )
+
+            if len(recipients) <= INLINE_SEAL:
+                shared, headers = seal()
+            else:
+                shared, headers = await asyncio.to_thread(seal)
             try:
                 await self._deliver_fanout(c, targets, shared, headers)
                 return

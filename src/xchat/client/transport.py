@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from xchat.errors import (
     ApiError,
     DecodeError,
+    DeviceRemoved,
     Displaced,
     ProtocolError,
     ServerUnreachable,
@@ -98,6 +99,7 @@ async def open_socket(
 
 DISPLACED_TEXT = "This account is now used on another device"
 REREGISTERED_REASON = "device revoked or re-registered"  # the relay's 4401 on an epoch change
+REMOVED_REASON = "device removed from its account"  # its 4401 for a removed device (Part VII)
 
 
 def _close_error(exc: ConnectionClosed) -> XChatError:
@@ -105,6 +107,8 @@ def _close_error(exc: ConnectionClosed) -> XChatError:
     reason = exc.rcvd.reason if exc.rcvd is not None else ""
     if code == fr.CLOSE_REPLACED:
         return Displaced(reason or DISPLACED_TEXT)
+    if code == fr.CLOSE_UNAUTHORIZED and reason == REMOVED_REASON:
+        return DeviceRemoved("this device was removed from its account (PROTOCOL Part VII)")
     if code == fr.CLOSE_UNAUTHORIZED and reason == REREGISTERED_REASON:
         # Our device's epoch changed: the account was restored (or the device revoked)
         # elsewhere. A fresh token would take the socket back from that copy.
@@ -273,8 +277,8 @@ class ReceiveLoop:
                 self.last_error = exc
                 if isinstance(exc, ApiError) and exc.status == 401:
                     force_token = True
-                if fail_fast and self.connections == 0:
-                    raise
+                if (fail_fast and self.connections == 0) or isinstance(exc, DeviceRemoved):
+                    raise  # a removed device (Part VII) has nothing to reconnect to
                 await asyncio.sleep(self._backoff.next_delay())
                 continue
             self._ws = ws
@@ -291,6 +295,8 @@ class ReceiveLoop:
                 self.last_error = err
                 if isinstance(err, ApiError) and err.status == 401:
                     force_token = True
+                if isinstance(err, DeviceRemoved):
+                    raise err from None  # nothing to reconnect to (PROTOCOL Part VII §2)
                 if isinstance(err, Displaced):
                     self.displaced = str(err)
                     self._resume.clear()

@@ -27,6 +27,8 @@ from xchat.storage.base import DeviceRecord, Store
 LABEL_CHALLENGE = b"XChat-v1-challenge"
 LABEL_TOKEN = b"XChat-v1-token"
 LABEL_REGISTER = b"XChat-v1-register"
+#: Close reason / 401 message for a device removed from its account (Part VII §2).
+DEVICE_REMOVED = "device removed from its account"
 LABEL_AUTH = b"XChat-v1-auth"
 MAC_LEN = 16
 
@@ -173,7 +175,9 @@ class Tokens:
         if expires <= now_ms:
             raise ApiError(401, "token expired")
         device = store.get_device(ref)
-        if device is None or device.epoch != epoch:
+        if device is None:  # removed from its account's device list (PROTOCOL Part VII §2)
+            raise ApiError(401, DEVICE_REMOVED)
+        if device.epoch != epoch:
             raise ApiError(401, "device revoked or re-registered")
         return device, expires
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from xchat.clock import now_ms
 from xchat.crypto.devicelist import LINK_TTL_MS, MAX_DEVICES, DeviceList
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import ApiError, XChatError
 from xchat.server import models as m
 from xchat.server.directory import CURRENT_DEVICE, _lookup_address, _verify, parse_keys, relay_of
-from xchat.server.relay import Relay, now_ms
+from xchat.server.relay import Relay
 from xchat.server.tokens import REDEEM
 from xchat.storage.base import DeviceRecord
 
@@ -152,7 +153,8 @@ async def get_answer(sid: str, request: Request, wait: float = 0.0) -> dict[str,
     slot = slots.get(sid, now_ms(), open_only=False)
     if slot.state == "open" and wait > 0 and slot.event is not None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(slot.event.wait(), min(wait, MAX_WAIT_S))
+            left = max(0.0, (slot.expires_ms - now_ms()) / 1000)  # never past the expiry
+            await asyncio.wait_for(slot.event.wait(), min(wait, MAX_WAIT_S, left))
         slot = slots.get(sid, now_ms(), open_only=False)
     if slot.state != "answered":
         return {"answer": None, "expires_ms": slot.expires_ms}

@@ -138,7 +138,11 @@ class Relay:
         sock = self.device_sockets.get(device.ref)
         if sock is not None and sock.device is not None and sock.device.epoch != device.epoch:
             self.metrics.inc("ws_revoked_total")
-            sock.close_soon(CLOSE_UNAUTHORIZED, "device revoked or re-registered")
+            removed = device.epoch == -1  # gone from the account's list (Part VII §2)
+            reason = (
+                "device removed from its account" if removed else "device revoked or re-registered"
+            )
+            sock.close_soon(CLOSE_UNAUTHORIZED, reason)
 
     # --- connections per IP bucket (PROTOCOL Part III §6) ---
 

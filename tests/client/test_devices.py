@@ -1,0 +1,305 @@
+"""Linked devices end to end through a real relay (PROTOCOL.md Part VII): three devices per
+account, linking with history, fan-out, removal, and the attacks the issue names (a device
+row injected into the relay's database, a forged list, a rolled-back list; wrong, reused
+and expired link codes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from xchat.client import device_events as dev_ev
+from xchat.client import events as ev
+from xchat.client.client import Client
+from xchat.crypto import devicelist as dl
+from xchat.errors import DeviceRemoved, LinkError, UntrustedDevice
+from xchat.testing import ServerProcess, running_server
+
+
+def _texts(events: list[ev.Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, ev.MessageReceived)]
+
+
+class Accounts:
+    """Clients on one relay, closed together."""
+
+    def __init__(self, url: str, root: Path, handle) -> None:
+        self.url, self.root, self.handle = url, root, handle
+        self.clients: list[Client] = []
+
+    async def account(self, base: str) -> Client:
+        c = Client(self.root / f"{base}{len(self.clients)}")
+        self.clients.append(c)
+        await c.create_account(self.url, self.handle(base))
+        return c
+
+    async def link(self, existing: Client, name: str, *, history: bool = True) -> Client:
+        new = Client(self.root / f"{name}{len(self.clients)}")
+        self.clients.append(new)
+        code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            new.link_device(
+                self.url, name=name, history=history, on_code=lambda c, _uri: code.set_result(c)
+            )
+        )
+        await existing.approve_device(await code)
+        res = await task
+        assert res.device_id == new.device_id and res.address == existing.address
+        return new
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+
+
+@pytest.fixture
+async def accounts(server: ServerProcess, tmp_path: Path, handle) -> AsyncIterator[Accounts]:
+    acc = Accounts(server.url, tmp_path, handle)
+    try:
+        yield acc
+    finally:
+        await acc.close()
+
+
+async def test_three_devices_each_receive_once_and_see_sent_messages(accounts: Accounts) -> None:
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    a2 = await accounts.link(a1, "laptop")
+    a3 = await accounts.link(a1, "browser")
+    assert [d.id for d in await a3.devices()] == [1, 2, 3]
+    await b.send_text(a1.address, "to all three")
+    for c in (a1, a2, a3):
+        assert _texts(await c.receive()) == ["to all three"]
+        assert _texts(await c.receive()) == []  # exactly once
+    # Sent from one: appears in the others' history, delivered once to bob.
+    msg_id = await a2.send_text(b.address, "from the laptop")
+    assert _texts(await b.receive()) == ["from the laptop"]
+    for c in (a1, a3):
+        got = await c.receive()
+        synced = [e for e in got if isinstance(e, dev_ev.MessageSynced)]
+        assert [(e.id, e.to, e.device_id) for e in synced] == [(msg_id, b.address, 2)]
+        hist = c.history(c.store.ensure_contact(b.address, 0))
+        assert ("out", "from the laptop") in [(h.direction, h.text) for h in hist]
+    # bob's reply goes to every device of alice too (bob learned the list).
+    await b.send_text(a1.address, "reply")
+    for c in (a1, a2, a3):
+        assert "reply" in _texts(await c.receive())
+
+
+async def test_linked_device_shows_history_and_replies(accounts: Accounts) -> None:
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    await a1.send_text(b.address, "old one")
+    await b.receive()
+    first = await b.send_text(a1.address, "old two")
+    await a1.receive()
+    a2 = await accounts.link(a1, "laptop")
+    peer = a2.find_contact(b.address)
+    assert peer is not None and peer.identity_key is not None
+    assert [(h.direction, h.text) for h in a2.history(peer)] == [
+        ("out", "old one"),
+        ("in", "old two"),
+    ]
+    await a2.send_text(b.address, "answer from the new device", reply_to=first)
+    got = [e for e in await b.receive() if isinstance(e, ev.MessageReceived)]
+    assert [(e.text, e.reply_to, e.device_id) for e in got] == [
+        ("answer from the new device", first, 2)
+    ]
+
+
+async def test_no_history(accounts: Accounts) -> None:
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    await a1.send_text(b.address, "private past")
+    a2 = await accounts.link(a1, "kiosk", history=False)
+    assert a2.store.history(b.address) == []
+
+
+async def test_removed_device_receives_nothing(accounts: Accounts, server: ServerProcess) -> None:
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    a2 = await accounts.link(a1, "laptop")
+    a3 = await accounts.link(a1, "stolen")
+    await b.send_text(a1.address, "before")
+    assert _texts(await a3.receive()) == ["before"]
+    await a2.rename_device(3, "lost phone")
+    remaining = await a1.remove_device(3)
+    assert [(d.id, d.name) for d in remaining] == [(1, "this device"), (2, "laptop")]
+    await b.send_text(a1.address, "after")
+    for c in (a1, a2):
+        assert "after" in _texts(await c.receive())
+    with pytest.raises(DeviceRemoved):  # the relay forgot device 3: queue, keys, token
+        await a3.receive()
+    assert 3 not in b.device_ids(a1.address)
+    assert b.store.get_session(a1.address, 3) is None  # its session is gone everywhere
+
+
+async def test_groups_from_every_device(accounts: Accounts) -> None:
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    a2 = await accounts.link(a1, "laptop")
+    info = await a1.create_group("team", [b.address])
+    await b.receive()
+    await a2.receive()  # our own copy of the update: the group exists here too
+    assert a2.group_info(info.id).name == "team"
+    await b.send_group(info.id, "hi team")
+    for c in (a1, a2):
+        assert _texts(await c.receive()) == ["hi team"]
+    await a2.send_group(info.id, "from the laptop")
+    assert _texts(await b.receive()) == ["from the laptop"]
+
+
+async def test_five_devices(accounts: Accounts) -> None:
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    devices = [a1]
+    for i in range(4):
+        devices.append(await accounts.link(devices[-1], f"d{i + 2}"))
+    listed = await devices[-1].devices()
+    assert [d.id for d in listed] == [1, 2, 3, 4, 5]
+    assert [d.current for d in listed] == [False, False, False, False, True]
+    await b.send_text(a1.address, "five")
+    for c in devices:
+        assert _texts(await c.receive()) == ["five"]
+
+
+# --- link codes -------------------------------------------------------------------------------
+
+
+async def test_wrong_reused_and_malformed_codes(accounts: Accounts) -> None:
+    a1 = await accounts.account("alice")
+    with pytest.raises(LinkError, match="unknown link code"):
+        await a1.approve_device(dl.format_code(dl.new_code()))
+    with pytest.raises(LinkError, match="not a link code"):
+        await a1.approve_device("hello")
+    new = Client(accounts.root / "n")
+    accounts.clients.append(new)
+    code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        new.link_device(accounts.url, on_code=lambda c, _u: code.set_result(c))
+    )
+    used = await code
+    await a1.approve_device(used)
+    await task
+    with pytest.raises(LinkError, match="already used"):
+        await a1.approve_device(used)
+
+
+async def test_link_times_out_cleanly(accounts: Accounts) -> None:
+    new = Client(accounts.root / "n")
+    accounts.clients.append(new)
+    with pytest.raises(LinkError, match="not approved within"):
+        await new.link_device(accounts.url, wait=1)
+    assert not new.profile.initialised
+
+
+async def test_expired_code(tmp_path: Path, handle) -> None:
+    with running_server(tmp_path / "srv", pow_bits=2, XCHAT_LINK_TTL_SECONDS=1) as srv:
+        acc = Accounts(srv.url, tmp_path, handle)
+        try:
+            a1 = await acc.account("alice")
+            new = Client(tmp_path / "n")
+            acc.clients.append(new)
+            code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(
+                new.link_device(srv.url, wait=30, on_code=lambda c, _u: code.set_result(c))
+            )
+            text = await code
+            slot = dl.slot_id(dl.parse_code(text))
+            async with httpx.AsyncClient(base_url=srv.url) as http:
+                while (await http.get(f"/api/v1/links/{slot}")).status_code != 410:
+                    await asyncio.sleep(0.1)  # polling a condition, not a fixed wait
+            with pytest.raises(LinkError, match="expired"):
+                await a1.approve_device(text)
+            with pytest.raises(LinkError):
+                await task
+        finally:
+            await acc.close()
+
+
+# --- attacks on the device list (each on its own relay: the database is edited) -------------
+
+
+def _db(srv: ServerProcess) -> sqlite3.Connection:
+    return sqlite3.connect(srv.data_dir / "xchat.db")
+
+
+async def test_device_row_injected_into_relay_database_is_refused(tmp_path: Path, handle) -> None:
+    with running_server(tmp_path / "srv", pow_bits=2) as srv:
+        acc = Accounts(srv.url, tmp_path, handle)
+        try:
+            a1 = await acc.account("alice")
+            b = await acc.account("bob")
+            a2 = await acc.link(a1, "laptop")
+            await b.send_text(a1.address, "fine")
+            srv.kill9()
+            with _db(srv) as db:
+                db.execute(
+                    "INSERT INTO devices (address, device_id, epoch, created_ms)"
+                    " VALUES (?, 7, 1, 0)",
+                    (a1.address,),
+                )
+            srv.start()
+            with pytest.raises(UntrustedDevice, match=r"device\(s\) \[7\]"):
+                await b.send_text(a1.address, "secret")
+            with _db(srv) as db:
+                (n,) = db.execute(
+                    "SELECT COUNT(*) FROM mailbox m JOIN devices d ON m.device_ref = d.ref"
+                    " WHERE d.address = ? AND d.device_id = 7",
+                    (a1.address,),
+                ).fetchone()
+            assert n == 0
+            assert _texts(await a2.receive()) == ["fine"]
+        finally:
+            await acc.close()
+
+
+async def test_forged_and_rolled_back_lists_are_refused(tmp_path: Path, handle) -> None:
+    with running_server(tmp_path / "srv", pow_bits=2) as srv:
+        acc = Accounts(srv.url, tmp_path, handle)
+        try:
+            a1 = await acc.account("alice")
+            b = await acc.account("bob")
+            carol = await acc.account("carol")
+            await acc.link(a1, "laptop")
+            await acc.link(a1, "tablet")
+            await b.send_text(a1.address, "v2 seen")  # bob verified version 2 (1, 2, 3)
+            with _db(srv) as db:
+                old_list, old_version = db.execute(
+                    "SELECT list, version FROM device_lists WHERE address = ?", (a1.address,)
+                ).fetchone()
+            await a1.remove_device(3)
+            await b.send_text(a1.address, "v3 seen")  # a 409 taught bob version 3 (1, 2)
+            assert b.device_ids(a1.address) == [1, 2]
+            srv.kill9()
+            with _db(srv) as db:  # roll back to the list that still had device 3
+                db.execute(
+                    "UPDATE device_lists SET list = ?, version = ? WHERE address = ?",
+                    (old_list, old_version, a1.address),
+                )
+                db.execute(
+                    "INSERT INTO devices (address, device_id, epoch, created_ms)"
+                    " VALUES (?, 3, 1, 0)",
+                    (a1.address,),
+                )
+            srv.start()
+            with pytest.raises(UntrustedDevice, match="rolled back"):
+                await b.send_text(a1.address, "to the restored device?")
+            srv.kill9()
+            forged = bytearray(old_list)
+            forged[-1] ^= 1  # one bit of the signature
+            with _db(srv) as db:
+                db.execute(
+                    "UPDATE device_lists SET list = ? WHERE address = ?",
+                    (bytes(forged), a1.address),
+                )
+            srv.start()
+            with pytest.raises(UntrustedDevice, match="forged"):
+                await carol.send_text(a1.address, "first contact")
+        finally:
+            await acc.close()
