@@ -202,6 +202,20 @@ async def capacity(url: str, work: Path, levels: list[int], window: float) -> di
     }
 
 
+def extrapolated(cap: dict[str, Any]) -> str:
+    """Calls per core from the CPU share at the largest passing level: a figure that
+    frame counts on a machine shared with other work cannot give on their own."""
+    passed = [r for r in cap["levels"] if r["ok"] and r["cpu_share"] > 0]
+    if not passed:
+        return "No level passed (the pinned core was busy with other processes)."
+    top = passed[-1]
+    est = top["calls"] / top["cpu_share"]
+    return (
+        f"At {top['calls']} calls the pinned core was {top['cpu_share']:.0%} busy with this"
+        f" process: about {est:.0f} calls ({2 * est:.0f} endpoints) would fill it."
+    )
+
+
 def markdown(doc: dict[str, Any]) -> str:
     s, cpu, cap = doc["setup"], doc["cpu"], doc["capacity"]
     both = s["both_ms"]
@@ -251,6 +265,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"One core carries **{cap['calls_per_core']} calls** ({cap['endpoints_per_core']} SDK",
         "endpoints: both ends of each call run in the process; a real user runs one endpoint).",
+        extrapolated(cap),
         "",
         "Comparison: we found no published Signal figure for call setup time (searched its",
         "blog, RingRTC and its issue trackers; user reports there are about ringing delays on",
