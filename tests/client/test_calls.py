@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -119,6 +120,14 @@ async def test_tone_in_recording_peaks_at_440_hz_and_history_on_both_sides(
         assert ra.audio_frames_sent > 0 and ra.audio_frames_received > 0
         assert rb.audio_frames_received >= 75 and rb.duration_s > 0
         assert abs(peak_hz(tmp_path / "r.wav") - 440) < 5
+        # The relay learns nothing new: no call table, no call id or SDP in its log or DB.
+        log = (server.data_dir / "server.log").read_text(errors="replace")
+        assert call.id not in log and "a=fingerprint" not in log
+        with sqlite3.connect(server.data_dir / "xchat.db") as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master")]
+            assert not [t for t in tables if "call" in t.lower()]
+            dump = "\n".join(db.iterdump())
+        assert call.id not in dump and "fingerprint" not in dump
         for mgr, direction, peer in (
             (a.calls, "out", b.client.address),
             (b.calls, "in", a.client.address),
