@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 
+from xchat.clock import now_ms
 from xchat.crypto.keys import is_address, normalize_address
 from xchat.errors import ApiError
 from xchat.protocol.frames import PowAccess, TokenAccess
 from xchat.server import models as m
 from xchat.server.directory import CURRENT_DEVICE, relay_of
 from xchat.server.limits import ip_bucket
-from xchat.server.relay import Access, SendDest, now_ms
+from xchat.server.relay import Access, SendDest
 from xchat.storage.base import DeviceRecord
 
 router = APIRouter(prefix="/api/v1")

@@ -25,12 +25,13 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
+from xchat.clock import now_ms
 from xchat.errors import ApiError, DecodeError
 from xchat.protocol import frames as F
 from xchat.server.consistency import retry_when_fresh
 from xchat.server.consistency import retry_when_fresh
 from xchat.server.limits import ip_bucket
-from xchat.server.relay import Relay, error_text, now_ms
+from xchat.server.relay import Relay, error_text
 from xchat.storage.base import DeviceRecord
 
 log = logging.getLogger("xchat.server.ws")

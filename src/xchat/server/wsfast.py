@@ -37,13 +37,14 @@ try:  # websockets' C extension; the pure-Python version is the one websockets f
 except ImportError:  # pragma: no cover - exercised by tests/server/test_wsfast.py in a subprocess
     from websockets.utils import apply_mask
 
+from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.protocol import frames as F
 from xchat.server.consistency import retry_when_fresh
 from xchat.server.httpguard import TIMEOUT_RESPONSE, TOO_MANY_RESPONSE, GuardedHttpProtocol
 from xchat.server.limits import ip_bucket
 from xchat.server.realtime import DeviceConnection
-from xchat.server.relay import Relay, now_ms
+from xchat.server.relay import Relay
 from xchat.storage.base import DeviceRecord
 
 log = logging.getLogger("xchat.server.ws")
