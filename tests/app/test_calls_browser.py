@@ -4,6 +4,7 @@ The pages hold the media keys; the app processes carry the signalling as E2EE co
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -236,3 +237,44 @@ def test_relay_only_browser_call_goes_through_coturn(
             for app in apps:
                 app.stop()
         assert "ALLOCATE processed, success" in turn.log_text()
+
+
+def test_sdk_caller_and_browser_callee_interoperate(
+    relay: Any, callers: list[Any], playwright: Any, tmp_path: Path
+) -> None:
+    """aiortc (the ``xchat call`` command) calls Chromium (the web app): the two media
+    stacks agree on the signals of PROTOCOL Part IX and carry audio and video both ways."""
+    (_, _), (app_b, name_b) = callers
+    profile = tmp_path / "cli-caller"
+    _account(profile, relay.url, f"cc{os.getpid() % 10_000}")
+    browser = _launch(playwright, fake_ui=True)
+    env = {**os.environ, "XCHAT_NO_KEYRING": "1"}
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    caller = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "xchat", "--profile", str(profile), "call", "@" + name_b),
+            *("--video", "--duration", "3", "--json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        b = browser.new_context().new_page()
+        b.set_default_timeout(TIMEOUT_MS)
+        b.goto(app_b.url)
+        b.wait_for_selector("#call-screen[data-state='incoming'] #btn-call-accept:not([hidden])")
+        b.click("#btn-call-accept")
+        _wait_frames(b)  # the CLI's test pattern, decoded by Chromium
+        out, err = caller.communicate(timeout=60)
+        b.wait_for_selector("#call-screen[data-state='ended']")
+    finally:
+        browser.close()
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+    assert caller.returncode == 0, err
+    result = json.loads(out)
+    assert result["state"] == "ended"
+    assert result["audio_frames_received"] > 0 and result["video_frames_received"] > 0
