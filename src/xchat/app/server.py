@@ -260,6 +260,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "xchat.app.groups",
     "xchat.app.backup",
     "xchat.app.calls",
+    "xchat.app.rich",
 )
 
 RouteSpec = tuple[str, str, Handler]

@@ -20,6 +20,7 @@ import './safety.js';
 import './backup.js';
 // Feature modules (one line each):
 import './calls.js';
+import './rich.js';
 
 async function boot() {
   applyTheme(currentTheme());
