@@ -137,3 +137,20 @@ async def test_nodes_see_each_others_directory_writes(make_store: Callable[[], A
     await a.count_prekeys(dev.ref)  # a round trip through a's group commit
     await b.sync()
     assert used == [b"c" * 41]
+
+
+async def test_linked_devices_and_device_list(make_store: Callable[[], Any]) -> None:
+    s = await make_store()
+    await s.register(ADDR, b"\x01" * 65, keys(), 1)
+    cut: list[DeviceRecord] = []
+    s.on_epoch_change = cut.append
+    dev2 = await s.add_device(ADDR, 2, keys(2, 2), b"list-v2", 2, 5)
+    assert dev2.device_id == 2 and dev2.epoch == 1
+    assert [d.device_id for d in s.get_account(ADDR).devices] == [1, 2]
+    assert await s.get_device_list(ADDR) == (2, b"list-v2", 2)
+    await s.enqueue([env(dev2.ref, os.urandom(16))])
+    await s.set_device_list(ADDR, b"list-v3", 3, (2,))
+    assert [d.device_id for d in s.get_account(ADDR).devices] == [1]
+    assert s.get_device(dev2.ref) is None and [d.epoch for d in cut] == [-1]
+    assert await s.fetch(dev2.ref, 0, 10, 2_000) == []  # its mail went with it
+    assert await s.get_device_list(ADDR) == (3, b"list-v3", 2)  # ids are never reused

@@ -599,6 +599,63 @@ class PostgresStore(Store):
         result: tuple[int, int] = await self._call(op)
         return result
 
+    # --- linked devices (PROTOCOL Part VII §2) ---
+
+    async def add_device(
+        self,
+        address: str,
+        device_id: int,
+        keys: PreKeySet,
+        device_list: bytes,
+        list_version: int,
+        now_ms: int,
+    ) -> DeviceRecord:
+        async def change(conn: Conn) -> None:
+            ref = await conn.fetchval(
+                "INSERT INTO devices (address, device_id, epoch, created_ms)"
+                " VALUES ($1, $2, 1, $3) RETURNING ref",
+                address,
+                device_id,
+                now_ms,
+            )
+            await q.put_keys(conn, ref, keys)
+            await _put_list(conn, address, list_version, device_list, device_id)
+
+        await self._directory_write(address, change)
+        acct = self._accounts[address]
+        return next(d for d in acct.devices if d.device_id == device_id)
+
+    async def set_device_list(
+        self, address: str, device_list: bytes, list_version: int, remove: tuple[int, ...]
+    ) -> None:
+        async def change(conn: Conn) -> None:
+            for device_id in remove:
+                ref = await conn.fetchval(
+                    "DELETE FROM devices WHERE address = $1 AND device_id = $2 RETURNING ref",
+                    address,
+                    device_id,
+                )
+                if ref is not None:
+                    for table in ("otk_ec", "otk_kem", "mailbox"):
+                        await conn.execute(f"DELETE FROM {table} WHERE device_ref = $1", ref)
+            top = await conn.fetchval(
+                "SELECT COALESCE(MAX(device_id), 1) FROM devices WHERE address = $1", address
+            )
+            await _put_list(conn, address, list_version, device_list, int(top))
+
+        await self._directory_write(address, change)
+
+    async def get_device_list(self, address: str) -> tuple[int, bytes, int] | None:
+        async def op(conn: Conn) -> tuple[int, bytes, int] | None:
+            row = await conn.fetchrow(
+                "SELECT version, list, max_device_id FROM device_lists WHERE address = $1",
+                address,
+            )
+            return (int(row[0]), bytes(row[1]), int(row[2])) if row else None
+
+        result: tuple[int, bytes, int] | None = await self._call(op)
+        return result
+
     async def account_created_ms(self, address: str) -> int | None:
         async def op(conn: Conn) -> int | None:
             value = await conn.fetchval(
@@ -744,3 +801,16 @@ class PostgresStore(Store):
 
     def settings(self) -> dict[str, str]:
         return dict(self._settings)
+
+
+async def _put_list(conn: Conn, address: str, version: int, blob: bytes, device_id: int) -> None:
+    """Upsert the device list; ``max_device_id`` only grows (ids are never reused)."""
+    await conn.execute(
+        "INSERT INTO device_lists (address, version, list, max_device_id) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (address) DO UPDATE SET version = EXCLUDED.version, list = EXCLUDED.list,"
+        " max_device_id = GREATEST(device_lists.max_device_id, EXCLUDED.max_device_id)",
+        address,
+        version,
+        blob,
+        device_id,
+    )
