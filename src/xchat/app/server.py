@@ -261,6 +261,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "xchat.app.backup",
     "xchat.app.calls",
     "xchat.app.rich",
+    "xchat.app.devices",
 )
 
 RouteSpec = tuple[str, str, Handler]

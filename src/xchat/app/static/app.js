@@ -21,6 +21,7 @@ import './backup.js';
 // Feature modules (one line each):
 import './calls.js';
 import './rich.js';
+import './devices.js';
 
 async function boot() {
   applyTheme(currentTheme());

@@ -1,0 +1,153 @@
+"""The web app's linked-device routes (PROTOCOL.md Part VII; the page side is
+``static/devices.js``).
+
+    POST /api/devices/link     {server, name, history}  -> {code, uri}: this (empty) profile
+                                 waits in the background for approval; ``device_linked``
+                                 or ``device_link_failed`` events follow
+    GET  /api/devices/link.svg   the QR code of the pending link (relay, code, ephemeral key)
+    GET  /api/devices            [{id, name, current, linked_at}]
+    POST /api/devices/add      {code, history}  approve a new device
+    POST /api/devices/rename   {id, name}
+    POST /api/devices/remove   {id}
+
+Events: a message our other device sent becomes ``{"type": "message_synced", "conv",
+"id", "text", "ts_ms", "device_id"}`` (it shows live), a sync ``{"type": "device_sync",
+"kind"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from xchat.app.common import AppState, HttpError, _qr_svg, _require_account, _str, read_json
+from xchat.client import device_events as dev_ev
+from xchat.client import events as ev
+from xchat.errors import XChatError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    uri: str
+    task: asyncio.Task[None] | None = None
+
+
+#: The pending link of each app process (one profile per process), by AppState identity.
+_PENDING: dict[int, _Pending] = {}
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    v = data.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 2**31:
+        raise HttpError(400, f"{key!r} must be a device id")
+    return v
+
+
+async def start_link(request: Request, st: AppState) -> Response:
+    if st.client.profile.initialised:
+        raise HttpError(409, "this profile already has an account")
+    pending = _PENDING.get(id(st))
+    if pending is not None and pending.task is not None and not pending.task.done():
+        raise HttpError(409, "a link is already waiting for approval")
+    data = await read_json(request)
+    server = _str(data, "server", limit=512).strip() or (st.default_server or "")
+    name = (_str(data, "name", required=False, limit=64).strip() or "browser")[:64]
+    history = data.get("history", True) is not False
+    code: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+
+    def on_code(text: str, uri: str) -> None:
+        if not code.done():
+            code.set_result((text, uri))
+
+    async def run() -> None:
+        try:
+            res = await st.client.link_device(
+                server, name=name, history=history, on_code=on_code, use_keyring=True
+            )
+        except XChatError as exc:
+            if not code.done():
+                code.set_exception(exc)
+            st.broadcast({"type": "device_link_failed", "error": str(exc)})
+            return
+        st.broadcast(
+            {"type": "device_linked", "device_id": res.device_id, "messages": res.messages}
+        )
+        await st.start_receiving()
+
+    task = asyncio.create_task(run())
+    text, uri = await code
+    _PENDING[id(st)] = _Pending(uri, task)
+    return JSONResponse({"code": text, "uri": uri})
+
+
+async def link_qr(request: Request, st: AppState) -> Response:
+    pending = _PENDING.get(id(st))
+    if pending is None:
+        raise HttpError(404, "no pending link")
+    return _qr_svg(pending.uri)
+
+
+async def list_devices(request: Request, st: AppState) -> Response:
+    _require_account(st)
+    return JSONResponse({"devices": [asdict(d) for d in await st.client.devices()]})
+
+
+async def add_device(request: Request, st: AppState) -> Response:
+    _require_account(st)
+    data = await read_json(request)
+    res = await st.client.approve_device(
+        _str(data, "code", limit=64), history=data.get("history", True) is not False
+    )
+    return JSONResponse({"device_id": res.device_id, "name": res.name})
+
+
+async def rename_device(request: Request, st: AppState) -> Response:
+    _require_account(st)
+    data = await read_json(request)
+    devices = await st.client.rename_device(_int(data, "id"), _str(data, "name", limit=64))
+    return JSONResponse({"devices": [asdict(d) for d in devices]})
+
+
+async def remove_device(request: Request, st: AppState) -> Response:
+    _require_account(st)
+    data = await read_json(request)
+    devices = await st.client.remove_device(_int(data, "id"))
+    return JSONResponse({"devices": [asdict(d) for d in devices]})
+
+
+def attach(st: AppState) -> None:
+    """Forward device events to the page (sent messages from other devices appear live)."""
+
+    def on_event(e: ev.Event) -> None:
+        if isinstance(e, dev_ev.MessageSynced):
+            st.broadcast(
+                {
+                    "type": "message_synced",
+                    "conv": e.to,
+                    "id": e.id,
+                    "text": e.text,
+                    "ts_ms": e.ts_ms,
+                    "device_id": e.device_id,
+                }
+            )
+        elif isinstance(e, dev_ev.DeviceSynced):
+            st.broadcast({"type": "device_sync", "kind": e.kind})
+
+    st.client.on_event(on_event)
+
+
+ROUTES = [
+    ("POST", "/api/devices/link", start_link),
+    ("GET", "/api/devices/link.svg", link_qr),
+    ("GET", "/api/devices", list_devices),
+    ("POST", "/api/devices/add", add_device),
+    ("POST", "/api/devices/rename", rename_device),
+    ("POST", "/api/devices/remove", remove_device),
+]

@@ -1,0 +1,97 @@
+"""Linked devices in the web app (PROTOCOL.md Part VII), in Chromium against two real
+``xchat app`` processes and a real relay: "Link a device" on the first screen of an empty
+profile shows a code and its QR, Settings → Linked devices on the existing one approves it,
+the new page enters the app with the old conversation, and a message sent from the other
+device appears live."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _app_helpers import AppProcess, start_app
+
+from xchat.testing import ServerProcess
+
+TIMEOUT_MS = 30_000
+
+
+def api(app: AppProcess, method: str, path: str, body: Any = None) -> Any:
+    r = httpx.request(
+        method,
+        app.base + path,
+        headers={"X-XChat-Secret": app.secret},
+        json=body if method == "POST" else None,
+        timeout=60,
+    )
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
+
+
+@pytest.fixture
+def pair(relay: ServerProcess, tmp_path: Path) -> Iterator[tuple[AppProcess, AppProcess]]:
+    old, new = start_app(tmp_path / "old", relay.url), start_app(tmp_path / "new", relay.url)
+    try:
+        yield old, new
+    finally:
+        old.stop()
+        new.stop()
+
+
+def test_link_a_device_in_the_browser(
+    pair: tuple[AppProcess, AppProcess], relay: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    from xchat.client.client import Client
+
+    old, new = pair
+    r = api(old, "POST", "/api/account/create", {"server": relay.url, "handle": "devapp_a"})
+    words = r["recovery_phrase"]
+    api(
+        old, "POST", "/api/account/confirm", {"words": [words[i - 1] for i in r["confirm_indices"]]}
+    )
+
+    # a contact with some history (a real SDK client on the same relay)
+    async def make_peer() -> str:
+        async with Client(tmp_path / "peer") as peer:
+            await peer.create_account(relay.url, "devapp_p")
+            await peer.send_text("@devapp_a", "history from before")
+            return peer.address
+
+    # Playwright's sync API owns this thread's event loop: the peer runs in its own thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        peer_address = pool.submit(asyncio.run, make_peer()).result(timeout=120)
+    ctx = browser.new_context()
+    p_new, p_old = ctx.new_page(), ctx.new_page()
+    try:
+        p_new.goto(new.url)
+        p_new.click("#btn-link-device")
+        p_new.fill("#link-name", "work browser")
+        p_new.click("#btn-link-start")
+        p_new.wait_for_selector("#link-code:not(:empty)", timeout=TIMEOUT_MS)
+        code = p_new.text_content("#link-code") or ""
+        assert len(code.replace("-", "")) == 24
+        assert p_new.get_attribute("#link-qr", "src", timeout=TIMEOUT_MS).startswith("blob:")
+        p_old.goto(old.url)
+        p_old.wait_for_selector("#view-app:not([hidden])", timeout=TIMEOUT_MS)
+        p_old.click("#btn-settings")
+        p_old.fill("#device-code", code)
+        p_old.click("#btn-device-add")
+        p_old.wait_for_selector("#device-list li >> nth=1", timeout=TIMEOUT_MS)
+        names = p_old.locator("#device-list li").all_text_contents()
+        assert any("work browser" in n for n in names)
+        # the new page enters the app and shows the old conversation
+        p_new.wait_for_selector("#view-app:not([hidden])", timeout=TIMEOUT_MS)
+        p_new.click(f"#conv-list [data-conv='{peer_address}']", timeout=TIMEOUT_MS)
+        p_new.wait_for_selector("text=history from before", timeout=TIMEOUT_MS)
+        # sent from the other device: appears here live
+        api(old, "POST", "/api/messages/send", {"to": peer_address, "text": "sent on the old one"})
+        p_new.wait_for_selector("text=sent on the old one", timeout=TIMEOUT_MS)
+        devices = api(new, "GET", "/api/devices")["devices"]
+        assert [(d["id"], d["current"]) for d in devices] == [(1, False), (2, True)]
+    finally:
+        ctx.close()
