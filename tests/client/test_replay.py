@@ -245,3 +245,37 @@ async def test_replayed_prekey_message_after_its_session_is_gone(
         finally:
             await alice.close()
             await bob.close()
+
+
+async def test_restored_device_announces_itself_when_it_writes_first(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
+    """Without answering failures, a restored device still recovers mail from a contact
+    that does not hold its delivery token: its first new session to that contact starts
+    with a `reset`, and the contact re-sends what the lost session never confirmed."""
+    alice = Client(tmp_path / "alice")
+    bob = Client(tmp_path / "bob")
+    try:
+        await alice.create_account(server.url, handle("ra4"))
+        await bob.create_account(server.url, handle("rb4"))
+        await alice.send_text(bob.address, "hello")
+        assert _texts(await bob.receive()) == ["hello"]
+        await bob.send_text(alice.address, "hi")
+        assert _texts(await alice.receive()) == ["hi"]
+        # She does not hold his delivery token (pays PoW): no refused token tells her.
+        alice.store._db.execute(
+            "UPDATE contacts SET delivery_token = NULL WHERE address = ?", (bob.address,)
+        )
+        phrase = bob.identity.mnemonic()
+        await bob.close()
+        bob = Client(tmp_path / "bob-restored")
+        await bob.restore_account(server.url, phrase)
+        await alice.send_text(bob.address, "sent to the lost session")
+        got = await bob.receive()
+        assert _texts(got) == [] and any(isinstance(e, ev.DecryptionFailed) for e in got)
+        await bob.send_text(alice.address, "I am back")  # bob writes first
+        assert _texts(await alice.receive()) == ["I am back"]  # (the reset is not shown)
+        assert _texts(await bob.receive()) == ["sent to the lost session"]
+    finally:
+        await alice.close()
+        await bob.close()

@@ -220,7 +220,10 @@ class AccountClient:
         finally:
             await api.aclose()
         handle = existing.get("handle") if isinstance(existing.get("handle"), str) else None
-        return await self._register(server, identity, None, progress, use_keyring, handle)
+        info = await self._register(server, identity, None, progress, use_keyring, handle)
+        # Sessions were lost: the first new session to each contact announces it (§3.7).
+        self.store.put_meta("restored_ms", str(now_ms()).encode())
+        return info
 
     async def _register(
         self,

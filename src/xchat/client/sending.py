@@ -194,6 +194,19 @@ class SendingClient(FanoutClient):
     async def _send_locked(
         self, c: ContactRecord, msg: ct.Content, *, store_as_message: bool
     ) -> None:
+        if (
+            msg.type != "reset"
+            and self.store.get_meta("restored_ms") is not None
+            and not self.store.session_devices(c.address)
+            and self.replay_guard.allow(c.address, "announce", now_ms())
+        ):
+            # A restored device writes first: a `reset` ahead of the message makes the
+            # contact re-send what it sent to the lost session (PROTOCOL Part IV §3.7).
+            # Triggered by our own send, never by something the relay delivered.
+            reset = ct.Content(
+                id=ct.new_message_id(), type="reset", ts=now_ms(), sender=self._own_sender_info()
+            )
+            await self._send_locked(c, reset, store_as_message=False)
         cert = await self._sender_certificate()
         if await self._use_fanout(c):  # several devices on either side (PROTOCOL Part VII §4)
             await self._fanout_locked(c, msg, cert, store_as_message=store_as_message)
