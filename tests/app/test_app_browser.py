@@ -288,6 +288,8 @@ def test_drafts_stay_with_their_conversation_and_survive_a_reload(
     a.fill("#composer-input", "for ben only")
     open_chat(a, "Drafts club")
     assert a.input_value("#composer-input") == ""  # the draft did not follow
+    ben_item = a.locator(".conv-item:has(.conv-name:has-text('@ben')) .conv-last")
+    assert ben_item.inner_text() == "Draft: for ben only"  # the list says so
     a.fill("#composer-input", "for the club")
     open_chat(a, "@ben")
     assert a.input_value("#composer-input") == "for ben only"

@@ -48,6 +48,17 @@ on('conversation-switch', (prev, next) => {
   resize();
   $('composer-status').textContent = '';
 });
+// The list shows a conversation's draft instead of its last message (as Signal does).
+on('conversations-rendered', () => {
+  for (const item of document.querySelectorAll('#conv-list .conv-item')) {
+    const conv = item.dataset.conv;
+    const draft = conv !== state.current ? drafts.get(conv) : '';
+    const last = item.querySelector('.conv-last');
+    if (draft && last) {
+      last.replaceChildren(el('span', { class: 'draft-mark', text: 'Draft: ' }), draft);
+    }
+  }
+});
 window.addEventListener('pagehide', () => {
   for (const conv of [...saveTimers.keys()]) saveDraft(conv, true);
 });

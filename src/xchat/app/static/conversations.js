@@ -29,7 +29,7 @@ export function setConn(connected, displaced) {
     c.textContent = displaced;
   } else if (connected === true) { c.dataset.state = 'online'; c.textContent = 'Connected'; }
   else if (connected === false) { c.dataset.state = 'offline'; c.textContent = 'Relay unreachable — reconnecting; messages wait to be sent'; }
-  else { delete c.dataset.state; c.textContent = ''; }
+  else { c.dataset.state = 'connecting'; c.textContent = 'Connecting to the relay…'; }
 }
 
 /** The event stream broke: is the app process gone, or was it a blip? */
@@ -255,7 +255,7 @@ document.addEventListener('visibilitychange', () => {
   if (document.visibilityState === 'visible' && state.current) loadMessages(false).then(refreshSoon);
 });
 
-on('event:hello', (ev) => { if (ev.connected !== null && ev.connected !== undefined) setConn(ev.connected, ev.displaced); });
+on('event:hello', (ev) => setConn(ev.connected ?? null, ev.displaced));  // also clears "app stopped"
 on('event:connection', (ev) => setConn(ev.connected, ev.displaced));
 on('event:drained', () => setConn(true));
 on('events-lost', checkApp);

@@ -4,6 +4,7 @@
 // total in the tab title and on the favicon.
 import { $, el, shortAddr, show } from './dom.js';
 import { on, state } from './state.js';
+import { openConversation } from './conversations.js';
 
 const PREFS = 'xchat-notify';  // {on: bool, content: bool, asked: bool}: settings, no content
 
@@ -52,7 +53,7 @@ on('event:message', (ev) => {
   const where = ev.group ? ` in ${ev.group.name}` : '';
   const body = p.content ? `${from}${where}: ${ev.file ? `file ${ev.file.name}` : ev.text}` : 'New message';
   const n = new Notification('XChat', { body, tag: p.content ? ev.conv : 'xchat', silent: false });
-  n.onclick = () => { window.focus(); n.close(); };
+  n.onclick = () => { window.focus(); openConversation(ev.conv); n.close(); };
 });
 
 // --- unread total: title and favicon ---------------------------------------------------------
