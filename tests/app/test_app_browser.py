@@ -211,7 +211,7 @@ def test_message_sent_while_relay_is_down_stays_pending_then_goes_out_once(
         # Accepted: a pending bubble with a clock, the box empty, no "Not sent".
         pending = a.locator(".msg.out:has(.bubble:text-is('written while the relay was down'))")
         pending.locator(".status[data-status='pending']").wait_for()
-        assert "🕓" in pending.locator(".status").inner_text()
+        assert "◷" in pending.locator(".status").inner_text()
         assert a.input_value("#composer-input") == ""
         assert a.inner_text("#composer-error") == ""
         assert "goes out once" in a.inner_text("#composer-status")

@@ -181,7 +181,7 @@ export function renderHeader() {
 
 function statusLabel(s) {
   return {
-    sending: '🕓 Sending…', pending: '🕓 Waiting to send', sent: 'Sent ✓', delivered: 'Delivered ✓✓',
+    sending: '◷ Sending…', pending: '◷ Waiting to send', sent: 'Sent ✓', delivered: 'Delivered ✓✓',
     received: '', failed: 'Not sent',
   }[s] ?? s;
 }
