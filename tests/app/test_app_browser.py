@@ -497,9 +497,17 @@ def test_error_texts_for_people(people: dict[str, Any], tmp_path: Path) -> None:
     a = people["a"]
     a.click("#btn-settings")
     a.wait_for_selector("#dlg-settings[open]")
-    a.fill("#set-handle", "b!")
-    a.click("#form-handle button[type='submit']")
-    wait_text(a, "#handle-status", "3–32 letters")
+    requests: list[str] = []
+    a.on("request", lambda r: requests.append(r.url) if "/account/handle" in r.url else None)
+    for bad, said in (
+        ("b!", "“!” cannot be in a handle"),
+        ("bo", "Too short"),
+        ("1bob", "starts with a letter"),
+    ):
+        a.fill("#set-handle", bad)
+        a.click("#form-handle button[type='submit']")
+        wait_text(a, "#handle-status", said)
+    assert requests == []  # checked before any round trip, as in onboarding
     a.fill("#set-handle", "ben")
     a.click("#form-handle button[type='submit']")
     wait_text(a, "#handle-status", "That handle is taken")

@@ -82,8 +82,14 @@ export function linkify(text) {
 
 // --- the checks the app process makes too, said before a round trip --------------------------
 export const HANDLE_RE = /^[A-Za-z][A-Za-z0-9_]{2,31}$/;
+/** What is wrong with a handle, specifically ('' if nothing): the hint already says the rule. */
 export function handleProblem(handle) {
-  return HANDLE_RE.test(handle) ? '' : 'A handle is 3–32 letters, digits or _, starting with a letter.';
+  if (HANDLE_RE.test(handle)) return '';
+  const bad = [...handle].find((ch) => !/[A-Za-z0-9_]/.test(ch));
+  if (bad !== undefined) return `“${bad}” cannot be in a handle: only letters, digits and _.`;
+  if (handle.length < 3) return 'Too short: a handle has at least 3 characters.';
+  if (handle.length > 32) return 'Too long: a handle has at most 32 characters.';
+  return 'A handle starts with a letter.';
 }
 
 /** A recovery phrase as written down: "1. word 2. word", commas, extra spaces, capitals. */
