@@ -99,7 +99,8 @@ class Api:
         for attempt in (0, 1):
             if self.anon is None:
                 raise ApiError(401, "no anonymous access tokens available (PROTOCOL Part XI)")
-            headers = {"Authorization": await self.anon()}
+            # A connection per request: one kept alive would tie this lookup to the next.
+            headers = {"Authorization": await self.anon(), "Connection": "close"}
             try:
                 resp = await self._anon_http.request(method, path, headers=headers)
             except httpx.TimeoutException:
@@ -167,7 +168,7 @@ class Api:
     async def token_keys(self) -> dict[str, Any]:
         """The issuer's epoch keys, asked for anonymously (Part XI §2)."""
         try:
-            resp = await self._anon_http.get(f"{API}/tokens/keys")
+            resp = await self._anon_http.get(f"{API}/tokens/keys", headers={"Connection": "close"})
         except (httpx.TransportError, OSError) as exc:
             raise ServerUnreachable(
                 f"cannot reach server {self.base_url} ({type(exc).__name__})"
