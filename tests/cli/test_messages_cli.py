@@ -1,5 +1,9 @@
 """The rich-messaging commands through the real ``xchat`` command and a real relay
-(PROTOCOL.md Part VIII §11): names, flags and ``--json`` keys are a stable interface."""
+(PROTOCOL.md Part VIII §11): names, flags and ``--json`` keys are a stable interface.
+
+Every rule is tested end to end through the SDK in tests/client/test_rich_e2e.py; here
+the quick test pins the command surface, and the two long walk-throughs of every
+command (each ``xchat`` run is a process start) run with ``make soak``."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from _cli_helpers import ok, one_error_line, xchat
 
 from xchat.testing import ServerProcess
@@ -23,6 +28,30 @@ def _account(server: ServerProcess, p: Path, handle: str) -> str:
     return str(json.loads(out)["address"])
 
 
+def test_rich_commands_smoke(server: ServerProcess, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    tag = os.getpid() % 10000
+    ha, hb = f"sa{tag}", f"sb{tag}"
+    addr_a = _account(server, a, ha)
+    _account(server, b, hb)
+    first = ok(xchat(a, "send", f"@{hb}", "hi <b>ben</b>")).strip()
+    got = _lines(ok(xchat(b, "recv", "--json")))
+    assert got[0]["id"] == first and got[0]["request"] is True
+    for key in ("reply_to", "quote", "edited", "deleted", "reactions", "expires_at", "read"):
+        assert key in got[0]
+    assert ok(xchat(b, "accept", addr_a)).strip() == addr_a
+    ok(xchat(b, "react", f"@{ha}", first, "👍"))
+    r = xchat(b, "edit", f"@{ha}", first, "hijacked")  # not b's message: exit 9
+    assert r.returncode == 9 and "author" in one_error_line(r)
+    assert xchat(b, "disappear", f"@{ha}", "1s").returncode == 2  # below 5 s: refused input
+    kinds = {x["type"]: x for x in _lines(ok(xchat(a, "recv", "--json")))}
+    assert kinds["reaction"]["emoji"] == "👍" and kinds["reaction"]["target"] == first
+    assert kinds["receipt"]["kind"] == "delivered" and first in kinds["receipt"]["ids"]
+    hits = _lines(ok(xchat(b, "search", "ben", "--in", f"@{ha}", "--json")))
+    assert [(h["id"], h["text"]) for h in hits] == [(first, "hi <b>ben</b>")]
+
+
+@pytest.mark.slow
 def test_message_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     tag = os.getpid() % 10000
@@ -99,6 +128,7 @@ def test_message_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> N
     assert xchat(b, "settings", "set", "colour", "on").returncode == 2
 
 
+@pytest.mark.slow
 def test_disappear_block_and_group_leave(server: ServerProcess, tmp_path: Path) -> None:
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     tag = os.getpid() % 10000
