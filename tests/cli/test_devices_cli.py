@@ -67,9 +67,9 @@ def test_bad_codes_and_no_history(server: ServerProcess, tmp_path: Path) -> None
     old, new = tmp_path / "old", tmp_path / "new"
     ok(xchat(old, "account", "create", "--server", server.url, "--handle", "devcli_c"))
     r = xchat(old, "device", "add", "aaaa-bbbb-cccc-dddd-eeee-ffff")
-    assert "unknown link code" in one_error_line(r) and r.returncode == 10
+    assert "unknown link code" in one_error_line(r) and r.returncode == 14
     r = xchat(old, "device", "add", "not-a-code")
-    assert "not a link code" in one_error_line(r) and r.returncode == 10
+    assert "not a link code" in one_error_line(r) and r.returncode == 14
     proc = _start_link(new, "--server", server.url, "--no-history", "--json")
     try:
         assert proc.stdout is not None
@@ -81,6 +81,6 @@ def test_bad_codes_and_no_history(server: ServerProcess, tmp_path: Path) -> None
     assert proc.returncode == 0, err
     assert json.loads(out.strip().splitlines()[-1])["history_bytes"] == 0
     r = xchat(old, "device", "add", code)  # reused
-    assert "already used" in one_error_line(r) and r.returncode == 10
+    assert "already used" in one_error_line(r) and r.returncode == 14
     r = xchat(tmp_path / "late", "device", "link", "--server", server.url, "--wait", "1")
-    assert "not approved within" in one_error_line(r) and r.returncode == 10
+    assert "not approved within" in one_error_line(r) and r.returncode == 14

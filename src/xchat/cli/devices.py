@@ -3,7 +3,7 @@
 Stable for scripts: ``device link --json`` prints ``{"code": ...}`` as its first line (as
 soon as the code exists), then one result object when the link is done; ``devices --json``
 prints a list of ``{"id", "name", "current", "linked_at"}``. Errors are one line on
-stderr with the exit statuses of ``cli.main`` (a refused or stale link code: 10).
+stderr with the exit statuses of ``cli.main`` (a refused or stale link code: 14).
 """
 
 from __future__ import annotations

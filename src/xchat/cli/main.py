@@ -80,8 +80,8 @@ EXIT_IDENTITY_CHANGED = 6
 EXIT_UNKNOWN_CONTACT = 7
 EXIT_BAD_PHRASE = 8
 EXIT_NOT_ALLOWED = 9  # a rich-messaging rule refused it (PROTOCOL Part VIII)
-EXIT_LINK = 10  # a wrong, used or expired link code, or no approval in time (Part VII)
-EXIT_UNTRUSTED_DEVICE = 11  # a forged/rolled-back device list or an unlisted device
+EXIT_LINK = 14  # a wrong, used or expired link code, or no approval in time (Part VII)
+EXIT_UNTRUSTED_DEVICE = 15  # a forged/rolled-back device list or an unlisted device
 EXIT_INTERRUPTED = 130
 
 

@@ -48,6 +48,26 @@ class FanoutClient(DeviceListClient):
     #: bytes of the last fan-out SEND_MULTI frame (bench and tests read it)
     last_fanout_bytes = 0
 
+    #: (address, device) -> (stored bytes, parsed session set): parsing a session set is
+    #: most of a fan-out's CPU. Reused only when the store holds exactly those bytes, so a
+    #: session the receive path changed meanwhile is parsed again.
+    _fanout_cache: dict[tuple[str, int], tuple[bytes, e2e.SessionSet]] | None = None
+
+    @property
+    def _session_cache(self) -> dict[tuple[str, int], tuple[bytes, e2e.SessionSet]]:
+        if self._fanout_cache is None:
+            self._fanout_cache = {}
+        return self._fanout_cache
+
+    def _parsed_session(self, address: str, device_id: int, state: bytes) -> e2e.SessionSet:
+        cache = self._session_cache
+        hit = cache.get((address, device_id))
+        if hit is not None and hit[0] == state:
+            return hit[1]
+        if len(cache) > 4096:
+            cache.clear()
+        return e2e.load_session(state)
+
     async def _use_fanout(self, c: ContactRecord) -> bool:
         """Fan out when either account has more than its single device 1. A first contact
         learns the peer's list first (one extra request, then cached)."""
@@ -142,9 +162,11 @@ class FanoutClient(DeviceListClient):
                     for d in ids:
                         state = self.store.get_session(address, d)
                         assert state is not None
-                        sset = e2e.load_session(state)
+                        sset = self._parsed_session(address, d, state)
                         entries.append(fo.FanoutEntry(own, d, e2e.encrypt(sset, key, raw=True)))
-                        self.store.put_session(address, d, e2e.session_bytes(sset), t)
+                        new_state = e2e.session_bytes(sset)
+                        self.store.put_session(address, d, new_state, t)
+                        self._session_cache[(address, d)] = (new_state, sset)
                         recipients.append((identity, d))
                 if store_as_message and attempt == 0:
                     self.store.add_message(
