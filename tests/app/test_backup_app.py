@@ -53,14 +53,22 @@ def test_pin_after_onboarding_then_restore_from_backup(
 
         bob = tmp_path / "bob"
         cli(bob, "account", "create", "--server", realm_relay.url, "--handle", bob_handle)
+        # Alice writes first, so Bob is a contact, not a message request (Part VIII §7).
+        page.fill("#newchat-input", f"@{bob_handle}")
+        page.press("#newchat-input", "Enter")
+        page.wait_for_selector(f"#conv-title:has-text('@{bob_handle}')")
+        page.fill("#composer-input", "hello from the page")
+        page.press("#composer-input", "Enter")
+        page.wait_for_selector(".msg.out .bubble:has-text('hello from the page')")
+        cli(bob, "recv")
         cli(bob, "send", f"@{handle}", "kept in the backup")
-        page.wait_for_selector(f".conv-item:has-text('@{bob_handle}')")
+        page.wait_for_selector(".msg.in .bubble:has-text('kept in the backup')")
 
         page.click("#btn-settings")
         page.wait_for_selector("#dlg-settings[open]")
         page.wait_for_selector("#backup-status:has-text('2 of 3 realms')")
         page.click("#btn-backup-now")
-        page.wait_for_selector("#backup-status:has-text('1 message')")
+        page.wait_for_selector("#backup-status:has-text('2 messages')")
         page.screenshot(path=str(artifacts / "backup-settings.png"))
         page.click("#btn-settings-close")
     finally:
@@ -87,6 +95,7 @@ def test_pin_after_onboarding_then_restore_from_backup(
         page.wait_for_selector("#restore-note", state="hidden")  # history is here
         page.click(f".conv-item:has-text('@{bob_handle}')")
         page.wait_for_selector(".msg.in .bubble:has-text('kept in the backup')")
+        page.wait_for_selector(".msg.out .bubble:has-text('hello from the page')")
         page.screenshot(path=str(artifacts / "backup-restored.png"))
     finally:
         ctx.close()

@@ -35,6 +35,7 @@ from xchat.client import realms as rl
 from xchat.client.api import Api
 from xchat.client.files import BlobClient, FileManifest, downloads_dir, receive_file, send_file
 from xchat.client.realms import RealmInfo
+from xchat.client.rich_store import RichStore
 from xchat.client.store import GroupRow, Store
 from xchat.clock import now_ms
 from xchat.crypto import pow as xpow
@@ -61,6 +62,22 @@ FALLBACK_LIFETIME_MS: Final = 30 * 86_400_000  # relay blob TTL when it cannot p
 MAX_MESSAGES_PER_SEGMENT: Final = 1_000_000
 MAX_SETTINGS_BYTES: Final = 1024 * 1024
 LABEL_LOCATE: Final = b"XChat-v1-backup-locate|"  # PoW resource prefix of a handle lookup
+# Rich-messaging state kept in the clear beside ``messages`` (PROTOCOL Part VIII §9): which
+# conversations are accepted, requests or blocked, timers, read/edited/deleted marks.
+RICH_CONVERSATION_COLS: Final = ("conv", "state", "timer_s", "timer_ts", "updated_ms")
+RICH_MESSAGE_COLS: Final = (
+    "peer",
+    "id",
+    "conv",
+    "author",
+    "origin_ms",
+    "timer_s",
+    "expires_at",
+    "read_ms",
+    "edited",
+    "deleted",
+    "quote",
+)
 
 
 @dataclass
@@ -264,7 +281,27 @@ def _snapshot(client: Any) -> dict[str, Any]:
         "groups": groups,
         "sender_keys": sender_keys,
         "settings": settings,
+        "rich_conversations": _rows(store, "rich_conversations", RICH_CONVERSATION_COLS),
     }
+
+
+def _rows(store: Store, table: str, cols: tuple[str, ...]) -> list[list[Any]]:
+    """Every row of one of the rich-messaging tables (clear columns only), if it exists."""
+    db = store._db  # the profile's one connection, as RichStore itself uses it
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if exists is None:
+        return []
+    return [list(r) for r in db.execute(f"SELECT {', '.join(cols)} FROM {table}")]
+
+
+def _rich_rows_for(store: Store, messages: list[dict[str, Any]]) -> list[list[Any]]:
+    """The rich-messaging rows of the messages in this segment."""
+    keys = {(m["peer"], m["id"]) for m in messages}
+    if not keys:
+        return []
+    return [r for r in _rows(store, "rich_messages", RICH_MESSAGE_COLS) if (r[0], r[1]) in keys]
 
 
 def _messages_since(store: Store, seq: int) -> tuple[list[dict[str, Any]], int]:
@@ -361,6 +398,7 @@ async def _prepare_segment(client: Any, cfg: dict[str, Any], full: bool) -> dict
         "seq_from": since,
         "seq_to": last,
         "messages": messages,
+        "rich_messages": _rich_rows_for(client.store, messages),
         **snapshot,
     }
     enc = encrypt_attachment(archive.encode_segment(segment))
@@ -631,11 +669,35 @@ def _apply(client: Any, segments: list[dict[str, Any]]) -> HistoryRestored:
                 int(k["device"]),
                 archive.unb64(k["record"], "key"),
             )
+    _apply_rich(store, segments, last)
     settings = last.get("settings", {})
     app_state = Path(client.profile.path) / APP_STATE_FILE
     if isinstance(settings.get("app_state"), str) and not app_state.exists():
         app_state.write_text(settings["app_state"], "utf-8")
     return HistoryRestored(n_messages, len(last.get("contacts", [])), len(last.get("groups", [])))
+
+
+def _apply_rich(store: Store, segments: list[dict[str, Any]], last: dict[str, Any]) -> None:
+    """Rich-messaging state: the tables are created (and, on a fresh profile, every restored
+    1:1 conversation marked accepted) by opening the rich store; the backed-up rows win."""
+    RichStore(store)
+    db = store._db
+    conv_sql = (
+        f"INSERT OR REPLACE INTO rich_conversations ({', '.join(RICH_CONVERSATION_COLS)}) "
+        f"VALUES ({', '.join('?' * len(RICH_CONVERSATION_COLS))})"
+    )
+    msg_sql = (
+        f"INSERT OR REPLACE INTO rich_messages ({', '.join(RICH_MESSAGE_COLS)}) "
+        f"VALUES ({', '.join('?' * len(RICH_MESSAGE_COLS))})"
+    )
+    with store.transaction():
+        for row in last.get("rich_conversations", []):
+            if isinstance(row, list) and len(row) == len(RICH_CONVERSATION_COLS):
+                db.execute(conv_sql, row)
+        for seg in segments:
+            for row in seg.get("rich_messages", []):
+                if isinstance(row, list) and len(row) == len(RICH_MESSAGE_COLS):
+                    db.execute(msg_sql, row)
 
 
 async def resolve_target(server: str, target: str) -> tuple[str, bytes]:
