@@ -56,6 +56,7 @@ class Client(ReceivingClient, GroupMethods, DeviceMethods):
         self._devices = Devices(self)
         super().__init__(profile_dir, passphrase=passphrase, reconnect_cap=reconnect_cap)
         self.on_event(self.messaging.on_event)
+        self.messaging.opened()  # expired disappearing messages go before anything reads
 
     async def __aenter__(self) -> Client:
         return self

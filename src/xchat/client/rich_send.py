@@ -74,6 +74,11 @@ class Messaging:
                 self._state.expire(_now())
         return self._state
 
+    def opened(self) -> None:
+        """The client opened its profile: sweep what expired while no process ran."""
+        if self.c.profile.initialised and self.c._store is not None:
+            _ = self.state
+
     def pairwise_conv(self, sender: str, msg: ct.Content) -> str | None:
         """The conversation a pairwise Part VIII content belongs to: the sender's 1:1
         chat, or (a group receipt) a group we hold in which the sender is a member.

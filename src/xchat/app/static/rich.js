@@ -15,7 +15,7 @@ const EMOJI = ['👍', '❤️', '😂', '😮', '😢', '🙏'];
 const TIMERS = [[0, 'Off'], [30, '30 seconds'], [300, '5 minutes'], [3600, '1 hour'], [28800, '8 hours'],
   [86400, '1 day'], [604800, '1 week'], [2419200, '4 weeks']];
 const TYPING_TTL = 15000;
-const TYPING_REPEAT = 4000;
+const TYPING_REPEAT = 5000;
 
 const rich = {
   conv: null,
