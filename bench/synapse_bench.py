@@ -215,7 +215,7 @@ def start_synapse(
     data_dir.mkdir(parents=True)
     port = free_port()
     cfg = data_dir / "homeserver.yaml"
-    cfg.write_text(json.dumps(homeserver_config(data_dir, port), indent=1))
+    cfg.write_text(json.dumps(homeserver_config(data_dir, port, dsn), indent=1))
     (data_dir / "log.config").write_text(json.dumps(log_config(data_dir), indent=1))
     base = [str(py), "-m", "synapse.app.homeserver", "-c", str(cfg)]
     gen = subprocess.run([*base, "--generate-keys"], capture_output=True, text=True)
