@@ -110,6 +110,14 @@ async def test_linked_device_shows_history_and_replies(accounts: Accounts) -> No
     assert [(e.text, e.reply_to, e.device_id) for e in got] == [
         ("answer from the new device", first, 2)
     ]
+    # a verification mark set on one device reaches the other (sync kind "contact")
+    bob = a1.find_contact(b.address)
+    assert bob is not None and not bob.verified
+    await a1.mark_verified_everywhere(bob)
+    synced = [e for e in await a2.receive() if isinstance(e, dev_ev.DeviceSynced)]
+    assert [e.kind for e in synced] == ["contact"]
+    again = a2.find_contact(b.address)
+    assert again is not None and again.verified
 
 
 async def test_no_history(accounts: Accounts) -> None:

@@ -202,7 +202,7 @@ async def verify_contact(request: Request, st: AppState) -> Response:
     c = st.client.find_contact(address)
     if c is None:
         raise HttpError(404, "unknown contact")
-    st.client.mark_verified(c, verified)
+    await st.client.mark_verified_everywhere(c, verified)  # and on our other devices
     c = st.client.find_contact(address)
     return JSONResponse({"contact": contact_json(c)})
 

@@ -728,7 +728,7 @@ def verify(obj: Ctx, to: str, mark_verified: bool, as_json: bool) -> None:
                 contact = local
             digits, qr = c.safety_number(contact)
             if mark_verified:
-                c.mark_verified(contact)
+                await c.mark_verified_everywhere(contact)  # and on our other devices
         if as_json:
             print_json(
                 {

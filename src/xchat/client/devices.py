@@ -466,6 +466,21 @@ class DeviceMethods:
     async def rename_device(self, device_id: int, name: str) -> list[DeviceInfo]:
         return await self._devices.rename(device_id, name)
 
+    async def mark_verified_everywhere(self, c: ContactRecord, verified: bool = True) -> None:
+        """``mark_verified`` here, then the same mark on our other devices (sync kind
+        ``contact``, PROTOCOL Part VII §5). A failed sync is logged: the mark stands here."""
+        self._devices.c.mark_verified(c, verified)
+        data = {
+            "address": c.address,
+            "handle": c.handle,
+            "identity_key": b64e(c.identity_key) if c.identity_key else None,
+            "verified": verified,
+        }
+        try:
+            await self._devices.sync_own("contact", data)
+        except XChatError as exc:
+            log.info("verification mark not synced: %s", exc)
+
     async def sync_own_devices(self, kind: str, data: dict[str, Any]) -> bool:
         """Send a sync object to our other devices (PROTOCOL Part VII §5)."""
         return await self._devices.sync_own(kind, data)
