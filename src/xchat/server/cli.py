@@ -33,6 +33,12 @@ from xchat.server.config import ServerConfig
 )
 @click.option("--database", default=None, help="postgresql://... (scale-out) [SQLite in --data].")
 @click.option("--redis", default=None, help="redis://... routing between nodes (with --database).")
+@click.option(
+    "--reuse-port/--no-reuse-port",
+    default=None,
+    help="SO_REUSEPORT: run several relays (same --database, --redis, --data) on one port "
+    "[XCHAT_REUSE_PORT, off].",
+)
 @click.option("--tls-cert", default=None, help="PEM certificate chain: serve HTTPS/WSS.")
 @click.option("--tls-key", default=None, help="PEM private key for --tls-cert.")
 @click.option("--turn-url", default=None, help="TURN server for calls, turn:HOST:PORT.")
@@ -72,6 +78,7 @@ def serve_command(
     config_file: Path | None,
     database: str | None,
     redis: str | None,
+    reuse_port: bool | None,
     tls_cert: str | None,
     tls_key: str | None,
     turn_url: str | None,
@@ -98,6 +105,7 @@ def serve_command(
         base=ServerConfig.from_file(config_file) if config_file is not None else None,
         database=database,
         redis=redis,
+        reuse_port=reuse_port,
         tls_cert=tls_cert,
         tls_key=tls_key,
         host=host,

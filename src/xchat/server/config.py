@@ -72,6 +72,7 @@ class ServerConfig:
     database: str = ""  # postgresql://... : every durable table in PostgreSQL
     redis: str = ""  # redis://... : which node holds each device's socket (needs database)
     resync_seconds: float = 2.0  # scaled-out: catch-up of wake-ups lost in Redis, from PG
+    reuse_port: bool = False  # SO_REUSEPORT: several relays (same database/redis/data), one port
     tls_cert: str = ""  # PEM certificate chain: serve HTTPS/WSS on the relay port
     tls_key: str = ""  # PEM private key of tls_cert
     # TURN for calls (PROTOCOL Part IX §6): off unless both are set

@@ -25,7 +25,7 @@ Every option of `xchat serve`, in one table. Each can be set three ways; the lat
    error naming it);
 2. an environment variable `XCHAT_<NAME>` (upper case: `XCHAT_DATABASE`, `XCHAT_RATE_LIMITS=0`);
 3. a command-line flag, where one exists (`--host`, `--port`, `--data`, `--pow-bits`,
-   `--ttl-days`, `--log-ips`, `--database`, `--redis`, `--tls-cert`, `--tls-key`,
+   `--ttl-days`, `--log-ips`, `--database`, `--redis`, `--reuse-port`, `--tls-cert`, `--tls-key`,
    `--turn-url`, `--turn-secret-file`, `--realm`).
 
 `xchat admin pow N` persists a proof-of-work level that overrides `pow_bits` (applied at

@@ -52,10 +52,15 @@ def raise_nofile_limit(want: int = 1_048_576) -> int:
     return soft
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket. With ``reuse_port`` (SO_REUSEPORT) every relay process binds
+    the same port and the kernel hashes each new connection to one of them: one process
+    per core, and more sockets in all than one process's RLIMIT_NOFILE allows."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(4096)
     sock.setblocking(False)
@@ -84,11 +89,22 @@ def run_server(config: ServerConfig) -> None:
     if config.tls_cert:
         # TLS runs inside the asyncio transport: the fast path must not write to the raw fd.
         config = replace(config, ws_direct_writes=False)
+    if config.reuse_port and not config.redis:
+        # Without shared storage and fan-out, a device's mail would wait in another
+        # process's SQLite and its wake-ups never reach the process holding its socket.
+        sys.stderr.write("xchat serve: --reuse-port needs --database and --redis\n")
+        raise SystemExit(2)
     setup_logging(config.log_level)
     raise_nofile_limit()
     if config.gil_switch_ms > 0:
         sys.setswitchinterval(config.gil_switch_ms / 1000)
-    sock = bind_socket(config.host, config.port)
+    try:
+        sock = bind_socket(config.host, config.port, config.reuse_port)
+    except OSError as exc:
+        sys.stderr.write(
+            f"xchat serve: cannot listen on {config.host}:{config.port}: {exc.strerror}\n"
+        )
+        raise SystemExit(2) from None
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     app = create_app(config)
