@@ -24,7 +24,6 @@ import pytest
 import schemathesis
 from _rel_helpers import register
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -51,8 +50,8 @@ def token(relay: ServerProcess) -> str:
         return register(c).token
 
 
-def _operations() -> list[str]:
-    """``METHOD /path`` of every operation, from the app's OpenAPI document built in-process
+def _operations() -> dict[str, Any]:
+    """The app's OpenAPI document, built in-process
     (collection must not need a running server)."""
     import tempfile
     from pathlib import Path
@@ -62,10 +61,37 @@ def _operations() -> list[str]:
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = create_app(ServerConfig(data=Path(tmp))).openapi()
-    return [f"{m.upper()} {p}" for p, ops in spec["paths"].items() for m in ops]
+    return spec
 
 
-OPERATIONS = _operations()
+SPEC = _operations()
+OPERATIONS = [f"{m.upper()} {p}" for p, ops in SPEC["paths"].items() for m in ops]
+
+
+def _can_be_invalid(op: dict[str, Any]) -> bool:
+    """A body, or a parameter whose schema some value violates (a plain string path
+    parameter accepts every string: nothing to make negative there)."""
+    if op.get("requestBody"):
+        return True
+    for param in op.get("parameters", []):
+        schema = param.get("schema", {})
+        if schema.get("type") != "string" or set(schema) & {"pattern", "minLength", "maxLength"}:
+            return True
+    return False
+
+
+#: Negative cases are generated only where something can be invalid, instead of being
+#: generated and then skipped at run time, so a skip can never hide an operation that lost
+#: its inputs by mistake.
+WITH_INPUTS = [
+    f"{m.upper()} {p}"
+    for p, ops in SPEC["paths"].items()
+    for m, op in ops.items()
+    if _can_be_invalid(op)
+]
+CASES = [(label, "positive") for label in OPERATIONS] + [
+    (label, "negative") for label in WITH_INPUTS
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +117,7 @@ def _operation(api_schema: Any, label: str) -> Any:
     raise AssertionError(f"{label} missing from the live /openapi.json")
 
 
-@pytest.mark.parametrize("mode", ["positive", "negative"])
-@pytest.mark.parametrize("label", OPERATIONS)
+@pytest.mark.parametrize(("label", "mode"), CASES)
 def test_api_conforms(
     label: str, mode: str, api_schema: Any, relay: ServerProcess, token: str
 ) -> None:
@@ -105,10 +130,7 @@ def test_api_conforms(
     def run(case: Any) -> None:
         case.call_and_validate(base_url=relay.url, headers=headers, checks=CHECKS)
 
-    try:
-        run()
-    except Unsatisfiable:
-        pytest.skip("every input of this operation is valid (nothing to make negative)")
+    run()
 
 
 AUTHENTICATED = [
