@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,27 @@ def test_link_a_device_in_the_browser(
         # sent from the other device: appears here live
         api(old, "POST", "/api/messages/send", {"to": peer_address, "text": "sent on the old one"})
         p_new.wait_for_selector("text=sent on the old one", timeout=TIMEOUT_MS)
+
+        # read on the old device: no longer unread on the new one (sync kind "read")
+        def unread(app: AppProcess) -> int:
+            convs = api(app, "GET", "/api/conversations")["conversations"]
+            return sum(c.get("unread", 0) for c in convs if c.get("conv") == peer_address)
+
+        async def more_from_peer() -> None:
+            async with Client(tmp_path / "peer") as peer:
+                await peer.send_text("@devapp_a", "unread until read elsewhere")
+
+        p_new.goto("about:blank")  # no page marks anything read on the new device now
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, more_from_peer()).result(timeout=120)
+        deadline = time.monotonic() + 30
+        while (unread(old) == 0 or unread(new) == 0) and time.monotonic() < deadline:
+            time.sleep(0.1)  # waiting for both apps to receive it (a condition)
+        assert unread(new) >= 1
+        api(old, "POST", "/api/conversations/read", {"peer": peer_address})
+        while unread(new) != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert unread(new) == 0
         devices = api(new, "GET", "/api/devices")["devices"]
         assert [(d["id"], d["current"]) for d in devices] == [(1, False), (2, True)]
     finally:

@@ -122,6 +122,14 @@ async def remove_device(request: Request, st: AppState) -> Response:
     return JSONResponse({"devices": [asdict(d) for d in devices]})
 
 
+async def sync_read(st: AppState, conv: str, ts_ms: int) -> None:
+    """Tell our other devices how far this conversation was read (sync kind ``read``)."""
+    try:
+        await st.client.sync_own_devices("read", {"peer": conv, "ts": ts_ms})
+    except XChatError as exc:  # the mark stands here; the others catch up on the next one
+        log.info("read position not synced: %s", exc)
+
+
 def attach(st: AppState) -> None:
     """Forward device events to the page (sent messages from other devices appear live)."""
 
@@ -138,7 +146,10 @@ def attach(st: AppState) -> None:
                 }
             )
         elif isinstance(e, dev_ev.DeviceSynced):
-            st.broadcast({"type": "device_sync", "kind": e.kind})
+            peer, ts = e.data.get("peer"), e.data.get("ts")
+            if e.kind == "read" and isinstance(peer, str) and isinstance(ts, int):
+                st.mark_read(peer, ts)  # read on another device: not unread here either
+            st.broadcast({"type": "device_sync", "kind": e.kind, "peer": peer})
 
     st.client.on_event(on_event)
 

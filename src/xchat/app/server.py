@@ -73,6 +73,7 @@ from xchat.app.common import (  # route modules import these from xchat.app.comm
     route,
 )
 from xchat.app.compose import apply_status
+from xchat.app.devices import sync_read
 from xchat.app.files import mark_auto_previews
 from xchat.app.security import Guard
 from xchat.app.session import sessions_for
@@ -159,7 +160,9 @@ async def mark_read(request: Request, st: AppState) -> Response:
     conv = _str(data, "peer", limit=128)
     hist = _conv_history(st, conv, UNREAD_WINDOW)
     if hist:
-        st.mark_read(conv, max(m.ts_ms for m in hist))
+        ts = max(m.ts_ms for m in hist)
+        st.mark_read(conv, ts)
+        await sync_read(st, conv, ts)  # the same read position on our other devices
     return JSONResponse({"ok": True})
 
 

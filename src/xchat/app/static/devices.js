@@ -140,4 +140,5 @@ on('event:message_synced', (ev) => {
 });
 on('event:device_sync', (ev) => {
   if (ev.kind === 'device_list' && $('dlg-settings').open) refreshDevices();
+  if (ev.kind === 'read') refreshSoon();  // read on another device: unread counts drop here
 });
