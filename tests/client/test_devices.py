@@ -311,3 +311,22 @@ async def test_forged_and_rolled_back_lists_are_refused(tmp_path: Path, handle) 
                 await carol.send_text(a1.address, "first contact")
         finally:
             await acc.close()
+
+
+async def test_lost_device_restore_phrase_then_remove_the_others(accounts: Accounts) -> None:
+    phone = Client(accounts.root / "phone")
+    accounts.clients.append(phone)
+    info = await phone.create_account(accounts.url, accounts.handle("lost"))
+    assert info.recovery_phrase is not None
+    b = await accounts.account("bob")
+    laptop = await accounts.link(phone, "laptop")
+    await phone.close()  # the phone is lost; a new one restores the phrase (device 1 again)
+    new_phone = Client(accounts.root / "newphone")
+    accounts.clients.append(new_phone)
+    await new_phone.restore_account(accounts.url, info.recovery_phrase)
+    assert [d.id for d in await new_phone.devices()] == [1, 2]
+    await new_phone.remove_device(2)  # the laptop went with the phone
+    await b.send_text(info.address, "only for the new phone")
+    assert _texts(await new_phone.receive()) == ["only for the new phone"]
+    with pytest.raises(DeviceRemoved):
+        await laptop.receive()
