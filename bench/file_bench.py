@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +61,46 @@ def rss_peak_self_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_self_s() -> float:
+    """CPU seconds (user + system, all threads) of this process and its finished children
+    (curl): robust against a loaded machine where wall time mostly measures the queue."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def cpu_pid_s(pid: int) -> float:
+    """CPU seconds of the relay process so far (``/proc/PID/stat`` utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall time plus client and relay CPU time of one phase."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+
+    def __enter__(self) -> Meter:
+        self.t, self.c, self.s = time.perf_counter(), cpu_self_s(), cpu_pid_s(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t
+        self.client_cpu = cpu_self_s() - self.c
+        self.server_cpu = cpu_pid_s(self.pid) - self.s
+
+
+def cpu_fields(size: int, phases: dict[str, Meter]) -> dict[str, Any]:
+    """CPU seconds per GB (10^9 bytes of file) of each phase, client and relay side."""
+    gb = size / 1e9
+    out: dict[str, Any] = {}
+    for name, m in phases.items():
+        out[f"{name}_client_cpu_s_per_gb"] = round(m.client_cpu / gb, 3)
+        out[f"{name}_server_cpu_s_per_gb"] = round(m.server_cpu / gb, 3)
+    return out
+
+
 def rss_peak_pid_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -70,26 +111,28 @@ def rss_peak_pid_mb(pid: int) -> float | None:
     return None
 
 
-async def e2e(blobs: xf.BlobClient, src: Path, out: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    m = await xf.send_file(blobs, src, keep_metadata=True)
-    t1 = time.perf_counter()
-    got = await xf.receive_file(blobs, m, out)
-    t2 = time.perf_counter()
-    size = src.stat().st_size
-    got.unlink()
+def _rates(size: int, up: Meter, down: Meter) -> dict[str, Any]:
     return {
         "size_bytes": size,
-        "blob_bytes": m.blob_size,
-        "upload_s": round(t1 - t0, 3),
-        "download_s": round(t2 - t1, 3),
-        "upload_mbps": round(size / (t1 - t0) / MB, 1),
-        "download_mbps": round(size / (t2 - t1) / MB, 1),
-        "mbps": round(size / (t2 - t0) / MB, 1),
+        "upload_s": round(up.wall, 3),
+        "download_s": round(down.wall, 3),
+        "upload_mbps": round(size / up.wall / MB, 1),
+        "download_mbps": round(size / down.wall / MB, 1),
+        "mbps": round(size / (up.wall + down.wall) / MB, 1),
+        **cpu_fields(size, {"upload": up, "download": down}),
     }
 
 
-async def plain(blobs: xf.BlobClient, src: Path, out: Path) -> dict[str, Any]:
+async def e2e(blobs: xf.BlobClient, src: Path, out: Path, pid: int) -> dict[str, Any]:
+    with Meter(pid) as up:
+        m = await xf.send_file(blobs, src, keep_metadata=True)
+    with Meter(pid) as down:
+        got = await xf.receive_file(blobs, m, out)
+    got.unlink()
+    return {"blob_bytes": m.blob_size, **_rates(src.stat().st_size, up, down)}
+
+
+async def plain(blobs: xf.BlobClient, src: Path, out: Path, pid: int) -> dict[str, Any]:
     """Same API and client code, no encryption: the file's bytes go up and down as-is."""
     size = src.stat().st_size
 
@@ -100,21 +143,58 @@ async def plain(blobs: xf.BlobClient, src: Path, out: Path) -> dict[str, Any]:
                 yield piece
                 await asyncio.sleep(0)
 
-    t0 = time.perf_counter()
-    blob = await blobs.create(size)
-    await blobs.upload(blob, size, pieces)
-    t1 = time.perf_counter()
+    with Meter(pid) as up:
+        blob = await blobs.create(size)
+        await blobs.upload(blob, size, pieces)
     target = out / "plain.bin"
-    with open(target, "wb", buffering=1 << 20) as fh:
+    with Meter(pid) as down, open(target, "wb", buffering=1 << 20) as fh:
         await blobs.download(blob, size, fh.write, None)
-    t2 = time.perf_counter()
     target.unlink()
+    return _rates(size, up, down)
+
+
+def disk(src: Path, out: Path, pid: int) -> dict[str, Any]:
+    """What the work directory's file system does on its own: copy ``src`` to ``out`` with
+    1 MiB writes and an fsync (the relay's write pattern), then read ``out`` back. The read
+    is usually served from the page cache, as the relay's downloads are here."""
+    size = src.stat().st_size
+    buf = bytearray(1 << 20)
+    with Meter(pid) as up, open(src, "rb", buffering=0) as fi, open(out, "wb", buffering=0) as fo:
+        while n := fi.readinto(buf):
+            fo.write(memoryview(buf)[:n])
+        os.fsync(fo.fileno())
+    with Meter(pid) as down, open(out, "rb", buffering=0) as fh:
+        while fh.readinto(buf):
+            pass
+    out.unlink()
+    r = _rates(size, up, down)
     return {
         "size_bytes": size,
-        "upload_mbps": round(size / (t1 - t0) / MB, 1),
-        "download_mbps": round(size / (t2 - t1) / MB, 1),
-        "mbps": round(size / (t2 - t0) / MB, 1),
+        "write_mbps": r["upload_mbps"],
+        "read_mbps": r["download_mbps"],
+        "mbps": r["mbps"],
     }
+
+
+def curl(base_url: str, token: str, blob_id: str, src: Path, out: Path, pid: int) -> dict[str, Any]:
+    """The unencrypted ceiling through the same relay: ``curl`` PATCHes the file's bytes
+    into a fresh blob (streamed with ``-T``, no ``Expect: 100-continue``), then GETs them
+    back into a file; the same bytes, the same API, a C HTTP stack."""
+    size = src.stat().st_size
+    url = f"{base_url}{xf.BLOBS}/{blob_id}"
+    up_cmd = [
+        "curl", "-sS", "--fail", "-o", "/dev/null", "-X", "PATCH", "-T", str(src),
+        "-H", f"Authorization: Bearer {token}", "-H", "Upload-Offset: 0", "-H", "Expect:",
+        "-H", "Content-Type: application/offset+octet-stream", url,
+    ]  # fmt: skip
+    with Meter(pid) as up:
+        subprocess.run(up_cmd, check=True)
+    with Meter(pid) as down:
+        subprocess.run(["curl", "-sS", "--fail", "-o", str(out), url], check=True)
+    if out.stat().st_size != size:
+        raise SystemExit("curl download returned the wrong size")
+    out.unlink()
+    return _rates(size, up, down)
 
 
 def aes_gcm_mbps(total: int = 512 << 20, chunk: int = 256 * 1024) -> float:
@@ -138,17 +218,22 @@ async def run(args: argparse.Namespace, srv: ServerProcess, work: Path) -> dict[
             for mb in curve_sizes:
                 src = work / f"curve-{mb}.bin"
                 make_file(src, mb * MB)
-                r = await e2e(blobs, src, work / "dl")
+                r = await e2e(blobs, src, work / "dl", srv.pid)
                 src.unlink()
                 curve.append(r)
                 print(f"curve {mb:>5} MB: {r['mbps']} MB/s", file=sys.stderr)
             src = work / "main.bin"
             make_file(src, args.size_mb * MB)
-            enc = await e2e(blobs, src, work / "dl")
+            enc = await e2e(blobs, src, work / "dl", srv.pid)
             print(f"e2e   {args.size_mb} MB: {enc}", file=sys.stderr)
-            pl = await plain(blobs, src, work / "dl")
+            pl = await plain(blobs, src, work / "dl", srv.pid)
             print(f"plain {args.size_mb} MB: {pl}", file=sys.stderr)
-    return {"curve": curve, "e2e": enc, "plain": pl}
+            dk = disk(src, work / "dl" / "disk.bin", srv.pid)
+            print(f"disk  {args.size_mb} MB: {dk}", file=sys.stderr)
+            blob = await blobs.create(src.stat().st_size)
+            cu = curl(srv.url, str(c.api.token), blob, src, work / "dl" / "curl.bin", srv.pid)
+            print(f"curl  {args.size_mb} MB: {cu}", file=sys.stderr)
+    return {"curve": curve, "e2e": enc, "plain": pl, "disk": dk, "curl": cu}
 
 
 def main() -> None:
@@ -170,6 +255,7 @@ def main() -> None:
             max_request=16 << 30,
             blob_quota_bytes=64 << 30,
             blob_max_bytes=8 << 30,
+            blob_quota_new_bytes=64 << 30,
         ) as srv:
             results = asyncio.run(run(args, srv, work))
             server_rss = rss_peak_pid_mb(srv.pid)

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import inspect
+import itertools
 import mimetypes
 import os
 import re
@@ -36,6 +37,7 @@ from typing import Any, Final, TypeGuard
 import httpx
 
 from xchat import encoding
+from xchat.client import blobhttp
 from xchat.client.metadata import detect_image, strip_file
 from xchat.crypto.attachment import (
     DIGEST_LEN,
@@ -244,6 +246,10 @@ class BlobClient:
         self.reauth = reauth
         self.retries = retries
         self.backoff = backoff
+        self.timeout = timeout
+        # Blob bodies over plain sockets in worker threads (blobhttp: ~10x less CPU than
+        # httpx); an injected transport or an https:// relay keeps everything on httpx.
+        self._raw = blobhttp.usable(self.base_url) if transport is None else None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
@@ -334,9 +340,12 @@ class BlobClient:
             }
             body = _counting(pieces(confirmed), confirmed, total, progress)
             try:
-                resp = await self._request(
-                    "PATCH", f"{BLOBS}/{blob_id}", auth=True, headers=headers, content=body
-                )
+                if self._raw is not None:
+                    resp = await self._patch_raw(self._raw, blob_id, headers, body)
+                else:
+                    resp = await self._request(
+                        "PATCH", f"{BLOBS}/{blob_id}", auth=True, headers=headers, content=body
+                    )
                 if resp.status_code == 401 and self.reauth is not None:
                     await self._auth_headers(renew=True)
                     raise ServerUnreachable("token expired during upload")
@@ -357,6 +366,39 @@ class BlobClient:
                 failures = 0
             if progress is not None:
                 progress(confirmed, total)
+
+    async def _patch_raw(
+        self,
+        where: tuple[str, int],
+        blob_id: str,
+        headers: dict[str, str],
+        body: AsyncIterator[bytes],
+    ) -> httpx.Response:
+        """One PATCH whose body a worker thread writes to a plain socket (blobhttp); the
+        response as an :class:`httpx.Response` so both paths share the checks above. A
+        response that arrives although sending failed (an early 409/413) is still used."""
+        headers = {**headers, **(await self._auth_headers())}
+        conn, _ = await asyncio.to_thread(
+            blobhttp.Connection.request,
+            *where,
+            self.timeout,
+            "PATCH",
+            f"{BLOBS}/{blob_id}",
+            headers,
+            read_head=False,
+        )
+        try:
+            failure = await blobhttp.send_body(conn, body)
+            try:
+                head = await asyncio.to_thread(conn.read_head)
+                content = await asyncio.to_thread(conn.read_small_body, head)
+            except ServerUnreachable:
+                if failure is not None:
+                    raise failure from None
+                raise
+            return httpx.Response(head.status, headers=head.raw, content=content)
+        finally:
+            conn.close()
 
     async def _offset_retrying(self, blob_id: str) -> int:
         return await self._retrying(lambda: self.offset(blob_id))
@@ -403,6 +445,8 @@ class BlobClient:
         sink: Sink,
         progress: Progress | None,
     ) -> int:
+        if self._raw is not None:
+            return await self._download_once_raw(self._raw, blob_id, start, total, sink, progress)
         headers = {"Range": f"bytes={start}-"} if start else {}
         received = start
         try:
@@ -432,6 +476,64 @@ class BlobClient:
             if received > start:
                 return received
             raise ServerUnreachable(f"download failed ({type(exc).__name__})") from None
+        return received
+
+    async def _download_once_raw(
+        self,
+        where: tuple[str, int],
+        blob_id: str,
+        start: int,
+        total: int,
+        sink: Sink,
+        progress: Progress | None,
+    ) -> int:
+        """:meth:`_download_once` over a plain socket: a worker thread receives ~1 MiB
+        blocks (blobhttp.stream_body) while ``sink`` consumes the previous ones."""
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        received = start
+        conn, head = await asyncio.to_thread(
+            blobhttp.Connection.request,
+            *where,
+            self.timeout,
+            "GET",
+            f"{BLOBS}/{blob_id}",
+            headers,
+            read_head=True,
+        )
+        assert head is not None
+        try:
+            if head.status >= 400:
+                content = await asyncio.to_thread(conn.read_small_body, head)
+                if head.status >= 500:
+                    raise ServerUnreachable(f"download failed (HTTP {head.status})")
+                _raise_for(httpx.Response(head.status, headers=head.raw, content=content))
+            expected = 206 if start else 200
+            if head.status != expected:
+                raise ProtocolError(f"server answered {head.status} to a download")
+            if _advertised_total(httpx.Response(head.status, headers=head.raw)) not in (
+                None,
+                total,
+            ):
+                raise DecryptionError("blob size does not match the file manifest")
+            length = head.length
+            if length is None or "chunked" in head.headers.get("transfer-encoding", ""):
+                raise ProtocolError("server sent a blob without a Content-Length")
+            if start + length > total:
+                raise DecryptionError("blob is longer than its manifest says")
+            try:
+                async for piece in blobhttp.stream_body(conn, head, length):
+                    pending = sink(piece)
+                    if inspect.isawaitable(pending):
+                        await pending
+                    received += len(piece)
+                    if progress is not None:
+                        progress(received, total)
+            except ServerUnreachable:
+                if received > start:
+                    return received
+                raise
+        finally:
+            conn.close()
         return received
 
 
@@ -548,11 +650,12 @@ class _CipherSource:
         reading, hashing and encrypting overlap with the socket writes (constant memory:
         at most two chunks in flight)."""
         it = self.ciphertext(skip)
-        fut: asyncio.Future[bytes | None] = asyncio.ensure_future(asyncio.to_thread(next, it, None))
+        fut: asyncio.Future[list[bytes]] = asyncio.ensure_future(asyncio.to_thread(_take, it))
         try:
-            while (piece := await fut) is not None:
-                fut = asyncio.ensure_future(asyncio.to_thread(next, it, None))
-                yield piece
+            while batch := await fut:
+                fut = asyncio.ensure_future(asyncio.to_thread(_take, it))
+                for piece in batch:
+                    yield piece
         finally:
             if not fut.done():
                 with contextlib.suppress(Exception):
@@ -566,6 +669,11 @@ class _CipherSource:
                 pass
         assert self.digest is not None
         return self.digest
+
+
+def _take(it: Iterator[bytes], n: int = 4) -> list[bytes]:
+    """Up to ``n`` more pieces of ``it`` (one worker-thread hop per ~1 MiB, not per chunk)."""
+    return list(itertools.islice(it, n))
 
 
 # --- the two directions -------------------------------------------------------------------
@@ -635,38 +743,79 @@ async def send_file(
 
 class _PlainSink:
     """Decrypts blob bytes as they arrive and writes the file's bytes (not the padding,
-    which must be zeros) to ``fh``."""
+    which must be zeros) to the file descriptor ``fd``. Whole ciphertext chunks are opened
+    straight from the received block (memoryview slices, no copy); only a chunk split
+    across two blocks is stitched together. One ``writev`` per block."""
 
-    def __init__(self, manifest: FileManifest, fh: Any) -> None:
+    def __init__(self, manifest: FileManifest, fd: int) -> None:
         self.dec = AttachmentDecryptor(manifest.key, manifest.chunk_size)
-        self.fh = fh
+        self.fd = fd
         self.left = manifest.size
         self.piece = self.dec.ciphertext_chunk_size
+        self.index = 0
+        self.tail = bytearray()
 
-    def _write(self, plain: bytes) -> None:
-        if not plain:
-            return
-        keep = min(self.left, len(plain))
-        if keep:
-            self.fh.write(plain[:keep])
-            self.left -= keep
-        tail = plain[keep:]
-        if tail and tail.count(0) != len(tail):
-            raise DecodeError("attachment padding is not zero")
+    def _open(self, ct: bytes | memoryview) -> bytes:
+        # decrypt_chunk only takes len() of, hashes and AEAD-opens ct: a view works as bytes.
+        plain = self.dec.decrypt_chunk(ct, self.index)  # type: ignore[arg-type]
+        self.index += 1
+        return plain
+
+    def _write(self, plains: list[bytes]) -> None:
+        keep_list = []
+        for plain in plains:
+            keep = min(self.left, len(plain))
+            if keep:
+                keep_list.append(plain if keep == len(plain) else plain[:keep])
+                self.left -= keep
+            tail = plain[keep:]
+            if tail and tail.count(0) != len(tail):
+                raise DecodeError("attachment padding is not zero")
+        if keep_list:
+            _writev_all(self.fd, keep_list)
 
     def feed(self, data: bytes) -> None:
-        for i in range(0, len(data), self.piece):
-            self._write(self.dec.update(data[i : i + self.piece]))
+        size = self.piece
+        out: list[bytes] = []
+        with memoryview(data) as view:
+            pos = 0
+            if self.tail:
+                pos = min(size - len(self.tail), len(view))
+                self.tail += view[:pos]
+                if len(self.tail) < size:
+                    return
+                out.append(self._open(bytes(self.tail)))
+                self.tail.clear()
+            # A full-size chunk is never the final one (§3), so it can be opened at once.
+            while len(view) - pos >= size:
+                out.append(self._open(view[pos : pos + size]))
+                pos += size
+            if pos < len(view):
+                self.tail += view[pos:]
+        self._write(out)
 
     def finish(self, digest: bytes) -> None:
-        self._write(self.dec.finish(digest))
+        if self.tail:
+            self._write([self._open(bytes(self.tail))])
+            self.tail.clear()
+        self.dec.finish(digest)  # truncation (no final chunk) and the digest
         if self.left:
             raise DecryptionError("attachment is shorter than its manifest says")
 
 
+def _writev_all(fd: int, pieces: list[bytes]) -> None:
+    done = os.writev(fd, pieces)
+    want = sum(len(p) for p in pieces)
+    if done < want:  # a short write (rare on a regular file): finish it plainly
+        rest = memoryview(b"".join(pieces))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+
+
 class _Pipelined:
     """Runs a blocking sink (decrypt + write) in a worker thread, one batch behind the
-    network reads, so decryption overlaps with receiving. Memory: two batches."""
+    network reads, so decryption overlaps with receiving. Memory: two batches. Blocks that
+    arrive at least a batch long are handed over as they are (no copy)."""
 
     def __init__(self, fn: Callable[[bytes], None], batch: int = PIPELINE_BATCH) -> None:
         self.fn = fn
@@ -675,20 +824,25 @@ class _Pipelined:
         self.pending: asyncio.Future[None] | None = None
 
     async def feed(self, data: bytes) -> None:
+        if not self.buf and len(data) >= self.batch:
+            await self._submit(data)
+            return
         self.buf += data
         if len(self.buf) >= self.batch:
-            await self._submit()
+            chunk = bytes(self.buf)
+            self.buf.clear()
+            await self._submit(chunk)
 
-    async def _submit(self) -> None:
+    async def _submit(self, chunk: bytes) -> None:
         if self.pending is not None:
             await self.pending
-        chunk = bytes(self.buf)
-        self.buf.clear()
         self.pending = asyncio.ensure_future(asyncio.to_thread(self.fn, chunk))
 
     async def drain(self) -> None:
         if self.buf:
-            await self._submit()
+            chunk = bytes(self.buf)
+            self.buf.clear()
+            await self._submit(chunk)
         if self.pending is not None:
             pending, self.pending = self.pending, None
             await pending
@@ -718,8 +872,8 @@ async def receive_file(
     part = directory / f".xchat-{secrets.token_hex(8)}.part"
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb", buffering=1024 * 1024) as fh:
-            sink = _PlainSink(manifest, fh)
+        try:
+            sink = _PlainSink(manifest, fd)
             pipe = _Pipelined(sink.feed)
             try:
                 await blobs.download(manifest.blob_id, manifest.blob_size, pipe.feed, progress)
@@ -728,8 +882,9 @@ async def receive_file(
                 await pipe.abort()
                 raise
             sink.finish(manifest.digest)
-            fh.flush()
-            os.fsync(fh.fileno())
+            await asyncio.to_thread(os.fsync, fd)
+        finally:
+            os.close(fd)
         final = _reserve(directory, safe_filename(manifest.name))
         os.replace(part, final)
         return final

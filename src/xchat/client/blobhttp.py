@@ -1,0 +1,299 @@
+"""Blob bodies over a plain blocking socket in a worker thread (PROTOCOL Part VI §4.4).
+
+Why: through httpx a download costs ~1 s of client CPU per GB (64 KiB reads climbing
+through httpcore, h11 and anyio, each with its own copy and await), ten times a plain
+``recv_into`` loop on the same socket, and as much as the relay spends serving it. Blob
+transfers are the only bulk traffic, so their bodies alone take this path: one HTTP/1.1
+request per TCP connection (``Connection: close``), the body moved in ~1 MiB blocks by a
+thread that blocks in ``recv_into``/``sendall`` (both release the GIL), and the event loop
+touched once per block. JSON calls (create, HEAD) and ``https://`` relays stay on httpx.
+
+The wire is ordinary HTTP/1.1, byte for byte what any client sends; nothing here is a
+protocol change. Errors are the same typed ones the httpx path raises: a refused or broken
+connection or a timeout is :class:`~xchat.errors.ServerUnreachable` (the callers resume),
+a malformed response is :class:`~xchat.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit
+
+from xchat.errors import ProtocolError, ServerUnreachable
+
+#: Bytes a download thread gathers before handing a block to the event loop: four
+#: ciphertext chunks of the default 256 KiB file chunk size (Part VI §3), so the decryptor
+#: never has to stitch a chunk together from two blocks.
+BLOCK: Final = 4 * (256 * 1024 + 16)
+#: Blocks in flight between the socket thread and the consumer (memory: DEPTH × BLOCK).
+DEPTH: Final = 3
+MAX_HEAD: Final = 64 * 1024
+MAX_ERROR_BODY: Final = 1024 * 1024
+
+
+def usable(base_url: str) -> tuple[str, int] | None:
+    """``(host, port)`` if this path can serve ``base_url`` (plain ``http://``), else None."""
+    parts = urlsplit(base_url)
+    if parts.scheme != "http" or not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 80
+
+
+@dataclass
+class Head:
+    """A response's status line and headers (names lower-cased), plus body bytes that
+    arrived with the head."""
+
+    status: int
+    headers: dict[str, str]
+    rest: bytes = b""
+    raw: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int | None:
+        value = self.headers.get("content-length")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            raise ProtocolError("server sent an invalid Content-Length") from None
+
+
+class Connection:
+    """One blocking HTTP/1.1 exchange. Every method blocks: call it from a worker thread."""
+
+    def __init__(self, host: str, port: int, timeout: float, connect_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        try:
+            self.sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except TimeoutError:
+            raise ServerUnreachable("server timed out") from None
+        except OSError as exc:
+            raise ServerUnreachable(f"cannot reach server ({type(exc).__name__})") from None
+        self.sock.settimeout(timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def abort(self) -> None:
+        """Unblock a thread waiting in recv/send (from any thread)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    @classmethod
+    def request(
+        cls,
+        host: str,
+        port: int,
+        timeout: float,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        read_head: bool,
+    ) -> tuple[Connection, Head | None]:
+        """Connect and send a request head (and, for a request without a body, read the
+        response head): one worker-thread hop instead of three."""
+        conn = cls(host, port, timeout, min(timeout, 10.0))
+        try:
+            conn.send_head(method, path, headers)
+            return conn, conn.read_head() if read_head else None
+        except BaseException:
+            conn.close()
+            raise
+
+    def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{self.port}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise ServerUnreachable("upload timed out") from None
+        except OSError as exc:
+            raise ServerUnreachable(f"upload failed ({type(exc).__name__})") from None
+
+    def read_head(self) -> Head:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            if len(buf) > MAX_HEAD:
+                raise ProtocolError("server sent an oversized response head")
+            try:
+                piece = self.sock.recv(65536)
+            except TimeoutError:
+                raise ServerUnreachable("server timed out") from None
+            except OSError as exc:
+                raise ServerUnreachable(f"connection lost ({type(exc).__name__})") from None
+            if not piece:
+                raise ServerUnreachable("connection closed before a response")
+            buf += piece
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status_line = lines[0].split(" ", 2)
+        if len(status_line) < 2 or not status_line[0].startswith("HTTP/1."):
+            raise ProtocolError("server sent a malformed status line")
+        try:
+            status = int(status_line[1])
+        except ValueError:
+            raise ProtocolError("server sent a malformed status line") from None
+        raw = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ProtocolError("server sent a malformed header")
+            raw.append((name.strip(), value.strip()))
+        return Head(status, {k.lower(): v for k, v in raw}, rest, raw)
+
+    def read_small_body(self, head: Head) -> bytes:
+        """The whole (JSON or error) body of ``head``: by Content-Length, chunked, or until
+        the server closes; at most :data:`MAX_ERROR_BODY` bytes."""
+        data = bytearray(head.rest)
+        length = head.length
+        while length is None or len(data) < length:
+            if len(data) > MAX_ERROR_BODY:
+                raise ProtocolError("server sent an oversized response body")
+            try:
+                piece = self.sock.recv(65536)
+            except TimeoutError:
+                raise ServerUnreachable("server timed out") from None
+            except OSError as exc:
+                raise ServerUnreachable(f"connection lost ({type(exc).__name__})") from None
+            if not piece:
+                if length is not None:
+                    raise ServerUnreachable("response body cut short")
+                break
+            data += piece
+        body = bytes(data[:length] if length is not None else data)
+        if head.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = _dechunk(body)
+        return body
+
+    def pump(
+        self, first: bytes, left: int, put: Callable[[object], None], room: threading.Semaphore
+    ) -> None:
+        """Read ``left`` body bytes (``first`` of them already received with the head) and
+        ``put`` them in blocks of :data:`BLOCK`; then ``put(None)``. A broken connection
+        ends the stream early with ``put(exc)``; the consumer decides whether to resume."""
+        pre = first[:left]
+        try:
+            while left > 0:
+                room.acquire()
+                block = bytearray(min(BLOCK, left))
+                view = memoryview(block)
+                got = len(pre)
+                view[:got] = pre
+                pre = b""
+                while got < len(block):
+                    n = self.sock.recv_into(view[got:])
+                    if not n:
+                        break
+                    got += n
+                data = bytes(view[:got])  # one copy, made off the event loop
+                view.release()
+                if data:
+                    put(data)
+                else:
+                    room.release()
+                left -= got
+                if got < len(block):
+                    raise ServerUnreachable("download ended early")
+            put(None)
+        except TimeoutError:
+            put(ServerUnreachable("download timed out"))
+        except ServerUnreachable as exc:
+            put(exc)
+        except OSError as exc:
+            put(ServerUnreachable(f"download failed ({type(exc).__name__})"))
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while True:
+        end = body.find(b"\r\n", pos)
+        if end < 0:
+            raise ProtocolError("server sent a malformed chunked body")
+        try:
+            size = int(body[pos:end].split(b";")[0], 16)
+        except ValueError:
+            raise ProtocolError("server sent a malformed chunked body") from None
+        if size == 0:
+            return bytes(out)
+        out += body[end + 2 : end + 2 + size]
+        pos = end + 4 + size
+
+
+async def stream_body(conn: Connection, head: Head, left: int) -> AsyncIterator[bytes]:
+    """The response body as ~1 MiB blocks, read by a worker thread at most :data:`DEPTH`
+    blocks ahead of the consumer. Raises ServerUnreachable (after yielding what arrived)
+    if the connection breaks."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[object] = asyncio.Queue()
+    room = threading.Semaphore(DEPTH)
+
+    def put(item: object) -> None:
+        loop.call_soon_threadsafe(q.put_nowait, item)
+
+    worker = loop.run_in_executor(None, conn.pump, head.rest, left, put, room)
+    try:
+        while True:
+            item = await q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+            room.release()
+    finally:
+        conn.abort()
+        for _ in range(DEPTH + 1):
+            room.release()  # never leave the thread waiting for room
+        with contextlib.suppress(Exception):
+            await worker
+        conn.close()
+
+
+async def send_body(conn: Connection, body: AsyncIterator[bytes]) -> BaseException | None:
+    """Send every piece of ``body`` from a worker thread, at most :data:`DEPTH` pieces
+    behind the producer; stops early (returning the error) if the connection fails."""
+    loop = asyncio.get_running_loop()
+    pieces: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    room = asyncio.Semaphore(DEPTH)
+    failed = threading.Event()
+    error: list[BaseException] = []
+
+    def sender() -> None:
+        while (piece := pieces.get()) is not None:
+            if not failed.is_set():
+                try:
+                    conn.sendall(piece)
+                except ServerUnreachable as exc:
+                    error.append(exc)
+                    failed.set()
+            loop.call_soon_threadsafe(room.release)
+
+    worker = loop.run_in_executor(None, sender)
+    try:
+        async for piece in body:
+            if failed.is_set():
+                break
+            await room.acquire()
+            pieces.put(piece)
+    finally:
+        pieces.put(None)
+        await worker
+    return error[0] if error else None
