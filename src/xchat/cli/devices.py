@@ -63,10 +63,10 @@ def device_group() -> None:
 @click.option("--no-history", is_flag=True, help="Do not transfer the message history.")
 @click.option(
     "--wait",
-    type=click.FloatRange(min=1, max=600),
+    type=click.FloatRange(min=0, min_open=True),
     default=600.0,
     show_default=True,
-    help="Seconds to wait for the approval (codes expire after 10 minutes).",
+    help="Seconds to wait for the approval (at most 600: codes expire after 10 minutes).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.pass_obj
@@ -81,6 +81,8 @@ def device_link(
         if as_json:
             print_json({"code": code, "uri": uri})
             sys.stdout.flush()
+            if sys.stderr.isatty():  # stdout stays JSON lines; the QR is for the human
+                segno.make(uri, error="m").terminal(out=sys.stderr, compact=True)
             return
         click.echo(f"Link code: {code}")
         click.echo("On a device of your account run:  xchat device add " + code)
