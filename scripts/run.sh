@@ -52,20 +52,21 @@ fi
 # it is up); the app's one stdout line is the URL (with the per-launch secret) ------------
 "$BIN/xchat" serve "${RELAY_ARGS[@]}" >>"$RELAY_LOG" 2>&1 &
 coproc APP { exec "$BIN/xchat" --profile "$PROFILE" app --server "$SERVER" --port "$APP_PORT" 2>>"$APP_LOG"; }
-"$BIN/python" - "$SERVER/healthz" <<'PY'
+"$BIN/python" - "$SERVER/healthz" "$RELAY_LOG" <<'PY'
 import sys, time, urllib.request
-for _ in range(100):  # the relay is ready in well under a second
+deadline = time.monotonic() + 60  # well under a second when idle; first start compiles
+while True:
     try:
         urllib.request.urlopen(sys.argv[1], timeout=1).read()
         break
     except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(f"the relay did not start: see {sys.argv[2]}")
         time.sleep(0.1)
-else:
-    sys.exit("the relay did not start: see the log named below")
 PY
 
 URL=""
-if ! read -r -t 30 URL <&"${APP[0]}" || [ -z "$URL" ]; then
+if ! read -r -t 60 URL <&"${APP[0]}" || [ -z "$URL" ]; then
   echo "the web app did not start: see $APP_LOG" >&2
   exit 1
 fi
