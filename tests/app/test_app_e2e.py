@@ -194,6 +194,9 @@ def test_two_users_in_the_browser(
         a.press("#composer-input", "Enter")
         a.wait_for_selector(".msg.out .bubble:has-text('Hello Bob')")
 
+        # A stranger's first message waits in Requests (PROTOCOL Part VIII §7): B accepts.
+        b.click("#btn-requests:has-text('Requests (1)')")
+        b.click(".request-item:has-text('@alice') button:has-text('Accept')")
         # B sees it arrive live: a conversation with an unread count, then the message.
         b.wait_for_selector(".conv-item:has-text('@alice') .unread:has-text('1')")
         assert "Hello Bob" in b.inner_text(".conv-item:has-text('@alice') .conv-last")

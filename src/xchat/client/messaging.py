@@ -98,7 +98,22 @@ class RichState:
 
     def state(self, conv: str) -> str | None:
         row = self.rs.conversation(conv)
-        return None if row is None else row.state
+        if row is not None:
+            return row.state
+        if not conv.startswith(GROUP_PREFIX) and self._wrote_to(conv):
+            # We wrote to them (history restored from a backup or a linked device's
+            # archive carries no state rows): a contact, not a stranger (§7).
+            self.rs.set_state(conv, "accepted", 0)
+            return "accepted"
+        return None
+
+    def _wrote_to(self, address: str) -> bool:
+        return (
+            self.rs.db.execute(
+                "SELECT 1 FROM messages WHERE peer = ? AND direction = 'out' LIMIT 1", (address,)
+            ).fetchone()
+            is not None
+        )
 
     def is_blocked(self, address: str) -> bool:
         return self.state(address) == "blocked"
