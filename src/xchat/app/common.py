@@ -269,6 +269,8 @@ def _message_for(exc: XChatError) -> str:
         return f"server refused the request: {exc.message} (HTTP {exc.status})"
     if isinstance(exc, InvalidMnemonic):
         return f"wrong recovery phrase: {exc}"
+    if isinstance(exc, ServerUnreachable):  # the relay, not this app process (issue #19)
+        return f"the relay is unreachable ({exc}); XChat keeps trying"
     return str(exc) or type(exc).__name__
 
 
