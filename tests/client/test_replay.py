@@ -279,3 +279,26 @@ async def test_restored_device_announces_itself_when_it_writes_first(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_first_message_handle_is_adopted_without_a_lookup(
+    server: ServerProcess, tmp_path: Path, handle
+) -> None:
+    """A stranger's claimed handle comes with the relay's handle certificate: the
+    recipient adopts it without `GET /handles/...`, which would name the sender of the
+    message the relay just delivered (PROTOCOL Part IV §3.2)."""
+    async with replaying_relay(server) as relay:
+        alice = Client(tmp_path / "alice")
+        bob = Client(tmp_path / "bob")
+        try:
+            await alice.create_account(server.url, handle("ra5"))
+            await bob.create_account(relay.url, handle("rb5"))
+            await alice.send_text(bob.address, "hi, it is me")
+            got = await bob.receive()
+            msgs = [e for e in got if isinstance(e, ev.MessageReceived)]
+            assert msgs and msgs[0].handle == alice.whoami().handle
+            assert bob.find_contact(alice.address).handle == alice.whoami().handle  # type: ignore[union-attr]
+            assert relay.lookups() == []
+        finally:
+            await alice.close()
+            await bob.close()

@@ -120,3 +120,22 @@ def test_prekey_drain_is_bounded_per_target(tmp_path) -> None:
         (h,) = anon_headers(c, attacker, 1)
         dev = c.get(f"/api/v1/bundles/{other.address}", headers=h).json()["devices"][0]
         assert dev["one_time_ec"] is not None
+
+
+def test_handle_certificate(client: httpx.Client) -> None:
+    """PROTOCOL Part IV §3.2: the relay vouches for the caller's own handle only."""
+    import base64
+
+    from xchat.crypto import handle_cert
+
+    info = client.get("/api/v1/server").json()
+    relay_key = base64.b64decode(info["signing_key"])
+    nameless = register(client)
+    r = client.get("/api/v1/handle-certificate", headers=nameless.headers)
+    assert r.status_code == 404 and "no handle" in r.json()["error"]
+    assert client.get("/api/v1/handle-certificate").status_code == 401
+    named = register(client, handle="cert_owner")
+    r = client.get("/api/v1/handle-certificate", headers=named.headers)
+    assert r.status_code == 200
+    cert = base64.b64decode(r.json()["certificate"])
+    assert handle_cert.verify([relay_key], cert, 0) == (named.address, "cert_owner")

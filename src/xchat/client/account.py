@@ -28,8 +28,8 @@ from xchat.client.reports import SendReports
 from xchat.client.store import Store
 from xchat.client.transport import BACKOFF_CAP, ReceiveLoop, SendChannel
 from xchat.client.wallet import Wallet, probe_account
+from xchat.crypto import handle_cert, relaykey
 from xchat.crypto import pow as xpow
-from xchat.crypto import relaykey
 from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair, address_matches
 from xchat.errors import (
@@ -41,6 +41,7 @@ from xchat.errors import (
     ProtocolError,
     RelayKeyMismatch,
     UnknownContact,
+    XChatError,
 )
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,7 @@ class AccountClient:
         if isinstance(token, str):
             self._token = (token, _int(reg.get("expires_ms", now_ms() + 3600_000), "expires_ms"))
         await self._rotate_delivery_token()
+        await self._refresh_handle_certificate()  # for the first message's sender block
         # Tokens ahead of need: the first lookup then does not follow an issuance (Part XI §5).
         await self.wallet.top_up()
         return self.whoami()
@@ -301,6 +303,7 @@ class AccountClient:
         await self.api.set_handle(handle)
         self.profile.config.handle = handle.lower()
         self.profile.save_config()
+        await self._refresh_handle_certificate()
 
     # --- auth token ---------------------------------------------------------------------
 
@@ -357,11 +360,38 @@ class AccountClient:
         return token
 
     def _own_sender_info(self) -> ct.SenderInfo:
+        handle = self.profile.config.handle
+        cert = self.store.get_meta("handle_cert") if handle else None
         return ct.SenderInfo(
-            handle=self.profile.config.handle, delivery_token=self.store.get_meta("delivery_token")
+            handle=handle,
+            delivery_token=self.store.get_meta("delivery_token"),
+            handle_cert=cert or None,
         )
 
+    async def _refresh_handle_certificate(self) -> None:
+        """Keep a fresh relay handle certificate for our sender block (Part IV §3.2)."""
+        handle = self.profile.config.handle
+        raw = self.store.get_meta("handle_cert")
+        if not handle:
+            return
+        if raw:
+            with contextlib.suppress(XChatError):
+                _, held, expires = handle_cert.parse(raw)
+                if held == handle and expires - CERT_REFRESH_MARGIN_MS > now_ms():
+                    return
+        api = await self._authed()
+        try:
+            resp = await api.handle_certificate()
+            raw = b64d(resp.get("certificate"), "certificate")
+            addr, got = handle_cert.verify([self._server_signing_key()], raw, now_ms())
+        except XChatError as exc:  # an older relay, or no handle: claims stay unproven
+            log.info("no handle certificate: %s", exc)
+            return
+        if addr == self.address and got == handle:
+            self.store.put_meta("handle_cert", raw)
+
     async def _sender_certificate(self) -> bytes:
+        await self._refresh_handle_certificate()
         raw = self.store.get_meta("sender_cert")
         if raw is not None:
             with contextlib.suppress(DecodeError, CryptoError):

@@ -198,6 +198,9 @@ class Api:
             "PUT", f"{API}/delivery-token", auth=True, json={"token_hash": b64e(token_hash)}
         )
 
+    async def handle_certificate(self) -> dict[str, Any]:
+        return _obj(await self.request("GET", f"{API}/handle-certificate", auth=True))
+
     async def sender_certificate(self) -> dict[str, Any]:
         return _obj(await self.request("GET", f"{API}/sender-certificate", auth=True))
 

@@ -76,6 +76,9 @@ class SenderInfo:
 
     handle: str | None
     delivery_token: bytes | None
+    #: The relay's signature that ``handle`` is this sender's (PROTOCOL Part IV §3.2): lets
+    #: the recipient adopt the handle without a lookup that would name the sender.
+    handle_cert: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class Content:
                     else None
                 ),
             }
+            if self.sender.handle_cert is not None:
+                obj["sender"]["handle_cert"] = base64.b64encode(self.sender.handle_cert).decode()
         data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         if len(data) > MAX_CONTENT_BYTES:
             raise TooLarge(f"message content is larger than {MAX_CONTENT_BYTES} bytes")
@@ -223,7 +228,16 @@ def _decode_sender(s: object) -> SenderInfo | None:
             raise DecodeError("content delivery token invalid") from None
         if len(token) != 16:
             raise DecodeError("content delivery token must be 16 bytes")
-    return SenderInfo(handle=handle, delivery_token=token)
+    cert: bytes | None = None
+    raw_cert = s.get("handle_cert")
+    if raw_cert is not None:
+        if not isinstance(raw_cert, str) or len(raw_cert) > 1024:
+            raise DecodeError("content handle certificate invalid")
+        try:
+            cert = base64.b64decode(raw_cert, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecodeError("content handle certificate invalid") from None
+    return SenderInfo(handle=handle, delivery_token=token, handle_cert=cert)
 
 
 def text_message(

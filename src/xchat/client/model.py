@@ -68,6 +68,8 @@ class _Batch:
     #: Envelopes whose certificate no accepted relay key verifies: retried once after the
     #: client checked for a signed relay key rotation (PROTOCOL Part III §3.1).
     cert_retry: list[Any] = field(default_factory=list)
+    #: Senders whose claimed handle came with a valid relay handle certificate (IV §3.2).
+    certified: set[str] = field(default_factory=set)
     retrying: bool = False
 
 

@@ -21,6 +21,7 @@ from xchat.client.model import GROUP_PEER_PREFIX, _Batch, _row_key, now_ms
 from xchat.client.sending import SendingClient
 from xchat.client.store import MessageRecord, Store
 from xchat.client.transport import Backoff, ReceiveLoop, ws_url
+from xchat.crypto import handle_cert
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import (
     ApiError,
@@ -241,7 +242,7 @@ class ReceivingClient(SendingClient):
         await loop.send_ack([d.envelope_id for d in frame.envelopes])
         if batch.claims:
             for sender, claimed in batch.claims.items():
-                await self._verify_handle_claim(sender, claimed)
+                await self._verify_handle_claim(sender, claimed, sender in batch.certified)
             events = [_with_handle(e, self.store) for e in events]
         for e in events:
             await self._emit(e)
@@ -415,6 +416,14 @@ class ReceivingClient(SendingClient):
             claimed = (msg.sender.handle or "").lower()
             if claimed and claimed != handle:
                 batch.claims[sender] = claimed
+                if msg.sender.handle_cert is not None:
+                    # Proven by the relay's signature: no lookup (which would tell the
+                    # relay whose message it just delivered), PROTOCOL Part IV §3.2.
+                    with contextlib.suppress(XChatError):
+                        keys = self._server_keys(t)
+                        got = handle_cert.verify(keys, msg.sender.handle_cert, t)
+                        if got == (sender, claimed):
+                            batch.certified.add(sender)
         if msg.type in STORED_TYPES:
             if not self.store.add_message(msg.id, sender, "in", msg.ts, "received", plaintext, t):
                 return  # duplicate content id (e.g. re-sent after a crash)
@@ -495,15 +504,21 @@ class ReceivingClient(SendingClient):
             address = self._addresses[raw] = identity.address()
         return address
 
-    async def _verify_handle_claim(self, sender: str, claimed: str) -> None:
-        """Adopt a handle a contact claims only if the server's directory agrees."""
+    async def _verify_handle_claim(
+        self, sender: str, claimed: str, certified: bool = False
+    ) -> None:
+        """Adopt a handle a contact claims only if the relay vouches for it: by a handle
+        certificate in its sender block (no request at all), else by a directory lookup."""
         if (sender, claimed) in self._rejected_claims:
             return
-        try:
-            data = await self.api.lookup_handle(claimed)
-        except XChatError as exc:
-            log.info("cannot check handle claim %r: %s", claimed, exc)
-            return
+        if certified:
+            data: dict[str, Any] = {"address": sender}
+        else:
+            try:
+                data = await self.api.lookup_handle(claimed)
+            except XChatError as exc:
+                log.info("cannot check handle claim %r: %s", claimed, exc)
+                return
         c = self.store.get_contact(sender)
         if data.get("address") != sender or c is None or c.identity_key is None:
             self._rejected_claims.add((sender, claimed))

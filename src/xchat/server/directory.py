@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from xchat import PROTOCOL_VERSION
 from xchat.clock import now_ms
+from xchat.crypto import handle_cert
 from xchat.crypto.certificate import issue_sender_certificate
 from xchat.crypto.keys import IdentityPublicKey, is_address, normalize_address
 from xchat.crypto.pow import stamp_ok
@@ -23,6 +24,7 @@ from xchat.protocol.frames import KeysLow, encode_frame
 from xchat.server import models as m
 from xchat.server.auth import LABEL_AUTH, LABEL_REGISTER
 from xchat.server.limits import RateLimiter
+from xchat.server.paths import Address, Handle
 from xchat.server.relay import Relay
 from xchat.server.tokens import REDEEM
 from xchat.storage.base import AccountRecord, DeviceRecord, HandleTaken, PreKeySet, SignedKey
@@ -239,7 +241,7 @@ def _lookup_address(relay: Relay, address: str) -> AccountRecord:
     responses=m.errors(400, 401, 404),
     dependencies=[REDEEM],
 )
-async def get_handle(handle: str, request: Request) -> m.AccountOut:
+async def get_handle(handle: Handle, request: Request) -> m.AccountOut:
     acct = relay_of(request).store.get_account_by_handle(normalize_handle(handle))
     if acct is None:
         raise ApiError(404, "unknown handle")
@@ -252,7 +254,7 @@ async def get_handle(handle: str, request: Request) -> m.AccountOut:
     responses=m.errors(400, 401, 404),
     dependencies=[REDEEM],
 )
-async def get_account(address: str, request: Request) -> m.AccountOut:
+async def get_account(address: Address, request: Request) -> m.AccountOut:
     return _account_out(_lookup_address(relay_of(request), address))
 
 
@@ -294,7 +296,7 @@ class BundleLimits:
     responses=m.errors(400, 401, 404),
     dependencies=[REDEEM],
 )
-async def get_bundle(address: str, request: Request) -> m.BundleOut:
+async def get_bundle(address: Address, request: Request) -> m.BundleOut:
     relay = relay_of(request)
     acct = _lookup_address(relay, address)
     limits: BundleLimits = request.app.state.bundle_limits
@@ -341,6 +343,24 @@ async def put_delivery_token(
     token_hash = m.b64(body.token_hash, "token_hash", 32)
     await relay_of(request).store.set_token_hash(device.address, token_hash)
     return m.Ok()
+
+
+@router.get(
+    "/handle-certificate", response_model=m.CertificateOut, responses=m.errors(401, 404)
+)
+async def handle_certificate(
+    request: Request, device: DeviceRecord = CURRENT_DEVICE
+) -> m.CertificateOut:
+    """The relay's signature that the caller's account holds its handle, for the sender
+    block of its messages (PROTOCOL Part IV §3.2): recipients check it locally instead of
+    looking the handle up right after the message arrived (which would name the sender)."""
+    relay = relay_of(request)
+    acct = relay.store.get_account(device.address)
+    if acct is None or acct.handle is None:
+        raise ApiError(404, "this account has no handle")
+    expires = now_ms() + relay.config.cert_ttl_seconds * 1000
+    cert = handle_cert.issue(relay.secrets.signing_key, acct.address, acct.handle, expires)
+    return m.CertificateOut(certificate=m.enc(cert), expires_ms=expires)
 
 
 @router.get("/sender-certificate", response_model=m.CertificateOut, responses=m.errors(401))
