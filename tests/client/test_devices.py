@@ -160,6 +160,12 @@ async def test_groups_from_every_device(accounts: Accounts) -> None:
         assert _texts(await c.receive()) == ["hi team"]
     await a2.send_group(info.id, "from the laptop")
     assert _texts(await b.receive()) == ["from the laptop"]
+    # bob links a device after the keys went round: the relay's 409 teaches alice his new
+    # list, and the new device got the members' sender keys with its history
+    b2 = await accounts.link(b, "bob-laptop")
+    await a1.send_group(info.id, "after bob linked")
+    for c in (b, b2):
+        assert "after bob linked" in _texts(await c.receive())
 
 
 async def test_five_devices(accounts: Accounts) -> None:

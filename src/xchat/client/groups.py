@@ -367,8 +367,32 @@ class Groups:
                 log.warning("sender key not delivered to %s: %s", address, exc)
                 continue
             self._drop_pending(gid, {address})
-        await self._send_encrypted(gid, state, msg, resend)
+        await self._send_learning_devices(gid, state, msg, resend)
         return msg.id
+
+    async def _send_learning_devices(
+        self, gid: str, state: GroupState, msg: ct.Content, resend: bool
+    ) -> None:
+        """A member linked or removed a device since we learned its list: the relay's 409
+        names the member; learn its signed list (UntrustedDevice if the relay lies) and send
+        again, at most twice (PROTOCOL Part VII §2)."""
+        for attempt in range(3):
+            try:
+                await self._send_encrypted(gid, state, msg, resend or attempt > 0)
+                return
+            except ApiError as exc:
+                if attempt == 2 or not await self._learn_member_devices(state, exc):
+                    raise
+
+    async def _learn_member_devices(self, state: GroupState, exc: ApiError) -> bool:
+        try:
+            address = json.loads(exc.message).get("address") if exc.status == 409 else None
+        except (ValueError, AttributeError):
+            return False
+        if not isinstance(address, str) or address not in state.members:
+            return False
+        identity = IdentityPublicKey.decode(state.members[address])
+        return await self.c._learn_devices(address, identity, exc)
 
     async def resend_row(self, m: MessageRecord) -> bool:
         """Re-send one of our group messages whose SEND_MULTI was never confirmed (the
@@ -407,7 +431,7 @@ class Groups:
             for address in sorted(state.members):
                 if address == me:
                     continue
-                devices = c.store.session_devices(address) or [1]
+                devices = c.device_ids(address)  # its verified list (Part VII), else [1]
                 identity = IdentityPublicKey.decode(state.members[address])
                 recipients.extend((identity, d) for d in devices)
                 routes.append((address, devices))
