@@ -29,6 +29,7 @@ from xchat.client.messaging import GROUP_PREFIX, RequestInfo, RichState, group_o
 from xchat.client.search import SearchHit
 from xchat.client.store import ContactRecord
 from xchat.crypto.group import GroupOp
+from xchat.crypto.keys import is_address
 from xchat.errors import ApiError, ClientError, NotAllowed, ServerUnreachable, XChatError
 
 if TYPE_CHECKING:
@@ -113,8 +114,21 @@ class Messaging:
         local = self.c.find_contact(to)
         if local is not None and local.identity_key is not None:
             return local.address, local
+        named = self._group_named(to)
+        if named is not None:
+            return named, None
         contact = await self.c.contact(to)
         return contact.address, contact
+
+    def _group_named(self, to: str) -> str | None:
+        """TO that is neither an @handle nor an address but names a group we hold."""
+        key = to.strip()
+        if not key or key.startswith("@") or is_address(key):
+            return None
+        try:
+            return f"{GROUP_PREFIX}{self.c._groups.resolve(key).id}"
+        except ClientError:
+            return None
 
     def local_conv(self, to: str | None, group: str | None) -> str:
         """Like :meth:`conv_for` without the network (for local reads)."""
@@ -124,6 +138,9 @@ class Messaging:
             return f"{GROUP_PREFIX}{self.c._groups.resolve(group).id}"
         assert to is not None
         contact = self.c.find_contact(to)
+        named = self._group_named(to) if contact is None else None
+        if named is not None:
+            return named
         if contact is None:
             from xchat.errors import UnknownContact
 
