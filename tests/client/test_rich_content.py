@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xchat.client import content as ct
 from xchat.client import rich_content as rc
@@ -26,8 +28,9 @@ def test_reaction_round_trip_and_shape() -> None:
     assert obj["type"] == "reaction" and obj["reaction"] == {"id": MID, "author": A, "emoji": "👍"}
     r = rc.parse_reaction(_round(msg))
     assert r == rc.Reaction(rc.Target(MID, A), "👍", False)
-    gone = rc.parse_reaction(_round(rc.reaction_content(rc.Target(MID, A), "", remove=True,
-                                                        group="cd" * 16, now_ms=6)))  # fmt: skip
+    gone = rc.parse_reaction(
+        _round(rc.reaction_content(rc.Target(MID, A), "", remove=True, group="cd" * 16, now_ms=6))
+    )
     assert gone.remove and gone.emoji == ""
 
 
@@ -35,8 +38,13 @@ def test_reaction_round_trip_and_shape() -> None:
 def test_bad_emoji_refused(emoji: str) -> None:
     with pytest.raises(TooLarge):
         rc.reaction_content(rc.Target(MID, A), emoji, remove=False, group=None, now_ms=1)
-    raw = {"v": 1, "id": MID, "type": "reaction", "ts": 1,
-           "reaction": {"id": MID, "author": A, "emoji": emoji}}  # fmt: skip
+    raw = {
+        "v": 1,
+        "id": MID,
+        "type": "reaction",
+        "ts": 1,
+        "reaction": {"id": MID, "author": A, "emoji": emoji},
+    }
     with pytest.raises(DecodeError):
         rc.parse_reaction(ct.Content.decode(json.dumps(raw).encode()))
 
@@ -48,9 +56,14 @@ def test_family_emoji_fits() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [{"id": "AB" * 16, "author": A}, {"id": MID, "author": A.upper()}, {"id": MID},
-     {"id": MID, "author": A[:-1] + ("q" if A[-1] != "q" else "p")}, "x"],
-)  # fmt: skip
+    [
+        {"id": "AB" * 16, "author": A},
+        {"id": MID, "author": A.upper()},
+        {"id": MID},
+        {"id": MID, "author": A[:-1] + ("q" if A[-1] != "q" else "p")},
+        "x",
+    ],
+)
 def test_bad_targets(target: object) -> None:
     raw = {"v": 1, "id": MID, "type": "delete", "ts": 1, "delete": target}
     with pytest.raises(DecodeError):
@@ -133,3 +146,45 @@ def test_rich_field_must_be_an_object() -> None:
     raw = {"v": 1, "id": MID, "type": "reaction", "ts": 1, "reaction": [1]}
     with pytest.raises(DecodeError):
         ct.Content.decode(json.dumps(raw).encode())
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ctype=st.sampled_from(["reaction", "edit", "delete", "typing", "disappear", "receipt", "text"]),
+    obj=st.dictionaries(
+        st.sampled_from(["id", "author", "emoji", "remove", "state", "seconds", "kind", "text"]),
+        _json,
+        max_size=5,
+    ),
+    text=st.none() | st.text(max_size=20),
+)
+def test_parsers_raise_only_decode_errors(ctype: str, obj: dict, text: str | None) -> None:
+    """Whatever a peer puts in a Part VIII object, the parsers answer a value or DecodeError."""
+    key = {"receipt": "receipt", "text": "quote"}.get(ctype, ctype)
+    raw = {"v": 1, "id": MID, "type": ctype, "ts": 1, key: obj, "reply_to": MID}
+    if text is not None:
+        raw["text"] = text
+    msg = ct.Content.decode(json.dumps(raw).encode())
+    parsers = {
+        "reaction": rc.parse_reaction,
+        "edit": rc.parse_edit,
+        "delete": rc.parse_delete,
+        "typing": rc.parse_typing,
+        "disappear": rc.parse_disappear,
+        "receipt": rc.receipt_kind,
+        "text": rc.parse_quote,
+    }
+    try:
+        parsers[ctype](msg)
+        rc.message_timer(msg)
+    except DecodeError:
+        pass
