@@ -268,6 +268,15 @@ async def test_group_rich_messaging_and_leave(people: People) -> None:
     got = await a.receive()
     assert any(e.kind == "read" and e.sender == c.address for e in of(got, rev.RichReceipt))
     assert [e.emoji for e in of(got, rev.ReactionChanged)] == ["🍕"]
+    # typing and the disappearing timer in a group (one sender-key upload each)
+    assert await b.messaging.typing(None, True, group=g.id)
+    await a.messaging.set_timer(None, 3600, group=g.id)
+    got = await c.receive()
+    assert [(e.sender, e.group) for e in of(got, rev.TypingChanged)] == [(b.address, g.id)]
+    assert [(e.seconds, e.group) for e in of(got, rev.TimerChanged)] == [(3600, g.id)]
+    assert c.messaging.timer(None, g.id) == 3600
+    assert all(m.peer.startswith(f"group:{g.id}:") for m in c.store.group_history(g.id, 50))
+    assert {ct.Content.decode(m.body).type for m in c.store.group_history(g.id, 50)} == {"text"}
     reply = await b.send_group(g.id, "yes!", reply_to=mid)
     await a.messaging.edit(None, mid, "pizza at 8?", group=g.id)
     for x in (c,):
