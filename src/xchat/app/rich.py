@@ -344,7 +344,7 @@ ROUTES = [
 # --- live events ---------------------------------------------------------------------------
 
 
-def rich_event_json(e: ev.Event, me: str) -> dict[str, Any] | None:
+def rich_event_json(e: ev.Event) -> dict[str, Any] | None:
     """A Part VIII event as the page's SSE JSON (``type`` ``rich``, ``kind`` the event)."""
     if isinstance(e, rev.TypingChanged):
         return {
@@ -405,7 +405,7 @@ def attach(st: AppState) -> None:
     """Forward Part VIII events to the page (common.event_json knows only Part IV/V)."""
 
     def forward(e: ev.Event) -> None:
-        item = rich_event_json(e, st.client.address)
+        item = rich_event_json(e)
         if item is not None:
             st.broadcast(item)
 

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -538,5 +537,3 @@ class Messaging:
 def _with_sender(msg: ct.Content, sender: ct.SenderInfo) -> ct.Content:
     return replace(msg, sender=sender)
 
-
-Listener = Callable[[ev.Event], Awaitable[None] | None]

@@ -5,7 +5,7 @@
 // Everything a peer wrote — quotes, reactions, edits, names — goes into the DOM with
 // textContent only (el() never parses markup).
 import { get, post } from './api.js';
-import { $, alertText, announce, el, fmtFull, fmtTime, plural, shortAddr, show } from './dom.js';
+import { $, alertText, announce, el, fmtFull, fmtTime, shortAddr, show } from './dom.js';
 import { displayName, emit, isGroup, on, state } from './state.js';
 import { loadMessages, openConversation, refreshConversations, refreshSoon, renderMessages } from './conversations.js';
 
@@ -379,11 +379,11 @@ on('message-rendered', (li, m) => {
       }
     }
   }
-  const actions = el('button', { type: 'button', class: 'msg-menu-btn', 'aria-label': 'Message actions', 'aria-haspopup': 'menu', onclick: (e) => { e.stopPropagation(); openMenu(li, m, e.currentTarget); } }, '⋯');
+  const actions = el('button', { type: 'button', class: 'msg-menu-btn', 'aria-label': 'Message actions', 'aria-haspopup': 'menu', onclick: (e) => { e.stopPropagation(); openMenu(li, m); } }, '⋯');
   li.append(actions);
-  li.addEventListener('contextmenu', (e) => { e.preventDefault(); openMenu(li, m, actions); });
+  li.addEventListener('contextmenu', (e) => { e.preventDefault(); openMenu(li, m); });
   // a re-render (a receipt, a reaction arriving) must not close a menu the user opened
-  if (rich.menuId === m.id) openMenu(li, m, actions, false);
+  if (rich.menuId === m.id) openMenu(li, m, false);
 });
 
 function remaining(at) {
@@ -401,7 +401,7 @@ function closeMenu() {
 document.addEventListener('click', (e) => { if (rich.menu && !rich.menu.contains(e.target)) closeMenu(); });
 document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeMenu(); });
 
-function openMenu(li, m, anchor, focus = true) {
+function openMenu(li, m, focus = true) {
   if (rich.menu) rich.menu.remove();
   rich.menu = null;
   rich.menuId = m.id;
@@ -421,7 +421,6 @@ function openMenu(li, m, anchor, focus = true) {
   rich.menu = menu;
   const first = menu.querySelector('button');
   if (first && focus) first.focus();
-  void anchor;
 }
 
 async function react(m, emoji, remove) {
@@ -558,5 +557,4 @@ setInterval(() => {
   if (state.current && rich.data && Object.values(rich.data.messages || {}).some((d) => d.expires_at)) renderMessages(false);
 }, 5000);
 
-void plural;
 emit('rich-ready');
