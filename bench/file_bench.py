@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,7 @@ from xchat.testing import ServerProcess, running_server
 
 MB = 1_000_000
 TARGET_MBPS = 300.0
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.8  # of curl through the same relay (issue #20)
 
 
 def make_file(path: Path, size: int) -> None:
@@ -208,90 +210,281 @@ def aes_gcm_mbps(total: int = 512 << 20, chunk: int = 256 * 1024) -> float:
     return round(n * chunk / (time.perf_counter() - t0) / MB, 1)
 
 
-async def run(args: argparse.Namespace, srv: ServerProcess, work: Path) -> dict[str, Any]:
+PATHS = ("e2e", "plain", "curl", "disk")
+
+
+async def run(
+    args: argparse.Namespace, srv: ServerProcess, work: Path, curve: bool
+) -> dict[str, Any]:
+    """The curve (optional), then ``--rounds`` interleaved rounds of the four paths on one
+    file: the order rotates each round so drifting machine load hits every path alike."""
     profile = work / "profile"
+    out: dict[str, Any] = {"curve": [], **{p: [] for p in PATHS}}
     async with Client(profile) as c:
         await c.create_account(srv.url, use_keyring=False)
         async with xf.BlobClient.from_api(c.api, timeout=600) as blobs:
-            curve_sizes = [1, 10, 50] if args.quick else [1, 10, 100, 1000]
-            curve = []
-            for mb in curve_sizes:
+            for mb in ([1, 10, 50] if args.quick else [1, 10, 100, 1000]) if curve else []:
                 src = work / f"curve-{mb}.bin"
                 make_file(src, mb * MB)
                 r = await e2e(blobs, src, work / "dl", srv.pid)
                 src.unlink()
-                curve.append(r)
+                out["curve"].append(r)
                 print(f"curve {mb:>5} MB: {r['mbps']} MB/s", file=sys.stderr)
             src = work / "main.bin"
             make_file(src, args.size_mb * MB)
-            enc = await e2e(blobs, src, work / "dl", srv.pid)
-            print(f"e2e   {args.size_mb} MB: {enc}", file=sys.stderr)
-            pl = await plain(blobs, src, work / "dl", srv.pid)
-            print(f"plain {args.size_mb} MB: {pl}", file=sys.stderr)
-            dk = disk(src, work / "dl" / "disk.bin", srv.pid)
-            print(f"disk  {args.size_mb} MB: {dk}", file=sys.stderr)
-            blob = await blobs.create(src.stat().st_size)
-            cu = curl(srv.url, str(c.api.token), blob, src, work / "dl" / "curl.bin", srv.pid)
-            print(f"curl  {args.size_mb} MB: {cu}", file=sys.stderr)
-    return {"curve": curve, "e2e": enc, "plain": pl, "disk": dk, "curl": cu}
+            for i in range(args.rounds):
+                for name in PATHS[i % 4 :] + PATHS[: i % 4]:
+                    if name == "e2e":
+                        r = await e2e(blobs, src, work / "dl", srv.pid)
+                    elif name == "plain":
+                        r = await plain(blobs, src, work / "dl", srv.pid)
+                    elif name == "disk":
+                        r = disk(src, work / "dl" / "disk.bin", srv.pid)
+                    else:
+                        blob = await blobs.create(src.stat().st_size)
+                        token = str(c.api.token)
+                        r = curl(srv.url, token, blob, src, work / "dl" / "curl.bin", srv.pid)
+                    out[name].append(r)
+                    print(f"round {i} {name:5} {r['mbps']} MB/s", file=sys.stderr)
+            src.unlink()
+    return out
+
+
+def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-field median over the rounds of one path (plus the raw round-trip figures)."""
+    keys = [k for k, v in rounds[0].items() if isinstance(v, (int, float))]
+    med = {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
+    med["rounds_mbps"] = [r["mbps"] for r in rounds]
+    return med
+
+
+def cpu_total(m: dict[str, Any]) -> float:
+    """Client + relay CPU seconds per GB of one round trip (upload + download)."""
+    return round(
+        sum(
+            m[f"{d}_{s}_cpu_s_per_gb"] for d in ("upload", "download") for s in ("client", "server")
+        ),
+        3,
+    )
+
+
+def summarise(raw: dict[str, Any], workdir: str) -> dict[str, Any]:
+    med = {p: median_of(raw[p]) for p in PATHS}
+    paired = [e["mbps"] / c["mbps"] for e, c in zip(raw["e2e"], raw["curl"], strict=True)]
+    for p in ("e2e", "plain", "curl"):
+        med[p]["cpu_s_per_gb"] = cpu_total(med[p])
+    return {
+        "workdir": workdir,
+        **med,
+        "ratios": {
+            "e2e_over_curl": round(med["e2e"]["mbps"] / med["curl"]["mbps"], 3),
+            "e2e_over_curl_paired_median": round(statistics.median(paired), 3),
+            "plain_over_curl": round(med["plain"]["mbps"] / med["curl"]["mbps"], 3),
+            "e2e_over_plain": round(med["e2e"]["mbps"] / med["plain"]["mbps"], 3),
+            "curl_cpu_over_e2e_cpu": round(
+                med["curl"]["cpu_s_per_gb"] / med["e2e"]["cpu_s_per_gb"], 3
+            ),
+        },
+    }
+
+
+def cpu(m: dict[str, Any], side: str) -> str:
+    return f"{m[f'upload_{side}_cpu_s_per_gb']:.2f} / {m[f'download_{side}_cpu_s_per_gb']:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section (bench/run_all.py prints a doc's ``markdown`` as is)."""
+    la0, la1 = report["load_avg_start"], report["load_avg_end"]
+    lines = [
+        f"Command: `{report['command']}` — ran {report['finished_at']}, "
+        f"{report['machine']['cpus']} cores ({report['machine']['cpu']}), 1/5/15-min load "
+        f"average {la0[0]}/{la0[1]}/{la0[2]} at the start and {la1[0]}/{la1[1]}/{la1[2]} at the "
+        "end (other engineers' test suites share the machine: wall-clock MB/s measure the "
+        "CPU share we got as much as the code; CPU seconds per GB are the robust figures).",
+        "",
+        f"One {report['size_mb']} MB file (10^6-byte MB), {report['rounds']} interleaved rounds "
+        "(the path order rotates every round), medians. Round trip = file bytes ÷ (upload "
+        "+ download wall time). `e2e` = XChat encrypt + upload + download + decrypt "
+        "(`send_file`/`receive_file`, SHA-256 digest checked, fsync'ed); `plain` = the same "
+        "blob client without the cipher; `curl` = curl PATCH + GET of the same bytes through "
+        "the same relay; `disk` = copy with 1 MiB writes + fsync, then read back.",
+    ]
+    for run in report["runs"]:
+        r = run["ratios"]
+        lines += [
+            "",
+            f"**Work directory `{run['workdir']}`** ({run['kind']}):",
+            "",
+            "| path | upload MB/s | download MB/s | round trip MB/s | rounds "
+            "| client CPU s/GB up / down | relay CPU s/GB up / down | CPU s/GB total |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for p in ("e2e", "plain", "curl"):
+            m = run[p]
+            lines.append(
+                f"| {p} | {m['upload_mbps']:.0f} | {m['download_mbps']:.0f} | **{m['mbps']:.0f}** "
+                f"| {', '.join(f'{x:.0f}' for x in m['rounds_mbps'])} "
+                f"| {cpu(m, 'client')} | {cpu(m, 'server')} "
+                f"| {m['cpu_s_per_gb']:.2f} |"
+            )
+        d = run["disk"]
+        lines += [
+            f"| disk | {d['write_mbps']:.0f} (write+fsync) | {d['read_mbps']:.0f} (read) "
+            f"| {d['mbps']:.0f} | {', '.join(f'{x:.0f}' for x in d['rounds_mbps'])} | | | |",
+            "",
+            f"Ratios: e2e ÷ curl **{r['e2e_over_curl']:.2f}** (median of per-round pairs "
+            f"{r['e2e_over_curl_paired_median']:.2f}; target ≥ 0.80), plain ÷ curl "
+            f"{r['plain_over_curl']:.2f}, e2e ÷ plain {r['e2e_over_plain']:.2f}; CPU: curl's "
+            f"CPU s/GB ÷ e2e's {r['curl_cpu_over_e2e_cpu']:.2f}. e2e ≥ 300 MB/s: "
+            f"{'yes' if run['e2e']['mbps'] >= TARGET_MBPS else 'no'}.",
+        ]
+    if report["curve"]:
+        lines += [
+            "",
+            "Encrypted round trip by file size (first work directory, MB/s):",
+            "",
+            "| bytes | upload | download | round trip |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['size_bytes']:,} | {c['upload_mbps']:.0f} | {c['download_mbps']:.0f} "
+            f"| {c['mbps']:.0f} |"
+            for c in report["curve"]
+        ]
+    rss = report["rss_mb"]
+    lines += [
+        "",
+        f"Peak RSS: client (this process, all paths) {rss['client_peak']} MB, relay "
+        f"{rss['server_peak']} MB (target < 100 MB each: "
+        f"{'met' if report['targets']['rss_met'] else 'NOT met'}). AES-256-GCM alone: "
+        f"{report['aes_gcm_mbps']:.0f} MB/s; SHA-256 alone: {report['sha256_mbps']:.0f} MB/s "
+        "(one core, this run).",
+    ]
+    lines += ["", *[f"- {n}" for n in NOTES]]
+    return "\n".join(lines)
+
+
+NOTES = [
+    "Blob bodies go over a plain socket in worker threads (`xchat.client.blobhttp`), not "
+    "httpx: ~1 MiB blocks, `recv_into`/`sendall` releasing the GIL, one event-loop step per "
+    "block. httpx cost ~1.0 client CPU s/GB on a download; the plain path now costs what "
+    "curl costs.",
+    "Upload: read + AES-GCM in one thread a batch ahead, SHA-256 of the previous batch in "
+    "another, the socket in a third. Download: socket thread ‖ decrypt + writev thread ‖ "
+    "SHA-256 thread. The relay appends with writev (no staging copy).",
+    "What e2e costs over curl is the cipher: SHA-256 of the whole blob on both sides "
+    "(PROTOCOL Part VI §2 `digest`, ~0.5 CPU s/GB each with SHA-NI) plus AES-GCM (~0.06). "
+    "On 2 loaded cores that CPU is not hidden by overlap.",
+    "`/dev/shm` takes the disk out; on the disk-backed work directory the relay's write + "
+    "fsync and the receiver's write bound every path, curl included.",
+]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (development)")
     ap.add_argument("--size-mb", type=int, default=None, help="main file size in MB")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per path")
+    ap.add_argument(
+        "--workdirs",
+        default=None,
+        help="comma-separated parent directories to run in (default: $TMPDIR, then /dev/shm)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "files.json"))
     args = ap.parse_args()
     if args.size_mb is None:
         args.size_mb = 100 if args.quick else 1000
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
+    dirs = args.workdirs.split(",") if args.workdirs else [tempfile.gettempdir()]
+    if not args.workdirs and Path("/dev/shm").is_dir() and dirs[0] != "/dev/shm":
+        dirs.append("/dev/shm")
     os.environ["XCHAT_NO_KEYRING"] = "1"
-    with tempfile.TemporaryDirectory(prefix="xchat-file-bench-") as tmp:
-        work = Path(tmp)
-        (work / "dl").mkdir()
-        with running_server(
-            work / "relay",
-            pow_bits=2,
-            rate_limits=False,
-            max_request=16 << 30,
-            blob_quota_bytes=64 << 30,
-            blob_max_bytes=8 << 30,
-            blob_quota_new_bytes=64 << 30,
-        ) as srv:
-            results = asyncio.run(run(args, srv, work))
-            server_rss = rss_peak_pid_mb(srv.pid)
-    e2e_mbps = results["e2e"]["mbps"]
-    plain_mbps = results["plain"]["mbps"]
-    report = {
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    runs: list[dict[str, Any]] = []
+    curve: list[dict[str, Any]] = []
+    server_rss = 0.0
+    for n, parent in enumerate(dirs):
+        with tempfile.TemporaryDirectory(prefix="xchat-file-bench-", dir=parent) as tmp:
+            work = Path(tmp)
+            (work / "dl").mkdir()
+            with running_server(
+                work / "relay",
+                pow_bits=2,
+                rate_limits=False,
+                max_request=16 << 30,
+                blob_quota_bytes=64 << 30,
+                blob_max_bytes=8 << 30,
+                blob_quota_new_bytes=64 << 30,
+            ) as srv:
+                raw = asyncio.run(run(args, srv, work, curve=n == 0))
+                server_rss = max(server_rss, rss_peak_pid_mb(srv.pid) or 0.0)
+        curve = curve or raw["curve"]
+        fs = "tmpfs (RAM)" if parent.startswith("/dev/shm") else "disk-backed file system"
+        runs.append({**summarise(raw, parent), "kind": fs})
+    first = runs[0]
+    report: dict[str, Any] = {
         "bench": "files",
+        "command": "python bench/file_bench.py" + (" --quick" if args.quick else ""),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "quick": args.quick,
         "machine": {
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
+            "cpu": _cpu_model(),
             "platform": platform.platform(),
         },
-        "workdir": tempfile.gettempdir(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "load_avg_start": load_start,
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "size_mb": args.size_mb,
+        "rounds": args.rounds,
         "chunk_size": xf.FILE_CHUNK_SIZE,
-        **results,
+        "runs": runs,
+        "curve": curve,
+        # flat figures of the first work directory, for scripts reading the old shape
+        "e2e": first["e2e"],
+        "plain": first["plain"],
+        "curl": first["curl"],
+        "disk": first["disk"],
         "aes_gcm_mbps": aes_gcm_mbps(),
+        "sha256_mbps": sha256_mbps(),
         "rss_mb": {
             "client_peak": round(rss_peak_self_mb(), 1),
-            "server_peak": None if server_rss is None else round(server_rss, 1),
-        },
-        "targets": {
-            "e2e_mbps": TARGET_MBPS,
-            "ratio_to_plain": TARGET_RATIO,
-            "e2e_met": e2e_mbps >= TARGET_MBPS,
-            "ratio": round(e2e_mbps / plain_mbps, 3) if plain_mbps else None,
-            "ratio_met": plain_mbps > 0 and e2e_mbps / plain_mbps >= TARGET_RATIO,
-            "rss_met": rss_peak_self_mb() < 100 and (server_rss or 0) < 100,
+            "server_peak": round(server_rss, 1),
         },
     }
+    report["targets"] = {
+        "e2e_mbps": TARGET_MBPS,
+        "ratio_to_curl": TARGET_RATIO,
+        "e2e_met": any(r["e2e"]["mbps"] >= TARGET_MBPS for r in runs),
+        "ratio": first["ratios"]["e2e_over_curl"],
+        "ratio_met": first["ratios"]["e2e_over_curl"] >= TARGET_RATIO,
+        "rss_met": report["rss_mb"]["client_peak"] < 100 and server_rss < 100,
+    }
+    report["markdown"] = markdown(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(report["markdown"])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def sha256_mbps(total: int = 256 << 20, chunk: int = 256 * 1024) -> float:
+    data = os.urandom(chunk)
+    h = hashlib.sha256()
+    t0 = time.perf_counter()
+    for _ in range(total // chunk):
+        h.update(data)
+    return round(total / (time.perf_counter() - t0) / MB, 1)
 
 
 if __name__ == "__main__":

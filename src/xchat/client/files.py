@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import inspect
 import itertools
 import mimetypes
@@ -250,6 +252,7 @@ class BlobClient:
         # Blob bodies over plain sockets in worker threads (blobhttp: ~10x less CPU than
         # httpx); an injected transport or an https:// relay keeps everything on httpx.
         self._raw = blobhttp.usable(self.base_url) if transport is None else None
+        blobhttp.return_big_buffers_to_os()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
@@ -633,33 +636,44 @@ class _CipherSource:
                 yield take(cs), False
             yield take(padded - n_nonfinal * cs), True
 
+    def _sealed(self, enc: AttachmentEncryptor) -> Generator[bytes, None, None]:
+        for data, final in self._plain_chunks():
+            yield enc.encrypt_chunk(data, final)
+
     def ciphertext(self, skip: int) -> Generator[bytes, None, None]:
         """The blob's bytes from ``skip``, one encrypted chunk at a time."""
         enc = AttachmentEncryptor(self.key, self.chunk_size)
-        pos = 0
-        for data, final in self._plain_chunks():
-            ct = enc.encrypt_chunk(data, final)
-            end = pos + len(ct)
-            if end > skip:
-                yield ct[skip - pos :] if pos < skip else ct
-            pos = end
+        yield from _skipped(self._sealed(enc), skip)
         self.digest = enc.digest
 
     async def pieces(self, skip: int) -> AsyncIterator[bytes]:
-        """:meth:`ciphertext` produced in a worker thread one chunk ahead of the sender, so
-        reading, hashing and encrypting overlap with the socket writes (constant memory:
-        at most two chunks in flight)."""
-        it = self.ciphertext(skip)
+        """:meth:`ciphertext`, with reading + encrypting in one worker thread a batch
+        (~1 MiB) ahead of the sender and the SHA-256 of the previous batch in another, so
+        the three overlap (hashlib and the socket release the GIL). Memory: three batches."""
+        it = self._sealed(AttachmentEncryptor(self.key, self.chunk_size, hashing=False))
+        digest = hashlib.sha256()
+        hashed: asyncio.Future[None] | None = None
         fut: asyncio.Future[list[bytes]] = asyncio.ensure_future(asyncio.to_thread(_take, it))
+        pos = 0
         try:
             while batch := await fut:
                 fut = asyncio.ensure_future(asyncio.to_thread(_take, it))
-                for piece in batch:
-                    yield piece
+                if hashed is not None:
+                    await hashed
+                hashed = asyncio.ensure_future(asyncio.to_thread(_hash_all, digest, batch))
+                for ct in batch:
+                    end = pos + len(ct)
+                    if end > skip:
+                        yield ct[skip - pos :] if pos < skip else ct
+                    pos = end
+            if hashed is not None:
+                await hashed
+            self.digest = digest.digest()
         finally:
-            if not fut.done():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(fut)
+            for pending in (fut, hashed):
+                if pending is not None and not pending.done():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(pending)
             it.close()
 
     def final_digest(self) -> bytes:
@@ -669,6 +683,20 @@ class _CipherSource:
                 pass
         assert self.digest is not None
         return self.digest
+
+
+def _skipped(chunks: Iterator[bytes], skip: int) -> Iterator[bytes]:
+    pos = 0
+    for ct in chunks:
+        end = pos + len(ct)
+        if end > skip:
+            yield ct[skip - pos :] if pos < skip else ct
+        pos = end
+
+
+def _hash_all(digest: Any, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        digest.update(piece)
 
 
 def _take(it: Iterator[bytes], n: int = 4) -> list[bytes]:
@@ -748,7 +776,9 @@ class _PlainSink:
     across two blocks is stitched together. One ``writev`` per block."""
 
     def __init__(self, manifest: FileManifest, fd: int) -> None:
-        self.dec = AttachmentDecryptor(manifest.key, manifest.chunk_size)
+        # The blob's SHA-256 is taken by _Pipelined in a thread of its own (see hash()).
+        self.dec = AttachmentDecryptor(manifest.key, manifest.chunk_size, hashing=False)
+        self.sha = hashlib.sha256()
         self.fd = fd
         self.left = manifest.size
         self.piece = self.dec.ciphertext_chunk_size
@@ -774,6 +804,10 @@ class _PlainSink:
         if keep_list:
             _writev_all(self.fd, keep_list)
 
+    def hash(self, data: bytes) -> None:
+        """Digest the raw blob bytes (in order; runs beside :meth:`feed` on the same data)."""
+        self.sha.update(data)
+
     def feed(self, data: bytes) -> None:
         size = self.piece
         out: list[bytes] = []
@@ -798,7 +832,9 @@ class _PlainSink:
         if self.tail:
             self._write([self._open(bytes(self.tail))])
             self.tail.clear()
-        self.dec.finish(digest)  # truncation (no final chunk) and the digest
+        self.dec.finish()  # truncation (no final chunk)
+        if not hmac.compare_digest(self.sha.digest(), digest):
+            raise DecryptionError("attachment digest mismatch")
         if self.left:
             raise DecryptionError("attachment is shorter than its manifest says")
 
@@ -817,11 +853,17 @@ class _Pipelined:
     network reads, so decryption overlaps with receiving. Memory: two batches. Blocks that
     arrive at least a batch long are handed over as they are (no copy)."""
 
-    def __init__(self, fn: Callable[[bytes], None], batch: int = PIPELINE_BATCH) -> None:
+    def __init__(
+        self,
+        fn: Callable[[bytes], None],
+        batch: int = PIPELINE_BATCH,
+        beside: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.fn = fn
+        self.beside = beside  # a second consumer of each batch, in a thread of its own
         self.batch = batch
         self.buf = bytearray()
-        self.pending: asyncio.Future[None] | None = None
+        self.pending: asyncio.Future[Any] | None = None
 
     async def feed(self, data: bytes) -> None:
         if not self.buf and len(data) >= self.batch:
@@ -836,7 +878,12 @@ class _Pipelined:
     async def _submit(self, chunk: bytes) -> None:
         if self.pending is not None:
             await self.pending
-        self.pending = asyncio.ensure_future(asyncio.to_thread(self.fn, chunk))
+        if self.beside is None:
+            self.pending = asyncio.ensure_future(asyncio.to_thread(self.fn, chunk))
+        else:
+            self.pending = asyncio.gather(
+                asyncio.to_thread(self.fn, chunk), asyncio.to_thread(self.beside, chunk)
+            )
 
     async def drain(self) -> None:
         if self.buf:
@@ -874,7 +921,7 @@ async def receive_file(
     try:
         try:
             sink = _PlainSink(manifest, fd)
-            pipe = _Pipelined(sink.feed)
+            pipe = _Pipelined(sink.feed, beside=sink.hash)
             try:
                 await blobs.download(manifest.blob_id, manifest.blob_size, pipe.feed, progress)
                 await pipe.drain()

@@ -84,20 +84,26 @@ def ciphertext_length(plaintext_len: int, chunk_size: int = DEFAULT_CHUNK_SIZE) 
 
 
 class AttachmentEncryptor:
-    """Encrypts one file chunk by chunk; ``digest`` is the SHA-256 of all output bytes."""
+    """Encrypts one file chunk by chunk; ``digest`` is the SHA-256 of all output bytes.
 
-    def __init__(self, key: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    ``hashing=False`` leaves the digest to the caller (who hashes the output itself, e.g. in
+    another thread so hashing overlaps encryption); ``digest`` then raises."""
+
+    def __init__(
+        self, key: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE, *, hashing: bool = True
+    ) -> None:
         self._aead, self._prefix = _derive(key, chunk_size)
         self.chunk_size = chunk_size
         self._index = 0
         self._done = False
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashing else None
 
     def _seal(self, data: bytes, final: bool) -> bytes:
         nonce, aad = _nonce_aad(self._prefix, self._index, final)
         ct = self._aead.encrypt(nonce, data, aad)
         self._index += 1
-        self._hash.update(ct)
+        if self._hash is not None:
+            self._hash.update(ct)
         return ct
 
     def encrypt_chunk(self, data: bytes, final: bool = False) -> bytes:
@@ -127,19 +133,24 @@ class AttachmentEncryptor:
         """SHA-256 of the complete ciphertext stream (for the manifest)."""
         if not self._done:
             raise ProtocolError("attachment not finished")
+        if self._hash is None:
+            raise ProtocolError("this encryptor does not hash (hashing=False)")
         return self._hash.digest()
 
 
 class AttachmentDecryptor:
     """Decrypts and authenticates one file; use either ``decrypt_chunk`` + ``finish`` or
-    ``update`` + ``finish``, not both."""
+    ``update`` + ``finish``, not both. ``hashing=False``: the caller checks the blob's
+    SHA-256 itself (``finish`` then takes no digest)."""
 
-    def __init__(self, key: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self, key: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE, *, hashing: bool = True
+    ) -> None:
         self._aead, self._prefix = _derive(key, chunk_size)
         self.chunk_size = chunk_size
         self._next = 0
         self._final_seen = False
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashing else None
         self._buffer = bytearray()
 
     @property
@@ -166,7 +177,8 @@ class AttachmentDecryptor:
             raise DecryptionError("attachment chunk does not decrypt") from exc
         self._next += 1
         self._final_seen = final
-        self._hash.update(ct)
+        if self._hash is not None:
+            self._hash.update(ct)
         return data
 
     def update(self, data: bytes) -> bytes:
@@ -200,15 +212,15 @@ class AttachmentDecryptor:
             self._buffer.clear()
         if not self._final_seen:
             raise DecryptionError("attachment truncated (no final chunk)")
-        if expected_digest is not None and not hmac.compare_digest(
-            self._hash.digest(), expected_digest
-        ):
+        if expected_digest is not None and not hmac.compare_digest(self.digest, expected_digest):
             raise DecryptionError("attachment digest mismatch")
         return out
 
     @property
     def digest(self) -> bytes:
         """SHA-256 of the ciphertext consumed so far."""
+        if self._hash is None:
+            raise ProtocolError("this decryptor does not hash (hashing=False)")
         return self._hash.digest()
 
 
