@@ -156,8 +156,17 @@ def test_auth_and_ownership(http: httpx.Client, srv: ServerProcess) -> None:
 
 
 def test_unknown_and_hostile_ids(srv: ServerProcess) -> None:
-    for bad in ("0" * 32, "abc", "..%2F..%2Fetc%2Fpasswd", "G" * 32):
-        assert httpx.get(f"{srv.url}/api/v1/blobs/{bad}").status_code == 404
+    """A well-formed unknown id is 404; a malformed one is refused by the path pattern
+    (422, JSON) before the store sees it; an encoded traversal matches no route."""
+    assert httpx.get(f"{srv.url}/api/v1/blobs/{'0' * 32}").status_code == 404
+    for bad in ("abc", "G" * 32, "A" * 32, "0" * 33):
+        for method in ("GET", "PATCH"):
+            r = httpx.request(method, f"{srv.url}/api/v1/blobs/{bad}")
+            assert r.status_code == (422 if method == "GET" else 401), (method, bad)
+        r = httpx.get(f"{srv.url}/api/v1/blobs/{bad}")
+        assert "blob_id" in r.json()["error"], r.text
+    assert httpx.head(f"{srv.url}/api/v1/blobs/abc").status_code == 422
+    assert httpx.get(f"{srv.url}/api/v1/blobs/..%2F..%2Fetc%2Fpasswd").status_code == 404
 
 
 def test_quota(http: httpx.Client) -> None:

@@ -41,6 +41,7 @@ from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.server.directory import BEARER
 from xchat.server.models import ErrorOut, errors
+from xchat.server.paths import BlobId
 from xchat.storage.blobs import (
     DEFAULT_MAX_BLOB_BYTES,
     DEFAULT_QUOTA_BYTES,
@@ -210,7 +211,7 @@ async def _check_age_quota(
     },
 )
 async def append_blob(
-    blob_id: str,
+    blob_id: BlobId,
     owner: Owner,
     request: Request,
     upload_offset: Annotated[int, Header(alias="Upload-Offset", ge=0)],
@@ -237,7 +238,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 
 @router.head(BLOBS_PATH + "/{blob_id}", responses={404: {"description": "Unknown blob"}})
-async def blob_status(blob_id: str, request: Request) -> Response:
+async def blob_status(blob_id: BlobId, request: Request) -> Response:
     """The confirmed offset and total size of a blob (what a resuming client needs)."""
     info = await _state(request).store.info(blob_id, now_ms())
     return Response(status_code=200, headers=_status_headers(info))
@@ -257,7 +258,7 @@ class _BigFileResponse(FileResponse):
         **errors(404, 409),
     },
 )
-async def download_blob(blob_id: str, request: Request) -> Response:
+async def download_blob(blob_id: BlobId, request: Request) -> Response:
     """Stream a complete blob. No authentication on purpose: the 128-bit id is the
     capability, and the relay learns nothing about who downloads (§4.1)."""
     st = _state(request)

@@ -24,6 +24,7 @@ from xchat.crypto.devicelist import LINK_TTL_MS, MAX_DEVICES, DeviceList
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import ApiError, XChatError
 from xchat.server import models as m
+from xchat.server.paths import Address, SlotId
 from xchat.server.directory import CURRENT_DEVICE, _lookup_address, _verify, parse_keys, relay_of
 from xchat.server.relay import Relay
 from xchat.server.tokens import REDEEM
@@ -108,7 +109,7 @@ def slots_of(request: Request) -> LinkSlots:
 
 
 @router.put("/links/{sid}", status_code=201, responses=m.errors(400, 409, 413, 503))
-async def put_offer(sid: str, body: OfferIn, request: Request) -> dict[str, int]:
+async def put_offer(sid: SlotId, body: OfferIn, request: Request) -> dict[str, int]:
     slots = slots_of(request)
     t = now_ms()
     slots._sweep(t)
@@ -126,14 +127,14 @@ async def put_offer(sid: str, body: OfferIn, request: Request) -> dict[str, int]
 
 
 @router.get("/links/{sid}", responses=m.errors(400, 404, 410))
-async def get_offer(sid: str, request: Request) -> dict[str, object]:
+async def get_offer(sid: SlotId, request: Request) -> dict[str, object]:
     slot = slots_of(request).get(sid, now_ms())
     return {"offer": m.enc(slot.offer), "expires_ms": slot.expires_ms}
 
 
 @router.post("/links/{sid}/answer", responses=m.errors(400, 401, 404, 410, 413))
 async def post_answer(
-    sid: str, body: AnswerIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
+    sid: SlotId, body: AnswerIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> dict[str, bool]:
     """Only an authenticated device may answer (no anonymous spam of pending links)."""
     slot = slots_of(request).get(sid, now_ms())
@@ -147,7 +148,7 @@ async def post_answer(
 
 
 @router.get("/links/{sid}/answer", responses=m.errors(400, 404, 410))
-async def get_answer(sid: str, request: Request, wait: float = 0.0) -> dict[str, object]:
+async def get_answer(sid: SlotId, request: Request, wait: float = 0.0) -> dict[str, object]:
     """The new device polls (long-poll up to 30 s); the answer is handed out once."""
     slots = slots_of(request)
     slot = slots.get(sid, now_ms(), open_only=False)
@@ -185,7 +186,7 @@ async def _stored(relay: Relay, address: str) -> tuple[int, int]:
 
 
 @router.get("/devices/{address}", responses=m.errors(400, 401, 404), dependencies=[REDEEM])
-async def get_devices(address: str, request: Request) -> dict[str, object]:
+async def get_devices(address: Address, request: Request) -> dict[str, object]:
     relay = relay_of(request)
     acct = _lookup_address(relay, address)
     got = await relay.store.get_device_list(acct.address)

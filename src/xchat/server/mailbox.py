@@ -14,6 +14,7 @@ from xchat.protocol.frames import PowAccess, TokenAccess
 from xchat.server import models as m
 from xchat.server.directory import CURRENT_DEVICE, relay_of
 from xchat.server.limits import ip_bucket
+from xchat.server.paths import EnvelopeId
 from xchat.server.relay import Access, SendDest
 from xchat.storage.base import DeviceRecord
 
@@ -101,7 +102,7 @@ async def fetch(
 
 @router.delete("/messages/{envelope_id}", response_model=m.AckOut, responses=m.errors(400, 401))
 async def delete_one(
-    envelope_id: str, request: Request, device: DeviceRecord = CURRENT_DEVICE
+    envelope_id: EnvelopeId, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.AckOut:
     eid = m.b64url(envelope_id, "envelope id", 16)
     deleted = await relay_of(request).store.ack(device.ref, [eid])
