@@ -188,12 +188,15 @@ class Messaging:
             await self.c._send_pending_receipts(address)
 
     async def on_event(self, e: ev.Event) -> None:
-        """Listener: group notices from group changes; owed receipts after storing."""
+        """Listener: group notices from group changes; owed receipts after storing a
+        group message and after every (re)connection (a relay outage keeps them owed)."""
         if isinstance(e, ev.GroupChanged):
             await self._group_notice(e)
         elif isinstance(e, ev.MessageReceived | rev.TimerChanged):
             self._wake.set()
-        if isinstance(e, ev.MessageReceived) and e.group is not None:
+        if (isinstance(e, ev.MessageReceived) and e.group is not None) or (
+            isinstance(e, ev.ConnectionChanged) and e.connected and self.state.rs.owed(1)
+        ):
             self.c._background(self.flush_owed())
 
     # --- reactions, edits, deletes (PROTOCOL Part VIII §2-§4) ---------------------------
@@ -536,4 +539,3 @@ class Messaging:
 
 def _with_sender(msg: ct.Content, sender: ct.SenderInfo) -> ct.Content:
     return replace(msg, sender=sender)
-
