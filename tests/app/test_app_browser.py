@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -647,3 +648,41 @@ def test_a_secret_in_the_query_string_is_not_accepted(browser: Any, apps: list[A
         assert apps[0].secret not in stored and "xchat-key" not in stored
     finally:
         ctx.close()
+
+
+def test_near_miss_conversation_and_message_ids_are_refused(people: dict[str, Any]) -> None:
+    """Every id the page sends is compared exactly: near misses of a real one are 404s."""
+    ann, ben_addr = people["ann"], people["ben_addr"]
+    gid = next(
+        c["id"]
+        for c in api(ann, "GET", "/api/conversations")["conversations"]
+        if c["kind"] == "group"
+    )
+    convs = [
+        ben_addr[:-1],
+        ben_addr + "q",
+        # (all upper case and surrounding spaces name the same bech32m address: accepted)
+        f"group:{gid[:-1]}",
+        f"group:{gid}0",
+        f"group:{gid.upper()}",
+        f"GROUP:{gid}",
+        f"group:{gid}:x",
+    ]
+    for conv in convs:
+        for method, path, body in (
+            ("GET", f"/api/messages?peer={quote(conv)}", None),
+            ("POST", "/api/drafts", {"conv": conv, "text": "x"}),
+            ("POST", "/api/messages/retry", {"conv": conv, "id": "0" * 32}),
+        ):
+            r = httpx.request(
+                method,
+                ann.base + path,
+                headers={"X-XChat-Secret": ann.secret},
+                json=body,
+                timeout=30,
+            )
+            assert r.status_code == 404, (conv, path, r.status_code, r.text)
+    last = api(ann, "GET", f"/api/messages?peer={quote(ben_addr)}")["messages"][-1]["id"]
+    for msg_id in (last[:-1], last + "0", last.upper()):
+        body = {"conv": ben_addr, "id": msg_id}
+        api(ann, "POST", "/api/messages/retry", body, 404)
