@@ -20,7 +20,7 @@ class _Model(BaseModel):
     """Strict types (issue #18): JSON ``true`` is not an integer and ``"1"`` is not a number
     here (Part III §1: every integer field is a JSON integer); an int still fills a float."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorOut(BaseModel):
