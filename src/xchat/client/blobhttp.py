@@ -320,4 +320,7 @@ async def send_body(conn: Connection, body: AsyncIterator[bytes]) -> BaseExcepti
     finally:
         pieces.put(None)
         await worker
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:  # stop the producer (e.g. the encrypting thread) now
+            await aclose()
     return error[0] if error else None
