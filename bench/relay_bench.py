@@ -458,6 +458,7 @@ class Load:
             "p50_ms": pct(50),
             "p90_ms": pct(90),
             "p99_ms": pct(99),
+            "p999_ms": pct(99.9),
             "max_ms": pct(100),
             # from the actual send instead of the schedule: the gap is load-generator lag
             "p50_from_send_ms": (

@@ -41,6 +41,8 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("backup", "backup_bench.py", ()),
     ("calls", "call_bench.py", ()),
     ("devices", "devices_bench.py", ()),
+    ("tail", "tail_bench.py", ()),
+    ("connections", "connections_bench.py", ()),
 )
 
 TITLES = {
@@ -55,6 +57,8 @@ TITLES = {
     "cluster": "Scale-out: PostgreSQL + Redis nodes vs Synapse on PostgreSQL",
     "backup": "Backup and recovery: restore time, realm CPU per guess, backup size",
     "calls": "Calls: setup, media CPU, calls per core",
+    "tail": "Tail latency vs offered load: one relay process vs several on one port",
+    "connections": "Connections: idle authenticated WebSockets across relay processes",
 }
 
 MSGS_KEYS = ("msgs_per_s", "max_load.msgs_per_s", "throughput_msgs_per_s", "msgs_per_sec")
