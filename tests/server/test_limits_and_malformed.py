@@ -131,9 +131,14 @@ def test_malformed_gets(hc: httpx.Client, acct: object, path: str) -> None:
 
 
 def test_malformed_delete(hc: httpx.Client, acct: object) -> None:
-    for bad in ("short", "!!!!", "A" * 100):
+    """The envelope id's path pattern (PROTOCOL Part III §1) refuses a malformed id with
+    422 naming it, a non-canonical spelling included (last character with set low bits)."""
+    for bad in ("short", "!!!!", "A" * 100, "A" * 21 + "B", "A" * 22 + "="):
         r = hc.delete(f"/api/v1/messages/{bad}", headers=acct.headers)  # type: ignore[attr-defined]
-        assert r.status_code == 400
+        assert r.status_code == 422 and "envelope_id" in r.json()["error"], (bad, r.text)
+    for good in ("A" * 22, "A" * 22 + "=="):  # unknown but well formed: nothing deleted
+        r = hc.delete(f"/api/v1/messages/{good}", headers=acct.headers)  # type: ignore[attr-defined]
+        assert r.status_code == 200 and r.json()["deleted"] == 0, r.text
 
 
 def test_http_size_limits(small: ServerProcess, acct: object) -> None:
