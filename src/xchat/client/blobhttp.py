@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from xchat.errors import ProtocolError, ServerUnreachable
@@ -53,13 +53,36 @@ def return_big_buffers_to_os() -> None:
     if _tuned:
         return
     _tuned = True
-    with contextlib.suppress(Exception):
-        import ctypes
-        import ctypes.util
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(Exception):
+            libc.mallopt(_M_ARENA_MAX, 1)
 
-        name = ctypes.util.find_library("c")
-        if name:
-            ctypes.CDLL(name).mallopt(_M_ARENA_MAX, 1)
+
+def give_back_memory() -> None:
+    """``malloc_trim(0)`` after a transfer: hand the freed chunk and block buffers back to
+    the OS so the next transfer starts from the same RSS (glibc only; cheap, once per
+    transfer)."""
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(Exception):
+            libc.malloc_trim(0)
+
+
+_LIBC: list[Any] = []
+
+
+def _libc() -> Any:
+    if not _LIBC:
+        lib = None
+        with contextlib.suppress(Exception):
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            lib = ctypes.CDLL(name) if name else None
+        _LIBC.append(lib)
+    return _LIBC[0]
 
 
 def usable(base_url: str) -> tuple[str, int] | None:

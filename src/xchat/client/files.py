@@ -332,6 +332,19 @@ class BlobClient:
         """Upload ``total`` bytes; ``pieces(skip)`` yields the blob's bytes from ``skip``.
         ``offset`` is the known confirmed offset (0 for a fresh blob), else asked with
         ``HEAD``. After a broken connection ask the server's offset and continue (§5)."""
+        try:
+            await self._upload(blob_id, total, pieces, progress, offset)
+        finally:
+            blobhttp.give_back_memory()
+
+    async def _upload(
+        self,
+        blob_id: str,
+        total: int,
+        pieces: Callable[[int], AsyncIterator[bytes]],
+        progress: Progress | None,
+        offset: int | None,
+    ) -> None:
         failures = 0
         confirmed = offset if offset is not None else await self._offset_retrying(blob_id)
         while confirmed < total:
@@ -423,6 +436,14 @@ class BlobClient:
         """Stream the blob into ``sink``; on a broken connection continue with ``Range``
         from the bytes already received. ProtocolError if the server sends more or other
         than ``total`` bytes."""
+        try:
+            await self._download(blob_id, total, sink, progress)
+        finally:
+            blobhttp.give_back_memory()
+
+    async def _download(
+        self, blob_id: str, total: int, sink: Sink, progress: Progress | None
+    ) -> None:
         received = 0
         failures = 0
         while True:
