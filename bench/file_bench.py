@@ -385,6 +385,9 @@ NOTES = [
     "one round): e2e 33.8 MB/s, plain 44.8, curl 315, disk write 231; client CPU per GB "
     "downloaded 5.5 s (e2e) and 3.9 s (plain) against curl's 1.0. The stored figure before "
     "that (load 2.6): e2e 87 MB/s, plain 151 (58 %).",
+    "Run to run the wall-clock ratios swing widely at this load: the previous full run "
+    "(08:14 UTC, load 12–14) gave e2e ÷ curl 0.50 on `/tmp` and 0.98 on `/dev/shm`; the "
+    "CPU ratio (0.31–0.60) is the steadier figure.",
 ]
 
 
