@@ -42,7 +42,7 @@ _M_ARENA_MAX: Final = -8  # glibc <malloc.h>
 _tuned = False
 
 
-def return_big_buffers_to_os() -> None:
+def one_malloc_arena() -> None:
     """Let glibc keep one malloc arena. Why: the chunks and blocks here (256 KiB – 1 MiB)
     are allocated and freed by several worker threads; with an arena per thread each one
     keeps freed megabytes, which grew the client's RSS by ~20 MB per transfer direction
@@ -83,6 +83,10 @@ def _libc() -> Any:
             lib = ctypes.CDLL(name) if name else None
         _LIBC.append(lib)
     return _LIBC[0]
+
+
+# At import, before the worker threads that would each get an arena exist.
+one_malloc_arena()
 
 
 def usable(base_url: str) -> tuple[str, int] | None:

@@ -252,7 +252,6 @@ class BlobClient:
         # Blob bodies over plain sockets in worker threads (blobhttp: ~10x less CPU than
         # httpx); an injected transport or an https:// relay keeps everything on httpx.
         self._raw = blobhttp.usable(self.base_url) if transport is None else None
-        blobhttp.return_big_buffers_to_os()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
