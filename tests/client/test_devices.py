@@ -168,6 +168,34 @@ async def test_groups_from_every_device(accounts: Accounts) -> None:
         assert "after bob linked" in _texts(await c.receive())
 
 
+async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
+    """A group message sent from one device appears in the sender's other devices' group
+    history (same id, outgoing, exactly once), in the same single upload."""
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    a2 = await accounts.link(a1, "laptop")
+    info = await a1.create_group("team", [b.address])
+    await b.receive()
+    await a2.receive()
+    mid = await a1.send_group(info.id, "from the phone")
+    await a1.send_group(info.id, "again")
+    assert _texts(await b.receive()) == ["from the phone", "again"]
+    got = await a2.receive()
+    synced = [e for e in got if isinstance(e, dev_ev.MessageSynced)]
+    assert [e.text for e in synced] == ["from the phone", "again"]
+    assert synced[0].id == mid and not _texts(got)
+    await a2.receive()  # nothing is delivered twice
+    mine = [m for m in a2.group_history(info.id) if m.text == "from the phone"]
+    assert [(m.id, m.direction) for m in mine] == [(mid, "out")]
+    # a device linked after the key went round gets this device's key before its next send
+    a3 = await accounts.link(a2, "tablet")
+    await a1.send_group(info.id, "to three devices")
+    for c in (a2, a3):
+        got = await c.receive()
+        assert [e.text for e in got if isinstance(e, dev_ev.MessageSynced)] == ["to three devices"]
+    assert _texts(await b.receive()) == ["to three devices"]
+
+
 async def test_five_devices(accounts: Accounts) -> None:
     a1 = await accounts.account("alice")
     b = await accounts.account("bob")

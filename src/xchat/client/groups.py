@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from xchat.client import content as ct
 from xchat.client import events as ev
+from xchat.client.device_events import MessageSynced
 from xchat.client.model import GROUP_PEER_PREFIX, _Batch, _history_item, now_ms
 from xchat.client.store import ContactRecord, GroupRow, MessageRecord
 from xchat.client.transport import Backoff, SendChannel, ws_url
@@ -367,8 +368,38 @@ class Groups:
                 log.warning("sender key not delivered to %s: %s", address, exc)
                 continue
             self._drop_pending(gid, {address})
+        await self._share_key_with_own_devices(gid, own.key_id, skdm)
         await self._send_learning_devices(gid, state, msg, resend)
         return msg.id
+
+    async def _share_key_with_own_devices(self, gid: str, key_id: int, skdm: str) -> None:
+        """Our other devices read our group messages too (PROTOCOL Part VII §4.3): each
+        gets this device's sender key once per key (a ``sender_key`` content to our own
+        address), also a device linked after the key went round. Noted in meta
+        ``group_own_key:<gid>`` as ``{"key_id", "devices"}``."""
+        devices = self.c.own_other_devices()
+        if not devices:
+            return
+        meta = f"group_own_key:{gid}"
+        raw = self.c.store.get_meta(meta)
+        noted = json.loads(raw) if raw else {}
+        done = set(noted.get("devices", [])) if noted.get("key_id") == key_id else set()
+        if set(devices) <= done:
+            return
+        body = {"id": gid, "skdm": skdm}
+        me = ContactRecord(
+            self.c.address, None, self.c.identity.public.encode(), None, False, False, True
+        )
+        msg = ct.Content(
+            id=ct.new_message_id(), type=SENDER_KEY_TYPE, ts=now_ms(), sender=None, group=body
+        )
+        try:
+            await self.c._send_content(me, msg, store_as_message=False)
+        except XChatError as exc:
+            log.warning("sender key not delivered to our other devices: %s", exc)
+            return
+        noted = {"key_id": key_id, "devices": sorted(done | set(devices))}
+        self.c.store.put_meta(meta, json.dumps(noted).encode())
 
     async def _send_learning_devices(
         self, gid: str, state: GroupState, msg: ct.Content, resend: bool
@@ -435,6 +466,10 @@ class Groups:
                 identity = IdentityPublicKey.decode(state.members[address])
                 recipients.extend((identity, d) for d in devices)
                 routes.append((address, devices))
+            own_devices = c.own_other_devices()  # our copy, same upload (Part VII §4.3)
+            if own_devices:
+                recipients.extend((c.identity.public, d) for d in own_devices)
+                routes.append((me, own_devices))
             t = _now()
             # Chain state is persisted BEFORE the message leaves (as PROTOCOL Part IV §3.4).
             with c.store.transaction():
@@ -471,17 +506,29 @@ class Groups:
         for _ in range(2):
             dests = []
             for address, devices in routes:
-                identity = IdentityPublicKey.decode(state.members[address])
+                own = address == self.c.address
+                identity = (
+                    self.c.identity.public
+                    if own
+                    else IdentityPublicKey.decode(state.members[address])
+                )
                 contact = self.c.store.get_contact(address)
+                token = (
+                    self.c.store.get_meta("delivery_token")
+                    if own
+                    else (contact.delivery_token if contact is not None else None)
+                )
                 access: fr.Access
-                if use_tokens and contact is not None and contact.delivery_token is not None:
-                    access = fr.TokenAccess(contact.delivery_token)
+                if (use_tokens or own) and token is not None:
+                    access = fr.TokenAccess(token)
                 else:
                     access = await self.c._pow_access(address)
                 envs = tuple(
                     fr.MultiEnvelope(d, secrets.token_bytes(16), headers[(identity, d)])
                     for d in devices
                 )
+                if own:  # the relay checks our whole device set; this device gets no copy
+                    envs += (fr.MultiEnvelope(self.c.device_id, secrets.token_bytes(16), b""),)
                 dests.append(fr.MultiDestination(decode_address(address), access, envs))
             try:
                 await self._send_multi_frame(shared, tuple(dests))
@@ -549,6 +596,17 @@ class Groups:
                 rich.apply(sender, conv, msg, batch.origin_ms or t, t, batch.events)
             return
         if msg.type not in ("text", "file"):
+            return
+        if sender == self.c.address:  # sent by our other device: outgoing here too (VII §4.3)
+            peer = group_peer(gid, sender)
+            if self.c.store.add_message(msg.id, peer, "out", msg.ts, "sent", plaintext, t,
+                                        unseen=False):  # fmt: skip
+                rich.outgoing(peer, msg, batch.origin_ms or t)
+                batch.events.append(
+                    MessageSynced(
+                        msg.id, conv, msg.text or "", msg.ts, unsealed.device_id, msg.file
+                    )
+                )
             return
         if not self.c.store.add_message(
             msg.id, group_peer(gid, sender), "in", msg.ts, "received", plaintext, t
