@@ -196,6 +196,36 @@ async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
     assert _texts(await b.receive()) == ["to three devices"]
 
 
+async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
+    """A delete-for-me on one device deletes the message on our other devices too (sync
+    kind ``delete``), in a 1:1 conversation and in a group; the peer keeps its copy."""
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    a2 = await accounts.link(a1, "laptop")
+    mid = await b.send_text(a1.address, "delete me")
+    keep = await b.send_text(a1.address, "keep me")
+    for c in (a1, a2):
+        assert _texts(await c.receive()) == ["delete me", "keep me"]
+    await a1.messaging.delete(b.address, mid)
+    got = await a2.receive()
+    assert [(e.kind, e.data.get("id")) for e in got if isinstance(e, dev_ev.DeviceSynced)] == [
+        ("delete", mid)
+    ]
+    assert a2.store.get_message(b.address, mid) is None
+    assert a2.store.get_message(b.address, keep) is not None
+    assert b.store.get_message(a1.address, mid) is not None
+    info = await a1.create_group("team", [b.address])
+    await b.receive()
+    await a2.receive()
+    gmid = await b.send_group(info.id, "group line")
+    for c in (a1, a2):
+        assert _texts(await c.receive()) == ["group line"]
+    await a2.messaging.delete(None, gmid, group=info.id)
+    await a1.receive()
+    assert [m.id for m in a1.group_history(info.id)] == []
+    assert [m.id for m in b.group_history(info.id)] == [gmid]
+
+
 async def test_five_devices(accounts: Accounts) -> None:
     a1 = await accounts.account("alice")
     b = await accounts.account("bob")

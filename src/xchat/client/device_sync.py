@@ -80,7 +80,14 @@ def apply(client: DeviceListClient, sync: dict[str, Any], t: int) -> list[dev_ev
             if not isinstance(peer, str) or not isinstance(ts, int):
                 raise DecodeError("sync read")
             set_read_mark(client, peer, ts)
-        elif kind != "delete":  # "delete" is for the app to act on (its event below)
+        elif kind == "delete":  # a delete-for-me on our other device: here too
+            conv, msg_id = sync.get("conv"), sync.get("id")
+            if not isinstance(conv, str) or not isinstance(msg_id, str):
+                raise DecodeError("sync delete")
+            messaging = getattr(client, "messaging", None)  # the full client's (Part VIII)
+            if messaging is None or not messaging.state.delete_synced(conv, msg_id):
+                return []
+        else:
             return []
     except XChatError:
         return []

@@ -508,6 +508,18 @@ class RichState:
         self.index.remove(m.peer, m.id)
         self.rs.checkpoint()
 
+    def delete_synced(self, conv: str, msg_id: str) -> bool:
+        """Our other device deleted this message for itself (PROTOCOL Part VII §5, sync
+        kind ``delete``): delete it here too, inside the caller's transaction (the receive
+        path's). False if it is not here (already deleted: a redelivery)."""
+        m = self._find_any_author(conv, msg_id)
+        if m is None:
+            return False
+        self._unlink_files(m.peer, m.id)
+        self.rs.delete_message(m.peer, m.id)
+        self.index.remove(m.peer, m.id)
+        return True
+
     def _drop(self, conv: str) -> int:
         with self.store.transaction():
             msgs = self.rs.conversation_messages(conv)

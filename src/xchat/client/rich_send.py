@@ -268,6 +268,10 @@ class Messaging:
         if not for_everyone:
             conv = self.local_conv(to, group)
             self.state.delete_for_me(conv, msg_id)
+            try:  # our other devices delete it too (PROTOCOL Part VII §5)
+                await self.c._devices.sync_own("delete", {"conv": conv, "id": msg_id})
+            except XChatError as exc:
+                log.warning("deletion not synced to our other devices: %s", exc)
             return None
         conv, contact = await self.conv_for(to, group)
         st = self.state
