@@ -379,15 +379,22 @@ NOTES = [
     "On 2 loaded cores that CPU is not hidden by overlap.",
     "`/dev/shm` takes the disk out; on the disk-backed work directory the relay's write + "
     "fsync and the receiver's write bound every path, curl included.",
+    "On the disk-backed directory e2e's download also pays `receive_file`'s fsync (the "
+    "file is durable before it is renamed into place): that writeback, ~2 CPU s/GB on this "
+    "VM's disk, is charged to the client, while curl and `plain` leave writeback to the "
+    "kernel's flusher threads (not counted, and not waited for). Compare `/dev/shm` for "
+    "the cipher's cost alone.",
     "No parallel parts or ranges: one connection moves ~1.2–1.5 GB/s into a null sink "
     "here (0.1 client CPU s/GB), so the socket is not the limit; the CPU is.",
     "Before (httpx for blob bodies; same machine and load ~12, 2026-12-03, `/tmp`, 1 GB, "
     "one round): e2e 33.8 MB/s, plain 44.8, curl 315, disk write 231; client CPU per GB "
     "downloaded 5.5 s (e2e) and 3.9 s (plain) against curl's 1.0. The stored figure before "
     "that (load 2.6): e2e 87 MB/s, plain 151 (58 %).",
-    "Run to run the wall-clock ratios swing widely at this load: the previous full run "
-    "(08:14 UTC, load 12–14) gave e2e ÷ curl 0.50 on `/tmp` and 0.98 on `/dev/shm`; the "
-    "CPU ratio (0.31–0.60) is the steadier figure.",
+    "Run to run the wall-clock ratios swing widely at this load: the two full runs before "
+    "this one (08:14 and 08:19 UTC, load 12–14) gave e2e ÷ curl 0.50 and 0.37 on `/tmp`, "
+    "0.98 and 0.50 on `/dev/shm`; a `--quick` 300 MB run at 08:22 gave 0.68 on `/tmp`. The "
+    "CPU ratio (0.31–0.60) is steadier, but CPU time also inflates when the sibling "
+    "hyperthread is busy (SHA-256 alone measured 546–936 MB/s across these runs).",
 ]
 
 
