@@ -147,7 +147,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Command: `{doc['command']}`",
         f"Machine: {common.machine_line(m)}. 1/5/15-min load average "
         f"{m.get('loadavg_at_start')} at start, {m.get('loadavg_at_end')} at end: the two "
-        "cores were shared with other engineers' test suites (load 10+ on 2 cores), and the "
+        "cores were shared with other engineers' test suites, and the "
         "CPU-pressure column shows some task waiting for a core almost all the time. The "
         "relay benchmark's quiet run reached 26,924 msgs/s; read the latencies below as what "
         "a starved machine gives, and the CPU per message as the portable figure.",
