@@ -70,6 +70,8 @@ def test_bad_codes_and_no_history(server: ServerProcess, tmp_path: Path) -> None
     assert "unknown link code" in one_error_line(r) and r.returncode == 14
     r = xchat(old, "device", "add", "not-a-code")
     assert "not a link code" in one_error_line(r) and r.returncode == 14
+    r = xchat(old, "device", "add", "not-a-code", "--max-attachments", "300")  # 0..256 MB
+    assert "--max-attachments" in r.stderr and r.returncode == 2
     proc = _start_link(new, "--server", server.url, "--no-history", "--json")
     try:
         assert proc.stdout is not None

@@ -9,15 +9,17 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from xchat.client import device_events as dev_ev
 from xchat.client import events as ev
+from xchat.client import files as xf
 from xchat.client.client import Client
 from xchat.crypto import devicelist as dl
-from xchat.errors import DeviceRemoved, LinkError, UntrustedDevice
+from xchat.errors import ClientError, DeviceRemoved, LinkError, UntrustedDevice
 from xchat.testing import ServerProcess, running_server
 
 
@@ -38,7 +40,9 @@ class Accounts:
         await c.create_account(self.url, self.handle(base))
         return c
 
-    async def link(self, existing: Client, name: str, *, history: bool = True) -> Client:
+    async def link(
+        self, existing: Client, name: str, *, history: bool = True, **approve: Any
+    ) -> Client:
         new = Client(self.root / f"{name}{len(self.clients)}")
         self.clients.append(new)
         code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -47,7 +51,7 @@ class Accounts:
                 self.url, name=name, history=history, on_code=lambda c, _uri: code.set_result(c)
             )
         )
-        await existing.approve_device(await code)
+        await existing.approve_device(await code, **approve)
         res = await task
         assert res.device_id == new.device_id and res.address == existing.address
         return new
@@ -224,6 +228,42 @@ async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
     await a1.receive()
     assert [m.id for m in a1.group_history(info.id)] == []
     assert [m.id for m in b.group_history(info.id)] == [gmid]
+
+
+async def test_history_carries_attachments_up_to_the_chosen_size(
+    accounts: Accounts, tmp_path: Path
+) -> None:
+    """The approving device copies the attachments it holds into the archive, newest first,
+    up to the total the user chose; the linked device opens them without the blob store."""
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    sizes = {"big.bin": 300_000, "small.bin": 40_000, "newest.bin": 50_000}
+    mids = {}
+    for name, size in sizes.items():
+        src = tmp_path / name
+        src.write_bytes(bytes([len(name)]) * size)
+        async with xf.BlobClient.from_api(b.api) as blobs:
+            manifest = await xf.send_file(blobs, src)
+        mids[name] = await b.send_file_manifest(a1.address, manifest.to_json())
+        got = [e for e in await a1.receive() if isinstance(e, ev.MessageReceived)]
+        assert got[0].id == mids[name] and got[0].file is not None
+        async with xf.BlobClient(a1.api.base_url) as blobs:
+            path = await xf.receive_file(
+                blobs, xf.FileManifest.from_json(got[0].file), tmp_path / "a1-dl"
+            )
+        a1.messaging.record_file(b.address, mids[name], str(path))
+    # 100 kB: the two newest fit (90 kB), the 300 kB one does not
+    a2 = await accounts.link(a1, "laptop", max_attachments=100_000)
+    for name in ("small.bin", "newest.bin"):
+        paths = a2.messaging.state.rs.files(b.address, mids[name])
+        assert len(paths) == 1 and Path(paths[0]).parent == xf.downloads_dir(a2.profile.path)
+        assert Path(paths[0]).read_bytes() == (tmp_path / name).read_bytes()
+    assert a2.messaging.state.rs.files(b.address, mids["big.bin"]) == []
+    assert a2.store.get_message(b.address, mids["big.bin"]) is not None  # its manifest came
+    a3 = await accounts.link(a1, "tablet", max_attachments=0)
+    assert all(a3.messaging.state.rs.files(b.address, m) == [] for m in mids.values())
+    with pytest.raises(ClientError, match="0 to 256 MB"):  # refused before anything is sent
+        await a1.approve_device("any code", max_attachments=2**40)
 
 
 async def test_five_devices(accounts: Accounts) -> None:

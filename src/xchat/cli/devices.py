@@ -123,15 +123,28 @@ def device_link(
 @device_group.command("add")
 @click.argument("code")
 @click.option("--no-history", is_flag=True, help="Do not send the message history.")
+@click.option(
+    "--max-attachments",
+    "max_attachments",
+    type=click.IntRange(0, 256),
+    default=25,
+    show_default=True,
+    metavar="MB",
+    help="Copy attachments this device holds into the history, newest first, up to MB "
+    "megabytes in total (0: none; larger ones stay downloadable while their blobs live).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_obj
-def device_add(obj: Any, code: str, no_history: bool, as_json: bool) -> None:
+def device_add(obj: Any, code: str, no_history: bool, max_attachments: int, as_json: bool) -> None:
     """Approve the new device showing CODE (sends it the account and the history)."""
 
     async def go() -> Any:
         async with obj.client() as c:
             return await c.approve_device(
-                code, history=not no_history, progress=_progress(sys.stderr.isatty())
+                code,
+                history=not no_history,
+                progress=_progress(sys.stderr.isatty()),
+                max_attachments=max_attachments * 1024 * 1024,
             )
 
     res = _run(go())

@@ -5,17 +5,22 @@ sender keys of other members, so the new device reads their next messages) and s
 as compressed JSON encrypted under a fresh key and uploaded once to the blob store; the key
 and digest travel in the (encrypted) link answer. Sessions, prekeys and our own sender
 keys are per device and never leave it. File messages carry their manifests, so attachments
-stay downloadable from the blob store while the blobs live.
+stay downloadable from the blob store while the blobs live; the decrypted attachments this
+device holds are copied into the archive too, newest first, up to a total the approving
+user chooses (``attachments``, Part VII §6), so they open on the new device after the blobs
+expired.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import secrets
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -31,6 +36,14 @@ MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
 MESSAGE_PAGE = 5000
 
 Progress = Callable[[int, int], None]
+#: the local paths of one message's decrypted attachment: ``files(peer, id)``
+LocalFiles = Callable[[str, str], list[str]]
+#: the new device keeps one copied attachment: ``save(peer, id, name, data)``
+SaveFile = Callable[[str, str, str, bytes], None]
+#: default total of attachment bytes copied into an archive (``--max-attachments`` MB)
+DEFAULT_MAX_ATTACHMENTS = 25 * 1024 * 1024
+#: the largest total a user may choose (the archive itself is bounded by MAX_ARCHIVE_BYTES)
+MAX_ATTACHMENTS_LIMIT = 256 * 1024 * 1024
 
 
 def _e(data: bytes | None) -> str | None:
@@ -41,8 +54,41 @@ def _d(value: object) -> bytes | None:
     return base64.b64decode(value) if isinstance(value, str) else None
 
 
-def export(store: Store, settings: dict[str, Any], *, messages: bool = True) -> bytes:
-    """The plaintext archive (JSON, zlib-compressed)."""
+def _attachments(
+    rows: list[dict[str, Any]], files: LocalFiles, budget: int
+) -> list[dict[str, Any]]:
+    """The decrypted attachments of ``rows`` this device holds, newest first, while their
+    total stays within ``budget`` bytes (a file that does not fit is skipped, a smaller
+    older one may still go)."""
+    out: list[dict[str, Any]] = []
+    for row in reversed(rows):
+        if budget <= 0:
+            break
+        for path in files(row["peer"], row["id"]):
+            p = Path(path)
+            try:
+                size = p.stat().st_size
+                if size > budget or not p.is_file():
+                    continue
+                data = p.read_bytes()
+            except OSError:
+                continue  # deleted or moved by the user: the manifest still travels
+            budget -= len(data)
+            out.append({"peer": row["peer"], "id": row["id"], "name": p.name, "data": _e(data)})
+            break
+    return out
+
+
+def export(
+    store: Store,
+    settings: dict[str, Any],
+    *,
+    messages: bool = True,
+    files: LocalFiles | None = None,
+    max_attachment_bytes: int = 0,
+) -> bytes:
+    """The plaintext archive (JSON, zlib-compressed), with up to ``max_attachment_bytes``
+    of the attachments ``files`` finds."""
     contacts = [
         {
             "address": c.address,
@@ -82,8 +128,14 @@ def export(store: Store, settings: dict[str, Any], *, messages: bool = True) -> 
         {"group": g, "address": a, "device": d, "record": _e(r)}
         for g, a, d, r in store.sender_key_rows()
     ]
+    attachments = (
+        _attachments(rows, files, max_attachment_bytes)
+        if files is not None and max_attachment_bytes > 0
+        else []
+    )
     doc = {
         "v": ARCHIVE_VERSION,
+        "attachments": attachments,
         "contacts": contacts,
         "messages": rows,
         "groups": groups,
@@ -124,9 +176,14 @@ def load(plain: bytes) -> dict[str, Any]:
 
 
 def import_into(
-    store: Store, doc: dict[str, Any], now_ms: int, progress: Progress | None = None
+    store: Store,
+    doc: dict[str, Any],
+    now_ms: int,
+    progress: Progress | None = None,
+    save_file: SaveFile | None = None,
 ) -> int:
-    """Write an archive into a fresh store (one transaction); returns messages imported."""
+    """Write an archive into a fresh store (one transaction); returns messages imported.
+    Each copied attachment of an imported message goes to ``save_file``."""
     messages = doc.get("messages") or []
     total = len(messages)
     done = 0
@@ -166,6 +223,18 @@ def import_into(
             record = _d(k.get("record"))
             if record is not None:
                 store.put_sender_key(str(k["group"]), str(k["address"]), int(k["device"]), record)
+        for a in doc.get("attachments") or [] if save_file is not None else []:
+            peer, mid, name = a.get("peer"), a.get("id"), a.get("name")
+            try:
+                data = _d(a.get("data"))
+            except (binascii.Error, ValueError):
+                continue
+            if not (isinstance(peer, str) and isinstance(mid, str) and data is not None):
+                continue
+            if store.get_message(peer, mid) is None:
+                continue  # only attachments of messages the archive brought
+            assert save_file is not None
+            save_file(peer, mid, name if isinstance(name, str) else "attachment", data)
     if progress is not None and total == 0:
         progress(0, 0)
     return done

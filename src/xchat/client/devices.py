@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from xchat.client import content as ct
 from xchat.client import device_history as dh
 from xchat.client import e2e
+from xchat.client import files as xf
 from xchat.client.account import ONE_TIME_BATCH
 from xchat.client.api import Api, b64d, b64e
 from xchat.client.files import BlobClient
@@ -162,8 +163,17 @@ class Devices:
     # --- approving (an existing device) ----------------------------------------------------
 
     async def approve(
-        self, code_text: str, *, history: bool = True, progress: LinkProgress | None = None
+        self,
+        code_text: str,
+        *,
+        history: bool = True,
+        progress: LinkProgress | None = None,
+        max_attachments: int = dh.DEFAULT_MAX_ATTACHMENTS,
     ) -> Approval:
+        if not 0 <= max_attachments <= dh.MAX_ATTACHMENTS_LIMIT:
+            raise ClientError(
+                f"attachments in the history: 0 to {dh.MAX_ATTACHMENTS_LIMIT // 2**20} MB"
+            )
         try:
             code = dl.parse_code(code_text)
         except DecodeError as exc:
@@ -190,7 +200,7 @@ class Devices:
         archive = None
         size = 0
         if history and offer.get("history", True):
-            archive, size = await self._upload_history(api, progress)
+            archive, size = await self._upload_history(api, progress, max_attachments)
         cfg = self.c.profile.config
         token = self.c.store.get_meta("delivery_token")
         payload = {
@@ -228,10 +238,12 @@ class Devices:
             delay = min(delay * 2, 0.25)
 
     async def _upload_history(
-        self, api: Api, progress: LinkProgress | None
+        self, api: Api, progress: LinkProgress | None, max_attachments: int = 0
     ) -> tuple[dict[str, Any], int]:
         settings = {"handle": self.c.profile.config.handle}
-        plain = dh.export(self.c.store, settings)
+        messaging = getattr(self.c, "messaging", None)  # the full client's (Part VIII)
+        files = messaging.state.rs.files if messaging is not None else None
+        plain = dh.export(self.c.store, settings, files=files, max_attachment_bytes=max_attachments)
         key, blob, digest = dh.seal(plain)
 
         async def pieces(skip: int) -> AsyncIterator[bytes]:
@@ -412,12 +424,32 @@ class Devices:
             if progress is not None:
                 progress("import", done, total)
 
-        n = dh.import_into(self.c.store, doc, now_ms(), imported)
+        n = dh.import_into(self.c.store, doc, now_ms(), imported, self._save_attachment)
         settings = doc.get("settings")
         if isinstance(settings, dict) and isinstance(settings.get("handle"), str):
             self.c.profile.config.handle = settings["handle"]
             self.c.profile.save_config()
         return n, size
+
+    def _save_attachment(self, peer: str, msg_id: str, name: str, data: bytes) -> None:
+        """A copied attachment from the history: into ``<profile>/downloads`` (never over
+        an existing file), recorded for its message (deleted with it, Part VIII)."""
+        directory = xf.downloads_dir(self.c.profile.path)
+        directory.mkdir(parents=True, exist_ok=True)
+        safe = xf.safe_filename(name) or "attachment"
+        for n in range(1000):
+            path = directory / (safe if n == 0 else f"{n}-{safe}")
+            try:  # claimed atomically: nothing is overwritten
+                with path.open("xb") as f:
+                    f.write(data)
+                break
+            except FileExistsError:
+                continue
+        else:
+            return
+        messaging = getattr(self.c, "messaging", None)
+        if messaging is not None:
+            messaging.record_file(peer, msg_id, str(path))
 
 
 class DeviceMethods:
@@ -450,11 +482,19 @@ class DeviceMethods:
         )
 
     async def approve_device(
-        self, code: str, *, history: bool = True, progress: LinkProgress | None = None
+        self,
+        code: str,
+        *,
+        history: bool = True,
+        progress: LinkProgress | None = None,
+        max_attachments: int = dh.DEFAULT_MAX_ATTACHMENTS,
     ) -> Approval:
         """On an existing device: approve the device showing ``code`` (and send it the
-        history unless ``history`` is False)."""
-        return await self._devices.approve(code, history=history, progress=progress)
+        history unless ``history`` is False, with up to ``max_attachments`` bytes of the
+        attachments this device holds)."""
+        return await self._devices.approve(
+            code, history=history, progress=progress, max_attachments=max_attachments
+        )
 
     async def devices(self) -> list[DeviceInfo]:
         """The account's devices, from its signed list."""

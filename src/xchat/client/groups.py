@@ -373,7 +373,7 @@ class Groups:
         return msg.id
 
     async def _share_key_with_own_devices(self, gid: str, key_id: int, skdm: str) -> None:
-        """Our other devices read our group messages too (PROTOCOL Part VII §4.3): each
+        """Our other devices read our group messages too (PROTOCOL Part VII §5.1): each
         gets this device's sender key once per key (a ``sender_key`` content to our own
         address), also a device linked after the key went round. Noted in meta
         ``group_own_key:<gid>`` as ``{"key_id", "devices"}``."""
@@ -466,7 +466,7 @@ class Groups:
                 identity = IdentityPublicKey.decode(state.members[address])
                 recipients.extend((identity, d) for d in devices)
                 routes.append((address, devices))
-            own_devices = c.own_other_devices()  # our copy, same upload (Part VII §4.3)
+            own_devices = c.own_other_devices()  # our copy, same upload (Part VII §5.1)
             if own_devices:
                 recipients.extend((c.identity.public, d) for d in own_devices)
                 routes.append((me, own_devices))
@@ -597,7 +597,7 @@ class Groups:
             return
         if msg.type not in ("text", "file"):
             return
-        if sender == self.c.address:  # sent by our other device: outgoing here too (VII §4.3)
+        if sender == self.c.address:  # sent by our other device: outgoing here too (VII §5.1)
             peer = group_peer(gid, sender)
             if self.c.store.add_message(msg.id, peer, "out", msg.ts, "sent", plaintext, t,
                                         unseen=False):  # fmt: skip

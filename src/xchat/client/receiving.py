@@ -375,7 +375,7 @@ class ReceivingClient(SendingClient):
                 batch.events.extend(device_sync.apply(self, msg.sync, t))
             return
         if to == self.address:
-            if msg.type in PAIRWISE_TYPES:  # our other device's sender key (Part VII §4.3)
+            if msg.type in PAIRWISE_TYPES:  # our other device's sender key (Part VII §5.1)
                 self._groups.receive_pairwise(self.address, msg, device_id, t, batch)
             return
         if msg.type in STORED_TYPES:
