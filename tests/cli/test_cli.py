@@ -201,7 +201,7 @@ def test_send_retry_resends_unconfirmed_with_original_id(
 
         os.environ.setdefault("XCHAT_NO_KEYRING", "1")
         async with Client(a) as c:
-            c._deliver = down  # type: ignore[method-assign]
+            c._deliver = down  # type: ignore[method-assign]  # fault injection: relay down
             with pytest.raises(ServerUnreachable):
                 await c.send_text(b_addr, "stuck")
             contact = c.find_contact(b_addr)

@@ -164,6 +164,7 @@ async def test_forged_fingerprint_in_the_answer_fails_the_call_and_says_so(
         party(server.url, tmp_path / "a", handle("alice")) as a,
         party(server.url, tmp_path / "b", handle("bob")) as b,
     ):
+        # Private on purpose: the attacker rewrites the answer below the SDK's public API.
         real_send = b.client._send_content
         forged: list[str] = []
 
@@ -206,6 +207,7 @@ async def test_answer_from_a_third_party_is_ignored(
         await until(lambda: call.state == "ringing", "ringing")
         mallory_sdp = await _some_offer_sdp()
         alice = await m.client.contact(a.client.address)
+        # Private calls on purpose: Mallory crafts a call answer no public method sends.
         fake = ct.Content(
             ct.new_message_id(),
             "call_answer",
@@ -324,7 +326,7 @@ async def test_call_to_a_changed_verified_identity_is_refused(
         await other.create_account(server.url, None)
         a.client.store.update_contact(bob.address, identity_key=other.identity.public.encode())
         await other.close()
-        a.client._resolved.clear()
+        a.client.forget_resolved()
         with pytest.raises(IdentityChanged):
             await a.calls.place(b.client.address)
         assert a.calls.live() is None and a.calls.history() == []

@@ -190,7 +190,7 @@ async def test_identity_change_blocks_verified_contact(
         await other.create_account(server.url, None)
         a.store.update_contact(b.address, identity_key=other.identity.public.encode())
         await other.close()
-        a._resolved.clear()
+        a.forget_resolved()
         with pytest.raises(IdentityChanged):
             await a.send_text(b.address, "must not be sent")
         changes = [e for e in seen if isinstance(e, ev.IdentityChangedEvent)]
@@ -271,11 +271,12 @@ async def test_prekeys_restocked_on_keys_low(server: ServerProcess, tmp_path: Pa
     try:
         assert await b.replenish_prekeys() == 0  # 100 of each: nothing to do
         await b.start()
-        await asyncio.wait_for(b._recv.connected.wait(), 10)  # type: ignore[union-attr]
-        api = await a._authed()
+        await b.wait_connected()
+        assert b.connected
+        api = await a.authed_api()
         for _ in range(95):  # each fetch hands out one one-time key of each kind
             await api.bundles(b.address)
-        bapi = await b._authed()
+        bapi = await b.authed_api()
         for _ in range(200):  # KEYS_LOW -> background upload of 100 more
             counts = await bapi.key_count()
             if counts["ec"] >= 100 and counts["kem"] >= 100:
@@ -367,6 +368,8 @@ async def test_file_message_carries_manifest(server: ServerProcess, tmp_path: Pa
 
 
 async def _relay_down(*args: object, **kw: object) -> None:
+    """Fault injection: tests patch the private ``Client._deliver`` (the one call that
+    reaches the relay) with this, to take the relay down for one client only, mid-send."""
     raise ServerUnreachable("relay down (test)")
 
 
@@ -422,6 +425,7 @@ async def test_messages_stored_but_never_shown_are_replayed_once(
         await a.send_text(b.address, "one")
         await a.send_text(b.address, "two")
 
+        # Fault injection (private on purpose): the process dies inside event delivery.
         async def lost(event: ev.Event) -> None:  # dies before the app sees anything
             return None
 

@@ -65,7 +65,7 @@ async def test_three_member_group_roundtrip(crowd: Crowd) -> None:
         assert changed and changed[0].group_id == info.id and changed[0].name == "friends"
         assert x.group_info(info.id).epoch == info.epoch  # same state everywhere
     mid = await a.send_group("friends", "hello group")
-    assert a._groups.last_upload_bytes > 0
+    assert a.last_upload_bytes > 0
     for x in (b, c):
         msgs = _msgs(await x.receive())
         assert [(m.id, m.text, m.sender) for m in msgs] == [(mid, "hello group", a.address)]
@@ -93,6 +93,8 @@ async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
     # ... and if b forges one anyway (bypassing the check), every other client rejects it.
     from xchat.crypto.group import GroupOp, GroupUpdate
 
+    # Private calls on purpose here and in the attacks below: a malicious member signs
+    # and sends what its own SDK's public methods would refuse to.
     row = b._groups.resolve(info.id)
     state = b._groups._history(row).state
     forged = GroupUpdate.against(b.identity, state, [GroupOp.rename("x")])
@@ -158,9 +160,7 @@ async def test_concurrent_admin_updates_converge(crowd: Crowd) -> None:
     info = await a.create_group("conc", [b.address, c.address, d.address])
     for x in (b, c, d):
         await x.receive()
-    from xchat.crypto.group import GroupOp
-
-    await a._groups.change(info.id, [GroupOp.promote(b.address)])
+    await a.set_group_admin(info.id, b.address)
     for x in (b, c, d):
         await x.receive()
     # Both admins change version v at the same time, before seeing each other's update.
@@ -250,15 +250,16 @@ async def test_attack_backdated_update_by_former_admin(crowd: Crowd, fate: str) 
     info = await a.create_group("coup", [b.address, c.address])
     for x in (b, c):
         await x.receive()
-    await a._groups.change(info.id, [GroupOp.promote(b.address)])
+    await a.set_group_admin(info.id, b.address)
     for x in (b, c):
         await x.receive()
+    # The attacker keeps the state it held as an admin (private: no SDK exposes it).
     b_was_admin = b._groups._history(b._groups.resolve(info.id)).state
     assert b.address in b_was_admin.admins
     if fate == "removed":
         await a.remove_members(info.id, [b.address])
     else:
-        await a._groups.change(info.id, [GroupOp.demote(b.address)])
+        await a.set_group_admin(info.id, b.address, admin=False)
     for x in (b, c):
         await x.receive()
     assert b.group_info(info.id).left == (fate == "removed")
@@ -285,6 +286,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
     await b.receive()
     await a.rename_group(info.id, "real group")
     await b.receive()
+    # Private calls on purpose: Bob builds and sends what his SDK would refuse to.
     history = b._groups._history(b._groups.resolve(info.id))
     real, alice_update = history.state, history.updates()[-1]
     members = dict(real.members)

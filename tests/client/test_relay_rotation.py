@@ -28,7 +28,7 @@ async def test_clients_follow_a_signed_rotation(tmp_path: Path, handle) -> None:
         try:
             await a.create_account(server.url, handle("kra"))
             await b.create_account(server.url, handle("krb"))
-            old_key = b._server_signing_key()
+            old_key = b.relay_signing_key()
             await a.send_text(b.address, "sealed under the old key")
             server.stop()
             now = time.time_ns() // 1_000_000
@@ -39,12 +39,12 @@ async def test_clients_follow_a_signed_rotation(tmp_path: Path, handle) -> None:
             # A's next certificate is signed by the new key: A follows the rotation.
             a.store.put_meta("sender_cert", b"")
             await a.send_text(b.address, "sealed under the new key")
-            assert a._server_signing_key() == new_key
+            assert a.relay_signing_key() == new_key
             # B meets a certificate it cannot verify, learns the rotation, and opens it.
             assert _texts(await b.receive()) == ["sealed under the new key"]
-            assert b._server_signing_key() == new_key
-            assert b._server_keys(now + 1000) == [new_key, old_key]  # during the overlap
-            assert b._server_keys(now + 49 * 3600_000) == [new_key]  # after it
+            assert b.relay_signing_key() == new_key
+            assert b.relay_keys(now + 1000) == [new_key, old_key]  # during the overlap
+            assert b.relay_keys(now + 49 * 3600_000) == [new_key]  # after it
 
             # A relay that replaces its key without a statement is another relay.
             server.stop()
@@ -52,8 +52,8 @@ async def test_clients_follow_a_signed_rotation(tmp_path: Path, handle) -> None:
             (server.data_dir / ROTATION_FILE).unlink()
             server.start()
             with pytest.raises(RelayKeyMismatch):
-                await a._check_relay_rotation()
-            assert a._server_signing_key() == new_key  # the pin did not move
+                await a.check_relay_rotation()
+            assert a.relay_signing_key() == new_key  # the pin did not move
         finally:
             await a.close()
             await b.close()

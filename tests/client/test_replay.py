@@ -133,7 +133,7 @@ def _forget_prekeys(c: Client) -> None:
 
 
 async def _key_count(c: Client) -> dict[str, int]:
-    api = await c._authed()
+    api = await c.authed_api()
     return await api.key_count()
 
 

@@ -115,6 +115,7 @@ async def test_reply_quote_checked_and_forgery_shown(people: People) -> None:
         reply_to=orig,
         rich=rc.text_rich(quote=rc.Quote(a.address, "I owe you 1000"), timer_s=None),
     )
+    # Private on purpose: Bob sends a forged quote that the public API would not build.
     await b._send_content(await b.contact(a.address), forged, store_as_message=True)
     await a.receive()
     rows = {m.id: m for m in a.store.history(b.address, 10)}
@@ -161,7 +162,7 @@ async def test_reactions_edits_deletes_1to1(people: People) -> None:
         ),
         rc.delete_content(rc.Target(mid, a.address), group=None, now_ms=int(time.time() * 1000)),
     ):
-        await b._send_content(contact, crafted, store_as_message=False)
+        await b._send_content(contact, crafted, store_as_message=False)  # bypasses NotAllowed
     got = await a.receive()
     assert {e.kind for e in of(got, rev.RichRejected)} == {"edit", "delete"}
     assert ct.Content.decode(a.store.get_message(b.address, mid).body).text == "lunch at 2?"  # type: ignore[union-attr]
@@ -288,6 +289,7 @@ async def test_group_rich_messaging_and_leave(people: People) -> None:
     with pytest.raises(NotAllowed):
         await c.messaging.edit(None, mid, "no pizza", group=g.id)
     now = int(time.time() * 1000)
+    # ... and if c bypasses that check (private calls on purpose), the receivers refuse it.
     await c._groups.send(
         g.id,
         rc.edit_content(rc.Target(mid, a.address), "no pizza", group=g.id, now_ms=now),

@@ -254,7 +254,7 @@ def test_kinds_versions_and_sizes() -> None:
 
 def test_forward_secrecy_message_key_not_in_state() -> None:
     alice, bob = fresh_pair(9)
-    cks = alice._ratchet.cks
+    cks = alice._ratchet.cks  # private on purpose: the test inspects the ratchet's state
     assert cks is not None
     _, mk = kdf_ck(cks)
     aes_key, _ = message_key_material(mk)

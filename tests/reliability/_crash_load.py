@@ -96,6 +96,8 @@ async def send_until_acked(c: Client, peer: str, text: str, res: LoadResult) -> 
                 return await c.send_text(peer, text)
             contact = await c.contact(peer)
             res.resends += 1
+            # Private on purpose: re-send exactly this row under its original id (what
+            # retry_pending does for every pending row) without racing the other sends.
             await c._send_content(contact, msg, store_as_message=False)
             c.store.mark_sent(peer, msg.id)
             return msg.id

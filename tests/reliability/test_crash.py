@@ -327,7 +327,7 @@ from xchat.client.client import Client
 
 async def main():
     c = Client(sys.argv[1])
-    original = c._deliver
+    original = c._deliver  # private on purpose: the crash is injected after the relay's ack
 
     async def deliver_then_die(*args, **kw):
         await original(*args, **kw)          # the relay acked: the envelope is durable
@@ -377,9 +377,8 @@ async def test_sdk_resend_after_sender_crash_shown_once(
     msg, status = await asyncio.to_thread(_row_state, tmp_path / "a", b.address, text)
     assert status == "sending"  # the ack was never recorded
     async with Client(tmp_path / "a") as a:
-        contact = await a.contact(b.address)
-        await a._send_content(contact, msg, store_as_message=False)  # the SDK resend path
-        a.store.mark_sent(b.address, msg.id)
+        result = await a.retry_pending()  # the SDK resend path (Part IV §3.8)
+        assert [item.id for item in result.sent] == [msg.id] and not result.failed
     got = [e for e in await b.receive() if isinstance(e, ev.MessageReceived)]
     await b.close()
     assert [e.text for e in got if e.text == text] == [text]
@@ -419,7 +418,9 @@ async def test_receipt_survives_relay_crash(server: ServerProcess, tmp_path: Pat
         await b.start()
         await asyncio.wait_for(killed.wait(), 30)
         deadline = time.monotonic() + 30
-        while b._bg and time.monotonic() < deadline:  # the receipt attempt gives up
+        # Private on purpose: the crash must land while the receipt task is in flight,
+        # and only the SDK's task set shows when that attempt has given up.
+        while b._bg and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.to_thread(server.start)
         await asyncio.sleep(1.0)  # B reconnects (nothing is pending any more)

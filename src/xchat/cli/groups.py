@@ -109,7 +109,7 @@ def group_send(obj: Any, group: str, text: str, as_json: bool) -> None:
     async def go() -> tuple[str, str, int]:
         async with obj.client() as c:
             msg_id = await c.send_group(group, text)
-            return msg_id, c.group_info(group).id, c._groups.last_upload_bytes
+            return msg_id, c.group_info(group).id, c.last_upload_bytes
 
     msg_id, gid, size = _run(go())
     if as_json:

@@ -457,6 +457,32 @@ class AccountClient:
             raise ProfileError("profile has no pinned server signing key")
         return key
 
+    def relay_signing_key(self) -> bytes:
+        """The relay's Ed25519 key pinned in this profile (32 bytes; ProfileError if none):
+        what sender and handle certificates must be signed by (PROTOCOL Part III §3.1)."""
+        return self._server_signing_key()
+
+    def relay_keys(self, ts_ms: int) -> list[bytes]:
+        """The relay keys whose certificates are accepted for mail the relay took at
+        ``ts_ms``: the pinned key, plus the previous one during a rotation's overlap."""
+        return self._server_keys(ts_ms)
+
+    async def check_relay_rotation(self) -> bool:
+        """Ask the relay for its key now and follow a rotation signed by the pinned key
+        (True if the pin moved); RelayKeyMismatch if the key changed without one. The SDK
+        does this by itself when a certificate fails to verify."""
+        return await self._check_relay_rotation()
+
+    async def authed_api(self) -> Api:
+        """The relay API with a valid bearer token, for a relay endpoint the SDK has no
+        method for (e.g. ``key_count()``, ``bundles()``)."""
+        return await self._authed()
+
+    def forget_resolved(self) -> None:
+        """Drop the cache of resolved handles and addresses, so the next send to a
+        contact looks it up again (after its key changed out of band)."""
+        self._resolved.clear()
+
     # --- prekeys (PROTOCOL Part IV §4) ---------------------------------------------------------
 
     async def rotate_prekeys(self, *, now: int | None = None) -> bool:

@@ -21,8 +21,6 @@ group send, so a removal costs the members nothing until they speak.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import re
@@ -30,6 +28,7 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from xchat import encoding
 from xchat.client import content as ct
 from xchat.client import events as ev
 from xchat.client.device_events import MessageSynced
@@ -113,16 +112,8 @@ def group_peer(gid: str, sender: str) -> str:
 
 
 def _b64d(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise DecodeError(f"group content {what} missing")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"group content {what} is not base64") from None
-
-
-def _b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    """A base64 field of a peer's group content (``xchat.encoding``; DecodeError)."""
+    return encoding.b64decode(value, f"group content {what}")
 
 
 def _gid_of(group: object) -> str:
@@ -169,7 +160,7 @@ class Groups:
     ) -> None:
         self._histories[gid] = history
         row = GroupRow(gid, history.to_bytes(), own_key, json.dumps(sorted(pending)).encode(), left)
-        self.c.store.put_group(row, _now())
+        self.c.store.put_group(row, now_ms())
 
     def resolve(self, group: str) -> GroupRow:
         """A group by id (hex) or unambiguous name; ClientError otherwise."""
@@ -291,14 +282,14 @@ class Groups:
         """Send ``update`` pairwise to ``targets`` (joiners first, with the welcome: the
         snapshot ``update`` was built on, whose hash it signs, PROTOCOL Part V §5.3; so
         their copy exists before other members' keys reach them)."""
-        raw = _b64e(update.encode())
-        snapshot = _b64e(welcome_base.encode()) if joiners and welcome_base else None
+        raw = encoding.b64encode(update.encode())
+        snapshot = encoding.b64encode(welcome_base.encode()) if joiners and welcome_base else None
         for address in sorted(targets, key=lambda a: (a not in joiners, a)):
             body: dict[str, Any] = {"id": gid, "update": raw}
             if address in joiners:
                 body["welcome"] = snapshot
             if skdm is not None:
-                body["skdm"] = _b64e(skdm.distribution_message())
+                body["skdm"] = encoding.b64encode(skdm.distribution_message())
             key = state.members.get(address)
             try:
                 await self._send_pairwise(address, key, UPDATE_TYPE, body)
@@ -319,7 +310,7 @@ class Groups:
     async def _contact_for(self, address: str, identity_key: bytes | None) -> ContactRecord:
         """A contact for a group member, its identity key pinned from the group state."""
         store = self.c.store
-        c = store.ensure_contact(address, _now())
+        c = store.ensure_contact(address, now_ms())
         if c.identity_key is None:
             if identity_key is None:
                 return await self.c.contact(address)
@@ -336,7 +327,7 @@ class Groups:
         if c.verified and c.identity_changed:
             raise ClientError(f"identity of verified contact {address} changed; not sending")
         sender = None if c.token_shared else self.c._own_sender_info()
-        msg = ct.Content(id=ct.new_message_id(), type=ctype, ts=_now(), sender=sender, group=body)
+        msg = ct.Content(id=ct.new_message_id(), type=ctype, ts=now_ms(), sender=sender, group=body)
         await self.c._send_content(c, msg, store_as_message=False)
 
     # --- sending a group message (PROTOCOL Part V §7, §10.3) ----------------------------------
@@ -358,7 +349,7 @@ class Groups:
             with self.c.store.transaction():
                 self._save(gid, self._history(row), own_raw, pending)
         own = SenderKeyState.from_bytes(own_raw)
-        skdm = _b64e(own.distribution_message())
+        skdm = encoding.b64encode(own.distribution_message())
         for address in sorted(pending & others):
             try:
                 await self._send_pairwise(
@@ -470,7 +461,7 @@ class Groups:
             if own_devices:
                 recipients.extend((c.identity.public, d) for d in own_devices)
                 routes.append((me, own_devices))
-            t = _now()
+            t = now_ms()
             # Chain state is persisted BEFORE the message leaves (as PROTOCOL Part IV §3.4).
             with c.store.transaction():
                 row = self._row(gid)
@@ -779,11 +770,23 @@ class GroupMethods:
     async def rename_group(self, group: str, name: str) -> GroupInfo:
         return await self._groups.change(group, [GroupOp.rename(name)])
 
+    async def set_group_admin(self, group: str, member: str, admin: bool = True) -> GroupInfo:
+        """Admin only: make ``member`` (an address) an admin of the group, or (``admin``
+        false) no longer one; signed into the group's state like every change (Part V)."""
+        op = GroupOp.promote(member) if admin else GroupOp.demote(member)
+        return await self._groups.change(group, [op])
+
+    @property
+    def last_upload_bytes(self) -> int:
+        """Bytes of the last group send's single upload (shared ciphertext plus one key
+        per member device): what ``xchat group send --json`` reports as ``uploaded_bytes``."""
+        return self._groups.last_upload_bytes
+
     async def send_group(self, group: str, text: str, *, reply_to: str | None = None) -> str:
         """Encrypt ``text`` once with our sender key and send it in ONE upload to every
         member device; returns the message id once the server acked."""
         gid = self._groups.resolve(group).id
-        msg = ct.text_message(text, _now(), reply_to=reply_to)
+        msg = ct.text_message(text, now_ms(), reply_to=reply_to)
         msg = ct.Content(
             id=msg.id, type="text", ts=msg.ts, text=text, reply_to=reply_to, group={"id": gid}
         )
@@ -797,7 +800,7 @@ class GroupMethods:
         msg = ct.Content(
             id=ct.new_message_id(),
             type="file",
-            ts=_now(),
+            ts=now_ms(),
             text=text,
             file=manifest,
             group={"id": gid},
@@ -813,10 +816,6 @@ class GroupMethods:
             item = _history_item(m)
             items.append(replace(item, peer=m.peer.rsplit(":", 1)[-1]))
         return items
-
-
-def _now() -> int:
-    return now_ms()
 
 
 __all__ = [

@@ -150,6 +150,20 @@ class ReceivingClient(SendingClient):
         self._recv = None
         self._recv_task = None
 
+    @property
+    def connected(self) -> bool:
+        """True while :meth:`start`'s receive loop holds an authenticated connection (the
+        status an app shows; the loop reconnects on its own when it drops)."""
+        return self._recv is not None and self._recv.connected.is_set()
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        """Wait until :meth:`start`'s loop is connected (TimeoutError after ``timeout``
+        seconds), e.g. before relying on frames the relay pushes, such as KEYS_LOW."""
+        loop = self._recv
+        if loop is None:
+            raise ClientError("not receiving: call start() first")
+        await asyncio.wait_for(loop.connected.wait(), timeout)
+
     async def receive(self, wait: float = 0.0) -> list[ev.Event]:
         """Connect, process everything queued (until DRAINED), keep receiving for ``wait``
         seconds, then disconnect. Returns the events seen. Errors on the first connection
