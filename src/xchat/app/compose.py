@@ -46,6 +46,7 @@ from xchat.app.common import (
     read_json,
 )
 from xchat.client import events as ev
+from xchat.clock import now_ms
 from xchat.errors import ApiError, ServerUnreachable, XChatError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ async def send_message(request: Request, st: AppState) -> Response:
     data = await read_json(request)
     to = _str(data, "to", limit=128)
     text = _str(data, "text", limit=MAX_TEXT)
-    since = _now_ms() - 1
+    since = now_ms() - 1
     try:
         if _is_group(to):
             msg_id = await st.client.send_group(_group(st, to).id, text)
@@ -267,12 +268,6 @@ def attach(st: AppState) -> None:
                 task.add_done_callback(_tasks.discard)
 
     st.client.on_event(listener)
-
-
-def _now_ms() -> int:
-    from xchat.client.client import now_ms
-
-    return now_ms()
 
 
 # --- drafts ------------------------------------------------------------------------------------

@@ -7,11 +7,10 @@ kind is idempotent (a redelivered sync changes nothing twice).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import struct
 from typing import TYPE_CHECKING, Any
 
+from xchat import encoding
 from xchat.client import device_events as dev_ev
 from xchat.errors import DecodeError, XChatError
 
@@ -22,12 +21,8 @@ KINDS = ("device_list", "contact", "settings", "read", "delete")
 
 
 def _b64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise DecodeError(f"sync {what} missing")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DecodeError(f"sync {what} is not base64") from None
+    """A base64 field of a sync message from our own device (``xchat.encoding``)."""
+    return encoding.b64decode(value, f"sync {what}")
 
 
 def read_mark(client: DeviceListClient, peer: str) -> int:

@@ -6,7 +6,6 @@ Kept apart from the layers themselves so that every client module (and
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,11 @@ from xchat.client import content as ct
 from xchat.client import events as ev
 from xchat.client.profile import default_home
 from xchat.client.store import MessageRecord
+from xchat.clock import now_ms as now_ms  # re-export: the client layers' one clock
 from xchat.errors import ProtocolError, XChatError
 
 #: ``messages.peer`` prefix of group rows: ``group:<gid>:<sender address>`` (PROTOCOL Part V §10)
 GROUP_PEER_PREFIX = "group:"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

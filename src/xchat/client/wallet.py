@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from xchat import clock
 from xchat.client.api import b64d, b64e
 from xchat.client.store import Store
 from xchat.crypto import oprf
@@ -41,10 +41,6 @@ IssueCall = Callable[[int, list[bytes]], Awaitable[dict[str, Any]]]
 KeysCall = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Wallet:
     """Unspent tokens of one profile; ``take()`` hands out one header value."""
 
@@ -58,7 +54,7 @@ class Wallet:
         self._lock = asyncio.Lock()
 
     def count(self, now_ms: int | None = None) -> int:
-        now = _now_ms() if now_ms is None else now_ms
+        now = clock.now_ms() if now_ms is None else now_ms
         row = self._db.execute(
             "SELECT COUNT(*) FROM anon_tokens WHERE not_after_ms > ?", (now,)
         ).fetchone()
@@ -77,10 +73,10 @@ class Wallet:
 
     async def take(self) -> str:
         """The ``Authorization`` value for one anonymous request."""
-        token = self._pop(_now_ms())
+        token = self._pop(clock.now_ms())
         if token is None:
             await self.refill()
-            token = self._pop(_now_ms())
+            token = self._pop(clock.now_ms())
             if token is None:  # pragma: no cover - refill stores at least one or raises
                 raise ProtocolError("relay issued no access tokens")
         return f'PrivateToken token="{tk.encode_token(token)}"'

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from xchat.clock import now_ms
 from xchat.fanout.base import DeviceSocket
 from xchat.fanout.local import LocalFanout
 from xchat.storage.base import StoredEnvelope
@@ -63,10 +64,6 @@ class PendingSource(Protocol):
     async def pending_for(
         self, refs: list[int], before_ms: int, now_ms: int, limit: int
     ) -> list[tuple[int, StoredEnvelope]]: ...
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class RedisFanout(LocalFanout):
@@ -408,7 +405,7 @@ class RedisFanout(LocalFanout):
         refs = [r for r, s in self._sockets.items() if not getattr(s, "loading", False)]
         for start in range(0, len(refs), RESYNC_REFS):
             part = refs[start : start + RESYNC_REFS]
-            now = _now_ms()
+            now = now_ms()
             mono = time.monotonic()
             rows = await self.store.pending_for(part, now - grace_ms, now, RESYNC_LIMIT)
             present: dict[int, list[StoredEnvelope]] = {}

@@ -28,8 +28,6 @@ bytes when. The records live in ``<data>/backups.sqlite3``.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import os
 import sqlite3
@@ -40,10 +38,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
+from xchat import encoding
 from xchat.clock import now_ms
 from xchat.crypto import pow as xpow
 from xchat.crypto.keys import normalize_address
-from xchat.errors import ApiError, XChatError
+from xchat.errors import ApiError, DecodeError, XChatError
 from xchat.server.blobs import _state as blob_state
 from xchat.server.directory import BEARER, normalize_handle
 from xchat.server.models import b64, errors
@@ -157,12 +156,12 @@ async def list_realms(request: Request) -> dict[str, Any]:
 async def _describe(http: httpx.AsyncClient, url: str) -> dict[str, Any] | None:
     try:
         body = (await http.get(url + "/api/v1/realm")).json()
-        key = base64.b64decode(body["public_key"], validate=True)
+        encoding.b64decode(body["public_key"], "public_key", 32)
         name = body["name"]
-        if len(key) != 32 or not isinstance(name, str):
+        if not isinstance(name, str):
             return None
         return {"name": name[:64], "public_key": body["public_key"]}
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, binascii.Error):
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, DecodeError):
         return None
 
 
@@ -206,7 +205,7 @@ async def get_backup(owner: Owner, request: Request) -> dict[str, Any]:
     if rec is None:
         raise ApiError(404, "no backup for this account")
     return {
-        "manifest": base64.b64encode(rec[0]).decode(),
+        "manifest": encoding.b64encode(rec[0]),
         "blobs": rec[1],
         "updated_ms": rec[2],
     }
@@ -261,7 +260,7 @@ async def locate(body: Locate, request: Request) -> dict[str, str | None]:
     )
     return {
         "address": str(acct.address),
-        "locator": base64.b64encode(bytes(row[0])).decode() if row else None,
+        "locator": encoding.b64encode(bytes(row[0])) if row else None,
     }
 
 
@@ -285,4 +284,4 @@ async def get_locator(owner: Owner, request: Request) -> dict[str, str]:
     )
     if row is None:
         raise ApiError(404, "no backup locator for this account")
-    return {"locator": base64.b64encode(bytes(row[0])).decode()}
+    return {"locator": encoding.b64encode(bytes(row[0]))}
