@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from xchat.crypto.pow import LABEL_POW, check_stamp, leading_zero_bits, solve, stamp_ok
+from xchat.crypto.pow import LABEL_POW, leading_zero_bits, solve, stamp_ok
 from xchat.errors import InvalidProofOfWork
 
 CHALLENGE = b"challenge-0123456789"
@@ -48,7 +48,6 @@ def test_solve_finds_the_first_valid_nonce(bits: int) -> None:
     nonce = solve(CHALLENGE, RESOURCE, bits)
     assert nonce == _first_nonce(bits)
     assert stamp_ok(CHALLENGE, RESOURCE, nonce, bits)
-    check_stamp(CHALLENGE, RESOURCE, nonce, bits)
 
 
 def test_stamp_agrees_with_reference() -> None:
@@ -72,8 +71,6 @@ def test_invalid_stamps() -> None:
     nonce = solve(CHALLENGE, RESOURCE, 8)
     bad = next(n for n in range(1000) if _reference_bits(CHALLENGE, RESOURCE, n) < 8)
     assert not stamp_ok(CHALLENGE, RESOURCE, bad, 8)
-    with pytest.raises(InvalidProofOfWork):
-        check_stamp(CHALLENGE, RESOURCE, bad, 8)
     assert not stamp_ok(CHALLENGE, RESOURCE, -1, 0)
     assert not stamp_ok(CHALLENGE, RESOURCE, 2**64, 0)
     assert not stamp_ok(CHALLENGE, RESOURCE, nonce, 257)
@@ -90,8 +87,6 @@ def test_solve_rejects_silly_difficulty() -> None:
 
 def test_oversized_inputs_are_typed() -> None:
     assert not stamp_ok(b"x" * 70000, RESOURCE, 0, 0)
-    with pytest.raises(InvalidProofOfWork):
-        check_stamp(b"x" * 70000, RESOURCE, 0, 1)
     with pytest.raises(InvalidProofOfWork):
         solve(CHALLENGE, b"r" * 70000, 1)
 

@@ -208,16 +208,6 @@ class Api:
         """Sealed-sender send: deliberately WITHOUT the Authorization header."""
         await self.request("POST", f"{API}/messages", json={"destinations": destinations})
 
-    async def fetch_messages(self, limit: int = 100) -> dict[str, Any]:
-        return _obj(
-            await self.request("GET", f"{API}/messages", auth=True, params={"limit": limit})
-        )
-
-    async def ack_messages(self, ids: list[bytes]) -> None:
-        await self.request(
-            "POST", f"{API}/messages/ack", auth=True, json={"ids": [b64e(i) for i in ids]}
-        )
-
 
 def _obj(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):

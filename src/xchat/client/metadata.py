@@ -93,9 +93,6 @@ class _Reader:
         self._pos += n
         return out
 
-    def at_eof(self) -> bool:
-        return not self._fill(1)
-
     def copy(self, n: int, dst: BinaryIO | None, what: str) -> None:
         """Copy (or with ``dst=None`` skip) exactly ``n`` bytes."""
         while n > 0:

@@ -224,13 +224,6 @@ class RichStore:
             return None
         return RichRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]), r[10])
 
-    def update_row(self, peer: str, msg_id: str, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(
-            f"UPDATE rich_messages SET {sets} WHERE peer = ? AND id = ?",
-            (*fields.values(), peer, msg_id),
-        )
-
     def due(self, now_ms: int, limit: int = 1000) -> list[tuple[str, str, str]]:
         """(peer, id, conv) of messages whose disappearing timer ran out."""
         rows = self.db.execute(

@@ -240,7 +240,6 @@ class ReceiveLoop:
         self._ws: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.drained = asyncio.Event()
-        self.last_error: XChatError | None = None
         self.connections = 0
         self._stopped = False
         # Set while another copy of this device holds the connection (close 4409): no
@@ -274,7 +273,6 @@ class ReceiveLoop:
                 force_token = False
                 ws = await open_socket(self.url, token)
             except XChatError as exc:
-                self.last_error = exc
                 if isinstance(exc, ApiError) and exc.status == 401:
                     force_token = True
                 if (fail_fast and self.connections == 0) or isinstance(exc, DeviceRemoved):
@@ -292,7 +290,6 @@ class ReceiveLoop:
                 await self._pump(ws)
             except ConnectionClosed as exc:
                 err = _close_error(exc)
-                self.last_error = err
                 if isinstance(err, ApiError) and err.status == 401:
                     force_token = True
                 if isinstance(err, DeviceRemoved):
@@ -302,12 +299,11 @@ class ReceiveLoop:
                     self._resume.clear()
                     force_token = True  # after a restore elsewhere the old token is dead
             except (OSError, WebSocketException) as exc:
-                self.last_error = ServerUnreachable(f"connection lost ({type(exc).__name__})")
+                log.info("connection lost (%s); reconnecting", type(exc).__name__)
             except XChatError as exc:
                 # The handler failed before acknowledging (e.g. the local store refused):
                 # drop the connection; the server redelivers the unacked envelopes.
                 log.warning("receive handler failed: %s", exc)
-                self.last_error = exc
             finally:
                 self._ws = None
                 self.connected.clear()

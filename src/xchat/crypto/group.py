@@ -119,9 +119,6 @@ class GroupState:
         commits to the history and to the member list alike."""
         return hashlib.sha256(LABEL_STATE_HASH + self.encode()).digest()
 
-    def is_member(self, address: str) -> bool:
-        return address in self.members
-
     def is_admin(self, address: str) -> bool:
         return address in self.admins
 

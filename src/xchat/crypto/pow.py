@@ -54,12 +54,6 @@ def stamp_ok(challenge: bytes, resource: bytes, nonce: int, bits: int) -> bool:
     return leading_zero_bits(digest) >= bits
 
 
-def check_stamp(challenge: bytes, resource: bytes, nonce: int, bits: int) -> None:
-    """Raise InvalidProofOfWork unless the stamp is valid."""
-    if not stamp_ok(challenge, resource, nonce, bits):
-        raise InvalidProofOfWork(f"proof of work does not meet {bits} bits")
-
-
 def solve(
     challenge: bytes,
     resource: bytes,

@@ -314,10 +314,3 @@ def range_verdict(header: str | None, size: int) -> str:
                 return "ignore"
             satisfiable |= size > 0
     return "serve" if satisfiable else "unsatisfiable"
-
-
-async def close_blob_store(app_state: Any) -> None:
-    """Close the store on shutdown (optional: SQLite cleans up on exit anyway)."""
-    st: _BlobState | None = getattr(app_state, "blob_state", None)
-    if st is not None:
-        await st.store.close()

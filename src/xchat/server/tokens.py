@@ -104,10 +104,6 @@ class Issuer:
             self._issued = {k: v for k, v in self._issued.items() if k[1] >= day}
         self._issued[(address, day)] = used + count
 
-    def issued_state(self) -> dict[tuple[str, int], int]:
-        """Everything issuance leaves behind (for the unlinkability test)."""
-        return dict(self._issued)
-
     def redeem(self, header: str | None, now: int) -> None:
         """Verify and spend one token; ApiError 401 with a reason otherwise."""
         match = _SCHEME.match(header or "")

@@ -571,11 +571,6 @@ class SqliteStore(Store):
         result: list[int | None] = await self._submit(_ENQUEUE, envelopes)
         return result
 
-    def enqueue_future(self, envelopes: list[NewEnvelope]) -> asyncio.Future[list[int | None]]:
-        """Like :meth:`enqueue` but returns the future (lets a caller attach a callback
-        instead of spawning a task per send on the hot path)."""
-        return self._submit(_ENQUEUE, envelopes)
-
     def enqueue_cb(
         self,
         envelopes: list[NewEnvelope],
@@ -645,13 +640,6 @@ class SqliteStore(Store):
             )
 
         self._put(_Op(_CALL, op, None))
-
-    async def queued_count(self) -> int:
-        """Total queued envelopes (for tests and metrics)."""
-        result: int = await self._call(
-            lambda conn: conn.execute("SELECT COUNT(*) FROM mailbox").fetchone()[0]
-        )
-        return result
 
 
 #: Multi-row statement templates (``{}`` = the VALUES rows). One statement per chunk
