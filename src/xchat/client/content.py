@@ -18,14 +18,13 @@ Unknown keys are ignored (forward compatibility); an unknown ``v`` is
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from xchat import encoding
 from xchat.errors import DecodeError, TooLarge, UnsupportedVersion
 
 CONTENT_VERSION = 1
@@ -131,13 +130,13 @@ class Content:
             obj["sender"] = {
                 "handle": self.sender.handle,
                 "delivery_token": (
-                    base64.b64encode(self.sender.delivery_token).decode()
+                    encoding.b64encode(self.sender.delivery_token)
                     if self.sender.delivery_token is not None
                     else None
                 ),
             }
             if self.sender.handle_cert is not None:
-                obj["sender"]["handle_cert"] = base64.b64encode(self.sender.handle_cert).decode()
+                obj["sender"]["handle_cert"] = encoding.b64encode(self.sender.handle_cert)
         data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         if len(data) > MAX_CONTENT_BYTES:
             raise TooLarge(f"message content is larger than {MAX_CONTENT_BYTES} bytes")
@@ -220,23 +219,13 @@ def _decode_sender(s: object) -> SenderInfo | None:
     tok = s.get("delivery_token")
     token: bytes | None = None
     if tok is not None:
-        if not isinstance(tok, str):
-            raise DecodeError("content delivery token invalid")
-        try:
-            token = base64.b64decode(tok, validate=True)
-        except (binascii.Error, ValueError):
-            raise DecodeError("content delivery token invalid") from None
-        if len(token) != 16:
-            raise DecodeError("content delivery token must be 16 bytes")
+        token = encoding.b64decode(tok, "content delivery token", 16)
     cert: bytes | None = None
     raw_cert = s.get("handle_cert")
     if raw_cert is not None:
         if not isinstance(raw_cert, str) or len(raw_cert) > 1024:
             raise DecodeError("content handle certificate invalid")
-        try:
-            cert = base64.b64decode(raw_cert, validate=True)
-        except (binascii.Error, ValueError):
-            raise DecodeError("content handle certificate invalid") from None
+        cert = encoding.b64decode(raw_cert, "content handle certificate")
     return SenderInfo(handle=handle, delivery_token=token, handle_cert=cert)
 
 
