@@ -97,12 +97,12 @@ EXIT_CODES: list[tuple[type[XChatError], int]] = [
     (IdentityChanged, EXIT_IDENTITY_CHANGED),
     (UnknownContact, EXIT_UNKNOWN_CONTACT),
     (InvalidMnemonic, EXIT_BAD_PHRASE),
+    (WrongPin, EXIT_BAD_PHRASE),  # backup PIN: the message says how many guesses remain
+    (WeakPin, EXIT_USAGE),
     (BadInput, EXIT_USAGE),
     (NotAllowed, EXIT_NOT_ALLOWED),
     (LinkError, EXIT_LINK),
     (UntrustedDevice, EXIT_UNTRUSTED_DEVICE),
-    (WrongPin, EXIT_BAD_PHRASE),  # backup PIN: the message says how many guesses remain
-    (WeakPin, EXIT_USAGE),
 ]
 
 

@@ -24,7 +24,6 @@ from xchat import __version__
 from xchat.errors import ApiError, XChatError
 from xchat.server import backups, blobs, devices, directory, mailbox, realtime, tokens, turn
 from xchat.server.backends import make_blob_store
-from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
 from xchat.server.consistency import StaleRetryMiddleware
 from xchat.server.limits import ip_bucket
@@ -190,9 +189,6 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app = FastAPI(title="XChat relay", version=__version__, lifespan=lifespan)
     app.state.relay = relay
-    shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
-    if shared_blobs is not None:
-        app.state.blob_store = shared_blobs
     shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
     if shared_blobs is not None:
         app.state.blob_store = shared_blobs

@@ -24,8 +24,8 @@ from xchat.crypto.devicelist import LINK_TTL_MS, MAX_DEVICES, DeviceList
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import ApiError, XChatError
 from xchat.server import models as m
-from xchat.server.paths import Address, SlotId
 from xchat.server.directory import CURRENT_DEVICE, _lookup_address, _verify, parse_keys, relay_of
+from xchat.server.paths import Address, SlotId
 from xchat.server.relay import Relay
 from xchat.server.tokens import REDEEM
 from xchat.storage.base import DeviceRecord

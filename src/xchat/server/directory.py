@@ -15,7 +15,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from xchat import PROTOCOL_VERSION
 from xchat.clock import now_ms
 from xchat.crypto import handle_cert
-from xchat.crypto import handle_cert
 from xchat.crypto.certificate import issue_sender_certificate
 from xchat.crypto.keys import IdentityPublicKey, is_address, normalize_address
 from xchat.crypto.pow import stamp_ok
@@ -346,27 +345,7 @@ async def put_delivery_token(
     return m.Ok()
 
 
-@router.get(
-    "/handle-certificate", response_model=m.CertificateOut, responses=m.errors(401, 404)
-)
-async def handle_certificate(
-    request: Request, device: DeviceRecord = CURRENT_DEVICE
-) -> m.CertificateOut:
-    """The relay's signature that the caller's account holds its handle, for the sender
-    block of its messages (PROTOCOL Part IV §3.2): recipients check it locally instead of
-    looking the handle up right after the message arrived (which would name the sender)."""
-    relay = relay_of(request)
-    acct = relay.store.get_account(device.address)
-    if acct is None or acct.handle is None:
-        raise ApiError(404, "this account has no handle")
-    expires = now_ms() + relay.config.cert_ttl_seconds * 1000
-    cert = handle_cert.issue(relay.secrets.signing_key, acct.address, acct.handle, expires)
-    return m.CertificateOut(certificate=m.enc(cert), expires_ms=expires)
-
-
-@router.get(
-    "/handle-certificate", response_model=m.CertificateOut, responses=m.errors(401, 404)
-)
+@router.get("/handle-certificate", response_model=m.CertificateOut, responses=m.errors(401, 404))
 async def handle_certificate(
     request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> m.CertificateOut:

@@ -29,7 +29,6 @@ from xchat.clock import now_ms
 from xchat.errors import ApiError, DecodeError
 from xchat.protocol import frames as F
 from xchat.server.consistency import retry_when_fresh
-from xchat.server.consistency import retry_when_fresh
 from xchat.server.limits import ip_bucket
 from xchat.server.relay import Relay, error_text
 from xchat.storage.base import DeviceRecord
@@ -203,7 +202,6 @@ class DeviceConnection:
                     self._queue((r.envelope_id, r.ts_ms, r.content), len(r.content) + 28)
                 if rows:
                     last = rows[-1].seq
-                    self.relay.fanout.backlog_pushed(ref, self, [r.envelope_id for r in rows])
                     self.relay.fanout.backlog_pushed(ref, self, [r.envelope_id for r in rows])
                 if len(rows) < BACKLOG_PAGE:
                     break
