@@ -39,17 +39,20 @@ from xchat.crypto.prekeys import (
 READY_PREFIX = "xchat server listening on "
 
 
-class ServerProcess:
-    """A running relay subprocess: ``url``, ``pid``, ``data_dir``; ``restart``, ``kill9``."""
+class ChildProcess:
+    """A service subprocess a test starts on loopback: it prints ``<ready_prefix><url>`` on
+    stdout once listening, then answers ``GET /healthz``; its stderr goes to a log file in
+    its data directory. :class:`ServerProcess` (the relay) and the realm's ``RealmProcess``
+    are the two kinds; they differ only in the command they run."""
 
-    def __init__(self, data_dir: Path, pow_bits: int, env: dict[str, str], port: int = 0) -> None:
+    #: What the process is called in errors ("server did not start ...").
+    what = "process"
+    ready_prefix = ""
+    log_name = "process.log"
+
+    def __init__(self, data_dir: Path, port: int = 0) -> None:
         self.data_dir = Path(data_dir)
-        self.pow_bits = pow_bits
-        #: /metrics is behind an operator token (issue #18); test relays get a known one.
-        env.setdefault("XCHAT_METRICS_TOKEN", "test-metrics-" + secrets.token_hex(8))
-        self.env = env
         self.url = ""
-        self.address = ""  # url#fingerprint (PROTOCOL Part III §3.1), once started
         self.port = port
         self._proc: subprocess.Popen[str] | None = None
         self._log: Any = None
@@ -59,45 +62,22 @@ class ServerProcess:
         assert self._proc is not None
         return self._proc.pid
 
-    @property
-    def metrics_headers(self) -> dict[str, str]:
-        """``Authorization`` for ``GET /metrics`` of this relay."""
-        return {"Authorization": f"Bearer {self.env['XCHAT_METRICS_TOKEN']}"}
-
-    @property
-    def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1) + "/api/v1/ws"
-
-    def start(self, timeout: float = 15.0) -> None:
+    def _launch(self, cmd: list[str], env: dict[str, str], timeout: float) -> None:
+        """Run ``cmd``, wait for the ready line (it names the URL and port) and for
+        ``/healthz``; RuntimeError (with the log's path) if either does not come."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
-        cmd = [
-            sys.executable,
-            "-m",
-            "xchat",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data",
-            str(self.data_dir),
-            "--pow-bits",
-            str(self.pow_bits),
-        ]
-        self._log = open(self.data_dir / "server.log", "a")  # noqa: SIM115
+        self._log = open(self.data_dir / self.log_name, "a")  # noqa: SIM115
         self._proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, text=True
         )
         line = _readline_with_timeout(self._proc, timeout)
-        if not line.startswith(READY_PREFIX):
+        if not line.startswith(self.ready_prefix):
             self.stop()
-            raise RuntimeError(f"server did not start: {line!r} (see {self.data_dir}/server.log)")
-        self.url = line[len(READY_PREFIX) :].strip()
+            log = self.data_dir / self.log_name
+            raise RuntimeError(f"{self.what} did not start: {line!r} (see {log})")
+        self.url = line[len(self.ready_prefix) :].strip()
         self.port = int(self.url.rsplit(":", 1)[1])
-        # The next line is the shareable address with the key fingerprint (Part III §3.1).
-        second = _readline_with_timeout(self._proc, timeout)
-        self.address = second.rsplit(" ", 1)[-1].strip() if "#" in second else self.url
+        self._after_ready(timeout)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -106,8 +86,11 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("server never became healthy")
+                raise RuntimeError(f"{self.what} never became healthy")
             time.sleep(0.02)
+
+    def _after_ready(self, timeout: float) -> None:
+        """Read whatever else the process prints after its ready line (nothing here)."""
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM), escalating to SIGKILL."""
@@ -122,16 +105,11 @@ class ServerProcess:
         self._cleanup()
 
     def kill9(self) -> None:
-        """Crash the server (SIGKILL): nothing after the last commit survives."""
+        """Crash the process (SIGKILL): nothing after its last commit survives."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
         self._cleanup()
-
-    def restart(self) -> None:
-        """Stop (if running) and start again on the same port and data directory."""
-        self.stop()
-        self.start()
 
     def _cleanup(self) -> None:
         if self._proc is not None and self._proc.stdout is not None:
@@ -140,6 +118,59 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class ServerProcess(ChildProcess):
+    """A running relay subprocess: ``url``, ``pid``, ``data_dir``; ``restart``, ``kill9``."""
+
+    what = "server"
+    ready_prefix = READY_PREFIX
+    log_name = "server.log"
+
+    def __init__(self, data_dir: Path, pow_bits: int, env: dict[str, str], port: int = 0) -> None:
+        super().__init__(data_dir, port)
+        self.pow_bits = pow_bits
+        #: /metrics is behind an operator token (issue #18); test relays get a known one.
+        env.setdefault("XCHAT_METRICS_TOKEN", "test-metrics-" + secrets.token_hex(8))
+        self.env = env
+        self.address = ""  # url#fingerprint (PROTOCOL Part III §3.1), once started
+
+    @property
+    def metrics_headers(self) -> dict[str, str]:
+        """``Authorization`` for ``GET /metrics`` of this relay."""
+        return {"Authorization": f"Bearer {self.env['XCHAT_METRICS_TOKEN']}"}
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/api/v1/ws"
+
+    def start(self, timeout: float = 15.0) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "xchat",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data_dir),
+            "--pow-bits",
+            str(self.pow_bits),
+        ]
+        self._launch(cmd, {**os.environ, **self.env}, timeout)
+
+    def _after_ready(self, timeout: float) -> None:
+        # The next line is the shareable address with the key fingerprint (Part III §3.1).
+        assert self._proc is not None
+        second = _readline_with_timeout(self._proc, timeout)
+        self.address = second.rsplit(" ", 1)[-1].strip() if "#" in second else self.url
+
+    def restart(self) -> None:
+        """Stop (if running) and start again on the same port and data directory."""
+        self.stop()
+        self.start()
 
 
 def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
