@@ -25,7 +25,7 @@ def test_newlines_kept_only_when_asked() -> None:
 
 
 def test_error_line_mapping() -> None:
-    from xchat.cli.main import error_line
+    from xchat.cli.exits import error_line
     from xchat.errors import (
         ApiError,
         IdentityChanged,
