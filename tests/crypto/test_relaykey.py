@@ -38,6 +38,28 @@ def test_bad_addresses(bad: str) -> None:
         relaykey.split_address(bad)
 
 
+_URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def test_fingerprint_in_another_spelling_is_refused() -> None:
+    """Only the spelling :func:`relaykey.fingerprint` writes: the old decoder took junk
+    characters and non-canonical trailing bits (the 2 unused low bits of the last one)."""
+    fp = relaykey.fingerprint(_pub(Ed25519PrivateKey.generate()))
+    sibling = _URL_ALPHABET[_URL_ALPHABET.index(fp[-1]) ^ 1]
+    for spelling in (
+        fp[:-1] + sibling,
+        fp + "=",
+        fp[:-1] + "=",
+        fp[:20] + "!" + fp[21:],
+        fp[:20] + "+" + fp[21:],
+        fp[:20] + "/" + fp[21:],
+        fp[:20] + "é" + fp[21:],
+    ):
+        with pytest.raises(InvalidAddress):
+            relaykey.split_address(f"http://127.0.0.1:8420#{spelling}")
+    assert relaykey.split_address(f"http://127.0.0.1:8420#{fp}")[1] == fp
+
+
 def test_rotation_is_signed_by_the_old_key() -> None:
     old, new, other = (Ed25519PrivateKey.generate() for _ in range(3))
     st = relaykey.sign_rotation(old, _pub(new), 1000, 5000)

@@ -8,6 +8,7 @@ import httpx
 import pytest
 from _relay_helpers import b64, get_challenge, register, register_body, unb64
 
+from xchat import encoding
 from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.server.auth import ServerSecrets, Tokens
@@ -108,8 +109,30 @@ def test_foreign_expired_and_revoked_tokens(
     assert client.get("/api/v1/keys/count", headers=again.headers).status_code == 200
 
 
+_URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def test_token_in_another_spelling_is_refused(client: httpx.Client) -> None:
+    """The decoder used to skip characters outside the alphabet and ignore the unused
+    trailing bits, so one token had many accepted spellings; each is a 401 now."""
+    acct = register(client)
+    tok = acct.token
+    assert len(tok) == 50  # 37 bytes: the last character carries 4 unused bits
+    sibling = _URL_ALPHABET[_URL_ALPHABET.index(tok[-1]) ^ 1]  # same bytes, other low bit
+    for spelling in (  # junk in groups of 4 kept the old padding arithmetic right
+        tok[:10] + "!!!!" + tok[10:],
+        tok[:10] + "...." + tok[10:],
+        tok + "****",
+        tok[:20] + "    " + tok[20:],
+        tok[:-1] + sibling,
+    ):
+        r = client.get("/api/v1/keys/count", headers={"Authorization": f"Bearer {spelling}"})
+        assert (r.status_code, r.json()) == (401, {"error": "invalid token"}), spelling
+    assert client.get("/api/v1/keys/count", headers=acct.headers).status_code == 200
+
+
 def _ref_of(client: httpx.Client, token: str, server: ServerProcess) -> int:
-    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    raw = encoding.b64url_decode(token, "token")
     return int.from_bytes(raw[1:9], "big")
 
 

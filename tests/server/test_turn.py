@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from xchat import encoding
 from xchat.server.turn import TurnIssuer, load_issuer
 from xchat.testing import ServerProcess, register, running_server
 
@@ -43,7 +44,8 @@ def test_credentials_are_coturn_rest_api_hmacs(tmp_path: Path) -> None:
     assert a["urls"] == ["turn:127.0.0.1:3478"] and a["ttl"] == 3600
     expiry, _, rand = a["username"].partition(":")
     assert before + 3600 <= int(expiry) == a["expires"] <= before + 3602
-    assert rand and acct.address not in a["username"]  # the credential names nobody
+    assert len(encoding.b64url_decode(rand, "random part", 16)) == 16 and "=" not in rand
+    assert acct.address not in a["username"]  # the credential names nobody
     mac = hmac.new(SECRET.encode(), a["username"].encode(), hashlib.sha1).digest()
     assert a["credential"] == base64.b64encode(mac).decode()
     assert a["username"] != b["username"]  # fresh random part per request

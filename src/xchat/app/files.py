@@ -9,8 +9,6 @@ authenticated loopback API and shows images from ``blob:`` URLs.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import secrets
 import tempfile
@@ -22,6 +20,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from xchat import encoding
 from xchat.app.common import (
     MAX_FILE_BYTES,
     MAX_UPLOAD_JSON,
@@ -36,7 +35,7 @@ from xchat.app.common import (
 )
 from xchat.client import files as xf
 from xchat.client.metadata import detect_image
-from xchat.errors import XChatError
+from xchat.errors import DecodeError, XChatError
 
 
 def _progress(st: AppState, transfer: str, direction: str) -> Callable[[int, int], None]:
@@ -70,8 +69,8 @@ async def send_file(request: Request, st: AppState) -> Response:
     transfer = _str(data, "transfer", required=False, limit=64) or secrets.token_hex(8)
     gid = _group(st, to).id if _is_group(to) else None
     try:
-        raw = base64.b64decode(_str(data, "data", limit=MAX_UPLOAD_JSON), validate=True)
-    except (binascii.Error, ValueError):
+        raw = encoding.b64decode(_str(data, "data", limit=MAX_UPLOAD_JSON), "data")
+    except DecodeError:
         raise HttpError(400, "'data' must be base64") from None
     if len(raw) > MAX_FILE_BYTES:
         raise HttpError(413, f"files up to {MAX_FILE_BYTES // (1024 * 1024)} MiB")

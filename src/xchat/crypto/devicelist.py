@@ -13,7 +13,6 @@ from the identity seed, which only the account's own devices hold.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
@@ -25,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from xchat import encoding
 from xchat.crypto.keys import IdentityKeyPair, IdentityPublicKey, hkdf
 from xchat.errors import (
     CryptoError,
@@ -224,7 +224,7 @@ def slot_id(code: bytes) -> str:
     """The relay's name for the link slot: a hash of the code, so the relay never holds
     the code itself (and so cannot derive the channel keys)."""
     digest = hmac.new(code, LABEL_LINK_SLOT, hashlib.sha256).digest()[:16]
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return encoding.b64url_encode(digest)
 
 
 def _code_key(code: bytes, label: bytes, salt: bytes = b"") -> bytes:
@@ -278,5 +278,5 @@ def open_answer(code: bytes, offer_private: X25519PrivateKey, answer: bytes) -> 
 
 def link_uri(server: str, code: bytes, ephemeral_public: bytes) -> str:
     """What the QR code carries: the relay, the code and the ephemeral public key."""
-    key = base64.urlsafe_b64encode(ephemeral_public).rstrip(b"=").decode()
+    key = encoding.b64url_encode(ephemeral_public)
     return f"xchat-link:?v=1&server={server}&code={format_code(code)}&key={key}"

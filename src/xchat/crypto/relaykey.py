@@ -21,8 +21,6 @@ that verifies under it, and keeps accepting certificates signed by the old key u
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from xchat import encoding
 from xchat.crypto import ed25519
 from xchat.errors import DecodeError, InvalidAddress
 
@@ -45,7 +44,7 @@ def fingerprint(signing_key: bytes) -> str:
     if len(signing_key) != 32:
         raise DecodeError("a relay signing key is 32 bytes")
     digest = hashlib.sha256(LABEL_FINGERPRINT + signing_key).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return encoding.b64url_encode(digest)
 
 
 def relay_address(base_url: str, signing_key: bytes) -> str:
@@ -64,11 +63,13 @@ def split_address(address: str) -> tuple[str, str | None]:
         raise InvalidAddress(f"not a relay address (http:// or https://): {address!r}")
     fp = parts.fragment or None
     if fp is not None:
+        # Exactly the spelling fingerprint() writes: 43 characters, no padding, canonical
+        # trailing bits (a look-alike spelling would pass here and fail only at the pin).
         try:
-            raw = base64.urlsafe_b64decode(fp + "=")
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(fp) != FINGERPRINT_LEN or len(raw) != 32:
+            encoding.b64url_decode(fp, "relay key fingerprint", 32)
+        except DecodeError:
+            raise InvalidAddress("the relay address's key fingerprint is malformed") from None
+        if len(fp) != FINGERPRINT_LEN:
             raise InvalidAddress("the relay address's key fingerprint is malformed")
     base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
     return base, fp

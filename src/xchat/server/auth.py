@@ -10,8 +10,6 @@ every older token of that device is refused.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import os
@@ -20,8 +18,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from xchat import encoding
 from xchat.crypto import relaykey
-from xchat.errors import ApiError
+from xchat.errors import ApiError, DecodeError
 from xchat.storage.base import DeviceRecord, Store
 
 LABEL_CHALLENGE = b"XChat-v1-challenge"
@@ -156,16 +155,16 @@ class Tokens:
         expires = now_ms + self.ttl_ms
         body = _TOKEN.pack(1, device.ref, device.epoch, expires)
         raw = body + self.secrets.mac(LABEL_TOKEN, body)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii"), expires
+        return encoding.b64url_encode(raw), expires
 
     def verify(self, token: str, store: Store, now_ms: int) -> tuple[DeviceRecord, int]:
-        """Return the device and the token's expiry; ApiError 401 otherwise."""
+        """Return the device and the token's expiry; ApiError 401 otherwise (also for a
+        token with junk characters or non-canonical trailing bits: one token, one
+        spelling, ``xchat.encoding``)."""
         try:
-            raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
-        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raw = encoding.b64url_decode(token, "token", TOKEN_LEN)
+        except DecodeError:
             raise ApiError(401, "invalid token") from None
-        if len(raw) != TOKEN_LEN:
-            raise ApiError(401, "invalid token")
         body, mac = raw[: _TOKEN.size], raw[_TOKEN.size :]
         if not hmac.compare_digest(mac, self.secrets.mac(LABEL_TOKEN, body)):
             raise ApiError(401, "invalid token")

@@ -3,7 +3,7 @@
 The TURN REST API scheme that coturn implements with ``use-auth-secret``: the relay and
 the TURN server share one secret; the relay hands an authenticated device
 
-    username   = "<expiry unix seconds>:<16 random bytes, base64url>"
+    username   = "<expiry unix seconds>:<16 random bytes, unpadded base64url>"
     credential = base64(HMAC-SHA1(secret, username))
 
 and the TURN server recomputes the HMAC and refuses the username after its expiry. The
@@ -16,17 +16,17 @@ free of who called: a credential names nobody, and the relay keeps no record of 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from xchat import encoding
+from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.server import models as m
 from xchat.server.directory import CURRENT_DEVICE
@@ -46,9 +46,10 @@ class TurnIssuer:
     def issue(self, now_s: float) -> tuple[str, str, int]:
         """(username, credential, expires unix seconds) valid for ``ttl_seconds``."""
         expires = int(now_s) + self.ttl_seconds
-        username = f"{expires}:{base64.urlsafe_b64encode(secrets.token_bytes(16)).decode()}"
+        username = f"{expires}:{encoding.b64url_encode(secrets.token_bytes(16))}"
         mac = hmac.new(self.secret, username.encode(), hashlib.sha1).digest()
-        return username, base64.b64encode(mac).decode(), expires
+        # Standard padded base64: what coturn compares against (the TURN REST API draft).
+        return username, encoding.b64encode(mac), expires
 
 
 def load_issuer(turn_url: str, secret_file: str, ttl_seconds: int) -> TurnIssuer | None:
@@ -86,7 +87,7 @@ async def turn_credentials(request: Request, device: DeviceRecord = CURRENT_DEVI
     issuer: TurnIssuer | None = getattr(request.app.state, "turn", None)
     if issuer is None:
         raise ApiError(404, "this relay has no TURN server configured")
-    username, credential, expires = issuer.issue(time.time())
+    username, credential, expires = issuer.issue(now_ms() / 1000)
     return TurnOut(
         urls=list(issuer.urls),
         username=username,
