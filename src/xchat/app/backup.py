@@ -33,6 +33,7 @@ from xchat.app.common import AppState, HttpError, _account, _require_account, _s
 from xchat.client import backup as bk
 from xchat.client import events as ev
 from xchat.client import realms as rl
+from xchat.clock import now_ms
 from xchat.errors import WrongPin, XChatError
 
 log = logging.getLogger("xchat.app.backup")
@@ -45,7 +46,7 @@ SKIP_KEY = "backup_skipped_ms"
 def _status(st: AppState, realms_offered: bool = True) -> dict[str, Any]:
     s = bk.status(st.client).to_json()
     skipped = st._load().get(SKIP_KEY)
-    recent = isinstance(skipped, int) and time.time() * 1000 - skipped < REMIND_AFTER_MS
+    recent = isinstance(skipped, int) and now_ms() - skipped < REMIND_AFTER_MS
     s["realms_offered"] = realms_offered
     s["reminder"] = not s["enabled"] and not recent and realms_offered
     return s
@@ -93,7 +94,7 @@ async def skip(request: Request, st: AppState) -> Response:
     _require_account(st)
     await read_json(request)
     data = st._load()
-    data[SKIP_KEY] = int(time.time() * 1000)
+    data[SKIP_KEY] = now_ms()
     st._store(data)
     return JSONResponse(_status(st))
 

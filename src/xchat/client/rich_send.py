@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from xchat.client import rich_events as rev
 from xchat.client.messaging import GROUP_PREFIX, RequestInfo, RichState, group_of, row_peer
 from xchat.client.search import SearchHit
 from xchat.client.store import ContactRecord
+from xchat.clock import now_ms as _now
 from xchat.crypto.group import GroupOp
 from xchat.crypto.keys import is_address
 from xchat.errors import ApiError, ClientError, NotAllowed, ServerUnreachable, XChatError
@@ -38,10 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Longest sleep of the expiry task (it also wakes for each new timer).
 EXPIRY_POLL_S = 30.0
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 def _transient(exc: XChatError) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 
 import asyncpg
 
+from xchat.clock import now_ms
 from xchat.errors import StorageUnavailable
 from xchat.storage import pg_sql as q
 from xchat.storage.base import AccountRecord, DeviceRecord, NewEnvelope, StoredEnvelope
@@ -117,8 +118,7 @@ class PostgresStore(PgDirectory):
         try:
             await migrate(conn)
             await self._load_directory(conn)
-            now = time.time_ns() // 1_000_000
-            await conn.execute("DELETE FROM used_challenges WHERE expires_ms <= $1", now)
+            await conn.execute("DELETE FROM used_challenges WHERE expires_ms <= $1", now_ms())
             rows = await conn.fetch("SELECT challenge, expires_ms FROM used_challenges")
             self._used = {bytes(r[0]): int(r[1]) for r in rows}
             rows = await conn.fetch("SELECT key, value FROM settings")
