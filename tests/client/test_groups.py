@@ -96,11 +96,11 @@ async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
     # Private calls on purpose here and in the attacks below: a malicious member signs
     # and sends what its own SDK's public methods would refuse to.
     row = b._groups.resolve(info.id)
-    state = b._groups._history(row).state
+    state = b._groups.book.history(row).state
     forged = GroupUpdate.against(b.identity, state, [GroupOp.rename("x")])
     body = {"id": info.id, "update": base64.b64encode(forged.encode()).decode()}
     for target in (a, c):
-        await b._groups._send_pairwise(target.address, None, "group_update", body)
+        await b._groups.sender.send_pairwise(target.address, None, "group_update", body)
     for target in (a, c):
         got = await target.receive()
         assert any(isinstance(e, ev.GroupUpdateRejected) for e in got)
@@ -254,7 +254,7 @@ async def test_attack_backdated_update_by_former_admin(crowd: Crowd, fate: str) 
     for x in (b, c):
         await x.receive()
     # The attacker keeps the state it held as an admin (private: no SDK exposes it).
-    b_was_admin = b._groups._history(b._groups.resolve(info.id)).state
+    b_was_admin = b._groups.book.history(b._groups.resolve(info.id)).state
     assert b.address in b_was_admin.admins
     if fate == "removed":
         await a.remove_members(info.id, [b.address])
@@ -265,7 +265,7 @@ async def test_attack_backdated_update_by_former_admin(crowd: Crowd, fate: str) 
     assert b.group_info(info.id).left == (fate == "removed")
     coup = GroupUpdate.against(b.identity, b_was_admin, [GroupOp.remove(a.address)])
     body = {"id": info.id, "update": base64.b64encode(coup.encode()).decode()}
-    await b._groups._send_pairwise(c.address, None, "group_update", body)
+    await b._groups.sender.send_pairwise(c.address, None, "group_update", body)
     got = await c.receive()
     assert _rejected(got) and _rejected(got)[0].sender == b.address
     seen = c.group_info(info.id)
@@ -287,7 +287,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
     await a.rename_group(info.id, "real group")
     await b.receive()
     # Private calls on purpose: Bob builds and sends what his SDK would refuse to.
-    history = b._groups._history(b._groups.resolve(info.id))
+    history = b._groups.book.history(b._groups.resolve(info.id))
     real, alice_update = history.state, history.updates()[-1]
     members = dict(real.members)
     members[d.address] = d.identity.public.encode()
@@ -299,7 +299,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
         "update": base64.b64encode(alice_update.encode()).decode(),
         "welcome": base64.b64encode(forged.encode()).decode(),
     }
-    await b._groups._send_pairwise(d.address, None, "group_update", body)
+    await b._groups.sender.send_pairwise(d.address, None, "group_update", body)
     got = await d.receive()
     assert _rejected(got) and not d.groups()
     await a.add_members(info.id, [d.address])
@@ -315,7 +315,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
         "update": base64.b64encode(own.encode()).decode(),
         "welcome": base64.b64encode(forged.encode()).decode(),
     }
-    await b._groups._send_pairwise(d.address, None, "group_update", body)
+    await b._groups.sender.send_pairwise(d.address, None, "group_update", body)
     before = d.group_info(info.id)
     got = await d.receive()
     assert _rejected(got) and d.group_info(info.id) == before
@@ -326,7 +326,7 @@ async def test_sender_keys_for_unknown_groups_are_bounded(crowd: Crowd) -> None:
     up to a bound (they may precede a welcome), not without limit."""
     import secrets
 
-    from xchat.client.groups import MAX_ORPHAN_KEYS_PER_SENDER
+    from xchat.client.group_receive import MAX_ORPHAN_KEYS_PER_SENDER
     from xchat.crypto.sender_keys import SenderKeyState
 
     stranger, victim = await crowd.make(2)
@@ -335,7 +335,7 @@ async def test_sender_keys_for_unknown_groups_are_bounded(crowd: Crowd) -> None:
         gid = secrets.token_bytes(16)
         skdm = SenderKeyState.generate(gid).distribution_message()
         body = {"id": gid.hex(), "skdm": base64.b64encode(skdm).decode()}
-        await stranger._groups._send_pairwise(victim.address, None, "sender_key", body)
+        await stranger._groups.sender.send_pairwise(victim.address, None, "sender_key", body)
     got = await victim.receive()
     assert len(_rejected(got)) == sent - MAX_ORPHAN_KEYS_PER_SENDER
     mine, _ = victim.store.orphan_sender_key_counts(stranger.address)
@@ -347,7 +347,7 @@ async def test_retry_pending_resends_group_messages(crowd: Crowd) -> None:
     SEND_MULTI was never confirmed (the process died) is re-sent with its original id; one
     the relay had stored before the ack was lost is still shown once."""
     from xchat.client import content as ct
-    from xchat.client.groups import group_peer
+    from xchat.client.group_book import group_peer
 
     a, b = await crowd.make(2)
     info = await a.create_group("retry", [b.address])

@@ -25,7 +25,8 @@ from starlette.responses import JSONResponse, Response
 from xchat.client import events as ev
 from xchat.client import files as xf
 from xchat.client.client import Client
-from xchat.client.groups import GROUP_PEER_PREFIX, GroupInfo
+from xchat.client.group_book import GroupInfo
+from xchat.client.model import GROUP_PEER_PREFIX
 from xchat.errors import (
     ApiError,
     IdentityChanged,

@@ -21,7 +21,7 @@ from xchat.app.common import (
     group_json,
     read_json,
 )
-from xchat.client.groups import GroupInfo
+from xchat.client.group_book import GroupInfo
 
 
 def _members(data: dict[str, Any], key: str) -> list[str]:

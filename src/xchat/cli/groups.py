@@ -15,7 +15,7 @@ import click
 
 from xchat.cli.files import upload_with_progress
 from xchat.cli.output import escape_terminal, who
-from xchat.client.groups import GroupInfo
+from xchat.client.group_book import GroupInfo
 
 
 def _run(coro: Any) -> Any:

@@ -16,7 +16,8 @@ from xchat.client import device_events as dev_ev
 from xchat.client import device_sync, e2e
 from xchat.client import events as ev
 from xchat.client import fanout as fo
-from xchat.client.groups import GROUP_CONTENT_TYPE, PAIRWISE_TYPES, Groups
+from xchat.client.group_book import GROUP_CONTENT_TYPE, PAIRWISE_TYPES
+from xchat.client.groups import Groups
 from xchat.client.model import GROUP_PEER_PREFIX, _Batch, _row_key, now_ms
 from xchat.client.sending import SendingClient
 from xchat.client.store import MessageRecord, Store
