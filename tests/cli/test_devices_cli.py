@@ -86,3 +86,45 @@ def test_bad_codes_and_no_history(server: ServerProcess, tmp_path: Path) -> None
     assert "already used" in one_error_line(r) and r.returncode == 14
     r = xchat(tmp_path / "late", "device", "link", "--server", server.url, "--wait", "1")
     assert "not approved within" in one_error_line(r) and r.returncode == 14
+
+
+def _link(old: Path, new: Path, server: ServerProcess) -> None:
+    proc = _start_link(new, "--server", server.url, "--json")
+    try:
+        assert proc.stdout is not None
+        code = json.loads(proc.stdout.readline())["code"]
+        ok(xchat(old, "device", "add", code))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+
+
+def _incoming_read(profile: Path, to: str) -> list[tuple[str, bool]]:
+    rows = [json.loads(line) for line in ok(xchat(profile, "history", to, "--json")).splitlines()]
+    return [(r["text"], r["read"]) for r in rows if r.get("direction") == "in"]
+
+
+def test_read_and_declined_request_sync_between_devices(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """`xchat read` on one device: the messages are read on the other (sync kind read);
+    `xchat requests --delete` on one: the request is gone on the other too."""
+    old, new, bob, eve = tmp_path / "old", tmp_path / "new", tmp_path / "bob", tmp_path / "eve"
+    ok(xchat(old, "account", "create", "--server", server.url, "--handle", "devcli_r"))
+    ok(xchat(bob, "account", "create", "--server", server.url, "--handle", "devcli_rb"))
+    ok(xchat(eve, "account", "create", "--server", server.url, "--handle", "devcli_re"))
+    ok(xchat(old, "send", "@devcli_rb", "hello bob"))
+    _link(old, new, server)
+    ok(xchat(bob, "send", "@devcli_r", "first"))
+    ok(xchat(eve, "send", "@devcli_r", "a request"))
+    for p in (old, new):
+        assert "first" in ok(xchat(p, "recv"))
+    assert _incoming_read(new, "@devcli_rb") == [("first", False)]
+    assert "1 message marked read" in ok(xchat(old, "read", "@devcli_rb"))
+    ok(xchat(new, "recv"))
+    assert _incoming_read(new, "@devcli_rb") == [("first", True)]
+    assert "devcli_re" in ok(xchat(new, "requests"))
+    ok(xchat(old, "requests", "--delete", "@devcli_re"))
+    ok(xchat(new, "recv"))
+    assert ok(xchat(new, "requests")) == ""

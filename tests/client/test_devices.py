@@ -9,10 +9,10 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from _device_helpers import Accounts, texts
 
 from xchat.client import device_events as dev_ev
 from xchat.client import events as ev
@@ -21,44 +21,6 @@ from xchat.client.client import Client
 from xchat.crypto import devicelist as dl
 from xchat.errors import ClientError, DeviceRemoved, LinkError, UntrustedDevice
 from xchat.testing import ServerProcess, running_server
-
-
-def _texts(events: list[ev.Event]) -> list[str]:
-    return [e.text for e in events if isinstance(e, ev.MessageReceived)]
-
-
-class Accounts:
-    """Clients on one relay, closed together."""
-
-    def __init__(self, url: str, root: Path, handle) -> None:
-        self.url, self.root, self.handle = url, root, handle
-        self.clients: list[Client] = []
-
-    async def account(self, base: str) -> Client:
-        c = Client(self.root / f"{base}{len(self.clients)}")
-        self.clients.append(c)
-        await c.create_account(self.url, self.handle(base))
-        return c
-
-    async def link(
-        self, existing: Client, name: str, *, history: bool = True, **approve: Any
-    ) -> Client:
-        new = Client(self.root / f"{name}{len(self.clients)}")
-        self.clients.append(new)
-        code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            new.link_device(
-                self.url, name=name, history=history, on_code=lambda c, _uri: code.set_result(c)
-            )
-        )
-        await existing.approve_device(await code, **approve)
-        res = await task
-        assert res.device_id == new.device_id and res.address == existing.address
-        return new
-
-    async def close(self) -> None:
-        for c in self.clients:
-            await c.close()
 
 
 @pytest.fixture
@@ -78,11 +40,11 @@ async def test_three_devices_each_receive_once_and_see_sent_messages(accounts: A
     assert [d.id for d in await a3.devices()] == [1, 2, 3]
     await b.send_text(a1.address, "to all three")
     for c in (a1, a2, a3):
-        assert _texts(await c.receive()) == ["to all three"]
-        assert _texts(await c.receive()) == []  # exactly once
+        assert texts(await c.receive()) == ["to all three"]
+        assert texts(await c.receive()) == []  # exactly once
     # Sent from one: appears in the others' history, delivered once to bob.
     msg_id = await a2.send_text(b.address, "from the laptop")
-    assert _texts(await b.receive()) == ["from the laptop"]
+    assert texts(await b.receive()) == ["from the laptop"]
     for c in (a1, a3):
         got = await c.receive()
         synced = [e for e in got if isinstance(e, dev_ev.MessageSynced)]
@@ -92,7 +54,7 @@ async def test_three_devices_each_receive_once_and_see_sent_messages(accounts: A
     # bob's reply goes to every device of alice too (bob learned the list).
     await b.send_text(a1.address, "reply")
     for c in (a1, a2, a3):
-        assert "reply" in _texts(await c.receive())
+        assert "reply" in texts(await c.receive())
 
 
 async def test_linked_device_shows_history_and_replies(accounts: Accounts) -> None:
@@ -138,13 +100,13 @@ async def test_removed_device_receives_nothing(accounts: Accounts, server: Serve
     a2 = await accounts.link(a1, "laptop")
     a3 = await accounts.link(a1, "stolen")
     await b.send_text(a1.address, "before")
-    assert _texts(await a3.receive()) == ["before"]
+    assert texts(await a3.receive()) == ["before"]
     await a2.rename_device(3, "lost phone")
     remaining = await a1.remove_device(3)
     assert [(d.id, d.name) for d in remaining] == [(1, "this device"), (2, "laptop")]
     await b.send_text(a1.address, "after")
     for c in (a1, a2):
-        assert "after" in _texts(await c.receive())
+        assert "after" in texts(await c.receive())
     with pytest.raises(DeviceRemoved):  # the relay forgot device 3: queue, keys, token
         await a3.receive()
     assert 3 not in b.device_ids(a1.address)
@@ -161,15 +123,15 @@ async def test_groups_from_every_device(accounts: Accounts) -> None:
     assert a2.group_info(info.id).name == "team"
     await b.send_group(info.id, "hi team")
     for c in (a1, a2):
-        assert _texts(await c.receive()) == ["hi team"]
+        assert texts(await c.receive()) == ["hi team"]
     await a2.send_group(info.id, "from the laptop")
-    assert _texts(await b.receive()) == ["from the laptop"]
+    assert texts(await b.receive()) == ["from the laptop"]
     # bob links a device after the keys went round: the relay's 409 teaches alice his new
     # list, and the new device got the members' sender keys with its history
     b2 = await accounts.link(b, "bob-laptop")
     await a1.send_group(info.id, "after bob linked")
     for c in (b, b2):
-        assert "after bob linked" in _texts(await c.receive())
+        assert "after bob linked" in texts(await c.receive())
 
 
 async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
@@ -183,11 +145,11 @@ async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
     await a2.receive()
     mid = await a1.send_group(info.id, "from the phone")
     await a1.send_group(info.id, "again")
-    assert _texts(await b.receive()) == ["from the phone", "again"]
+    assert texts(await b.receive()) == ["from the phone", "again"]
     got = await a2.receive()
     synced = [e for e in got if isinstance(e, dev_ev.MessageSynced)]
     assert [e.text for e in synced] == ["from the phone", "again"]
-    assert synced[0].id == mid and not _texts(got)
+    assert synced[0].id == mid and not texts(got)
     await a2.receive()  # nothing is delivered twice
     mine = [m for m in a2.group_history(info.id) if m.text == "from the phone"]
     assert [(m.id, m.direction) for m in mine] == [(mid, "out")]
@@ -197,7 +159,7 @@ async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
     for c in (a2, a3):
         got = await c.receive()
         assert [e.text for e in got if isinstance(e, dev_ev.MessageSynced)] == ["to three devices"]
-    assert _texts(await b.receive()) == ["to three devices"]
+    assert texts(await b.receive()) == ["to three devices"]
 
 
 async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
@@ -209,7 +171,7 @@ async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
     mid = await b.send_text(a1.address, "delete me")
     keep = await b.send_text(a1.address, "keep me")
     for c in (a1, a2):
-        assert _texts(await c.receive()) == ["delete me", "keep me"]
+        assert texts(await c.receive()) == ["delete me", "keep me"]
     await a1.messaging.delete(b.address, mid)
     got = await a2.receive()
     assert [(e.kind, e.data.get("id")) for e in got if isinstance(e, dev_ev.DeviceSynced)] == [
@@ -223,7 +185,7 @@ async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
     await a2.receive()
     gmid = await b.send_group(info.id, "group line")
     for c in (a1, a2):
-        assert _texts(await c.receive()) == ["group line"]
+        assert texts(await c.receive()) == ["group line"]
     await a2.messaging.delete(None, gmid, group=info.id)
     await a1.receive()
     assert [m.id for m in a1.group_history(info.id)] == []
@@ -277,7 +239,7 @@ async def test_five_devices(accounts: Accounts) -> None:
     assert [d.current for d in listed] == [False, False, False, False, True]
     await b.send_text(a1.address, "five")
     for c in devices:
-        assert _texts(await c.receive()) == ["five"]
+        assert texts(await c.receive()) == ["five"]
 
 
 # --- link codes -------------------------------------------------------------------------------
@@ -366,7 +328,7 @@ async def test_device_row_injected_into_relay_database_is_refused(tmp_path: Path
                     (a1.address,),
                 ).fetchone()
             assert n == 0
-            assert _texts(await a2.receive()) == ["fine"]
+            assert texts(await a2.receive()) == ["fine"]
         finally:
             await acc.close()
 
@@ -431,6 +393,6 @@ async def test_lost_device_restore_phrase_then_remove_the_others(accounts: Accou
     assert [d.id for d in await new_phone.devices()] == [1, 2]
     await new_phone.remove_device(2)  # the laptop went with the phone
     await b.send_text(info.address, "only for the new phone")
-    assert _texts(await new_phone.receive()) == ["only for the new phone"]
+    assert texts(await new_phone.receive()) == ["only for the new phone"]
     with pytest.raises(DeviceRemoved):
         await laptop.receive()

@@ -124,10 +124,7 @@ async def remove_device(request: Request, st: AppState) -> Response:
 
 async def sync_read(st: AppState, conv: str, ts_ms: int) -> None:
     """Tell our other devices how far this conversation was read (sync kind ``read``)."""
-    try:
-        await st.client.sync_own_devices("read", {"peer": conv, "ts": ts_ms})
-    except XChatError as exc:  # the mark stands here; the others catch up on the next one
-        log.info("read position not synced: %s", exc)
+    await st.client.sync_read_position(conv, ts_ms)  # the SDK call `xchat read` makes too
 
 
 def attach(st: AppState) -> None:

@@ -290,7 +290,7 @@ async def delete_request(request: Request, st: AppState) -> Response:
     _require_account(st)
     data = await read_json(request)
     try:
-        n = st.client.messaging.delete_request(_str(data, "conv", limit=128))
+        n = await st.client.messaging.decline(_str(data, "conv", limit=128))
     except ClientError as exc:
         raise HttpError(404, str(exc)) from None
     return JSONResponse({"deleted": n})

@@ -197,12 +197,17 @@ def read_command(obj: Any, to: str | None, group: str | None, as_json: bool) -> 
 @click.pass_obj
 def requests_command(obj: Any, as_json: bool, delete: str | None) -> None:
     """List message requests: first messages from people who are not contacts."""
+    if delete is not None:  # on our other devices too (PROTOCOL Part VII §5)
+
+        async def go() -> int:
+            async with obj.client() as d:
+                return int(await d.messaging.decline(delete))
+
+        n = _run(go())
+        click.echo(f"deleted the request ({n} message{'s' if n != 1 else ''})")
+        return
     c = obj.client()
     try:
-        if delete is not None:
-            n = c.messaging.delete_request(delete)
-            click.echo(f"deleted the request ({n} message{'s' if n != 1 else ''})")
-            return
         rows = c.messaging.requests()
     finally:
         _run(c.close())

@@ -4,64 +4,103 @@ Conversations, contacts (with pinned keys and verification marks), groups (state
 sender keys of other members, so the new device reads their next messages) and settings,
 as compressed JSON encrypted under a fresh key and uploaded once to the blob store; the key
 and digest travel in the (encrypted) link answer. Sessions, prekeys and our own sender
-keys are per device and never leave it. File messages carry their manifests, so attachments
-stay downloadable from the blob store while the blobs live; the decrypted attachments this
-device holds are copied into the archive too, newest first, up to a total the approving
-user chooses (``attachments``, Part VII §6), so they open on the new device after the blobs
-expired.
+keys are per device and never leave it.
+
+Attachments do not travel inside the archive: each decrypted attachment this device holds
+(newest first, up to a total the approving user chooses) is uploaded as its own encrypted
+blob through the ordinary file pipeline (Part VI, :func:`xchat.client.files.send_file`,
+streamed from disk), and the archive carries only its manifest (blob id, key, digest). So
+the archive stays small whatever the attachments weigh, neither side holds an attachment
+in memory, and the new device downloads each one like a received file, with progress.
+
+Every base64 field is decoded strictly (:mod:`xchat.encoding`): a junk field refuses the
+whole archive with a :class:`~xchat.errors.DecodeError` naming it, before anything is
+written.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import secrets
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from xchat import encoding
+from xchat.client.files import FileManifest
 from xchat.client.store import GroupRow, Store
 from xchat.errors import DecodeError, DecryptionError
 
 ARCHIVE_VERSION = 1
 LABEL_ARCHIVE = b"XChat-v1-history-archive"
-#: Bound on what a new device accepts (decompressed), against a decompression bomb.
+#: Bound on what a new device accepts (decompressed), against a decompression bomb. The
+#: archive holds message bodies and manifests only (attachments are separate blobs).
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
 MESSAGE_PAGE = 5000
 
 Progress = Callable[[int, int], None]
 #: the local paths of one message's decrypted attachment: ``files(peer, id)``
 LocalFiles = Callable[[str, str], list[str]]
-#: the new device keeps one copied attachment: ``save(peer, id, name, data)``
-SaveFile = Callable[[str, str, str, bytes], None]
-#: default total of attachment bytes copied into an archive (``--max-attachments`` MB)
+#: default total of attachment bytes sent with a history (``--max-attachments`` MB)
 DEFAULT_MAX_ATTACHMENTS = 25 * 1024 * 1024
-#: the largest total a user may choose (the archive itself is bounded by MAX_ARCHIVE_BYTES)
+#: the largest total a user may choose
 MAX_ATTACHMENTS_LIMIT = 256 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class AttachmentRef:
+    """One attachment of the history: the message it belongs to and its blob manifest."""
+
+    peer: str
+    id: str
+    manifest: FileManifest
+
+    def to_json(self) -> dict[str, Any]:
+        return {"peer": self.peer, "id": self.id, "file": self.manifest.to_json()}
+
+
 def _e(data: bytes | None) -> str | None:
-    return base64.b64encode(data).decode() if data is not None else None
+    return encoding.b64encode(data) if data is not None else None
 
 
-def _d(value: object) -> bytes | None:
-    return base64.b64decode(value) if isinstance(value, str) else None
+def _b(value: object, what: str) -> bytes:
+    """A required base64 field of the archive (strict; DecodeError names the field)."""
+    return encoding.b64decode(value, f"history archive {what}")
 
 
-def _attachments(
-    rows: list[dict[str, Any]], files: LocalFiles, budget: int
-) -> list[dict[str, Any]]:
-    """The decrypted attachments of ``rows`` this device holds, newest first, while their
-    total stays within ``budget`` bytes (a file that does not fit is skipped, a smaller
-    older one may still go)."""
-    out: list[dict[str, Any]] = []
-    for row in reversed(rows):
+def _opt_b(value: object, what: str) -> bytes | None:
+    return None if value is None else _b(value, what)
+
+
+def _str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise DecodeError(f"history archive {what}: not a string")
+    return value
+
+
+def _list(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise DecodeError(f"history archive {key}: not a list of objects")
+    return value
+
+
+def pick_attachments(
+    messages: list[dict[str, Any]], files: LocalFiles, budget: int
+) -> list[tuple[str, str, Path]]:
+    """``(peer, id, path)`` of the decrypted attachments of ``messages`` this device holds,
+    newest first, while their total stays within ``budget`` bytes (a file that does not fit
+    is skipped, a smaller older one may still go)."""
+    out: list[tuple[str, str, Path]] = []
+    for row in reversed(messages):
         if budget <= 0:
             break
         for path in files(row["peer"], row["id"]):
@@ -70,25 +109,16 @@ def _attachments(
                 size = p.stat().st_size
                 if size > budget or not p.is_file():
                     continue
-                data = p.read_bytes()
             except OSError:
                 continue  # deleted or moved by the user: the manifest still travels
-            budget -= len(data)
-            out.append({"peer": row["peer"], "id": row["id"], "name": p.name, "data": _e(data)})
+            budget -= size
+            out.append((row["peer"], row["id"], p))
             break
     return out
 
 
-def export(
-    store: Store,
-    settings: dict[str, Any],
-    *,
-    messages: bool = True,
-    files: LocalFiles | None = None,
-    max_attachment_bytes: int = 0,
-) -> bytes:
-    """The plaintext archive (JSON, zlib-compressed), with up to ``max_attachment_bytes``
-    of the attachments ``files`` finds."""
+def export(store: Store, settings: dict[str, Any], *, messages: bool = True) -> dict[str, Any]:
+    """The archive document without attachments (:func:`encode` makes the bytes)."""
     contacts = [
         {
             "address": c.address,
@@ -128,20 +158,19 @@ def export(
         {"group": g, "address": a, "device": d, "record": _e(r)}
         for g, a, d, r in store.sender_key_rows()
     ]
-    attachments = (
-        _attachments(rows, files, max_attachment_bytes)
-        if files is not None and max_attachment_bytes > 0
-        else []
-    )
-    doc = {
+    return {
         "v": ARCHIVE_VERSION,
-        "attachments": attachments,
         "contacts": contacts,
         "messages": rows,
         "groups": groups,
         "sender_keys": sender_keys,
         "settings": settings,
+        "files": [],
     }
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    """The plaintext archive: JSON, zlib-compressed (level 6)."""
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
 
 
@@ -163,7 +192,10 @@ def open_sealed(key: bytes, blob: bytes, digest: bytes) -> bytes:
 
 def load(plain: bytes) -> dict[str, Any]:
     d = zlib.decompressobj()
-    raw = d.decompress(plain, MAX_ARCHIVE_BYTES)
+    try:
+        raw = d.decompress(plain, MAX_ARCHIVE_BYTES)
+    except zlib.error:
+        raise DecodeError("history archive is not valid zlib") from None
     if d.unconsumed_tail:
         raise DecodeError("history archive too large")
     try:
@@ -175,66 +207,111 @@ def load(plain: bytes) -> dict[str, Any]:
     return doc
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    contacts: list[tuple[str, dict[str, Any], bytes | None, bytes | None]]
+    messages: list[tuple[str, str, str, int, str, bytes]]
+    groups: list[tuple[str, bytes, bool]]
+    sender_keys: list[tuple[str, str, int, bytes]]
+    files: list[AttachmentRef]
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError(f"history archive {what}: not an integer")
+    return value
+
+
+def _parse(doc: dict[str, Any]) -> _Parsed:
+    """Check every field of the archive before anything is written (DecodeError)."""
+    contacts = []
+    for i, c in enumerate(_list(doc, "contacts")):
+        where = f"contacts[{i}]"
+        contacts.append(
+            (
+                _str(c.get("address"), f"{where}.address"),
+                c,
+                _opt_b(c.get("identity_key"), f"{where}.identity_key"),
+                _opt_b(c.get("delivery_token"), f"{where}.delivery_token"),
+            )
+        )
+    messages = []
+    for i, m in enumerate(_list(doc, "messages")):
+        where = f"messages[{i}]"
+        status = _str(m.get("status"), f"{where}.status")
+        messages.append(
+            (
+                _str(m.get("id"), f"{where}.id"),
+                _str(m.get("peer"), f"{where}.peer"),
+                _str(m.get("dir"), f"{where}.dir"),
+                _int(m.get("ts"), f"{where}.ts"),
+                "failed" if status == "sending" else status,
+                _b(m.get("body"), f"{where}.body"),
+            )
+        )
+    groups = [
+        (
+            _str(g.get("id"), f"groups[{i}].id"),
+            _b(g.get("history"), f"groups[{i}].history"),
+            bool(g.get("left")),
+        )
+        for i, g in enumerate(_list(doc, "groups"))
+    ]
+    sender_keys = [
+        (
+            _str(k.get("group"), f"sender_keys[{i}].group"),
+            _str(k.get("address"), f"sender_keys[{i}].address"),
+            _int(k.get("device"), f"sender_keys[{i}].device"),
+            _b(k.get("record"), f"sender_keys[{i}].record"),
+        )
+        for i, k in enumerate(_list(doc, "sender_keys"))
+    ]
+    files = []
+    for i, a in enumerate(_list(doc, "files")):
+        try:
+            manifest = FileManifest.from_json(a.get("file"))
+        except DecodeError as exc:
+            raise DecodeError(f"history archive files[{i}]: {exc}") from None
+        files.append(
+            AttachmentRef(
+                _str(a.get("peer"), f"files[{i}].peer"), _str(a.get("id"), f"files[{i}].id"),
+                manifest,
+            )
+        )  # fmt: skip
+    return _Parsed(contacts, messages, groups, sender_keys, files)
+
+
 def import_into(
-    store: Store,
-    doc: dict[str, Any],
-    now_ms: int,
-    progress: Progress | None = None,
-    save_file: SaveFile | None = None,
-) -> int:
-    """Write an archive into a fresh store (one transaction); returns messages imported.
-    Each copied attachment of an imported message goes to ``save_file``."""
-    messages = doc.get("messages") or []
-    total = len(messages)
+    store: Store, doc: dict[str, Any], now_ms: int, progress: Progress | None = None
+) -> tuple[int, list[AttachmentRef]]:
+    """Write an archive into a fresh store (one transaction; a malformed field refuses it
+    all, DecodeError). Returns the messages imported and the attachments to download (only
+    those of messages the archive brought)."""
+    parsed = _parse(doc)
+    total = len(parsed.messages)
     done = 0
     with store.transaction():
-        for c in doc.get("contacts") or []:
-            address = c.get("address")
-            if not isinstance(address, str):
-                continue
+        for address, c, identity_key, token in parsed.contacts:
             store.ensure_contact(address, now_ms)
             store.update_contact(
                 address,
                 handle=c.get("handle") if isinstance(c.get("handle"), str) else None,
-                identity_key=_d(c.get("identity_key")),
-                delivery_token=_d(c.get("delivery_token")),
+                identity_key=identity_key,
+                delivery_token=token,
                 verified=bool(c.get("verified")),
                 identity_changed=bool(c.get("identity_changed")),
                 token_shared=False,  # this device has not told the contact anything yet
             )
-        for m in messages:
-            body = _d(m.get("body"))
-            if body is not None and isinstance(m.get("peer"), str) and isinstance(m.get("id"), str):
-                status = m.get("status") if m.get("status") != "sending" else "failed"
-                store.add_message(
-                    m["id"], m["peer"], str(m.get("dir")), int(m.get("ts") or 0),
-                    str(status), body, now_ms, unseen=False,
-                )  # fmt: skip
+        for msg_id, peer, direction, ts, status, body in parsed.messages:
+            store.add_message(msg_id, peer, direction, ts, status, body, now_ms, unseen=False)
             done += 1
             if progress is not None and (done % 500 == 0 or done == total):
                 progress(done, total)
-        for g in doc.get("groups") or []:
-            history = _d(g.get("history"))
-            if isinstance(g.get("id"), str) and history is not None:
-                store.put_group(
-                    GroupRow(g["id"], history, None, b"[]", bool(g.get("left"))), now_ms
-                )
-        for k in doc.get("sender_keys") or []:
-            record = _d(k.get("record"))
-            if record is not None:
-                store.put_sender_key(str(k["group"]), str(k["address"]), int(k["device"]), record)
-        for a in doc.get("attachments") or [] if save_file is not None else []:
-            peer, mid, name = a.get("peer"), a.get("id"), a.get("name")
-            try:
-                data = _d(a.get("data"))
-            except (binascii.Error, ValueError):
-                continue
-            if not (isinstance(peer, str) and isinstance(mid, str) and data is not None):
-                continue
-            if store.get_message(peer, mid) is None:
-                continue  # only attachments of messages the archive brought
-            assert save_file is not None
-            save_file(peer, mid, name if isinstance(name, str) else "attachment", data)
+        for gid, history, left in parsed.groups:
+            store.put_group(GroupRow(gid, history, None, b"[]", left), now_ms)
+        for gid, address, device, record in parsed.sender_keys:
+            store.put_sender_key(gid, address, device, record)
     if progress is not None and total == 0:
         progress(0, 0)
-    return done
+    files = [f for f in parsed.files if store.get_message(f.peer, f.id) is not None]
+    return done, files

@@ -17,7 +17,9 @@ from xchat.errors import DecodeError, XChatError
 if TYPE_CHECKING:
     from xchat.client.device_lists import DeviceListClient
 
-KINDS = ("device_list", "contact", "settings", "read", "delete")
+KINDS = ("device_list", "contact", "settings", "read", "delete", "conversation")
+#: ``conversation`` actions: what the user did to a 1:1 chat or a group (Part VIII §7)
+CONVERSATION_ACTIONS = ("accept", "block", "unblock", "delete_request")
 
 
 def _b64(value: object, what: str) -> bytes:
@@ -67,14 +69,26 @@ def apply(client: DeviceListClient, sync: dict[str, Any], t: int) -> list[dev_ev
             )
         elif kind == "settings":
             handle = sync.get("handle")
-            if isinstance(handle, str) or handle is None:
+            if "handle" in sync and (isinstance(handle, str) or handle is None):
                 client.profile.config.handle = handle
                 client.profile.save_config()
         elif kind == "read":
             peer, ts = sync.get("peer"), sync.get("ts")
-            if not isinstance(peer, str) or not isinstance(ts, int):
+            if not isinstance(peer, str) or not isinstance(ts, int) or isinstance(ts, bool):
                 raise DecodeError("sync read")
             set_read_mark(client, peer, ts)
+            messaging = getattr(client, "messaging", None)  # the full client's (Part VIII)
+            if messaging is not None:
+                messaging.state.read_synced(peer, ts, t)
+        elif kind == "conversation":
+            conv, action = sync.get("conv"), sync.get("action")
+            if not isinstance(conv, str) or action not in CONVERSATION_ACTIONS:
+                raise DecodeError("sync conversation")
+            if conv == client.address:
+                raise DecodeError("sync conversation: our own address")
+            messaging = getattr(client, "messaging", None)
+            if messaging is None or not messaging.state.conversation_synced(conv, action, t):
+                return []
         elif kind == "delete":  # a delete-for-me on our other device: here too
             conv, msg_id = sync.get("conv"), sync.get("id")
             if not isinstance(conv, str) or not isinstance(msg_id, str):

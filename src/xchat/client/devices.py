@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from xchat.client import content as ct
 from xchat.client import device_history as dh
-from xchat.client import e2e
+from xchat.client import device_sync, e2e
 from xchat.client import files as xf
 from xchat.client.account import ONE_TIME_BATCH
 from xchat.client.api import Api, b64d, b64e
@@ -46,6 +46,7 @@ from xchat.errors import (
     LinkError,
     ProfileError,
     ProtocolError,
+    ServerUnreachable,
     XChatError,
 )
 
@@ -160,6 +161,27 @@ class Devices:
         await self.c._send_content(me, msg, store_as_message=False)
         return True
 
+    async def sync_read(self, conv: str, ts_ms: int) -> bool:
+        """``conv`` was read up to ``ts_ms`` here: remember it and tell our other devices
+        (sync kind ``read``), once per new position (an older or equal one sends nothing).
+        A failed sync is logged: the position stands here, the next one carries it."""
+        if not device_sync.set_read_mark(self.c, conv, ts_ms):
+            return False
+        try:
+            return await self.sync_own("read", {"peer": conv, "ts": ts_ms})
+        except XChatError as exc:
+            log.info("read position not synced: %s", exc)
+            return False
+
+    async def sync_conversation(self, conv: str, action: str) -> bool:
+        """The user accepted, blocked, unblocked or deleted a request (sync kind
+        ``conversation``); a failed sync is logged (the change stands here)."""
+        try:
+            return await self.sync_own("conversation", {"conv": conv, "action": action})
+        except XChatError as exc:
+            log.info("conversation change not synced: %s", exc)
+            return False
+
     # --- approving (an existing device) ----------------------------------------------------
 
     async def approve(
@@ -240,28 +262,71 @@ class Devices:
     async def _upload_history(
         self, api: Api, progress: LinkProgress | None, max_attachments: int = 0
     ) -> tuple[dict[str, Any], int]:
+        """Upload the attachments (each its own file blob, streamed from disk), then the
+        archive that names them; returns the archive's reference and the bytes uploaded."""
         settings = {"handle": self.c.profile.config.handle}
         messaging = getattr(self.c, "messaging", None)  # the full client's (Part VIII)
-        files = messaging.state.rs.files if messaging is not None else None
-        plain = dh.export(self.c.store, settings, files=files, max_attachment_bytes=max_attachments)
-        key, blob, digest = dh.seal(plain)
-
-        async def pieces(skip: int) -> AsyncIterator[bytes]:
-            for i in range(skip, len(blob), UPLOAD_CHUNK):
-                yield blob[i : i + UPLOAD_CHUNK]
-
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress("upload", done, total)
-
+        doc = dh.export(self.c.store, settings)
+        picks = (
+            dh.pick_attachments(doc["messages"], messaging.state.rs.files, max_attachments)
+            if messaging is not None and max_attachments > 0
+            else []
+        )
         bc = BlobClient.from_api(api)
         try:
+            sent = await self._upload_attachments(bc, picks, progress)
+            doc["files"] = [ref.to_json() for ref in sent]
+            key, blob, digest = dh.seal(dh.encode(doc))
+            del doc
+
+            async def pieces(skip: int) -> AsyncIterator[bytes]:
+                for i in range(skip, len(blob), UPLOAD_CHUNK):
+                    yield blob[i : i + UPLOAD_CHUNK]
+
+            def report(done: int, total: int) -> None:
+                if progress is not None:
+                    progress("upload", done, total)
+
             blob_id = await bc.create(len(blob))
             await bc.upload(blob_id, len(blob), pieces, report, offset=0)
         finally:
             await bc.aclose()
         ref = {"blob": blob_id, "size": len(blob), "key": b64e(key), "digest": b64e(digest)}
-        return ref, len(blob)
+        return ref, len(blob) + sum(r.manifest.blob_size for r in sent)
+
+    async def _upload_attachments(
+        self, bc: BlobClient, picks: list[tuple[str, str, Path]], progress: LinkProgress | None
+    ) -> list[dh.AttachmentRef]:
+        """Each picked attachment as its own encrypted blob (Part VI), progress over all of
+        them; one that vanished or fails to upload is left out (its message's own manifest
+        still travels)."""
+        sizes = []
+        for _, _, path in picks:
+            try:
+                sizes.append(path.stat().st_size)
+            except OSError:
+                sizes.append(0)
+        total = sum(sizes)
+        base = 0
+        out: list[dh.AttachmentRef] = []
+        for (peer, msg_id, path), size in zip(picks, sizes, strict=True):
+
+            def report(done: int, blob_total: int, base: int = base, size: int = size) -> None:
+                if progress is not None:
+                    progress("files", base + min(size, done * size // max(blob_total, 1)), total)
+
+            try:
+                manifest = await xf.send_file(bc, path, keep_metadata=True, progress=report)
+            except ServerUnreachable:
+                raise
+            except (XChatError, OSError) as exc:  # vanished, too large, over quota
+                log.info("attachment left out of the history: %s", type(exc).__name__)
+            else:
+                out.append(dh.AttachmentRef(peer, msg_id, manifest))
+            base += size
+        if progress is not None and picks:
+            progress("files", total, total)
+        return out
 
     # --- linking (the new device) -------------------------------------------------------
 
@@ -404,52 +469,65 @@ class Devices:
         blob_id = ref.get("blob")
         if not isinstance(size, int) or not isinstance(blob_id, str):
             raise LinkError("link answer: malformed history reference")
+        if size > dh.MAX_ARCHIVE_BYTES:
+            raise LinkError("history archive refused: too large")
         buf = bytearray()
 
         def report(done: int, total: int) -> None:
             if progress is not None:
                 progress("download", done, total)
 
-        async with BlobClient(server) as bc:
-            await bc.download(blob_id, size, buf.extend, report)
-        try:
-            plain = dh.open_sealed(
-                b64d(ref.get("key"), "key"), bytes(buf), b64d(ref.get("digest"), "digest")
-            )
-            doc = dh.load(plain)
-        except XChatError as exc:
-            raise LinkError(f"history archive refused: {exc}") from None
-
         def imported(done: int, total: int) -> None:
             if progress is not None:
                 progress("import", done, total)
 
-        n = dh.import_into(self.c.store, doc, now_ms(), imported, self._save_attachment)
-        settings = doc.get("settings")
-        if isinstance(settings, dict) and isinstance(settings.get("handle"), str):
-            self.c.profile.config.handle = settings["handle"]
-            self.c.profile.save_config()
-        return n, size
+        async with BlobClient(server) as bc:
+            await bc.download(blob_id, size, buf.extend, report)
+            try:
+                plain = dh.open_sealed(
+                    b64d(ref.get("key"), "key"), bytes(buf), b64d(ref.get("digest"), "digest")
+                )
+                del buf
+                doc = dh.load(plain)
+                n, files = dh.import_into(self.c.store, doc, now_ms(), imported)
+            except XChatError as exc:
+                raise LinkError(f"history archive refused: {exc}") from None
+            settings = doc.get("settings")
+            if isinstance(settings, dict) and isinstance(settings.get("handle"), str):
+                self.c.profile.config.handle = settings["handle"]
+                self.c.profile.save_config()
+            del doc
+            got = await self._download_attachments(bc, files, progress)
+        return n, size + got
 
-    def _save_attachment(self, peer: str, msg_id: str, name: str, data: bytes) -> None:
-        """A copied attachment from the history: into ``<profile>/downloads`` (never over
-        an existing file), recorded for its message (deleted with it, Part VIII)."""
+    async def _download_attachments(
+        self, bc: BlobClient, files: list[dh.AttachmentRef], progress: LinkProgress | None
+    ) -> int:
+        """Each attachment of the history into ``<profile>/downloads`` (streamed, verified,
+        never over an existing file), recorded for its message (deleted with it, Part VIII).
+        One that fails (expired, tampered) is skipped: its message stays, with its own
+        manifest. Returns the blob bytes downloaded."""
+        total = sum(f.manifest.blob_size for f in files)
+        base = 0
         directory = xf.downloads_dir(self.c.profile.path)
-        directory.mkdir(parents=True, exist_ok=True)
-        safe = xf.safe_filename(name) or "attachment"
-        for n in range(1000):
-            path = directory / (safe if n == 0 else f"{n}-{safe}")
-            try:  # claimed atomically: nothing is overwritten
-                with path.open("xb") as f:
-                    f.write(data)
-                break
-            except FileExistsError:
-                continue
-        else:
-            return
         messaging = getattr(self.c, "messaging", None)
-        if messaging is not None:
-            messaging.record_file(peer, msg_id, str(path))
+        for f in files:
+
+            def report(done: int, _total: int, base: int = base) -> None:
+                if progress is not None:
+                    progress("files", base + done, total)
+
+            try:
+                path = await xf.receive_file(bc, f.manifest, directory, progress=report)
+            except XChatError as exc:
+                log.info("history attachment not copied: %s", exc)
+            else:
+                if messaging is not None:
+                    messaging.record_file(f.peer, f.id, str(path))
+            base += f.manifest.blob_size
+        if progress is not None and files:
+            progress("files", total, total)
+        return base
 
 
 class DeviceMethods:
@@ -520,6 +598,11 @@ class DeviceMethods:
             await self._devices.sync_own("contact", data)
         except XChatError as exc:
             log.info("verification mark not synced: %s", exc)
+
+    async def sync_read_position(self, conv: str, ts_ms: int) -> bool:
+        """``conv`` (an address or ``group:<gid>``) was read up to ``ts_ms`` on this device:
+        our other devices mark the same messages read (sync kind ``read``, Part VII §5)."""
+        return await self._devices.sync_read(conv, ts_ms)
 
     async def sync_own_devices(self, kind: str, data: dict[str, Any]) -> bool:
         """Send a sync object to our other devices (PROTOCOL Part VII §5)."""

@@ -539,6 +539,48 @@ class RichState:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
+    # --- changes made on our other devices (PROTOCOL Part VII §5) ---------------------------
+
+    def read_synced(self, conv: str, up_to_ms: int, now_ms: int) -> list[str]:
+        """Our other device read ``conv`` up to ``up_to_ms`` (sync kind ``read``): the same
+        incoming messages are read here and their timers start now; no receipt goes out
+        from here (the reading device sent them). Inside the caller's transaction."""
+        done = []
+        for m in self.rs.conversation_messages(conv, direction="in"):
+            row = self.rs.row(m.peer, m.id)
+            if m.ts_ms > up_to_ms or (row is not None and row.read_ms is not None):
+                continue
+            if row is None:
+                author = author_of(m, self.me)
+                row = RichRow(m.peer, m.id, conv, author, m.ts_ms, None, None, None, 0, False, None)
+            expires = now_ms + row.timer_s * 1000 if row.timer_s else None
+            self.rs.put_row(replace(row, read_ms=now_ms, expires_at=expires))
+            done.append(m.id)
+        return done
+
+    def conversation_synced(self, conv: str, action: str, now_ms: int) -> bool:
+        """Our other device accepted a request, blocked, unblocked, or deleted a request
+        (sync kind ``conversation``): the same here, inside the caller's transaction, with
+        no receipt from here. False if nothing changed (a redelivery, or this device
+        already differs: an accepted conversation is not deleted as a request)."""
+        state = self.state(conv)
+        if action == "accept" and state != "accepted" and not conv.startswith(GROUP_PREFIX):
+            self.rs.set_state(conv, "accepted", now_ms)
+        elif action == "block" and state != "blocked":
+            self.block(conv, now_ms)
+        elif action == "unblock" and state == "blocked":
+            self.unblock(conv, now_ms)
+        elif action == "delete_request" and state == "request":
+            for m in self.rs.conversation_messages(conv):
+                self._unlink_files(m.peer, m.id)
+                self.index.remove(m.peer, m.id)
+            self.rs.drop_conversation(conv)
+            self.rs.forget_conversation(conv)
+            self.store.delete_pending_receipts(conv)
+        else:
+            return False
+        return True
+
     # --- reading state back ---------------------------------------------------------------
 
     def own_message(self, conv: str, msg_id: str) -> tuple[str, MessageRecord]:

@@ -349,6 +349,9 @@ class Messaging:
             ids = self.state.mark_read(conv, _now())
         self._wake.set()
         await self.flush_owed()
+        msgs = self.state.rs.conversation_messages(conv)
+        if msgs:  # the same read position on our other devices (PROTOCOL Part VII §5)
+            await self.c._devices.sync_read(conv, max(m.ts_ms for m in msgs))
         return ids
 
     async def flush_owed(self) -> None:
@@ -427,6 +430,7 @@ class Messaging:
         self.state.accept(address, _now())
         await self._send_delivery_receipts(address)
         await self.flush_owed()
+        await self.c._devices.sync_conversation(address, "accept")  # Part VII §5
         return address
 
     async def block(self, to: str | None, group: str | None = None) -> str:
@@ -437,15 +441,25 @@ class Messaging:
             contact = self.c.find_contact(to)
             conv = contact.address if contact is not None else (await self.c.contact(to)).address
         self.state.block(conv, _now())
+        await self.c._devices.sync_conversation(conv, "block")  # Part VII §5
         return conv
 
     async def unblock(self, to: str | None, group: str | None = None) -> str:
         conv = self.local_conv(to, group)
         self.state.unblock(conv, _now())
+        await self.c._devices.sync_conversation(conv, "unblock")
         return conv
 
     def delete_request(self, to: str) -> int:
+        """Delete a request here only (:meth:`decline` also tells our other devices)."""
         return self.state.delete_request(self.local_conv(to, None))
+
+    async def decline(self, to: str) -> int:
+        """Delete a message request, on our other devices too (Part VII §5)."""
+        conv = self.local_conv(to, None)
+        n = self.state.delete_request(conv)
+        await self.c._devices.sync_conversation(conv, "delete_request")
+        return n
 
     # --- groups (§10) -----------------------------------------------------------------
 
