@@ -241,12 +241,16 @@ def update_sets(draw: st.DrawFn) -> tuple[GroupUpdate, list[GroupUpdate]]:
     with the same held set and the same state, whatever the delivery order."""
     _, genesis = create_group(ALICE, "g", [BOB.public, CAROL.public], fixed_rng)
     reference = GroupHistory.from_genesis(genesis)
+    genesis_state = reference.state
     reference.add(GroupUpdate.against(ALICE, reference.state, [GroupOp.promote(a(BOB))]))
     updates = list(reference.updates())
+    # The folded state at each version, as the reference device last saw it: a later round
+    # only re-folds the states after its parent, so the one behind the head is stable.
+    folded = {genesis_state.version: genesis_state, reference.state.version: reference.state}
     concurrent = False
     for _ in range(draw(st.integers(1, 10))):
         head = reference.state
-        behind = reference.state_at(head.version - 1)
+        behind = folded.get(head.version - 1)
         concurrent = not concurrent and behind is not None and draw(st.booleans())
         parent = behind if concurrent and behind is not None else head
         author = draw(st.sampled_from(sorted(parent.admins)))
@@ -260,6 +264,7 @@ def update_sets(draw: st.DrawFn) -> tuple[GroupUpdate, list[GroupUpdate]]:
             ops.append(GroupOp.remove(a(target)))
         update = GroupUpdate.against(ADDR[author], parent, [draw(st.sampled_from(ops))])
         reference.add(update)
+        folded[reference.state.version] = reference.state
         updates.append(update)
     return genesis, updates
 

@@ -438,11 +438,6 @@ class GroupHistory:
             self._by_round[v][d] for v in sorted(self._by_round) for d in sorted(self._by_round[v])
         ]
 
-    def state_at(self, version: int) -> GroupState | None:
-        """The folded state at ``version`` (None outside base..head)."""
-        position = version - self.base.version
-        return self._states[position] if 0 <= position < len(self._states) else None
-
     def to_bytes(self) -> bytes:
         """``0x02 || u32 len || base snapshot || u32 n || (u32 len || update)*n || u32 w ||
         (u32 len || waiting update)*w || u32 k || (u32 version || state hash(32))*k`` (§5.4)."""
