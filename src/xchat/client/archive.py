@@ -18,8 +18,6 @@ segment's contacts, groups and settings win.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import zlib
@@ -116,18 +114,15 @@ def body_to_json(body: bytes) -> dict[str, str]:
     try:
         return {"text": body.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"b64": base64.b64encode(body).decode()}
+        return {"b64": encoding.b64encode(body)}
 
 
 def body_from_json(obj: object) -> bytes:
     if isinstance(obj, dict):
         if isinstance(obj.get("text"), str):
             return str(obj["text"]).encode("utf-8")
-        if isinstance(obj.get("b64"), str):
-            try:
-                return base64.b64decode(obj["b64"], validate=True)
-            except (binascii.Error, ValueError):
-                pass
+        if "b64" in obj:
+            return encoding.b64decode(obj["b64"], "backup message body")
     raise DecodeError("backup message body is malformed")
 
 
