@@ -22,7 +22,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xchat import __version__
 from xchat.errors import ApiError, XChatError
-from xchat.server import backups, blobs, devices, directory, mailbox, realtime, tokens, turn
+from xchat.server import (
+    backups,
+    blobs,
+    devices,
+    directory,
+    mailbox,
+    openapi,
+    realtime,
+    tokens,
+    turn,
+)
 from xchat.server.backends import make_blob_store
 from xchat.server.config import ServerConfig
 from xchat.server.consistency import StaleRetryMiddleware
@@ -188,6 +198,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             log.info("relay stopped")
 
     app = FastAPI(title="XChat relay", version=__version__, lifespan=lifespan)
+    openapi.install(app)  # 422 documented as {"error": ...}, the body validation_error sends
     app.state.relay = relay
     shared_blobs = make_blob_store(config)  # scaled out: blob index in PostgreSQL
     if shared_blobs is not None:

@@ -40,7 +40,7 @@ from starlette.requests import ClientDisconnect
 from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.server.directory import BEARER
-from xchat.server.models import ErrorOut, errors
+from xchat.server.models import Error, errors
 from xchat.server.paths import BlobId
 from xchat.storage.blobs import (
     DEFAULT_MAX_BLOB_BYTES,
@@ -254,7 +254,7 @@ class _BigFileResponse(FileResponse):
     responses={
         200: {"content": {"application/octet-stream": {}}},
         206: {},
-        416: {"model": ErrorOut, "description": "No requested range overlaps the blob"},
+        416: {"model": Error, "description": "No requested range overlaps the blob"},
         **errors(404, 409),
     },
 )

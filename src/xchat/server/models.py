@@ -23,9 +23,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ErrorOut(BaseModel):
+class Error(BaseModel):
     """Every error body (PROTOCOL Part III §1): ``{"error": str}``; some add fields (409's
-    ``address`` and ``devices``), hence ``extra="allow"``."""
+    ``address`` and ``devices``), hence ``extra="allow"``. The one error schema of
+    ``/openapi.json`` (``server/openapi.py`` points the 422s at it too)."""
 
     model_config = ConfigDict(extra="allow")
     error: str
@@ -49,7 +50,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     Every route can answer 429 (per-IP-bucket limit, before any handler)."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in sorted({*codes, 429}):
-        entry: dict[str, Any] = {"model": ErrorOut, "description": _ERRORS[code]}
+        entry: dict[str, Any] = {"model": Error, "description": _ERRORS[code]}
         if code == 429:
             entry["headers"] = {
                 "Retry-After": {
