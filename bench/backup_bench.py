@@ -37,6 +37,7 @@ import common
 from xchat.client import backup as bk
 from xchat.client import realms as rl
 from xchat.client.api import Api
+from xchat.client.backup_locate import resolve_target
 from xchat.client.client import Client
 from xchat.crypto import oprf
 from xchat.crypto import pow as xpow
@@ -146,7 +147,7 @@ async def restore_timed(
     """restore_with_pin, step by step, with a clock around each step."""
     out: dict[str, float] = {}
     t = time.perf_counter()
-    address, locator = await bk.resolve_target(server, "@" + handle)
+    address, locator = await resolve_target(server, "@" + handle)
     out["lookup_s"] = time.perf_counter() - t
     t = time.perf_counter()
     relay = Api(server)

@@ -20,6 +20,7 @@ from test_files import FlakyProxy
 
 from xchat.client import backup as bk
 from xchat.client import events as ev
+from xchat.client.backup_state import BACKUP_INTERVAL_MS, META_KEY, PENDING_META
 from xchat.client.client import Client
 from xchat.client.files import BlobClient
 from xchat.crypto import recovery as rc
@@ -265,7 +266,7 @@ async def test_interrupted_backup_upload_resumes(env: Env) -> None:
             await flaky.aclose()
             assert proxy.cuts == 1
         assert bk.status(a).pending_upload
-        pending = json.loads(a.store.get_meta(bk.PENDING_META) or b"{}")
+        pending = json.loads(a.store.get_meta(PENDING_META) or b"{}")
         async with BlobClient(a.api.base_url) as probe:
             done = await probe.offset(pending["blob"])
         assert 0 < done < pending["blob_size"]  # the relay kept what arrived
@@ -277,7 +278,7 @@ async def test_interrupted_backup_upload_resumes(env: Env) -> None:
     st = json.loads(done_proc.stdout)
     assert not st["pending_upload"] and st["messages"] == 400
     async with Client(alice) as a:
-        cfg = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
+        cfg = json.loads(a.store.get_meta(META_KEY) or b"{}")
         assert cfg["history"]["segments"][-1]["blob"] == pending["blob"]
     async with Client(env.profile("alice-restored")) as c:
         await c.restore_account(env.relay.url, phrase)
@@ -377,7 +378,7 @@ async def test_disable_deletes_shares_and_blobs(env: Env) -> None:
     async with Client(alice) as a:
         address = a.address
         await bk.enable(a, PIN)
-        cfg: dict[str, Any] = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
+        cfg: dict[str, Any] = json.loads(a.store.get_meta(META_KEY) or b"{}")
         blob = cfg["history"]["segments"][0]["blob"]
         env.realms[2].kill9()  # one realm is down when the user disables the backup
         try:
@@ -400,12 +401,12 @@ async def test_daily_backup_runs_when_a_day_has_passed(env: Env) -> None:
         assert not await bk.maybe_backup(a)  # backup off: nothing to do
         await bk.enable(a, PIN)
         assert not await bk.maybe_backup(a)  # just backed up
-        cfg = json.loads(a.store.get_meta(bk.META_KEY) or b"{}")
-        cfg["history"]["last_ms"] -= 2 * bk.BACKUP_INTERVAL_MS
-        a.store.put_meta(bk.META_KEY, json.dumps(cfg).encode())
+        cfg = json.loads(a.store.get_meta(META_KEY) or b"{}")
+        cfg["history"]["last_ms"] -= 2 * BACKUP_INTERVAL_MS
+        a.store.put_meta(META_KEY, json.dumps(cfg).encode())
         before = cfg["history"]["last_ms"]
         assert await bk.maybe_backup(a)
-        assert (bk.status(a).last_backup_ms or 0) > before + bk.BACKUP_INTERVAL_MS
+        assert (bk.status(a).last_backup_ms or 0) > before + BACKUP_INTERVAL_MS
 
 
 async def test_attachments_are_backed_up_when_asked(env: Env) -> None:
