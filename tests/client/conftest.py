@@ -1,12 +1,15 @@
-"""Shared fixtures: one real relay subprocess per test module (xchat.testing)."""
+"""Shared fixtures: one real relay subprocess per test module (xchat.testing), and a
+``crowd`` of accounts on it (:mod:`_crowd`)."""
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+from _crowd import Crowd
 
 from xchat.testing import ServerProcess, running_server
 
@@ -35,3 +38,15 @@ class HandleFactory:
 
     def __call__(self, base: str) -> str:
         return f"{base}{os.getpid() % 1000}x{next(_counter)}"
+
+
+@pytest.fixture
+async def crowd(
+    server: ServerProcess, tmp_path: Path, handle: HandleFactory
+) -> AsyncIterator[Crowd]:
+    """Accounts on the module's relay, made with ``await crowd.make("ann", "ben")``."""
+    cr = Crowd(server, tmp_path, handle)
+    try:
+        yield cr
+    finally:
+        await cr.close()

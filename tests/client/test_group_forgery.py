@@ -14,11 +14,10 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
+from _crowd import Crowd
 
 from xchat.client import content as ct
 from xchat.client import events as ev
@@ -34,17 +33,8 @@ def _b64(data: bytes) -> str:
 
 
 @pytest.fixture
-async def trio(server: ServerProcess, tmp_path: Path, handle) -> AsyncIterator[list[Client]]:
-    clients = []
-    try:
-        for name in ("sender", "mallory", "reader"):
-            c = Client(tmp_path / name)
-            await c.create_account(server.url, handle(name))
-            clients.append(c)
-        yield clients
-    finally:
-        for c in clients:
-            await c.close()
+async def trio(crowd: Crowd) -> list[Client]:
+    return await crowd.make("sender", "mallory", "reader")
 
 
 def _forged_group_message(

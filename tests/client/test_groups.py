@@ -4,58 +4,19 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from _crowd import Crowd, messages, texts
 
 from xchat.client import events as ev
-from xchat.client.client import Client
 from xchat.crypto.keys import decode_address
 from xchat.errors import ClientError, UnauthorizedGroupChange
 from xchat.testing import ServerProcess
 
 
-def _msgs(events: list[ev.Event]) -> list[ev.MessageReceived]:
-    return [e for e in events if isinstance(e, ev.MessageReceived)]
-
-
-def _texts(events: list[ev.Event]) -> list[str]:
-    return [e.text for e in _msgs(events)]
-
-
-class Crowd:
-    """N accounts on one server, closed together."""
-
-    def __init__(self, server: ServerProcess, root: Path, handle) -> None:
-        self.server, self.root, self.handle = server, root, handle
-        self.clients: list[Client] = []
-
-    async def make(self, n: int, base: str = "m") -> list[Client]:
-        out = []
-        for i in range(n):
-            c = Client(self.root / f"{base}{len(self.clients)}")
-            await c.create_account(self.server.url, self.handle(f"{base}{i}"))
-            self.clients.append(c)
-            out.append(c)
-        return out
-
-    async def close(self) -> None:
-        for c in self.clients:
-            await c.close()
-
-
-@pytest.fixture
-async def crowd(server: ServerProcess, tmp_path: Path, handle) -> AsyncIterator[Crowd]:
-    cr = Crowd(server, tmp_path, handle)
-    try:
-        yield cr
-    finally:
-        await cr.close()
-
-
 async def test_three_member_group_roundtrip(crowd: Crowd) -> None:
-    a, b, c = await crowd.make(3)
+    a, b, c = await crowd.many(3)
     info = await a.create_group("friends", [f"@{b.whoami().handle}", c.address])
     assert info.admin and len(info.members) == 3
     assert {m.address for m in info.members if m.admin} == {a.address}
@@ -67,13 +28,13 @@ async def test_three_member_group_roundtrip(crowd: Crowd) -> None:
     mid = await a.send_group("friends", "hello group")
     assert a.last_upload_bytes > 0
     for x in (b, c):
-        msgs = _msgs(await x.receive())
+        msgs = messages(await x.receive())
         assert [(m.id, m.text, m.sender) for m in msgs] == [(mid, "hello group", a.address)]
         assert msgs[0].group == {"id": info.id, "name": "friends"}
     # A member replies (lazy key distribution, then one multi upload).
     await b.send_group(info.id, "hi from b")
-    assert _texts(await a.receive()) == ["hi from b"]
-    assert _texts(await c.receive()) == ["hi from b"]
+    assert texts(await a.receive()) == ["hi from b"]
+    assert texts(await c.receive()) == ["hi from b"]
     hist = a.group_history(info.id)
     assert [(h.direction, h.text, h.peer) for h in hist] == [
         ("out", "hello group", a.address),
@@ -83,7 +44,7 @@ async def test_three_member_group_roundtrip(crowd: Crowd) -> None:
 
 
 async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
-    a, b, c = await crowd.make(3)
+    a, b, c = await crowd.many(3)
     info = await a.create_group("club", [b.address, c.address])
     await b.receive()
     await c.receive()
@@ -109,13 +70,13 @@ async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
 
 
 async def test_removed_member_reads_nothing_after_removal(crowd: Crowd) -> None:
-    a, b, c = await crowd.make(3)
+    a, b, c = await crowd.many(3)
     info = await a.create_group("team", [b.address, c.address])
     for x in (b, c):
         await x.receive()
     await a.send_group(info.id, "before")
     await c.send_group(info.id, "c before")  # c distributes its first sender key to b too
-    assert _texts(await b.receive()) == ["before", "c before"]
+    assert texts(await b.receive()) == ["before", "c before"]
     await a.receive()
     await a.remove_members(info.id, [b.address])
     got_b = await b.receive()
@@ -124,39 +85,39 @@ async def test_removed_member_reads_nothing_after_removal(crowd: Crowd) -> None:
     await c.receive()  # c learns of the removal: it will rotate before its next message
     await a.send_group(info.id, "after a")
     await c.send_group(info.id, "after c")
-    assert _texts(await c.receive()) == ["after a"]
-    assert _texts(await a.receive()) == ["after c"]
+    assert texts(await c.receive()) == ["after a"]
+    assert texts(await a.receive()) == ["after c"]
     got_b = await b.receive()
-    assert _texts(got_b) == []  # nothing readable (not even addressed to b any more)
+    assert texts(got_b) == []  # nothing readable (not even addressed to b any more)
     with pytest.raises(ClientError):
         await b.send_group(info.id, "still here?")
 
 
 async def test_joiner_reads_new_messages_not_old(crowd: Crowd) -> None:
-    a, b, d = await crowd.make(3)
+    a, b, d = await crowd.many(3)
     info = await a.create_group("club", [b.address])
     await b.receive()
     await a.send_group(info.id, "old news")
     await b.send_group(info.id, "old from b")
-    assert _texts(await b.receive()) == ["old news"]
+    assert texts(await b.receive()) == ["old news"]
     await a.receive()
     await a.add_members(info.id, [d.address])
     got = await d.receive()
-    assert _texts(got) == []  # no history
+    assert texts(got) == []  # no history
     assert d.group_info(info.id).epoch == a.group_info(info.id).epoch
     await b.receive()
     await a.send_group(info.id, "welcome d")
     await b.send_group(info.id, "hi d")
-    assert _texts(await d.receive()) == ["welcome d", "hi d"]
+    assert texts(await d.receive()) == ["welcome d", "hi d"]
     # The joiner holds only chains at their current iteration: replaying the old
     # message envelope is impossible (the relay deleted it); its keys predate d's copy.
     await d.send_group(info.id, "thanks")
-    assert _texts(await a.receive())[-1] == "thanks"
-    assert _texts(await b.receive())[-1] == "thanks"
+    assert texts(await a.receive())[-1] == "thanks"
+    assert texts(await b.receive())[-1] == "thanks"
 
 
 async def test_concurrent_admin_updates_converge(crowd: Crowd) -> None:
-    a, b, c, d = await crowd.make(4)
+    a, b, c, d = await crowd.many(4)
     info = await a.create_group("conc", [b.address, c.address, d.address])
     for x in (b, c, d):
         await x.receive()
@@ -181,7 +142,7 @@ async def test_concurrent_admin_updates_converge(crowd: Crowd) -> None:
 
 
 async def test_ambiguous_and_unknown_group_names(crowd: Crowd) -> None:
-    a, b = await crowd.make(2)
+    a, b = await crowd.many(2)
     g1 = await a.create_group("same", [b.address])
     g2 = await a.create_group("same", [b.address])
     with pytest.raises(ClientError, match="ambiguous"):
@@ -198,7 +159,7 @@ def _server_files(server: ServerProcess) -> list[Path]:
 async def test_twenty_member_group_and_server_sees_no_group(
     server: ServerProcess, crowd: Crowd
 ) -> None:
-    members = await crowd.make(20, "t")
+    members = await crowd.many(20, "t")
     admin, rest = members[0], members[1:]
     info = await admin.create_group("twenty", [m.address for m in rest])
     for m in rest[:3]:
@@ -208,11 +169,11 @@ async def test_twenty_member_group_and_server_sees_no_group(
     assert admin._groups.last_upload_bytes < 19 * 600
     for m in rest:
         got = await m.receive()
-        assert _texts(got) == ["hello twenty"]
+        assert texts(got) == ["hello twenty"]
         assert m.group_info(info.id).epoch == info.epoch
     await rest[0].send_group(info.id, "from t1")
     for m in [admin, *rest[1:]]:
-        assert _texts(await m.receive()) == ["from t1"]
+        assert texts(await m.receive()) == ["from t1"]
     # The relay's data directory (DB, WAL, blobs, logs) holds no group id and no member
     # list: grep every file for the id (raw, hex, base64) and for member addresses.
     gid = bytes.fromhex(info.id)
@@ -246,7 +207,7 @@ async def test_attack_backdated_update_by_former_admin(crowd: Crowd, fate: str) 
     admin) and sends it to Carol. Carol refuses it; Alice stays the only admin."""
     from xchat.crypto.group import GroupOp, GroupUpdate
 
-    a, b, c = await crowd.make(3)
+    a, b, c = await crowd.many(3)
     info = await a.create_group("coup", [b.address, c.address])
     for x in (b, c):
         await x.receive()
@@ -281,7 +242,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
     Dave now holds changes nothing."""
     from xchat.crypto.group import GroupOp, GroupState, GroupUpdate
 
-    a, b, d = await crowd.make(3)
+    a, b, d = await crowd.many(3)
     info = await a.create_group("real", [b.address])
     await b.receive()
     await a.rename_group(info.id, "real group")
@@ -329,7 +290,7 @@ async def test_sender_keys_for_unknown_groups_are_bounded(crowd: Crowd) -> None:
     from xchat.client.group_receive import MAX_ORPHAN_KEYS_PER_SENDER
     from xchat.crypto.sender_keys import SenderKeyState
 
-    stranger, victim = await crowd.make(2)
+    stranger, victim = await crowd.many(2)
     sent = MAX_ORPHAN_KEYS_PER_SENDER + 3
     for _ in range(sent):
         gid = secrets.token_bytes(16)
@@ -349,11 +310,11 @@ async def test_retry_pending_resends_group_messages(crowd: Crowd) -> None:
     from xchat.client import content as ct
     from xchat.client.group_book import group_peer
 
-    a, b = await crowd.make(2)
+    a, b = await crowd.many(2)
     info = await a.create_group("retry", [b.address])
     await b.receive()
     await a.send_group(info.id, "first")  # also distributes a's sender key
-    assert _texts(await b.receive()) == ["first"]
+    assert texts(await b.receive()) == ["first"]
     peer = group_peer(info.id, a.address)
     # 1. died before the upload: the row is 'sending', nothing reached the relay
     lost = ct.Content(
@@ -367,7 +328,7 @@ async def test_retry_pending_resends_group_messages(crowd: Crowd) -> None:
     )
     result = await a.retry_pending()
     assert {item.id for item in result.sent} == {lost.id, acked} and not result.failed
-    got = _msgs(await b.receive())
+    got = messages(await b.receive())
     assert sorted((m.id, m.text) for m in got) == sorted(
         [(lost.id, "never left"), (acked, "ack lost")]
     )

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+from _crowd import Crowd
 
 from xchat.client import content as ct
 from xchat.client import events as ev
@@ -22,35 +21,6 @@ from xchat.client import rich_content as rc
 from xchat.client import rich_events as rev
 from xchat.client.client import Client
 from xchat.errors import NotAllowed
-from xchat.testing import ServerProcess
-
-
-class People:
-    def __init__(self, server: ServerProcess, root: Path, handle) -> None:
-        self.server, self.root, self.handle = server, root, handle
-        self.clients: list[Client] = []
-
-    async def make(self, *names: str) -> list[Client]:
-        out = []
-        for name in names:
-            c = Client(self.root / name)
-            await c.create_account(self.server.url, self.handle(name))
-            self.clients.append(c)
-            out.append(c)
-        return out
-
-    async def close(self) -> None:
-        for c in self.clients:
-            await c.close()
-
-
-@pytest.fixture
-async def people(server: ServerProcess, tmp_path: Path, handle) -> AsyncIterator[People]:
-    p = People(server, tmp_path, handle)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def of(events: list[ev.Event], kind: type) -> list:
@@ -77,8 +47,8 @@ async def _friends(a: Client, b: Client) -> None:
     await b.receive()
 
 
-async def test_stranger_lands_in_requests_with_no_receipt_until_accepted(people: People) -> None:
-    a, b = await people.make("ann", "ben")
+async def test_stranger_lands_in_requests_with_no_receipt_until_accepted(crowd: Crowd) -> None:
+    a, b = await crowd.make("ann", "ben")
     mid = await a.send_text(f"@{b.whoami().handle}", "hello stranger")
     got = await b.receive()
     assert [e.text for e in of(got, ev.MessageReceived)] == ["hello stranger"]
@@ -100,8 +70,8 @@ async def test_stranger_lands_in_requests_with_no_receipt_until_accepted(people:
     assert [h.status for h in a.history(contact)] == ["delivered"]
 
 
-async def test_reply_quote_checked_and_forgery_shown(people: People) -> None:
-    a, b = await people.make("ann", "ben")
+async def test_reply_quote_checked_and_forgery_shown(crowd: Crowd) -> None:
+    a, b = await crowd.make("ann", "ben")
     await _friends(a, b)
     orig = await a.send_text(b.address, "meet at noon")
     await b.receive()
@@ -126,8 +96,8 @@ async def test_reply_quote_checked_and_forgery_shown(people: People) -> None:
     assert q["claimed"]["text"] == "I owe you 1000"
 
 
-async def test_reactions_edits_deletes_1to1(people: People) -> None:
-    a, b = await people.make("ann", "ben")
+async def test_reactions_edits_deletes_1to1(crowd: Crowd) -> None:
+    a, b = await crowd.make("ann", "ben")
     await _friends(a, b)
     mid = await a.send_text(b.address, "lunch at 1?")
     await b.receive()
@@ -181,8 +151,8 @@ async def test_reactions_edits_deletes_1to1(people: People) -> None:
     assert a.store.get_message(b.address, other) is not None
 
 
-async def test_read_receipts_typing_and_switching_them_off(people: People) -> None:
-    a, b = await people.make("ann", "ben")
+async def test_read_receipts_typing_and_switching_them_off(crowd: Crowd) -> None:
+    a, b = await crowd.make("ann", "ben")
     await _friends(a, b)
     mid = await a.send_text(b.address, "read me")
     await b.receive()
@@ -209,8 +179,8 @@ async def test_read_receipts_typing_and_switching_them_off(people: People) -> No
     assert a.messaging.state.describe(a.store.get_message(b.address, mid2))["read"] is False  # type: ignore[arg-type]
 
 
-async def test_disappearing_message_gone_from_both_stores(people: People) -> None:
-    a, b = await people.make("ann", "ben")
+async def test_disappearing_message_gone_from_both_stores(crowd: Crowd) -> None:
+    a, b = await crowd.make("ann", "ben")
     await _friends(a, b)
     await a.messaging.set_timer(b.address, 5)
     got = await b.receive()
@@ -236,8 +206,8 @@ async def test_disappearing_message_gone_from_both_stores(people: People) -> Non
     assert "disappearing messages set to 5s" in notes
 
 
-async def test_blocked_sender_dropped_and_gets_no_receipts(people: People) -> None:
-    a, b = await people.make("ann", "ben")
+async def test_blocked_sender_dropped_and_gets_no_receipts(crowd: Crowd) -> None:
+    a, b = await crowd.make("ann", "ben")
     await _friends(a, b)
     await b.messaging.block(a.address)
     mid = await a.send_text(b.address, "are you there?")
@@ -253,8 +223,8 @@ async def test_blocked_sender_dropped_and_gets_no_receipts(people: People) -> No
     assert [e.id for e in of(await b.receive(), ev.MessageReceived)] == [mid2]
 
 
-async def test_group_rich_messaging_and_leave(people: People) -> None:
-    a, b, c = await people.make("ann", "ben", "cat")
+async def test_group_rich_messaging_and_leave(crowd: Crowd) -> None:
+    a, b, c = await crowd.make("ann", "ben", "cat")
     g = await a.create_group("crew", [b.address, c.address])
     await b.receive()
     await c.receive()
