@@ -94,6 +94,11 @@ class RedisFanout(LocalFanout):
         self._tasks: list[asyncio.Task[None]] = []
         self._run_id: str | None = None
 
+    @property
+    def redis(self) -> Any:
+        """This node's Redis client once started (the relay's link slots share it)."""
+        return self._redis
+
     # --- lifecycle ---
 
     async def start(self) -> None:

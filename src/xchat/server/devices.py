@@ -4,27 +4,24 @@ and removing devices, and the link slots that carry the provisioning channel.
 The relay is not trusted with the device list: it stores the account's signed list and
 checks it (a courtesy: an honest relay refuses a bad list early), but senders verify the
 list themselves. Link slots hold only ciphertext under keys derived from a code the relay
-never sees (it knows a hash of it); they live in memory for 10 minutes and are single use.
+never sees (it knows a hash of it); they are open for 10 minutes and single use, in this
+process's memory or, when relay nodes share Redis, in Redis (``link_slots``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import re
 import struct
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from pydantic import Field
 
 from xchat.clock import now_ms
-from xchat.crypto.devicelist import LINK_TTL_MS, MAX_DEVICES, DeviceList
+from xchat.crypto.devicelist import MAX_DEVICES, DeviceList
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import ApiError, XChatError
 from xchat.server import models as m
 from xchat.server.directory import CURRENT_DEVICE, _lookup_address, _verify, parse_keys, relay_of
+from xchat.server.link_slots import LinkSlots, make_link_slots
 from xchat.server.paths import Address, SlotId
 from xchat.server.relay import Relay
 from xchat.server.tokens import REDEEM
@@ -35,12 +32,7 @@ router = APIRouter(prefix="/api/v1")
 LABEL_LINK_DEVICE = b"XChat-v1-link-device"
 MAX_OFFER = 4096
 MAX_ANSWER = 64 * 1024
-MAX_SLOTS = 10_000
 MAX_WAIT_S = 30.0
-#: A finished or expired slot is remembered this long, so a late or reused code gets
-#: "expired"/"already used" rather than "unknown".
-SLOT_MEMORY_MS = 60 * 60 * 1000
-_SLOT_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 
 class OfferIn(m._Model):
@@ -64,104 +56,51 @@ class AddDeviceIn(m._Model):
     list: str = Field(max_length=8192)
 
 
-@dataclass
-class _Slot:
-    offer: bytes
-    expires_ms: int
-    answer: bytes | None = None
-    state: str = "open"  # open -> answered -> done
-    event: asyncio.Event | None = None
-
-
-class LinkSlots:
-    """The in-memory link slots of one relay process (Part VII §3.2)."""
-
-    def __init__(self) -> None:
-        self.slots: dict[str, _Slot] = {}
-        #: ``XCHAT_LINK_TTL_SECONDS`` shortens the 10 minutes (tests of expiry, ops drills)
-        self.ttl_ms = (
-            int(float(os.environ.get("XCHAT_LINK_TTL_SECONDS", "0")) * 1000) or LINK_TTL_MS
-        )
-
-    def _sweep(self, t: int) -> None:
-        for sid in [s for s, v in self.slots.items() if v.expires_ms + SLOT_MEMORY_MS < t]:
-            del self.slots[sid]
-
-    def get(self, sid: str, t: int, *, open_only: bool = True) -> _Slot:
-        if not _SLOT_RE.match(sid):
-            raise ApiError(400, "malformed link slot id")
-        slot = self.slots.get(sid)
-        if slot is None:
-            raise ApiError(404, "unknown link code (mistyped?)")
-        if slot.state == "done" or (open_only and slot.state != "open"):
-            raise ApiError(410, "link code already used")
-        if slot.expires_ms < t and slot.state == "open":
-            raise ApiError(410, "link code expired (codes are valid for 10 minutes)")
-        return slot
-
-
 def slots_of(request: Request) -> LinkSlots:
+    """The relay's link slots: in Redis when the nodes share it, else in this process."""
     state = request.app.state
     slots: LinkSlots | None = getattr(state, "link_slots", None)
     if slots is None:
-        slots = state.link_slots = LinkSlots()
+        slots = state.link_slots = make_link_slots(relay_of(request).fanout)
     return slots
 
 
 @router.put("/links/{sid}", status_code=201, responses=m.errors(400, 409, 413, 503))
 async def put_offer(sid: SlotId, body: OfferIn, request: Request) -> dict[str, int]:
-    slots = slots_of(request)
-    t = now_ms()
-    slots._sweep(t)
-    if not _SLOT_RE.match(sid):
-        raise ApiError(400, "malformed link slot id")
-    if sid in slots.slots:
-        raise ApiError(409, "link slot exists")
-    if len(slots.slots) >= MAX_SLOTS:
-        raise ApiError(503, "too many pending links, try again later")
     offer = m.b64(body.offer, "offer")
     if len(offer) > MAX_OFFER:
         raise ApiError(413, "offer too large")
-    slots.slots[sid] = _Slot(offer, t + slots.ttl_ms, event=asyncio.Event())
-    return {"expires_ms": t + slots.ttl_ms}
+    return {"expires_ms": await slots_of(request).put(sid, offer, now_ms())}
 
 
-@router.get("/links/{sid}", responses=m.errors(400, 404, 410))
+@router.get("/links/{sid}", responses=m.errors(400, 404, 410, 503))
 async def get_offer(sid: SlotId, request: Request) -> dict[str, object]:
-    slot = slots_of(request).get(sid, now_ms())
-    return {"offer": m.enc(slot.offer), "expires_ms": slot.expires_ms}
+    offer, expires = await slots_of(request).offer(sid, now_ms())
+    return {"offer": m.enc(offer), "expires_ms": expires}
 
 
-@router.post("/links/{sid}/answer", responses=m.errors(400, 401, 404, 410, 413))
+@router.post("/links/{sid}/answer", responses=m.errors(400, 401, 404, 410, 413, 503))
 async def post_answer(
     sid: SlotId, body: AnswerIn, request: Request, device: DeviceRecord = CURRENT_DEVICE
 ) -> dict[str, bool]:
     """Only an authenticated device may answer (no anonymous spam of pending links)."""
-    slot = slots_of(request).get(sid, now_ms())
     answer = m.b64(body.answer, "answer")
     if len(answer) > MAX_ANSWER:
         raise ApiError(413, "answer too large")
-    slot.answer, slot.state = answer, "answered"
-    if slot.event is not None:
-        slot.event.set()
+    await slots_of(request).answer(sid, answer, now_ms())
     return {"ok": True}
 
 
-@router.get("/links/{sid}/answer", responses=m.errors(400, 404, 410))
+@router.get("/links/{sid}/answer", responses=m.errors(400, 404, 410, 503))
 async def get_answer(sid: SlotId, request: Request, wait: float = 0.0) -> dict[str, object]:
     """The new device polls (long-poll up to 30 s); the answer is handed out once."""
     slots = slots_of(request)
-    slot = slots.get(sid, now_ms(), open_only=False)
-    if slot.state == "open" and wait > 0 and slot.event is not None:
-        with contextlib.suppress(TimeoutError):
-            left = max(0.0, (slot.expires_ms - now_ms()) / 1000)  # never past the expiry
-            await asyncio.wait_for(slot.event.wait(), min(wait, MAX_WAIT_S, left))
-        slot = slots.get(sid, now_ms(), open_only=False)
-    if slot.state != "answered":
-        return {"answer": None, "expires_ms": slot.expires_ms}
-    answer, slot.answer, slot.state = slot.answer, None, "done"
-    assert answer is not None
-    return {"answer": m.enc(answer), "expires_ms": slot.expires_ms}
+    answer, expires = await slots.take_answer(sid, now_ms())
+    if answer is None and wait > 0:
+        left = max(0.0, (expires - now_ms()) / 1000)  # never past the expiry
+        await slots.wait(sid, min(wait, MAX_WAIT_S, left))
+        answer, expires = await slots.take_answer(sid, now_ms())
+    return {"answer": m.enc(answer) if answer is not None else None, "expires_ms": expires}
 
 
 # --- the device list -------------------------------------------------------------------------
