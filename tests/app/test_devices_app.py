@@ -117,3 +117,85 @@ def test_link_a_device_in_the_browser(
         assert [(d["id"], d["current"]) for d in devices] == [(1, False), (2, True)]
     finally:
         ctx.close()
+
+
+def test_approve_screen_attachment_limit(
+    pair: tuple[AppProcess, AppProcess], relay: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    """Settings → Linked devices has the attachment limit of ``xchat device add
+    --max-attachments``: a value outside 0-256 is refused on the page (and by the route),
+    and 1 MB copies the newest of two 600 kB attachments only."""
+    from xchat.client import files as xf
+    from xchat.client.client import Client
+
+    old, new = pair
+    r = api(old, "POST", "/api/account/create", {"server": relay.url, "handle": "devapp_m"})
+    words = r["recovery_phrase"]
+    api(
+        old, "POST", "/api/account/confirm", {"words": [words[i - 1] for i in r["confirm_indices"]]}
+    )
+    blobs = {name: bytes([i + 1]) * 600_000 for i, name in enumerate(("older.bin", "newer.bin"))}
+
+    async def send_files() -> tuple[str, list[str]]:
+        async with Client(tmp_path / "peer") as peer:
+            await peer.create_account(relay.url, "devapp_mp")
+            ids = []
+            for name, data in blobs.items():
+                (tmp_path / name).write_bytes(data)
+                async with xf.BlobClient.from_api(peer.api) as bc:
+                    manifest = await xf.send_file(bc, tmp_path / name)
+                ids.append(await peer.send_file_manifest("@devapp_m", manifest.to_json()))
+            return peer.address, ids
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        peer_address, ids = pool.submit(asyncio.run, send_files()).result(timeout=120)
+    deadline = time.monotonic() + 30
+    for msg_id in ids:  # the old app holds both files (downloaded, so recorded)
+        while True:
+            r = httpx.post(
+                old.base + "/api/files/fetch",
+                headers={"X-XChat-Secret": old.secret},
+                json={"message_id": msg_id, "peer": peer_address},
+                timeout=60,
+            )
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # until the app received the message (a condition)
+        assert r.status_code == 200, r.text
+    bad = httpx.post(
+        old.base + "/api/devices/add",
+        headers={"X-XChat-Secret": old.secret},
+        json={"code": "aaaa", "max_attachments": 300},
+        timeout=30,
+    )
+    assert (bad.status_code, bad.json()) == (
+        400,
+        {"error": "'max_attachments' must be 0 to 256 (MB)"},
+    )
+    ctx = browser.new_context()
+    p_new, p_old = ctx.new_page(), ctx.new_page()
+    try:
+        p_new.goto(new.url)
+        p_new.click("#btn-link-device")
+        p_new.click("#btn-link-start")
+        p_new.wait_for_selector("#link-code:not(:empty)", timeout=TIMEOUT_MS)
+        code = p_new.text_content("#link-code") or ""
+        p_old.goto(old.url)
+        p_old.wait_for_selector("#view-app:not([hidden])", timeout=TIMEOUT_MS)
+        p_old.click("#btn-settings")
+        field = p_old.get_by_label("Attachments to copy with the history", exact=False)
+        assert field.input_value() == "25"
+        p_old.fill("#device-code", code)
+        field.fill("300")
+        p_old.click("#btn-device-add")
+        p_old.wait_for_selector("#devices-status:has-text('from 0 to 256')", timeout=TIMEOUT_MS)
+        assert field.get_attribute("aria-invalid") == "true"
+        assert p_new.is_visible("#link-pending")  # nothing was approved
+        field.fill("1")
+        p_old.click("#btn-device-add")
+        p_old.wait_for_selector("#device-list li >> nth=1", timeout=TIMEOUT_MS)
+        p_new.wait_for_selector("#view-app:not([hidden])", timeout=TIMEOUT_MS)
+    finally:
+        ctx.close()
+    copied = sorted(p.read_bytes() for p in xf.downloads_dir(new.profile).iterdir())
+    assert copied == [blobs["newer.bin"]]

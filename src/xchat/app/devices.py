@@ -6,7 +6,9 @@
                                  or ``device_link_failed`` events follow
     GET  /api/devices/link.svg   the QR code of the pending link (relay, code, ephemeral key)
     GET  /api/devices            [{id, name, current, linked_at}]
-    POST /api/devices/add      {code, history}  approve a new device
+    POST /api/devices/add      {code, history, max_attachments}  approve a new device
+                                 (``max_attachments``: MB of attachments copied, 0-256,
+                                 default 25, as ``xchat device add --max-attachments``)
     POST /api/devices/rename   {id, name}
     POST /api/devices/remove   {id}
 
@@ -27,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from xchat.app.common import AppState, HttpError, _qr_svg, _require_account, _str, read_json
 from xchat.client import device_events as dev_ev
+from xchat.client import device_history as dh
 from xchat.client import events as ev
 from xchat.errors import XChatError
 
@@ -38,6 +41,10 @@ class _Pending:
     uri: str
     task: asyncio.Task[None] | None = None
 
+
+#: The approve screen's attachment limit, in MB as ``xchat device add --max-attachments``.
+DEFAULT_MAX_ATTACHMENTS_MB = dh.DEFAULT_MAX_ATTACHMENTS // 2**20
+MAX_ATTACHMENTS_MB = dh.MAX_ATTACHMENTS_LIMIT // 2**20
 
 #: The pending link of each app process (one profile per process), by AppState identity.
 _PENDING: dict[int, _Pending] = {}
@@ -102,8 +109,13 @@ async def list_devices(request: Request, st: AppState) -> Response:
 async def add_device(request: Request, st: AppState) -> Response:
     _require_account(st)
     data = await read_json(request)
+    mb = data.get("max_attachments", DEFAULT_MAX_ATTACHMENTS_MB)
+    if not isinstance(mb, int) or isinstance(mb, bool) or not 0 <= mb <= MAX_ATTACHMENTS_MB:
+        raise HttpError(400, f"'max_attachments' must be 0 to {MAX_ATTACHMENTS_MB} (MB)")
     res = await st.client.approve_device(
-        _str(data, "code", limit=64), history=data.get("history", True) is not False
+        _str(data, "code", limit=64),
+        history=data.get("history", True) is not False,
+        max_attachments=mb * 1024 * 1024,
     )
     return JSONResponse({"device_id": res.device_id, "name": res.name})
 

@@ -76,7 +76,12 @@ const section = el('fieldset', { id: 'devices-settings', class: 'devices-choice'
     el('label', { for: 'device-code', text: 'Approve a new device: its link code' }),
     el('div', { class: 'row' },
       el('input', { id: 'device-code', type: 'text', spellcheck: 'false', autocomplete: 'off', placeholder: 'abcd-efgh-…' }),
-      el('button', { type: 'submit', id: 'btn-device-add', text: 'Approve' }))),
+      el('button', { type: 'submit', id: 'btn-device-add', text: 'Approve' })),
+    el('label', {}, el('input', { id: 'device-history', type: 'checkbox', checked: true }),
+      ' Send the message history'),
+    el('label', { for: 'device-max-attachments', text: 'Attachments to copy with the history, newest first (MB, 0 to 256; 0 copies none)' }),
+    el('input', { id: 'device-max-attachments', type: 'number', min: '0', max: '256', step: '1', value: '25',
+      inputmode: 'numeric', 'aria-describedby': 'devices-status' })),
   el('p', { id: 'devices-status', class: 'small', role: 'status' }));
 const forgetRow = $('btn-forget-browser').closest('.row');
 forgetRow.parentNode.insertBefore(section, forgetRow);
@@ -118,10 +123,21 @@ $('form-device-add').addEventListener('submit', async (e) => {
   e.preventDefault();
   const code = $('device-code').value.trim();
   if (!code) return;
+  const limit = $('device-max-attachments');
+  const mb = Number(limit.value.trim());
+  if (limit.value.trim() === '' || !Number.isInteger(mb) || mb < 0 || mb > 256) {
+    limit.setAttribute('aria-invalid', 'true');
+    $('devices-status').textContent = 'Attachments: a whole number of MB from 0 to 256.';
+    limit.focus();
+    return;
+  }
+  limit.removeAttribute('aria-invalid');
   $('btn-device-add').disabled = true;
   $('devices-status').textContent = 'Sending the account and history to the new device…';
   try {
-    const r = await post('/api/devices/add', { code });
+    const r = await post('/api/devices/add', {
+      code, history: $('device-history').checked, max_attachments: mb,
+    });
     $('device-code').value = '';
     $('devices-status').textContent = `Approved ${r.name} (device ${r.device_id}).`;
     await refreshDevices();
