@@ -19,6 +19,15 @@ limits off), with real SDK clients linked through the real linking flow (PROTOCO
   written straight into its store) links a new device: seconds from ``device add`` to the new
   device having imported everything, split into approve (export, encrypt, upload) and link
   completion (download, decrypt, import), and the archive's bytes on the wire.
+- history with an attachment: an account holding one 32 MB attachment (random bytes, so
+  incompressible) links a new device with ``--max-attachments 64``: seconds, client CPU
+  (both devices run in this process), the archive's bytes, and the peak of Python memory
+  allocations (``tracemalloc``) from ``device add`` to the new device holding the file.
+  The attachment travels as its own file blob (PROTOCOL Part VII §6). The same workload on
+  the tree before that change (inline base64 in the archive, commit aaa5b97:
+  ``git archive aaa5b97 src | tar -x -C /tmp/old && python bench/devices_bench.py --src
+  /tmp/old/src --only-attachments --out bench/results/devices_attach_before.json``) gives
+  the "before" column, read from that file.
 
 Results go to stdout and ``bench/results/devices.json``.
 """
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import statistics
@@ -34,12 +44,17 @@ import string
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+#: ``--src DIR`` runs the workloads against another source tree (a before/after figure)
+_SRC = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--src"), None)
+sys.path.insert(0, _SRC or str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
+BEFORE = ROOT / "bench" / "results" / "devices_attach_before.json"
+ATTACHMENT_BYTES = 32 * 1024 * 1024
 
 import common  # noqa: E402
 from xchat.client import content as ct  # noqa: E402
@@ -183,6 +198,70 @@ async def history(url: str, root: Path, messages: int) -> dict[str, Any]:
     }
 
 
+async def attachment_history(url: str, root: Path, size: int) -> dict[str, Any]:
+    old = Client(root / "a1")
+    await old.create_account(url, "att")
+    peer = IdentityKeyPair.generate().public.address()
+    _fill(old, 10, peer)
+    target = old.store.history(peer, 1)[-1]
+    src = root / "big.bin"
+    data = os.urandom(size)
+    src.write_bytes(data)
+    old.messaging.record_file(peer, target.id, str(src))
+    new = Client(root / "a2")
+    totals: dict[str, int] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        totals[phase] = total
+
+    code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        new.link_device(url, name="new", on_code=lambda c, _u: code.set_result(c))
+    )
+    text = await code
+    del data
+    tracemalloc.start()
+    t0, c0 = time.perf_counter(), time.process_time()
+    approval = await old.approve_device(text, progress=progress, max_attachments=2 * size)
+    await task
+    t1, c1 = time.perf_counter(), time.process_time()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    copied = new.messaging.state.rs.files(peer, target.id)
+    assert len(copied) == 1 and Path(copied[0]).read_bytes() == src.read_bytes()
+    for c in (old, new):
+        await c.close()
+    return {
+        "attachment_bytes": size,
+        "seconds": t1 - t0,
+        "cpu_seconds": c1 - c0,
+        "archive_bytes": totals["upload"],
+        "wire_bytes": approval.history_bytes,
+        "peak_traced_bytes": peak,
+    }
+
+
+def _attachment_rows(a: dict[str, Any], before: dict[str, Any] | None) -> list[list[str]]:
+    mb = a["attachment_bytes"] // 2**20
+
+    def row(name: str, key: str, fmt: Any) -> list[str]:
+        now = fmt(a[key])
+        if before is None:
+            return [name, now, "", ""]
+        was = before[key]
+        return [name, now, fmt(was), f"{was / a[key]:.1f}x" if a[key] else ""]
+
+    def mib(v: float) -> str:
+        return f"{v / 2**20:.1f} MiB"
+
+    return [
+        row(f"history with one {mb} MB attachment: seconds", "seconds", lambda v: f"{v:.2f} s"),
+        row("  client CPU (both devices)", "cpu_seconds", lambda v: f"{v:.2f} s"),
+        row("  archive blob", "archive_bytes", lambda v: f"{v:,} B"),
+        row("  peak Python allocations (tracemalloc)", "peak_traced_bytes", mib),
+    ]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     f, h = doc["fanout"], doc["history"]
     m = doc["machine"]
@@ -223,17 +302,38 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
         ],
     ]
+    before = doc.get("attachments_before")
+    attach = common.md_table(
+        ["figure", "now (own blobs)", "before (inline base64)", "before / now"],
+        _attachment_rows(doc["attachments"], before),
+    )
     return "\n\n".join(
         [
             f"Command: `{doc['command']}`",
             f"Machine: {common.machine_line(m)}; 1-min load average {load}.",
             common.md_table(["figure", "value", "target", "met"], rows),
+            attach,
             "A 1:1 message to a recipient with 5 devices while the sender has 4 others "
             "(PROTOCOL Part VII §4): the 100-character text is encrypted once; each device "
             "gets a 90-byte ratchet message carrying the key and a 49-byte sealed header. "
             "CPU is the sending client's process time (the relay is another process). "
             "The history archive is zlib-compressed JSON, AES-256-GCM encrypted, uploaded once "
-            "to the blob store and downloaded by the new device (PROTOCOL Part VII §6).",
+            "to the blob store and downloaded by the new device (PROTOCOL Part VII §6). "
+            "Attachments go as their own file blobs (streamed from and to disk) and the "
+            "archive names them: the second table links a device holding one incompressible "
+            'attachment; "before" is the same workload on the tree that carried '
+            "attachments base64 inside the in-memory archive (commit aaa5b97, "
+            "bench/results/devices_attach_before.json"
+            + (f", load {before.get('load')}" if before else ", not measured")
+            + "). Seconds and peak memory are of this process, which runs both devices.",
+            "Peers: Signal encrypts and uploads a full sealed ciphertext per device (the "
+            '"Signal\'s way" row, computed from our one-device envelope for the same text); '
+            "WhatsApp's multi-device does the same per device. Sending once with a per-device "
+            f"key message costs {f['ratio_vs_per_device']:.2f}x fewer bytes for 9 devices here. "
+            "Every figure varies with the machine's load (a shared 2-core machine): earlier "
+            "runs measured 4.4 ms CPU per message at load 8 before the session-parse cache "
+            "and 2.1 ms after at load 13, and the 10,000-message history transfer took 1.45 s "
+            "at load 8 and 4.84 s at load 13 for the same 1.73 MB archive.",
         ]
     )
 
@@ -244,6 +344,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--messages", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--src", type=Path, default=None, help="Run against this source tree.")
+    ap.add_argument("--only-attachments", action="store_true")
     args = ap.parse_args()
     runs = 10 if args.quick else args.runs
     messages = 1000 if args.quick else args.messages
@@ -253,8 +355,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         with running_server(root / "srv", pow_bits=2, rate_limits=False) as srv:
+            if args.only_attachments:
+                got = asyncio.run(attachment_history(srv.url, root, ATTACHMENT_BYTES))
+                got["load"] = [round(x, 2) for x in os.getloadavg()]
+                out = args.out or BEFORE
+                out.write_text(json.dumps(got, indent=2) + "\n")
+                print(json.dumps(got, indent=2))
+                return
             doc["fanout"] = asyncio.run(fanout(srv.url, root, runs, counter))
             doc["history"] = asyncio.run(history(srv.url, root, messages))
+            doc["attachments"] = asyncio.run(attachment_history(srv.url, root, ATTACHMENT_BYTES))
+    if BEFORE.exists():
+        doc["attachments_before"] = json.loads(BEFORE.read_text())
     common.finish_result(doc)
     f, h = doc["fanout"], doc["history"]
     doc["summary"] = {
@@ -263,9 +375,15 @@ def main() -> None:
         "per_extra_device_bytes": round(f["per_extra_device_bytes"], 1),
         "history_seconds": round(h["seconds"], 2),
         "history_bytes": h["archive_bytes"],
+        "attachment_history_seconds": round(doc["attachments"]["seconds"], 2),
+        "attachment_archive_bytes": doc["attachments"]["archive_bytes"],
+        "attachment_peak_traced_bytes": doc["attachments"]["peak_traced_bytes"],
     }
     doc["markdown"] = markdown(doc)
     path = common.write_json("devices", doc, out=args.out)
+    if not args.quick and args.out is None and args.src is None:
+        title = "### Linked devices: fan-out and history transfer\n\n"
+        common.write_section(ROOT / "BENCHMARKS.md", "devices", title + doc["markdown"])
     print(doc["markdown"])
     print(f"\nwrote {path}")
 
