@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,22 +135,32 @@ async def e2e(blobs: xf.BlobClient, src: Path, out: Path, pid: int) -> dict[str,
 
 
 async def plain(blobs: xf.BlobClient, src: Path, out: Path, pid: int) -> dict[str, Any]:
-    """Same API and client code, no encryption: the file's bytes go up and down as-is."""
+    """Same API and client code, no encryption: the file's bytes go up and down as-is
+    (``upload_blocks`` / ``download_blocks``, one reused 1 MiB buffer, no digest)."""
     size = src.stat().st_size
 
-    async def pieces(skip: int) -> AsyncIterator[bytes]:
-        with open(src, "rb") as fh:
+    def blocks(skip: int) -> Iterator[memoryview]:
+        buf = memoryview(bytearray(xf.BLOCK_BYTES))
+        with open(src, "rb", buffering=0) as fh:
             fh.seek(skip)
-            while piece := fh.read(xf.SEND_PIECE):
-                yield piece
-                await asyncio.sleep(0)
+            while n := fh.readinto(buf):
+                yield buf[:n]
 
     with Meter(pid) as up:
         blob = await blobs.create(size)
-        await blobs.upload(blob, size, pieces)
+        await blobs.upload_blocks(blob, size, blocks)
     target = out / "plain.bin"
-    with Meter(pid) as down, open(target, "wb", buffering=1 << 20) as fh:
-        await blobs.download(blob, size, fh.write, None)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def write(view: memoryview) -> None:
+        while view:
+            view = view[os.write(fd, view) :]
+
+    try:
+        with Meter(pid) as down:
+            await blobs.download_blocks(blob, size, write)
+    finally:
+        os.close(fd)
     target.unlink()
     return _rates(size, up, down)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from _crowd import Crowd
 
+from xchat.client.client import Client
 from xchat.testing import ServerProcess, running_server
 
 _counter = itertools.count()
@@ -26,6 +28,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     os.environ.setdefault("XCHAT_NO_KEYRING", "1")
     with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def blob_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A relay for blob transfers (test_files, test_blobhttp): the 1 MiB request limit is
+    lifted as in tests/server/test_blobs_api.py (blob PATCH bodies are large)."""
+    with running_server(
+        tmp_path_factory.mktemp("relay"), pow_bits=2, rate_limits=False, max_request=16 << 30
+    ) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def blob_profile(blob_relay: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A client profile with an account on :func:`blob_relay`."""
+    path = tmp_path_factory.mktemp("alice")
+
+    async def go() -> None:
+        async with Client(path) as c:
+            await c.create_account(blob_relay.url, use_keyring=False)
+
+    os.environ["XCHAT_NO_KEYRING"] = "1"
+    asyncio.run(go())
+    return path
 
 
 @pytest.fixture

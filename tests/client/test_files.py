@@ -12,7 +12,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,34 +21,19 @@ from PIL import Image
 from xchat.client import content as ct
 from xchat.client import files as xf
 from xchat.client.client import Client
-from xchat.crypto.attachment import TAG_LEN, ciphertext_length
+from xchat.crypto.attachment import (
+    DIGEST_BLAKE3,
+    DIGEST_SHA256,
+    TAG_LEN,
+    AttachmentEncryptor,
+    blob_digest,
+    ciphertext_length,
+)
 from xchat.crypto.padding import padme_size
 from xchat.errors import ApiError, DecodeError, DecryptionError
-from xchat.testing import ServerProcess, running_server
+from xchat.testing import ServerProcess
 
 CS = xf.FILE_CHUNK_SIZE
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # max_request lifted: see tests/server/test_blobs_api.py (blob PATCH bodies are large).
-    with running_server(
-        tmp_path_factory.mktemp("relay"), pow_bits=2, rate_limits=False, max_request=16 << 30
-    ) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def profile(srv: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("alice")
-
-    async def go() -> None:
-        async with Client(path) as c:
-            await c.create_account(srv.url, use_keyring=False)
-
-    os.environ["XCHAT_NO_KEYRING"] = "1"
-    asyncio.run(go())
-    return path
 
 
 class FlakyProxy:
@@ -129,24 +114,24 @@ async def _roundtrip(
 
 
 @pytest.mark.parametrize("size", [0, 1, CS - 1, CS, CS + 1, 3 * CS + 17])
-async def test_roundtrip_sizes(profile: Path, tmp_path: Path, size: int) -> None:
+async def test_roundtrip_sizes(blob_profile: Path, tmp_path: Path, size: int) -> None:
     src = tmp_path / "data.bin"
     src.write_bytes(os.urandom(size))
-    m, got = await _roundtrip(profile, src, tmp_path / "dl")
+    m, got = await _roundtrip(blob_profile, src, tmp_path / "dl")
     assert got.read_bytes() == src.read_bytes()
     assert got.name == "data.bin" and m.size == size
     assert m.content_type == "application/octet-stream"
     assert os.listdir(tmp_path / "dl") == ["data.bin"]  # no .part left behind
 
 
-async def test_50mb_roundtrip_with_progress(profile: Path, tmp_path: Path) -> None:
+async def test_50mb_roundtrip_with_progress(blob_profile: Path, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     block = os.urandom(1 << 20)
     with open(src, "wb") as fh:
         for i in range(50):
             fh.write(block[i:] + block[:i])
     seen: list[tuple[int, int]] = []
-    async with Client(profile) as c, xf.BlobClient.from_api(c.api) as blobs:
+    async with Client(blob_profile) as c, xf.BlobClient.from_api(c.api) as blobs:
         m = await xf.send_file(blobs, src, progress=lambda d, t: seen.append((d, t)))
         got = await xf.receive_file(blobs, m, tmp_path / "dl")
     assert seen[-1] == (m.blob_size, m.blob_size)
@@ -163,25 +148,28 @@ def _sha(p: Path) -> bytes:
 
 
 async def test_resume_after_upload_connection_killed(
-    profile: Path, srv: ServerProcess, tmp_path: Path
+    blob_profile: Path, blob_relay: ServerProcess, tmp_path: Path
 ) -> None:
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(5 * 1024 * 1024 + 3))
-    async with FlakyProxy(srv.port) as proxy:
+    async with FlakyProxy(blob_relay.port) as proxy:
         proxy.cut_up = 2 * 1024 * 1024
-        _, got = await _roundtrip(profile, src, tmp_path / "dl", url=proxy.url)
+        _, got = await _roundtrip(blob_profile, src, tmp_path / "dl", url=proxy.url)
         assert proxy.cuts == 1
     assert got.read_bytes() == src.read_bytes()
 
 
 async def test_resume_after_download_connection_killed(
-    profile: Path, srv: ServerProcess, tmp_path: Path
+    blob_profile: Path, blob_relay: ServerProcess, tmp_path: Path
 ) -> None:
     src = tmp_path / "down.bin"
     src.write_bytes(os.urandom(4 * 1024 * 1024 + 5))
-    async with Client(profile) as c, xf.BlobClient.from_api(c.api) as blobs:
+    async with Client(blob_profile) as c, xf.BlobClient.from_api(c.api) as blobs:
         m = await xf.send_file(blobs, src)
-    async with FlakyProxy(srv.port) as proxy, xf.BlobClient(proxy.url, backoff=0.01) as blobs:
+    async with (
+        FlakyProxy(blob_relay.port) as proxy,
+        xf.BlobClient(proxy.url, backoff=0.01) as blobs,
+    ):
         proxy.cut_down = 1024 * 1024 + 12345
         got = await xf.receive_file(blobs, m, tmp_path / "dl")
         assert proxy.cuts == 1
@@ -198,10 +186,12 @@ async def _upload_raw(profile: Path, data: bytes) -> str:
     return blob
 
 
-def _encrypt(src: Path, chunk: int = 1024) -> tuple[bytes, bytes, bytes, int]:
-    key = os.urandom(32)
+def _encrypt(
+    src: Path, chunk: int = 1024, key: bytes | None = None, version: int = xf.MANIFEST_VERSION
+) -> tuple[bytes, bytes, bytes, int]:
+    key = key or os.urandom(32)
     size = src.stat().st_size
-    source = xf._CipherSource(src, key, chunk, size)
+    source = xf._CipherSource(src, key, chunk, size, version)
     blob = b"".join(source.ciphertext(0))
     return key, blob, source.final_digest(), size
 
@@ -219,26 +209,30 @@ def _tampered(blob: bytes, kind: str, chunk: int) -> bytes:
         chunks[1] = chunks[0]  # same length: only the index binding can catch it
     elif kind == "truncate":  # drop the final chunk: the new last one was sealed non-final
         chunks = chunks[:-1]
+    elif kind == "splice":  # chunk 1 of another file (another key), same index and length
+        other = AttachmentEncryptor(os.urandom(32), chunk)
+        other.encrypt_chunk(os.urandom(chunk))
+        chunks[1] = other.encrypt_chunk(os.urandom(chunk))
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize("kind", ["flip", "reorder", "duplicate", "truncate"])
+@pytest.mark.parametrize("kind", ["flip", "reorder", "duplicate", "truncate", "splice"])
 @pytest.mark.parametrize("honest_digest", [True, False])
 async def test_tampered_blob_rejected_and_partial_discarded(
-    profile: Path, tmp_path: Path, kind: str, honest_digest: bool
+    blob_profile: Path, tmp_path: Path, kind: str, honest_digest: bool
 ) -> None:
     """With the honest digest the digest check fires; with a digest recomputed over the
-    tampered bytes (a malicious *sender*... or a forged manifest) chunk authentication
-    still refuses it."""
+    tampered bytes (a forged manifest) chunk authentication still refuses it: reordered,
+    duplicated, truncated and spliced-in chunks each fail on their own."""
     src = tmp_path / "t.bin"
     src.write_bytes(os.urandom(5000))
     key, blob, digest, size = _encrypt(src)
     bad = _tampered(blob, kind, 1024)
-    blob_id = await _upload_raw(profile, bad)
+    blob_id = await _upload_raw(blob_profile, bad)
     m = xf.FileManifest(
         blob_id,
         key,
-        digest if honest_digest else hashlib.sha256(bad).digest(),
+        digest if honest_digest else blob_digest(xf.MANIFEST_VERSION, bad),
         "t.bin",
         size if kind != "truncate" else size - (5000 % 1024 or 1024) + 0,
         "application/octet-stream",
@@ -249,7 +243,7 @@ async def test_tampered_blob_rejected_and_partial_discarded(
             blob_id, key, m.digest, "t.bin", _plain_len_for(len(bad), 1024), m.content_type, 1024
         )
     out = tmp_path / "dl"
-    async with Client(profile) as c, xf.BlobClient(c.api.base_url) as blobs:
+    async with Client(blob_profile) as c, xf.BlobClient(c.api.base_url) as blobs:
         with pytest.raises((DecryptionError, DecodeError)):
             await xf.receive_file(blobs, m, out)
     assert os.listdir(out) == []
@@ -264,12 +258,12 @@ def _plain_len_for(blob_len: int, chunk: int) -> int:
     return 0
 
 
-async def test_wrong_manifest_size_rejected(profile: Path, tmp_path: Path) -> None:
+async def test_wrong_manifest_size_rejected(blob_profile: Path, tmp_path: Path) -> None:
     src = tmp_path / "s.bin"
     src.write_bytes(os.urandom(3000))
     key, blob, digest, size = _encrypt(src)
-    blob_id = await _upload_raw(profile, blob)
-    async with xf.BlobClient(await _base(profile)) as blobs:
+    blob_id = await _upload_raw(blob_profile, blob)
+    async with xf.BlobClient(await _base(blob_profile)) as blobs:
         # The manifest is authenticated end to end, so a wrong size can only come from the
         # sender (who controls the file anyway); one that changes the blob length is refused.
         for wrong in (size * 2, size // 2, 0):
@@ -279,6 +273,54 @@ async def test_wrong_manifest_size_rejected(profile: Path, tmp_path: Path) -> No
         ok = xf.FileManifest(blob_id, key, digest, "s.bin", size, "x/y", 1024)
         assert (await xf.receive_file(blobs, ok, tmp_path / "dl")).read_bytes() == src.read_bytes()
     assert os.listdir(tmp_path / "dl") == ["s.bin"]
+
+
+@pytest.mark.parametrize("version", [DIGEST_SHA256, DIGEST_BLAKE3])
+async def test_both_manifest_versions_received(
+    blob_profile: Path, tmp_path: Path, version: int
+) -> None:
+    """Version 1 manifests (SHA-256 digest, no ``v``) from older senders still open; the
+    version names the hash, so a digest of the other kind is refused (no downgrade)."""
+    src = tmp_path / "v.bin"
+    src.write_bytes(os.urandom(3 * CS + 5))
+    key, blob, digest, size = _encrypt(src, CS, version=version)
+    assert digest == blob_digest(version, blob)
+    assert digest == (hashlib.sha256(blob).digest() if version == 1 else digest)
+    blob_id = await _upload_raw(blob_profile, blob)
+    m = xf.FileManifest(blob_id, key, digest, "v.bin", size, "x/y", CS, version)
+    wire = json.loads(json.dumps(m.to_json()))
+    assert ("v" in wire) is (version == DIGEST_BLAKE3)
+    async with xf.BlobClient(await _base(blob_profile)) as blobs:
+        got = await xf.receive_file(blobs, xf.FileManifest.from_json(wire), tmp_path / "dl")
+        assert got.read_bytes() == src.read_bytes()
+        other = DIGEST_SHA256 if version == DIGEST_BLAKE3 else DIGEST_BLAKE3
+        crossed = xf.FileManifest(blob_id, key, digest, "v.bin", size, "x/y", CS, other)
+        with pytest.raises(DecryptionError, match="digest"):
+            await xf.receive_file(blobs, crossed, tmp_path / "dl")
+    assert os.listdir(tmp_path / "dl") == ["v.bin"]
+
+
+@pytest.mark.parametrize("version", [DIGEST_SHA256, DIGEST_BLAKE3])
+async def test_key_holder_cannot_swap_the_file(
+    blob_profile: Path, tmp_path: Path, version: int
+) -> None:
+    """The attack the digest exists for: someone who holds the file key (any recipient, a
+    group member) seals OTHER content under the same key, a blob of the same length that
+    passes every chunk tag, and has the relay serve it for the manifest's blob id. Only
+    the digest in the sender's manifest refuses it."""
+    src = tmp_path / "real.bin"
+    src.write_bytes(os.urandom(2 * CS + 99))
+    key, blob, digest, size = _encrypt(src, CS, version=version)
+    fake = tmp_path / "fake.bin"
+    fake.write_bytes(b"pay the attacker " * ((2 * CS + 99) // 17) + b"!" * ((2 * CS + 99) % 17))
+    _, swapped, _, _ = _encrypt(fake, CS, key=key, version=version)
+    assert len(swapped) == len(blob) and swapped != blob
+    blob_id = await _upload_raw(blob_profile, swapped)
+    m = xf.FileManifest(blob_id, key, digest, "real.bin", size, "x/y", CS, version)
+    async with xf.BlobClient(await _base(blob_profile)) as blobs:
+        with pytest.raises(DecryptionError, match="digest"):
+            await xf.receive_file(blobs, m, tmp_path / "dl")
+    assert os.listdir(tmp_path / "dl") == []
 
 
 async def _base(profile: Path) -> str:
@@ -321,13 +363,13 @@ def test_long_names_cut_to_bytes_keeping_extension() -> None:
     out.encode().decode()  # never a split UTF-8 sequence
 
 
-async def test_hostile_names_saved_inside_downloads(profile: Path, tmp_path: Path) -> None:
+async def test_hostile_names_saved_inside_downloads(blob_profile: Path, tmp_path: Path) -> None:
     src = tmp_path / "h.bin"
     src.write_bytes(b"payload")
     out = tmp_path / "dl"
     (tmp_path / "passwd").write_bytes(b"must survive")
     saved = []
-    async with Client(profile) as c, xf.BlobClient.from_api(c.api) as blobs:
+    async with Client(blob_profile) as c, xf.BlobClient.from_api(c.api) as blobs:
         for name in ["../passwd", "../passwd", "/tmp/../passwd", "x" * 400 + ".txt", ""]:
             m = await xf.send_file(blobs, src, name=name)
             saved.append(await xf.receive_file(blobs, m, out))
@@ -338,14 +380,14 @@ async def test_hostile_names_saved_inside_downloads(profile: Path, tmp_path: Pat
     assert all(len(p.name.encode()) <= 255 for p in saved)
 
 
-async def test_collision_never_overwrites(profile: Path, tmp_path: Path) -> None:
+async def test_collision_never_overwrites(blob_profile: Path, tmp_path: Path) -> None:
     out = tmp_path / "dl"
     out.mkdir()
     (out / "photo.txt").write_bytes(b"old")
     (out / "photo (1).txt").write_bytes(b"old1")
     src = tmp_path / "photo.txt"
     src.write_bytes(b"new")
-    _, got = await _roundtrip(profile, src, out)
+    _, got = await _roundtrip(blob_profile, src, out)
     assert got.name == "photo (2).txt" and got.read_bytes() == b"new"
     assert (out / "photo.txt").read_bytes() == b"old"
 
@@ -359,24 +401,28 @@ def _gps_jpeg() -> bytes:
     return buf.getvalue()
 
 
-async def test_exif_stripped_by_default_kept_on_request(profile: Path, tmp_path: Path) -> None:
+async def test_exif_stripped_by_default_kept_on_request(blob_profile: Path, tmp_path: Path) -> None:
     src = tmp_path / "holiday.jpg"
     src.write_bytes(_gps_jpeg())
-    m, got = await _roundtrip(profile, src, tmp_path / "dl")
+    m, got = await _roundtrip(blob_profile, src, tmp_path / "dl")
     assert m.content_type == "image/jpeg"
     data = got.read_bytes()
     assert b"Exif" not in data and b"SpyCam" not in data
     assert not Image.open(io.BytesIO(data)).getexif()
     assert m.size == len(data) < src.stat().st_size
-    _, kept = await _roundtrip(profile, src, tmp_path / "dl2", keep_metadata=True)
+    _, kept = await _roundtrip(blob_profile, src, tmp_path / "dl2", keep_metadata=True)
     assert kept.read_bytes() == src.read_bytes()
 
 
 def test_manifest_json_roundtrip_and_validation() -> None:
     m = xf.FileManifest("ab" * 16, b"k" * 32, b"d" * 32, "a.txt", 5, "text/plain", 1024)
     obj = m.to_json()
-    assert set(obj) == {"blob", "key", "digest", "name", "size", "content_type", "chunk_size"}
+    assert m.version == DIGEST_BLAKE3 and obj["v"] == 2  # what senders write now
+    assert set(obj) == {"v", "blob", "key", "digest", "name", "size", "content_type", "chunk_size"}
     assert xf.FileManifest.from_json(json.loads(json.dumps(obj))) == m
+    old = {k: v for k, v in obj.items() if k != "v"}  # a version-1 manifest has no "v"
+    assert xf.FileManifest.from_json(old).version == DIGEST_SHA256
+    assert xf.FileManifest.from_json({**old, "v": 1}).to_json() == old
     bad_values = [
         ("blob", "../x"),
         ("key", "AAAA"),
@@ -386,6 +432,11 @@ def test_manifest_json_roundtrip_and_validation() -> None:
         ("size", 1 << 40),
         ("chunk_size", 1),
         ("name", None),
+        ("v", 0),
+        ("v", 3),
+        ("v", "2"),
+        ("v", True),
+        ("v", 2.0),
     ]
     for field, value in bad_values:
         with pytest.raises(DecodeError):

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import inspect
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import httpx
 
 from xchat.client import blobhttp
+from xchat.client.blobhttp import Buffer
 from xchat.errors import (
     ApiError,
     DecryptionError,
@@ -144,8 +145,49 @@ class BlobClient:
         """Upload ``total`` bytes; ``pieces(skip)`` yields the blob's bytes from ``skip``.
         ``offset`` is the known confirmed offset (0 for a fresh blob), else asked with
         ``HEAD``. After a broken connection ask the server's offset and continue (§5)."""
+
+        async def send(confirmed: int, headers: dict[str, str]) -> httpx.Response:
+            body = _counting(pieces(confirmed), confirmed, total, progress)
+            if self._raw is not None:
+                return await self._patch_raw(self._raw, blob_id, headers, body)
+            return await self._request(
+                "PATCH", f"{BLOBS}/{blob_id}", auth=True, headers=headers, content=body
+            )
+
         try:
-            await self._upload(blob_id, total, pieces, progress, offset)
+            await self._upload(blob_id, total, send, progress, offset)
+        finally:
+            blobhttp.give_back_memory()
+
+    async def upload_blocks(
+        self,
+        blob_id: str,
+        total: int,
+        blocks: Callable[[int], Iterator[Buffer]],
+        progress: Progress | None = None,
+        *,
+        offset: int | None = None,
+    ) -> None:
+        """:meth:`upload` from a *blocking* producer: ``blocks(skip)`` yields the blob's
+        bytes from ``skip`` as buffers, each valid only until the next is asked for (the
+        producer may reuse one buffer). On a plain-``http`` relay the producer runs in the
+        thread that writes the socket (``blobhttp.Connection.send_blocks``): reading,
+        encrypting, hashing and sending one block after another, nothing copied and the
+        event loop untouched per block. Elsewhere each block is copied off a worker
+        thread into the httpx body."""
+
+        async def send(confirmed: int, headers: dict[str, str]) -> httpx.Response:
+            if self._raw is not None:
+                return await self._patch_blocks_raw(
+                    self._raw, blob_id, headers, blocks(confirmed), progress, confirmed, total
+                )
+            body = _counting(_copied(blocks(confirmed)), confirmed, total, progress)
+            return await self._request(
+                "PATCH", f"{BLOBS}/{blob_id}", auth=True, headers=headers, content=body
+            )
+
+        try:
+            await self._upload(blob_id, total, send, progress, offset)
         finally:
             blobhttp.give_back_memory()
 
@@ -153,7 +195,7 @@ class BlobClient:
         self,
         blob_id: str,
         total: int,
-        pieces: Callable[[int], AsyncIterator[bytes]],
+        send: Callable[[int, dict[str, str]], Awaitable[httpx.Response]],
         progress: Progress | None,
         offset: int | None,
     ) -> None:
@@ -166,14 +208,8 @@ class BlobClient:
                 "Content-Type": "application/offset+octet-stream",
                 "Content-Length": str(total - confirmed),
             }
-            body = _counting(pieces(confirmed), confirmed, total, progress)
             try:
-                if self._raw is not None:
-                    resp = await self._patch_raw(self._raw, blob_id, headers, body)
-                else:
-                    resp = await self._request(
-                        "PATCH", f"{BLOBS}/{blob_id}", auth=True, headers=headers, content=body
-                    )
+                resp = await send(confirmed, headers)
                 if resp.status_code == 401 and self.reauth is not None:
                     await self._auth_headers(renew=True)
                     raise ServerUnreachable("token expired during upload")
@@ -195,31 +231,34 @@ class BlobClient:
             if progress is not None:
                 progress(confirmed, total)
 
-    async def _patch_raw(
+    async def _patch_blocks_raw(
         self,
         where: tuple[str, int],
         blob_id: str,
         headers: dict[str, str],
-        body: AsyncIterator[bytes],
+        blocks: Iterator[Buffer],
+        progress: Progress | None,
+        start: int,
+        total: int,
     ) -> httpx.Response:
-        """One PATCH whose body a worker thread writes to a plain socket (blobhttp); the
-        response as an :class:`httpx.Response` so both paths share the checks above. A
-        response that arrives although sending failed (an early 409/413) is still used."""
+        """One PATCH whose body the producer ``blocks`` writes, block by block, from the
+        thread that holds the socket; the response as an :class:`httpx.Response` so both
+        paths share the checks of :meth:`_upload`. A response that arrives although
+        sending failed (an early 409/413) is still used."""
         headers = {**headers, **(await self._auth_headers())}
-        conn, _ = await asyncio.to_thread(
-            blobhttp.Connection.request,
-            *where,
-            self.timeout,
-            "PATCH",
-            f"{BLOBS}/{blob_id}",
-            headers,
-            read_head=False,
+        report = blobhttp.reporter(progress, start, total)
+        conn, _ = await blobhttp.request(
+            where, self.timeout, "PATCH", f"{BLOBS}/{blob_id}", headers, read_head=False
         )
         try:
-            failure = await blobhttp.send_body(conn, body)
+            failure: ServerUnreachable | None = None
             try:
-                head = await asyncio.to_thread(conn.read_head)
-                content = await asyncio.to_thread(conn.read_small_body, head)
+                await blobhttp.in_thread(conn, conn.send_blocks, blocks, report)
+            except ServerUnreachable as exc:
+                failure = exc
+            try:
+                head = await blobhttp.in_thread(conn, conn.read_head)
+                content = await blobhttp.in_thread(conn, conn.read_small_body, head)
             except ServerUnreachable:
                 if failure is not None:
                     raise failure from None
@@ -227,6 +266,21 @@ class BlobClient:
             return httpx.Response(head.status, headers=head.raw, content=content)
         finally:
             conn.close()
+            # In a thread: closing runs the producer's cleanup, which may wait on the loop.
+            await asyncio.to_thread(_close, blocks)
+
+    async def _patch_raw(
+        self,
+        where: tuple[str, int],
+        blob_id: str,
+        headers: dict[str, str],
+        body: AsyncIterator[bytes],
+    ) -> httpx.Response:
+        """One PATCH whose async ``body`` the socket thread pulls piece by piece from the
+        event loop (the path for :meth:`upload`'s async producers)."""
+        return await self._patch_blocks_raw(
+            where, blob_id, headers, _pulled(body, asyncio.get_running_loop()), None, 0, 0
+        )
 
     async def _offset_retrying(self, blob_id: str) -> int:
         return await self._retrying(lambda: self.offset(blob_id))
@@ -248,20 +302,57 @@ class BlobClient:
         """Stream the blob into ``sink``; on a broken connection continue with ``Range``
         from the bytes already received. ProtocolError if the server sends more or other
         than ``total`` bytes."""
+
+        async def once(start: int) -> int:
+            return await self._download_once(blob_id, start, total, sink, progress)
+
         try:
-            await self._download(blob_id, total, sink, progress)
+            await self._download(once, total)
         finally:
             blobhttp.give_back_memory()
 
-    async def _download(
-        self, blob_id: str, total: int, sink: Sink, progress: Progress | None
+    async def download_blocks(
+        self,
+        blob_id: str,
+        total: int,
+        consume: Callable[[memoryview], None],
+        progress: Progress | None = None,
     ) -> None:
+        """:meth:`download` into a *blocking* consumer: ``consume(view)`` is called in a
+        worker thread with the body in order, ~1 MiB at a time (the view is valid only
+        during the call). On a plain-``http`` relay it runs in the thread that reads the
+        socket (``blobhttp.Connection.receive_blocks``), so receiving, hashing, decrypting
+        and writing take no copy and no event-loop step per block; resume as for
+        :meth:`download`. The consumer's errors (a forged chunk) end the download."""
+        if self._raw is None:
+            batch = _Batched(consume)
+
+            async def once(start: int) -> int:
+                return await self._download_once(blob_id, start, total, batch.feed, progress)
+
+            try:
+                await self._download(once, total)
+                await batch.flush()
+            finally:
+                blobhttp.give_back_memory()
+            return
+        raw = self._raw
+
+        async def once_raw(start: int) -> int:
+            return await self._download_blocks_raw(raw, blob_id, start, total, consume, progress)
+
+        try:
+            await self._download(once_raw, total)
+        finally:
+            blobhttp.give_back_memory()
+
+    async def _download(self, once: Callable[[int], Awaitable[int]], total: int) -> None:
         received = 0
         failures = 0
         while True:
             before = received
             try:
-                received = await self._download_once(blob_id, received, total, sink, progress)
+                received = await once(received)
                 if received == total:
                     return
                 raise ServerUnreachable("download ended early")
@@ -323,23 +414,34 @@ class BlobClient:
         sink: Sink,
         progress: Progress | None,
     ) -> int:
-        """:meth:`_download_once` over a plain socket: a worker thread receives ~1 MiB
-        blocks (blobhttp.stream_body) while ``sink`` consumes the previous ones."""
+        """:meth:`_download_once` over a plain socket: the socket thread hands each block
+        (a copy) to ``sink`` on the event loop and waits for it."""
+        loop = asyncio.get_running_loop()
+
+        def consume(view: memoryview) -> None:
+            asyncio.run_coroutine_threadsafe(_fed(sink, bytes(view)), loop).result()
+
+        return await self._download_blocks_raw(where, blob_id, start, total, consume, progress)
+
+    async def _download_blocks_raw(
+        self,
+        where: tuple[str, int],
+        blob_id: str,
+        start: int,
+        total: int,
+        consume: Callable[[memoryview], None],
+        progress: Progress | None,
+    ) -> int:
+        """One GET from ``start`` whose body the socket thread feeds to ``consume``
+        (``blobhttp.Connection.receive_blocks``); the blob bytes received so far."""
         headers = {"Range": f"bytes={start}-"} if start else {}
-        received = start
-        conn, head = await asyncio.to_thread(
-            blobhttp.Connection.request,
-            *where,
-            self.timeout,
-            "GET",
-            f"{BLOBS}/{blob_id}",
-            headers,
-            read_head=True,
+        conn, head = await blobhttp.request(
+            where, self.timeout, "GET", f"{BLOBS}/{blob_id}", headers, read_head=True
         )
         assert head is not None
         try:
             if head.status >= 400:
-                content = await asyncio.to_thread(conn.read_small_body, head)
+                content = await blobhttp.in_thread(conn, conn.read_small_body, head)
                 if head.status >= 500:
                     raise ServerUnreachable(f"download failed (HTTP {head.status})")
                 _raise_for(httpx.Response(head.status, headers=head.raw, content=content))
@@ -356,21 +458,65 @@ class BlobClient:
                 raise ProtocolError("server sent a blob without a Content-Length")
             if start + length > total:
                 raise DecryptionError("blob is longer than its manifest says")
-            try:
-                async for piece in blobhttp.stream_body(conn, head, length):
-                    pending = sink(piece)
-                    if inspect.isawaitable(pending):
-                        await pending
-                    received += len(piece)
-                    if progress is not None:
-                        progress(received, total)
-            except ServerUnreachable:
-                if received > start:
-                    return received
-                raise
+            report = blobhttp.reporter(progress, start, total)
+            got: int
+            error: ServerUnreachable | None
+            got, error = await blobhttp.in_thread(
+                conn, conn.receive_blocks, head.rest, length, consume, report
+            )
+            if error is not None and got == 0:
+                raise error
+            return start + got
         finally:
             conn.close()
-        return received
+
+
+async def _fed(sink: Sink, data: bytes) -> None:
+    pending = sink(data)
+    if inspect.isawaitable(pending):
+        await pending
+
+
+class _Batched:
+    """Gathers httpx's small pieces into ~1 MiB and hands them to a blocking consumer in a
+    worker thread (the httpx fallback of :meth:`BlobClient.download_blocks`). Bytes held
+    here count as received: a resumed download continues after them."""
+
+    def __init__(self, consume: Callable[[memoryview], None]) -> None:
+        self.consume = consume
+        self.buf = bytearray()
+
+    async def feed(self, piece: bytes) -> None:
+        self.buf += piece
+        if len(self.buf) >= blobhttp.BLOCK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            await asyncio.to_thread(self.consume, memoryview(data))
+
+
+async def _copied(blocks: Iterator[Buffer]) -> AsyncIterator[bytes]:
+    """A blocking producer as an async iterator of copies (each made off the event loop)."""
+    try:
+        while (block := await asyncio.to_thread(_next_copy, blocks)) is not None:
+            yield block
+    finally:
+        _close(blocks)
+
+
+def _close(it: Iterator[Buffer]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
+
+
+def _next_copy(blocks: Iterator[Buffer]) -> bytes | None:
+    for block in blocks:
+        return bytes(block)
+    return None
 
 
 def _advertised_total(resp: httpx.Response) -> int | None:
@@ -416,6 +562,24 @@ def _json(resp: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProtocolError("server sent an unexpected response shape")
     return body
+
+
+def _pulled(body: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
+    """An async iterator drained from a worker thread: each piece is awaited on ``loop``."""
+    try:
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(_anext(body), loop).result()
+            except StopAsyncIteration:
+                return
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:  # stop the producer (e.g. a file being read) now
+            asyncio.run_coroutine_threadsafe(aclose(), loop).result()
+
+
+async def _anext(it: AsyncIterator[bytes]) -> bytes:
+    return await it.__anext__()
 
 
 async def _counting(

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import socket
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
 from xchat.errors import ProtocolError, ServerUnreachable
@@ -32,10 +30,10 @@ from xchat.errors import ProtocolError, ServerUnreachable
 #: ciphertext chunks of the default 256 KiB file chunk size (Part VI §3), so the decryptor
 #: never has to stitch a chunk together from two blocks.
 BLOCK: Final = 4 * (256 * 1024 + 16)
-#: Blocks in flight between the socket thread and the consumer (memory: DEPTH × BLOCK).
-DEPTH: Final = 3
 MAX_HEAD: Final = 64 * 1024
 MAX_ERROR_BODY: Final = 1024 * 1024
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 _M_ARENA_MAX: Final = -8  # glibc <malloc.h>
@@ -141,28 +139,6 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    @classmethod
-    def request(
-        cls,
-        host: str,
-        port: int,
-        timeout: float,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        *,
-        read_head: bool,
-    ) -> tuple[Connection, Head | None]:
-        """Connect and send a request head (and, for a request without a body, read the
-        response head): one worker-thread hop instead of three."""
-        conn = cls(host, port, timeout, min(timeout, 10.0))
-        try:
-            conn.send_head(method, path, headers)
-            return conn, conn.read_head() if read_head else None
-        except BaseException:
-            conn.close()
-            raise
-
     def send_head(self, method: str, path: str, headers: dict[str, str]) -> None:
         host = self.host if ":" not in self.host else f"[{self.host}]"
         lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{self.port}", "Connection: close"]
@@ -232,42 +208,57 @@ class Connection:
             body = _dechunk(body)
         return body
 
-    def pump(
-        self, first: bytes, left: int, put: Callable[[object], None], room: threading.Semaphore
-    ) -> None:
-        """Read ``left`` body bytes (``first`` of them already received with the head) and
-        ``put`` them in blocks of :data:`BLOCK`; then ``put(None)``. A broken connection
-        ends the stream early with ``put(exc)``; the consumer decides whether to resume."""
-        pre = first[:left]
-        buf = bytearray(min(BLOCK, left))  # reused: one allocation per block, the bytes
-        try:
+    def send_blocks(self, blocks: Iterator[Buffer], report: Callable[[int], None]) -> None:
+        """Send every block of ``blocks`` (each valid only until the next is asked for, so
+        the producer reuses one buffer), calling ``report(n)`` after each. Producer and
+        socket share this one thread: no hand-off, no copy, no event-loop step per block.
+        ServerUnreachable if the connection fails; the producer's own errors propagate."""
+        for block in blocks:
+            self.sendall(block)
+            report(memoryview(block).nbytes)
+
+    def receive_blocks(
+        self,
+        first: bytes,
+        left: int,
+        consume: Callable[[memoryview], None],
+        report: Callable[[int], None],
+    ) -> tuple[int, ServerUnreachable | None]:
+        """Read ``left`` body bytes (``first`` of them already received with the head) into
+        one reused :data:`BLOCK` buffer and hand each full block to ``consume`` in this
+        thread (a view, valid only during the call). Returns the bytes consumed and, if the
+        connection broke, the error (after consuming what arrived, so the caller resumes
+        from there); the consumer's own errors propagate."""
+        buf = bytearray(max(1, min(BLOCK, left)))
+        pre = memoryview(first)[:left]
+        done = 0
+        with memoryview(buf) as whole:
             while left > 0:
-                room.acquire()
                 want = min(len(buf), left)
-                with memoryview(buf) as whole, whole[:want] as view:
-                    got = len(pre)
-                    view[:got] = pre
-                    pre = b""
+                got = len(pre)
+                whole[:got] = pre
+                pre = memoryview(b"")
+                error: ServerUnreachable | None = None
+                try:
                     while got < want:
-                        n = self.sock.recv_into(view[got:])
+                        n = self.sock.recv_into(whole[got:want])
                         if not n:
+                            error = ServerUnreachable("download ended early")
                             break
                         got += n
-                    data = bytes(view[:got])  # the one copy, made off the event loop
-                if data:
-                    put(data)
-                else:
-                    room.release()
+                except TimeoutError:
+                    error = ServerUnreachable("download timed out")
+                except OSError as exc:
+                    error = ServerUnreachable(f"download failed ({type(exc).__name__})")
+                if got:
+                    with whole[:got] as view:
+                        consume(view)
+                    report(got)
+                done += got
                 left -= got
-                if got < want:
-                    raise ServerUnreachable("download ended early")
-            put(None)
-        except TimeoutError:
-            put(ServerUnreachable("download timed out"))
-        except ServerUnreachable as exc:
-            put(exc)
-        except OSError as exc:
-            put(ServerUnreachable(f"download failed ({type(exc).__name__})"))
+                if error is not None:
+                    return done, error
+        return done, None
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -287,67 +278,68 @@ def _dechunk(body: bytes) -> bytes:
         pos = end + 4 + size
 
 
-async def stream_body(conn: Connection, head: Head, left: int) -> AsyncIterator[bytes]:
-    """The response body as ~1 MiB blocks, read by a worker thread at most :data:`DEPTH`
-    blocks ahead of the consumer. Raises ServerUnreachable (after yielding what arrived)
-    if the connection breaks."""
+async def request(
+    where: tuple[str, int],
+    timeout: float,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    *,
+    read_head: bool,
+) -> tuple[Connection, Head | None]:
+    """Connect and send a request head (and, for a request without a body, read the
+    response head), in worker threads. Cancelled meanwhile, it leaves nothing behind: a
+    socket still being connected is closed once made, one in use is shut down."""
     loop = asyncio.get_running_loop()
-    q: asyncio.Queue[object] = asyncio.Queue()
-    room = threading.Semaphore(DEPTH)
-
-    def put(item: object) -> None:
-        loop.call_soon_threadsafe(q.put_nowait, item)
-
-    worker = loop.run_in_executor(None, conn.pump, head.rest, left, put, room)
+    made = loop.run_in_executor(None, Connection, *where, timeout, min(timeout, 10.0))
     try:
-        while True:
-            item = await q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, bytes)
-            yield item
-            room.release()
-    finally:
-        conn.abort()
-        for _ in range(DEPTH + 1):
-            room.release()  # never leave the thread waiting for room
-        with contextlib.suppress(Exception):
-            await worker
+        conn = await asyncio.shield(made)
+    except BaseException:
+        made.add_done_callback(_close_made)
+        raise
+
+    def exchange() -> Head | None:
+        conn.send_head(method, path, headers)
+        return conn.read_head() if read_head else None
+
+    try:
+        return conn, await in_thread(conn, exchange)
+    except BaseException:
         conn.close()
+        raise
 
 
-async def send_body(conn: Connection, body: AsyncIterator[bytes]) -> BaseException | None:
-    """Send every piece of ``body`` from a worker thread, at most :data:`DEPTH` pieces
-    behind the producer; stops early (returning the error) if the connection fails."""
-    loop = asyncio.get_running_loop()
-    pieces: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    room = asyncio.Semaphore(DEPTH)
-    failed = threading.Event()
-    error: list[BaseException] = []
+def _close_made(made: asyncio.Future[Connection]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
 
-    def sender() -> None:
-        while (piece := pieces.get()) is not None:
-            if not failed.is_set():
-                try:
-                    conn.sendall(piece)
-                except ServerUnreachable as exc:
-                    error.append(exc)
-                    failed.set()
-            loop.call_soon_threadsafe(room.release)
 
-    worker = loop.run_in_executor(None, sender)
+async def in_thread(conn: Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread; if the caller is cancelled (or fails) meanwhile,
+    the connection is shut down so the thread, blocked in a socket call, ends at once, and
+    is waited for: no thread outlives its transfer."""
+    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
     try:
-        async for piece in body:
-            if failed.is_set():
-                break
-            await room.acquire()
-            pieces.put(piece)
-    finally:
-        pieces.put(None)
-        await worker
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:  # stop the producer (e.g. the encrypting thread) now
-            await aclose()
-    return error[0] if error else None
+        return await asyncio.shield(fut)
+    except BaseException:
+        conn.abort()
+        with contextlib.suppress(BaseException):
+            await fut
+        raise
+
+
+def reporter(
+    progress: Callable[[int, int], None] | None, start: int, total: int
+) -> Callable[[int], None]:
+    """A thread-safe byte counter that calls ``progress(done, total)`` on the event loop."""
+    if progress is None:
+        return lambda n: None
+    loop = asyncio.get_running_loop()
+    done = start
+
+    def report(n: int) -> None:
+        nonlocal done
+        done += n
+        loop.call_soon_threadsafe(progress, done, total)
+
+    return report

@@ -21,16 +21,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import hmac
-import itertools
 import mimetypes
 import os
 import re
 import secrets
 import tempfile
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeGuard
@@ -43,13 +41,18 @@ from xchat.client.blob_client import BLOBS as BLOBS
 from xchat.client.blob_client import BlobClient as BlobClient
 from xchat.client.metadata import detect_image, strip_file
 from xchat.crypto.attachment import (
+    DIGEST_BLAKE3,
     DIGEST_LEN,
+    DIGEST_SHA256,
+    DIGEST_VERSIONS,
     KEY_LEN,
     MAX_ATTACHMENT_LEN,
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
+    TAG_LEN,
     AttachmentDecryptor,
     AttachmentEncryptor,
+    blob_hash,
     ciphertext_length,
     generate_key,
 )
@@ -65,8 +68,11 @@ from xchat.errors import (
 #: Plaintext bytes per STREAM chunk for files (PROTOCOL Part VI §3): 256 KiB keeps the per-chunk
 #: Python overhead negligible while a reader still buffers < 1 MiB.
 FILE_CHUNK_SIZE: Final = 256 * 1024
-#: Ciphertext bytes handed to the HTTP layer per write.
-SEND_PIECE: Final = 1024 * 1024
+#: Blob bytes encrypted, hashed and written to the socket per step (~1 MiB: whole chunks).
+BLOCK_BYTES: Final = 1024 * 1024
+#: The manifest version senders write (§2): 2 = the digest is BLAKE3; 1 (SHA-256, no
+#: ``v`` field) is still received.
+MANIFEST_VERSION: Final = DIGEST_BLAKE3
 #: Manifest limits (§2): the name is sanitised on receipt, these only bound the JSON.
 MAX_NAME_CHARS: Final = 1024
 MAX_CONTENT_TYPE_CHARS: Final = 127
@@ -82,9 +88,6 @@ _WIN_RESERVED: Final = frozenset(
     | {"com¹", "com²", "com³", "lpt¹", "lpt²", "lpt³", "conin$", "conout$"}
 )
 _BAD_CHARS: Final = frozenset('/\\:*?"<>|')
-
-#: Bytes handed to the worker thread per step (decrypt + write off the event loop).
-PIPELINE_BATCH: Final = 1024 * 1024
 
 
 # --- the manifest (PROTOCOL Part VI §2) ----------------------------------------------------------
@@ -102,6 +105,8 @@ class FileManifest:
     size: int
     content_type: str
     chunk_size: int
+    #: Manifest version (§2): which hash ``digest`` is (1 SHA-256, 2 BLAKE3).
+    version: int = MANIFEST_VERSION
 
     @property
     def blob_size(self) -> int:
@@ -109,7 +114,9 @@ class FileManifest:
         return ciphertext_length(padme_size(self.size), self.chunk_size)
 
     def to_json(self) -> dict[str, Any]:
+        version = {} if self.version == DIGEST_SHA256 else {"v": self.version}
         return {
+            **version,
             "blob": self.blob_id,
             "key": base64.b64encode(self.key).decode("ascii"),
             "digest": base64.b64encode(self.digest).decode("ascii"),
@@ -129,6 +136,9 @@ class FileManifest:
         size = obj.get("size")
         ctype = obj.get("content_type", DEFAULT_CONTENT_TYPE)
         chunk = obj.get("chunk_size")
+        version = obj.get("v", DIGEST_SHA256)
+        if not _is_int(version) or version not in DIGEST_VERSIONS:
+            raise DecodeError("file manifest version unknown")
         if not isinstance(blob, str) or not BLOB_ID_RE.match(blob):
             raise DecodeError("file manifest blob id invalid")
         if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
@@ -141,7 +151,7 @@ class FileManifest:
             raise DecodeError("file manifest content type invalid")
         key = _b64field(obj.get("key"), KEY_LEN, "key")
         digest = _b64field(obj.get("digest"), DIGEST_LEN, "digest")
-        return cls(blob, key, digest, name, size, clean_content_type(ctype), chunk)
+        return cls(blob, key, digest, name, size, clean_content_type(ctype), chunk, version)
 
 
 def _is_int(v: object) -> TypeGuard[int]:
@@ -222,104 +232,74 @@ class _CipherSource:
     deterministic given the key (nonces derive from the chunk index), so a resumed upload
     re-encrypts from the start and skips what the server already has: CPU, not memory."""
 
-    def __init__(self, path: Path, key: bytes, chunk_size: int, size: int) -> None:
+    def __init__(
+        self, path: Path, key: bytes, chunk_size: int, size: int, version: int = MANIFEST_VERSION
+    ) -> None:
         self.path = path
         self.key = key
         self.chunk_size = chunk_size
         self.size = size
+        self.version = version
         st = path.stat()
         self._stamp = (st.st_size, st.st_mtime_ns)
         self.digest: bytes | None = None
 
-    def _plain_chunks(self) -> Iterator[tuple[bytes, bool]]:
-        padded = padme_size(self.size)
+    def blocks(self, skip: int) -> Iterator[memoryview]:
+        """The blob's bytes from ``skip`` as ~1 MiB views of ONE reused buffer (each valid
+        until the next is asked for): the file is read with ``readinto``, sealed with
+        ``encrypt_into`` and hashed in the same thread while the block is in cache, so a
+        block costs no allocation (fresh 256 KiB buffers cost page faults, ~0.1 s/GB) and
+        no hand-off. Sets :attr:`digest` once the last block was produced."""
         cs = self.chunk_size
-        n_full, rem = divmod(padded, cs)
-        n_nonfinal = n_full - 1 if rem == 0 and n_full > 0 else n_full
+        padded = padme_size(self.size)
+        n_chunks = padded // cs + 1  # the last one is shorter than cs (maybe empty), §3
+        per_block = max(1, BLOCK_BYTES // (cs + TAG_LEN))
+        out = memoryview(bytearray(min(per_block, n_chunks) * (cs + TAG_LEN)))
+        plain = memoryview(bytearray(cs))
+        enc = AttachmentEncryptor(self.key, cs, hashing=False)
+        digest = blob_hash(self.version)
         st = self.path.stat()
         if (st.st_size, st.st_mtime_ns) != self._stamp:
             raise ClientError(f"{self.path} changed while it was being sent")
-        with open(self.path, "rb") as fh:
-            left = self.size
-
-            def take(n: int) -> bytes:
-                nonlocal left
-                data = fh.read(min(n, left)) if left > 0 else b""
-                if len(data) < min(n, left):
-                    raise ClientError(f"{self.path} shrank while it was being sent")
-                left -= len(data)
-                return data + bytes(n - len(data))
-
-            for _ in range(n_nonfinal):
-                yield take(cs), False
-            yield take(padded - n_nonfinal * cs), True
-
-    def _sealed(self, enc: AttachmentEncryptor) -> Generator[bytes, None, None]:
-        for data, final in self._plain_chunks():
-            yield enc.encrypt_chunk(data, final)
-
-    def ciphertext(self, skip: int) -> Generator[bytes, None, None]:
-        """The blob's bytes from ``skip``, one encrypted chunk at a time."""
-        enc = AttachmentEncryptor(self.key, self.chunk_size)
-        yield from _skipped(self._sealed(enc), skip)
-        self.digest = enc.digest
-
-    async def pieces(self, skip: int) -> AsyncIterator[bytes]:
-        """:meth:`ciphertext`, with reading + encrypting in one worker thread a batch
-        (~1 MiB) ahead of the sender and the SHA-256 of the previous batch in another, so
-        the three overlap (hashlib and the socket release the GIL). Memory: three batches."""
-        it = self._sealed(AttachmentEncryptor(self.key, self.chunk_size, hashing=False))
-        digest = hashlib.sha256()
-        hashed: asyncio.Future[None] | None = None
-        fut: asyncio.Future[list[bytes]] = asyncio.ensure_future(asyncio.to_thread(_take, it))
-        pos = 0
-        try:
-            while batch := await fut:
-                fut = asyncio.ensure_future(asyncio.to_thread(_take, it))
-                if hashed is not None:
-                    await hashed
-                hashed = asyncio.ensure_future(asyncio.to_thread(_hash_all, digest, batch))
-                for ct in batch:
-                    end = pos + len(ct)
+        pos = 0  # blob offset of out[0]
+        used = 0
+        with open(self.path, "rb", buffering=0) as fh:
+            left = self.size  # file bytes still to read; the rest of `padded` is zeros
+            for i in range(n_chunks):
+                final = i == n_chunks - 1
+                n = padded - i * cs if final else cs
+                take = min(n, left)
+                got = 0
+                while got < take:
+                    r = fh.readinto(plain[got:take])
+                    if not r:
+                        raise ClientError(f"{self.path} shrank while it was being sent")
+                    got += r
+                left -= take
+                if take < n:
+                    plain[take:n] = bytes(n - take)  # Padmé padding (only the last chunks)
+                used += enc.seal_into(plain[:n], final, out[used : used + n + TAG_LEN])
+                if final or used + cs + TAG_LEN > len(out):
+                    block = out[:used]
+                    digest.update(block)
+                    end = pos + used
                     if end > skip:
-                        yield ct[skip - pos :] if pos < skip else ct
-                    pos = end
-            if hashed is not None:
-                await hashed
-            self.digest = digest.digest()
-        finally:
-            for pending in (fut, hashed):
-                if pending is not None and not pending.done():
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(pending)
-            it.close()
+                        yield block[skip - pos :] if pos < skip else block
+                    pos, used = end, 0
+        self.digest = digest.digest()
+
+    def ciphertext(self, skip: int) -> Iterator[bytes]:
+        """:meth:`blocks` as independent ``bytes`` (tests, small blobs)."""
+        for block in self.blocks(skip):
+            yield bytes(block)
 
     def final_digest(self) -> bytes:
-        """The ciphertext digest; recomputed if the last upload pass ended early."""
+        """The blob digest; recomputed if the last upload pass ended early."""
         if self.digest is None:
-            for _ in self.ciphertext(1 << 62):
+            for _ in self.blocks(1 << 62):
                 pass
         assert self.digest is not None
         return self.digest
-
-
-def _skipped(chunks: Iterator[bytes], skip: int) -> Iterator[bytes]:
-    pos = 0
-    for ct in chunks:
-        end = pos + len(ct)
-        if end > skip:
-            yield ct[skip - pos :] if pos < skip else ct
-        pos = end
-
-
-def _hash_all(digest: Any, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        digest.update(piece)
-
-
-def _take(it: Iterator[bytes], n: int = 4) -> list[bytes]:
-    """Up to ``n`` more pieces of ``it`` (one worker-thread hop per ~1 MiB, not per chunk)."""
-    return list(itertools.islice(it, n))
 
 
 # --- the two directions -------------------------------------------------------------------
@@ -374,7 +354,7 @@ async def send_file(
         source = _CipherSource(source_path, key, chunk_size, size)
         total = ciphertext_length(padme_size(size), chunk_size)
         blob_id = await blobs.create(total)
-        await blobs.upload(blob_id, total, source.pieces, progress, offset=0)
+        await blobs.upload_blocks(blob_id, total, source.blocks, progress, offset=0)
         digest = source.final_digest()
     return FileManifest(
         blob_id=blob_id,
@@ -384,138 +364,82 @@ async def send_file(
         size=size,
         content_type=ctype,
         chunk_size=chunk_size,
+        version=source.version,
     )
 
 
 class _PlainSink:
-    """Decrypts blob bytes as they arrive and writes the file's bytes (not the padding,
-    which must be zeros) to the file descriptor ``fd``. Whole ciphertext chunks are opened
-    straight from the received block (memoryview slices, no copy); only a chunk split
-    across two blocks is stitched together. One ``writev`` per block."""
+    """Authenticates and decrypts blob bytes as they arrive and writes the file's bytes
+    (not the padding, which must be zeros) to the file descriptor ``fd``. Runs in the
+    socket thread (:meth:`BlobClient.download_blocks`): each block is hashed while in
+    cache, its whole chunks opened straight from the block with ``decrypt_into`` into one
+    reused plaintext buffer, and written with one ``write``; only a chunk split across two
+    blocks is stitched together."""
 
     def __init__(self, manifest: FileManifest, fd: int) -> None:
-        # The blob's SHA-256 is taken by _Pipelined in a thread of its own (see hash()).
         self.dec = AttachmentDecryptor(manifest.key, manifest.chunk_size, hashing=False)
-        self.sha = hashlib.sha256()
+        self.hash = blob_hash(manifest.version)
         self.fd = fd
         self.left = manifest.size
+        self.cs = manifest.chunk_size
         self.piece = self.dec.ciphertext_chunk_size
-        self.index = 0
+        per_block = max(1, BLOCK_BYTES // self.piece)
+        self.plain = memoryview(bytearray(per_block * self.cs))
+        self.used = 0
         self.tail = bytearray()
 
-    def _open(self, ct: bytes | memoryview) -> bytes:
-        # decrypt_chunk only takes len() of, hashes and AEAD-opens ct: a view works as bytes.
-        plain = self.dec.decrypt_chunk(ct, self.index)  # type: ignore[arg-type]
-        self.index += 1
-        return plain
+    def _open(self, ct: memoryview | bytearray) -> None:
+        n = len(ct) - TAG_LEN
+        if self.used + n > len(self.plain):
+            self._flush()
+        self.dec.open_into(ct, self.plain[self.used : self.used + n])
+        self.used += n
 
-    def _write(self, plains: list[bytes]) -> None:
-        keep_list = []
-        for plain in plains:
-            keep = min(self.left, len(plain))
-            if keep:
-                keep_list.append(plain if keep == len(plain) else plain[:keep])
-                self.left -= keep
-            tail = plain[keep:]
-            if tail and tail.count(0) != len(tail):
-                raise DecodeError("attachment padding is not zero")
-        if keep_list:
-            _writev_all(self.fd, keep_list)
+    def _flush(self) -> None:
+        data = self.plain[: self.used]
+        keep = min(self.left, self.used)
+        pad = data[keep:]
+        if pad and not _ZEROS.startswith(pad):  # memcmp (a memoryview == is per byte)
+            raise DecodeError("attachment padding is not zero")
+        view = data[:keep]
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.left -= keep
+        self.used = 0
 
-    def hash(self, data: bytes) -> None:
-        """Digest the raw blob bytes (in order; runs beside :meth:`feed` on the same data)."""
-        self.sha.update(data)
-
-    def feed(self, data: bytes) -> None:
+    def feed(self, block: memoryview) -> None:
+        self.hash.update(block)
         size = self.piece
-        out: list[bytes] = []
-        with memoryview(data) as view:
-            pos = 0
-            if self.tail:
-                pos = min(size - len(self.tail), len(view))
-                self.tail += view[:pos]
-                if len(self.tail) < size:
-                    return
-                out.append(self._open(bytes(self.tail)))
-                self.tail.clear()
-            # A full-size chunk is never the final one (§3), so it can be opened at once.
-            while len(view) - pos >= size:
-                out.append(self._open(view[pos : pos + size]))
-                pos += size
-            if pos < len(view):
-                self.tail += view[pos:]
-        self._write(out)
+        pos = 0
+        if self.tail:
+            pos = min(size - len(self.tail), len(block))
+            self.tail += block[:pos]
+            if len(self.tail) < size:
+                return
+            self._open(self.tail)
+            self.tail.clear()
+        # A full-size chunk is never the final one (§3), so it can be opened at once.
+        while len(block) - pos >= size:
+            self._open(block[pos : pos + size])
+            pos += size
+        if pos < len(block):
+            self.tail += block[pos:]
+        self._flush()
 
     def finish(self, digest: bytes) -> None:
         if self.tail:
-            self._write([self._open(bytes(self.tail))])
+            self._open(self.tail)
             self.tail.clear()
+            self._flush()
         self.dec.finish()  # truncation (no final chunk)
-        if not hmac.compare_digest(self.sha.digest(), digest):
+        if not hmac.compare_digest(self.hash.digest(), digest):
             raise DecryptionError("attachment digest mismatch")
         if self.left:
             raise DecryptionError("attachment is shorter than its manifest says")
 
 
-def _writev_all(fd: int, pieces: list[bytes]) -> None:
-    done = os.writev(fd, pieces)
-    want = sum(len(p) for p in pieces)
-    if done < want:  # a short write (rare on a regular file): finish it plainly
-        rest = memoryview(b"".join(pieces))[done:]
-        while rest:
-            rest = rest[os.write(fd, rest) :]
-
-
-class _Pipelined:
-    """Runs a blocking sink (decrypt + write) in a worker thread, one batch behind the
-    network reads, so decryption overlaps with receiving. Memory: two batches. Blocks that
-    arrive at least a batch long are handed over as they are (no copy)."""
-
-    def __init__(
-        self,
-        fn: Callable[[bytes], None],
-        batch: int = PIPELINE_BATCH,
-        beside: Callable[[bytes], None] | None = None,
-    ) -> None:
-        self.fn = fn
-        self.beside = beside  # a second consumer of each batch, in a thread of its own
-        self.batch = batch
-        self.buf = bytearray()
-        self.pending: asyncio.Future[Any] | None = None
-
-    async def feed(self, data: bytes) -> None:
-        if not self.buf and len(data) >= self.batch:
-            await self._submit(data)
-            return
-        self.buf += data
-        if len(self.buf) >= self.batch:
-            chunk = bytes(self.buf)
-            self.buf.clear()
-            await self._submit(chunk)
-
-    async def _submit(self, chunk: bytes) -> None:
-        if self.pending is not None:
-            await self.pending
-        if self.beside is None:
-            self.pending = asyncio.ensure_future(asyncio.to_thread(self.fn, chunk))
-        else:
-            self.pending = asyncio.gather(
-                asyncio.to_thread(self.fn, chunk), asyncio.to_thread(self.beside, chunk)
-            )
-
-    async def drain(self) -> None:
-        if self.buf:
-            chunk = bytes(self.buf)
-            self.buf.clear()
-            await self._submit(chunk)
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            await pending
-
-    async def abort(self) -> None:
-        if self.pending is not None:
-            with contextlib.suppress(BaseException):
-                await self.pending
+#: Compared against padding (at most one plaintext buffer of it at a time).
+_ZEROS: Final = bytes(MAX_CHUNK_SIZE + BLOCK_BYTES)
 
 
 async def receive_file(
@@ -539,13 +463,7 @@ async def receive_file(
     try:
         try:
             sink = _PlainSink(manifest, fd)
-            pipe = _Pipelined(sink.feed, beside=sink.hash)
-            try:
-                await blobs.download(manifest.blob_id, manifest.blob_size, pipe.feed, progress)
-                await pipe.drain()
-            except BaseException:
-                await pipe.abort()
-                raise
+            await blobs.download_blocks(manifest.blob_id, manifest.blob_size, sink.feed, progress)
             sink.finish(manifest.digest)
             await asyncio.to_thread(os.fsync, fd)
         finally:
