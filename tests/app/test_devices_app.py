@@ -115,6 +115,23 @@ def test_link_a_device_in_the_browser(
         assert unread(new) == 0
         devices = api(new, "GET", "/api/devices")["devices"]
         assert [(d["id"], d["current"]) for d in devices] == [(1, False), (2, True)]
+
+        # blocked on the old device: blocked on the new one (sync kind "conversation")
+        def state(app: AppProcess) -> Any:
+            r = httpx.get(
+                app.base + "/api/rich/conversation",
+                params={"peer": peer_address},
+                headers={"X-XChat-Secret": app.secret},
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+            return r.json()["state"]
+
+        api(old, "POST", "/api/rich/block", {"conv": peer_address})
+        assert state(old) == "blocked"
+        while state(new) != "blocked" and time.monotonic() < deadline + 30:
+            time.sleep(0.1)
+        assert state(new) == "blocked"
     finally:
         ctx.close()
 

@@ -14,7 +14,8 @@
 
 Events: a message our other device sent becomes ``{"type": "message_synced", "conv",
 "id", "text", "ts_ms", "device_id"}`` (it shows live), a sync ``{"type": "device_sync",
-"kind"}``.
+"kind", "peer"}`` (``peer``: the conversation a ``read``, ``conversation`` or ``delete``
+sync names; the page refreshes its lists).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def attach(st: AppState) -> None:
                 }
             )
         elif isinstance(e, dev_ev.DeviceSynced):
-            peer, ts = e.data.get("peer"), e.data.get("ts")
+            peer, ts = e.data.get("peer", e.data.get("conv")), e.data.get("ts")
             if e.kind == "read" and isinstance(peer, str) and isinstance(ts, int):
                 st.mark_read(peer, ts)  # read on another device: not unread here either
             st.broadcast({"type": "device_sync", "kind": e.kind, "peer": peer})

@@ -156,5 +156,6 @@ on('event:message_synced', (ev) => {
 });
 on('event:device_sync', (ev) => {
   if (ev.kind === 'device_list' && $('dlg-settings').open) refreshDevices();
-  if (ev.kind === 'read') refreshSoon();  // read on another device: unread counts drop here
+  // read, accepted, blocked, declined or deleted on another device: the lists follow here
+  if (['read', 'conversation', 'delete'].includes(ev.kind)) refreshSoon();
 });
