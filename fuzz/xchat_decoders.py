@@ -75,7 +75,6 @@ def world() -> World:
     from xchat.crypto import sender_keys as SK
     from xchat.crypto.attachment import encrypt_attachment
     from xchat.crypto.certificate import issue_sender_certificate
-    from xchat.crypto.fingerprint import safety_number
     from xchat.crypto.keys import IdentityKeyPair
     from xchat.crypto.padding import pad
     from xchat.crypto.prekeys import (
@@ -159,9 +158,8 @@ def world() -> World:
     att = encrypt_attachment(b"attachment payload " * 20, chunk_size=64, rng=rng)
     v["attachment"] = att
 
-    # Padding, fingerprints
+    # Padding
     v["padded"] = [pad(b""), pad(b"hello"), pad(b"x" * 200), pad(b"y" * 1000)]
-    v["qr"] = safety_number(alice.public, bob.public).qr_payload
 
     # Data-plane frames (PROTOCOL Part III §5)
     dest = F.Destination(
@@ -470,13 +468,6 @@ def _attachment_stream(data: bytes) -> object:
     return out + dec.finish(att.digest)
 
 
-def _qr(data: bytes) -> object:
-    from xchat.crypto.fingerprint import compare_qr
-
-    w = world()
-    return compare_qr(data, w.bob.public, w.alice.public)
-
-
 def _content(data: bytes) -> object:
     from xchat.client.content import Content
 
@@ -708,7 +699,6 @@ DECODERS: tuple[Decoder, ...] = (
     Decoder("padding_unpad", "bytes", _unpad, _w("padded")),
     Decoder("attachment_decrypt", "bytes", _attachment, _att_seeds),
     Decoder("attachment_stream", "bytes", _attachment_stream, _att_seeds),
-    Decoder("safety_number_qr", "bytes", _qr, _w("qr")),
     Decoder("client_content", "bytes", _content, _w("content")),
     Decoder("file_manifest_json", "json", _manifest, _w("manifest")),
     Decoder("image_metadata_strip", "bytes", _image, _image_seeds),

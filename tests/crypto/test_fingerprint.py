@@ -9,13 +9,13 @@ import pytest
 from xchat.crypto.fingerprint import (
     ITERATIONS,
     QR_PAYLOAD_LEN,
-    compare_qr,
+    QR_VERSION,
     displayable,
     party_fingerprint,
     safety_number,
 )
 from xchat.crypto.keys import IdentityKeyPair
-from xchat.errors import DecodeError, UnsupportedVersion
+from xchat.errors import DecodeError
 
 ALICE = IdentityKeyPair.from_seed(bytes([0xA1]) * 32).public
 BOB = IdentityKeyPair.from_seed(bytes([0xB0]) * 32).public
@@ -70,24 +70,15 @@ def test_different_key_changes_number() -> None:
     assert safety_number(ALICE, BOB).qr_payload != safety_number(ALICE, CAROL).qr_payload
 
 
-def test_qr_compare() -> None:
-    bob_view = safety_number(BOB, ALICE).qr_payload
-    assert compare_qr(bob_view, ALICE, BOB)
-    assert compare_qr(bob_view, BOB, ALICE)
-    assert not compare_qr(bob_view, ALICE, CAROL)  # the relay swapped Bob's key
-    flipped = bytearray(bob_view)
-    flipped[40] ^= 1
-    assert not compare_qr(bytes(flipped), ALICE, BOB)
-
-
-def test_qr_malformed() -> None:
+def test_qr_payload_layout_is_symmetric_and_key_bound() -> None:
+    """What a scanner compares byte for byte (PROTOCOL Part I §10): version, then both
+    parties' first 32 fingerprint bytes, sorted, so either phone's code matches."""
     payload = safety_number(ALICE, BOB).qr_payload
-    with pytest.raises(DecodeError):
-        compare_qr(payload[:-1], ALICE, BOB)
-    with pytest.raises(DecodeError):
-        compare_qr(b"", ALICE, BOB)
-    with pytest.raises(UnsupportedVersion):
-        compare_qr(b"\x02" + payload[1:], ALICE, BOB)
+    assert len(payload) == QR_PAYLOAD_LEN and payload[0] == QR_VERSION
+    lo, hi = sorted((party_fingerprint(ALICE)[:32], party_fingerprint(BOB)[:32]))
+    assert payload == bytes([QR_VERSION]) + lo + hi
+    assert safety_number(BOB, ALICE).qr_payload == payload
+    assert safety_number(ALICE, CAROL).qr_payload != payload  # the relay swapped Bob's key
 
 
 def test_self_safety_number() -> None:

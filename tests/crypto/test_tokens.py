@@ -4,6 +4,7 @@ issuer tagging a batch with another key, epochs, encodings."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 
 import pytest
 from hypothesis import given, settings
@@ -55,7 +56,7 @@ def test_tagging_key_is_detected() -> None:
     """A relay that evaluates one account's batch with a private key (to recognise its
     tokens later) cannot produce a proof for the published key."""
     _, pk = tk.epoch_key(SEED, 3)
-    tag_sk, tag_pk = oprf.generate_key_pair()
+    tag_sk, tag_pk = oprf.derive_key_pair(secrets.token_bytes(32), b"tag", oprf.MODE_VOPRF)
     pending = tk.begin_batch(3, pk, 4)
     evaluated, proof = tk.issue(tag_sk, tag_pk, pending.blinded)
     with pytest.raises(InvalidProof):

@@ -210,7 +210,6 @@ VERSIONED: list[tuple[str, bytes, int, Callable[[bytes], object], tuple[type, ..
     ("group_update", W.group_rename, 0, D.BY_NAME["group_update"].run, ()),
     ("group_state", W.group_state, 0, D.BY_NAME["group_state"].run, ()),
     ("group_history", W.group_history, 0, D.BY_NAME["group_history"].run, ()),
-    ("safety_number_qr", W.qr, 0, D.BY_NAME["safety_number_qr"].run, ()),
 ]
 
 

@@ -17,19 +17,20 @@ QR payload (deviation: Signal uses a protobuf; we need no extensibility beyond a
 
     QR_VERSION u8 || min(fp_a[:32], fp_b[:32]) || max(fp_a[:32], fp_b[:32])
 
-Sorting makes the payload symmetric, so scanning either phone's code works.
+Sorting makes the payload symmetric, so scanning either phone's code works. A scanner
+compares the scanned bytes with its own payload (constant time); no XChat client scans, so
+the comparison is specified (PROTOCOL Part I §10) but not implemented here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import struct
 from dataclasses import dataclass
 from typing import Final
 
 from xchat.crypto.keys import IdentityPublicKey
-from xchat.errors import DecodeError, UnsupportedVersion
+from xchat.errors import DecodeError
 
 #: Hash-iteration version, hashed first (Signal's is also 0).
 FINGERPRINT_VERSION: Final = 0
@@ -39,7 +40,6 @@ ITERATIONS: Final = 5200
 QR_VERSION: Final = 0x01
 QR_FINGERPRINT_LEN: Final = 32
 QR_PAYLOAD_LEN: Final = 1 + 2 * QR_FINGERPRINT_LEN
-DIGITS_PER_PARTY: Final = 30
 
 
 def party_fingerprint(identity: IdentityPublicKey) -> bytes:
@@ -83,18 +83,3 @@ def safety_number(local: IdentityPublicKey, remote: IdentityPublicKey) -> Safety
     d_local, d_remote = displayable(fp_local), displayable(fp_remote)
     digits = d_local + d_remote if d_local <= d_remote else d_remote + d_local
     return SafetyNumber(digits=digits, qr_payload=_qr(fp_local, fp_remote))
-
-
-def compare_qr(payload: bytes, local: IdentityPublicKey, remote: IdentityPublicKey) -> bool:
-    """True iff a scanned ``payload`` was made from the same two identity keys we hold.
-
-    A payload that is not an XChat safety-number code at all raises DecodeError /
-    UnsupportedVersion (so the UI can say "not a safety-number code" rather than
-    "mismatch"); a well-formed code for different keys returns False.
-    """
-    if len(payload) != QR_PAYLOAD_LEN:
-        raise DecodeError("not a safety-number QR code")
-    if payload[0] != QR_VERSION:
-        raise UnsupportedVersion(f"unknown safety-number QR version {payload[0]}")
-    expected = _qr(party_fingerprint(local), party_fingerprint(remote))
-    return hmac.compare_digest(payload, expected)

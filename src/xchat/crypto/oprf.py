@@ -165,12 +165,6 @@ def derive_key_pair(seed: bytes, info: bytes, mode: int = MODE_OPRF) -> tuple[by
     raise OprfError("DeriveKeyPairError: no non-zero scalar in 256 tries")  # pragma: no cover
 
 
-def generate_key_pair() -> tuple[bytes, bytes]:
-    """A random ``(sk, pk)`` (RFC 9497 §3.2, first method)."""
-    sk = _random_scalar()
-    return sk, _mul_gen(sk)
-
-
 def public_key(sk: bytes) -> bytes:
     """``pk = sk * G`` for a serialized private key."""
     sk = deserialize_scalar(sk)
@@ -198,7 +192,14 @@ def blind(
 
 
 def blind_evaluate(sk: bytes, blinded_element: bytes) -> bytes:
-    """Server (RFC 9497 §3.3.1 BlindEvaluate, OPRF mode): ``sk * blinded_element``."""
+    """Server (RFC 9497 §3.3.1 BlindEvaluate, OPRF mode): ``sk * blinded_element``.
+
+    No XChat server calls it: realms and the token issuer answer with
+    :func:`blind_evaluate_verifiable` (the same element plus a proof of the key). It stays
+    as the RFC's base-mode server function because without it the client half
+    (:func:`blind`, :func:`finalize`) cannot be checked against the RFC's OPRF test
+    vectors, nor can a test play a dishonest realm or issuer (an element under another key,
+    no proof) without reaching into this module's private group helpers."""
     sk = deserialize_scalar(sk)
     return _mul(sk, deserialize_element(blinded_element))
 
