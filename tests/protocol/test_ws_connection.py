@@ -113,7 +113,7 @@ def test_binary_messages_every_length_encoding() -> None:
     payloads = [b"", b"a", b"x" * 125, b"y" * 126, b"z" * 65535, b"w" * 65536]
     stream = b"".join(cframe(p) for p in payloads) + cframe(b"short", wide=8)
     events, out = feed(stream, max_size=1 << 17)
-    assert events == [W.BinaryMessage(p) for p in payloads] + [W.BinaryMessage(b"short")]
+    assert events == [*payloads, b"short"]
     assert out == b""
 
 
@@ -129,7 +129,7 @@ def test_fragments_are_joined_with_control_frames_between() -> None:
     assert events == [
         W.Ping(b"ping!"),
         W.Pong(b"unsolicited"),
-        W.BinaryMessage(b"fragmented"),
+        b"fragmented",
     ]
     assert server_frames(out) == [(OP_PONG, b"ping!")]  # a ping is answered with its payload
 
@@ -137,7 +137,7 @@ def test_fragments_are_joined_with_control_frames_between() -> None:
 def test_masking_key_is_applied() -> None:
     payload = bytes(range(256)) * 3
     for mask in (b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x01\x80\x7f\xfe"):
-        assert feed(cframe(payload, mask=mask))[0] == [W.BinaryMessage(payload)]
+        assert feed(cframe(payload, mask=mask))[0] == [payload]
 
 
 def test_text_messages_are_utf8_checked_per_fragment() -> None:
@@ -160,7 +160,7 @@ def test_text_messages_are_utf8_checked_per_fragment() -> None:
 
 
 def test_binary_payloads_are_not_utf8_checked() -> None:
-    assert feed(cframe(b"\xff\xfe"))[0] == [W.BinaryMessage(b"\xff\xfe")]
+    assert feed(cframe(b"\xff\xfe"))[0] == [b"\xff\xfe"]
 
 
 # --- protocol errors ----------------------------------------------------------------------
@@ -196,14 +196,14 @@ def test_fragment_sequencing() -> None:
 
 
 def test_size_limit_on_frames_and_messages() -> None:
-    assert feed(cframe(b"x" * 100), max_size=100)[0] == [W.BinaryMessage(b"x" * 100)]
+    assert feed(cframe(b"x" * 100), max_size=100)[0] == [b"x" * 100]
     assert failure(cframe(b"x" * 101), max_size=100) == (1009, 1009)
     # refused from the header alone: the payload is never buffered
     events, out = feed(b"\x82\xff" + struct.pack(">Q", 10**12) + MASK, max_size=100)
     assert events == [W.Failure(1009, "frame too big")] and close_code(out) == 1009
     fragments = cframe(b"x" * 60, fin=False) + cframe(b"x" * 40, opcode=OP_CONT, fin=False)
     events, _ = feed(fragments + cframe(b"", opcode=OP_CONT), max_size=100)
-    assert events == [W.BinaryMessage(b"x" * 100)]
+    assert events == [b"x" * 100]
     events, _ = feed(fragments + cframe(b"x", opcode=OP_CONT), max_size=100)
     assert events == [W.Failure(1009, "message too big")]
 
@@ -266,7 +266,7 @@ def test_close_in_the_middle_of_a_fragmented_message_abandons_it() -> None:
 def test_server_close_skips_input_until_the_peers_close() -> None:
     conn = W.ServerConnection(100)
     conn.receive_data(cframe(b"first") + cframe(b"sec"))
-    assert conn.next_event() == W.BinaryMessage(b"first")
+    assert conn.next_event() == b"first"
     conn.send_close(4400, "enough")
     assert conn.state is W.State.CLOSING
     # frames already received and frames still arriving are skipped unread, whatever they
@@ -349,11 +349,11 @@ STREAM = (
 def test_split_at_every_byte_boundary() -> None:
     whole = feed(STREAM)
     assert [type(e).__name__ for e in whole[0]] == [
-        "BinaryMessage",
+        "bytes",
         "Ping",
-        "BinaryMessage",
+        "bytes",
         "TextMessage",
-        "BinaryMessage",
+        "bytes",
         "CloseReceived",
     ]
     for i in range(len(STREAM) + 1):
@@ -433,8 +433,8 @@ def ours(stream: bytes, max_size: int, cuts: Sequence[int] = ()) -> tuple[list[A
     events, data = feed(stream, max_size, cuts)
     norm: list[Any] = []
     for e in events:
-        if isinstance(e, W.BinaryMessage):
-            norm.append(("binary", e.data))
+        if isinstance(e, bytes):
+            norm.append(("binary", e))
         elif isinstance(e, W.TextMessage):
             norm.append(("text", e.text))
         elif isinstance(e, W.Ping | W.Pong):

@@ -30,6 +30,7 @@ one place that interprets relay frames (SEND, SEND_MULTI, ACK) and decides close
 from __future__ import annotations
 
 import codecs
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -44,7 +45,6 @@ except ImportError:  # pragma: no cover - exercised by tests/server/test_wsfast.
     from websockets.utils import apply_mask
 
 __all__ = [
-    "BinaryMessage",
     "CloseReceived",
     "Event",
     "Failure",
@@ -78,13 +78,6 @@ class State(IntEnum):
 
 
 _OPEN, _CLOSING, _CLOSED = State.OPEN, State.CLOSING, State.CLOSED
-
-
-@dataclass(slots=True)
-class BinaryMessage:
-    """A complete binary message (its fragments joined), unmasked."""
-
-    data: bytes
 
 
 @dataclass(slots=True)
@@ -128,7 +121,15 @@ class Failure:
     reason: str
 
 
-Event = BinaryMessage | TextMessage | Ping | Pong | CloseReceived | Failure
+#: What :meth:`ServerConnection.next_event` returns. A complete binary message (fragments
+#: joined, unmasked) is its ``bytes`` itself: it is the relay's every frame, and a wrapper
+#: object would cost more than the rest of its parsing.
+Event = bytes | TextMessage | Ping | Pong | CloseReceived | Failure
+
+
+_HEAD16 = struct.Struct(">BBH").pack
+_HEAD64 = struct.Struct(">BBQ").pack
+_BINARY_HEADS: Final = tuple(bytes((0x80 | OP_BINARY, n)) for n in range(126))
 
 
 def frame_header(n: int, opcode: int) -> bytes:
@@ -137,8 +138,8 @@ def frame_header(n: int, opcode: int) -> bytes:
     if n < 126:
         return bytes((b0, n))
     if n < 65536:
-        return bytes((b0, 126)) + n.to_bytes(2, "big")
-    return bytes((b0, 127)) + n.to_bytes(8, "big")
+        return _HEAD16(b0, 126, n)
+    return _HEAD64(b0, 127, n)
 
 
 def close_payload(code: int, reason: str) -> bytes:
@@ -237,16 +238,17 @@ class ServerConnection:
             b1 = buf[pos + 1]
             length = b1 & 0x7F
             head = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(buf[head : head + 2], "big")
-                head += 2
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(buf[head : head + 8], "big")
-                head += 8
+            if length >= 126:
+                if length == 126:
+                    if n - pos < 4:
+                        break
+                    length = buf[head] << 8 | buf[head + 1]  # int.from_bytes costs 3x more
+                    head += 2
+                else:
+                    if n - pos < 10:
+                        break
+                    length = int.from_bytes(buf[head : head + 8], "big")
+                    head += 8
             masked = b1 & 0x80
             end = head + length + (4 if masked else 0)
             if self.state is not _OPEN:
@@ -264,7 +266,7 @@ class ServerConnection:
                     self._wait(end - pos)
                     return None
                 self._pos = end
-                return BinaryMessage(apply_mask(buf[head + 4 : end], buf[head : head + 4]))
+                return apply_mask(buf[head + 4 : end], buf[head : head + 4])
             failure = self._check(b0, masked, length)
             if failure is not None:
                 return failure
@@ -341,7 +343,7 @@ class ServerConnection:
             self._frag = self._decoder = None
             if decoder is not None:
                 return TextMessage(frag.decode("utf-8"))
-            return BinaryMessage(bytes(frag))
+            return bytes(frag)
         # a first (or only) data frame
         if opcode == OP_TEXT:
             if fin:
@@ -354,7 +356,7 @@ class ServerConnection:
                 return self._fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
             self._decoder = decoder
         elif fin:
-            return BinaryMessage(payload)
+            return payload
         self._frag = bytearray(payload)
         return None
 
@@ -415,13 +417,17 @@ class ServerConnection:
         RFC 6455 §5.5.1)."""
         if self.state is not _OPEN:
             return
-        parts: list[bytes] = []
-        append = parts.append
+        append = self._out.append
+        heads = _BINARY_HEADS
         for payload in payloads:
             n = len(payload)
-            append(bytes((0x82, n)) if n < 126 else frame_header(n, OP_BINARY))
+            if n < 126:
+                append(heads[n])
+            elif n < 65536:
+                append(_HEAD16(0x82, 126, n))
+            else:
+                append(_HEAD64(0x82, 127, n))
             append(payload)
-        self._out.append(b"".join(parts))
 
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a ping (the relay's keepalive); a no-op once closing."""

@@ -226,6 +226,11 @@ class DeviceConnection:
 
     # --- input ---
 
+    def handle_text(self) -> tuple[int, str]:
+        """A text message: the data plane is binary only (PROTOCOL Part III §5). Both
+        transports ask here, so this class is the one place that interprets messages."""
+        return F.CLOSE_MALFORMED, "text frames are not accepted"
+
     def handle_message(self, data: bytes) -> tuple[int, str] | None:
         """Process one binary client message; return ``(close_code, reason)`` to close."""
         max_request = self.relay.config.max_request
@@ -390,7 +395,7 @@ async def _receive_loop(ws: WebSocket, conn: AsgiConnection) -> None:
             return  # closed by the server meanwhile (revoked, replaced): drop the frame
         data = msg.get("bytes")
         if data is None:
-            return await conn.close(F.CLOSE_MALFORMED, "text frames are not accepted")
+            return await conn.close(*conn.handle_text())
         verdict = conn.handle_message(data)
         if verdict is not None:
             return await conn.close(*verdict)

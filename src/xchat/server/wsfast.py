@@ -4,14 +4,20 @@ Why: serving the data plane through uvicorn → ASGI → Starlette costs a task,
 futures and message dicts per frame and ~25–30 KiB per idle socket. Here the first request
 on each TCP connection is sniffed: a WebSocket upgrade for ``/api/v1/ws`` is completed with
 the ``websockets`` sans-I/O handshake and the connection is switched to
-:class:`FastConnection`, a plain asyncio protocol with a small RFC 6455 frame parser;
-everything else is handed, bytes included, to uvicorn's own httptools protocol (so the HTTP
-API, and a plain ``GET /api/v1/ws``, behave exactly as before).
+:class:`FastConnection`, a plain asyncio protocol; everything else is handed, bytes included,
+to uvicorn's own httptools protocol (so the HTTP API, and a plain ``GET /api/v1/ws``, behave
+exactly as before).
 
-Per frame there is no task, no future and no ASGI message: ``data_received`` unmasks and
-handles the frames synchronously; outgoing frames are queued and written with one
-``transport.write`` per socket per event-loop pass (:class:`Hub`), so a group commit that
-delivers to many sockets costs one write each. No compression is ever negotiated.
+This module is only I/O: RFC 6455 itself (framing, masking, control frames, fragments, size
+limit, UTF-8, close codes, the close handshake) is the sans-I/O
+:class:`xchat.protocol.ws_connection.ServerConnection`, and what a message means is
+:class:`xchat.server.realtime.DeviceConnection`, the layer the ASGI route shares (why that
+route keeps ``websockets``' parser: see ``ws_connection``'s docstring).
+
+Per frame there is no task, no future and no ASGI message: ``data_received`` feeds the bytes
+to the parser and handles its events synchronously; outgoing frames are queued and written
+with one ``transport.write`` per socket per event-loop pass (:class:`Hub`), so a group commit
+that delivers to many sockets costs one write each. No compression is ever negotiated.
 
 Connection hygiene (PROTOCOL Part III §6) also starts here, before anything is parsed: every TCP
 connection counts in its IP bucket (refused with 429 above ``max_sockets_per_ip``), and the
@@ -27,19 +33,19 @@ import logging
 import os
 from typing import Any, ClassVar
 
-from websockets.exceptions import ProtocolError as _WsProtocolError
-from websockets.frames import Close
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
-
-try:  # websockets' C extension; the pure-Python version is the one websockets falls back to
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - exercised by tests/server/test_wsfast.py in a subprocess
-    from websockets.utils import apply_mask
 
 from xchat.clock import now_ms
 from xchat.errors import ApiError
 from xchat.protocol import frames as F
+from xchat.protocol.ws_connection import (
+    CloseReceived,
+    Failure,
+    Ping,
+    ServerConnection,
+    TextMessage,
+)
 from xchat.server.consistency import retry_when_fresh
 from xchat.server.httpguard import TIMEOUT_RESPONSE, TOO_MANY_RESPONSE, GuardedHttpProtocol
 from xchat.server.limits import ip_bucket
@@ -52,24 +58,7 @@ log = logging.getLogger("xchat.server.ws")
 WS_PATH = b"GET /api/v1/ws"
 MAX_HEAD = 16 * 1024  # bytes of request head we buffer before giving up on the fast path
 CLOSE_TIMEOUT = 5.0  # seconds we wait for the peer's close frame before aborting TCP
-
-_OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
-_PROTOCOL_ERROR, _TOO_BIG, _SHUTDOWN = 1002, 1009, 1001
-
-
-def ws_header(n: int, opcode: int = _OP_BINARY) -> bytes:
-    """Header of one unmasked, final server frame with an ``n``-byte payload (RFC 6455 §5.2)."""
-    b0 = 0x80 | opcode
-    if n < 126:
-        return bytes((b0, n))
-    if n < 65536:
-        return bytes((b0, 126)) + n.to_bytes(2, "big")
-    return bytes((b0, 127)) + n.to_bytes(8, "big")
-
-
-def _close_payload(code: int, reason: str) -> bytes:
-    raw = reason.encode("utf-8")[:120]
-    return code.to_bytes(2, "big") + raw
+_SHUTDOWN = 1001
 
 
 class Hub:
@@ -111,33 +100,23 @@ class Hub:
         three (a dead peer would otherwise hold its device slot until TCP gives up)."""
         self.tick += 1
         tick = self.tick
-        ping = ws_header(0, _OP_PING)
         for conn in list(self.conns):
             if conn.seen >= tick - 1:
                 continue
             if conn.seen < tick - 3:
                 conn.transport.abort()
             elif not conn.closed:
-                conn.transport.write(ping)
+                conn.ws.send_ping()
+                conn.write_control()
         assert self.loop is not None
         self.timer = self.loop.call_later(self.ping_interval, self.keepalive)
 
 
 class FastConnection(DeviceConnection, asyncio.Protocol):
-    """One upgraded socket: RFC 6455 framing over a raw asyncio transport."""
+    """One upgraded socket: the I/O around a sans-I/O :class:`ServerConnection` (which does
+    all of RFC 6455) and the relay's :class:`DeviceConnection` (which interprets messages)."""
 
-    __slots__ = (
-        "closer",
-        "counted",
-        "fd",
-        "frag",
-        "hub",
-        "need",
-        "rbuf",
-        "seen",
-        "server_state",
-        "transport",
-    )
+    __slots__ = ("closer", "counted", "fd", "hub", "seen", "server_state", "transport", "ws")
 
     def __init__(
         self,
@@ -152,9 +131,9 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
         super().__init__(relay, device, peer[0] if peer else None)
         self.hub = hub
         self.transport = transport
-        self.rbuf: bytearray | None = None
-        self.need = 0
-        self.frag: bytearray | None = None
+        # Frames and messages up to twice the relay's frame limit are read, so that a
+        # message between the two is answered with the relay's own 4413 (PROTOCOL III §5.1).
+        self.ws = ServerConnection(2 * relay.config.max_request)
         self.seen = hub.tick
         self.closer: asyncio.TimerHandle | None = None
         self.server_state = server_state
@@ -173,13 +152,10 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
     def flush(self) -> None:
         if self.closed or not self.out:
             return
-        parts: list[bytes] = []
-        for frame in self.take_frames():
-            n = len(frame)
-            parts.append(bytes((0x82, n)) if n < 126 else ws_header(n))
-            parts.append(frame)
+        ws = self.ws
+        ws.send_binary(self.take_frames())
+        data = ws.data_to_send()
         transport = self.transport
-        data = b"".join(parts)
         fd = self.fd
         if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
             # Write straight to the socket with os.write, which releases the GIL during the
@@ -204,6 +180,12 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
             # The reader is too slow; mail stays queued and is re-sent after reconnect.
             self.close_soon(F.CLOSE_TIMEOUT, "receiver too slow")
 
+    def write_control(self) -> None:
+        """Write what the WebSocket layer queued itself (pong, close frames) right away."""
+        data = self.ws.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
     def close_soon(self, code: int, reason: str) -> None:
         """Send a close frame (after what is already queued, unless the peer is too slow),
         unregister, and wait up to CLOSE_TIMEOUT for the peer's close frame."""
@@ -213,17 +195,23 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
             self.flush()
         self._send_close(code, reason)
 
-    def _send_close(self, code: int, reason: str) -> None:
+    def _unregister(self) -> None:
         self.finish()
         self.fd = -1
         self.hub.conns.discard(self)
-        payload = _close_payload(code, reason)
-        transport = self.transport
-        if transport.is_closing():
+
+    def _send_close(self, code: int, reason: str) -> None:
+        self._unregister()
+        self.ws.send_close(code, reason)
+        if self.transport.is_closing():
             return
-        transport.write(ws_header(len(payload), _OP_CLOSE) + payload)
-        loop = asyncio.get_running_loop()
-        self.closer = loop.call_later(CLOSE_TIMEOUT, transport.abort)
+        self.write_control()
+        self._abort_later()
+
+    def _abort_later(self) -> None:
+        if self.closer is None:
+            loop = asyncio.get_running_loop()
+            self.closer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
     def shutdown(self) -> None:
         """Called by uvicorn on graceful shutdown (it tracks us in its connection set)."""
@@ -248,106 +236,41 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.seen = self.hub.tick
-        rbuf = self.rbuf
-        if rbuf is not None:
-            rbuf += data
-            if len(rbuf) < self.need:
-                return
-            data = bytes(rbuf)
-            self.rbuf = None
-        self._parse(data)
-
-    def _parse(self, data: bytes) -> None:
-        n = len(data)
-        pos = 0
-        need = 0  # bytes (from pos) needed before the partial frame at pos can be parsed
-        limit = 2 * self.relay.config.max_request
-        while n - pos >= 2:
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            head = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[head : head + 2], "big")
-                head += 2
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[head : head + 8], "big")
-                head += 8
-            if not b1 & 0x80 or b0 & 0x70:
-                self._fail(_PROTOCOL_ERROR, "unmasked frame or reserved bits set")
-                return
-            if length > limit:
-                self._fail(_TOO_BIG, "frame too big")
-                return
-            end = head + 4 + length
-            if end > n:
-                need = end - pos
-                break
-            payload = apply_mask(data[head + 4 : end], data[head : head + 4])
-            pos = end
-            if self.closed:  # closing: discard everything but the peer's close frame
-                if b0 & 0x0F == _OP_CLOSE:
-                    self.transport.close()
-                    return
+        ws = self.ws
+        ws.receive_data(data)
+        event = ws.next_event()
+        while event is not None:
+            if event.__class__ is bytes:  # a binary message: the hot path
+                if not self.closed:
+                    verdict = self.handle_message(event)
+                    if verdict is not None:
+                        self.close_soon(*verdict)
+                event = ws.next_event()
                 continue
-            if not self._frame(b0, payload, limit):
-                return
-        self.need = need
-        if pos < n:
-            self.rbuf = bytearray(data[pos:])
-
-    def _frame(self, b0: int, payload: bytes, limit: int) -> bool:
-        """Handle one complete frame; False when the socket is being closed."""
-        opcode = b0 & 0x0F
-        fin = b0 & 0x80
-        if opcode == _OP_BINARY and fin and self.frag is None:
-            verdict = self.handle_message(payload)
-        elif opcode >= 8:
-            if not fin or len(payload) > 125:
-                return self._fail(_PROTOCOL_ERROR, "bad control frame")
-            if opcode == _OP_PING:
-                self.transport.write(ws_header(len(payload), _OP_PONG) + payload)
-                return True
-            if opcode == _OP_PONG:
-                return True
-            if opcode == _OP_CLOSE:
-                if not _valid_close_payload(payload):
-                    return self._fail(_PROTOCOL_ERROR, "invalid close frame")
-                # Echo the peer's close (RFC 6455 §5.5.1), then close TCP (server side).
-                self.finish()
-                self.fd = -1
-                self.hub.conns.discard(self)
-                self.transport.write(ws_header(len(payload), _OP_CLOSE) + payload)
+            kind = event.__class__
+            if kind is Ping:
+                self.write_control()  # the pong it queued
+            elif kind is TextMessage:
+                self.close_soon(*self.handle_text())
+            elif kind is CloseReceived:
+                # The handshake is complete (our echo, if any, is queued): the server
+                # closes TCP first (RFC 6455 §7.1.1).
+                self._unregister()
+                self.write_control()
                 self.transport.close()
-                return False
-            return self._fail(_PROTOCOL_ERROR, "unknown opcode")
-        elif opcode == _OP_TEXT:
-            verdict = F.CLOSE_MALFORMED, "text frames are not accepted"
-        elif opcode == _OP_BINARY and self.frag is None:  # first fragment
-            self.frag = bytearray(payload)
-            return True
-        elif opcode == _OP_CONT and self.frag is not None:
-            self.frag += payload
-            if len(self.frag) > limit:
-                return self._fail(_TOO_BIG, "message too big")
-            if not fin:
-                return True
-            message, self.frag = bytes(self.frag), None
-            verdict = self.handle_message(message)
-        else:
-            return self._fail(_PROTOCOL_ERROR, "unexpected frame")
-        if verdict is not None:
-            self.close_soon(*verdict)
-            return False
-        return not self.closed
-
-    def _fail(self, code: int, reason: str) -> bool:
-        self._send_close(code, reason)
-        return False
+                return
+            elif kind is Failure:
+                # RFC 6455 §7.1.7: close frame, then no more input; half-close so the peer
+                # reads the close frame and EOF, and abort if it never closes its side.
+                self._unregister()
+                transport = self.transport
+                if not transport.is_closing():
+                    self.write_control()
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                    self._abort_later()
+                return
+            event = ws.next_event()  # (a Pong needs nothing: seen is already updated)
 
 
 class RelayHttpProtocol(asyncio.Protocol):
@@ -543,15 +466,3 @@ def protocol_class(
     hub = Hub(ping_interval)
     attrs = {"relay": relay, "hub": hub, "fast": fast}
     return type("BoundRelayHttpProtocol", (RelayHttpProtocol,), attrs)
-
-
-def _valid_close_payload(payload: bytes) -> bool:
-    """RFC 6455 §5.5.1 / §7.4: empty, or a code a peer may send (1000–1003, 1007–1014,
-    3000–4999) followed by UTF-8; websockets' own parser decides, so both transports agree."""
-    if not payload:
-        return True
-    try:
-        Close.parse(payload)
-    except (_WsProtocolError, UnicodeDecodeError):
-        return False
-    return True
