@@ -82,20 +82,6 @@ async def test_reauth_once_on_401() -> None:
     await api.aclose()
 
 
-async def test_sealed_send_carries_no_authorization() -> None:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={})
-
-    api = _api(handler)
-    api.token = "secret"
-    await api.send_messages([])
-    assert "Authorization" not in seen[0].headers
-    await api.aclose()
-
-
 def test_backoff_full_jitter_bounds() -> None:
     b = Backoff(base=0.5, cap=4.0, rng=random.Random(1))
     delays = [b.next_delay() for _ in range(10)]

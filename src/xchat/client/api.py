@@ -204,10 +204,6 @@ class Api:
     async def sender_certificate(self) -> dict[str, Any]:
         return _obj(await self.request("GET", f"{API}/sender-certificate", auth=True))
 
-    async def send_messages(self, destinations: list[dict[str, Any]]) -> None:
-        """Sealed-sender send: deliberately WITHOUT the Authorization header."""
-        await self.request("POST", f"{API}/messages", json={"destinations": destinations})
-
 
 def _obj(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):

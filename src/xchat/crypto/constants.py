@@ -27,14 +27,9 @@ PREKEY_RECORD_VERSION: Final = 0x01
 
 # --- key encodings (PROTOCOL Part I §1) ---------------------------------------------------------
 
-#: Type prefix of an encoded X25519 public key (``0x05 || 32 bytes``), as in libsignal.
-EC_KEY_TYPE: Final = 0x05
-#: Type prefix of an encoded ML-KEM-1024 public key (``0x08 || 1568 bytes``).
-KEM_KEY_TYPE: Final = 0x08
+#: The type prefixes (0x05 X25519, 0x08 ML-KEM-1024) are ``xchat.crypto.keys``'s.
 X25519_LEN: Final = 32
-EC_PUBLIC_LEN: Final = 1 + X25519_LEN
 MLKEM1024_PUBLIC_RAW_LEN: Final = 1568
-KEM_PUBLIC_LEN: Final = 1 + MLKEM1024_PUBLIC_RAW_LEN
 MLKEM1024_CIPHERTEXT_LEN: Final = 1568
 #: ML-KEM private keys are stored as their 64-byte (d || z) seed (FIPS 203 §7.1), the most
 #: compact form and the one ``MLKEM1024PrivateKey.from_seed_bytes`` takes.

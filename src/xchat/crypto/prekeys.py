@@ -68,10 +68,6 @@ def _check_id(value: object) -> int:
     return value
 
 
-def _x25519_from_rng(rng: Rng) -> X25519PrivateKey:
-    return X25519PrivateKey.from_private_bytes(rng(C.X25519_LEN))
-
-
 def _mlkem_from_seed(seed: bytes) -> MLKEM1024PrivateKey:
     if len(seed) != C.MLKEM_SEED_LEN:
         raise DecodeError("ML-KEM seed must be 64 bytes")

@@ -41,7 +41,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import rbcl
@@ -336,15 +336,6 @@ def open_response(
 
 
 # --- the client side of a recovery (Part X §6) -----------------------------------------------
-
-
-@dataclass
-class RealmView:
-    """What the client knows about one realm during a recovery."""
-
-    key: bytes
-    index: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Recovery:
