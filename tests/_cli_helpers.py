@@ -1,13 +1,24 @@
-"""Shared helpers for the CLI tests: the real ``xchat`` command as a subprocess."""
+"""The real ``xchat`` command as a subprocess, for every test that drives it.
+
+At the top of tests/ (which the root conftest puts on ``sys.path``) so that the CLI tests
+and the web-app tests share one way of running the command and of creating an account
+with it, instead of each building the command line by hand.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).parents[2] / "src"
+SRC = Path(__file__).parents[1] / "src"
+
+
+def xchat_argv(profile: Path, *args: str) -> list[str]:
+    """``python -m xchat --profile PROFILE ARGS...`` with this interpreter."""
+    return [sys.executable, "-m", "xchat", "--profile", str(profile), *args]
 
 
 def xchat(
@@ -16,7 +27,7 @@ def xchat(
     full_env = {**os.environ, "XCHAT_NO_KEYRING": "1", **(env or {})}
     full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "xchat", "--profile", str(profile), *args],
+        xchat_argv(profile, *args),
         input=stdin,
         capture_output=True,
         text=True,
@@ -39,3 +50,10 @@ def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("xchat: error: ")
     return lines[0]
+
+
+def account(profile: Path, server_url: str, handle: str) -> str:
+    """``xchat account create`` with ``handle`` on ``server_url``; the new address."""
+    out = ok(xchat(profile, "account", "create", "--server", server_url, "--handle", handle,
+                   "--json"))  # fmt: skip
+    return str(json.loads(out)["address"])

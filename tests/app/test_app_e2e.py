@@ -15,16 +15,15 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from _app_helpers import AppProcess, start_app
+from _app_helpers import TIMEOUT_MS, AppProcess, cli, onboard, start_app
 
-TIMEOUT_MS = 15_000
+from _cli_helpers import xchat_argv
 
 
 def tiny_png(w: int = 24, h: int = 24) -> bytes:
@@ -75,55 +74,6 @@ class Recorder:
         return bad
 
 
-def onboard(page: Any, app: AppProcess, handle: str, shots: Path, shoot: bool) -> None:
-    page.goto(app.url)
-    page.wait_for_selector("#form-create", state="visible", timeout=TIMEOUT_MS)
-    # The secret moved from the URL into sessionStorage.
-    assert "secret" not in page.url
-    assert page.evaluate("sessionStorage.getItem('xchat-secret')") == app.secret
-    assert page.input_value("#create-server").startswith("http://127.0.0.1:")
-    if shoot:
-        page.screenshot(path=str(shots / "01-onboarding.png"))
-    page.fill("#create-handle", handle)
-    page.click("#btn-create")
-    page.wait_for_selector("#phrase-show", state="visible", timeout=TIMEOUT_MS)
-    words = page.locator("#phrase-words li").all_inner_texts()
-    assert len(words) == 24
-    if shoot:
-        page.screenshot(path=str(shots / "02-recovery-phrase.png"))
-    page.click("#btn-phrase-next")
-    labels = page.locator("#confirm-fields label").all_inner_texts()
-    positions = [int(t.split("#")[1]) for t in labels]
-    assert len(positions) == 3
-    # A wrong word is refused...
-    for i, n in enumerate(positions):
-        page.fill(f"#confirm-word-{i}", "wrong" if i == 0 else words[n - 1])
-    page.click("#btn-confirm")
-    page.wait_for_selector("#onboarding-error:has-text('do not match')", timeout=TIMEOUT_MS)
-    # ...the right ones are accepted.
-    page.fill("#confirm-word-0", words[positions[0] - 1])
-    if shoot:
-        page.screenshot(path=str(shots / "03-confirm-phrase.png"))
-    page.click("#btn-confirm")
-    page.wait_for_selector("#view-app", state="visible", timeout=TIMEOUT_MS)
-
-
-def cli_base(profile: Path) -> list[str]:
-    return [sys.executable, "-m", "xchat", "--profile", str(profile)]
-
-
-def cli(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [*cli_base(profile), *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
-
-
 def check_no_overflow(page: Any, width: int) -> None:
     """Nothing sticks out sideways (the page, the bars, an open dialog)."""
     assert page.evaluate("document.documentElement.scrollWidth") <= width
@@ -164,7 +114,7 @@ def test_two_users_in_the_browser(
     # The CLI group member signs up while the pages onboard.
     carol_profile = tmp_path / "carol"
     carol_signup = subprocess.Popen(
-        [*cli_base(carol_profile), "account", "create", "--server", relay.url, "--handle", "carol"],
+        xchat_argv(carol_profile, "account", "create", "--server", relay.url, "--handle", "carol"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -466,7 +416,7 @@ def test_restore_from_phrase_in_the_browser(
 ) -> None:
     """A CLI-created account restored in a fresh ``xchat app`` profile keeps its address."""
     created = subprocess.run(
-        [*cli_base(tmp_path / "cli"), "account", "create", "--server", relay.url, "--json"],
+        xchat_argv(tmp_path / "cli", "account", "create", "--server", relay.url, "--json"),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

@@ -10,10 +10,7 @@ edit, which must render as text.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,44 +18,20 @@ from typing import Any
 import pytest
 from _app_helpers import AppProcess, start_app
 
+from _cli_helpers import account
+
 TIMEOUT_MS = 15_000
 XSS_REPLY = "<img src=x onerror=window.pwned=1> reply"
 XSS_REACTION = "<b>x</b>"
 XSS_EDIT = "<script>window.pwned=2</script>edited"
 
 
-def _account(profile: Path, server: str, handle: str) -> str:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xchat",
-            "--profile",
-            str(profile),
-            "account",
-            "create",
-            "--server",
-            server,
-            "--handle",
-            handle,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        env={**os.environ, "XCHAT_NO_KEYRING": "1"},
-        check=True,
-    )
-    return str(json.loads(out.stdout)["address"])
-
-
 @pytest.fixture(scope="module")
 def pair(relay: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[AppProcess]]:
     base = tmp_path_factory.mktemp("rich-profiles")
     tag = os.getpid() % 10000
-    _account(base / "ann", relay.url, f"ann{tag}")
-    _account(base / "ben", relay.url, f"ben{tag}")
+    account(base / "ann", relay.url, f"ann{tag}")
+    account(base / "ben", relay.url, f"ben{tag}")
     os.environ["XCHAT_NO_KEYRING"] = "1"
     started = [start_app(base / "ann", None), start_app(base / "ben", None)]
     try:

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _app_helpers import start_app
-from test_app_e2e import cli, onboard
+from _app_helpers import cli, onboard, start_app
 
 from xchat.realm.testing import running_realms
 from xchat.testing import ServerProcess, running_server

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from _app_helpers import CHROMIUM, CHROMIUM_ARGS, AppProcess, start_app
 
+from _cli_helpers import account
 from xchat.testing import TURNSERVER, running_coturn, running_server
 
 SRC = Path(__file__).parents[2] / "src"
@@ -29,32 +30,6 @@ MEDIA_ARGS = [
 TIMEOUT_MS = 30_000
 
 
-def _account(profile: Path, server: str, handle: str) -> None:
-    env = {**os.environ, "XCHAT_NO_KEYRING": "1"}
-    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "xchat",
-            "--profile",
-            str(profile),
-            "account",
-            "create",
-            "--server",
-            server,
-            "--handle",
-            handle,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-
-
 @pytest.fixture(scope="module")
 def callers(relay: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     """Two app processes with accounts @callera / @callerb (handles unique per module)."""
@@ -64,7 +39,7 @@ def callers(relay: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
     apps: list[AppProcess] = []
     try:
         for name in names:
-            _account(base / name, relay.url, name)
+            account(base / name, relay.url, name)
             apps.append(start_app(base / name, relay.url))
         yield [(a, n) for a, n in zip(apps, names, strict=True)]
     finally:
@@ -211,7 +186,7 @@ def test_relay_only_browser_call_goes_through_coturn(
         browser = _launch(playwright, fake_ui=True)
         try:
             for name in names:
-                _account(base / name, srv.url, name)
+                account(base / name, srv.url, name)
                 apps.append(start_app(base / name, srv.url))
             a = browser.new_context().new_page()
             b = browser.new_context().new_page()
@@ -246,7 +221,7 @@ def test_sdk_caller_and_browser_callee_interoperate(
     stacks agree on the signals of PROTOCOL Part IX and carry audio and video both ways."""
     (_, _), (app_b, name_b) = callers
     profile = tmp_path / "cli-caller"
-    _account(profile, relay.url, f"cc{os.getpid() % 10_000}")
+    account(profile, relay.url, f"cc{os.getpid() % 10_000}")
     browser = _launch(playwright, fake_ui=True)
     env = {**os.environ, "XCHAT_NO_KEYRING": "1"}
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")

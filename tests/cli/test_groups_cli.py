@@ -7,15 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from _cli_helpers import ok, one_error_line, xchat
-
+from _cli_helpers import account, ok, one_error_line, xchat
 from xchat.testing import ServerProcess
-
-
-def _account(server: ServerProcess, profile: Path, handle: str) -> str:
-    out = ok(xchat(profile, "account", "create", "--server", server.url, "--handle", handle,
-                   "--json"))  # fmt: skip
-    return str(json.loads(out)["address"])
 
 
 def _recv(profile: Path) -> list[dict[str, object]]:
@@ -25,9 +18,9 @@ def _recv(profile: Path) -> list[dict[str, object]]:
 def test_group_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> None:
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     tag = os.getpid() % 10000
-    _account(server, a, f"ga{tag}")
-    addr_b = _account(server, b, f"gb{tag}")
-    _account(server, c, f"gc{tag}")
+    account(a, server.url, f"ga{tag}")
+    addr_b = account(b, server.url, f"gb{tag}")
+    account(c, server.url, f"gc{tag}")
 
     gid = ok(xchat(a, "group", "create", "crew", f"@gb{tag}", f"@gc{tag}")).strip()
     assert len(gid) == 32 and int(gid, 16) >= 0
@@ -76,8 +69,8 @@ def test_group_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> Non
 def test_recv_saves_direct_file(server: ServerProcess, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     tag = os.getpid() % 10000
-    _account(server, a, f"fa{tag}")
-    _account(server, b, f"fb{tag}")
+    account(a, server.url, f"fa{tag}")
+    account(b, server.url, f"fb{tag}")
     src = tmp_path / "photo.bin"
     src.write_bytes(os.urandom(70_000))
     ok(xchat(a, "file", "send", f"@fb{tag}", str(src)))

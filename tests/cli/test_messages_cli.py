@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from _cli_helpers import ok, one_error_line, xchat
 
+from _cli_helpers import account, ok, one_error_line, xchat
 from xchat.testing import ServerProcess
 
 
@@ -23,17 +23,12 @@ def _lines(out: str) -> list[dict]:
     return [json.loads(x) for x in out.splitlines() if x.strip()]
 
 
-def _account(server: ServerProcess, p: Path, handle: str) -> str:
-    out = ok(xchat(p, "account", "create", "--server", server.url, "--handle", handle, "--json"))
-    return str(json.loads(out)["address"])
-
-
 def test_rich_commands_smoke(server: ServerProcess, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     tag = os.getpid() % 10000
     ha, hb = f"sa{tag}", f"sb{tag}"
-    addr_a = _account(server, a, ha)
-    _account(server, b, hb)
+    addr_a = account(a, server.url, ha)
+    account(b, server.url, hb)
     first = ok(xchat(a, "send", f"@{hb}", "hi <b>ben</b>")).strip()
     got = _lines(ok(xchat(b, "recv", "--json")))
     assert got[0]["id"] == first and got[0]["request"] is True
@@ -56,8 +51,8 @@ def test_message_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> N
     a, b = tmp_path / "a", tmp_path / "b"
     tag = os.getpid() % 10000
     ha, hb = f"ra{tag}", f"rb{tag}"
-    addr_a = _account(server, a, ha)
-    _account(server, b, hb)
+    addr_a = account(a, server.url, ha)
+    account(b, server.url, hb)
 
     # a stranger's first message waits in Requests; no receipt goes back
     first = ok(xchat(a, "send", f"@{hb}", "hi, it's ann")).strip()
@@ -133,9 +128,9 @@ def test_disappear_block_and_group_leave(server: ServerProcess, tmp_path: Path) 
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     tag = os.getpid() % 10000
     ha, hb, hc = f"da{tag}", f"db{tag}", f"dc{tag}"
-    _account(server, a, ha)
-    addr_b = _account(server, b, hb)
-    _account(server, c, hc)
+    account(a, server.url, ha)
+    addr_b = account(b, server.url, hb)
+    account(c, server.url, hc)
     ok(xchat(b, "accept", f"@{ha}"))  # b knows a: no request
     assert xchat(a, "disappear", f"@{hb}", "3s").returncode == 2  # below 5 s
     assert xchat(a, "disappear", f"@{hb}", "soon").returncode == 2
