@@ -8,7 +8,6 @@ can shrink limits without code changes. Server logs go to ``<data_dir>/server.lo
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import secrets
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from xchat import encoding
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.crypto.pow import solve, stamp_ok
 from xchat.crypto.prekeys import (
@@ -215,7 +215,7 @@ def running_server(data_dir: Path | str, pow_bits: int = 4, **env: Any) -> Itera
 
 def b64(data: bytes) -> str:
     """Standard padded base64, as every JSON body of the relay uses (PROTOCOL Part III)."""
-    return base64.b64encode(data).decode()
+    return encoding.b64encode(data)
 
 
 @dataclass
@@ -248,7 +248,8 @@ def get_challenge(client: httpx.Client) -> tuple[bytes, int]:
     """A fresh challenge and the server's proof-of-work difficulty."""
     r = client.post("/api/v1/challenge")
     assert r.status_code == 200, r.text
-    return base64.b64decode(r.json()["challenge"]), int(r.json()["pow_bits"])
+    challenge = encoding.b64decode(r.json()["challenge"], "challenge")  # strict, as a client
+    return challenge, int(r.json()["pow_bits"])
 
 
 def register_body(
@@ -309,7 +310,7 @@ def anon_headers(client: httpx.Client, acct: Account, n: int = 1) -> list[dict[s
     from xchat.crypto import tokens as tk
 
     keys = client.get("/api/v1/tokens/keys").json()["keys"][0]
-    pk = base64.b64decode(keys["public_key"])
+    pk = encoding.b64decode(keys["public_key"], "token public key")
     out: list[dict[str, str]] = []
     while len(out) < n:
         pending = tk.begin_batch(keys["epoch"], pk, min(tk.MAX_BATCH, n - len(out)))
@@ -320,8 +321,9 @@ def anon_headers(client: httpx.Client, acct: Account, n: int = 1) -> list[dict[s
         )
         assert r.status_code == 200, r.text
         j = r.json()
-        evaluated = [base64.b64decode(e) for e in j["evaluated"]]
-        for t in tk.finish_batch(pending, evaluated, base64.b64decode(j["proof"])):
+        evaluated = [encoding.b64decode(e, "evaluated element") for e in j["evaluated"]]
+        proof = encoding.b64decode(j["proof"], "token proof")
+        for t in tk.finish_batch(pending, evaluated, proof):
             out.append({"Authorization": f'PrivateToken token="{tk.encode_token(t)}"'})
     return out
 
