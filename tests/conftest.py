@@ -5,6 +5,9 @@ started once per test session (by ``xchat.ops.services``, the code ``make cluste
 and stopped at its end. Tests that need them are skipped only when the binaries are absent
 (``scripts/os-packages.sh`` installs them). The ``backend_env`` fixture gives the
 ``XCHAT_*`` settings of a fresh database for one relay.
+
+``server`` is the one relay per test module that the client and CLI tests share (SQLite;
+tests/server overrides it with one per storage backend).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from xchat.ops.services import Postgres, Redis, have_postgres, have_redis
+from xchat.testing import ServerProcess, running_server
 
 BACKENDS = ("sqlite", "postgres")
 _db_serial = itertools.count(1)
@@ -70,3 +74,11 @@ def backend_env(request: pytest.FixtureRequest) -> Callable[[str], dict[str, Any
         return {"database": fresh_database(pg), "redis": redis.url}
 
     return make
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real relay subprocess for one test module (proof of work cheap, no rate limits)."""
+    os.environ.setdefault("XCHAT_NO_KEYRING", "1")
+    with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as srv:
+        yield srv

@@ -1,5 +1,5 @@
-"""Shared fixtures: one real relay subprocess per test module (xchat.testing), and a
-``crowd`` of accounts on it (:mod:`_crowd`)."""
+"""Client-test fixtures: unique handles, a ``crowd`` of accounts on the module's relay
+(``server``, from tests/conftest.py; :mod:`_crowd`), and a relay for blob transfers."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ _counter = itertools.count()
 @pytest.fixture(autouse=True)
 def _no_keyring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XCHAT_NO_KEYRING", "1")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    os.environ.setdefault("XCHAT_NO_KEYRING", "1")
-    with running_server(tmp_path_factory.mktemp("server"), pow_bits=2, rate_limits=False) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
