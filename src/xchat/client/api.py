@@ -216,7 +216,7 @@ def _api_error(resp: httpx.Response) -> ApiError:
     try:
         body = resp.json()
         if isinstance(body, dict):
-            err = body.get("error", body.get("detail"))
+            err = body.get("error")  # the relay and the realm send only {"error": ...}
             if isinstance(err, str) and err:
                 message = err
     except ValueError:
