@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,9 @@ def test_expired_code_on_two_nodes(
             a = register(h2)
             sid = _slot()
             assert h1.put(f"/api/v1/links/{sid}", json={"offer": _b64(b"o")}).status_code == 201
+            deadline = time.monotonic() + 30
             while (r := h2.get(f"/api/v1/links/{sid}")).status_code == 200:
-                pass  # polling a condition (the expiry), not a fixed wait
+                assert time.monotonic() < deadline  # polling a condition (the expiry)
             expired = {"error": "link code expired (codes are valid for 10 minutes)"}
             assert (r.status_code, r.json()) == (410, expired)
             r = h2.post(
@@ -208,3 +210,38 @@ def test_expired_code_on_two_nodes(
             assert (r.status_code, r.json()) == (410, expired)
             assert h1.get(f"/api/v1/links/{_slot()}").status_code == 404
             assert h2.get("/api/v1/links/short").status_code == 422  # the path rule
+
+
+def test_redis_down_is_a_clean_503(
+    tmp_path: Path, backend_env: Callable[[str], dict[str, Any]]
+) -> None:
+    """The node's Redis goes away: link-slot calls answer 503 with a JSON error (never a
+    traceback or a hang), and work again once Redis is back (a new slot; the old is gone)."""
+    from xchat.ops.services import Redis
+
+    redis = Redis(tmp_path / "redis.log")
+    redis.start()
+    env = env_from_kwargs({**backend_env("postgres"), "rate_limits": False})
+    env["XCHAT_REDIS"] = redis.url
+    node = ServerProcess(tmp_path / "relay", 2, env)
+    try:
+        node.start()
+        with httpx.Client(base_url=node.url, timeout=30) as h:
+            url = f"/api/v1/links/{_slot()}"
+            assert h.put(url, json={"offer": _b64(b"o")}).status_code == 201
+            redis.stop()
+            r = h.get(url)
+            assert r.status_code == 503 and r.headers.get("retry-after") == "1"
+            assert r.json() == {"error": "link codes are unavailable right now, try again"}
+            again = h.put(f"/api/v1/links/{_slot()}", json={"offer": _b64(b"o")})
+            assert again.status_code == 503
+            redis.start()
+            url2 = f"/api/v1/links/{_slot()}"
+            deadline = time.monotonic() + 30
+            while (r := h.put(url2, json={"offer": _b64(b"o")})).status_code == 503:
+                assert time.monotonic() < deadline  # until the client reconnects (a condition)
+            assert r.status_code == 201
+            assert h.get(url).status_code == 404  # lost with Redis's memory
+    finally:
+        node.stop()
+        redis.stop()
