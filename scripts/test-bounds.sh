@@ -2,7 +2,8 @@
 # Run the same-port WebSocket fast-path tests against the LOWER bounds of the uvicorn and
 # websockets ranges in pyproject.toml (server/wsfast.py subclasses uvicorn's private
 # HttpToolsProtocol, so a range is only a promise once both of its ends have been tested).
-# The upper ends are what `make test` resolves to. Uses its own venv: .venv-bounds/.
+# The upper ends are what `make test` resolves to. Uses its own venv: .venv-bounds/. The
+# sans-I/O parser's differential test runs too: its reference is websockets' own parser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -29,4 +30,4 @@ got = (Version(version("uvicorn")), Version(version("websockets")))
 assert got == (Version(sys.argv[1]), Version(sys.argv[2])), f"bounds not installed: {got}"
 print(f"test-bounds: uvicorn {version('uvicorn')}, websockets {version('websockets')}")
 PY
-"$VENV/bin/pytest" -q -p no:cacheprovider tests/server/test_wsfast.py
+"$VENV/bin/pytest" -q -p no:cacheprovider tests/server/test_wsfast.py tests/protocol/test_ws_connection.py

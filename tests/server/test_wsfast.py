@@ -168,6 +168,45 @@ async def test_protocol_errors_close_with_code(
     w.close()
 
 
+async def test_protocol_error_half_closes_and_reads_no_further(
+    server: ServerProcess, bob: Account
+) -> None:
+    """RFC 6455 §7.1.7: after failing the connection the server processes nothing more (the
+    SEND pipelined behind the bad frame is not answered) and closes its side together with
+    the close frame, without waiting for ours (before: only when a 5 s timer fired)."""
+    r, w = await raw_open(server)
+    w.write(cframe(b"x", opcode=3) + cframe(send_frame(bob, 9, b"never sent")))
+    op, payload = await read_frame(r)
+    assert op == 8 and struct.unpack(">H", payload[:2])[0] == 1002
+    # A round trip through the relay on another socket orders after the FIN, which left
+    # in the same callback as the close frame: by then our reader has seen EOF.
+    r2, w2 = await raw_open(server)
+    w2.write(cframe(b"order", opcode=9))
+    assert await read_frame(r2) == (10, b"order")
+    assert r.at_eof()  # FIN, and nothing (no SEND_RESULT) before it
+    w.close()
+    w2.close()
+
+
+async def test_server_close_waits_for_the_peers_close_skipping_frames(
+    server: ServerProcess, bob: Account
+) -> None:
+    """A close the relay starts (text message → 4400): frames still arriving, even one split
+    over many writes, are skipped unread; the peer's close frame completes the handshake and
+    the server closes TCP."""
+    r, w = await raw_open(server)
+    w.write(cframe(b"text", opcode=1))
+    op, payload = await read_frame(r)
+    assert op == 8 and struct.unpack(">H", payload[:2])[0] == F.CLOSE_MALFORMED
+    big = cframe(send_frame(bob, 10, os.urandom(50_000)))
+    for i in range(0, len(big), 4096):
+        w.write(big[i : i + 4096])
+        await w.drain()
+    w.write(cframe(struct.pack(">H", 1000), opcode=8))
+    assert await asyncio.wait_for(r.read(), 30) == b""  # no SEND_RESULT, then FIN
+    w.close()
+
+
 async def test_bad_token_accepts_then_closes_4401(server: ServerProcess) -> None:
     r, w = await raw_open(server, token="not-a-token")
     op, payload = await read_frame(r)
