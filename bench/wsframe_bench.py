@@ -3,6 +3,7 @@ client frames and serialization of server frames, through ``FastConnection`` exa
 relay drives it, but with the relay's message handler and the socket stubbed out.
 
     .venv/bin/python bench/wsframe_bench.py [--frames 200000] [--size 300] [--batch 8]
+        [--wsfast OLD.py]   # e.g. git show REV:src/xchat/server/wsfast.py > OLD.py
 
 Why: ``relay_bench.py`` measures the whole relay (storage, fan-out, two load processes) and
 its throughput swings with the load of a shared machine; this isolates the WebSocket layer,
@@ -23,7 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from xchat.server import wsfast
+import importlib.util
+import types
+
+from xchat.server import wsfast as current_wsfast
 
 MASK = b"\x11\x22\x33\x44"
 
@@ -70,19 +74,30 @@ class _Transport:
         return False
 
 
-class _Conn(wsfast.FastConnection):
-    __slots__ = ("received",)
+def load_wsfast(path: str | None) -> types.ModuleType:
+    """The fast path under test: this tree's, or another version's file (same interface:
+    ``Hub(ping_interval)`` and ``FastConnection(relay, hub, transport, device, state, direct)``),
+    which is how a before/after pair is measured in one session."""
+    if path is None:
+        return current_wsfast
+    spec = importlib.util.spec_from_file_location("wsfast_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def handle_message(self, data: bytes) -> tuple[int, str] | None:
-        self.received += 1
-        return None
 
+def run(wsfast: types.ModuleType, frames: int, size: int, batch: int) -> dict[str, Any]:
+    class Conn(wsfast.FastConnection):  # type: ignore[name-defined,misc]
+        received = 0
 
-def run(frames: int, size: int, batch: int) -> dict[str, Any]:
+        def handle_message(self, data: bytes) -> tuple[int, str] | None:
+            self.received += 1
+            return None
+
     hub = wsfast.Hub(0)
     transport = _Transport()
-    conn = _Conn(_Relay(), hub, transport, None, None, False)  # type: ignore[arg-type]
-    conn.received = 0
+    conn = Conn(_Relay(), hub, transport, None, None, False)
     chunk = client_frame(os.urandom(size)) * batch
     rounds = frames // batch
     t0, c0 = time.perf_counter(), time.process_time()
@@ -115,15 +130,18 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=300)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5, help="best of N runs is reported")
+    ap.add_argument("--wsfast", default=None, help="measure this wsfast.py instead")
     args = ap.parse_args()
+    wsfast = load_wsfast(args.wsfast)
 
     async def go() -> list[dict[str, Any]]:
-        return [run(args.frames, args.size, args.batch) for _ in range(args.repeat)]
+        return [run(wsfast, args.frames, args.size, args.batch) for _ in range(args.repeat)]
 
     runs = asyncio.run(go())
     best = min(runs, key=lambda r: r["parse_cpu_ns_per_frame"] + r["serialize_cpu_ns_per_frame"])
     best["parse_runs"] = [r["parse_cpu_ns_per_frame"] for r in runs]
     best["serialize_runs"] = [r["serialize_cpu_ns_per_frame"] for r in runs]
+    best["wsfast"] = args.wsfast or "this tree"
     print(json.dumps(best))
 
 

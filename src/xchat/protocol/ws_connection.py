@@ -277,8 +277,8 @@ class ServerConnection:
             event = self._frame(b0, apply_mask(buf[head + 4 : end], buf[head : head + 4]))
             if event is not None:
                 return event
-        if pos < n:  # an incomplete header: wait for the longest one (2 + 8 + 4)
-            self._wait(min(14, max(2, n - pos + 1)))
+        if pos < n:  # an incomplete header (at most 9 bytes): look again at the next byte
+            self._wait(n - pos + 1)
         return None
 
     def _wait(self, need: int) -> None:
