@@ -203,10 +203,35 @@ def curl(base_url: str, token: str, blob_id: str, src: Path, out: Path, pid: int
         subprocess.run(up_cmd, check=True)
     with Meter(pid) as down:
         subprocess.run(["curl", "-sS", "--fail", "-o", str(out), url], check=True)
+    with Meter(pid) as sync:  # what receive_file also does before the rename: durable
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     if out.stat().st_size != size:
         raise SystemExit("curl download returned the wrong size")
     out.unlink()
-    return _rates(size, up, down)
+    return {
+        **_rates(size, up, down),
+        "fsync_s": round(sync.wall, 3),
+        "fsync_client_cpu_s_per_gb": round(sync.client_cpu / (size / 1e9), 3),
+    }
+
+
+def with_fsync(r: dict[str, Any]) -> dict[str, Any]:
+    """A curl round as if curl had fsync'ed its download like ``receive_file`` does."""
+    size = r["size_bytes"]
+    down = r["download_s"] + r["fsync_s"]
+    return {
+        **r,
+        "download_s": round(down, 3),
+        "download_mbps": round(size / down / MB, 1),
+        "mbps": round(size / (r["upload_s"] + down) / MB, 1),
+        "download_client_cpu_s_per_gb": round(
+            r["download_client_cpu_s_per_gb"] + r["fsync_client_cpu_s_per_gb"], 3
+        ),
+    }
 
 
 def aes_gcm_mbps(total: int = 512 << 20, chunk: int = 256 * 1024) -> float:
@@ -281,9 +306,13 @@ def cpu_total(m: dict[str, Any]) -> float:
 
 
 def summarise(raw: dict[str, Any], workdir: str) -> dict[str, Any]:
-    med = {p: median_of(raw[p]) for p in PATHS}
+    raw = {**raw, "curl_fsync": [with_fsync(r) for r in raw["curl"]]}
+    med = {p: median_of(raw[p]) for p in (*PATHS, "curl_fsync")}
     paired = [e["mbps"] / c["mbps"] for e, c in zip(raw["e2e"], raw["curl"], strict=True)]
-    for p in ("e2e", "plain", "curl"):
+    paired_sync = [
+        e["mbps"] / c["mbps"] for e, c in zip(raw["e2e"], raw["curl_fsync"], strict=True)
+    ]
+    for p in ("e2e", "plain", "curl", "curl_fsync"):
         med[p]["cpu_s_per_gb"] = cpu_total(med[p])
     return {
         "workdir": workdir,
@@ -291,6 +320,8 @@ def summarise(raw: dict[str, Any], workdir: str) -> dict[str, Any]:
         "ratios": {
             "e2e_over_curl": round(med["e2e"]["mbps"] / med["curl"]["mbps"], 3),
             "e2e_over_curl_paired_median": round(statistics.median(paired), 3),
+            "e2e_over_curl_fsync": round(med["e2e"]["mbps"] / med["curl_fsync"]["mbps"], 3),
+            "e2e_over_curl_fsync_paired_median": round(statistics.median(paired_sync), 3),
             "plain_over_curl": round(med["plain"]["mbps"] / med["curl"]["mbps"], 3),
             "e2e_over_plain": round(med["e2e"]["mbps"] / med["plain"]["mbps"], 3),
             "curl_cpu_over_e2e_cpu": round(
@@ -317,9 +348,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"One {report['size_mb']} MB file (10^6-byte MB), {report['rounds']} interleaved rounds "
         "(the path order rotates every round), medians. Round trip = file bytes ÷ (upload "
         "+ download wall time). `e2e` = XChat encrypt + upload + download + decrypt "
-        "(`send_file`/`receive_file`, SHA-256 digest checked, fsync'ed); `plain` = the same "
-        "blob client without the cipher; `curl` = curl PATCH + GET of the same bytes through "
-        "the same relay; `disk` = copy with 1 MiB writes + fsync, then read back.",
+        "(`send_file`/`receive_file`, manifest v2: BLAKE3 digest checked, the received file "
+        "fsync'ed before its rename); `plain` = the same blob client without the cipher "
+        "(`upload_blocks`/`download_blocks`, no digest, no fsync); `curl` = curl PATCH + GET "
+        "of the same bytes through the same relay (its download left to the kernel's "
+        "writeback, not waited for); `curl + fsync` = the same curl rounds plus an fsync of "
+        "the downloaded file, the durability `receive_file` pays for; `disk` = copy with "
+        "1 MiB writes + fsync, then read back. The relay fsyncs every completed blob (all "
+        "paths).",
     ]
     for run in report["runs"]:
         r = run["ratios"]
@@ -331,10 +367,11 @@ def markdown(report: dict[str, Any]) -> str:
             "| client CPU s/GB up / down | relay CPU s/GB up / down | CPU s/GB total |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for p in ("e2e", "plain", "curl"):
+        for p in ("e2e", "plain", "curl", "curl_fsync"):
             m = run[p]
             lines.append(
-                f"| {p} | {m['upload_mbps']:.0f} | {m['download_mbps']:.0f} | **{m['mbps']:.0f}** "
+                f"| {p.replace('_', ' + ')} | {m['upload_mbps']:.0f} "
+                f"| {m['download_mbps']:.0f} | **{m['mbps']:.0f}** "
                 f"| {', '.join(f'{x:.0f}' for x in m['rounds_mbps'])} "
                 f"| {cpu(m, 'client')} | {cpu(m, 'server')} "
                 f"| {m['cpu_s_per_gb']:.2f} |"
@@ -345,7 +382,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {d['mbps']:.0f} | {', '.join(f'{x:.0f}' for x in d['rounds_mbps'])} | | | |",
             "",
             f"Ratios: e2e ÷ curl **{r['e2e_over_curl']:.2f}** (median of per-round pairs "
-            f"{r['e2e_over_curl_paired_median']:.2f}; target ≥ 0.80), plain ÷ curl "
+            f"{r['e2e_over_curl_paired_median']:.2f}; target ≥ 0.80), e2e ÷ (curl + fsync) "
+            f"**{r['e2e_over_curl_fsync']:.2f}** (pairs "
+            f"{r['e2e_over_curl_fsync_paired_median']:.2f}), plain ÷ curl "
             f"{r['plain_over_curl']:.2f}, e2e ÷ plain {r['e2e_over_plain']:.2f}; CPU: curl's "
             f"CPU s/GB ÷ e2e's {r['curl_cpu_over_e2e_cpu']:.2f}. e2e ≥ 300 MB/s: "
             f"{'yes' if run['e2e']['mbps'] >= TARGET_MBPS else 'no'}.",
@@ -377,34 +416,37 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 NOTES = [
-    "Blob bodies go over a plain socket in worker threads (`xchat.client.blobhttp`), not "
-    "httpx: ~1 MiB blocks, `recv_into`/`sendall` releasing the GIL, one event-loop step per "
-    "block. httpx cost ~1.0 client CPU s/GB on a download; the plain path now costs what "
-    "curl costs.",
-    "Upload: read + AES-GCM in one thread a batch ahead, SHA-256 of the previous batch in "
-    "another, the socket in a third. Download: socket thread ‖ decrypt + writev thread ‖ "
-    "SHA-256 thread. The relay appends with writev (no staging copy).",
-    "What e2e costs over curl is the cipher: SHA-256 of the whole blob on both sides "
-    "(PROTOCOL Part VI §2 `digest`, ~0.5 CPU s/GB each with SHA-NI) plus AES-GCM (~0.06). "
-    "On 2 loaded cores that CPU is not hidden by overlap.",
-    "`/dev/shm` takes the disk out; on the disk-backed work directory the relay's write + "
-    "fsync and the receiver's write bound every path, curl included.",
-    "On the disk-backed directory e2e's download also pays `receive_file`'s fsync (the "
-    "file is durable before it is renamed into place): that writeback, ~2 CPU s/GB on this "
-    "VM's disk, is charged to the client, while curl and `plain` leave writeback to the "
-    "kernel's flusher threads (not counted, and not waited for). Compare `/dev/shm` for "
-    "the cipher's cost alone.",
-    "No parallel parts or ranges: one connection moves ~1.2–1.5 GB/s into a null sink "
-    "here (0.1 client CPU s/GB), so the socket is not the limit; the CPU is.",
-    "Before (httpx for blob bodies; same machine and load ~12, 2026-12-03, `/tmp`, 1 GB, "
-    "one round): e2e 33.8 MB/s, plain 44.8, curl 315, disk write 231; client CPU per GB "
-    "downloaded 5.5 s (e2e) and 3.9 s (plain) against curl's 1.0. The stored figure before "
-    "that (load 2.6): e2e 87 MB/s, plain 151 (58 %).",
-    "Run to run the wall-clock ratios swing widely at this load: the two full runs before "
-    "this one (08:14 and 08:19 UTC, load 12–14) gave e2e ÷ curl 0.50 and 0.37 on `/tmp`, "
-    "0.98 and 0.50 on `/dev/shm`; a `--quick` 300 MB run at 08:22 gave 0.68 on `/tmp`. The "
-    "CPU ratio (0.31–0.60) is steadier, but CPU time also inflates when the sibling "
-    "hyperthread is busy (SHA-256 alone measured 546–936 MB/s across these runs).",
+    "Client (issue #20): one worker thread owns the socket for the whole body. Upload: "
+    "`readinto` → `AESGCM.encrypt_into` four 256 KiB chunks → BLAKE3 of the ~1 MiB block "
+    "→ `sendall`, in one reused buffer; download: `recv_into` → BLAKE3 → `decrypt_into` "
+    "→ `write`. No allocation, copy, thread hand-off or event-loop step per block "
+    "(`xchat.client.blobhttp`, `files._CipherSource.blocks`, `files._PlainSink`).",
+    "Manifest v2 (PROTOCOL Part VI §2) hashes the blob with BLAKE3 (~0.12 CPU s/GB on one "
+    "core here) instead of SHA-256 (~0.5 with SHA-NI), on both sides; v1 manifests are "
+    "still received. A digest over the chunk tags would cost nothing but binds nothing "
+    "against a holder of the file key (GHASH is linear; tests/crypto/test_attachment.py "
+    "forges such a chunk), so the digest stays a hash of every byte.",
+    "Before this change (same bench, 2026-12-03 10:48 UTC, load 0.9–3.3, 500 MB × 2 "
+    "rounds): client CPU s/GB up / down e2e 1.47 / 2.15 on `/dev/shm` (curl 0.33 / "
+    "1.48), e2e ÷ curl 0.73 (`/dev/shm`) and 0.64 (`/tmp`). The stored full run before "
+    "that (load ~12): 0.59 and 0.46.",
+    "What e2e still costs over `plain`: AES-GCM (~0.08 CPU s/GB each side), BLAKE3 (~0.12 "
+    "each side), the Padmé padding (up to 12 % more blob bytes) and, on a disk, "
+    "`receive_file`'s fsync. The relay's share (ASGI body receive ~1 CPU s/GB, "
+    "FileResponse ~0.5) is the same for every path; it now dominates the total.",
+    "The relay writes a blob double-buffered (one ~1 MiB batch written in a thread while "
+    "the next arrives); its CPU per GB is unchanged, its stalls are gone.",
+    "On the disk-backed directory the VM's page-cache writes and writeback dominate every "
+    "path and swing run to run (sys time of the same 500 MB copy measured 0.6–5 s/GB); "
+    "`curl + fsync` is the like-for-like row for e2e there. The receiver starts the "
+    "kernel's writeback every 32 MiB (`sync_file_range`), so its final fsync finds little "
+    "left; durability is unchanged.",
+    "No parallel parts or ranges: on 2 cores the relay's single event loop and the CPU "
+    "are the limit, not one connection (see the parallel-range measurement in "
+    "/work/helpers/notes-20.md).",
+    "CPU seconds per GB are the portable figures: with six engineers' test suites on 2 "
+    "cores the wall-clock ratios swing widely run to run, and CPU time also inflates when "
+    "the sibling hyperthread is busy.",
 ]
 
 

@@ -66,6 +66,21 @@ async def test_broken_stream_keeps_prefix_for_resume(store: FilesystemBlobStore)
     assert info.complete and await _read(store, info.id, 0, 8) == b"abcdefgh"
 
 
+async def test_broken_stream_keeps_every_batch_in_order(tmp_path: Path) -> None:
+    """Batches are written while the next is received (double-buffered): a stream that
+    breaks with a write still in flight keeps every byte that arrived, in order, and the
+    blob is free again for the resume once ``append`` has returned."""
+    store = FilesystemBlobStore(tmp_path / "b", quota_bytes=1 << 30)
+    pieces = [bytes([i]) * 600_000 for i in range(5)]  # ~3 write batches of 1 MiB
+    info = await store.create("alice", 4_000_000, now_ms=1)
+    with pytest.raises(ConnectionResetError):
+        await store.append(info.id, 0, _broken(*pieces), now_ms=1)
+    assert (await store.info(info.id, 1)).offset == 3_000_000
+    info = await store.append(info.id, 3_000_000, _aiter(bytes(1_000_000)), now_ms=1)
+    assert info.complete
+    assert await _read(store, info.id, 0, 3_000_000) == b"".join(pieces)
+
+
 async def test_past_declared_size_is_413(store: FilesystemBlobStore) -> None:
     info = await store.create("alice", 4, now_ms=1)
     with pytest.raises(ApiError) as exc:

@@ -3,8 +3,13 @@ download one blob, with retry and backoff across broken connections.
 
 Split from :mod:`xchat.client.files`, which encrypts files into blobs and back: this module
 knows nothing about keys or manifests, only bytes, offsets and the relay's answers. Bodies
-above a few KiB travel through :mod:`xchat.client.blobhttp` (a plain socket in a worker
-thread); control requests, TLS relays and injected transports use httpx.
+travel through :mod:`xchat.client.blobhttp` (a plain socket in a worker thread) on a plain
+``http://`` relay; control requests, TLS relays and injected transports use httpx.
+
+Two ways to move a body: :meth:`BlobClient.upload`/:meth:`~BlobClient.download` with an
+async producer/sink (small blobs: history archives, backup segments), and
+:meth:`~BlobClient.upload_blocks`/:meth:`~BlobClient.download_blocks` with a *blocking*
+producer/consumer that runs in the socket thread itself (files: no per-block hand-off).
 """
 
 from __future__ import annotations

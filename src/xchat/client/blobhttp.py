@@ -1,12 +1,16 @@
-"""Blob bodies over a plain blocking socket in a worker thread (PROTOCOL Part VI §4.4).
+"""Blob bodies over a plain blocking socket in a worker thread (PROTOCOL Part VI §4.5.1).
 
 Why: through httpx a download costs ~1 s of client CPU per GB (64 KiB reads climbing
 through httpcore, h11 and anyio, each with its own copy and await), ten times a plain
 ``recv_into`` loop on the same socket, and as much as the relay spends serving it. Blob
 transfers are the only bulk traffic, so their bodies alone take this path: one HTTP/1.1
-request per TCP connection (``Connection: close``), the body moved in ~1 MiB blocks by a
-thread that blocks in ``recv_into``/``sendall`` (both release the GIL), and the event loop
-touched once per block. JSON calls (create, HEAD) and ``https://`` relays stay on httpx.
+request per TCP connection (``Connection: close``), and ONE worker thread that owns the
+socket for the whole body and also runs the producer or consumer of the bytes
+(:meth:`Connection.send_blocks`, :meth:`Connection.receive_blocks`): the file pipeline
+encrypts/hashes into, or decrypts/hashes out of, the very buffer the socket uses, so a
+~1 MiB block costs no allocation, no copy, no thread hand-off and no event-loop step
+(issue #20: each of those was measurable per GB). ``recv_into``/``sendall``, AES-GCM and
+BLAKE3 release the GIL. JSON calls (create, HEAD) and ``https://`` relays stay on httpx.
 
 The wire is ordinary HTTP/1.1, byte for byte what any client sends; nothing here is a
 protocol change. Errors are the same typed ones the httpx path raises: a refused or broken
@@ -65,6 +69,30 @@ def give_back_memory() -> None:
     if libc is not None:
         with contextlib.suppress(Exception):
             libc.malloc_trim(0)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + length)`` of ``fd`` to disk now,
+    without waiting (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``). Why: a download is
+    fsync'ed before it is renamed into place (PROTOCOL Part VI §9); begun as the file
+    grows, the disk writes while the network still moves bytes, and the final fsync finds
+    little left, instead of a whole file's writeback after the transfer. Durability is
+    unchanged (the fsync still decides); a no-op where the call is missing."""
+    libc = _libc()
+    fn = getattr(libc, "sync_file_range", None) if libc is not None else None
+    if fn is not None:
+        with contextlib.suppress(Exception):
+            fn(fd, ctypes_off(offset), ctypes_off(length), _SYNC_FILE_RANGE_WRITE)
+
+
+_SYNC_FILE_RANGE_WRITE: Final = 2  # <fcntl.h>
+
+
+def ctypes_off(n: int) -> Any:
+    """An ``off64_t`` argument for a ctypes call."""
+    import ctypes
+
+    return ctypes.c_int64(n)
 
 
 _LIBC: list[Any] = []

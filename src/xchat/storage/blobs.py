@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -225,14 +225,18 @@ class FilesystemBlobStore(BlobStore):
         if offset != info.offset:
             raise ApiError(409, f"upload offset mismatch: the blob has {info.offset} bytes")
         self._busy.add(blob_id)
-        try:
-            return await self._append(info, data)
-        finally:
-            self._busy.discard(blob_id)
+        return await self._append(info, data, lambda: self._busy.discard(blob_id))
 
-    async def _append(self, info: BlobInfo, data: AsyncIterable[bytes]) -> BlobInfo:
+    async def _append(
+        self,
+        info: BlobInfo,
+        data: AsyncIterable[bytes],
+        release: Callable[[], None] = lambda: None,
+    ) -> BlobInfo:
         """Writes and the final fsync run in a worker thread, so a slow disk never stalls
-        the relay's event loop (message traffic shares it)."""
+        the relay's event loop (message traffic shares it). Double-buffered: while one
+        ~1 MiB batch is being written the next is received, so the body keeps flowing
+        (issue #20). ``release`` (the blob's busy mark) runs once no write is in flight."""
         room = info.size - info.offset
         fd = os.open(self._file(info.id), os.O_WRONLY | os.O_APPEND)
         written = 0
@@ -250,25 +254,41 @@ class FilesystemBlobStore(BlobStore):
                 buf.append(piece)
                 buffered += len(piece)
                 if buffered >= WRITE_BUFFER:
+                    if pending is not None:
+                        written += await pending
                     chunk, buf, buffered = buf, [], 0
                     pending = asyncio.ensure_future(asyncio.to_thread(_writev_all, fd, chunk))
-                    written += await pending
                 if over:
                     break
+            if pending is not None:
+                written += await pending
+                pending = None
             if buf:
                 chunk, buf, buffered = buf, [], 0
                 pending = asyncio.ensure_future(asyncio.to_thread(_writev_all, fd, chunk))
                 written += await pending
+                pending = None
             if info.offset + written == info.size:
                 await asyncio.to_thread(os.fsync, fd)
         finally:
-            # Keep what arrived even if the stream broke: the client resumes after it.
-            if buf:
-                _writev_all(fd, buf)
+            # Keep what arrived even if the stream broke: the client resumes after it. A
+            # write still in flight finishes first (O_APPEND order), then the rest is
+            # written, then the blob is free for the resuming PATCH.
+            def close(rest: list[bytes] = buf) -> None:
+                try:
+                    if rest:
+                        _writev_all(fd, rest)
+                finally:
+                    os.close(fd)
+                    release()
+
             if pending is not None and not pending.done():
-                pending.add_done_callback(lambda _: os.close(fd))  # a write still running
-            else:
-                os.close(fd)
+                try:
+                    await asyncio.shield(pending)
+                except BaseException:  # cancelled again: close once the write returns
+                    pending.add_done_callback(lambda _: close())
+                    raise
+            close()
         if over:
             raise ApiError(413, f"upload runs past the declared blob size of {info.size}")
         return BlobInfo(
