@@ -104,6 +104,24 @@ class ChildProcess:
                 proc.wait()
         self._cleanup()
 
+    def stop_reading_stdout(self, timeout: float = 10.0) -> str:
+        """Graceful stop (SIGTERM) that returns everything the process wrote to stdout
+        after its ready line, for tests that scan all it ever printed."""
+        proc = self._proc
+        out = ""
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            if proc.stdout is not None:
+                out = proc.stdout.read()  # until the process closes it, i.e. exits
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._cleanup()
+        return out
+
     def kill9(self) -> None:
         """Crash the process (SIGKILL): nothing after its last commit survives."""
         if self._proc is not None and self._proc.poll() is None:

@@ -5,14 +5,28 @@ from __future__ import annotations
 import base64
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _crowd import Crowd, messages, texts
 
 from xchat.client import events as ev
+from xchat.client.client import Client
+from xchat.crypto.group import GroupHistory
 from xchat.crypto.keys import decode_address
 from xchat.errors import ClientError, UnauthorizedGroupChange
 from xchat.testing import ServerProcess
+
+
+def _held_history(c: Client, gid: str) -> GroupHistory:
+    """The signed group history ``c`` holds. Private on purpose, like :func:`_send_raw`:
+    the attacks below forge updates against it, which no public method would sign."""
+    return c._groups.book.history(c._groups.resolve(gid))
+
+
+async def _send_raw(c: Client, to: str, ctype: str, body: dict[str, Any]) -> None:
+    """Send group content pairwise past every check of ``c``'s SDK (an attacker's client)."""
+    await c._groups.sender.send_pairwise(to, None, ctype, body)
 
 
 async def test_three_member_group_roundtrip(crowd: Crowd) -> None:
@@ -56,12 +70,11 @@ async def test_non_admin_change_rejected_everywhere(crowd: Crowd) -> None:
 
     # Private calls on purpose here and in the attacks below: a malicious member signs
     # and sends what its own SDK's public methods would refuse to.
-    row = b._groups.resolve(info.id)
-    state = b._groups.book.history(row).state
+    state = _held_history(b, info.id).state
     forged = GroupUpdate.against(b.identity, state, [GroupOp.rename("x")])
     body = {"id": info.id, "update": base64.b64encode(forged.encode()).decode()}
     for target in (a, c):
-        await b._groups.sender.send_pairwise(target.address, None, "group_update", body)
+        await _send_raw(b, target.address, "group_update", body)
     for target in (a, c):
         got = await target.receive()
         assert any(isinstance(e, ev.GroupUpdateRejected) for e in got)
@@ -166,7 +179,7 @@ async def test_twenty_member_group_and_server_sees_no_group(
         await m.receive()
     await admin.send_group(info.id, "hello twenty")
     # One upload: well under 19 × a full envelope.
-    assert admin._groups.last_upload_bytes < 19 * 600
+    assert admin.last_upload_bytes < 19 * 600
     for m in rest:
         got = await m.receive()
         assert texts(got) == ["hello twenty"]
@@ -215,7 +228,7 @@ async def test_attack_backdated_update_by_former_admin(crowd: Crowd, fate: str) 
     for x in (b, c):
         await x.receive()
     # The attacker keeps the state it held as an admin (private: no SDK exposes it).
-    b_was_admin = b._groups.book.history(b._groups.resolve(info.id)).state
+    b_was_admin = _held_history(b, info.id).state
     assert b.address in b_was_admin.admins
     if fate == "removed":
         await a.remove_members(info.id, [b.address])
@@ -226,7 +239,7 @@ async def test_attack_backdated_update_by_former_admin(crowd: Crowd, fate: str) 
     assert b.group_info(info.id).left == (fate == "removed")
     coup = GroupUpdate.against(b.identity, b_was_admin, [GroupOp.remove(a.address)])
     body = {"id": info.id, "update": base64.b64encode(coup.encode()).decode()}
-    await b._groups.sender.send_pairwise(c.address, None, "group_update", body)
+    await _send_raw(b, c.address, "group_update", body)
     got = await c.receive()
     assert _rejected(got) and _rejected(got)[0].sender == b.address
     seen = c.group_info(info.id)
@@ -248,7 +261,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
     await a.rename_group(info.id, "real group")
     await b.receive()
     # Private calls on purpose: Bob builds and sends what his SDK would refuse to.
-    history = b._groups.book.history(b._groups.resolve(info.id))
+    history = _held_history(b, info.id)
     real, alice_update = history.state, history.updates()[-1]
     members = dict(real.members)
     members[d.address] = d.identity.public.encode()
@@ -260,7 +273,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
         "update": base64.b64encode(alice_update.encode()).decode(),
         "welcome": base64.b64encode(forged.encode()).decode(),
     }
-    await b._groups.sender.send_pairwise(d.address, None, "group_update", body)
+    await _send_raw(b, d.address, "group_update", body)
     got = await d.receive()
     assert _rejected(got) and not d.groups()
     await a.add_members(info.id, [d.address])
@@ -276,7 +289,7 @@ async def test_attack_forged_welcome_then_genuine_welcome(crowd: Crowd) -> None:
         "update": base64.b64encode(own.encode()).decode(),
         "welcome": base64.b64encode(forged.encode()).decode(),
     }
-    await b._groups.sender.send_pairwise(d.address, None, "group_update", body)
+    await _send_raw(b, d.address, "group_update", body)
     before = d.group_info(info.id)
     got = await d.receive()
     assert _rejected(got) and d.group_info(info.id) == before
@@ -296,7 +309,7 @@ async def test_sender_keys_for_unknown_groups_are_bounded(crowd: Crowd) -> None:
         gid = secrets.token_bytes(16)
         skdm = SenderKeyState.generate(gid).distribution_message()
         body = {"id": gid.hex(), "skdm": base64.b64encode(skdm).decode()}
-        await stranger._groups.sender.send_pairwise(victim.address, None, "sender_key", body)
+        await _send_raw(stranger, victim.address, "sender_key", body)
     got = await victim.receive()
     assert len(_rejected(got)) == sent - MAX_ORPHAN_KEYS_PER_SENDER
     mine, _ = victim.store.orphan_sender_key_counts(stranger.address)
@@ -323,7 +336,7 @@ async def test_retry_pending_resends_group_messages(crowd: Crowd) -> None:
     a.store.add_message(lost.id, peer, "out", lost.ts, "sending", lost.encode(), 1)
     # 2. the relay stored it but the ack was lost: delivered once, still unconfirmed
     acked = await a.send_group(info.id, "ack lost")
-    a.store._db.execute(
+    a.store._db.execute(  # fault injection (private on purpose): the ack never came
         "UPDATE messages SET status = 'sending' WHERE peer = ? AND id = ?", (peer, acked)
     )
     result = await a.retry_pending()

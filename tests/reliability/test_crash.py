@@ -21,13 +21,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _crash_load import run_load
 
+from _cli_helpers import xchat_argv
 from xchat.client import content as ct
 from xchat.client import events as ev
 from xchat.client.client import Client
@@ -48,10 +48,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def _cli_env() -> dict[str, str]:
     return {**os.environ, "XCHAT_NO_KEYRING": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _xchat(profile: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "xchat", "--profile", str(profile), *args]
 
 
 async def _account(path: Path, server: ServerProcess) -> Client:
@@ -103,7 +99,7 @@ def _recv_run(profile: Path, kill_at: float | None, wait: float) -> tuple[list[s
     """Run ``xchat recv --json --wait W``; SIGKILL it ``kill_at`` seconds after start.
     Returns the printed message ids and whether it was killed."""
     proc = subprocess.Popen(
-        _xchat(profile, "recv", "--json", "--wait", str(wait)),
+        xchat_argv(profile, "recv", "--json", "--wait", str(wait)),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=_cli_env(),
@@ -270,7 +266,7 @@ async def test_recv_after_crash_prints_messages_never_shown(
 def _send_killed_at(profile: Path, to: str, text: str, after: float) -> int | None:
     """Run ``xchat send``; SIGKILL it ``after`` seconds in. Exit code, or None if killed."""
     proc = subprocess.Popen(
-        _xchat(profile, "send", to, text),
+        xchat_argv(profile, "send", to, text),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_cli_env(),
@@ -417,14 +413,19 @@ async def test_receipt_survives_relay_crash(server: ServerProcess, tmp_path: Pat
         b.on_event(crash_relay)
         await b.start()
         await asyncio.wait_for(killed.wait(), 30)
-        deadline = time.monotonic() + 30
-        # Private on purpose: the crash must land while the receipt task is in flight,
-        # and only the SDK's task set shows when that attempt has given up.
-        while b._bg and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        # The crash landed while the receipt task was in flight: wait until that attempt
+        # has given up (no background work left), then bring the relay back.
+        await asyncio.wait_for(b.settle(), 30)
         await asyncio.to_thread(server.start)
-        await asyncio.sleep(1.0)  # B reconnects (nothing is pending any more)
-        await a.receive(wait=0.5)
+        receipt = asyncio.Event()
+
+        def on_receipt(e: ev.Event) -> None:
+            if isinstance(e, ev.ReceiptReceived) and mid in e.message_ids:
+                receipt.set()
+
+        a.on_event(on_receipt)
+        await a.start()
+        await asyncio.wait_for(receipt.wait(), 30)  # B reconnected and re-sent it
         contact = a.find_contact(b.address)
         assert contact is not None
         status = {h.id: h.status for h in a.history(contact)}[mid]

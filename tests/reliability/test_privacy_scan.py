@@ -221,11 +221,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         # A copy of the live files (the WAL before the shutdown checkpoint truncates it).
         shutil.copytree(work / "relay", work / "relay-live")
         # Graceful stop, keeping what the relay wrote to stdout after its ready line.
-        proc = srv._proc
-        assert proc is not None and proc.stdout is not None
-        proc.send_signal(signal.SIGTERM)
-        stdout = proc.stdout.read().encode()
-        proc.wait(10)
+        stdout = srv.stop_reading_stdout().encode()
     canaries = [Needle(k, forms(v.encode())) for k, v in canary.items()]
     gid = res["gid"]
     assert isinstance(gid, str)

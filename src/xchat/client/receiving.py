@@ -195,14 +195,17 @@ class ReceivingClient(SendingClient):
                 self._background(self._flush_all_receipts())
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self._flush_background()
+            await self.settle()
             await self.messaging.expire_now()  # PROTOCOL Part VIII §6
         finally:
             self._listeners.remove(seen.append)
             await self.stop()
         return seen
 
-    async def _flush_background(self) -> None:
+    async def settle(self) -> None:
+        """Wait until the background work this client started (delivery receipts, prekey
+        top-ups, re-sends after a reconnect) has finished, including work started while
+        waiting; a failed task is logged, as in the background, not raised."""
         while self._bg:
             await asyncio.gather(*list(self._bg), return_exceptions=True)
 
