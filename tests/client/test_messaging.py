@@ -6,6 +6,7 @@ requests, blocking, read receipts switched off, expiry (rows and files gone), se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -291,7 +292,7 @@ def test_disappearing_messages_are_deleted_from_the_store(st: RichState, tmp_pat
     assert st.expire(T0 + 129_999) == []
     assert st.expire(T0 + 130_000) == [rev.MessagesExpired(BOB, (got.id,))]
     assert not f.exists() and st.search("burn") == []
-    db = sqlite3.connect(st.store._db.execute("PRAGMA database_list").fetchone()[2])
+    db = sqlite3.connect(tmp_path / "store.sqlite")  # what is on disk
     for table in ("messages", "rich_messages", "rich_files"):
         assert db.execute(
             f"SELECT COUNT(*) FROM {table} WHERE id IN (?, ?)", (sent.id, got.id)
@@ -329,6 +330,7 @@ def test_no_plaintext_index_on_disk(st: RichState, tmp_path: Path) -> None:
     word = "zebracrossing" + os.urandom(3).hex()
     _outgoing(st, BOB, f"the {word} is here")
     assert st.search(word)
-    st.store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.sqlite")) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert word.encode() not in raw

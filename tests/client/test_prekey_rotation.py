@@ -4,6 +4,8 @@ replenish path, against a real relay."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
@@ -14,10 +16,14 @@ from xchat.testing import ServerProcess
 
 
 def _signed_ids(c: Client) -> list[int]:
-    return [int(r[0]) for r in c.store._db.execute("SELECT id FROM prekeys WHERE kind = 'signed'")]
+    """The signed prekeys the profile's store holds on disk."""
+    with contextlib.closing(sqlite3.connect(c.profile.store_path)) as db:
+        return [int(r[0]) for r in db.execute("SELECT id FROM prekeys WHERE kind = 'signed'")]
 
 
 async def _published(fetcher: Client, target: Client) -> tuple[int, int]:
+    # Private on purpose: a look at the raw bundle the relay publishes (no SDK call
+    # returns it; sessions consume it).
     api = await fetcher._authed()
     dev = (await api.bundles(target.address))["devices"][0]
     return dev["signed_prekey"]["id"], dev["kem_prekey"]["id"]

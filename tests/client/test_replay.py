@@ -129,6 +129,7 @@ def _texts(events: list[ev.Event]) -> list[str]:
 
 
 def _forget_prekeys(c: Client) -> None:
+    # Fault injection (private on purpose): the one-time prekeys are lost.
     c.store._db.execute("DELETE FROM prekeys WHERE kind IN ('ec', 'kem')")
 
 
@@ -263,7 +264,7 @@ async def test_restored_device_announces_itself_when_it_writes_first(
         await bob.send_text(alice.address, "hi")
         assert _texts(await alice.receive()) == ["hi"]
         # She does not hold his delivery token (pays PoW): no refused token tells her.
-        alice.store._db.execute(
+        alice.store._db.execute(  # state set up below the SDK (private on purpose)
             "UPDATE contacts SET delivery_token = NULL WHERE address = ?", (bob.address,)
         )
         phrase = bob.identity.mnemonic()

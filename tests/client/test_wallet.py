@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -49,7 +51,8 @@ async def test_stock_at_creation_and_one_token_per_lookup(
         assert all(auth.startswith("PrivateToken token=") for auth in anonymous)
         assert not any("Bearer" in auth for auth in anonymous)
         # Spent tokens are gone from the profile: a copy of the store cannot replay them.
-        tokens = a.store._db.execute("SELECT token FROM anon_tokens").fetchall()
+        with contextlib.closing(sqlite3.connect(a.profile.store_path)) as db:
+            tokens = db.execute("SELECT token FROM anon_tokens").fetchall()
         spent = {auth.split('"')[1] for auth in anonymous}
         from xchat.crypto import tokens as tk
 
@@ -72,7 +75,7 @@ async def test_empty_wallet_refills_on_demand(
     try:
         await a.create_account(server.url, handle("wallc"))
         await b.create_account(server.url, handle("walld"))
-        a.store._db.execute("DELETE FROM anon_tokens")
+        a.store._db.execute("DELETE FROM anon_tokens")  # fault injection: the stock is gone
         c = await a.resolve(b.address)  # a lookup with an empty stock still works
         assert c.address == b.address
         assert a.wallet.count() == BATCH - 1
