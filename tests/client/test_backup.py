@@ -366,6 +366,7 @@ async def test_realm_data_alone_reveals_nothing(env: Env, threshold: int, stolen
     combined = rc.combine_evaluations(partial)  # as if these shares were enough
     lp = lambda b: len(b).to_bytes(2, "big") + b  # noqa: E731 - RFC 9497 length prefix
     y = hashlib.sha512(lp(sp.access_key) + lp(combined) + b"Finalize").digest()
+    # Private calls on purpose: the thief runs the recovery math offline with what it stole.
     assert rc._unlock(y)[1] != regs[0].unlock_commitment
     attempt = rc.Recovery(PIN, address)
     attempt.version, attempt.threshold, attempt._stretched = regs[0].version, stolen, sp

@@ -315,6 +315,7 @@ async def test_claimed_handle_is_not_trusted(server: ServerProcess, tmp_path: Pa
     try:
         await mallory.create_account(server.url, handle("mallory"))
         bob_handle = b.whoami().handle
+        # Attack (private on purpose): Mallory's client claims Bob's handle in its sender block.
         real = mallory._own_sender_info()
         mallory._own_sender_info = lambda: ct.SenderInfo(bob_handle, real.delivery_token)  # type: ignore[method-assign]
         await mallory.send_text(a.address, "I am bob, send money")

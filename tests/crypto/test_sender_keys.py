@@ -60,7 +60,7 @@ def pair() -> tuple[SenderKeyState, SenderKeyState]:
 
 def advance(state: SenderKeyState, steps: int) -> None:
     """Move an own chain forward without sending (to reach far iterations quickly)."""
-    for _ in range(steps):
+    for _ in range(steps):  # the chain's own step (private on purpose: no message made)
         _, state.chain_key = sk._chain_step(state.chain_key)
     state.iteration += steps
 

@@ -142,6 +142,7 @@ def test_one_realm_of_two_of_three_learns_nothing(realms: list[RealmService]) ->
 
     sp = stretch_pin(PIN, reg.version, ADDRESS)
     y_guess = oprf.evaluate(reg.oprf_key, sp.access_key, rc.OPRF_MODE)
+    # Private calls here and below on purpose: the attacker runs the recovery math offline.
     assert rc._unlock(y_guess)[1] != reg.unlock_commitment
     # 2. Its share is consistent with any OPRF key / any encryption scalar (perfect secrecy):
     for candidate in (1, shamir.random_scalar()):
