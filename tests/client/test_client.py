@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from _crowd import texts
 
 from xchat.client import events as ev
 from xchat.client.client import Client
@@ -28,10 +29,6 @@ async def _pair(server: ServerProcess, tmp_path: Path, handle) -> tuple[Client, 
     return a, b
 
 
-def _texts(events: list[ev.Event]) -> list[str]:
-    return [e.text for e in events if isinstance(e, ev.MessageReceived)]
-
-
 async def test_two_profiles_converse_both_ways(
     server: ServerProcess, tmp_path: Path, handle
 ) -> None:
@@ -47,7 +44,7 @@ async def test_two_profiles_converse_both_ways(
         # Bob replies to the address he learned; Alice gets the reply and the receipt.
         await b.send_text(a.address, "hi alice", reply_to=mid)
         got = await a.receive()
-        assert _texts(got) == ["hi alice"]
+        assert texts(got) == ["hi alice"]
         receipts = [e for e in got if isinstance(e, ev.ReceiptReceived)]
         assert receipts and mid in receipts[0].message_ids
         hist = a.history(a.find_contact(f"@{bob_handle}"))  # type: ignore[arg-type]
@@ -72,8 +69,8 @@ async def test_offline_recipient_gets_everything_on_reconnect(
         for i in range(25):
             await a.send_text(b.address, f"m{i}")
         got = await b.receive()
-        assert _texts(got) == [f"m{i}" for i in range(25)]
-        assert _texts(await b.receive()) == []  # acked: nothing comes twice
+        assert texts(got) == [f"m{i}" for i in range(25)]
+        assert texts(await b.receive()) == []  # acked: nothing comes twice
     finally:
         await a.close()
         await b.close()
@@ -202,7 +199,7 @@ async def test_identity_change_blocks_verified_contact(
             await a.send_text(b.address, "still blocked")
         a.mark_verified(c)
         await a.send_text(b.address, "after re-verify")
-        assert _texts(await b.receive()) == ["verified hello", "after re-verify"]
+        assert texts(await b.receive()) == ["verified hello", "after re-verify"]
     finally:
         await a.close()
         await b.close()
@@ -238,7 +235,7 @@ async def test_restored_account_same_address_and_receives(
         bob_address = b.address
         bob_handle = b.whoami().handle
         await a.send_text(bob_address, "before restore")
-        assert _texts(await b.receive()) == ["before restore"]
+        assert texts(await b.receive()) == ["before restore"]
         await b.send_text(a.address, "bob here")
         await a.receive()
         await b.close()
@@ -258,9 +255,9 @@ async def test_restored_account_same_address_and_receives(
         # relay fails the same way, PROTOCOL Part IV §3.7.)
         await a.send_text(bob_address, "after restore")
         got = await b2.receive()
-        assert _texts(got) == ["after restore"]
+        assert texts(got) == ["after restore"]
         await b2.send_text(a.address, "restored bob")
-        assert _texts(await a.receive()) == ["restored bob"]
+        assert texts(await a.receive()) == ["restored bob"]
         await b2.close()
     finally:
         await a.close()
@@ -286,7 +283,7 @@ async def test_prekeys_restocked_on_keys_low(server: ServerProcess, tmp_path: Pa
         # A session started from one of the new keys works.
         await b.stop()
         await a.send_text(b.address, "fresh keys")
-        assert _texts(await b.receive()) == ["fresh keys"]
+        assert texts(await b.receive()) == ["fresh keys"]
     finally:
         await a.close()
         await b.close()
@@ -434,8 +431,8 @@ async def test_messages_stored_but_never_shown_are_replayed_once(
         assert await b.receive() == []
         del b._emit
         assert [m.body is not None for m in b.store.unseen_messages()] == [True, True]
-        assert _texts(await b.receive()) == ["one", "two"]  # replayed, relay queue empty
-        assert _texts(await b.receive()) == []
+        assert texts(await b.receive()) == ["one", "two"]  # replayed, relay queue empty
+        assert texts(await b.receive()) == []
         await b.close()
 
         await a.send_text(b.address, "three")
@@ -449,12 +446,12 @@ async def test_messages_stored_but_never_shown_are_replayed_once(
                 held.append(e)
 
         b.on_event(show_later)
-        assert _texts(await b.receive()) == ["three", "four"]
+        assert texts(await b.receive()) == ["three", "four"]
         b.mark_shown(held[0])  # "three" was shown; the process dies before "four"
         await b.close()
         b = Client(tmp_path / "b")
-        assert _texts(await b.receive()) == ["four"]
-        assert _texts(await b.receive()) == []
+        assert texts(await b.receive()) == ["four"]
+        assert texts(await b.receive()) == []
     finally:
         await a.close()
         await b.close()
@@ -470,11 +467,11 @@ async def test_owed_receipt_survives_a_failed_send(
         await b.messaging.accept(a.address)  # a contact, not a request (PROTOCOL Part VIII §7)
         mid = await a.send_text(b.address, "confirm me")
         b._deliver = _relay_down  # type: ignore[method-assign]
-        assert _texts(await b.receive()) == ["confirm me"]  # the receipt attempt failed
+        assert texts(await b.receive()) == ["confirm me"]  # the receipt attempt failed
         assert b.store.receipt_peers() == [a.address]
         await b.close()
         b = Client(tmp_path / "b")  # a later run with the relay reachable
-        assert _texts(await b.receive()) == []
+        assert texts(await b.receive()) == []
         assert b.store.receipt_peers() == []
         got = await a.receive()
         assert any(isinstance(e, ev.ReceiptReceived) and mid in e.message_ids for e in got)

@@ -9,16 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from _crowd import texts
 
-from xchat.client import events as ev
 from xchat.client.client import Client
 from xchat.errors import RelayKeyMismatch
 from xchat.server.auth import ROTATION_FILE, rotate_signing_key
 from xchat.testing import running_server
-
-
-def _texts(events: list[ev.Event]) -> list[str]:
-    return [e.text for e in events if isinstance(e, ev.MessageReceived)]
 
 
 async def test_clients_follow_a_signed_rotation(tmp_path: Path, handle) -> None:
@@ -35,13 +31,13 @@ async def test_clients_follow_a_signed_rotation(tmp_path: Path, handle) -> None:
             new_key = rotate_signing_key(server.data_dir, now, 48 * 3600_000)
             server.start()
             # Queued mail with an old-key certificate opens (the pin is still the old key).
-            assert _texts(await b.receive()) == ["sealed under the old key"]
+            assert texts(await b.receive()) == ["sealed under the old key"]
             # A's next certificate is signed by the new key: A follows the rotation.
             a.store.put_meta("sender_cert", b"")
             await a.send_text(b.address, "sealed under the new key")
             assert a.relay_signing_key() == new_key
             # B meets a certificate it cannot verify, learns the rotation, and opens it.
-            assert _texts(await b.receive()) == ["sealed under the new key"]
+            assert texts(await b.receive()) == ["sealed under the new key"]
             assert b.relay_signing_key() == new_key
             assert b.relay_keys(now + 1000) == [new_key, old_key]  # during the overlap
             assert b.relay_keys(now + 49 * 3600_000) == [new_key]  # after it

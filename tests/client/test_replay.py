@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from _crowd import texts
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -124,10 +125,6 @@ async def replaying_relay(server: ServerProcess) -> AsyncIterator[ReplayingRelay
         await proxy.http.aclose()
 
 
-def _texts(events: list[ev.Event]) -> list[str]:
-    return [e.text for e in events if isinstance(e, ev.MessageReceived)]
-
-
 def _forget_prekeys(c: Client) -> None:
     # Fault injection (private on purpose): the one-time prekeys are lost.
     c.store._db.execute("DELETE FROM prekeys WHERE kind IN ('ec', 'kem')")
@@ -149,12 +146,12 @@ async def test_replayed_envelopes_reveal_no_sender(
             await bob.create_account(relay.url, handle("rb"))  # Bob only through the relay
             # A conversation with several ratchet turns, so old chains are gone.
             await alice.send_text(bob.address, "m1 (PreKey message)")
-            assert _texts(await bob.receive()) == ["m1 (PreKey message)"]
+            assert texts(await bob.receive()) == ["m1 (PreKey message)"]
             for i in range(3):
                 await bob.send_text(alice.address, f"reply {i}")
-                assert _texts(await alice.receive()) == [f"reply {i}"]
+                assert texts(await alice.receive()) == [f"reply {i}"]
                 await alice.send_text(bob.address, f"m{i + 2}")
-                assert _texts(await bob.receive()) == [f"m{i + 2}"]
+                assert texts(await bob.receive()) == [f"m{i + 2}"]
             old = list(relay.delivered)  # every envelope Bob ever got, receipts included
             assert len(old) >= 5
             alice_keys = await _key_count(alice)
@@ -162,7 +159,7 @@ async def test_replayed_envelopes_reveal_no_sender(
 
             relay.inject = old  # the attack
             got = await bob.receive()
-            assert _texts(got) == []  # nothing shown twice
+            assert texts(got) == []  # nothing shown twice
             new_requests = relay.requests[n_requests:]
             new_frames = relay.sent_frames[n_frames:]
             # No bundle fetch, no lookup, no SEND: nothing ties any envelope to Alice.
@@ -176,9 +173,9 @@ async def test_replayed_envelopes_reveal_no_sender(
 
             # The sessions survived the replay: both directions still work.
             await alice.send_text(bob.address, "after the replay")
-            assert _texts(await bob.receive()) == ["after the replay"]
+            assert texts(await bob.receive()) == ["after the replay"]
             await bob.send_text(alice.address, "still here")
-            assert _texts(await alice.receive()) == ["still here"]
+            assert texts(await alice.receive()) == ["still here"]
         finally:
             await alice.close()
             await bob.close()
@@ -202,7 +199,7 @@ async def test_fresh_prekey_failure_resets_once_per_peer_even_across_restarts(
             assert relay.bundle_fetches() == [f"/api/v1/bundles/{carol.address}"]  # the reset
             assert any(isinstance(f, fr.Send) for f in relay.sent_frames)
             got = await carol.receive()  # the reset arrives; Carol re-sends "first"
-            assert _texts(await bob.receive()) == ["first"]
+            assert texts(await bob.receive()) == ["first"]
             profile = bob.profile.path
             await bob.close()
 
@@ -234,13 +231,13 @@ async def test_replayed_prekey_message_after_its_session_is_gone(
             await alice.create_account(server.url, handle("ra3"))
             await bob.create_account(relay.url, handle("rb3"))
             await alice.send_text(bob.address, "hello")
-            assert _texts(await bob.receive()) == ["hello"]
+            assert texts(await bob.receive()) == ["hello"]
             first = list(relay.delivered)
             bob.store.delete_sessions(alice.address)  # the session is gone (archived away)
             n = len(relay.requests)
             relay.inject = first
             got = await bob.receive()
-            assert _texts(got) == []
+            assert texts(got) == []
             assert relay.bundle_fetches() == [] and len(relay.requests) >= n
             assert bob.store.session_devices(alice.address) == []  # no session from a replay
         finally:
@@ -260,9 +257,9 @@ async def test_restored_device_announces_itself_when_it_writes_first(
         await alice.create_account(server.url, handle("ra4"))
         await bob.create_account(server.url, handle("rb4"))
         await alice.send_text(bob.address, "hello")
-        assert _texts(await bob.receive()) == ["hello"]
+        assert texts(await bob.receive()) == ["hello"]
         await bob.send_text(alice.address, "hi")
-        assert _texts(await alice.receive()) == ["hi"]
+        assert texts(await alice.receive()) == ["hi"]
         # She does not hold his delivery token (pays PoW): no refused token tells her.
         alice.store._db.execute(  # state set up below the SDK (private on purpose)
             "UPDATE contacts SET delivery_token = NULL WHERE address = ?", (bob.address,)
@@ -273,10 +270,10 @@ async def test_restored_device_announces_itself_when_it_writes_first(
         await bob.restore_account(server.url, phrase)
         await alice.send_text(bob.address, "sent to the lost session")
         got = await bob.receive()
-        assert _texts(got) == [] and any(isinstance(e, ev.DecryptionFailed) for e in got)
+        assert texts(got) == [] and any(isinstance(e, ev.DecryptionFailed) for e in got)
         await bob.send_text(alice.address, "I am back")  # bob writes first
-        assert _texts(await alice.receive()) == ["I am back"]  # (the reset is not shown)
-        assert _texts(await bob.receive()) == ["sent to the lost session"]
+        assert texts(await alice.receive()) == ["I am back"]  # (the reset is not shown)
+        assert texts(await bob.receive()) == ["sent to the lost session"]
     finally:
         await alice.close()
         await bob.close()
