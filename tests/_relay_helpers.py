@@ -1,5 +1,7 @@
 """A minimal test client for the relay's HTTP/WS API (PROTOCOL Part III), built on the
-crypto modules only, so server tests do not depend on the client SDK."""
+crypto modules only, so the relay's tests (tests/server, tests/reliability, tests/ops) do
+not depend on the client SDK. At the top of tests/, which the root conftest puts on
+``sys.path``, so that every directory imports the same helpers."""
 
 from __future__ import annotations
 
@@ -35,11 +37,17 @@ def send_body(to: Account, contents: list[bytes], token: bytes | None = None) ->
     }
 
 
-async def ws_connect(server_ws_url: str, token: str | None = None) -> Any:
+async def ws_connect(
+    server_ws_url: str, token: str | None = None, *, headers: dict[str, str] | None = None
+) -> Any:
+    """A WebSocket to the relay, authenticated with a bearer ``token`` or raw ``headers``."""
     from websockets.asyncio.client import connect
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    return await connect(server_ws_url, additional_headers=headers, compression=None)
+    if token:
+        headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
+    return await connect(
+        server_ws_url, additional_headers=headers, compression=None, open_timeout=10
+    )
 
 
 async def recv_frame(ws: Any, timeout: float = 5.0) -> Any:
@@ -64,6 +72,7 @@ async def recv_until_drained(ws: Any) -> list[Any]:
 
 
 async def close_code(ws: Any, timeout: float = 5.0) -> int | None:
+    """Read until the server closes; the close code it sent (None if none)."""
     import asyncio
 
     from websockets.exceptions import ConnectionClosed

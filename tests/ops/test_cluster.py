@@ -36,8 +36,8 @@ from xchat.protocol import frames as F
 from xchat.testing import b64, register
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from _crash_load import LoadResult, run_load
+
 from _relay_helpers import close_code, recv_frame, recv_until_drained, ws_connect
 
 pytestmark = pytest.mark.skipif(

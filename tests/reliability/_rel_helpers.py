@@ -1,13 +1,12 @@
 """Small HTTP/WS helpers for the reliability tests against a real relay process.
 
 Built on ``xchat.testing``'s account helpers and raw httpx/websockets only, so the relay's
-authorization and abuse checks do not go through the client SDK."""
+authorization and abuse checks do not go through the client SDK. The WebSocket helpers
+are the server tests' (``_relay_helpers``)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from typing import Any
 
 import httpx
 
@@ -43,20 +42,3 @@ def queued_ids(client: httpx.Client, acct: Account) -> list[bytes]:
     r = client.get("/api/v1/messages", params={"limit": 500}, headers=acct.headers)
     assert r.status_code == 200, r.text
     return [base64.b64decode(e["id"]) for e in r.json()["envelopes"]]
-
-
-async def ws_connect(ws_url: str, headers: dict[str, str] | None = None) -> Any:
-    from websockets.asyncio.client import connect
-
-    return await connect(ws_url, additional_headers=headers, compression=None, open_timeout=10)
-
-
-async def close_code(ws: Any, timeout: float = 5.0) -> int | None:
-    """Read until the server closes; the close code it sent (None if none)."""
-    from websockets.exceptions import ConnectionClosed
-
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    except ConnectionClosed as exc:
-        return exc.rcvd.code if exc.rcvd else None

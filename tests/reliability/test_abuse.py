@@ -27,8 +27,9 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel_helpers import Account, b64, close_code, register, ws_connect
+from _rel_helpers import Account, b64, register
 
+from _relay_helpers import close_code, ws_connect
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.crypto.prekeys import KemPreKeyRecord, SignedPreKeyRecord, prekey_upload
 from xchat.protocol import frames as F
@@ -250,7 +251,7 @@ async def test_sockets_per_ip_bucket_capped(relay: ServerProcess) -> None:
 async def _honest(relay: ServerProcess, acct: Account, stop: float, lat: list[float]) -> int:
     """Send to ourselves over an unauthenticated socket, receive on an authenticated one."""
     failures = 0
-    rx = await ws_connect(relay.ws_url, acct.headers)
+    rx = await ws_connect(relay.ws_url, headers=acct.headers)
     tx = await ws_connect(relay.ws_url)
     sent: dict[bytes, float] = {}
 

@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from _rel_helpers import Account, b64, b64url, close_code, queued_ids, register, send, ws_connect
+from _rel_helpers import Account, b64, b64url, queued_ids, register, send
 
+from _relay_helpers import close_code, ws_connect
 from xchat.protocol import frames as F
 from xchat.testing import ServerProcess, running_server
 
@@ -198,7 +199,7 @@ async def test_ws_bad_credentials_closed_4401(cred: str, request: pytest.Fixture
     c = _ctx_for(cred, request)
     auth = CREDENTIALS[cred](c)
     assert auth is not None
-    ws = await ws_connect(c.server.ws_url, {"Authorization": auth})
+    ws = await ws_connect(c.server.ws_url, headers={"Authorization": auth})
     try:
         assert await close_code(ws) == F.CLOSE_UNAUTHORIZED
     finally:
@@ -267,7 +268,7 @@ def test_cross_device_key_upload_does_not_touch_victim(ctx: Ctx) -> None:
 async def test_cross_device_ws_ack_and_delivery(ctx: Ctx) -> None:
     """The attacker's own authenticated socket: ACKing the victim's id deletes nothing and
     the victim's envelope is never delivered to it."""
-    ws = await ws_connect(ctx.server.ws_url, ctx.attacker.headers)
+    ws = await ws_connect(ctx.server.ws_url, headers=ctx.attacker.headers)
     try:
         delivered: list[bytes] = []
         while True:
@@ -299,7 +300,7 @@ async def test_revoked_device_live_socket_is_cut(ctx: Ctx) -> None:
     """Revocation must also cut a socket the old epoch already holds: after the identity
     re-registers, the stale socket gets 4401 instead of the new envelope."""
     victim = register(ctx.client)
-    ws = await ws_connect(ctx.server.ws_url, victim.headers)
+    ws = await ws_connect(ctx.server.ws_url, headers=victim.headers)
     try:
         while not isinstance(F.decode_frame(await asyncio.wait_for(ws.recv(), 5)), F.Drained):
             pass

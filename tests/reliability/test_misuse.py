@@ -317,8 +317,7 @@ def test_server_dedupes_envelope_ids(relay: ServerProcess) -> None:
 async def test_server_dedupes_envelope_ids_over_ws(relay: ServerProcess) -> None:
     import asyncio
 
-    from _rel_helpers import ws_connect
-
+    from _relay_helpers import ws_connect
     from xchat.protocol import frames as F
 
     with httpx.Client(base_url=relay.url, timeout=10) as c:
