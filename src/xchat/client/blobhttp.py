@@ -71,30 +71,6 @@ def give_back_memory() -> None:
             libc.malloc_trim(0)
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing ``[offset, offset + length)`` of ``fd`` to disk now,
-    without waiting (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``). Why: a download is
-    fsync'ed before it is renamed into place (PROTOCOL Part VI §9); begun as the file
-    grows, the disk writes while the network still moves bytes, and the final fsync finds
-    little left, instead of a whole file's writeback after the transfer. Durability is
-    unchanged (the fsync still decides); a no-op where the call is missing."""
-    libc = _libc()
-    fn = getattr(libc, "sync_file_range", None) if libc is not None else None
-    if fn is not None:
-        with contextlib.suppress(Exception):
-            fn(fd, ctypes_off(offset), ctypes_off(length), _SYNC_FILE_RANGE_WRITE)
-
-
-_SYNC_FILE_RANGE_WRITE: Final = 2  # <fcntl.h>
-
-
-def ctypes_off(n: int) -> Any:
-    """An ``off64_t`` argument for a ctypes call."""
-    import ctypes
-
-    return ctypes.c_int64(n)
-
-
 _LIBC: list[Any] = []
 
 

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 from xchat import encoding
-from xchat.client import blobhttp
 
 # BlobClient and BLOBS are part of this module's public surface (files = blobs + encryption).
 from xchat.client.blob_client import BLOB_ID_RE, Progress
@@ -71,8 +70,6 @@ from xchat.errors import (
 FILE_CHUNK_SIZE: Final = 256 * 1024
 #: Blob bytes encrypted, hashed and written to the socket per step (~1 MiB: whole chunks).
 BLOCK_BYTES: Final = 1024 * 1024
-#: A download starts the disk's writeback every this many bytes (its final fsync stays).
-WRITEBACK_BYTES: Final = 32 * 1024 * 1024
 #: The manifest version senders write (§2): 2 = the digest is BLAKE3; 1 (SHA-256, no
 #: ``v`` field) is still received.
 MANIFEST_VERSION: Final = DIGEST_BLAKE3
@@ -390,8 +387,6 @@ class _PlainSink:
         self.plain = memoryview(bytearray(per_block * self.cs))
         self.used = 0
         self.tail = bytearray()
-        self.flushed = 0  # file bytes handed to the kernel's writeback so far
-        self.written = 0
 
     def _open(self, ct: memoryview | bytearray) -> None:
         n = len(ct) - TAG_LEN
@@ -411,10 +406,6 @@ class _PlainSink:
             view = view[os.write(self.fd, view) :]
         self.left -= keep
         self.used = 0
-        self.written += keep
-        if self.written - self.flushed >= WRITEBACK_BYTES:
-            blobhttp.start_writeback(self.fd, self.flushed, self.written - self.flushed)
-            self.flushed = self.written
 
     def feed(self, block: memoryview) -> None:
         self.hash.update(block)
