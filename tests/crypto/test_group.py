@@ -260,7 +260,10 @@ def update_sets(draw: st.DrawFn) -> tuple[GroupUpdate, list[GroupUpdate]]:
             GroupOp.promote(a(target)),
             GroupOp.rename(f"n{draw(st.integers(0, 3))}"),
         ]
-        if a(target) not in parent.admins:
+        # Never remove an admin, not even one promoted concurrently: with no demotion in
+        # play every author stays an admin, so no order can make a device refuse an old-round
+        # update (the split Part V §5.5 accepts for an admin removed while acting).
+        if a(target) not in parent.admins and a(target) not in head.admins:
             ops.append(GroupOp.remove(a(target)))
         update = GroupUpdate.against(ADDR[author], parent, [draw(st.sampled_from(ops))])
         reference.add(update)
