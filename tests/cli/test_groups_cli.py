@@ -40,8 +40,17 @@ def test_group_commands_end_to_end(server: ServerProcess, tmp_path: Path) -> Non
     assert len(info["members"]) == 3 and not info["admin"]
     assert "crew" in ok(xchat(c, "group", "info", gid))
 
-    # A non-admin cannot change the group.
+    # A non-admin cannot change the group, nor make itself an admin ...
     one_error_line(xchat(b, "group", "add", gid, f"@ga{tag}"))
+    assert "admin" in one_error_line(xchat(b, "group", "admin", gid, f"@gb{tag}"))
+    # ... until an admin makes it one (every member's copy says so), and takes it back.
+    promoted = json.loads(ok(xchat(a, "group", "admin", gid, f"@gb{tag}", "--json")))
+    assert {m["address"] for m in promoted["members"] if m["admin"]} >= {addr_b}
+    ok(xchat(b, "recv"))
+    assert json.loads(ok(xchat(b, "group", "info", gid, "--json")))["admin"]
+    ok(xchat(a, "group", "admin", gid, addr_b, "--revoke"))
+    ok(xchat(b, "recv"))
+    assert not json.loads(ok(xchat(b, "group", "info", gid, "--json")))["admin"]
 
     # Remove c; b still gets messages, c gets nothing readable.
     ok(xchat(a, "group", "remove", gid, f"@gc{tag}"))

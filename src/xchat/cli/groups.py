@@ -98,6 +98,40 @@ def group_remove(obj: Any, group: str, members: tuple[str, ...], as_json: bool) 
     _change(obj, "remove_members", group, members, as_json)
 
 
+async def _member_address(c: Any, member: str) -> str:
+    """The address of MEMBER: ourselves, a known contact, or resolved at the relay."""
+    me = c.whoami()
+    key = member.strip()
+    if key == me.address or (me.handle and key.lower() == f"@{me.handle}".lower()):
+        return str(me.address)
+    found = c.find_contact(key)
+    return str(found.address if found is not None else (await c.contact(key)).address)
+
+
+@group_group.command("admin")
+@click.argument("group")
+@click.argument("member")
+@click.option("--revoke", is_flag=True, help="Take the admin right away instead.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def group_admin(obj: Any, group: str, member: str, revoke: bool, as_json: bool) -> None:
+    """Make MEMBER (@handle or address) an admin of GROUP, or with --revoke no longer one
+    (admins only; signed into the group's state like every change, PROTOCOL Part V)."""
+
+    async def go() -> GroupInfo:
+        async with obj.client() as c:
+            info: GroupInfo = await c.set_group_admin(
+                group, await _member_address(c, member), admin=not revoke
+            )
+            return info
+
+    info = _run(go())
+    if as_json:
+        click.echo(json.dumps(_info_json(info)))
+    else:
+        _print_info(info)
+
+
 @group_group.command("send")
 @click.argument("group")
 @click.argument("text")
