@@ -7,6 +7,7 @@ connections (after the store is open: uvicorn runs the lifespan before serving).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import resource
 import socket
@@ -67,6 +68,28 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
     return sock
 
 
+#: Young-generation threshold (CPython's default is 700). A relay allocates a few objects per
+#: frame, almost all freed by reference counting; a larger first generation means fewer
+#: collections per second, each still well under a millisecond.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Keep collector pauses out of delivery latency (issue #20).
+
+    Everything alive once the relay is ready (modules, FastAPI/pydantic models, the
+    directory cache: hundreds of thousands of objects) would otherwise be traversed by
+    every full collection: a 40-110 ms stop of the event loop, and of the store's writer
+    thread waiting for the GIL, measured at half load. ``gc.freeze()`` moves them to the
+    permanent generation, so a full collection only visits what was allocated since;
+    cycles among frozen objects are never collected, which is fine for start-up state
+    that lives as long as the process."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, ready_line: str) -> None:
         super().__init__(config)
@@ -75,6 +98,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
+            tune_gc()
             sys.stdout.write(self.ready_line + "\n")
             sys.stdout.flush()
 

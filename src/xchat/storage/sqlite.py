@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from xchat.clock import now_ms
 from xchat.storage.base import (
     AccountRecord,
     BundleDevice,
@@ -156,7 +157,7 @@ class SqliteStore(Store):
                 "SELECT device_ref, COUNT(*), SUM(LENGTH(content)) FROM mailbox GROUP BY device_ref"
             )
         }
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         conn.execute("DELETE FROM used_challenges WHERE expires_ms <= ?", (now,))
         self._used = dict(conn.execute("SELECT challenge, expires_ms FROM used_challenges"))
         self._settings = dict(conn.execute("SELECT key, value FROM settings"))
@@ -337,7 +338,7 @@ class SqliteStore(Store):
             op.result = seqs
         self._next_seq = seq
         before = conn.total_changes
-        _multi_row(conn, _INSERT_SQL, rows)
+        _insert_rows(conn, rows)
         inserted = conn.total_changes - before
         self.stats.envelopes_stored += inserted
         if inserted == len(rows):
@@ -359,24 +360,25 @@ class SqliteStore(Store):
             op.result = out
 
     def _run_ack(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
-        """Deletes: fire-and-forget ACKs (no future) share one ``executemany``; awaited
-        ones (HTTP, which report a count) get their own."""
+        """Deletes: fire-and-forget ACKs (no future) share statements; awaited ones (HTTP,
+        which report a count) get their own."""
         shared: list[tuple[int, bytes]] = []
         for op in run:
             ref, ids = op.payload
             if op.future is None and op.callback is None:
                 shared.extend([(ref, eid) for eid in ids])
                 continue
-            gone = _multi_row(conn, _DELETE_SQL, [(ref, eid) for eid in ids])
-            op.result = len(gone)
-            self.stats.envelopes_deleted += op.result
-            for dref, size in gone:
-                self._count(dref, -1, -size)
+            op.result = self._delete(conn, [(ref, eid) for eid in ids])
         if shared:
-            gone = _multi_row(conn, _DELETE_SQL, shared)
-            self.stats.envelopes_deleted += len(gone)
-            for dref, size in gone:
-                self._count(dref, -1, -size)
+            self._delete(conn, shared)
+
+    def _delete(self, conn: sqlite3.Connection, keys: list[tuple[int, bytes]]) -> int:
+        total = 0
+        for dref, n, size in _delete_rows(conn, keys):
+            self._count(dref, -n, -size)
+            total += n
+        self.stats.envelopes_deleted += total
+        return total
 
     @staticmethod
     def _resolve(batch: list[_Op]) -> None:
@@ -645,40 +647,74 @@ class SqliteStore(Store):
 #: Multi-row statement templates (``{}`` = the VALUES rows). One statement per chunk
 #: instead of ``executemany``'s one sqlite3_step per row: each step releases and re-takes
 #: the GIL, and every such hand-off to and from the event-loop thread costs both threads a
-#: futex wake-up and a context switch. Chunk sizes are fixed so statements stay cached.
+#: futex wake-up and, on a busy machine, a wait for a core (issue #20 measured 4-16
+#: voluntary context switches per group commit). A run of rows is padded up to a power of
+#: two with copies of its last row (harmless: the copy of an INSERT OR IGNORE row collides
+#: with itself and is skipped, a repeated key matches the same mailbox row once), so a
+#: run of up to 256 rows is ONE statement and the nine sizes stay in the statement cache.
 _INSERT_SQL = (
     "INSERT OR IGNORE INTO mailbox (seq, device_ref, envelope_id, ts_ms, expires_ms, content)"
     " VALUES {}",
     "(?,?,?,?,?,?)",
 )
-_DELETE_SQL = (
-    # The join form uses the (device_ref, envelope_id) index; "(a, b) IN (VALUES ...)" scans.
-    "DELETE FROM mailbox WHERE seq IN (SELECT m.seq FROM (VALUES {}) AS v"
-    " JOIN mailbox AS m ON m.device_ref = v.column1 AND m.envelope_id = v.column2)"
-    " RETURNING device_ref, LENGTH(content)",  # the mailbox quota's accounting
+# The join form uses the (device_ref, envelope_id) index; "(a, b) IN (VALUES ...)" scans.
+_MATCHED = (
+    "SELECT m.seq FROM (VALUES {}) AS v"
+    " JOIN mailbox AS m ON m.device_ref = v.column1 AND m.envelope_id = v.column2"
+)
+#: What a delete will remove, per device, as ONE row (the mailbox quota's accounting):
+#: ``DELETE ... RETURNING`` would hand back one row per envelope, one GIL hand-off each.
+_GONE_SQL = (
+    "SELECT group_concat(device_ref || ',' || n || ',' || size, ';') FROM"
+    " (SELECT device_ref, COUNT(*) AS n, SUM(LENGTH(content)) AS size FROM mailbox"
+    f" WHERE seq IN ({_MATCHED}) GROUP BY device_ref)",
     "(?,?)",
 )
-_CHUNKS = (256, 64, 16, 4, 1)
+_DELETE_SQL = (f"DELETE FROM mailbox WHERE seq IN ({_MATCHED})", "(?,?)")
+_MAX_ROWS = 256
 _sql_cache: dict[tuple[str, int], str] = {}
 
 
-def _multi_row(
-    conn: sqlite3.Connection, template: tuple[str, str], rows: list[tuple[Any, ...]]
-) -> list[Any]:
-    """Run ``template`` over ``rows`` in as few statements as the fixed chunk sizes allow;
-    return what its RETURNING clause (if any) produced."""
-    out: list[Any] = []
-    i, n = 0, len(rows)
-    for size in _CHUNKS:
-        if n - i < size:
+def _chunks(rows: list[tuple[Any, ...]]) -> list[tuple[int, list[Any]]]:
+    """``(size, parameters)`` per statement: chunks of up to _MAX_ROWS rows, each padded to
+    a power of two with copies of its last row (see above)."""
+    out = []
+    for i in range(0, len(rows), _MAX_ROWS):
+        part = rows[i : i + _MAX_ROWS]
+        size = 1 << (len(part) - 1).bit_length()
+        if size > len(part):
+            part = part + [part[-1]] * (size - len(part))
+        out.append((size, [v for row in part for v in row]))
+    return out
+
+
+def _sql(template: tuple[str, str], size: int) -> str:
+    sql = _sql_cache.get((template[0], size))
+    if sql is None:
+        sql = template[0].format(",".join([template[1]] * size))
+        _sql_cache[(template[0], size)] = sql
+    return sql
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    for size, params in _chunks(rows):
+        conn.execute(_sql(_INSERT_SQL, size), params)
+
+
+def _delete_rows(
+    conn: sqlite3.Connection, keys: list[tuple[int, bytes]]
+) -> list[tuple[int, int, int]]:
+    """Delete the mailbox rows with these ``(device_ref, envelope_id)`` keys; return
+    ``(device_ref, envelopes, bytes)`` per device of what was deleted."""
+    out: list[tuple[int, int, int]] = []
+    for size, params in _chunks(keys):
+        gone = conn.execute(_sql(_GONE_SQL, size), params).fetchone()[0]
+        if not gone:
             continue
-        sql = _sql_cache.get((template[0], size))
-        if sql is None:
-            sql = template[0].format(",".join([template[1]] * size))
-            _sql_cache[(template[0], size)] = sql
-        while n - i >= size:
-            out.extend(conn.execute(sql, [v for row in rows[i : i + size] for v in row]))
-            i += size
+        conn.execute(_sql(_DELETE_SQL, size), params)
+        for item in gone.split(";"):
+            ref, n, nbytes = item.split(",")
+            out.append((int(ref), int(n), int(nbytes)))
     return out
 
 
