@@ -38,7 +38,9 @@ import relay_bench as rb
 from xchat.ops.services import Postgres, Redis
 from xchat.testing import ServerProcess, env_from_kwargs
 
-FRACTIONS = (0.1, 0.25, 0.5, 0.75)
+FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75)
+TITLE = "Tail latency vs offered load: one relay process vs several on one port"
+HALF_REPEATS = 2  # extra runs of the half-load point: the median p99 is reported
 BASE_ENV = {"rate_limits": False, "max_sockets_per_ip": 0}
 
 
@@ -68,7 +70,11 @@ def start_relays(root: Path, n: int, env: dict[str, Any]) -> Relays:
 
 
 def curve(
-    relays: Relays, fractions: tuple[float, ...], duration: float, warmup: float
+    relays: Relays,
+    fractions: tuple[float, ...],
+    duration: float,
+    warmup: float,
+    half_repeats: int,
 ) -> dict[str, Any]:
     with httpx.Client(base_url=relays.url, timeout=60) as c:
         accounts = [rb.register(c) for _ in range(rb.PAIRS)]
@@ -98,10 +104,13 @@ def curve(
         mx = run(0)
         for f in fractions:
             points.append(run(round(f * mx["msgs_per_s"])))
+        half0 = min(points, key=lambda p: abs(p["offered"] - mx["msgs_per_s"] / 2))
+        repeats = [half0] + [run(half0["offered"]) for _ in range(half_repeats)]
     finally:
         load.close()
-    half = min(points, key=lambda p: abs(p["offered"] - mx["msgs_per_s"] / 2))
-    return {"max_load": mx, "open_loop": points, "half_load": half}
+    # the machine is shared: one window can be ruined by a neighbour; report the median
+    half = sorted(repeats, key=lambda p: p["p99_ms"] or 0)[len(repeats) // 2]
+    return {"max_load": mx, "open_loop": points, "half_load": half, "half_load_repeats": repeats}
 
 
 def row(p: dict[str, Any], closed: bool) -> dict[str, Any]:
@@ -164,16 +173,22 @@ def markdown(doc: dict[str, Any]) -> str:
                     p["p50_ms"],
                     p["p99_ms"],
                     p["p999_ms"],
+                    p.get("p99_from_send_ms"),
                     p["all_relays_cpu_us_per_msg"],
                     rq.get("python"),
+                    rq.get("xchat-writer", "—"),
                     p["cpu_pressure_some"],
                 ]
             )
         head = ["offered msgs/s", "achieved", "p50 ms", "p99 ms", "p99.9 ms",
-                "relay CPU µs/msg (all processes)", "loop thread runqueue s/s",
+                "p99 from actual send ms", "relay CPU µs/msg (all processes)",
+                "loop thread runqueue s/s", "writer thread runqueue s/s",
                 "CPU pressure (some)"]  # fmt: skip
+        reps = ", ".join(f"{p['p99_ms']}" for p in d.get("half_load_repeats", []))
         parts.append(f"**{d['label']}** (closed-loop max {d['max_load']['msgs_per_s']:,.0f} "
-                     f"msgs/s):\n\n" + common.md_table(head, rows))  # fmt: skip
+                     f"msgs/s; half-load p99 over {len(d.get('half_load_repeats', []))} runs: "
+                     f"{reps} ms, median reported below):\n\n"
+                     + common.md_table(head, rows))  # fmt: skip
     half_ok = {k: (s[f"{k}_half_p99_ms"] or 1e9) <= 25 for k in ("single", "multi")}
     ratios = [
         ["closed-loop max, multi ÷ single", s["multi_vs_single_max"],
@@ -200,7 +215,41 @@ def markdown(doc: dict[str, Any]) -> str:
         "and Redis add their own (`cluster_bench.py` measures them: ~13-18 µs and ~1 µs per "
         "message)."
     )
+    parts.append(FINDINGS)
     return "\n\n".join(parts)
+
+
+#: Where the half-load tail came from: a tracing run (2026-12-03, load 3-5) stamped the
+#: relay's collections, group commits, checkpoints and event-loop lags with CLOCK_MONOTONIC
+#: and lined them up with every late message. Static text: it explains the design, the
+#: tables above are the measurement.
+FINDINGS = """\
+**Where the half-load tail comes from** (a tracing run on 2026-12-03, load average 3-5:
+the relay's collections, group commits, WAL checkpoints and event-loop lags stamped with
+CLOCK_MONOTONIC and lined up with every late message; at 7,500/s over a 5-s window,
+anything that stops deliveries for more than 1% of the window sets p99):
+
+1. *Full (gen-2) collections in the relay*: 1-5 per 4-s window, 36-114 ms of wall time each
+   with the GIL held (about 84,000 tracked start-up objects, stretched by preemption), and
+   each big group of late messages started within a millisecond of one. `xchat serve` now
+   calls `gc.freeze()` once it is ready and raises the young-generation threshold to 10,000
+   (`server/serve.py`): no gen-2 collection ran in the measured windows afterwards.
+2. *Not the load generator*: at half load the senders used 0.11-0.14 of a core and the
+   recipients 0.05-0.1, and p99 from the scheduled send stays close to p99 from the actual
+   send (column above) except when the whole machine stalled. Its collector is now frozen
+   and off during a run, so a pause there cannot be billed to the relay.
+3. *Not the WAL checkpoints*: PASSIVE, in their own thread every 0.25 s, 1-17 ms each; no
+   group of late messages lined up with one.
+4. *What is left is the shared machine*: the writer thread, on every message's path, waited
+   0.5-0.75 s per second for a core (the loop thread 0.2-0.35), and event-loop lags of
+   30-300 ms matched the remaining groups of late messages. A group commit costs the writer
+   8-11 voluntary context switches (the queue, the fsync, and each sqlite3 call handing the
+   GIL to the event loop and waiting to get it back), each a runqueue wait on a busy machine.
+   The writer now runs one padded multi-row statement per run of enqueues or ACKs and counts
+   deleted mail with one row per device instead of `DELETE ... RETURNING` (one GIL hand-off
+   per deleted row): 8.6-10.9 down to 7.6-8.6 switches per commit in A/B runs, CPU per
+   message unchanged within the noise. The next step would be the writer in its own process
+   (nothing shared with the event loop: about two switches per commit); not done here."""
 
 
 def main() -> None:
@@ -208,16 +257,30 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--relays", type=int, default=2, help="processes of the multi design")
     ap.add_argument("--duration", type=float, default=None)
+    ap.add_argument(
+        "--half-repeats",
+        type=int,
+        default=None,
+        help=f"extra runs of the half-load point (default {HALF_REPEATS}, quick 0)",
+    )
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="write the section into this file (default: BENCHMARKS.md unless --quick)",
+    )
     args = ap.parse_args()
     duration, warmup = (2.0, 0.5) if args.quick else (5.0, 1.0)
     duration = args.duration or duration
     fractions = (0.5,) if args.quick else FRACTIONS
+    repeats = args.half_repeats if args.half_repeats is not None else (0 if args.quick else 2)
     rb.raise_nofile()
     doc = common.new_result(
         "tail",
         quick=args.quick,
         params={"pairs": rb.PAIRS, "payload_bytes": rb.CONTENT, "window": 8,
-                "duration_s": duration, "warmup_s": warmup, "relays": args.relays},
+                "duration_s": duration, "warmup_s": warmup, "relays": args.relays,
+                "half_repeats": repeats},
     )  # fmt: skip
     doc["designs"] = {}
     with tempfile.TemporaryDirectory(prefix="xchat-tail-") as tmp:
@@ -226,7 +289,7 @@ def main() -> None:
         print("single relay process (SQLite)", flush=True)
         relays = start_relays(root / "single", 1, {})
         try:
-            res = curve(relays, fractions, duration, warmup)
+            res = curve(relays, fractions, duration, warmup, repeats)
         finally:
             for s in relays.servers:
                 s.stop()
@@ -240,7 +303,7 @@ def main() -> None:
             print(f"{args.relays} relay processes on one port (PostgreSQL + Redis)", flush=True)
             relays = start_relays(root / "multi", args.relays, env)
             try:
-                res = curve(relays, fractions, duration, warmup)
+                res = curve(relays, fractions, duration, warmup, repeats)
             finally:
                 for s in reversed(relays.servers):
                     s.stop()
@@ -276,6 +339,9 @@ def main() -> None:
         doc["plot"] = str(png.relative_to(common.BENCH_DIR.parent))
     doc["markdown"] = markdown(doc)
     path = common.write_json("tail", doc)
+    md = args.markdown or (None if args.quick else common.ROOT / "BENCHMARKS.md")
+    if md is not None:  # the same section bench/run_all.py would write, and only it
+        common.write_section(md, "tail", f"### {TITLE}\n\n{doc['markdown']}")
     for k, v in s.items():
         print(f"{k:<36} {v}")
     print(f"loadavg {doc['machine'].get('loadavg_at_start')} -> "
