@@ -263,6 +263,7 @@ async def run(
                 make_file(src, mb * MB)
                 r = await e2e(blobs, src, work / "dl", srv.pid)
                 src.unlink()
+                drop_blobs(work / "relay")
                 out["curve"].append(r)
                 print(f"curve {mb:>5} MB: {r['mbps']} MB/s", file=sys.stderr)
             src = work / "main.bin"
@@ -279,10 +280,22 @@ async def run(
                         blob = await blobs.create(src.stat().st_size)
                         token = str(c.api.token)
                         r = curl(srv.url, token, blob, src, work / "dl" / "curl.bin", srv.pid)
+                    drop_blobs(work / "relay")
                     out[name].append(r)
                     print(f"round {i} {name:5} {r['mbps']} MB/s", file=sys.stderr)
             src.unlink()
     return out
+
+
+def drop_blobs(relay_data: Path) -> None:
+    """Delete the relay's finished blob files between measurements (the bench owns the
+    relay's data directory; the API has no delete). Why: 13 GB of kept blobs on a 24 GB
+    machine made the kernel reclaim page cache during later rounds, and that reclaim was
+    charged to whichever path was writing then (download CPU of every path, curl's too,
+    rose from ~0.7 to ~3.3 s/GB in the run at 11:26 UTC)."""
+    for shard in (relay_data / "blobs").glob("??"):
+        for blob in shard.iterdir():
+            blob.unlink()
 
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -442,8 +455,13 @@ NOTES = [
     "writeback early during a download (`sync_file_range` every 32 MiB) was measured and "
     "left out: no change in wall or CPU time on this VM's disk.",
     "No parallel parts or ranges: on 2 cores the relay's single event loop and the CPU "
-    "are the limit, not one connection (see the parallel-range measurement in "
-    "/work/helpers/notes-20.md).",
+    "are the limit, not one connection. Measured with curl on `/dev/shm` (500 MiB blob, "
+    "load 4–5, 3 alternating pairs): one GET 51/479/699 MB/s, two parallel half-range "
+    "GETs 700/598/352 MB/s, relay CPU per GB the same (0.50–0.66 s): no consistent gain.",
+    "Between measurements the bench deletes the relay's finished blob files: keeping "
+    "all 13 GB of them made the kernel reclaim page cache during later rounds, charged to "
+    "whichever path wrote then (download CPU of every path, curl's too, ~3.3 s/GB instead "
+    "of ~0.7 in the run before this one); runs before 11:29 UTC on 2026-12-03 kept them.",
     "CPU seconds per GB are the portable figures: with six engineers' test suites on 2 "
     "cores the wall-clock ratios swing widely run to run, and CPU time also inflates when "
     "the sibling hyperthread is busy.",
