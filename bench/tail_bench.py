@@ -249,7 +249,16 @@ anything that stops deliveries for more than 1% of the window sets p99):
    deleted mail with one row per device instead of `DELETE ... RETURNING` (one GIL hand-off
    per deleted row): 8.6-10.9 down to 7.6-8.6 switches per commit in A/B runs, CPU per
    message unchanged within the noise. The next step would be the writer in its own process
-   (nothing shared with the event loop: about two switches per commit); not done here."""
+   (nothing shared with the event loop: about two switches per commit); not done here.
+5. *Why half load costs more per message than the maximum*: the relay made ~6 read/write
+   system calls per message at 7,500/s open loop against ~0.9 in the closed loop
+   (`/proc/<pid>/io`), since each of the 200 load sockets sees one frame at a time instead
+   of eight pipelined ones (plus the WAL frame writes of ~300 small commits per second).
+6. *Pinning was measured and not kept*: the relay on one core and the load generator on the
+   other (`taskset`-style affinity) lowered relay CPU per message (median 45 vs 62 µs: the GIL
+   hand-offs stay on one core) but raised the half-load p99 (median of 9 windows ~400 ms vs
+   ~90 ms unpinned, load 3-5): on a shared machine the pinned relay cannot move off a core
+   that another engineer's test is using. On a dedicated machine it may be worth a rerun."""
 
 
 def main() -> None:
