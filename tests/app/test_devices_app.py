@@ -132,6 +132,20 @@ def test_link_a_device_in_the_browser(
         while state(new) != "blocked" and time.monotonic() < deadline + 30:
             time.sleep(0.1)
         assert state(new) == "blocked"
+
+        # typing off in the old page's Settings: the new page shows it off after a reload
+        # (sync kind "settings"); read receipts stay on, which only the fetched value checks
+        if not p_old.locator("#set-typing").is_visible():
+            p_old.click("#btn-settings")
+        with p_old.expect_response("**/api/rich/settings"):
+            p_old.uncheck("#set-typing")
+        while api(new, "GET", "/api/rich/settings")["typing"] and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+        p_new.goto(new.url)
+        p_new.wait_for_selector("#view-app:not([hidden])", timeout=TIMEOUT_MS)
+        p_new.click("#btn-settings")
+        p_new.wait_for_selector("#set-read-receipts:checked", timeout=TIMEOUT_MS)
+        assert not p_new.is_checked("#set-typing")
     finally:
         ctx.close()
 

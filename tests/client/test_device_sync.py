@@ -1,6 +1,7 @@
 """Own-device sync and the history archive format through a real relay (PROTOCOL.md Part VII
-§5–§6): read positions, conversation changes (accept, block, unblock, decline), history
-attachments as their own blobs, and a junk archive field refused."""
+§5–§6): read positions, conversation changes (accept, block, unblock, decline), account
+settings (read receipts, typing), history attachments as their own blobs, and a junk
+archive field refused."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from xchat.client import device_events as dev_ev
 from xchat.client import device_history as dh
 from xchat.client import events as ev
 from xchat.client import files as xf
+from xchat.client import rich_events as rev
 from xchat.client.client import Client
 from xchat.client.store import Store
 from xchat.errors import DecodeError, LinkError
@@ -100,6 +102,80 @@ async def test_conversation_changes_sync(accounts: Accounts) -> None:
     # a redelivered or stale change does nothing (the request is gone, carol stays)
     assert a1.messaging.state.conversation_synced(dave.address, "delete_request", 0) is False
     assert a1.messaging.state.conversation_synced(carol.address, "unblock", 0) is False
+
+
+def _read_receipts(events: list[ev.Event]) -> list[rev.RichReceipt]:
+    return [e for e in events if isinstance(e, rev.RichReceipt) and e.kind == "read"]
+
+
+def _typing(events: list[ev.Event]) -> list[rev.TypingChanged]:
+    return [e for e in events if isinstance(e, rev.TypingChanged)]
+
+
+async def test_settings_switched_on_one_device_switch_the_others(accounts: Accounts) -> None:
+    """Read receipts and typing off on the phone: the laptop sends neither (the peer gets
+    none from it before a later text), a device linked afterwards starts with them off,
+    and switching back on from the laptop turns the phone's receipts on again."""
+    a1 = await accounts.account("alice")
+    b = await accounts.account("bob")
+    a2 = await accounts.link(a1, "laptop")
+    await a1.send_text(b.address, "hi")
+    await b.receive()
+    assert await a1.messaging.set_setting("read-receipts", False)
+    assert await a1.messaging.set_setting("typing", False)
+    assert _synced(await a2.receive()) == ["settings", "settings"]
+    assert (a2.messaging.setting("read-receipts"), a2.messaging.setting("typing")) == (
+        False,
+        False,
+    )
+    m1 = await b.send_text(a1.address, "read me?")
+    assert texts(await a2.receive()) == ["read me?"]
+    await a2.messaging.mark_read(b.address)
+    assert await a2.messaging.typing(b.address, True) is False
+    await a2.send_text(b.address, "marker")  # anything a2 sent before it arrives first
+    got = await b.receive()
+    assert texts(got) == ["marker"]
+    assert _read_receipts(got) == [] and _typing(got) == []
+    assert b.messaging.state.describe(b.store.get_message(a1.address, m1))["read"] is False  # type: ignore[arg-type]
+    await b.messaging.typing(a1.address, True)  # off: the laptop shows none either
+    assert _typing(await a2.receive()) == []
+
+    a3 = await accounts.link(a1, "tablet")  # the history archive carries the settings
+    assert (a3.messaging.setting("read-receipts"), a3.messaging.setting("typing")) == (
+        False,
+        False,
+    )
+
+    await a1.receive()
+    assert await a2.messaging.set_setting("read-receipts", True)
+    assert "settings" in _synced(await a1.receive())
+    assert a1.messaging.setting("read-receipts") is True
+    m2 = await b.send_text(a1.address, "and now?")
+    assert texts(await a1.receive()) == ["and now?"]
+    await a1.messaging.mark_read(b.address)
+    assert any(m2 in e.message_ids for e in _read_receipts(await b.receive()))
+
+
+async def test_settings_conflicts_resolve_the_same_everywhere(accounts: Accounts) -> None:
+    """Last writer wins per setting; a tie goes to "off"; an older or malformed sync
+    changes nothing; a local switch always beats what the device has seen."""
+    a1 = await accounts.account("alice")
+    st = a1.messaging.state
+    st.settings_synced({"typing": {"on": False, "ts": 1_000}})
+    assert (st.setting("typing"), st.setting_ts("typing")) == (False, 1_000)
+    assert st.settings_synced({"typing": {"on": True, "ts": 999}}) is False  # older
+    assert st.settings_synced({"typing": {"on": True, "ts": 1_000}}) is False  # tie: off
+    assert st.setting("typing") is False
+    st.settings_synced({"read_receipts": {"on": True, "ts": 5}})
+    assert st.settings_synced({"read_receipts": {"on": False, "ts": 5}}) is True  # tie: off
+    with pytest.raises(DecodeError):
+        st.settings_synced({"typing": {"on": "yes", "ts": 2_000}, "read_receipts": None})
+    with pytest.raises(DecodeError):
+        st.settings_synced({"typing": {"on": True, "ts": True}})
+    assert st.setting("typing") is False
+    far = 2**63  # a device whose clock runs ahead: the local switch still wins here
+    st.settings_synced({"typing": {"on": False, "ts": far}})
+    assert st.set_setting("typing", True) == far + 1 and st.setting("typing") is True
 
 
 async def test_history_attachments_travel_as_their_own_blobs(

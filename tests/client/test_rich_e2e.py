@@ -166,8 +166,8 @@ async def test_read_receipts_typing_and_switching_them_off(crowd: Crowd) -> None
     # typing is never stored
     assert all(ct.Content.decode(m.body).type != "typing" for m in a.store.history(b.address, 50))
 
-    b.messaging.set_setting("read-receipts", False)
-    b.messaging.set_setting("typing", False)
+    await b.messaging.set_setting("read-receipts", False)
+    await b.messaging.set_setting("typing", False)
     mid2 = await a.send_text(b.address, "and this?")
     await b.receive()
     await b.messaging.mark_read(a.address)

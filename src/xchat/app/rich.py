@@ -314,7 +314,7 @@ async def put_settings(request: Request, st: AppState) -> Response:
         if key in data:
             if not isinstance(data[key], bool):
                 raise HttpError(400, f"{key!r} must be true or false")
-            m.set_setting(name, data[key])
+            await _call(m.set_setting(name, data[key]))  # and on our other devices
     return JSONResponse(
         {"read_receipts": m.setting("read-receipts"), "typing": m.setting("typing")}
     )

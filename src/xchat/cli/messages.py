@@ -350,12 +350,14 @@ def settings_group() -> None:
 @click.argument("value", type=click.Choice(["on", "off"]))
 @click.pass_obj
 def settings_set(obj: Any, name: str, value: str) -> None:
-    """read-receipts off: you send none and see none. typing off: likewise."""
-    c = obj.client()
-    try:
-        c.messaging.set_setting(name, value == "on")
-    finally:
-        _run(c.close())
+    """read-receipts off: you send none and see none. typing off: likewise. The setting
+    is the account's: your other linked devices switch too."""
+
+    async def go() -> None:
+        async with obj.client() as c:
+            await c.messaging.set_setting(name, value == "on")
+
+    _run(go())
     click.echo(f"{name} {value}")
 
 

@@ -17,7 +17,6 @@ from xchat.errors import DecodeError, XChatError
 if TYPE_CHECKING:
     from xchat.client.device_lists import DeviceListClient
 
-KINDS = ("device_list", "contact", "settings", "read", "delete", "conversation")
 #: ``conversation`` actions: what the user did to a 1:1 chat or a group (Part VIII §7)
 CONVERSATION_ACTIONS = ("accept", "block", "unblock", "delete_request")
 
@@ -67,11 +66,16 @@ def apply(client: DeviceListClient, sync: dict[str, Any], t: int) -> list[dev_ev
                 verified=verified if isinstance(verified, bool) else None,
                 identity_changed=False if verified is True else None,
             )
-        elif kind == "settings":
+        elif kind == "settings":  # last writer wins per setting (Part VII §5)
+            messaging = getattr(client, "messaging", None)  # the full client's (Part VIII)
+            changed = messaging is not None and messaging.state.settings_synced(sync)
             handle = sync.get("handle")
             if "handle" in sync and (isinstance(handle, str) or handle is None):
+                changed = changed or handle != client.profile.config.handle
                 client.profile.config.handle = handle
                 client.profile.save_config()
+            if not changed:
+                return []
         elif kind == "read":
             peer, ts = sync.get("peer"), sync.get("ts")
             if not isinstance(peer, str) or not isinstance(ts, int) or isinstance(ts, bool):

@@ -16,6 +16,7 @@ use; a wrong, used or expired code is a :class:`~xchat.errors.LinkError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import struct
@@ -173,6 +174,15 @@ class Devices:
             log.info("read position not synced: %s", exc)
             return False
 
+    async def sync_settings(self, fields: dict[str, Any]) -> bool:
+        """Every account setting with its timestamp (sync kind ``settings``); a failed
+        sync is logged (the change stands here)."""
+        try:
+            return await self.sync_own("settings", fields)
+        except XChatError as exc:
+            log.info("settings not synced: %s", exc)
+            return False
+
     async def sync_conversation(self, conv: str, action: str) -> bool:
         """The user accepted, blocked, unblocked or deleted a request (sync kind
         ``conversation``); a failed sync is logged (the change stands here)."""
@@ -264,8 +274,10 @@ class Devices:
     ) -> tuple[dict[str, Any], int]:
         """Upload the attachments (each its own file blob, streamed from disk), then the
         archive that names them; returns the archive's reference and the bytes uploaded."""
-        settings = {"handle": self.c.profile.config.handle}
+        settings: dict[str, Any] = {"handle": self.c.profile.config.handle}
         messaging = getattr(self.c, "messaging", None)  # the full client's (Part VIII)
+        if messaging is not None:  # the same fields as a ``settings`` sync (§5)
+            settings.update(messaging.state.settings_state())
         doc = dh.export(self.c.store, settings)
         picks = (
             dh.pick_attachments(doc["messages"], messaging.state.rs.files, max_attachments)
@@ -493,9 +505,14 @@ class Devices:
             except XChatError as exc:
                 raise LinkError(f"history archive refused: {exc}") from None
             settings = doc.get("settings")
-            if isinstance(settings, dict) and isinstance(settings.get("handle"), str):
-                self.c.profile.config.handle = settings["handle"]
-                self.c.profile.save_config()
+            if isinstance(settings, dict):
+                if isinstance(settings.get("handle"), str):
+                    self.c.profile.config.handle = settings["handle"]
+                    self.c.profile.save_config()
+                messaging = getattr(self.c, "messaging", None)
+                if messaging is not None:
+                    with contextlib.suppress(DecodeError):  # an older or newer archive
+                        messaging.state.settings_synced(settings)
             del doc
             got = await self._download_attachments(bc, files, progress)
         return n, size + got
@@ -603,7 +620,3 @@ class DeviceMethods:
         """``conv`` (an address or ``group:<gid>``) was read up to ``ts_ms`` on this device:
         our other devices mark the same messages read (sync kind ``read``, Part VII §5)."""
         return await self._devices.sync_read(conv, ts_ms)
-
-    async def sync_own_devices(self, kind: str, data: dict[str, Any]) -> bool:
-        """Send a sync object to our other devices (PROTOCOL Part VII §5)."""
-        return await self._devices.sync_own(kind, data)

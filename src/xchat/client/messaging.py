@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,13 +31,17 @@ from xchat.client import rich_events as rev
 from xchat.client.rich_store import RichRow, RichStore
 from xchat.client.search import SearchHit, SearchIndex
 from xchat.client.store import MessageRecord, Store
+from xchat.clock import now_ms
 from xchat.errors import ClientError, DecodeError, NotAllowed, XChatError
 
 log = logging.getLogger(__name__)
 
 GROUP_PREFIX = "group:"
-#: Settings (sealed in ``meta``), both on by default as in Signal.
+#: Settings (sealed in ``meta``), both on by default as in Signal. They are the account's:
+#: each is a last-writer-wins value synced to our other devices (PROTOCOL Part VII §5).
 SETTINGS = {"read-receipts": "rich.read_receipts", "typing": "rich.typing"}
+#: the field of each setting in a ``settings`` sync object and the history archive
+SYNC_FIELDS = {"read-receipts": "read_receipts", "typing": "typing"}
 
 
 def conv_of_peer(peer: str) -> str:
@@ -89,10 +94,54 @@ class RichState:
         raw = self.store.get_meta(SETTINGS[name])
         return raw != b"0"
 
-    def set_setting(self, name: str, on: bool) -> None:
+    def setting_ts(self, name: str) -> int:
+        """When the setting last changed (ms, the changing device's clock; 0: never)."""
+        raw = self.store.get_meta(f"{SETTINGS[name]}.ts")
+        return struct.unpack(">Q", raw)[0] if raw is not None and len(raw) == 8 else 0
+
+    def _put_setting(self, name: str, on: bool, ts_ms: int) -> None:
+        self.store.put_meta(SETTINGS[name], b"1" if on else b"0")
+        self.store.put_meta(f"{SETTINGS[name]}.ts", struct.pack(">Q", ts_ms))
+
+    def set_setting(self, name: str, on: bool, changed_ms: int | None = None) -> int:
+        """The user switched ``name`` here; returns the change's timestamp, later than
+        any this device has seen for it (so the change wins here whatever the clocks)."""
         if name not in SETTINGS:
             raise ClientError(f"unknown setting {name!r} (read-receipts, typing)")
-        self.store.put_meta(SETTINGS[name], b"1" if on else b"0")
+        ts = max(now_ms() if changed_ms is None else changed_ms, self.setting_ts(name) + 1)
+        self._put_setting(name, on, ts)
+        return ts
+
+    def settings_state(self) -> dict[str, dict[str, Any]]:
+        """Every setting with its timestamp: the fields of a ``settings`` sync object."""
+        return {
+            field: {"on": self.setting(name), "ts": self.setting_ts(name)}
+            for name, field in SYNC_FIELDS.items()
+        }
+
+    def settings_synced(self, fields: dict[str, Any]) -> bool:
+        """Adopt the settings one of our devices sent (sync or history archive): per
+        setting, the later timestamp wins, a tie goes to "off" (so every device ends on
+        the same value). A malformed field refuses the whole object (DecodeError)."""
+        wanted = []
+        for name, field in SYNC_FIELDS.items():
+            value = fields.get(field)
+            if value is None:
+                continue
+            on = value.get("on") if isinstance(value, dict) else None
+            ts = value.get("ts") if isinstance(value, dict) else None
+            if not isinstance(on, bool) or not isinstance(ts, int) or isinstance(ts, bool):
+                raise DecodeError(f"settings {field}: not {{on: bool, ts: int}}")
+            if ts < 0 or ts >= 1 << 64:
+                raise DecodeError(f"settings {field}: ts out of range")
+            wanted.append((name, on, ts))
+        changed = False
+        for name, on, ts in wanted:
+            mine_ts, mine = self.setting_ts(name), self.setting(name)
+            if ts > mine_ts or (ts == mine_ts and mine and not on):
+                self._put_setting(name, on, ts)
+                changed = changed or on != mine
+        return changed
 
     # --- conversation state (PROTOCOL Part VIII §7) --------------------------------------
 

@@ -412,8 +412,13 @@ class Messaging:
             return False
         return True
 
-    def set_setting(self, name: str, on: bool) -> None:
-        self.state.set_setting(name, on)
+    async def set_setting(self, name: str, on: bool) -> bool:
+        """Switch a setting (``read-receipts``, ``typing``) here and on our other devices
+        (sync kind ``settings``, PROTOCOL Part VII §5); True if another device was told.
+        A failed sync is logged: the change stands here, the next one carries it."""
+        with self.c.store.transaction():
+            self.state.set_setting(name, on)
+        return await self.c._devices.sync_settings(self.state.settings_state())
 
     def setting(self, name: str) -> bool:
         return self.state.setting(name)
