@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+
 from _relay_helpers import (
     b64,
     key_upload,
     recv_frame,
     recv_until_drained,
     register,
+    register_body,
     unb64,
     ws_connect,
 )
-
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.crypto.prekeys import bundles_from_response, generate_one_time_prekeys
 from xchat.protocol.frames import KeysLow
@@ -139,3 +140,40 @@ def test_handle_certificate(client: httpx.Client) -> None:
     assert r.status_code == 200
     cert = base64.b64decode(r.json()["certificate"])
     assert handle_cert.verify([relay_key], cert, 0) == (named.address, "cert_owner")
+
+
+def test_one_time_stock_is_bounded_per_device(tmp_path) -> None:
+    """``max_one_time_keys`` bounds the unused one-time keys a device holds, EC and KEM
+    each (PROTOCOL Part III §4): an upload past it is refused whole with a 413 naming the
+    list, registration too; a signed-prekey rotation still goes through when the stock is
+    full."""
+    from xchat.testing import running_server
+
+    with (
+        running_server(tmp_path / "relay", pow_bits=2, max_one_time_keys=12) as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as c,
+    ):
+        acct = register(c, n_ec=10, n_kem=2)
+        up = key_upload(acct.identity, n_ec=3, n_kem=0, start=100)
+        r = c.put("/api/v1/keys", json=up, headers=acct.headers)
+        assert r.status_code == 413, r.text
+        assert r.json() == {
+            "error": "one_time_ec: too many one-time keys: this device would hold 13 "
+            "(it holds 10, the relay keeps at most 12)"
+        }
+        assert c.get("/api/v1/keys/count", headers=acct.headers).json() == {"ec": 10, "kem": 2}
+        up = key_upload(acct.identity, n_ec=2, n_kem=10, start=100)
+        assert c.put("/api/v1/keys", json=up, headers=acct.headers).json() == {"ec": 12, "kem": 12}
+        up = key_upload(acct.identity, n_ec=0, n_kem=1, start=200)
+        r = c.put("/api/v1/keys", json=up, headers=acct.headers)
+        assert r.status_code == 413 and r.json()["error"].startswith("one_time_kem: ")
+        rotate = key_upload(acct.identity, n_ec=0, n_kem=0)  # signed + last resort only
+        assert c.put("/api/v1/keys", json=rotate, headers=acct.headers).status_code == 200
+        # a bundle fetch frees one of each: the next single key fits again
+        (h,) = anon_headers(c, register(c), 1)
+        assert c.get(f"/api/v1/bundles/{acct.address}", headers=h).status_code == 200
+        up = key_upload(acct.identity, n_ec=1, n_kem=1, start=300)
+        assert c.put("/api/v1/keys", json=up, headers=acct.headers).json() == {"ec": 12, "kem": 12}
+        body = register_body(c, IdentityKeyPair.generate(), n_ec=13, n_kem=1)
+        r = c.post("/api/v1/accounts", json=body)
+        assert r.status_code == 413 and r.json()["error"].startswith("one_time_ec: ")

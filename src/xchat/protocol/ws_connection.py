@@ -61,7 +61,6 @@ _OPCODES: Final = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_
 
 # RFC 6455 §7.4.1 codes this module sends.
 CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_NO_STATUS: Final = 1005  # reported for an empty close frame; never on the wire
 CLOSE_INVALID_DATA: Final = 1007
 CLOSE_TOO_BIG: Final = 1009
 

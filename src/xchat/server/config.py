@@ -35,7 +35,7 @@ class ServerConfig:
     max_request: int = 1024 * 1024
     max_fetch: int = 500
     keys_low: int = 10
-    max_one_time_keys: int = 1000  # per upload list
+    max_one_time_keys: int = 1000  # unused one-time prekeys a device holds, EC and KEM each (413)
     ws_outbox_limit: int = 8 * 1024 * 1024  # bytes queued to a slow socket before 4408
     ws_fast: bool = True  # serve /api/v1/ws by the same-port fast path (wsfast.py)
     ws_ping_seconds: float = 30.0  # fast path keepalive interval (0 = off)

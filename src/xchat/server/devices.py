@@ -20,7 +20,14 @@ from xchat.crypto.devicelist import MAX_DEVICES, DeviceList
 from xchat.crypto.keys import IdentityPublicKey
 from xchat.errors import ApiError, XChatError
 from xchat.server import models as m
-from xchat.server.directory import CURRENT_DEVICE, _lookup_address, _verify, parse_keys, relay_of
+from xchat.server.directory import (
+    CURRENT_DEVICE,
+    _lookup_address,
+    _verify,
+    check_one_time_stock,
+    parse_keys,
+    relay_of,
+)
 from xchat.server.link_slots import LinkSlots, make_link_slots
 from xchat.server.paths import Address, SlotId
 from xchat.server.relay import Relay
@@ -149,6 +156,7 @@ async def add_device(body: AddDeviceIn, request: Request) -> dict[str, object]:
     keys = parse_keys(body.keys, identity)
     if keys.signed_prekey is None or keys.kem_last_resort is None:
         raise ApiError(400, "keys: signed_prekey and kem_last_resort are required")
+    check_one_time_stock(relay.config.max_one_time_keys, keys)
     dl = _checked_list(m.b64(body.list, "list"), acct.identity_key)
     _verify(identity, sig, LABEL_LINK_DEVICE + ch + struct.pack(">I", body.device_id), "signature")
     t = now_ms()

@@ -134,6 +134,22 @@ def parse_keys(upload: m.PreKeyUpload, identity: IdentityPublicKey) -> PreKeySet
     return PreKeySet(spk, lr, tuple(ec), tuple(kem))
 
 
+def check_one_time_stock(limit: int, keys: PreKeySet, held: tuple[int, int] = (0, 0)) -> None:
+    """``max_one_time_keys`` bounds the unused one-time keys a device holds on the relay,
+    EC and KEM each (PROTOCOL Part III ``PUT /keys``): an upload that would take either
+    stock past it is refused whole (413), before anything is stored."""
+    for kind, have, new in (
+        ("one_time_ec", held[0], len(keys.one_time_ec)),
+        ("one_time_kem", held[1], len(keys.one_time_kem)),
+    ):
+        if new and have + new > limit:
+            raise ApiError(
+                413,
+                f"{kind}: too many one-time keys: this device would hold {have + new} "
+                f"(it holds {have}, the relay keeps at most {limit})",
+            )
+
+
 def _account_out(acct: AccountRecord) -> m.AccountOut:
     return m.AccountOut(
         address=acct.address,
@@ -173,6 +189,7 @@ async def register(body: m.RegisterIn, request: Request) -> m.RegisterOut:
     keys = parse_keys(body.keys, identity)
     if keys.signed_prekey is None or keys.kem_last_resort is None:
         raise ApiError(400, "keys: signed_prekey and kem_last_resort are required")
+    check_one_time_stock(relay.config.max_one_time_keys, keys)
     _verify(identity, sig, LABEL_REGISTER + ch, "signature")
     if not stamp_ok(ch, ik, body.pow_nonce, relay.config.pow_bits):
         raise ApiError(401, f"proof of work does not meet {relay.config.pow_bits} bits")
@@ -266,6 +283,9 @@ async def put_keys(
     acct = relay.store.get_account(device.address)
     assert acct is not None
     keys = parse_keys(body, _identity(acct.identity_key))
+    if keys.one_time_ec or keys.one_time_kem:
+        held = await relay.store.count_prekeys(device.ref)
+        check_one_time_stock(relay.config.max_one_time_keys, keys, held)
     ec, kem = await relay.store.put_prekeys(device.ref, keys)
     return m.KeyCount(ec=ec, kem=kem)
 
