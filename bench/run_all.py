@@ -43,6 +43,7 @@ BENCHMARKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("devices", "devices_bench.py", ()),
     ("tail", "tail_bench.py", ()),
     ("connections", "connections_bench.py", ()),
+    ("wsframe", "wsframe_bench.py", ()),
 )
 
 TITLES = {
@@ -59,6 +60,7 @@ TITLES = {
     "calls": "Calls: setup, media CPU, calls per core",
     "tail": "Tail latency vs offered load: one relay process vs several on one port",
     "connections": "Connections: idle authenticated WebSockets across relay processes",
+    "wsframe": "WebSocket framing: CPU per frame vs websockets' own parser",
 }
 
 MSGS_KEYS = ("msgs_per_s", "max_load.msgs_per_s", "throughput_msgs_per_s", "msgs_per_sec")
