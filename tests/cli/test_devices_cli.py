@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from _cli_helpers import SRC, ok, one_error_line, xchat
-
 from xchat.testing import ServerProcess
 
 
@@ -56,6 +55,11 @@ def test_link_list_rename_remove(server: ServerProcess, tmp_path: Path) -> None:
     ok(xchat(bob, "send", "@devcli_a", "to both"))
     assert "to both" in ok(xchat(old, "recv"))
     assert "to both" in ok(xchat(new, "recv"))
+    # a setting switched on one device is switched on the other (sync kind settings)
+    assert ok(xchat(new, "settings", "set", "typing", "off")).strip() == "typing off"
+    ok(xchat(old, "recv"))
+    shown = json.loads(ok(xchat(old, "settings", "show", "--json")))
+    assert shown == {"read-receipts": True, "typing": False}
     ok(xchat(old, "device", "remove", "2"))
     assert [r["id"] for r in json.loads(ok(xchat(old, "devices", "--json")))] == [1]
     ok(xchat(bob, "send", "@devcli_a", "after removal"))
