@@ -146,6 +146,10 @@ def test_link_a_device_in_the_browser(
         p_new.click("#btn-settings")
         p_new.wait_for_selector("#set-read-receipts:checked", timeout=TIMEOUT_MS)
         assert not p_new.is_checked("#set-typing")
+        # and live, with Settings open here: switched back on in the old page
+        with p_old.expect_response("**/api/rich/settings"):
+            p_old.check("#set-typing")
+        p_new.wait_for_selector("#set-typing:checked", timeout=TIMEOUT_MS)
     finally:
         ctx.close()
 

@@ -509,13 +509,16 @@ for (const [id, key] of [['set-read-receipts', 'read_receipts'], ['set-typing', 
     if (state.current) fetchRich(state.current);
   });
 }
-$('btn-settings').addEventListener('click', async () => {
+async function loadPrivacy() {
   try {
     const s = await get('/api/rich/settings');
     $('set-read-receipts').checked = s.read_receipts;
     $('set-typing').checked = s.typing;
   } catch (e) { /* shown as unchecked */ }
-});
+}
+$('btn-settings').addEventListener('click', loadPrivacy);
+// the account's settings: switched on another of our devices, switched here (Part VII §5)
+on('event:device_sync', (ev) => { if (ev.kind === 'settings' && $('dlg-settings').open) loadPrivacy(); });
 
 // --- life cycle and live events ------------------------------------------------------------------
 
