@@ -1,8 +1,9 @@
 """SQLite backend of :class:`~xchat.storage.base.Store` with group commit (PROTOCOL Part III §8).
 
 One dedicated writer thread owns the connection. Callers on the event loop put operations
-on a queue (no thread hop per call); the thread drains everything pending, runs it in ONE
-transaction (runs of consecutive enqueues/acks become one ``executemany``), commits with
+on a queue (no thread hop per call); the thread drains everything pending (commits start at
+least GROUP_COMMIT_SPACING apart, so a busy relay gathers more per commit), runs it in ONE
+transaction (runs of consecutive enqueues/acks become one multi-row statement), commits with
 ``synchronous=FULL`` in WAL mode, and then resolves all the callers' futures with one
 ``call_soon_threadsafe``. A send is acknowledged only after that commit.
 
@@ -40,6 +41,13 @@ from xchat.storage.base import (
 from xchat.storage.migrations import migrate
 
 MAX_BATCH = 2048  # ~operations per transaction (whole hand-overs); bounds commit latency
+#: Group commit by time budget: a commit starts at least this long after the previous one
+#: started. Idle, or busier than one commit per 2 ms, it never waits; in between (a quarter
+#: to half of the maximum rate on the benchmark machine) commits would be short and many,
+#: each paying the fixed cost of a transaction (BEGIN, WAL writes, fsync: ~260 µs of CPU)
+#: and a handful of thread hand-offs. Spacing them cut relay CPU per message by 25-35% at
+#: 3,750-7,500 msgs/s for 1-2 ms more median latency (issue #20, bench/tail_bench.py).
+GROUP_COMMIT_SPACING = 0.002
 CHECKPOINT_SECONDS = 0.25  # how often the checkpointer thread copies the WAL into the db
 
 _CALL, _ENQUEUE, _ACK = 0, 1, 2
@@ -231,10 +239,15 @@ class SqliteStore(Store):
         _name_os_thread(b"xchat-writer")
         q = self._queue
         stop = False
+        started = 0.0
         while not stop:
+            wait = started + GROUP_COMMIT_SPACING - time.perf_counter()
+            if wait > 0:  # the previous commit was quick: let this one gather more
+                time.sleep(wait)
             first = q.get()
             if first is None:
                 break
+            started = time.perf_counter()
             batch = first
             while len(batch) < MAX_BATCH:
                 try:
