@@ -2,14 +2,15 @@
 a module that imports it back.
 
 The graph is built from the source with :mod:`ast` (nothing is imported), from every
-``import xchat...`` and ``from xchat... import ...``, at module level and inside functions
-alike: a function-level import that closes a loop is the same cycle, only deferred. Two
-kinds of edge are left out, because neither runs an import at a time that can loop:
-
-* imports under ``if TYPE_CHECKING:``: how a component names the type of the host it is
-  handed (``Groups`` receives a ``SendingClient``) without importing it at run time;
-* a module's import of its own parent package (``xchat.client.x`` -> ``xchat.client``),
-  which Python has already initialised before the module runs.
+``import xchat...`` and ``from xchat... import ...``: at module level, inside functions
+and under ``if TYPE_CHECKING:`` alike. A function-level import that closes a loop is the
+same cycle, only deferred; a type-checking one is the same dependency, only hidden from
+the interpreter: a lower layer that must name something of an upper one names an
+interface of its own instead (a :class:`typing.Protocol` the upper class satisfies
+structurally, e.g. ``sending.RichMessaging``, ``rich_send.MessagingHost``). One kind of
+edge is left out, because it cannot loop: a module's import of its own parent package
+(``xchat.client.x`` -> ``xchat.client``), which Python has already initialised before
+the module runs.
 """
 
 from __future__ import annotations
@@ -21,32 +22,24 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _modules() -> dict[str, Path]:
+def _modules(src: Path) -> dict[str, Path]:
     out = {}
-    for path in (SRC / "xchat").rglob("*.py"):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
+    for path in (src / "xchat").rglob("*.py"):
+        parts = list(path.relative_to(src).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
         out[".".join(parts)] = path
     return out
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imported_names(module: str, path: Path) -> Iterator[str]:
-    """Every dotted name ``module`` imports at run time (module level or in a function)."""
+    """Every dotted name ``module`` imports (module level, in a function, for the type
+    checker)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
 
     def walk(nodes: list[ast.stmt]) -> Iterator[str]:
         for node in nodes:
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                yield from walk(node.orelse)
-            elif isinstance(node, ast.Import):
+            if isinstance(node, ast.Import):
                 yield from (a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
@@ -62,9 +55,9 @@ def _imported_names(module: str, path: Path) -> Iterator[str]:
     yield from walk(ast.parse(path.read_text("utf-8"), str(path)).body)
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(src: Path = SRC) -> dict[str, set[str]]:
     """Module -> the modules of ``src/xchat`` it imports (see the module docstring)."""
-    modules = _modules()
+    modules = _modules(src)
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for module, path in modules.items():
         for name in _imported_names(module, path):
@@ -122,18 +115,51 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert cycles(graph) == [["a", "b"], ["c", "d", "e"]]
 
 
-def test_the_graph_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
-    """A deferred import still counts; a TYPE_CHECKING one does not."""
+def test_the_graph_sees_function_level_relative_and_type_checking_imports(
+    tmp_path: Path,
+) -> None:
+    """A deferred import counts, and so does a TYPE_CHECKING one (either branch)."""
     src = tmp_path / "pkg.py"
     src.write_text(
         "from typing import TYPE_CHECKING\n"
+        "import typing\n"
         "from . import sibling\n"
         "if TYPE_CHECKING:\n    from xchat.hidden import T\n"
+        "else:\n    import xchat.fallback\n"
+        "if typing.TYPE_CHECKING:\n    import xchat.qualified\n"
         "def f():\n    import xchat.later\n"
     )
     names = set(_imported_names("xchat.x.pkg", src))
-    assert {"xchat.x.sibling", "xchat.later"} <= names
-    assert not any(n.startswith("xchat.hidden") for n in names)
+    assert {
+        "xchat.x.sibling",
+        "xchat.later",
+        "xchat.hidden.T",
+        "xchat.fallback",
+        "xchat.qualified",
+    } <= names
+
+
+def test_a_type_checking_only_cycle_fails_the_check(tmp_path: Path) -> None:
+    """The loop this check exists for: a lower module names an upper one's class for its
+    annotations only (``sending`` -> ``rich_send`` -> ``client`` -> ... -> ``sending``
+    before issue #21). The interpreter never runs it, the graph still has it."""
+    pkg = tmp_path / "xchat" / "client"
+    pkg.mkdir(parents=True)
+    (tmp_path / "xchat" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low.py").write_text(
+        "from __future__ import annotations\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from xchat.client.high import High\n"
+        "class Low:\n    host: High\n"
+    )
+    (pkg / "high.py").write_text("from xchat.client.low import Low\nclass High(Low): ...\n")
+    (pkg / "other.py").write_text(
+        "from xchat.client import low\n"
+    )  # its edge to the parent package is left out
+    graph = import_graph(tmp_path)
+    assert graph["xchat.client.low"] == {"xchat.client.high"}
+    assert cycles(graph) == [["xchat.client.high", "xchat.client.low"]]
 
 
 def test_the_graph_has_the_real_edges() -> None:

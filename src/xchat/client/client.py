@@ -9,7 +9,10 @@ The class is assembled from one layer per concept, each importing only the ones 
 it: :mod:`~xchat.client.account` (profile, identity, auth, prekeys, events) ->
 :mod:`~xchat.client.contacts` -> :mod:`~xchat.client.sending` ->
 :mod:`~xchat.client.receiving` (receive loop, receipts); groups are a component
-(:class:`~xchat.client.groups.Groups`) that sees the sending layer only.
+(:class:`~xchat.client.groups.Groups`) that sees the sending layer only; rich messaging
+is another (:class:`~xchat.client.rich_send.Messaging`), which sees this class through
+the interface :class:`~xchat.client.rich_send.MessagingHost` and which the layers below
+see through :class:`~xchat.client.sending.RichMessaging` (no cycle, even in type hints).
 
 Typical use::
 
@@ -43,6 +46,10 @@ class Client(ReceivingClient, GroupMethods, DeviceMethods):
     Group methods (``create_group``, ``send_group``, ...) come from
     :class:`~xchat.client.groups.GroupMethods`, device methods (``link_device``,
     ``devices``, ...) from :class:`~xchat.client.devices.DeviceMethods`."""
+
+    #: rich messaging (PROTOCOL Part VIII): the layers below see it as the interface
+    #: :class:`~xchat.client.sending.RichMessaging`, the app as this class
+    messaging: Messaging
 
     def __init__(
         self,

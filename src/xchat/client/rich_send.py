@@ -16,23 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from xchat.client import content as ct
 from xchat.client import events as ev
 from xchat.client import rich_content as rc
 from xchat.client import rich_events as rev
+from xchat.client.devices import Devices
+from xchat.client.group_book import GroupInfo
+from xchat.client.groups import Groups
 from xchat.client.messaging import GROUP_PREFIX, RequestInfo, RichState, group_of, row_peer
+from xchat.client.profile import Profile
 from xchat.client.search import SearchHit
-from xchat.client.store import ContactRecord
+from xchat.client.store import ContactRecord, Store
 from xchat.clock import now_ms as _now
 from xchat.crypto.group import GroupOp
 from xchat.crypto.keys import is_address
 from xchat.errors import ApiError, ClientError, NotAllowed, ServerUnreachable, XChatError
-
-if TYPE_CHECKING:
-    from xchat.client.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,41 @@ def _transient(exc: XChatError) -> bool:
     return isinstance(exc, ApiError) and (exc.status == 429 or exc.status >= 500)
 
 
+class MessagingHost(Protocol):
+    """What :class:`Messaging` uses of the client it is a component of: the
+    :class:`~xchat.client.Client` satisfies it structurally. An interface rather than the
+    class, because the client is assembled from this module (imports point one way,
+    for the type checker too)."""
+
+    @property
+    def profile(self) -> Profile: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def _store(self) -> Store | None: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def _groups(self) -> Groups: ...
+    @property
+    def _devices(self) -> Devices: ...
+    def group_info(self, group: str) -> GroupInfo: ...
+    def find_contact(self, to: str) -> ContactRecord | None: ...
+    async def contact(self, to: str) -> ContactRecord: ...
+    async def _sendable_contact(self, to: str) -> ContactRecord: ...
+    def _own_sender_info(self) -> ct.SenderInfo: ...
+    async def _send_content(
+        self, c: ContactRecord, msg: ct.Content, *, store_as_message: bool
+    ) -> None: ...
+    async def _send_pending_receipts(self, address: str) -> None: ...
+    async def _emit(self, event: ev.Event) -> None: ...
+    def _background(self, coro: Awaitable[Any]) -> None: ...
+
+
 class Messaging:
     """Part VIII operations of one client (use as ``client.messaging``)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: MessagingHost) -> None:
         self.c = client
         self._state: RichState | None = None
         self._expiry_task: asyncio.Task[None] | None = None

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from xchat.client import content as ct
 from xchat.client import e2e
+from xchat.client import rich_events as rev
 from xchat.client.fanout_send import FanoutClient
+from xchat.client.messaging import RichState
 from xchat.client.model import (
     GROUP_PEER_PREFIX,
     HistoryItem,
@@ -32,19 +34,48 @@ from xchat.errors import (
 )
 from xchat.protocol import frames as fr
 
-if TYPE_CHECKING:
-    from xchat.client.rich_send import Messaging
-
 SEND_ATTEMPTS = 4
 MAX_RATE_WAIT = 2.0  # seconds of Retry-After the SDK waits out by itself
 PENDING_LIMIT = 1000  # unconfirmed outgoing rows re-sent per retry_pending() pass
+
+
+class RichMessaging(Protocol):
+    """What the layers below :class:`~xchat.client.Client` need from rich messaging
+    (PROTOCOL Part VIII), which sits above them: :class:`xchat.client.rich_send.Messaging`
+    satisfies it structurally. Naming the interface here, not the class, keeps imports
+    pointing one way (``rich_send`` uses this layer), for the type checker too."""
+
+    @property
+    def state(self) -> RichState:
+        """The store-level Part VIII rules the receive path applies."""
+        ...
+
+    async def prepare_outgoing(self, conv: str, msg: ct.Content) -> ct.Content:
+        """A text/file about to be sent in ``conv``, with its timer and quote checks."""
+        ...
+
+    def pairwise_conv(self, sender: str, msg: ct.Content) -> str | None:
+        """The conversation a pairwise Part VIII content belongs to (None: ignore it)."""
+        ...
+
+    def start(self) -> None:
+        """Run the disappearing-message timers (from ``start()``)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the timers."""
+        ...
+
+    async def expire_now(self) -> list[rev.MessagesExpired]:
+        """Delete the messages whose timer ran out and emit their events."""
+        ...
 
 
 class SendingClient(FanoutClient):
     """1:1 sending: texts, file manifests, resumable and retried sends."""
 
     #: rich messaging (PROTOCOL Part VIII), created by ``Client.__init__``
-    messaging: Messaging
+    messaging: RichMessaging
 
     #: Re-sends one unconfirmed group row (set by :class:`xchat.client.groups.Groups`, the
     #: layer above; True if it was sent, False if confirmed meanwhile or not re-sendable).
