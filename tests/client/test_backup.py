@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_files import FlakyProxy
+from _proxies import FlakyProxy
 
 from xchat.client import backup as bk
 from xchat.client import events as ev

@@ -6,12 +6,11 @@ archive field refused."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _device_helpers import Accounts, texts
+from _crowd import Crowd, texts
 
 from xchat.client import device_events as dev_ev
 from xchat.client import device_history as dh
@@ -21,16 +20,6 @@ from xchat.client import rich_events as rev
 from xchat.client.client import Client
 from xchat.client.store import Store
 from xchat.errors import DecodeError, LinkError
-from xchat.testing import ServerProcess
-
-
-@pytest.fixture
-async def accounts(server: ServerProcess, tmp_path: Path, handle: Any) -> AsyncIterator[Accounts]:
-    acc = Accounts(server.url, tmp_path, handle)
-    try:
-        yield acc
-    finally:
-        await acc.close()
 
 
 def _synced(events: list[ev.Event]) -> list[str]:
@@ -42,10 +31,9 @@ def _read_flags(c: Client, peer: str) -> dict[str, bool]:
     return {m.id: st.describe(m)["read"] for m in st.rs.conversation_messages(peer, direction="in")}
 
 
-async def test_read_on_one_device_is_read_on_the_others(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
+async def test_read_on_one_device_is_read_on_the_others(crowd: Crowd) -> None:
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
     await a1.send_text(b.address, "hi")
     await b.receive()
     m1 = await b.send_text(a1.address, "one")
@@ -69,13 +57,12 @@ async def test_read_on_one_device_is_read_on_the_others(accounts: Accounts) -> N
     assert _read_flags(a1, b.address) == {m1: True, m2: True, m3: True}
 
 
-async def test_conversation_changes_sync(accounts: Accounts) -> None:
+async def test_conversation_changes_sync(crowd: Crowd) -> None:
     """Accepting a request, blocking, unblocking and declining a request on one device
     happen on the others too (sync kind ``conversation``)."""
-    a1 = await accounts.account("alice")
-    a2 = await accounts.link(a1, "laptop")
-    carol = await accounts.account("carol")
-    dave = await accounts.account("dave")
+    (a1,) = await crowd.make("alice")
+    a2 = await crowd.link(a1, "laptop")
+    carol, dave = await crowd.make("carol", "dave")
     await carol.send_text(a1.address, "hello stranger")
     for c in (a1, a2):
         assert texts(await c.receive()) == ["hello stranger"]
@@ -112,13 +99,12 @@ def _typing(events: list[ev.Event]) -> list[rev.TypingChanged]:
     return [e for e in events if isinstance(e, rev.TypingChanged)]
 
 
-async def test_settings_switched_on_one_device_switch_the_others(accounts: Accounts) -> None:
+async def test_settings_switched_on_one_device_switch_the_others(crowd: Crowd) -> None:
     """Read receipts and typing off on the phone: the laptop sends neither (the peer gets
     none from it before a later text), a device linked afterwards starts with them off,
     and switching back on from the laptop turns the phone's receipts on again."""
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
     await a1.send_text(b.address, "hi")
     await b.receive()
     assert await a1.messaging.set_setting("read-receipts", False)
@@ -140,7 +126,7 @@ async def test_settings_switched_on_one_device_switch_the_others(accounts: Accou
     await b.messaging.typing(a1.address, True)  # off: the laptop shows none either
     assert _typing(await a2.receive()) == []
 
-    a3 = await accounts.link(a1, "tablet")  # the history archive carries the settings
+    a3 = await crowd.link(a1, "tablet")  # the history archive carries the settings
     assert (a3.messaging.setting("read-receipts"), a3.messaging.setting("typing")) == (
         False,
         False,
@@ -156,10 +142,10 @@ async def test_settings_switched_on_one_device_switch_the_others(accounts: Accou
     assert any(m2 in e.message_ids for e in _read_receipts(await b.receive()))
 
 
-async def test_settings_conflicts_resolve_the_same_everywhere(accounts: Accounts) -> None:
+async def test_settings_conflicts_resolve_the_same_everywhere(crowd: Crowd) -> None:
     """Last writer wins per setting; a tie goes to "off"; an older or malformed sync
     changes nothing; a local switch always beats what the device has seen."""
-    a1 = await accounts.account("alice")
+    (a1,) = await crowd.make("alice")
     st = a1.messaging.state
     st.settings_synced({"typing": {"on": False, "ts": 1_000}})
     assert (st.setting("typing"), st.setting_ts("typing")) == (False, 1_000)
@@ -178,13 +164,10 @@ async def test_settings_conflicts_resolve_the_same_everywhere(accounts: Accounts
     assert st.set_setting("typing", True) == far + 1 and st.setting("typing") is True
 
 
-async def test_history_attachments_travel_as_their_own_blobs(
-    accounts: Accounts, tmp_path: Path
-) -> None:
+async def test_history_attachments_travel_as_their_own_blobs(crowd: Crowd, tmp_path: Path) -> None:
     """A large attachment goes as its own encrypted blob: the archive stays small (it
     carries the manifest, not the bytes), and the file arrives intact."""
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
+    a1, b = await crowd.make("alice", "bob")
     data = os.urandom(3_000_000)
     src = tmp_path / "big.bin"
     src.write_bytes(data)
@@ -203,7 +186,7 @@ async def test_history_attachments_travel_as_their_own_blobs(
     def progress(phase: str, done: int, total: int) -> None:
         phases[phase] = (done, total)
 
-    a2 = await accounts.link(a1, "laptop", progress=progress, max_attachments=4 * 2**20)
+    a2 = await crowd.link(a1, "laptop", progress=progress, max_attachments=4 * 2**20)
     archive_bytes = phases["upload"][1]
     assert archive_bytes < 16 * 1024  # the manifest, not 3 MB of base64
     done, total = phases["files"]
@@ -213,11 +196,8 @@ async def test_history_attachments_travel_as_their_own_blobs(
     assert Path(paths[0]).read_bytes() == data
 
 
-async def test_junk_archive_field_is_refused(
-    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
+async def test_junk_archive_field_is_refused(crowd: Crowd, monkeypatch: pytest.MonkeyPatch) -> None:
+    a1, b = await crowd.make("alice", "bob")
     await a1.send_text(b.address, "a message")
     real = dh.encode
 
@@ -227,8 +207,8 @@ async def test_junk_archive_field_is_refused(
 
     monkeypatch.setattr(dh, "encode", junk)
     with pytest.raises(LinkError, match=r"messages\[0\]\.body: not standard base64"):
-        await accounts.link(a1, "laptop")
-    new = accounts.clients[-1]
+        await crowd.link(a1, "laptop")
+    new = crowd.clients[-1]
     assert new.store.history(b.address) == []  # nothing of the archive was written
 
 

@@ -7,36 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from _device_helpers import Accounts, texts
+from _crowd import Crowd, texts
 
 from xchat.client import device_events as dev_ev
 from xchat.client import events as ev
 from xchat.client import files as xf
-from xchat.client.client import Client
 from xchat.crypto import devicelist as dl
 from xchat.errors import ClientError, DeviceRemoved, LinkError, UntrustedDevice
 from xchat.testing import ServerProcess, running_server
 
 
-@pytest.fixture
-async def accounts(server: ServerProcess, tmp_path: Path, handle) -> AsyncIterator[Accounts]:
-    acc = Accounts(server.url, tmp_path, handle)
-    try:
-        yield acc
-    finally:
-        await acc.close()
-
-
-async def test_three_devices_each_receive_once_and_see_sent_messages(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
-    a3 = await accounts.link(a1, "browser")
+async def test_three_devices_each_receive_once_and_see_sent_messages(crowd: Crowd) -> None:
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
+    a3 = await crowd.link(a1, "browser")
     assert [d.id for d in await a3.devices()] == [1, 2, 3]
     await b.send_text(a1.address, "to all three")
     for c in (a1, a2, a3):
@@ -57,14 +45,13 @@ async def test_three_devices_each_receive_once_and_see_sent_messages(accounts: A
         assert "reply" in texts(await c.receive())
 
 
-async def test_linked_device_shows_history_and_replies(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
+async def test_linked_device_shows_history_and_replies(crowd: Crowd) -> None:
+    a1, b = await crowd.make("alice", "bob")
     await a1.send_text(b.address, "old one")
     await b.receive()
     first = await b.send_text(a1.address, "old two")
     await a1.receive()
-    a2 = await accounts.link(a1, "laptop")
+    a2 = await crowd.link(a1, "laptop")
     peer = a2.find_contact(b.address)
     assert peer is not None and peer.identity_key is not None
     assert [(h.direction, h.text) for h in a2.history(peer)] == [
@@ -86,19 +73,17 @@ async def test_linked_device_shows_history_and_replies(accounts: Accounts) -> No
     assert again is not None and again.verified
 
 
-async def test_no_history(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
+async def test_no_history(crowd: Crowd) -> None:
+    a1, b = await crowd.make("alice", "bob")
     await a1.send_text(b.address, "private past")
-    a2 = await accounts.link(a1, "kiosk", history=False)
+    a2 = await crowd.link(a1, "kiosk", history=False)
     assert a2.store.history(b.address) == []
 
 
-async def test_removed_device_receives_nothing(accounts: Accounts, server: ServerProcess) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
-    a3 = await accounts.link(a1, "stolen")
+async def test_removed_device_receives_nothing(crowd: Crowd, server: ServerProcess) -> None:
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
+    a3 = await crowd.link(a1, "stolen")
     await b.send_text(a1.address, "before")
     assert texts(await a3.receive()) == ["before"]
     await a2.rename_device(3, "lost phone")
@@ -113,10 +98,9 @@ async def test_removed_device_receives_nothing(accounts: Accounts, server: Serve
     assert b.store.get_session(a1.address, 3) is None  # its session is gone everywhere
 
 
-async def test_groups_from_every_device(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
+async def test_groups_from_every_device(crowd: Crowd) -> None:
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
     info = await a1.create_group("team", [b.address])
     await b.receive()
     await a2.receive()  # our own copy of the update: the group exists here too
@@ -128,18 +112,17 @@ async def test_groups_from_every_device(accounts: Accounts) -> None:
     assert texts(await b.receive()) == ["from the laptop"]
     # bob links a device after the keys went round: the relay's 409 teaches alice his new
     # list, and the new device got the members' sender keys with its history
-    b2 = await accounts.link(b, "bob-laptop")
+    b2 = await crowd.link(b, "bob-laptop")
     await a1.send_group(info.id, "after bob linked")
     for c in (b, b2):
         assert "after bob linked" in texts(await c.receive())
 
 
-async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
+async def test_group_send_reaches_own_devices(crowd: Crowd) -> None:
     """A group message sent from one device appears in the sender's other devices' group
     history (same id, outgoing, exactly once), in the same single upload."""
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
     info = await a1.create_group("team", [b.address])
     await b.receive()
     await a2.receive()
@@ -154,7 +137,7 @@ async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
     mine = [m for m in a2.group_history(info.id) if m.text == "from the phone"]
     assert [(m.id, m.direction) for m in mine] == [(mid, "out")]
     # a device linked after the key went round gets this device's key before its next send
-    a3 = await accounts.link(a2, "tablet")
+    a3 = await crowd.link(a2, "tablet")
     await a1.send_group(info.id, "to three devices")
     for c in (a2, a3):
         got = await c.receive()
@@ -162,12 +145,11 @@ async def test_group_send_reaches_own_devices(accounts: Accounts) -> None:
     assert texts(await b.receive()) == ["to three devices"]
 
 
-async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
+async def test_delete_for_me_syncs_to_own_devices(crowd: Crowd) -> None:
     """A delete-for-me on one device deletes the message on our other devices too (sync
     kind ``delete``), in a 1:1 conversation and in a group; the peer keeps its copy."""
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
-    a2 = await accounts.link(a1, "laptop")
+    a1, b = await crowd.make("alice", "bob")
+    a2 = await crowd.link(a1, "laptop")
     mid = await b.send_text(a1.address, "delete me")
     keep = await b.send_text(a1.address, "keep me")
     for c in (a1, a2):
@@ -193,12 +175,11 @@ async def test_delete_for_me_syncs_to_own_devices(accounts: Accounts) -> None:
 
 
 async def test_history_carries_attachments_up_to_the_chosen_size(
-    accounts: Accounts, tmp_path: Path
+    crowd: Crowd, tmp_path: Path
 ) -> None:
     """The approving device copies the attachments it holds into the archive, newest first,
     up to the total the user chose; the linked device opens them without the blob store."""
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
+    a1, b = await crowd.make("alice", "bob")
     sizes = {"big.bin": 300_000, "small.bin": 40_000, "newest.bin": 50_000}
     mids = {}
     for name, size in sizes.items():
@@ -215,25 +196,24 @@ async def test_history_carries_attachments_up_to_the_chosen_size(
             )
         a1.messaging.record_file(b.address, mids[name], str(path))
     # 100 kB: the two newest fit (90 kB), the 300 kB one does not
-    a2 = await accounts.link(a1, "laptop", max_attachments=100_000)
+    a2 = await crowd.link(a1, "laptop", max_attachments=100_000)
     for name in ("small.bin", "newest.bin"):
         paths = a2.messaging.state.rs.files(b.address, mids[name])
         assert len(paths) == 1 and Path(paths[0]).parent == xf.downloads_dir(a2.profile.path)
         assert Path(paths[0]).read_bytes() == (tmp_path / name).read_bytes()
     assert a2.messaging.state.rs.files(b.address, mids["big.bin"]) == []
     assert a2.store.get_message(b.address, mids["big.bin"]) is not None  # its manifest came
-    a3 = await accounts.link(a1, "tablet", max_attachments=0)
+    a3 = await crowd.link(a1, "tablet", max_attachments=0)
     assert all(a3.messaging.state.rs.files(b.address, m) == [] for m in mids.values())
     with pytest.raises(ClientError, match="0 to 256 MB"):  # refused before anything is sent
         await a1.approve_device("any code", max_attachments=2**40)
 
 
-async def test_five_devices(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
-    b = await accounts.account("bob")
+async def test_five_devices(crowd: Crowd) -> None:
+    a1, b = await crowd.make("alice", "bob")
     devices = [a1]
     for i in range(4):
-        devices.append(await accounts.link(devices[-1], f"d{i + 2}"))
+        devices.append(await crowd.link(devices[-1], f"d{i + 2}"))
     listed = await devices[-1].devices()
     assert [d.id for d in listed] == [1, 2, 3, 4, 5]
     assert [d.current for d in listed] == [False, False, False, False, True]
@@ -245,17 +225,16 @@ async def test_five_devices(accounts: Accounts) -> None:
 # --- link codes -------------------------------------------------------------------------------
 
 
-async def test_wrong_reused_and_malformed_codes(accounts: Accounts) -> None:
-    a1 = await accounts.account("alice")
+async def test_wrong_reused_and_malformed_codes(crowd: Crowd) -> None:
+    (a1,) = await crowd.make("alice")
     with pytest.raises(LinkError, match="unknown link code"):
         await a1.approve_device(dl.format_code(dl.new_code()))
     with pytest.raises(LinkError, match="not a link code"):
         await a1.approve_device("hello")
-    new = Client(accounts.root / "n")
-    accounts.clients.append(new)
+    new = crowd.blank("n")
     code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        new.link_device(accounts.url, on_code=lambda c, _u: code.set_result(c))
+        new.link_device(crowd.server.url, on_code=lambda c, _u: code.set_result(c))
     )
     used = await code
     await a1.approve_device(used)
@@ -264,21 +243,18 @@ async def test_wrong_reused_and_malformed_codes(accounts: Accounts) -> None:
         await a1.approve_device(used)
 
 
-async def test_link_times_out_cleanly(accounts: Accounts) -> None:
-    new = Client(accounts.root / "n")
-    accounts.clients.append(new)
+async def test_link_times_out_cleanly(crowd: Crowd) -> None:
+    new = crowd.blank("n")
     with pytest.raises(LinkError, match="not approved within"):
-        await new.link_device(accounts.url, wait=1)
+        await new.link_device(crowd.server.url, wait=1)
     assert not new.profile.initialised
 
 
 async def test_expired_code(tmp_path: Path, handle) -> None:
     with running_server(tmp_path / "srv", pow_bits=2, XCHAT_LINK_TTL_SECONDS=1) as srv:
-        acc = Accounts(srv.url, tmp_path, handle)
-        try:
-            a1 = await acc.account("alice")
-            new = Client(tmp_path / "n")
-            acc.clients.append(new)
+        async with Crowd(srv, tmp_path, handle) as crowd:
+            (a1,) = await crowd.make("alice")
+            new = crowd.blank("n")
             code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             task = asyncio.create_task(
                 new.link_device(srv.url, wait=30, on_code=lambda c, _u: code.set_result(c))
@@ -292,8 +268,6 @@ async def test_expired_code(tmp_path: Path, handle) -> None:
                 await a1.approve_device(text)
             with pytest.raises(LinkError):
                 await task
-        finally:
-            await acc.close()
 
 
 # --- attacks on the device list (each on its own relay: the database is edited) -------------
@@ -305,11 +279,9 @@ def _db(srv: ServerProcess) -> sqlite3.Connection:
 
 async def test_device_row_injected_into_relay_database_is_refused(tmp_path: Path, handle) -> None:
     with running_server(tmp_path / "srv", pow_bits=2) as srv:
-        acc = Accounts(srv.url, tmp_path, handle)
-        try:
-            a1 = await acc.account("alice")
-            b = await acc.account("bob")
-            a2 = await acc.link(a1, "laptop")
+        async with Crowd(srv, tmp_path, handle) as crowd:
+            a1, b = await crowd.make("alice", "bob")
+            a2 = await crowd.link(a1, "laptop")
             await b.send_text(a1.address, "fine")
             srv.kill9()
             with _db(srv) as db:
@@ -329,19 +301,14 @@ async def test_device_row_injected_into_relay_database_is_refused(tmp_path: Path
                 ).fetchone()
             assert n == 0
             assert texts(await a2.receive()) == ["fine"]
-        finally:
-            await acc.close()
 
 
 async def test_forged_and_rolled_back_lists_are_refused(tmp_path: Path, handle) -> None:
     with running_server(tmp_path / "srv", pow_bits=2) as srv:
-        acc = Accounts(srv.url, tmp_path, handle)
-        try:
-            a1 = await acc.account("alice")
-            b = await acc.account("bob")
-            carol = await acc.account("carol")
-            await acc.link(a1, "laptop")
-            await acc.link(a1, "tablet")
+        async with Crowd(srv, tmp_path, handle) as crowd:
+            a1, b, carol = await crowd.make("alice", "bob", "carol")
+            await crowd.link(a1, "laptop")
+            await crowd.link(a1, "tablet")
             await b.send_text(a1.address, "v2 seen")  # bob verified version 2 (1, 2, 3)
             with _db(srv) as db:
                 old_list, old_version = db.execute(
@@ -375,21 +342,17 @@ async def test_forged_and_rolled_back_lists_are_refused(tmp_path: Path, handle) 
             srv.start()
             with pytest.raises(UntrustedDevice, match="forged"):
                 await carol.send_text(a1.address, "first contact")
-        finally:
-            await acc.close()
 
 
-async def test_lost_device_restore_phrase_then_remove_the_others(accounts: Accounts) -> None:
-    phone = Client(accounts.root / "phone")
-    accounts.clients.append(phone)
-    info = await phone.create_account(accounts.url, accounts.handle("lost"))
+async def test_lost_device_restore_phrase_then_remove_the_others(crowd: Crowd) -> None:
+    phone = crowd.blank("phone")
+    info = await phone.create_account(crowd.server.url, crowd.handle("lost"))
     assert info.recovery_phrase is not None
-    b = await accounts.account("bob")
-    laptop = await accounts.link(phone, "laptop")
+    (b,) = await crowd.make("bob")
+    laptop = await crowd.link(phone, "laptop")
     await phone.close()  # the phone is lost; a new one restores the phrase (device 1 again)
-    new_phone = Client(accounts.root / "newphone")
-    accounts.clients.append(new_phone)
-    await new_phone.restore_account(accounts.url, info.recovery_phrase)
+    new_phone = crowd.blank("newphone")
+    await new_phone.restore_account(crowd.server.url, info.recovery_phrase)
     assert [d.id for d in await new_phone.devices()] == [1, 2]
     await new_phone.remove_device(2)  # the laptop went with the phone
     await b.send_text(info.address, "only for the new phone")
