@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _crowd import Crowd
 
 from xchat.client import content as ct
 from xchat.client.call_media import Tone
@@ -363,22 +364,13 @@ async def test_relay_only_call_goes_through_coturn_with_no_host_candidates(
 
 
 async def test_a_call_rings_every_linked_device_and_the_first_answer_takes_it(
-    server: ServerProcess, tmp_path: Path, handle: Any
+    server: ServerProcess, tmp_path: Path, handle: Any, crowd: Crowd
 ) -> None:
     """Bob has two devices (PROTOCOL Part VII): both ring; the one that answers carries the
     call and the other stops ringing ("answered elsewhere", PROTOCOL Part IX §3.4)."""
     async with party(server.url, tmp_path / "a", handle("alice")) as a:
-        b1 = Client(tmp_path / "b1")
-        await b1.create_account(server.url, handle("bob"))
-        b2 = Client(tmp_path / "b2")
-        code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        link = asyncio.create_task(
-            b2.link_device(
-                server.url, name="laptop", history=False, on_code=lambda c, _u: code.set_result(c)
-            )
-        )
-        await b1.approve_device(await code)
-        await link
+        (b1,) = await crowd.make("bob")
+        b2 = await crowd.link(b1, "laptop", history=False)
         bobs: list[Party] = []
         try:
             for c in (b1, b2):
@@ -399,5 +391,3 @@ async def test_a_call_rings_every_linked_device_and_the_first_answer_takes_it(
         finally:
             for p in bobs:
                 await p.calls.close()
-            await b1.close()
-            await b2.close()
