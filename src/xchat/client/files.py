@@ -19,7 +19,6 @@ downloads with ``Range`` from the last byte received, with exponential backoff.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hmac
 import mimetypes
@@ -118,8 +117,8 @@ class FileManifest:
         return {
             **version,
             "blob": self.blob_id,
-            "key": base64.b64encode(self.key).decode("ascii"),
-            "digest": base64.b64encode(self.digest).decode("ascii"),
+            "key": encoding.b64encode(self.key),
+            "digest": encoding.b64encode(self.digest),
             "name": self.name,
             "size": self.size,
             "content_type": self.content_type,
