@@ -462,6 +462,16 @@ NOTES = [
     "all 13 GB of them made the kernel reclaim page cache during later rounds, charged to "
     "whichever path wrote then (download CPU of every path, curl's too, ~3.3 s/GB instead "
     "of ~0.7 in the run before this one); runs before 11:29 UTC on 2026-12-03 kept them.",
+    "Unexplained, and the reason the target is not claimed: on this VM the download CPU "
+    "of the in-process client paths grows with the file size while curl's does not. On an "
+    "idle machine (load 0.8-1.5, 2026-12-03 12:09-12:13 UTC, `/dev/shm`): 500 MB x 3 rounds "
+    "gave e2e 701 MB/s vs curl 621 (**1.13x**; e2e download 0.65 client CPU s/GB, plain "
+    "0.38, curl 0.45), 1000 MB x 3 rounds gave 336 vs 619 (**0.54x**; e2e download 1.93, "
+    "plain 1.06, curl 0.44), and the full run above 0.39 (`/tmp`) / 0.53 (`/dev/shm`); the "
+    "11:29 run at load 3-6 gave 0.78 / 0.74. The cipher's own cost (AES-GCM + BLAKE3, "
+    "~0.2 CPU s/GB per side) does not explain a gap that `plain` shows too; page faults "
+    "on fresh memory in the bench process (the VM's free-page reporting) are the suspect, "
+    "not yet confirmed.",
     "CPU seconds per GB are the portable figures: with six engineers' test suites on 2 "
     "cores the wall-clock ratios swing widely run to run, and CPU time also inflates when "
     "the sibling hyperthread is busy.",
