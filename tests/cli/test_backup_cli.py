@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _cli_helpers import ok, one_error_line, xchat
 
+from _cli_helpers import ok, one_error_line, xchat
 from xchat.realm.testing import RealmProcess, running_realms
 from xchat.testing import ServerProcess, running_server
 

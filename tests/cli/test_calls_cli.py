@@ -11,8 +11,8 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from _cli_helpers import SRC, ok, one_error_line, xchat
 
+from _cli_helpers import SRC, ok, one_error_line, xchat
 from xchat.testing import ServerProcess
 
 RESULT_KEYS = {

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _cli_helpers import SRC, ok, one_error_line, xchat
 
+from _cli_helpers import SRC, ok, one_error_line, xchat
 from xchat.testing import ServerProcess
 
 

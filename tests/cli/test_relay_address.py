@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _cli_helpers import ok, one_error_line, xchat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from _cli_helpers import ok, one_error_line, xchat
 from xchat.crypto import relaykey
 from xchat.testing import ServerProcess
 

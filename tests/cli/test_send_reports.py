@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from _cli_helpers import SRC, ok, xchat
-
 from xchat.client.client import Client
 from xchat.testing import ServerProcess
 

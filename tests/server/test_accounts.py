@@ -6,8 +6,8 @@ import base64
 
 import httpx
 import pytest
-from _relay_helpers import b64, get_challenge, register, register_body, unb64
 
+from _relay_helpers import b64, get_challenge, register, register_body, unb64
 from xchat import encoding
 from xchat.crypto.certificate import SenderCertificate
 from xchat.crypto.keys import IdentityKeyPair

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from _relay_helpers import (
     close_code,
     get_challenge,
@@ -22,7 +23,6 @@ from _relay_helpers import (
     send_body,
     ws_connect,
 )
-
 from xchat.crypto.keys import IdentityKeyPair
 from xchat.protocol import frames as F
 from xchat.testing import ServerProcess, running_server

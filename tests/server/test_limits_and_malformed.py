@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _relay_helpers import close_code, recv_frame, register, send_body, ws_connect
 
+from _relay_helpers import close_code, recv_frame, register, send_body, ws_connect
 from xchat.protocol import frames as F
 from xchat.testing import ServerProcess, running_server
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from _relay_helpers import (
     b64,
     close_code,
@@ -20,7 +21,6 @@ from _relay_helpers import (
     unb64,
     ws_connect,
 )
-
 from xchat.crypto.pow import solve, stamp_ok
 from xchat.protocol import frames as F
 from xchat.testing import ServerProcess, running_server

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _relay_helpers import b64, get_challenge, recv_frame, register, send_body, ws_connect
 
+from _relay_helpers import b64, get_challenge, recv_frame, register, send_body, ws_connect
 from xchat.crypto.keys import decode_address
 from xchat.crypto.pow import solve
 from xchat.protocol import frames as F

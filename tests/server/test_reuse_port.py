@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-from _relay_helpers import recv_frame, recv_until_drained, send_body, ws_connect
 
+from _relay_helpers import recv_frame, recv_until_drained, send_body, ws_connect
 from xchat.protocol.frames import Deliver
 from xchat.testing import ServerProcess, env_from_kwargs, register
 

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import httpx
+
 from _relay_helpers import Account, b64, register
 
 

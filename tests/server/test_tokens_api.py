@@ -8,8 +8,8 @@ import base64
 from pathlib import Path
 
 import httpx
-from _relay_helpers import b64, register
 
+from _relay_helpers import b64, register
 from xchat.crypto import oprf
 from xchat.crypto import tokens as tk
 from xchat.testing import ServerProcess, anon_headers, running_server

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _relay_helpers import Account, recv_frame, recv_until_drained, register, ws_connect
 
+from _relay_helpers import Account, recv_frame, recv_until_drained, register, ws_connect
 from xchat.protocol import frames as F
 from xchat.server.serve import raise_nofile_limit
 from xchat.testing import ServerProcess, running_server
