@@ -18,6 +18,7 @@ from xchat.crypto.attachment import (
     LABEL_ATTACHMENT,
     AttachmentDecryptor,
     AttachmentEncryptor,
+    blob_digest,
     blob_hash,
     ciphertext_length,
     decrypt_attachment,
@@ -28,15 +29,6 @@ from xchat.crypto.padding import padme_size
 from xchat.errors import DecodeError, DecryptionError, ProtocolError, TooLarge
 
 KEY = bytes(range(32))
-
-
-def blob_digest(version: int, data: bytes) -> bytes:
-    """The digest of a whole blob in memory, through the hasher the transfer streams into."""
-    h = blob_hash(version)
-    h.update(data)
-    return h.digest()
-
-
 C = 64  # small chunks keep the tests fast; the default is exercised separately
 
 

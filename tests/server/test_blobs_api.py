@@ -123,7 +123,9 @@ def test_broken_upload_keeps_prefix(http: httpx.Client, srv: ServerProcess) -> N
         )
     offset = 0
     for _ in range(100):  # the server notices the disconnect asynchronously
-        offset = int(httpx.head(f"{srv.url}/api/v1/blobs/{blob}").headers["Upload-Offset"])
+        status = httpx.head(f"{srv.url}/api/v1/blobs/{blob}")
+        assert status.status_code == 200, (status.status_code, dict(status.headers))
+        offset = int(status.headers["Upload-Offset"])
         if offset == 2 * 1024 * 1024:
             break
         time.sleep(0.05)

@@ -91,6 +91,14 @@ def blob_hash(version: int) -> BlobHash:
     raise DecodeError(f"unknown file digest version {version}")
 
 
+def blob_digest(version: int, data: Buffer) -> bytes:
+    """The digest of a whole blob held in memory (the PROTOCOL Part VI §3 vectors and the
+    tests that forge or swap blobs; transfers stream into :func:`blob_hash` instead)."""
+    h = blob_hash(version)
+    h.update(data)
+    return h.digest()
+
+
 def generate_key(rng: Rng = os.urandom) -> bytes:
     """A fresh 32-byte file key (one per file, never reused)."""
     return rng(KEY_LEN)
