@@ -52,7 +52,7 @@ typecheck: $(STAMP)
 # the per-package table is printed after the tests.
 pytest: $(STAMP)
 	@rm -rf test-artifacts/coverage && mkdir -p test-artifacts/coverage
-	$(BIN)/coverage run -m pytest -q -m "not slow" -p no:cacheprovider
+	$(BIN)/coverage run -m pytest -q -m "not slow" -p no:cacheprovider --durations=20
 	@$(BIN)/coverage combine -q
 	@$(BIN)/python scripts/coverage_report.py
 
