@@ -97,11 +97,7 @@ class ChildProcess:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _wait_or_kill(proc, timeout)
         self._cleanup()
 
     def stop_reading_stdout(self, timeout: float = 10.0) -> str:
@@ -114,11 +110,7 @@ class ChildProcess:
                 proc.send_signal(signal.SIGTERM)
             if proc.stdout is not None:
                 out = proc.stdout.read()  # until the process closes it, i.e. exits
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _wait_or_kill(proc, timeout)
         self._cleanup()
         return out
 
@@ -191,6 +183,15 @@ class ServerProcess(ChildProcess):
         self.start()
 
 
+def _wait_or_kill(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait for a signalled process to exit; SIGKILL it if it does not within ``timeout``."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
     out: list[str] = []
 
@@ -225,6 +226,25 @@ def running_server(data_dir: Path | str, pow_bits: int = 4, **env: Any) -> Itera
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def running_nodes(
+    data_dir: Path, pow_bits: int, env: dict[str, str], *, share_port: bool = False
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two relay nodes on one data directory (the same relay keys, one blob store) and one
+    metrics token; the first starts alone because it creates the keys. ``share_port``: the
+    second binds the first's port (``--reuse-port``)."""
+    first = ServerProcess(data_dir, pow_bits, dict(env))
+    first.start()
+    second_env = {**env, "XCHAT_METRICS_TOKEN": first.env["XCHAT_METRICS_TOKEN"]}
+    second = ServerProcess(data_dir, pow_bits, second_env, port=first.port if share_port else 0)
+    try:
+        second.start()
+        yield first, second
+    finally:
+        second.stop()
+        first.stop()
 
 
 # --- a minimal account on a real relay, for tests and benchmarks ---------------------------
@@ -445,8 +465,4 @@ def running_coturn(work_dir: Path | str, timeout: float = 10.0) -> Iterator[Turn
     finally:
         if proc.poll() is None:
             proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _wait_or_kill(proc, 5)

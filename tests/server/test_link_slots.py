@@ -22,24 +22,9 @@ from xchat.client import events as ev
 from xchat.client.client import Client
 from xchat.crypto import devicelist as dl
 from xchat.errors import LinkError
-from xchat.testing import ServerProcess, env_from_kwargs, register
+from xchat.testing import ServerProcess, env_from_kwargs, register, running_nodes
 
 Nodes = tuple[ServerProcess, ServerProcess]
-
-
-def _nodes(root: Path, env: dict[str, str]) -> Iterator[Nodes]:
-    data = root / "shared"  # one data directory: same relay keys, one blob store
-    first = ServerProcess(data, 2, dict(env))
-    first.start()  # first alone: it creates the relay's keys
-    second = ServerProcess(
-        data, 2, {**env, "XCHAT_METRICS_TOKEN": first.env["XCHAT_METRICS_TOKEN"]}
-    )
-    try:
-        second.start()
-        yield first, second
-    finally:
-        second.stop()
-        first.stop()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +32,8 @@ def nodes(
     tmp_path_factory: pytest.TempPathFactory, backend_env: Callable[[str], dict[str, Any]]
 ) -> Iterator[Nodes]:
     env = env_from_kwargs({**backend_env("postgres"), "rate_limits": False})
-    yield from _nodes(tmp_path_factory.mktemp("nodes"), env)
+    with running_nodes(tmp_path_factory.mktemp("nodes") / "shared", 2, env) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -189,27 +175,25 @@ def test_expired_code_on_two_nodes(
 ) -> None:
     env = env_from_kwargs({**backend_env("postgres"), "rate_limits": False})
     env["XCHAT_LINK_TTL_SECONDS"] = "1"
-    for node1, node2 in _nodes(tmp_path, env):
-        with (
-            httpx.Client(base_url=node1.url, timeout=30) as h1,
-            httpx.Client(base_url=node2.url, timeout=30) as h2,
-        ):
-            a = register(h2)
-            sid = _slot()
-            assert h1.put(f"/api/v1/links/{sid}", json={"offer": _b64(b"o")}).status_code == 201
-            deadline = time.monotonic() + 30
-            while (r := h2.get(f"/api/v1/links/{sid}")).status_code == 200:
-                assert time.monotonic() < deadline  # polling a condition (the expiry)
-            expired = {"error": "link code expired (codes are valid for 10 minutes)"}
-            assert (r.status_code, r.json()) == (410, expired)
-            r = h2.post(
-                f"/api/v1/links/{sid}/answer", json={"answer": _b64(b"x")}, headers=a.headers
-            )
-            assert (r.status_code, r.json()) == (410, expired)
-            r = h1.get(f"/api/v1/links/{sid}/answer?wait=5")
-            assert (r.status_code, r.json()) == (410, expired)
-            assert h1.get(f"/api/v1/links/{_slot()}").status_code == 404
-            assert h2.get("/api/v1/links/short").status_code == 422  # the path rule
+    with (
+        running_nodes(tmp_path / "shared", 2, env) as (node1, node2),
+        httpx.Client(base_url=node1.url, timeout=30) as h1,
+        httpx.Client(base_url=node2.url, timeout=30) as h2,
+    ):
+        a = register(h2)
+        sid = _slot()
+        assert h1.put(f"/api/v1/links/{sid}", json={"offer": _b64(b"o")}).status_code == 201
+        deadline = time.monotonic() + 30
+        while (r := h2.get(f"/api/v1/links/{sid}")).status_code == 200:
+            assert time.monotonic() < deadline  # polling a condition (the expiry)
+        expired = {"error": "link code expired (codes are valid for 10 minutes)"}
+        assert (r.status_code, r.json()) == (410, expired)
+        r = h2.post(f"/api/v1/links/{sid}/answer", json={"answer": _b64(b"x")}, headers=a.headers)
+        assert (r.status_code, r.json()) == (410, expired)
+        r = h1.get(f"/api/v1/links/{sid}/answer?wait=5")
+        assert (r.status_code, r.json()) == (410, expired)
+        assert h1.get(f"/api/v1/links/{_slot()}").status_code == 404
+        assert h2.get("/api/v1/links/short").status_code == 422  # the path rule
 
 
 def test_redis_down_is_a_clean_503(

@@ -24,7 +24,7 @@ import pytest
 
 from _relay_helpers import recv_frame, recv_until_drained, send_body, ws_connect
 from xchat.protocol.frames import Deliver
-from xchat.testing import ServerProcess, env_from_kwargs, register
+from xchat.testing import ServerProcess, env_from_kwargs, register, running_nodes
 
 
 def _socket_inode(server_port: int, client_port: int) -> str | None:
@@ -67,18 +67,8 @@ def pair(
             "resync_seconds": 3600,
         }
     )  # no catch-up poll: only Redis can wake the socket
-    data = tmp_path_factory.mktemp("shared")  # one data directory: same relay keys
-    first = ServerProcess(data, 4, dict(env))
-    first.start()  # first alone: it creates the relay's keys
-    second = ServerProcess(
-        data, 4, {**env, "XCHAT_METRICS_TOKEN": first.env["XCHAT_METRICS_TOKEN"]}, port=first.port
-    )
-    try:
-        second.start()
-        yield first, second
-    finally:
-        second.stop()
-        first.stop()
+    with running_nodes(tmp_path_factory.mktemp("shared"), 4, env, share_port=True) as nodes:
+        yield nodes
 
 
 def _http_on(pid: int, port: int, pids: list[int]) -> http.client.HTTPConnection:

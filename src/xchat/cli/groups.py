@@ -36,7 +36,11 @@ def _info_json(g: GroupInfo) -> dict[str, Any]:
     }
 
 
-def _print_info(g: GroupInfo) -> None:
+def _show_info(g: GroupInfo, as_json: bool) -> None:
+    """One group's state, as ``--json`` or for people (every command that changes it)."""
+    if as_json:
+        click.echo(json.dumps(_info_json(g)))
+        return
     state = " (you left)" if g.left else ""
     click.echo(f"{g.id}  {escape_terminal(g.name)}{state}  v{g.version}  epoch {g.epoch[:16]}")
     for m in g.members:
@@ -72,10 +76,7 @@ def _change(obj: Any, method: str, group: str, members: tuple[str, ...], as_json
             return info
 
     info = _run(go())
-    if as_json:
-        click.echo(json.dumps(_info_json(info)))
-    else:
-        _print_info(info)
+    _show_info(info, as_json)
 
 
 @group_group.command("add")
@@ -126,10 +127,7 @@ def group_admin(obj: Any, group: str, member: str, revoke: bool, as_json: bool) 
             return info
 
     info = _run(go())
-    if as_json:
-        click.echo(json.dumps(_info_json(info)))
-    else:
-        _print_info(info)
+    _show_info(info, as_json)
 
 
 @group_group.command("send")
@@ -181,10 +179,7 @@ def group_info(obj: Any, group: str, as_json: bool) -> None:
         info = c.group_info(group)
     finally:
         _run(c.close())
-    if as_json:
-        click.echo(json.dumps(_info_json(info)))
-    else:
-        _print_info(info)
+    _show_info(info, as_json)
 
 
 @group_group.command("file")
