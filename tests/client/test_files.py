@@ -7,11 +7,15 @@ mid-upload / mid-download" is tested.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import itertools
 import json
 import os
+import resource
+import signal
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -109,6 +113,30 @@ async def test_resume_after_download_connection_killed(
         got = await xf.receive_file(blobs, m, tmp_path / "dl")
         assert proxy.cuts == 1
     assert got.read_bytes() == src.read_bytes()
+
+
+async def test_failed_write_ends_download_and_discards_partial(
+    blob_profile: Path, tmp_path: Path
+) -> None:
+    """The file is written in a second thread (files._PlainSink): a write that fails
+    mid-download (here: past RLIMIT_FSIZE, as a full disk would) ends the download with
+    that OSError, the writer thread is gone and no .part file is left."""
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(6 * 1024 * 1024))
+    async with Client(blob_profile) as c, xf.BlobClient.from_api(c.api) as blobs:
+        m = await xf.send_file(blobs, src)
+        old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024 + 1, old_limit[1]))
+        try:
+            with pytest.raises(OSError) as err:
+                await xf.receive_file(blobs, m, tmp_path / "dl")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+            signal.signal(signal.SIGXFSZ, old_handler)
+    assert err.value.errno == errno.EFBIG
+    assert os.listdir(tmp_path / "dl") == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("xchat-file-write")]
 
 
 async def _upload_raw(profile: Path, data: bytes) -> str:
