@@ -46,6 +46,12 @@ DEFAULT_QUOTA_BYTES: Final = 8 * 1024**3
 DEFAULT_MAX_BLOB_BYTES: Final = 8 * 1024**3
 #: Bytes buffered before one ``os.write``: fewer syscalls, bounded memory per upload.
 WRITE_BUFFER: Final = 1024 * 1024
+#: Largest single ``writev`` into a blob file. Why: the kernel (6.x, ext4 and others with
+#: large folios) allocates page-cache folios as large as the write; on this VM free
+#: blocks of >= 128 KiB are the ones its free-page reporting hands back to the host, so
+#: 1 MiB writes cost ~3 CPU s/GB in host faults against ~0.4 for 64 KiB ones (issue #20,
+#: bench/file_bench.py notes).
+WRITE_PIECE: Final = 64 * 1024
 #: Read size of a download stream.
 READ_CHUNK: Final = 1024 * 1024
 
@@ -240,7 +246,7 @@ class FilesystemBlobStore(BlobStore):
         room = info.size - info.offset
         fd = os.open(self._file(info.id), os.O_WRONLY | os.O_APPEND)
         written = 0
-        # Pieces are gathered in a list and written with one writev: the body is copied
+        # Pieces are gathered in a list and written with writev: the body is copied
         # once, into the kernel, not also into a staging buffer (CPU per GB, issue #20).
         buf: list[bytes] = []
         buffered = 0
@@ -357,14 +363,33 @@ class FilesystemBlobStore(BlobStore):
 
 
 def _writev_all(fd: int, pieces: list[bytes]) -> int:
-    """Write every piece, in order (one ``writev`` unless the kernel writes short)."""
-    want = sum(len(p) for p in pieces)
-    total = os.writev(fd, pieces) if len(pieces) <= _IOV_MAX else 0
-    if total < want:
-        view = memoryview(b"".join(pieces))
-        while total < want:
-            total += os.write(fd, view[total:])
+    """Write every piece, in order, in ``writev`` calls of at most :data:`WRITE_PIECE`
+    bytes (a piece larger than that is sliced, not copied)."""
+    total = 0
+    batch: list[memoryview] = []
+    size = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            take = view[: WRITE_PIECE - size]
+            batch.append(take)
+            size += len(take)
+            view = view[len(take) :]
+            if size == WRITE_PIECE or len(batch) == _IOV_MAX:
+                total += _writev_exact(fd, batch, size)
+                batch, size = [], 0
+    if batch:
+        total += _writev_exact(fd, batch, size)
     return total
+
+
+def _writev_exact(fd: int, batch: list[memoryview], want: int) -> int:
+    done = os.writev(fd, batch)
+    if done < want:  # a short write: the rest one piece at a time
+        rest = memoryview(b"".join(batch))[done:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+    return want
 
 
 _IOV_MAX: Final = 1024
