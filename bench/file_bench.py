@@ -509,7 +509,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['aes_gcm_mbps']:.0f} MB/s; SHA-256 alone: {report['sha256_mbps']:.0f} MB/s "
         "(one core, this run).",
     ]
-    lines += ["", *[f"- {n}" for n in NOTES]]
+    lines += ["", *[f"- {n}" for n in [*report.get("run_notes", []), *NOTES]]]
     return "\n".join(lines)
 
 
@@ -640,7 +640,7 @@ def main() -> None:
     first = runs[0]
     report: dict[str, Any] = {
         "bench": "files",
-        "command": " ".join(["python bench/file_bench.py", *sys.argv[1:]]),
+        "command": " ".join(["python bench/file_bench.py", *_shown_args()]),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "quick": args.quick,
         "machine": {
@@ -682,6 +682,20 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(report["markdown"])
+
+
+def _shown_args() -> list[str]:
+    """The command-line arguments that change what is measured (not ``--out``)."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--out="):
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        args.append(a)
+    return args
 
 
 def _cpu_model() -> str:
