@@ -315,13 +315,14 @@ anything that stops deliveries for more than 1% of the window sets p99):
    thread 19.7-22.7 µs per message against 13.3-17.3 with the writer thread (the frames
    and the pipe; marshal instead of pickle for the hot frames took it from ~24), writer
    32-34 µs either way, but none of it holds the loop's GIL any more. The relay at 7,000/s
-   open loop, interleaved A/B of 3-s windows (`/tmp`-style script on
-   `relay_bench.Load`): at load 2.2-2.7 p99 13-68 ms (process) against 10-108 ms (thread),
+   open loop, interleaved A/B of 3-s windows (one relay, `relay_bench.Load`, 12-15 windows
+   per side): at load 2.2-2.7 p99 13-68 ms (process) against 10-108 ms (thread),
    p50 4-5 against 4-23 ms; at load 4-6 no difference (median p99 ~140 vs ~150 ms, both
    starved); relay CPU per message (both processes) the same within the noise (82-127 vs
    70-129 µs). Cost: a relay starts ~60 ms slower (a second interpreter; 9 → 64-77 ms for
-   `SqliteStore.open`). The half-load p99 of the tables above is the figure that decides
-   whether it met the target; on this shared machine the A/B could not show it."""
+   `SqliteStore.open`; `running_server` takes 2-6 s either way at load 5). Whether it meets
+   the half-load target is for a full `tail_bench.py` run on a quiet machine to say; on this
+   shared one the A/B could not show it."""
 
 
 def finish(doc: dict[str, Any], md: Path | None) -> Path:
