@@ -49,10 +49,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Under coverage, subprocesses included (relay, realms, app; pyproject [tool.coverage.run]);
-# the per-package table is printed after the tests.
+# the per-package table is printed after the tests. Two pytest-xdist workers (the 2 cores CI
+# has: most tests wait on subprocesses, sockets or a browser), whole files per worker so a
+# module's `server` relay is started once; each worker is a subprocess, so it measures itself.
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
 	@rm -rf test-artifacts/coverage && mkdir -p test-artifacts/coverage
-	$(BIN)/coverage run -m pytest -q -m "not slow" -p no:cacheprovider --durations=20
+	$(BIN)/coverage run -m pytest -q -m "not slow" -p no:cacheprovider --durations=20 \
+		-n $(PYTEST_WORKERS) --dist loadfile
 	@$(BIN)/coverage combine -q
 	@$(BIN)/python scripts/coverage_report.py
 
