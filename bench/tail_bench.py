@@ -322,7 +322,8 @@ anything that stops deliveries for more than 1% of the window sets p99):
    70-129 µs). At 15,000/s, 4 rounds x 3 windows per side, load 0.9-2.1: p99 median 74 ms
    (46-488) against 111 ms (56-257), p50 24-28 against 42-139 ms in the three quieter
    rounds (load 0.9-1.6) and worse in the last (load 2.1: p99 110-488 against 56-57 ms);
-   relay CPU per message 52-78 against 55-71 µs (the frames cost the loop a little). Cost: a relay starts ~60 ms slower (a second interpreter; 9 → 64-77 ms for
+   relay CPU per message (both processes) 74-78 against 55-70 µs in those rounds.
+   Cost: a relay starts ~60 ms slower (a second interpreter; 9 → 64-77 ms for
    `SqliteStore.open`; `running_server` takes 2-6 s either way at load 5). Whether it meets
    the half-load target is for a full `tail_bench.py` run on a quiet machine to say; on this
    shared one the A/B could not show it."""
