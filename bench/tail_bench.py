@@ -20,7 +20,6 @@ bench/results/tail.json and bench/results/tail_latency.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -56,25 +55,6 @@ class Relays:
         self.metrics_headers = servers[0].metrics_headers
         self.pids = [s.pid for s in servers]
 
-    def writer_pids(self) -> list[int]:
-        """The relays' child processes: the SQLite store's writer (storage/sqlite_writer.py)
-        does the commits in its own process, so its CPU is the relay's too."""
-        out = []
-        for pid in self.pids:
-            with contextlib.suppress(OSError):
-                out += [
-                    int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-                ]
-        return out
-
-
-def _runq_seconds(pid: int) -> float:
-    """How long a process's main thread waited for a core (/proc/<pid>/schedstat)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
 
 def start_relays(root: Path, n: int, env: dict[str, Any]) -> Relays:
     base = env_from_kwargs({**BASE_ENV, **env})
@@ -99,21 +79,15 @@ def curve(
     with httpx.Client(base_url=relays.url, timeout=60) as c:
         accounts = [rb.register(c) for _ in range(rb.PAIRS)]
     load = rb.Load(relays, accounts)
-    writers = relays.writer_pids()
     points: list[dict[str, Any]] = []
     try:
 
         def run(rate: float) -> dict[str, Any]:
-            everyone = relays.pids + writers
-            cpu0 = sum(common.proc_cpu_seconds(p) for p in everyone)
-            rq0 = sum(_runq_seconds(p) for p in writers)
+            cpu0 = sum(common.proc_cpu_seconds(p) for p in relays.pids)
             t0 = time.monotonic()
             pt = load.window(rate, 8, duration, warmup, None)
             wall = time.monotonic() - t0
-            cpu = sum(common.proc_cpu_seconds(p) for p in everyone) - cpu0
-            if writers:  # per second of the whole window call (warm-up and tail included)
-                rq = sum(_runq_seconds(p) for p in writers) - rq0
-                pt["server_runqueue_wait_per_s"]["xchat-writer"] = round(rq / wall, 3)
+            cpu = sum(common.proc_cpu_seconds(p) for p in relays.pids) - cpu0
             # over the whole window call (warm-up and tail included): CPU per message sent
             sent = max(1, int(pt["msgs_per_s"] * (duration + warmup)))
             pt["all_relays_cpu_util"] = round(cpu / wall, 3)
@@ -190,12 +164,6 @@ def markdown(doc: dict[str, Any]) -> str:
         'machine gives and the CPU per message as the portable figure. "Half load" is '
         "half of the closed-loop maximum of the same run, so it moves with the machine.",
     ]
-    if doc.get("sqlite_writer") != "process":
-        parts.append(
-            "*These tables were measured before the SQLite writer became its own process "
-            "(item 7 below): the single design still had the writer thread. Rerun "
-            "`python bench/tail_bench.py` to measure the current code.*"
-        )
     for d in doc["designs"].values():
         rows = []
         for p in [*d["open_loop"], d["max_load"]]:
@@ -292,7 +260,7 @@ anything that stops deliveries for more than 1% of the window sets p99):
    The writer now runs one padded multi-row statement per run of enqueues or ACKs and counts
    deleted mail with one row per device instead of `DELETE ... RETURNING` (one GIL hand-off
    per deleted row): 8.6-10.9 down to 7.6-8.6 switches per commit in A/B runs, CPU per
-   message unchanged within the noise. Since then the writer is its own process (item 7).
+   message unchanged within the noise. Item 7 tried the writer in its own process.
 5. *Why half load costs more per message than the maximum*: the relay made ~6 read/write
    system calls per message at 7,500/s open loop against ~0.9 in the closed loop
    (`/proc/<pid>/io`), since each of the 200 load sockets sees one frame at a time instead
@@ -308,25 +276,19 @@ anything that stops deliveries for more than 1% of the window sets p99):
    hand-offs stay on one core) but raised the half-load p99 (median of 9 windows ~400 ms vs
    ~90 ms unpinned, load 3-5): on a shared machine the pinned relay cannot move off a core
    that another engineer's test is using. On a dedicated machine it may be worth a rerun.
-7. *The SQLite writer in its own process* (`storage/sqlite_writer.py`, PROTOCOL Part III
-   §7): the event loop sends each pass's operations as one marshal/pickle frame over a pipe
-   and reads the answer with a reader on the loop; the writer shares no GIL with it. The
-   store alone (enqueue + ACK at 10,000/s from one loop, no network; load 2.5-4.6): loop
-   thread 19.7-22.7 µs per message against 13.3-17.3 with the writer thread (the frames
-   and the pipe; marshal instead of pickle for the hot frames took it from ~24), writer
-   32-34 µs either way, but none of it holds the loop's GIL any more. The relay at 7,000/s
-   open loop, interleaved A/B of 3-s windows (one relay, `relay_bench.Load`, 12-15 windows
-   per side): at load 2.2-2.7 p99 13-68 ms (process) against 10-108 ms (thread),
-   p50 4-5 against 4-23 ms; at load 4-6 no difference (median p99 ~140 vs ~150 ms, both
-   starved); relay CPU per message (both processes) the same within the noise (82-127 vs
-   70-129 µs). At 15,000/s, 4 rounds x 3 windows per side, load 0.9-2.1: p99 median 74 ms
-   (46-488) against 111 ms (56-257), p50 24-28 against 42-139 ms in the three quieter
-   rounds (load 0.9-1.6) and worse in the last (load 2.1: p99 110-488 against 56-57 ms);
-   relay CPU per message (both processes) 74-78 against 55-70 µs in those rounds.
-   Cost: a relay starts ~60 ms slower (a second interpreter; 9 → 64-77 ms for
-   `SqliteStore.open`; `running_server` takes 2-6 s either way at load 5). Whether it meets
-   the half-load target is for a full `tail_bench.py` run on a quiet machine to say; on this
-   shared one the A/B could not show it."""
+7. *The SQLite writer in its own process: measured and not kept.* A build with the writer
+   as a second interpreter (named operations sent as one marshal/pickle frame per event-loop
+   pass over a pipe, answers read by a reader on the loop; no GIL shared with the loop) was
+   measured against the writer thread. Store alone (enqueue + ACK at 10,000/s, load
+   2.5-4.6): loop thread 19.7-22.7 us per message against 13.3-17.3 with the thread (the
+   frames and the pipe), writer 32-34 us either way. Relay, interleaved 3-s windows at load
+   0.9-2.7: 7,000/s p99 13-68 ms against 10-108 ms; 15,000/s p99 median 74 against 111 ms
+   but relay CPU per message 74-78 against 55-70 us, and one round the other way. Full
+   `tail_bench.py` runs back to back on the quiet AMD EPYC VM (2026-12-03 15:47 and 15:50,
+   load 0.07 at start): process closed-loop max 25,883/s, half-load p99 over 3 runs
+   43 / 74 / 127 ms, 50.0 us/msg at the maximum; thread 24,173/s, 153 / 61 / 61 ms,
+   43.0 us/msg. No gain in the tail, more CPU per message and ~60 ms more per relay start
+   (a second interpreter), so the thread stays; the tables above are the thread's run."""
 
 
 def finish(doc: dict[str, Any], md: Path | None) -> Path:
@@ -385,7 +347,6 @@ def main() -> None:
                 "half_repeats": repeats},
     )  # fmt: skip
     doc["designs"] = {}
-    doc["sqlite_writer"] = "process"  # storage/sqlite_writer.py (item 7 of FINDINGS)
     with tempfile.TemporaryDirectory(prefix="xchat-tail-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)  # PostgreSQL may run as the postgres user

@@ -160,7 +160,7 @@ class FastConnection(DeviceConnection, asyncio.Protocol):
         if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
             # Write straight to the socket with os.write, which releases the GIL during the
             # syscall (uvloop's transport.write holds it): on loopback a send runs the
-            # peer's whole TCP receive path, and the relay's other threads can use the GIL
+            # peer's whole TCP receive path, and the store's writer thread can use the GIL
             # meanwhile. Whatever the kernel does not take goes through the transport.
             try:
                 n = os.write(fd, data)
