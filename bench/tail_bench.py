@@ -190,7 +190,8 @@ def markdown(doc: dict[str, Any]) -> str:
         reps = ", ".join(f"{p['p99_ms']}" for p in d.get("half_load_repeats", []))
         parts.append(f"**{d['label']}** (closed-loop max {d['max_load']['msgs_per_s']:,.0f} "
                      f"msgs/s; half-load p99 over {len(d.get('half_load_repeats', []))} runs: "
-                     f"{reps} ms, median reported below):\n\n"
+                     f"{reps} ms; the curve row is the first run, the ratio table the "
+                     "median):\n\n"
                      + common.md_table(head, rows))  # fmt: skip
     half_ok = {k: (s[f"{k}_half_p99_ms"] or 1e9) <= 25 for k in ("single", "multi")}
     ratios = [
