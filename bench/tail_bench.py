@@ -289,7 +289,33 @@ anything that stops deliveries for more than 1% of the window sets p99):
    load 0.07 at start): process closed-loop max 25,883/s, half-load p99 over 3 runs
    43 / 74 / 127 ms, 50.0 us/msg at the maximum; thread 24,173/s, 153 / 61 / 61 ms,
    43.0 us/msg. No gain in the tail, more CPU per message and ~60 ms more per relay start
-   (a second interpreter), so the thread stays; the tables above are the thread's run."""
+   (a second interpreter), so the thread stays.
+8. *Why half load is past the knee on this VM, and what was ruled out* (2026-12-03
+   17:00-17:40, quiet AMD EPYC VM, load 0.4-2; one relay, 12,000/s open loop, 4-5-s
+   windows). p99 swings from window to window at the same offered rate: 6.5 to 117 ms in
+   26 windows, with relay CPU per message 62-87 us (not steal: 8 ticks in 40 s). The
+   event-loop thread is the bottleneck: 57 us per message there (0.69 of a core) against
+   24 us in the closed loop, 59 % of it in the interpreter and 33 % in the kernel (the
+   reads and writes of one frame each, and on loopback each write runs the load
+   generator's TCP receive and wake-up: `_raw_spin_unlock_irqrestore` alone 6.7 %,
+   `perf record -t`), plus 0.15 s per second waiting for a core and the writer thread's
+   share of the GIL (15 % of the wall time, `py-spy --gil`). Stamping a traced run showed
+   where a message waits: 5.4 ms (p50; p99 23 ms) in the relay's socket before the loop
+   reads it, about one event-loop pass (7 ms p50) before the group commit gets it, the
+   transaction (2-10 ms) and again a pass before the commit is delivered. Measured and not
+   kept, interleaved with the default: a 0.5 or 1 ms GIL switch interval
+   (`XCHAT_GIL_SWITCH_MS`: p99 61-74 and 53-60 ms against 58-117), transport writes
+   instead of direct `os.write` (`XCHAT_WS_DIRECT_WRITES=0`, 4 rounds x 2 windows: p99
+   median 22 against 26 ms, spreads 18-44 and 6.5-44 ms, CPU per message the same), the
+   loop thread alone on one core and everything else on the other (runqueue wait 0.004-0.012
+   s per second, yet p50 18-24 ms and p99 34-116 ms: the thread is busy by itself). Young
+   collections ran once per 5 s under this load (`gc.callbacks`), so the collector is not
+   it either. The interpreter profile is flat (no function above 5.5 % self time:
+   `receive_send` 37 % inclusive, the commit's delivery callbacks 22 %, output 9 %), so no
+   single change in Python buys the ~30 % of loop time that would put half load below the
+   knee; the candidates are compiling the per-frame path (`protocol/frames.py`,
+   `protocol/ws_connection.py`, `server/realtime.py`) or a data plane outside the
+   interpreter, and a load generator on other cores than the relay's."""
 
 
 def finish(doc: dict[str, Any], md: Path | None) -> Path:
