@@ -318,8 +318,11 @@ anything that stops deliveries for more than 1% of the window sets p99):
    and fast-path tests pass on it) gave a loop thread of 52.8-55.0 us per message at
    12,000/s against 46.2-56.6 us in 3 interleaved rounds (p99 41-119 against 58-183 ms,
    closed-loop maximum 24.0-24.5k against 18.6-23.6k/s at load 0.9-1.9): no CPU gain
-   beyond the noise. What is left is a whole data plane outside the interpreter, or a load
-   generator on other cores than the relay's. (The 2,993/s row of the stored run, p99
+   beyond the noise. Nor did moving the socket writes off the loop: a scratch build that
+   handed each pass's `os.write`s to a thread (3 interleaved rounds) doubled the tail
+   (p99 121-263 against 45-72 ms), since every write's return waits for the GIL the loop
+   holds. What is left is a whole data plane outside the interpreter, or a load generator
+   on other cores than the relay's. (The 2,993/s row of the stored run, p99
    145 ms right after the closed-loop maximum, did not recur: 6 windows at 3,000/s right
    after a maximum gave p99 4.9-14.8 ms.)"""
 
