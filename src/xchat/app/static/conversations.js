@@ -46,9 +46,16 @@ async function checkApp() {
   }
 }
 
+// A list answer applies only if nothing newer happened since it was asked for: neither a
+// newer request (answers can cross) nor a read mark here (an answer computed before the mark
+// would bring the unread count, title and favicon back after the user read the messages).
+let listGen = 0;
+
 export async function refreshConversations() {
+  const gen = ++listGen;
   let r;
   try { r = await get('/api/conversations'); } catch (e) { return; }
+  if (gen !== listGen) return;
   state.convs = r.conversations;
   renderConversations();
 }
@@ -143,7 +150,9 @@ export async function loadMessages(scrollToEnd) {
   const entry = state.convs.find((c) => c.conv === conv);
   if (last && last.direction === 'in' && document.visibilityState === 'visible') {
     await post('/api/conversations/read', { peer: conv }).catch(() => {});
+    listGen++;  // drop any list answer still in flight (see refreshConversations) ...
     if (entry && entry.unread) { entry.unread = 0; renderConversations(); }
+    refreshSoon();  // ... and ask again, after the mark
   }
 }
 
