@@ -503,7 +503,7 @@ def test_a_list_answer_from_before_a_read_does_not_bring_the_unread_count_back(
     # computed them: what reaches the page late is a list from before the read).
     a.evaluate(
         """() => {
-          const real = window.fetch;
+          const real = window.__realFetch = window.fetch;
           window.__hold = true; window.__held = [];
           window.fetch = (input, init) => {
             const p = real(input, init);
@@ -523,6 +523,7 @@ def test_a_list_answer_from_before_a_read_does_not_bring_the_unread_count_back(
           const held = window.__held; window.__held = [];
           held.forEach((release) => release());
           await new Promise((done) => setTimeout(done, 500));
+          window.fetch = window.__realFetch;
           return held.length;
         }"""
     )
