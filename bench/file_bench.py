@@ -550,9 +550,9 @@ NOTES = [
     "(`receive_file`, `/tmp`, 300 MB, settled, 3 pairs, load 4.4-6.7, 2026-12-03 "
     "14:59 UTC): 64 KiB pieces 1.18 / 0.58 / 0.61 client sys s/GB and 227 / 597 / 366 MB/s "
     "download, 1 MiB pieces 3.46 / 3.15 / 3.43 sys s/GB and 179 / 164 / 129 MB/s. The "
-    "stored 1000 MB run still shows 3.3-4.2 sys s/GB for every path on both directories "
-    "(curl's 16 KiB writes too) at load 3-6: at that size and load the cheap small "
-    "blocks run out as well.",
+    "stored 1000 MB runs still show 3.3-4.4 sys s/GB for every path on both directories "
+    "(curl's 16 KiB writes too), at load 3-6 and on a quiet machine (load 0.3-0.6) "
+    "alike: at that size the cheap small blocks run out as well.",
     "So the bench now waits before every measurement until the VM's free-page reporting "
     "is quiet (`reported_kib` unchanged for 3 s, at most 15 s; `--no-settle` turns it "
     "off; a no-op off this VM): every path then pays the host for every page it writes, "
