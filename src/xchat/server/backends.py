@@ -39,7 +39,7 @@ def check(config: ServerConfig) -> None:
 def make_store(config: ServerConfig) -> AnyStore:
     if config.database:
         return PostgresStore(config.database)
-    return SqliteStore(config.data / "xchat.db")
+    return SqliteStore(config.data / "xchat.db", config.delivery_hold_ms / 1000)
 
 
 def make_fanout(config: ServerConfig, store: AnyStore) -> Fanout:

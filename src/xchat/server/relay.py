@@ -104,6 +104,7 @@ class Relay:
         m.gauges["store_operations"] = lambda: float(self.store.stats.operations)
         m.gauges["envelopes_stored"] = lambda: float(self.store.stats.envelopes_stored)
         m.gauges["envelopes_deleted"] = lambda: float(self.store.stats.envelopes_deleted)
+        m.gauges["envelopes_acked_unwritten"] = lambda: float(self.store.acked_unwritten())
         recent = self.store.stats.recent
         m.summaries["store_transaction_seconds"] = lambda: [r[1] for r in list(recent)]
         m.summaries["store_commit_seconds"] = lambda: [r[2] for r in list(recent)]
@@ -286,6 +287,10 @@ class Relay:
         per send: one callback per operation inside the store's per-batch resolution."""
         deliver = self.fanout.deliver
         metrics = self.metrics
+        store = self.store
+        if store.hold_seconds > 0:
+            self._deliver_first(rows, finished)
+            return
 
         def after(seqs: list[int | None] | None, exc: BaseException | None) -> None:
             if exc is not None or seqs is None:
@@ -300,7 +305,31 @@ class Relay:
             metrics.inc("envelopes_accepted_total", n)
             finished(True)
 
-        self.store.enqueue_cb(rows, after)
+        store.enqueue_cb(rows, after)
+
+    def _deliver_first(self, rows: list[NewEnvelope], finished: Callable[[bool], None]) -> None:
+        """Delivery before commit (PROTOCOL Part III §7): push to the connected devices
+        now; the store holds what they took until it is ACKed (then it is never written)
+        or ``hold_seconds`` pass (then it is committed). ``finished`` still waits until
+        every envelope is durable: on the relay's disk or ACKed by its device."""
+        store = self.store
+        deliver = self.fanout.deliver
+        seqs = store.reserve_seqs(len(rows))
+        live = False
+        for row, seq in zip(rows, seqs, strict=True):
+            if deliver(row.device_ref, seq, row.envelope_id, row.ts_ms, row.content):
+                live = True
+        metrics = self.metrics
+
+        def durable(_: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                log.error("store failed", extra={"error_type": type(exc).__name__})
+                finished(False)
+                return
+            metrics.inc("envelopes_accepted_total", len(rows))
+            finished(True)
+
+        store.enqueue_reserved(rows, seqs, durable, hold=live)
 
 
 def _device_mismatch(address: str, devices: list[int]) -> ApiErrorWithBody:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +194,29 @@ class Store(abc.ABC):
     async def enqueue(self, envelopes: list[NewEnvelope]) -> list[int | None]:
         """Durably store envelopes; return each one's queue seq, or ``None`` when
         ``(device, envelope_id)`` was already queued (idempotent retry)."""
+
+    #: > 0: envelopes delivered before their commit may wait this long for the recipient's
+    #: ACK and are then never written (PROTOCOL Part III §7); 0: every envelope is committed
+    #: before it is delivered. Only the single-node SQLite store holds.
+    hold_seconds: float = 0.0
+
+    def reserve_seqs(self, n: int) -> list[int]:
+        """Queue seqs for ``n`` envelopes to enqueue with :meth:`enqueue_reserved`."""
+        raise NotImplementedError
+
+    def enqueue_reserved(
+        self,
+        envelopes: list[NewEnvelope],
+        seqs: list[int],
+        callback: Callable[[Any, BaseException | None], None],
+        hold: bool = False,
+    ) -> None:
+        """Enqueue under reserved seqs; ``hold``: already delivered, wait for the ACK."""
+        raise NotImplementedError
+
+    def acked_unwritten(self) -> int:
+        """Envelopes ACKed while held, so never written (a /metrics gauge)."""
+        return 0
 
     @abc.abstractmethod
     async def fetch(

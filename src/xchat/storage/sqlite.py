@@ -5,7 +5,10 @@ on a queue (no thread hop per call); the thread drains everything pending (commi
 least GROUP_COMMIT_SPACING apart, so a busy relay gathers more per commit), runs it in ONE
 transaction (runs of consecutive enqueues/acks become one multi-row statement), commits with
 ``synchronous=FULL`` in WAL mode, and then resolves all the callers' futures with one
-``call_soon_threadsafe``. A send is acknowledged only after that commit.
+``call_soon_threadsafe``. A send is acknowledged only after that commit, or (delivered
+before commit, ``hold_seconds`` > 0) once the recipient's ACK made writing it unnecessary:
+see ``storage/holdback.py``. Queue seqs are assigned on the event loop, so a delivery can
+carry its seq before the envelope is written.
 
 Reads go through the same queue, so they observe every write queued before them and the
 exactly-once hand-out of one-time prekeys needs no extra locking. The directory (accounts,
@@ -38,6 +41,7 @@ from xchat.storage.base import (
     Store,
     StoredEnvelope,
 )
+from xchat.storage.holdback import Callback, Holdback
 from xchat.storage.migrations import migrate
 
 MAX_BATCH = 2048  # ~operations per transaction (whole hand-overs); bounds commit latency
@@ -85,8 +89,11 @@ class StoreStats:
 class SqliteStore(Store):
     """Embedded one-machine store in ``<data>/xchat.db``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hold_seconds: float = 0.0) -> None:
         self.path = path
+        #: > 0: envelopes delivered before commit wait this long for their ACK (holdback.py)
+        self.hold_seconds = hold_seconds
+        self._holdback: Holdback | None = None
         self.stats = StoreStats()
         self._conn: sqlite3.Connection | None = None
         # The loop thread collects operations in _pending and hands them to the writer
@@ -113,6 +120,8 @@ class SqliteStore(Store):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open_sync)
+        if self.hold_seconds > 0:
+            self._holdback = Holdback(self.hold_seconds, self._release_held, self._loop)
         self._thread = threading.Thread(target=self._run, name="xchat-store-writer", daemon=True)
         self._thread.start()
         self._stop_checkpoints.clear()
@@ -177,6 +186,8 @@ class SqliteStore(Store):
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         if self._thread is not None:
+            if self._holdback is not None:
+                self._holdback.release_all()
             self._hand_over()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -322,7 +333,7 @@ class SqliteStore(Store):
             ).fetchone()
             return None if row is None else int(row[0])
 
-        result: int | None = await self._call(op)
+        result: int | None = await self._call(op, mailbox=False)
         return result
 
     def mailbox_usage(self, device_ref: int) -> tuple[int, int]:
@@ -341,15 +352,9 @@ class SqliteStore(Store):
 
     def _run_enqueue(self, conn: sqlite3.Connection, run: list[_Op]) -> None:
         rows = []
-        seq = self._next_seq
-        for op in run:
-            seqs = []
-            for env in op.payload:  # NewEnvelope is a tuple in column order
-                rows.append((seq, *env))
-                seqs.append(seq)
-                seq += 1
-            op.result = seqs
-        self._next_seq = seq
+        for op in run:  # op.result: the seqs reserved on the event loop
+            for seq, env in zip(op.result, op.payload, strict=True):
+                rows.append((seq, *env))  # NewEnvelope is a tuple in column order
         before = conn.total_changes
         sql.insert_rows(conn, rows)
         inserted = conn.total_changes - before
@@ -414,7 +419,13 @@ class SqliteStore(Store):
         self,
         fn: Callable[[sqlite3.Connection], Any],
         after_commit: Callable[[Any], None] | None = None,
+        *,
+        mailbox: bool = True,
     ) -> Any:
+        """Run ``fn`` in the writer's next transaction. ``mailbox=False``: ``fn`` neither
+        reads nor changes queued mail, so envelopes held for their ACK may stay held."""
+        if mailbox and self._holdback is not None:
+            self._holdback.release_all()  # the read must see every envelope accepted so far
         return await self._submit(_CALL, fn, after_commit)
 
     # --- directory ---
@@ -496,7 +507,7 @@ class SqliteStore(Store):
             sql.put_keys(conn, device_ref, keys)
             return sql.count_prekeys(conn, device_ref)
 
-        result: tuple[int, int] = await self._call(op)
+        result: tuple[int, int] = await self._call(op, mailbox=False)
         return result
 
     # --- linked devices (PROTOCOL Part VII §2) ---
@@ -559,11 +570,13 @@ class SqliteStore(Store):
             ).fetchone()
             return (int(row[0]), bytes(row[1]), int(row[2])) if row else None
 
-        result: tuple[int, bytes, int] | None = await self._call(op)
+        result: tuple[int, bytes, int] | None = await self._call(op, mailbox=False)
         return result
 
     async def count_prekeys(self, device_ref: int) -> tuple[int, int]:
-        result: tuple[int, int] = await self._call(lambda conn: sql.count_prekeys(conn, device_ref))
+        result: tuple[int, int] = await self._call(
+            lambda conn: sql.count_prekeys(conn, device_ref), mailbox=False
+        )
         return result
 
     async def take_bundle(self, address: str, *, one_time: bool = True) -> list[BundleDevice]:
@@ -575,16 +588,25 @@ class SqliteStore(Store):
         def op(conn: sqlite3.Connection) -> list[BundleDevice]:
             return [sql.take_one(conn, dev, one_time) for dev in devices]
 
-        result: list[BundleDevice] = await self._call(op)
+        result: list[BundleDevice] = await self._call(op, mailbox=False)
         return result
 
     # --- mailbox ---
 
+    def reserve_seqs(self, n: int) -> list[int]:
+        """Queue seqs for ``n`` envelopes about to be enqueued (event-loop thread)."""
+        first = self._next_seq
+        self._next_seq = first + n
+        return list(range(first, first + n))
+
     async def enqueue(self, envelopes: list[NewEnvelope]) -> list[int | None]:
         if not envelopes:
             return []
-        result: list[int | None] = await self._submit(_ENQUEUE, envelopes)
-        return result
+        if self._thread is None or self._loop is None:
+            raise RuntimeError("store is not open")
+        fut: asyncio.Future[list[int | None]] = self._loop.create_future()
+        self._put(_Op(_ENQUEUE, envelopes, fut, None, self.reserve_seqs(len(envelopes))))
+        return await fut
 
     def enqueue_cb(
         self,
@@ -593,9 +615,27 @@ class SqliteStore(Store):
     ) -> None:
         """Hot path of the WebSocket SEND: like :meth:`enqueue`, but ``callback(seqs,
         error)`` runs on the event loop after the group commit; no future is created."""
+        self.enqueue_reserved(envelopes, self.reserve_seqs(len(envelopes)), callback)
+
+    def enqueue_reserved(
+        self, envelopes: list[NewEnvelope], seqs: list[int], callback: Callback, hold: bool = False
+    ) -> None:
+        """Enqueue with seqs from :meth:`reserve_seqs`. ``hold``: the envelopes were
+        already delivered, so they wait ``hold_seconds`` for their ACK first and are
+        written only if it does not come (``callback`` then runs after that commit, or at
+        the ACK of the last of them)."""
         if self._thread is None:
             raise RuntimeError("store is not open")
-        self._put(_Op(_ENQUEUE, envelopes, None, None, None, None, callback))
+        if hold and self._holdback is not None:
+            self._holdback.hold_send(envelopes, seqs, callback)
+            return
+        self._release_held(envelopes, seqs, callback)
+
+    def _release_held(self, envelopes: list[NewEnvelope], seqs: list[int], cb: Callback) -> None:
+        self._put(_Op(_ENQUEUE, envelopes, None, None, seqs, None, cb))
+
+    def acked_unwritten(self) -> int:
+        return 0 if self._holdback is None else self._holdback.acked_unwritten
 
     async def fetch(
         self, device_ref: int, after_seq: int, limit: int, now_ms: int
@@ -614,13 +654,22 @@ class SqliteStore(Store):
         return result
 
     async def ack(self, device_ref: int, envelope_ids: list[bytes]) -> int:
-        result: int = await self._submit(_ACK, (device_ref, envelope_ids))
-        return result
+        rest = self._unhold(device_ref, envelope_ids)
+        result: int = await self._submit(_ACK, (device_ref, rest)) if rest else 0
+        return result + len(envelope_ids) - len(rest)
 
     def ack_nowait(self, device_ref: int, envelope_ids: list[bytes]) -> None:
         if self._thread is None:
             return
-        self._put(_Op(_ACK, (device_ref, envelope_ids), None))
+        rest = self._unhold(device_ref, envelope_ids)
+        if rest:
+            self._put(_Op(_ACK, (device_ref, rest), None))
+
+    def _unhold(self, device_ref: int, envelope_ids: list[bytes]) -> list[bytes]:
+        """The ids of an ACK that still need a delete (the rest were held, never written)."""
+        if self._holdback is None:
+            return envelope_ids
+        return self._holdback.cancel(device_ref, envelope_ids)
 
     async def sweep_expired(self, now_ms: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
