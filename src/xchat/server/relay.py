@@ -288,7 +288,7 @@ class Relay:
         deliver = self.fanout.deliver
         metrics = self.metrics
         store = self.store
-        if store.hold_seconds > 0:
+        if store.delivers_first():
             self._deliver_first(rows, finished)
             return
 

@@ -195,10 +195,12 @@ class Store(abc.ABC):
         """Durably store envelopes; return each one's queue seq, or ``None`` when
         ``(device, envelope_id)`` was already queued (idempotent retry)."""
 
-    #: > 0: envelopes delivered before their commit may wait this long for the recipient's
-    #: ACK and are then never written (PROTOCOL Part III §7); 0: every envelope is committed
-    #: before it is delivered. Only the single-node SQLite store holds.
-    hold_seconds: float = 0.0
+    def delivers_first(self) -> bool:
+        """Whether a send accepted now may be delivered before its commit (PROTOCOL Part III
+        §7): the store then holds what was delivered for its ACK, and writes it only if the
+        ACK does not come in time. Only the single-node SQLite store does; never while a
+        change of the directory or a commit-first send is unresolved."""
+        return False
 
     def reserve_seqs(self, n: int) -> list[int]:
         """Queue seqs for ``n`` envelopes to enqueue with :meth:`enqueue_reserved`."""

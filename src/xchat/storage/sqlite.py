@@ -94,6 +94,11 @@ class SqliteStore(Store):
         #: > 0: envelopes delivered before commit wait this long for their ACK (holdback.py)
         self.hold_seconds = hold_seconds
         self._holdback: Holdback | None = None
+        #: Unresolved operations during which nothing may be delivered before its commit:
+        #: mailbox and directory changes (a device revoked, removed or re-registered must
+        #: get nothing accepted after the change was asked for, as with commit-first
+        #: delivery) and commit-first sends (a later early delivery must not overtake theirs).
+        self._ordered = 0
         self.stats = StoreStats()
         self._conn: sqlite3.Connection | None = None
         # The loop thread collects operations in _pending and hands them to the writer
@@ -424,9 +429,19 @@ class SqliteStore(Store):
     ) -> Any:
         """Run ``fn`` in the writer's next transaction. ``mailbox=False``: ``fn`` neither
         reads nor changes queued mail, so envelopes held for their ACK may stay held."""
-        if mailbox and self._holdback is not None:
-            self._holdback.release_all()  # the read must see every envelope accepted so far
-        return await self._submit(_CALL, fn, after_commit)
+        if not mailbox or self._holdback is None:
+            return await self._submit(_CALL, fn, after_commit)
+        self._holdback.release_all()  # the read must see every envelope accepted so far
+        fut = self._submit(_CALL, fn, after_commit)
+        self._ordered += 1
+        fut.add_done_callback(self._ordered_done)
+        return await fut
+
+    def _ordered_done(self, _: object = None) -> None:
+        self._ordered -= 1
+
+    def delivers_first(self) -> bool:
+        return self._holdback is not None and not self._ordered
 
     # --- directory ---
 
@@ -615,7 +630,19 @@ class SqliteStore(Store):
     ) -> None:
         """Hot path of the WebSocket SEND: like :meth:`enqueue`, but ``callback(seqs,
         error)`` runs on the event loop after the group commit; no future is created."""
+        if self._holdback is not None:
+            callback = self._ordered_callback(callback)
         self.enqueue_reserved(envelopes, self.reserve_seqs(len(envelopes)), callback)
+
+    def _ordered_callback(self, callback: Callback) -> Callback:
+        """Count a commit-first send in ``_ordered`` until its callback runs."""
+        self._ordered += 1
+
+        def resolved(seqs: Any, exc: BaseException | None) -> None:
+            self._ordered -= 1
+            callback(seqs, exc)
+
+        return resolved
 
     def enqueue_reserved(
         self, envelopes: list[NewEnvelope], seqs: list[int], callback: Callback, hold: bool = False
