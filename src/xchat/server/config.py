@@ -40,10 +40,7 @@ class ServerConfig:
     ws_fast: bool = True  # serve /api/v1/ws by the same-port fast path (wsfast.py)
     ws_ping_seconds: float = 30.0  # fast path keepalive interval (0 = off)
     ws_direct_writes: bool = True  # fast path: os.write (GIL released) before transport.write
-    # Delivery before commit (PROTOCOL Part III §7, SQLite only): an envelope pushed to a live
-    # socket waits this long for its ACK and is never written if the ACK comes (0 = commit
-    # every envelope before delivering it)
-    delivery_hold_ms: float = 100.0
+    delivery_hold_ms: float = 100.0  # delivered mail ACKed within this is never written (0: off)
     # Connection hygiene (PROTOCOL Part III §6): slowloris timeouts and sockets per IP bucket
     header_timeout: float = 5.0  # seconds from connect (or request start) to a full head
     body_timeout: float = 5.0  # seconds without a byte of a request body being received

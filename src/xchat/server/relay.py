@@ -4,7 +4,8 @@ A send is all-or-nothing: every destination is checked (address known → 404, a
 → 401, device list → 409, sizes → 413) before anything is stored; then all envelopes go to
 the store in one group-commit operation, and only after the commit are they pushed to the
 connected recipient sockets (in commit order, hence per-device queue order) and the
-sender is told 200.
+sender is told 200. On SQLite (``delivery_hold_ms`` > 0) they are usually pushed first and
+held for their ACK instead: :meth:`Relay._deliver_first`, PROTOCOL Part III §7.
 """
 
 from __future__ import annotations
