@@ -13,9 +13,8 @@ One socket per device when authenticated (a newer one replaces the older: close 
 anonymous sockets may only SEND (sealed sender). ACKs are queued to the store's next group
 commit without waiting (or remove a held envelope, ``storage/holdback.py``). Per-device
 order: deliveries are pushed in queue order (accepted order when delivered before commit,
-commit order otherwise); while the
-backlog present at connect time is being read, live pushes are buffered and de-duplicated
-by queue seq, then DRAINED is sent.
+commit order otherwise); while the backlog present at connect time is being read, live
+pushes are buffered and de-duplicated by queue seq, then DRAINED is sent.
 """
 
 from __future__ import annotations
