@@ -496,3 +496,51 @@ async def test_mistyped_address_is_invalid_not_unknown(tmp_path: Path) -> None:
             await c.resolve(address[:10] + address[10:].upper())
     finally:
         await c.close()
+
+
+async def test_a_prekey_message_arriving_during_our_bundle_fetch_keeps_its_session(
+    server: ServerProcess, tmp_path: Path, handle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sides start at once: Bob fetches Alice's bundle to write first, and Alice's
+    first message (a PreKey message) is processed meanwhile. Bob must keep the session it
+    created: replacing it made Alice's next PreKey messages of that session look like
+    replays, dropped without a trace (found by delivery before commit's timing)."""
+    from xchat.client.api import Api
+
+    a, b = await _pair(server, tmp_path, handle)
+    fetching, release = asyncio.Event(), asyncio.Event()
+    real = Api.bundles
+
+    async def slow_bundles(self: Api, address: str) -> dict:
+        if address == a.address:
+            fetching.set()
+            await release.wait()
+        return await real(self, address)
+
+    monkeypatch.setattr(Api, "bundles", slow_bundles)
+    got: list[str] = []
+    arrived = asyncio.Event()
+
+    def on(e: ev.Event) -> None:
+        if isinstance(e, ev.MessageReceived):
+            got.append(e.text)
+            arrived.set()
+
+    b.on_event(on)
+    try:
+        await a.send_text(b.address, "a0")
+        bob_writes = asyncio.ensure_future(b.send_text(a.address, "b0"))
+        await asyncio.wait_for(fetching.wait(), 10)
+        await b.start()  # receives a0 (Bob's session from Alice's) while the fetch waits
+        await asyncio.wait_for(arrived.wait(), 10)
+        release.set()
+        await asyncio.wait_for(bob_writes, 10)
+        arrived.clear()
+        await a.send_text(b.address, "a1")  # still a PreKey message: Alice has no reply yet
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert got == ["a0", "a1"]
+        assert texts(await a.receive()) == ["b0"]
+    finally:
+        release.set()
+        await a.close()
+        await b.close()

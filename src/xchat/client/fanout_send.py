@@ -141,6 +141,8 @@ class FanoutClient(DeviceListClient):
         t = now_ms()
         with self.store.transaction():
             for d in missing:
+                if self.store.get_session(address, d) is not None:
+                    continue  # created by the peer's PreKey message meanwhile (see sending.py)
                 session = e2e.initiate(self.identity, got[d])
                 self.store.put_session(address, d, e2e.session_bytes(session), t)
 

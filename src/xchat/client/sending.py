@@ -327,6 +327,11 @@ class SendingClient(FanoutClient):
         t = now_ms()
         with self.store.transaction():
             for b in bundles:
+                if self.store.get_session(c.address, b.device_id) is not None:
+                    # The peer's PreKey message arrived while we fetched its bundle and
+                    # created a session: keep it. Replacing it would lose the peer's next
+                    # messages, PreKey messages of that session, as replays (Part IV §3.7).
+                    continue
                 session = e2e.initiate(self.identity, b)
                 self.store.put_session(c.address, b.device_id, e2e.session_bytes(session), t)
         return [b.device_id for b in bundles]
