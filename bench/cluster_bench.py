@@ -150,7 +150,9 @@ def run_load(
 
 
 def bench_sqlite(args: argparse.Namespace) -> dict[str, Any]:
-    env = {"rate_limits": False, "max_sockets_per_ip": 0, "metrics_token": METRICS_TOKEN}
+    # commit first, as the PostgreSQL nodes always do (PROTOCOL Part III §7)
+    env = {"rate_limits": False, "max_sockets_per_ip": 0, "metrics_token": METRICS_TOKEN,
+           "delivery_hold_ms": 0}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
         return run_load(Target(srv.url, srv.pid), {"relay": [srv.pid]}, args, None)
 

@@ -802,7 +802,11 @@ def main() -> None:
     low_point = 50.0  # ≈ Synapse's max: the latency ratio is read here (bench/README.md)
     raise_nofile()
     # Load from 127.0.0.x: rate limits off and no cap on sockets per IP bucket (PROTOCOL III §6).
-    env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0}
+    # Commit first (XCHAT_DELIVERY_HOLD_MS=0): this benchmark is the durable path as its
+    # target defines it (send -> commit -> deliver -> ack -> delete); with the default,
+    # mail ACKed within the hold is never written (PROTOCOL Part III §7), and
+    # tail_bench.py measures that design beside this one. --server-env can override it.
+    env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0, "delivery_hold_ms": 0}
     for kv in args.server_env:
         k, _, v = kv.partition("=")
         env[k] = v

@@ -1,12 +1,18 @@
-"""Tail latency against offered load, single relay process vs several on one port (issue #20).
+"""Tail latency against offered load: one relay process, delivering before or after the
+commit, vs several on one port (issue #20).
 
     .venv/bin/python bench/tail_bench.py [--quick] [--relays 2] [--duration 5]
 
-One run, two designs, the same load (bench/relay_bench.py's generator, unchanged: 100
+One run, three designs, the same load (bench/relay_bench.py's generator, unchanged: 100
 pairs, 256-byte sealed-sender envelopes, recipients ACK every DELIVER; closed loop for the
 max, then open-loop points at fixed fractions of it, latency from the *scheduled* send):
 
-- **single**: one relay process on SQLite (the design the relay benchmark measures);
+- **single**: one relay process on SQLite, as ``xchat serve`` runs by default: mail for a
+  connected device is delivered before its commit and never written if the ACK comes
+  within ``delivery_hold_ms`` (PROTOCOL Part III §7);
+- **commit_first**: the same with ``XCHAT_DELIVERY_HOLD_MS=0``: every envelope is committed
+  (and deleted again at its ACK) before it is delivered, the design before delivery before
+  commit, and what every send to an offline device still costs;
 - **multi**: ``--relays`` processes started with ``xchat serve --reuse-port`` on one port,
   sharing a real PostgreSQL and Redis (xchat.ops.services); the kernel spreads the 200 load
   sockets over them, so most messages cross processes through Redis.
@@ -39,7 +45,7 @@ from xchat.ops.services import Postgres, Redis
 from xchat.testing import ServerProcess, env_from_kwargs
 
 FRACTIONS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75)
-TITLE = "Tail latency vs offered load: one relay process vs several on one port"
+TITLE = "Tail latency vs offered load: delivery before commit, commit first, several processes"
 HALF_REPEATS = 2  # extra runs of the half-load point: the median p99 is reported
 BASE_ENV = {"rate_limits": False, "max_sockets_per_ip": 0}
 
@@ -82,7 +88,15 @@ def curve(
     points: list[dict[str, Any]] = []
     try:
 
+        def written() -> float | None:
+            """Envelopes the relay wrote so far (one process only: the gauge is per node)."""
+            if len(relays.servers) != 1:
+                return None
+            with httpx.Client(base_url=relays.url, headers=relays.metrics_headers) as c:
+                return rb.server_gauge(c, "envelopes_stored")
+
         def run(rate: float) -> dict[str, Any]:
+            stored0 = written()
             cpu0 = sum(common.proc_cpu_seconds(p) for p in relays.pids)
             t0 = time.monotonic()
             pt = load.window(rate, 8, duration, warmup, None)
@@ -93,6 +107,12 @@ def curve(
             pt["all_relays_cpu_util"] = round(cpu / wall, 3)
             pt["all_relays_cpu_us_per_msg"] = round(cpu / sent * 1e6, 1)
             pt["loadavg"] = common.loadavg()
+            stored1 = written()
+            pt["written_share"] = (
+                round((stored1 - stored0) / max(1, pt["sent_total"]), 3)
+                if stored0 is not None and stored1 is not None
+                else None
+            )
             print(
                 f"  offered {rate or 'max'}: {pt['msgs_per_s']:,.0f}/s p50 {pt['p50_ms']} "
                 f"p99 {pt['p99_ms']} p99.9 {pt['p999_ms']} ms, relays "
@@ -178,6 +198,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     p["p999_ms"],
                     p.get("p99_from_send_ms"),
                     p["all_relays_cpu_us_per_msg"],
+                    "—" if p.get("written_share") is None else f"{p['written_share']:.0%}",
                     rq.get("python"),
                     rq.get("xchat-writer", "—"),
                     p["cpu_pressure_some"],
@@ -185,6 +206,7 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         head = ["offered msgs/s", "achieved", "p50 ms", "p99 ms", "p99.9 ms",
                 "p99 from actual send ms", "relay CPU µs/msg (all processes)",
+                "envelopes written",
                 "loop thread runqueue s/s", "writer runqueue s/s",
                 "CPU pressure (some)"]  # fmt: skip
         reps = ", ".join(f"{p['p99_ms']}" for p in d.get("half_load_repeats", []))
@@ -193,16 +215,28 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{reps} ms; the curve row is the first run, the ratio table the "
                      "median):\n\n"
                      + common.md_table(head, rows))  # fmt: skip
-    half_ok = {k: (s[f"{k}_half_p99_ms"] or 1e9) <= 25 for k in ("single", "multi")}
+    keys = [k for k in ("single", "commit_first", "multi") if f"{k}_half_p99_ms" in s]
+    half_ok = {k: (s[f"{k}_half_p99_ms"] or 1e9) <= 25 for k in keys}
     ratios = [
+        [f"p99 at half load, {doc['designs'][k]['label']} (target ≤ 25 ms)",
+         s[f"{k}_half_p99_ms"],
+         f"at {s[f'{k}_half_offered']:,}/s: {'met' if half_ok[k] else 'not met'}"]
+        for k in keys
+    ]  # fmt: skip
+    if "commit_first" in keys:
+        ratios += [
+            ["closed-loop max, delivery before commit ÷ commit first",
+             s["single_vs_commit_first_max"],
+             f"{s['single_max_msgs_per_s']:,.0f} ÷ {s['commit_first_max_msgs_per_s']:,.0f}"],
+            ["relay CPU per message at half load, before commit ÷ commit first",
+             s["single_vs_commit_first_cpu_per_msg"],
+             f"{s['single_half_cpu_us_per_msg']} ÷ {s['commit_first_half_cpu_us_per_msg']} µs"],
+        ]  # fmt: skip
+    ratios += [
         ["closed-loop max, multi ÷ single", s["multi_vs_single_max"],
          f"{s['multi_max_msgs_per_s']:,.0f} ÷ {s['single_max_msgs_per_s']:,.0f}"],
         ["relay CPU per message at half load, multi ÷ single", s["multi_vs_single_cpu_per_msg"],
          f"{s['multi_half_cpu_us_per_msg']} ÷ {s['single_half_cpu_us_per_msg']} µs"],
-        ["p99 at half load, single (target ≤ 25 ms)", s["single_half_p99_ms"],
-         f"at {s['single_half_offered']:,}/s: {'met' if half_ok['single'] else 'not met'}"],
-        ["p99 at half load, multi (target ≤ 25 ms)", s["multi_half_p99_ms"],
-         f"at {s['multi_half_offered']:,}/s: {'met' if half_ok['multi'] else 'not met'}"],
     ]  # fmt: skip
     for key, d in doc["designs"].items():
         ok = [p for p in d["open_loop"] if p["p99_ms"] is not None and p["p99_ms"] <= 25]
@@ -218,8 +252,12 @@ def markdown(doc: dict[str, Any]) -> str:
         parts.append(f"Plot: [{doc['plot']}]({doc['plot']}) (p50 dotted, p99 solid, p99.9 "
                      "dashed; log-log).")  # fmt: skip
     parts.append(
-        "- Same load generator and load shape as `relay_bench.py`; both designs measured in "
-        "one run, back to back. In the multi design the kernel spreads the 200 load sockets "
+        "- Same load generator and load shape as `relay_bench.py`; all designs measured in "
+        "one run, back to back. The load's recipients are online and ACK every DELIVER at "
+        "once, so with delivery before commit (the default) almost nothing is written "
+        "(`acked unwritten` column); the commit-first design is what the same relay costs "
+        "when every envelope is written and deleted again, as mail to an offline device "
+        "still is. In the multi design the kernel spreads the 200 load sockets "
         "over the processes, so a message usually crosses processes through Redis, and the "
         "durable commit is PostgreSQL's (`synchronous_commit=on`) instead of SQLite's.\n"
         "- CPU per message is over each whole window (warm-up and tail included) divided by "
@@ -393,7 +431,15 @@ def main() -> None:
         finally:
             for s in relays.servers:
                 s.stop()
-        doc["designs"]["single"] = {"label": "1 process, SQLite", **res}
+        doc["designs"]["single"] = {"label": "1 process, SQLite, delivery before commit", **res}
+        print("single relay process (SQLite), commit first", flush=True)
+        relays = start_relays(root / "commit-first", 1, {"delivery_hold_ms": 0})
+        try:
+            res = curve(relays, fractions, duration, warmup, repeats)
+        finally:
+            for s in relays.servers:
+                s.stop()
+        doc["designs"]["commit_first"] = {"label": "1 process, SQLite, commit first", **res}
         pg, redis = Postgres(root / "pgdata"), Redis(root / "redis.log")
         pg.start()
         redis.start()
@@ -412,10 +458,9 @@ def main() -> None:
         finally:
             redis.stop()
             pg.stop("immediate")
-    single, multi = doc["designs"]["single"], doc["designs"]["multi"]
     doc["summary"] = {
         f"{k}_{m}": v
-        for k, d in (("single", single), ("multi", multi))
+        for k, d in doc["designs"].items()
         for m, v in (
             ("max_msgs_per_s", d["max_load"]["msgs_per_s"]),
             ("half_offered", d["half_load"]["offered"]),
@@ -431,6 +476,12 @@ def main() -> None:
     s["multi_vs_single_max"] = round(s["multi_max_msgs_per_s"] / s["single_max_msgs_per_s"], 3)
     s["multi_vs_single_cpu_per_msg"] = round(
         s["multi_half_cpu_us_per_msg"] / s["single_half_cpu_us_per_msg"], 3
+    )
+    s["single_vs_commit_first_max"] = round(
+        s["single_max_msgs_per_s"] / s["commit_first_max_msgs_per_s"], 3
+    )
+    s["single_vs_commit_first_cpu_per_msg"] = round(
+        s["single_half_cpu_us_per_msg"] / s["commit_first_half_cpu_us_per_msg"], 3
     )
     doc["targets"] = {"half_p99_ms": "<= 25"}
     common.finish_result(doc)
