@@ -362,7 +362,33 @@ anything that stops deliveries for more than 1% of the window sets p99):
    holds. What is left is a whole data plane outside the interpreter, or a load generator
    on other cores than the relay's. (The 2,993/s row of the stored run, p99
    145 ms right after the closed-loop maximum, did not recur: 6 windows at 3,000/s right
-   after a maximum gave p99 4.9-14.8 ms.)"""
+   after a maximum gave p99 4.9-14.8 ms.)
+9. *Delivery before commit: kept, the default since 2026-12-04* (PROTOCOL Part III §7,
+   `storage/holdback.py`). Items 4-8 left the store's writer as a third of the relay's CPU
+   (20-28 us per message: the insert, the delete at the ACK, their share of each
+   transaction and fsync) and its GIL share in the loop's way, for mail that in this load,
+   and mostly in real use, goes to a device that is online and ACKs within milliseconds.
+   Now such mail is pushed before any commit and held in memory for `delivery_hold_ms`
+   (100 ms); an ACK in that time removes it and it is never written; the rest is committed
+   as before; the sender's SEND_RESULT 200 still waits until the mail is durable (on the
+   relay's disk, or ACKed by its device after the device's own commit). Upper bound first,
+   a scratch build that skipped the store altogether: closed-loop maximum 96,272/s,
+   half-load p99 8-34 ms. The real build, in the run above (2026-12-04 18:53, load 0.15 at
+   start): nothing written at any rate below the maximum (0.3 % there), relay CPU per
+   message at half load 49.5 against 76.1 us commit first, closed-loop maximum 38,195
+   against 28,130/s, p99 at its half load (19,098/s) 38.9 / 15.0 / 15.1 ms against
+   42.8 / 54.6 / 53.9 ms commit first at its own (14,065/s). Four more 5-s windows at
+   19,000/s right after (load 1.4): p99 19.3 / 15.9 / 51.6 / 16.1 ms. The event-loop thread
+   is now the relay's only busy thread, 49 us per message at 19,000/s open loop (0.94 of a
+   core), so one window in four or five still spikes when the machine disturbs it; its
+   py-spy profile is flat again (the largest self time, 11 %, is where a held send's
+   objects are freed). The costs, stated in PROTOCOL: a sender to an online device hears
+   200 after that device's ACK, at worst `delivery_hold_ms` plus a commit later than before,
+   which a serial burst to a slow device pays per message; the mailbox quota counts held
+   mail only once written. The new timing also exposed a client race, fixed: a session the
+   peer's PreKey message created while we fetched its bundle was overwritten, and the peer's
+   next PreKey messages were dropped as replays (2 of 1,000 in a test under load; Part IV
+   §3.3)."""
 
 
 def finish(doc: dict[str, Any], md: Path | None) -> Path:
