@@ -284,8 +284,9 @@ class Relay:
 
     def submit_cb(self, rows: list[NewEnvelope], finished: Callable[[bool], None]) -> None:
         """Hot path (WebSocket SEND): like :meth:`submit` but ``finished(ok)`` is called on
-        the event loop right after the commit, deliveries already pushed. No future/task
-        per send: one callback per operation inside the store's per-batch resolution."""
+        the event loop right after the commit, deliveries already pushed (delivered first:
+        once every envelope is durable, :meth:`_deliver_first`). No future/task per send:
+        one callback per operation inside the store's per-batch resolution."""
         deliver = self.fanout.deliver
         metrics = self.metrics
         store = self.store
