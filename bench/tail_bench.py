@@ -450,37 +450,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="xchat-tail-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)  # PostgreSQL may run as the postgres user
-        print("single relay process (SQLite)", flush=True)
-        relays = start_relays(root / "single", 1, {})
-        try:
-            res = curve(relays, fractions, duration, warmup, repeats)
-        finally:
-            for s in relays.servers:
-                s.stop()
-        doc["designs"]["single"] = {"label": "1 process, SQLite, delivery before commit", **res}
-        print("single relay process (SQLite), commit first", flush=True)
-        relays = start_relays(root / "commit-first", 1, {"delivery_hold_ms": 0})
-        try:
-            res = curve(relays, fractions, duration, warmup, repeats)
-        finally:
-            for s in relays.servers:
-                s.stop()
-        doc["designs"]["commit_first"] = {"label": "1 process, SQLite, commit first", **res}
+
+        def measure(name: str, n: int, env: dict[str, Any], label: str) -> None:
+            print(label, flush=True)
+            relays = start_relays(root / name, n, env)
+            try:
+                res = curve(relays, fractions, duration, warmup, repeats)
+            finally:
+                for s in reversed(relays.servers):
+                    s.stop()
+            doc["designs"][name] = {"label": label, **res}
+
+        measure("single", 1, {}, "1 process, SQLite, delivery before commit")
+        measure("commit_first", 1, {"delivery_hold_ms": 0}, "1 process, SQLite, commit first")
         pg, redis = Postgres(root / "pgdata"), Redis(root / "redis.log")
         pg.start()
         redis.start()
         try:
             env = {"database": pg.create_database("xchat_tail"), "redis": redis.url,
                    "reuse_port": True}  # fmt: skip
-            print(f"{args.relays} relay processes on one port (PostgreSQL + Redis)", flush=True)
-            relays = start_relays(root / "multi", args.relays, env)
-            try:
-                res = curve(relays, fractions, duration, warmup, repeats)
-            finally:
-                for s in reversed(relays.servers):
-                    s.stop()
             label = f"{args.relays} processes, --reuse-port, PG+Redis"
-            doc["designs"]["multi"] = {"label": label, **res}
+            measure("multi", args.relays, env, label)
         finally:
             redis.stop()
             pg.stop("immediate")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,23 @@ def gauge(srv: ServerProcess, name: str) -> float:
     raise AssertionError(f"no gauge {name}")
 
 
+@asynccontextmanager
+async def online_bob(tmp_path: Path, hold_ms: float) -> AsyncIterator[tuple[Any, ...]]:
+    """A relay with ``delivery_hold_ms``; Bob's device connected (backlog read) and an
+    anonymous sender socket: ``(relay, bob, bob's socket, sender socket)``."""
+    with running_server(tmp_path, rate_limits=False, delivery_hold_ms=hold_ms) as srv:
+        with httpx.Client(base_url=srv.url) as c:
+            bob = register(c)
+        rx = await ws_connect(srv.ws_url, bob.token)
+        await recv_until_drained(rx)
+        tx = await ws_connect(srv.ws_url)
+        try:
+            yield srv, bob, rx, tx
+        finally:
+            await tx.close()
+            await rx.close()
+
+
 async def next_deliver(ws: Any) -> F.Deliver:
     while True:
         f = await recv_frame(ws)
@@ -44,12 +63,7 @@ async def next_deliver(ws: Any) -> F.Deliver:
 async def test_acked_mail_is_never_written_and_unacked_mail_survives_kill9(
     tmp_path: Path,
 ) -> None:
-    with running_server(tmp_path, rate_limits=False, delivery_hold_ms=300) as srv:
-        with httpx.Client(base_url=srv.url) as c:
-            bob = register(c)
-        rx = await ws_connect(srv.ws_url, bob.token)
-        await recv_until_drained(rx)
-        tx = await ws_connect(srv.ws_url)
+    async with online_bob(tmp_path, 300) as (srv, bob, rx, tx):
         frame, eid = send_frame(1, bob, b"read at once")
         t0 = time.monotonic()
         await tx.send(frame)
@@ -78,12 +92,7 @@ async def test_acked_mail_is_never_written_and_unacked_mail_survives_kill9(
 
 
 async def test_a_device_that_drops_before_its_ack_gets_the_mail_again(tmp_path: Path) -> None:
-    with running_server(tmp_path, rate_limits=False, delivery_hold_ms=5000) as srv:
-        with httpx.Client(base_url=srv.url) as c:
-            bob = register(c)
-        rx = await ws_connect(srv.ws_url, bob.token)
-        await recv_until_drained(rx)
-        tx = await ws_connect(srv.ws_url)
+    async with online_bob(tmp_path, 5000) as (srv, bob, rx, tx):
         frame, eid = send_frame(7, bob, b"hello")
         await tx.send(frame)
         assert [e.envelope_id for e in (await next_deliver(rx)).envelopes] == [eid]
@@ -95,7 +104,6 @@ async def test_a_device_that_drops_before_its_ack_gets_the_mail_again(tmp_path: 
         assert (result.req_id, result.status) == (7, 200)
         await rx.send(F.encode_frame(F.Ack((eid,))))
         await rx.close()
-        await tx.close()
         with httpx.Client(base_url=srv.url) as c:
             for _ in range(100):
                 if not c.get("/api/v1/messages", headers=bob.headers).json()["envelopes"]:
@@ -105,12 +113,7 @@ async def test_a_device_that_drops_before_its_ack_gets_the_mail_again(tmp_path: 
 
 
 async def test_hold_zero_commits_before_delivering(tmp_path: Path) -> None:
-    with running_server(tmp_path, rate_limits=False, delivery_hold_ms=0) as srv:
-        with httpx.Client(base_url=srv.url) as c:
-            bob = register(c)
-        rx = await ws_connect(srv.ws_url, bob.token)
-        await recv_until_drained(rx)
-        tx = await ws_connect(srv.ws_url)
+    async with online_bob(tmp_path, 0) as (srv, bob, rx, tx):
         frame, eid = send_frame(1, bob, b"x")
         await tx.send(frame)
         await next_deliver(rx)
@@ -124,5 +127,3 @@ async def test_hold_zero_commits_before_delivering(tmp_path: Path) -> None:
             await asyncio.sleep(0.02)
         assert gauge(srv, "envelopes_deleted") == 1
         assert gauge(srv, "envelopes_acked_unwritten") == 0
-        await rx.close()
-        await tx.close()
