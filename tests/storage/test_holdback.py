@@ -170,22 +170,3 @@ async def test_nothing_is_delivered_first_while_a_change_or_a_commit_first_send_
     assert store.delivers_first()
     await store.close()
     assert not SqliteStore(tmp_path / "other.db").delivers_first()  # hold 0: never
-
-
-async def test_a_device_that_let_mail_expire_is_not_waited_for_a_while() -> None:
-    """Its ACKs come later than the hold: holding its next mail would only delay the
-    senders' SEND_RESULT, so for ``slow_seconds`` its mail is committed at once."""
-    rec = Recorder()
-    hb = Holdback(HOLD, rec.release, asyncio.get_running_loop(), slow_seconds=HOLD * 4)
-    late, other = env(1), env(2)
-    hb.hold_send([late], [1], rec.callback("late"))
-    assert hb.wants([env(1)])
-    await asyncio.sleep(HOLD * 2.5)
-    assert rec.done == ["late"]  # expired and released
-    assert not hb.wants([env(1)]) and not hb.wants([other, env(1)])
-    assert hb.wants([other])
-    hb.hold_send([other], [2], rec.callback("other"))
-    hb.release_all()  # a release before a read does not mark anyone slow
-    assert hb.wants([env(2)])
-    await asyncio.sleep(HOLD * 5)
-    assert hb.wants([env(1)])  # waited for again

@@ -30,9 +30,6 @@ Callback = Callable[[Any, BaseException | None], None]
 #: How much later than its deadline a held send may be released: expiry runs in batches
 #: (one timer per tick, not one per send).
 RELEASE_TICK = 0.005
-#: A device that let a held envelope expire is not waited for during this long: its ACKs
-#: come later than the hold, which would only delay its senders' SEND_RESULT by the hold.
-SLOW_SECONDS = 10.0
 
 
 class _HeldSend:
@@ -51,29 +48,15 @@ class _HeldSend:
 class Holdback:
     """Sends whose envelopes were delivered before any commit, in arrival order."""
 
-    __slots__ = (
-        "_keys",
-        "_loop",
-        "_release",
-        "_sends",
-        "_slow",
-        "_timer",
-        "acked_unwritten",
-        "hold",
-        "slow_seconds",
-    )
+    __slots__ = ("_keys", "_loop", "_release", "_sends", "_timer", "acked_unwritten", "hold")
 
     def __init__(
         self,
         hold_seconds: float,
         release: Callable[[list[NewEnvelope], list[int], Callback], None],
         loop: asyncio.AbstractEventLoop,
-        slow_seconds: float = SLOW_SECONDS,
     ) -> None:
         self.hold = hold_seconds
-        self.slow_seconds = slow_seconds
-        #: device_ref -> loop time until which it is not waited for (see SLOW_SECONDS)
-        self._slow: dict[int, float] = {}
         self._release = release
         self._loop = loop
         self._sends: deque[_HeldSend] = deque()
@@ -85,23 +68,6 @@ class Holdback:
 
     def __len__(self) -> int:
         return len(self._keys)
-
-    def wants(self, rows: list[NewEnvelope]) -> bool:
-        """Whether holding ``rows`` is worth it: not if one of their devices let a held
-        envelope expire in the last ``slow_seconds`` (they are then committed at once,
-        already delivered, and deleted at their ACK as with commit-first delivery)."""
-        slow = self._slow
-        if not slow:
-            return True
-        now = self._loop.time()
-        for row in rows:
-            until = slow.get(row.device_ref)
-            if until is None:
-                continue
-            if until > now:
-                return False
-            del slow[row.device_ref]
-        return True
 
     def hold_send(self, rows: list[NewEnvelope], seqs: list[int], callback: Callback) -> None:
         """Keep ``rows`` (already pushed to their sockets) until ACKed or ``hold`` passes."""
@@ -145,7 +111,7 @@ class Holdback:
         sends = self._sends
         now = self._loop.time()
         while sends and sends[0].deadline <= now:
-            self._hand_over(sends.popleft(), now + self.slow_seconds)
+            self._hand_over(sends.popleft())
         if sends:
             self._timer = self._loop.call_at(
                 max(sends[0].deadline, now + RELEASE_TICK), self._expire
@@ -161,9 +127,7 @@ class Holdback:
             self._timer.cancel()
             self._timer = None
 
-    def _hand_over(self, send: _HeldSend, slow_until: float = 0.0) -> None:
-        """Give what is left of ``send`` to the store; ``slow_until``: it expired, so its
-        devices with un-ACKed envelopes are not waited for until then."""
+    def _hand_over(self, send: _HeldSend) -> None:
         if send.left == 0:
             return  # every envelope was ACKed (and the sender already told)
         keys = self._keys
@@ -175,7 +139,5 @@ class Holdback:
                 del keys[key]
                 rows.append(row)
                 seqs.append(seq)
-                if slow_until:
-                    self._slow[row.device_ref] = slow_until
         send.left = 0
         self._release(rows, seqs, send.callback)

@@ -653,7 +653,7 @@ class SqliteStore(Store):
         the ACK of the last of them)."""
         if self._thread is None:
             raise RuntimeError("store is not open")
-        if hold and self._holdback is not None and self._holdback.wants(envelopes):
+        if hold and self._holdback is not None:
             self._holdback.hold_send(envelopes, seqs, callback)
             return
         self._release_held(envelopes, seqs, callback)
