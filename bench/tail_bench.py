@@ -373,22 +373,29 @@ anything that stops deliveries for more than 1% of the window sets p99):
    as before; the sender's SEND_RESULT 200 still waits until the mail is durable (on the
    relay's disk, or ACKed by its device after the device's own commit). Upper bound first,
    a scratch build that skipped the store altogether: closed-loop maximum 96,272/s,
-   half-load p99 8-34 ms. The real build, in the run above (2026-12-04 18:53, load 0.15 at
-   start): nothing written at any rate below the maximum (0.3 % there), relay CPU per
-   message at half load 49.5 against 76.1 us commit first, closed-loop maximum 38,195
-   against 28,130/s, p99 at its half load (19,098/s) 38.9 / 15.0 / 15.1 ms against
-   42.8 / 54.6 / 53.9 ms commit first at its own (14,065/s). Four more 5-s windows at
-   19,000/s right after (load 1.4): p99 19.3 / 15.9 / 51.6 / 16.1 ms. The event-loop thread
-   is now the relay's only busy thread, 49 us per message at 19,000/s open loop (0.94 of a
-   core), so one window in four or five still spikes when the machine disturbs it; its
-   py-spy profile is flat again (the largest self time, 11 %, is where a held send's
-   objects are freed). The costs, stated in PROTOCOL: a sender to an online device hears
-   200 after that device's ACK, at worst `delivery_hold_ms` plus a commit later than before,
-   which a serial burst to a slow device pays per message; the mailbox quota counts held
-   mail only once written. The new timing also exposed a client race, fixed: a session the
-   peer's PreKey message created while we fetched its bundle was overwritten, and the peer's
-   next PreKey messages were dropped as replays (2 of 1,000 in a test under load; Part IV
-   §3.3)."""
+   half-load p99 8-34 ms. The real build in three full runs of this benchmark on
+   2026-12-04: the one above (19:16, load 2.2 at start): nothing written below the
+   maximum, half-load p99 19.2 / 8.0 / 4.2 ms at 15,420/s against 46.0 / 28.7 / 12.2 ms
+   commit first at its own half (12,483/s), maximum 30,840 against 24,966/s, relay CPU
+   per message 53.4 against 77.2 us; the first (18:53, load 0.15): 38.9 / 15.0 / 15.1 ms at
+   19,098/s against 42.8 / 54.6 / 53.9 ms at 14,065/s, maximum 38,195 against 28,130/s,
+   49.5 against 76.1 us. Extra 5-s windows at 19,000/s with one relay (load 1.4-2.3): p99
+   19.3 / 15.9 / 51.6 / 16.1 / 16.4 / 10.2 / 20.8 / 15.6 / 20.9 / 17.5 ms. The event-loop
+   thread is now the relay's only busy thread, ~49 us per message at 19,000/s open loop
+   (0.94 of a core), so a window near the knee still spikes now and then; no gen-1 or
+   gen-2 collection ran in three such windows (`gc.callbacks`), and the py-spy profile is
+   flat again (the largest self time, 11 %, is where a held send's objects are freed).
+   Measured and not kept (the second run, 19:13): committing at once, for 10 s, the mail
+   of a device that had let a held envelope expire (to spare its senders the hold). Under
+   overload every device expires, so the window after the 28,702/s point ran 100 %
+   commit first and the half-load p99 was 29.0 / 77.2 / 52.7 ms: commit first costs more
+   CPU exactly when the relay is short of it. The costs, stated in PROTOCOL: a sender to an
+   online device hears 200 after that device's ACK, at worst `delivery_hold_ms` plus a
+   commit later than before, which a serial burst to a slow device pays per message; the
+   mailbox quota counts held mail only once written. The new timing also exposed a client
+   race, fixed: a session the peer's PreKey message created while we fetched its bundle was
+   overwritten, and the peer's next PreKey messages were dropped as replays (2 of 1,000 in
+   a test under load; Part IV §3.3)."""
 
 
 def finish(doc: dict[str, Any], md: Path | None) -> Path:
