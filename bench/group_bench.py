@@ -400,7 +400,9 @@ def server_fanout(
 ) -> dict[str, Any]:
     """Start a relay (low PoW, no rate limits, no socket cap), register ``max(sizes)``
     recipients, and time SEND_MULTI to the first ``n`` of them for each ``n``."""
-    env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0}
+    # commit first: the fan-out figure is "frame -> durable commit -> SEND_RESULT"; with the
+    # default (delivery before commit) SEND_RESULT would wait for every recipient's ACK
+    env: dict[str, Any] = {"rate_limits": False, "max_sockets_per_ip": 0, "delivery_hold_ms": 0}
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, running_server(tmp, pow_bits=1, **env) as srv:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
