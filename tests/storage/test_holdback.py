@@ -111,7 +111,10 @@ async def test_sqlite_store_writes_only_what_was_not_acked(tmp_path: Path) -> No
         store.enqueue_reserved([e], store.reserve_seqs(1), cb, hold=hold)
     store.ack_nowait(ref, [acked.envelope_id])
     assert results == [None]  # the ACKed send is durable on its device already
-    await asyncio.sleep(HOLD * 4)
+    for _ in range(250):  # the hold, then the writer thread's commit
+        if len(results) == 3:
+            break
+        await asyncio.sleep(0.02)
     assert results == [None, None, None]
     assert store.acked_unwritten() == 1
     await store.close()
