@@ -164,10 +164,10 @@ async def test_nothing_is_delivered_first_while_a_change_or_a_commit_first_send_
     done: list[Any] = []
     store.enqueue_cb([env(ref)], lambda seqs, exc: done.append(exc))
     assert not store.delivers_first()
-    for _ in range(100):
+    for _ in range(250):
         if done:
             break
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)
     assert done == [None] and store.delivers_first()
     assert await store.count_prekeys(ref) == (0, 0)  # a read of keys changes nothing
     assert store.delivers_first()
