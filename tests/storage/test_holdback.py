@@ -154,22 +154,22 @@ async def test_nothing_is_delivered_first_while_a_change_or_a_commit_first_send_
     with commit-first delivery; and an early delivery must not overtake a commit-first
     one (per-device order)."""
     store, ref = await open_store(tmp_path)
-    assert store.delivers_first()
+    assert store.early_delivery() is not None
     change = asyncio.ensure_future(store.set_token_hash("xc1test", b"h" * 32))
     await asyncio.sleep(0)
-    assert not store.delivers_first()
+    assert store.early_delivery() is None
     await change
     await asyncio.sleep(0)
-    assert store.delivers_first()
+    assert store.early_delivery() is not None
     done: list[Any] = []
     store.enqueue_cb([env(ref)], lambda seqs, exc: done.append(exc))
-    assert not store.delivers_first()
+    assert store.early_delivery() is None
     for _ in range(250):
         if done:
             break
         await asyncio.sleep(0.02)
-    assert done == [None] and store.delivers_first()
+    assert done == [None] and store.early_delivery() is not None
     assert await store.count_prekeys(ref) == (0, 0)  # a read of keys changes nothing
-    assert store.delivers_first()
+    assert store.early_delivery() is not None
     await store.close()
-    assert not SqliteStore(tmp_path / "other.db").delivers_first()  # hold 0: never
+    assert SqliteStore(tmp_path / "other.db").early_delivery() is None  # hold 0: never

@@ -30,7 +30,7 @@ from xchat.server.backends import make_fanout, make_store
 from xchat.server.config import ServerConfig
 from xchat.server.limits import RateLimiter
 from xchat.server.metrics import Metrics
-from xchat.storage.base import DeviceRecord, NewEnvelope
+from xchat.storage.base import DeviceRecord, EarlyDelivery, NewEnvelope
 
 log = logging.getLogger("xchat.server")
 
@@ -287,12 +287,12 @@ class Relay:
         the event loop right after the commit, deliveries already pushed (delivered first:
         once every envelope is durable, :meth:`_deliver_first`). No future/task per send:
         one callback per operation inside the store's per-batch resolution."""
+        early = self.store.early_delivery()
+        if early is not None:
+            self._deliver_first(early, rows, finished)
+            return
         deliver = self.fanout.deliver
         metrics = self.metrics
-        store = self.store
-        if store.delivers_first():
-            self._deliver_first(rows, finished)
-            return
 
         def after(seqs: list[int | None] | None, exc: BaseException | None) -> None:
             if exc is not None or seqs is None:
@@ -307,14 +307,15 @@ class Relay:
             metrics.inc("envelopes_accepted_total", n)
             finished(True)
 
-        store.enqueue_cb(rows, after)
+        self.store.enqueue_cb(rows, after)
 
-    def _deliver_first(self, rows: list[NewEnvelope], finished: Callable[[bool], None]) -> None:
+    def _deliver_first(
+        self, store: EarlyDelivery, rows: list[NewEnvelope], finished: Callable[[bool], None]
+    ) -> None:
         """Delivery before commit (PROTOCOL Part III §7): push to the connected devices
         now; the store holds what they took until it is ACKed (then it is never written)
-        or ``hold_seconds`` pass (then it is committed). ``finished`` still waits until
+        or the hold time passes (then it is committed). ``finished`` still waits until
         every envelope is durable: on the relay's disk or ACKed by its device."""
-        store = self.store
         deliver = self.fanout.deliver
         seqs = store.reserve_seqs(len(rows))
         live = False

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,24 @@ class StoredEnvelope:
 
 class HandleTaken(Exception):
     """Internal signal from a store: the handle (or a confusable of it) is in use."""
+
+
+class EarlyDelivery(Protocol):
+    """What the relay needs to deliver before the commit (``Store.early_delivery``)."""
+
+    def reserve_seqs(self, n: int) -> list[int]:
+        """Queue seqs for ``n`` envelopes about to be enqueued (event-loop thread)."""
+        ...
+
+    def enqueue_reserved(
+        self,
+        envelopes: list[NewEnvelope],
+        seqs: list[int],
+        callback: Callable[[Any, BaseException | None], None],
+        hold: bool = False,
+    ) -> None:
+        """Enqueue under reserved seqs; ``hold``: already delivered, wait for the ACK."""
+        ...
 
 
 class Store(abc.ABC):
@@ -195,26 +213,13 @@ class Store(abc.ABC):
         """Durably store envelopes; return each one's queue seq, or ``None`` when
         ``(device, envelope_id)`` was already queued (idempotent retry)."""
 
-    def delivers_first(self) -> bool:
-        """Whether a send accepted now may be delivered before its commit (PROTOCOL Part III
-        §7): the store then holds what was delivered for its ACK, and writes it only if the
-        ACK does not come in time. Only the single-node SQLite store does; never while a
-        change of the directory or a commit-first send is unresolved."""
-        return False
-
-    def reserve_seqs(self, n: int) -> list[int]:
-        """Queue seqs for ``n`` envelopes to enqueue with :meth:`enqueue_reserved`."""
-        raise NotImplementedError
-
-    def enqueue_reserved(
-        self,
-        envelopes: list[NewEnvelope],
-        seqs: list[int],
-        callback: Callable[[Any, BaseException | None], None],
-        hold: bool = False,
-    ) -> None:
-        """Enqueue under reserved seqs; ``hold``: already delivered, wait for the ACK."""
-        raise NotImplementedError
+    def early_delivery(self) -> EarlyDelivery | None:
+        """The store's delivery-before-commit interface if a send accepted now may be
+        delivered before its commit (PROTOCOL Part III §7), else None: the store then holds
+        what was delivered for its ACK and writes it only if the ACK does not come in time.
+        Only the single-node SQLite store does; never while a change of the directory or a
+        commit-first send is unresolved."""
+        return None
 
     def acked_unwritten(self) -> int:
         """Envelopes ACKed while held, so never written (a /metrics gauge)."""

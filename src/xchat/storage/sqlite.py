@@ -440,8 +440,8 @@ class SqliteStore(Store):
     def _ordered_done(self, _: object = None) -> None:
         self._ordered -= 1
 
-    def delivers_first(self) -> bool:
-        return self._holdback is not None and not self._ordered
+    def early_delivery(self) -> SqliteStore | None:
+        return self if self._holdback is not None and not self._ordered else None
 
     # --- directory ---
 
